@@ -1,0 +1,145 @@
+"""Anchors: timm ``VisionTransformer`` models built by name and loaded from local checkpoint files.
+
+Nothing here touches the network: ``pretrained`` is a path on disk (timm ``.safetensors``/``.pth``, or the
+official DeiT3 ``.pth`` holding ``{'model': state_dict}``). Position embeddings are resampled to the
+task's input size by timm's checkpoint filter (square or not).
+"""
+from __future__ import annotations
+
+import os
+from typing import Any, Dict, Mapping, Optional, Sequence, Tuple, Union
+
+import timm
+import torch
+from timm.models.vision_transformer import VisionTransformer, checkpoint_filter_fn
+
+ImageSize = Union[int, Tuple[int, int], Sequence[int]]
+
+
+def _pair(size: ImageSize) -> Tuple[int, int]:
+    if isinstance(size, int):
+        return size, size
+    h, w = size
+    return int(h), int(w)
+
+
+def build_anchor(
+    model_name: str,
+    img_size: ImageSize = 224,
+    pretrained: Optional[str] = None,
+    num_classes: int = 0,
+    class_token: bool = True,
+    drop_path_rate: float = 0.0,
+    **overrides: Any,
+) -> VisionTransformer:
+    """Build a timm ViT by name (e.g. ``"deit3_small_patch16_224"``) for a task's input size.
+
+    Args:
+        model_name: a timm ``VisionTransformer`` model name.
+        img_size: task input size ``H`` or ``(H, W)``; the position embeddings are built (and resampled
+            from the checkpoint) for this grid. Other sizes still run (``dynamic_img_size``).
+        pretrained: optional path of a local checkpoint. ``None`` keeps the random initialisation.
+        num_classes: classifier classes (0: no classifier, for backbones).
+        class_token: keep the cls token (needed for DPT readout; ViTDet drops it).
+        drop_path_rate: stochastic depth rate.
+        **overrides: other ``VisionTransformer`` arguments (e.g. ``depth=4, embed_dim=32`` for tiny tests).
+    """
+    if model_name not in timm.list_models():
+        raise ValueError(f"unknown timm model {model_name!r}")
+    model = timm.create_model(
+        model_name,
+        pretrained=False,
+        img_size=_pair(img_size),
+        num_classes=num_classes,
+        class_token=class_token,
+        global_pool="token" if class_token else "avg",
+        drop_path_rate=drop_path_rate,
+        dynamic_img_size=True,
+        **overrides,
+    )
+    if not isinstance(model, VisionTransformer):
+        raise TypeError(f"{model_name!r} is a {type(model).__name__}, not a timm VisionTransformer")
+    if pretrained is not None:
+        load_anchor_checkpoint(model, pretrained)
+    return model
+
+
+def read_state_dict(path: str) -> Dict[str, torch.Tensor]:
+    """Read a checkpoint file (``.safetensors`` or a torch file) without unpickling arbitrary objects."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(
+            f"checkpoint {path!r} does not exist. Weights are never downloaded: put the file there "
+            "(timm .safetensors/.pth or the official DeiT3 .pth) or pass its path."
+        )
+    try:
+        if path.endswith(".safetensors"):
+            from safetensors.torch import load_file
+
+            return load_file(path, device="cpu")
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # corrupt / truncated / not a checkpoint
+        raise RuntimeError(f"could not read checkpoint {path!r} ({type(exc).__name__}: {exc})") from exc
+
+
+def load_anchor_checkpoint(model: VisionTransformer, path: str) -> None:
+    """Load a timm-format or official-DeiT3 checkpoint into ``model``, resampling position embeddings.
+
+    The classifier is skipped when its shape differs (or the model has none) and the cls token is
+    dropped for models built without one; any other missing or mismatched key is an error naming it.
+    """
+    state = read_state_dict(path)
+    if not isinstance(state, Mapping):
+        raise RuntimeError(f"checkpoint {path!r} holds a {type(state).__name__}, not a state dict")
+    state = checkpoint_filter_fn(dict(state), model, adapt_layer_scale=True)
+    own = model.state_dict()
+
+    def unused(key: str, value: torch.Tensor) -> bool:
+        classifier_mismatch = key.startswith("head.") and (key not in own or own[key].shape != value.shape)
+        return classifier_mismatch or (key == "cls_token" and model.cls_token is None)
+
+    state = {k: v for k, v in state.items() if not unused(k, v)}
+    mismatched = [f"{k}: file {tuple(v.shape)} vs model {tuple(own[k].shape)}"
+                  for k, v in state.items() if k in own and own[k].shape != v.shape]
+    missing = [k for k in own if k not in state and not k.startswith("head.")]
+    unexpected = [k for k in state if k not in own]
+    if mismatched or missing or unexpected:
+        raise RuntimeError(
+            f"checkpoint {path!r} does not fit this {model.embed_dim}-wide, {len(model.blocks)}-block ViT: "
+            + "; ".join(filter(None, [
+                f"mismatched {mismatched[:3]}" if mismatched else "",
+                f"missing {missing[:5]}" if missing else "",
+                f"unexpected {unexpected[:5]}" if unexpected else "",
+            ]))
+        )
+    model.load_state_dict(state, strict=False)
+
+
+def anchor_signature(model: VisionTransformer) -> Dict[str, Any]:
+    """Architecture summary used to check checkpoints and key caches."""
+    return {
+        "embed_dim": int(model.embed_dim),
+        "depth": len(model.blocks),
+        "num_heads": int(model.blocks[0].attn.num_heads),
+        "patch_size": list(model.patch_embed.patch_size),
+        "num_prefix_tokens": int(model.num_prefix_tokens),
+        "mlp_hidden": int(model.blocks[0].mlp.fc1.out_features),
+    }
+
+
+def check_anchor_pair(fast: VisionTransformer, slow: VisionTransformer) -> None:
+    """Raise ``ValueError`` unless the anchors can be stitched token to token."""
+    if tuple(fast.patch_embed.patch_size) != tuple(slow.patch_embed.patch_size):
+        raise ValueError(
+            f"anchors must share one patch size to be stitched token to token, got "
+            f"{tuple(fast.patch_embed.patch_size)} and {tuple(slow.patch_embed.patch_size)}"
+        )
+    if fast.num_prefix_tokens != slow.num_prefix_tokens:
+        raise ValueError(
+            f"anchors must have the same prefix (cls/register) tokens, got {fast.num_prefix_tokens} "
+            f"and {slow.num_prefix_tokens}"
+        )
+    if len(fast.blocks) > len(slow.blocks):
+        raise ValueError(
+            f"the fast anchor ({len(fast.blocks)} blocks) is deeper than the slow one ({len(slow.blocks)}): "
+            "pass anchors as (fast/small, slow/large)"
+        )

@@ -1,0 +1,44 @@
+"""Save/load a whole SN-Net (anchors + stitching layers) with its architecture, safely (weights only)."""
+from __future__ import annotations
+
+import os
+from typing import Any, Dict, Optional
+
+import torch
+
+from .snnet import StitchedViT
+
+FORMAT = "snnet-v2"
+
+
+def save_snnet(path: str, snnet: StitchedViT, extra: Optional[Dict[str, Any]] = None) -> None:
+    """Write ``{'format', 'config', 'model', **extra}`` atomically (``extra`` must be tensors/primitives)."""
+    state = {"format": FORMAT, "config": snnet.config(), "model": snnet.state_dict()}
+    state.update(extra or {})
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    tmp = path + ".tmp"
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+
+
+def load_snnet(path: str, snnet: StitchedViT, map_location: str | torch.device = "cpu") -> Dict[str, Any]:
+    """Load a checkpoint written by ``save_snnet`` into ``snnet``; returns the whole checkpoint dict.
+
+    Raises ``FileNotFoundError`` for a missing file, ``RuntimeError`` for a corrupt one or one written
+    for another architecture (naming the difference).
+    """
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"SN-Net checkpoint {path!r} does not exist")
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as exc:
+        raise RuntimeError(f"could not read SN-Net checkpoint {path!r} ({type(exc).__name__}: {exc})") from exc
+    if not isinstance(state, dict) or state.get("format") != FORMAT:
+        raise RuntimeError(f"{path!r} is not an SN-Net checkpoint (no '{FORMAT}' format tag)")
+    expected = snnet.config()
+    if state["config"] != expected:
+        diff = {k: (state["config"].get(k), v) for k, v in expected.items() if state["config"].get(k) != v}
+        raise RuntimeError(f"checkpoint {path!r} was saved for another SN-Net architecture: "
+                           + "; ".join(f"{k}: checkpoint {a} vs model {b}" for k, (a, b) in diff.items()))
+    snnet.load_state_dict(state["model"])
+    return state

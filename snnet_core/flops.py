@@ -1,0 +1,226 @@
+"""Per-stitch FLOPs and parameter table, counted with fvcore and cached on disk.
+
+FLOPs are additive over modules, so one fvcore trace of a probe that runs every component once (each
+anchor's embedding, blocks, final norm and head; every stitching layer on tokens of its input width)
+gives the count of each module; a stitch's FLOPs are the sum over the modules its route runs. This is
+exact for fvcore (``tests/test_flops.py`` checks it against a trace of each stitch) and costs one trace
+instead of one per stitch. A task head that sees the same features for every stitch (DPT, ViTDet) adds a
+constant ``head_gflops`` that the caller measures once (``count_gflops``).
+
+fvcore counts one multiply-add as one FLOP (the convention of the SN-Net and ViTDet papers).
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import os
+import time
+from typing import Any, Dict, Optional, Sequence, Tuple
+
+import torch
+import torch.nn as nn
+from fvcore.nn import FlopCountAnalysis
+from fvcore.nn.jit_handles import get_shape
+
+from .route import RoutePlan, embed_images
+from .snnet import StitchedViT
+from .stitch_space import FAST, SLOW
+from .stitching_layers import StitchingLayer
+
+logger = logging.getLogger(__name__)
+CACHE_VERSION = 1
+
+
+def _sdpa_flop_jit(inputs: Sequence[Any], outputs: Sequence[Any]) -> int:
+    """``scaled_dot_product_attention``: ``Q K^T`` and ``A V``, ``B*H*N*M*(d_qk + d_v)`` multiply-adds."""
+    q, k, v = (get_shape(x) for x in inputs[:3])
+    batch = 1
+    for d in q[:-2]:
+        batch *= d
+    n, d_qk = q[-2], q[-1]
+    m, d_v = k[-2], v[-1]
+    return batch * n * m * (d_qk + d_v)
+
+
+def flop_counter(model: nn.Module, inputs: Tuple[Any, ...]) -> FlopCountAnalysis:
+    """fvcore ``FlopCountAnalysis`` with attention (SDPA) counted and unsupported-op warnings silenced."""
+    analysis = FlopCountAnalysis(model, inputs)
+    analysis.set_op_handle("aten::scaled_dot_product_attention", _sdpa_flop_jit)
+    analysis.unsupported_ops_warnings(False).uncalled_modules_warnings(False)
+    return analysis
+
+
+def count_gflops(model: nn.Module, inputs: Tuple[Any, ...]) -> float:
+    """Total GFLOPs of ``model(*inputs)`` (eval mode, no grad)."""
+    was_training = model.training
+    model.eval()
+    with torch.no_grad():
+        total = flop_counter(model, inputs).total()
+    model.train(was_training)
+    return total / 1e9
+
+
+class _ComponentProbe(nn.Module):
+    """Runs every component of an SN-Net once so that one trace counts all of them."""
+
+    def __init__(self, snnet: StitchedViT, with_head: bool):
+        super().__init__()
+        self.snnet = snnet
+        self.with_head = with_head
+
+    def forward(self, images: torch.Tensor):
+        outs = []
+        tokens = []
+        for anchor in self.snnet.anchors:
+            x, _ = embed_images(anchor, images)
+            x0 = x
+            for block in anchor.blocks:
+                x = block(x)
+            if self.with_head:
+                outs.append(anchor.forward_head(anchor.norm(x)))
+            outs.append(x)
+            tokens.append(x0)
+        outs += [layer(tokens[FAST]) for layer in self.snnet.stitch_s2l]
+        outs += [layer(tokens[SLOW]) for layer in self.snnet.stitch_l2s]
+        return tuple(outs)
+
+
+@dataclasses.dataclass
+class FlopsTable:
+    """GFLOPs and parameters (millions) of every stitch at one input size.
+
+    Attributes:
+        gflops: ``{stitch id: GFLOPs}`` including ``head_gflops``.
+        params_m: ``{stitch id: parameters in millions}`` of the deployed stitch (LoRA merged) + head.
+        input_size: ``(H, W)`` of the counted input.
+        head_gflops / head_params_m: the constant task-head part included above.
+    """
+
+    gflops: Dict[int, float]
+    params_m: Dict[int, float]
+    input_size: Tuple[int, int]
+    head_gflops: float = 0.0
+    head_params_m: float = 0.0
+
+    def to_json(self) -> Dict[str, Any]:
+        return {
+            "version": CACHE_VERSION,
+            "gflops": {str(k): v for k, v in self.gflops.items()},
+            "params_m": {str(k): v for k, v in self.params_m.items()},
+            "input_size": list(self.input_size),
+            "head_gflops": self.head_gflops,
+            "head_params_m": self.head_params_m,
+        }
+
+    @classmethod
+    def from_json(cls, data: Dict[str, Any]) -> "FlopsTable":
+        return cls(
+            gflops={int(k): float(v) for k, v in data["gflops"].items()},
+            params_m={int(k): float(v) for k, v in data["params_m"].items()},
+            input_size=tuple(data["input_size"]),
+            head_gflops=float(data["head_gflops"]),
+            head_params_m=float(data["head_params_m"]),
+        )
+
+
+def _module_params(module: nn.Module) -> int:
+    if isinstance(module, StitchingLayer):  # deployed merged: W and b only
+        return module.weight.numel() + module.bias.numel()
+    return sum(p.numel() for p in module.parameters())
+
+
+def plan_params(plan: RoutePlan, with_head: bool) -> int:
+    """Parameters a deployed stitch holds: embedding, its layers, dense projections (+ norm/head)."""
+    embed = plan.embed
+    count = sum(p.numel() for n, p in embed.named_parameters() if not n.startswith(("blocks.", "norm.", "fc_norm.", "head.")))
+    modules = {id(m): m for m in plan.layers}
+    modules.update({id(t.projection): t.projection for ts in plan.taps.values() for t in ts if t.projection is not None})
+    count += sum(_module_params(m) for m in modules.values())
+    if with_head:
+        count += sum(_module_params(m) for m in (plan.finish.norm, plan.finish.fc_norm, plan.finish.head))
+    return count
+
+
+def _plan_flops(plan: RoutePlan, snnet: StitchedViT, per_module: Dict[str, int], with_features: bool, with_head: bool) -> int:
+    first = 0 if plan.embed is snnet.anchors[FAST] else 1
+    last = 0 if plan.finish is snnet.anchors[FAST] else 1
+    total = per_module.get(f"anchors.{first}.patch_embed", 0) + per_module.get(f"anchors.{first}.norm_pre", 0)
+    total += sum(per_module.get(name, 0) for name in plan.layer_names)
+    if with_features:
+        # every tap projection runs (also one that is a route's link layer too): count each run
+        total += sum(per_module.get(t.projection_name, 0) for ts in plan.taps.values() for t in ts if t.projection_name)
+    if with_head:
+        total += sum(per_module.get(f"anchors.{last}.{m}", 0) for m in ("norm", "fc_norm", "head_drop", "head"))
+    return total
+
+
+def cache_key(snnet: StitchedViT, input_size: Tuple[int, int], mode: str, head_key: str) -> str:
+    payload = json.dumps(
+        {"v": CACHE_VERSION, "snnet": snnet.config(), "input": list(input_size), "mode": mode, "head": head_key},
+        sort_keys=True,
+    )
+    return hashlib.sha256(payload.encode()).hexdigest()[:16]
+
+
+def build_flops_table(
+    snnet: StitchedViT,
+    input_size: Tuple[int, int],
+    mode: str = "features",
+    head_gflops: float = 0.0,
+    head_params: int = 0,
+    head_key: str = "",
+    cache_dir: Optional[str] = None,
+) -> FlopsTable:
+    """Count GFLOPs and params of every stitch of ``snnet`` at ``input_size`` ``(H, W)``.
+
+    Args:
+        mode: ``"features"`` (route up to the dense features, as dense heads use it) or ``"classify"``
+            (route + final norm + classifier).
+        head_gflops / head_params: constant task-head cost added to every stitch.
+        head_key: names the head in the cache key (e.g. ``"dpt-256"``); tables for different heads,
+            anchors, input sizes or modes never share a cache entry.
+        cache_dir: where to cache the table as JSON (``None``: no cache).
+    """
+    if mode not in ("features", "classify"):
+        raise ValueError(f"mode must be 'features' or 'classify', got {mode!r}")
+    input_size = (int(input_size[0]), int(input_size[1]))
+    path = None
+    if cache_dir is not None:
+        path = os.path.join(cache_dir, f"flops_{cache_key(snnet, input_size, mode, head_key)}.json")
+        if os.path.isfile(path):
+            try:
+                with open(path) as f:
+                    table = FlopsTable.from_json(json.load(f))
+                if set(table.gflops) >= set(snnet.space.ids):
+                    return table
+            except (ValueError, KeyError, json.JSONDecodeError) as exc:
+                logger.warning("ignoring unreadable FLOPs cache %s (%s); recounting", path, exc)
+    start = time.perf_counter()
+    with_head = mode == "classify"
+    device = next(snnet.parameters()).device
+    images = torch.zeros(1, 3, *input_size, device=device)
+    probe = _ComponentProbe(snnet, with_head)
+    was_training = snnet.training
+    snnet.eval()
+    with torch.no_grad():
+        per_module = {
+            name[len("snnet."):]: v for name, v in flop_counter(probe, (images,)).by_module().items()
+            if name.startswith("snnet.")
+        }
+    snnet.train(was_training)
+    gflops, params = {}, {}
+    for sid in snnet.space.ids:
+        plan = snnet.plan(sid)
+        gflops[sid] = _plan_flops(plan, snnet, per_module, not with_head, with_head) / 1e9 + head_gflops
+        params[sid] = (plan_params(plan, with_head) + head_params) / 1e6
+    table = FlopsTable(gflops, params, input_size, head_gflops, head_params / 1e6)
+    logger.info("FLOPs table of %d stitches counted in %.1fs", len(gflops), time.perf_counter() - start)
+    if path is not None:
+        os.makedirs(cache_dir, exist_ok=True)
+        tmp = path + ".tmp"
+        with open(tmp, "w") as f:
+            json.dump(table.to_json(), f, indent=1)
+        os.replace(tmp, path)
+    return table

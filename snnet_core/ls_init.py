@@ -1,0 +1,92 @@
+"""Least-squares initialisation of every stitching layer from calibration images (SN-Netv1 Sec. 3.3).
+
+For each stitching position ``k`` (small block ``a_k``, large block ``b_k``) the anchors are run alone on the
+calibration images and the token features after those blocks, ``X_S`` ``(N, D_S)`` and ``X_L`` ``(N, D_L)``,
+give ``[X_S, 1] W = X_L`` (small-to-large) and ``[X_L, 1] W = X_S`` (large-to-small). The normal equations
+are accumulated batch by batch in float64, so peak memory does not grow with the number of images.
+"""
+from __future__ import annotations
+
+import logging
+from typing import Dict, Iterable, List, Tuple
+
+import torch
+from tqdm import tqdm
+
+from .snnet import StitchedViT
+from .stitch_space import FAST, SLOW
+from .stitching_layers import LeastSquaresAccumulator
+
+logger = logging.getLogger(__name__)
+
+
+@torch.no_grad()
+def ls_init_stitching_layers(
+    snnet: StitchedViT,
+    batches: Iterable[torch.Tensor],
+    num_images: int = 100,
+    progress: bool = True,
+) -> Dict[str, float]:
+    """Solve and load the LS solution into all stitching layers.
+
+    Args:
+        snnet: the SN-Net; its anchors are run in eval mode (restored afterwards).
+        batches: iterable of image batches ``(B, 3, H, W)`` on the model's device.
+        num_images: number of calibration images to use (the paper uses 100).
+        progress: show a tqdm bar.
+
+    Returns:
+        mean squared error of the LS solution on the calibration features, per layer name
+        (``"stitch_s2l.3"``).
+    """
+    was_training = snnet.training
+    snnet.eval()
+    dim_fast, dim_slow = snnet.embed_dims
+    device = next(snnet.parameters()).device
+    s2l = [LeastSquaresAccumulator(dim_fast, dim_slow, device) for _ in snnet.stitch_s2l]
+    l2s = [LeastSquaresAccumulator(dim_slow, dim_fast, device) for _ in snnet.stitch_l2s]
+    pairs = snnet.space.pairs
+    seen = 0
+    bar = tqdm(total=num_images, desc="LS init of stitching layers", unit="img", disable=not progress)
+    for images in batches:
+        if seen >= num_images:
+            break
+        images = images[: num_images - seen].to(device)
+        fast_out = snnet.anchor_block_outputs(images, FAST)
+        slow_out = snnet.anchor_block_outputs(images, SLOW)
+        for k, acc in enumerate(s2l):
+            acc.update(fast_out[k], slow_out[pairs[k]])
+        for k, acc in enumerate(l2s):
+            acc.update(slow_out[pairs[k]], fast_out[k])
+        del fast_out, slow_out
+        seen += images.shape[0]
+        bar.update(images.shape[0])
+    bar.close()
+    if seen == 0:
+        raise RuntimeError("LS init got no calibration images: the data loader is empty")
+    if seen < num_images:
+        logger.warning("LS init used %d calibration images (%d requested): the loader ran out", seen, num_images)
+    errors = {}
+    for name, layers, accs in (("stitch_s2l", snnet.stitch_s2l, s2l), ("stitch_l2s", snnet.stitch_l2s, l2s)):
+        for k, (layer, acc) in enumerate(zip(layers, accs)):
+            weight, bias = acc.solve()
+            layer.load_solution(weight.to(layer.weight), bias.to(layer.bias))
+            errors[f"{name}.{k}"] = acc.mean_squared_error(weight, bias)
+    snnet.train(was_training)
+    return errors
+
+
+def reconstruction_error(layer: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
+    """Mean squared error of ``layer(x)`` against ``y``."""
+    with torch.no_grad():
+        return float(torch.mean((layer(x) - y) ** 2))
+
+
+def calibration_pairs(snnet: StitchedViT, images: torch.Tensor) -> List[Tuple[str, torch.Tensor, torch.Tensor]]:
+    """``(layer name, input features, target features)`` for every stitching layer on ``images``."""
+    fast_out = snnet.anchor_block_outputs(images, FAST)
+    slow_out = snnet.anchor_block_outputs(images, SLOW)
+    pairs = snnet.space.pairs
+    out = [(f"stitch_s2l.{k}", fast_out[k], slow_out[pairs[k]]) for k in range(len(snnet.stitch_s2l))]
+    out += [(f"stitch_l2s.{k}", slow_out[pairs[k]], fast_out[k]) for k in range(len(snnet.stitch_l2s))]
+    return out

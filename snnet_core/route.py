@@ -1,0 +1,110 @@
+"""Execution of one stitch's route: patch embedding, blocks and stitching layers, dense-feature taps.
+
+The same ``run_plan`` serves the SN-Net (whose plans reference its shared modules) and an exported
+stitch (whose plan holds private copies), so both compute the same thing by construction.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Dict, List, Optional, Tuple
+
+import torch
+import torch.nn as nn
+from timm.models.vision_transformer import VisionTransformer
+
+
+@dataclasses.dataclass
+class Tap:
+    """Dense feature ``stage`` taken after a layer, mapped to the slow width by ``projection`` if set."""
+
+    stage: int
+    projection: Optional[nn.Module] = None
+    projection_name: Optional[str] = None
+
+
+@dataclasses.dataclass
+class RoutePlan:
+    """What one stitch executes.
+
+    Attributes:
+        embed: anchor whose patch embedding (+ cls token, position embedding) starts the route.
+        layers: blocks and stitching layers in execution order.
+        layer_names: module names of ``layers`` (for FLOPs / parameter accounting).
+        taps: ``{layer position: [Tap, ...]}``: dense features read after ``layers[position]``.
+        finish: anchor whose final norm / head ends the route.
+        num_stages: number of dense-feature stages.
+    """
+
+    embed: VisionTransformer
+    layers: List[nn.Module]
+    layer_names: List[str]
+    taps: Dict[int, List[Tap]]
+    finish: VisionTransformer
+    num_stages: int
+
+
+@dataclasses.dataclass
+class RouteOutput:
+    """Result of a route.
+
+    Attributes:
+        tokens: ``(B, P + H*W, C_last)`` output of the last block (before the final norm), ``P`` prefix
+            (cls) tokens, ``C_last`` the width of the anchor the route ends in.
+        features: one ``(B, P + H*W, C_slow)`` tensor per dense stage (empty if not requested).
+        grid: patch grid ``(H, W)``.
+        num_prefix_tokens: ``P``.
+    """
+
+    tokens: torch.Tensor
+    features: List[torch.Tensor]
+    grid: Tuple[int, int]
+    num_prefix_tokens: int
+
+    def feature_maps(self) -> List[torch.Tensor]:
+        """Dense features as ``(B, C_slow, H, W)`` maps (prefix tokens dropped)."""
+        return [tokens_to_map(f, self.grid, self.num_prefix_tokens) for f in self.features]
+
+
+def tokens_to_map(tokens: torch.Tensor, grid: Tuple[int, int], num_prefix_tokens: int) -> torch.Tensor:
+    """``(B, P + H*W, C)`` -> ``(B, C, H, W)``."""
+    b, n, c = tokens.shape
+    h, w = grid
+    if n != num_prefix_tokens + h * w:
+        raise ValueError(f"{n} tokens do not fit a {h}x{w} grid with {num_prefix_tokens} prefix tokens")
+    return tokens[:, num_prefix_tokens:].transpose(1, 2).reshape(b, c, h, w)
+
+
+def embed_images(anchor: VisionTransformer, images: torch.Tensor) -> Tuple[torch.Tensor, Tuple[int, int]]:
+    """Patch-embed ``images`` ``(B, 3, H_img, W_img)`` with ``anchor``: tokens ``(B, P + H*W, C)``, grid."""
+    if images.dim() != 4 or images.shape[1] != anchor.patch_embed.proj.in_channels:
+        raise ValueError(
+            f"expected images (B, {anchor.patch_embed.proj.in_channels}, H, W), got {tuple(images.shape)}"
+        )
+    x = anchor.patch_embed(images)
+    if x.dim() == 4:  # dynamic_img_size: (B, H, W, C)
+        grid = (int(x.shape[1]), int(x.shape[2]))
+    else:
+        grid = tuple(int(g) for g in anchor.patch_embed.grid_size)
+    x = anchor._pos_embed(x)
+    x = anchor.patch_drop(x)
+    x = anchor.norm_pre(x)
+    return x, grid
+
+
+def run_plan(plan: RoutePlan, images: torch.Tensor, with_features: bool = True) -> RouteOutput:
+    """Run a route on ``images`` ``(B, 3, H_img, W_img)``."""
+    x, grid = embed_images(plan.embed, images)
+    features: List[Optional[torch.Tensor]] = [None] * plan.num_stages
+    for position, layer in enumerate(plan.layers):
+        x = layer(x)
+        if with_features:
+            for tap in plan.taps.get(position, ()):
+                features[tap.stage] = x if tap.projection is None else tap.projection(x)
+    if with_features and any(f is None for f in features):
+        raise RuntimeError("route did not cross every dense stage; the plan is inconsistent")
+    return RouteOutput(x, features if with_features else [], grid, int(plan.embed.num_prefix_tokens))
+
+
+def classify(finish: VisionTransformer, tokens: torch.Tensor) -> torch.Tensor:
+    """Final norm, pooling and classifier of ``finish``: ``(B, N, C)`` -> ``(B, num_classes)``."""
+    return finish.forward_head(finish.norm(tokens))

@@ -1,0 +1,146 @@
+"""``StitchedViT``: two timm ViT anchors, their stitching layers and the stitch space in one module."""
+from __future__ import annotations
+
+from typing import Any, Dict, Iterable, List, Optional, Sequence
+
+import torch
+import torch.nn as nn
+from timm.models.vision_transformer import VisionTransformer
+
+from .anchors import anchor_signature, check_anchor_pair
+from .route import RouteOutput, RoutePlan, Tap, classify, embed_images, run_plan
+from .stitch_space import FAST, ROUTE_TYPES, SLOW, Stitch, StitchSpace, map_out_indices_to_fast
+from .stitching_layers import StitchingLayer
+
+
+class StitchedViT(nn.Module):
+    """SN-Netv2 backbone: every stitch of two anchors, one selected at a time.
+
+    Args:
+        fast: the small anchor (e.g. DeiT3-S).
+        slow: the large anchor (e.g. DeiT3-L); at least as deep as ``fast``.
+        lora_rank: LoRA SL rank of the stitching layers (0: fully trainable layers, as SN-Netv1).
+        out_indices: the slow anchor's blocks giving dense features (e.g. (4, 11, 17, 23) for DeiT3-L);
+            the fast anchor's are mapped to the same relative depth. Default: the last block only.
+        route_types: route types of the space (default: the full two-way space).
+
+    The selected stitch (``stitch_id``, default the slow anchor) is used by ``forward`` unless a call
+    passes another. Dense features always come at the slow anchor's width: a feature read in the fast
+    anchor goes through the small-to-large stitching layer of its block.
+    """
+
+    def __init__(
+        self,
+        fast: VisionTransformer,
+        slow: VisionTransformer,
+        lora_rank: int = 0,
+        out_indices: Optional[Sequence[int]] = None,
+        route_types: Iterable[str] = ROUTE_TYPES,
+        lora_alpha: Optional[float] = None,
+    ):
+        super().__init__()
+        check_anchor_pair(fast, slow)
+        self.anchors = nn.ModuleList([fast, slow])
+        depth_fast, depth_slow = len(fast.blocks), len(slow.blocks)
+        self.space = StitchSpace(depth_fast, depth_slow, route_types)
+        self.lora_rank = lora_rank
+        dim_fast, dim_slow = fast.embed_dim, slow.embed_dim
+        self.stitch_s2l = nn.ModuleList(
+            StitchingLayer(dim_fast, dim_slow, lora_rank, lora_alpha) for _ in range(self.space.num_s2l)
+        )
+        self.stitch_l2s = nn.ModuleList(
+            StitchingLayer(dim_slow, dim_fast, lora_rank, lora_alpha) for _ in range(self.space.num_l2s)
+        )
+        self.out_indices = tuple(out_indices) if out_indices is not None else (depth_slow - 1,)
+        self.fast_out_indices = map_out_indices_to_fast(self.out_indices, depth_fast, depth_slow)
+        self.stitch_id = self.space.anchor_ids()[SLOW]
+
+    # ----------------------------------------------------------------------------------------------
+    @property
+    def embed_dims(self) -> tuple:
+        return self.anchors[FAST].embed_dim, self.anchors[SLOW].embed_dim
+
+    @property
+    def out_channels(self) -> int:
+        """Width of every dense feature (the slow anchor's)."""
+        return self.anchors[SLOW].embed_dim
+
+    @property
+    def patch_size(self) -> int:
+        return int(self.anchors[FAST].patch_embed.patch_size[0])
+
+    @property
+    def num_prefix_tokens(self) -> int:
+        return int(self.anchors[FAST].num_prefix_tokens)
+
+    def set_stitch(self, stitch_id: int) -> Stitch:
+        """Select the stitch used by ``forward``; raises ``KeyError`` for an unknown id."""
+        stitch = self.space[stitch_id]
+        self.stitch_id = stitch.id
+        return stitch
+
+    def stitching_layer(self, direction: str, position: int) -> StitchingLayer:
+        return (self.stitch_s2l if direction == "s2l" else self.stitch_l2s)[position]
+
+    def config(self) -> Dict[str, Any]:
+        """Architecture description stored in checkpoints and used to key caches."""
+        return {
+            "anchors": [anchor_signature(a) for a in self.anchors],
+            "lora_rank": self.lora_rank,
+            "out_indices": list(self.out_indices),
+            "route_types": list(self.space.route_types),
+        }
+
+    # ----------------------------------------------------------------------------------------------
+    def plan(self, stitch_id: Optional[int] = None) -> RoutePlan:
+        """The modules that stitch ``stitch_id`` (default: the selected one) runs, in order."""
+        stitch = self.space[self.stitch_id if stitch_id is None else stitch_id]
+        out_idx = (self.fast_out_indices, self.out_indices)
+        layers: List[nn.Module] = []
+        names: List[str] = []
+        taps: Dict[int, List[Tap]] = {}
+        for seg_i, seg in enumerate(stitch.segments):
+            if seg_i > 0:
+                link = stitch.links[seg_i - 1]
+                layers.append(self.stitching_layer(link.direction, link.position))
+                names.append(f"stitch_{link.direction}.{link.position}")
+            blocks = self.anchors[seg.anchor].blocks
+            for b in range(seg.start, seg.end):
+                layers.append(blocks[b])
+                names.append(f"anchors.{seg.anchor}.blocks.{b}")
+                for stage, idx in enumerate(out_idx[seg.anchor]):
+                    if idx != b:
+                        continue
+                    if seg.anchor == FAST:  # fast block b is stitching position b (fast depth <= slow depth)
+                        tap = Tap(stage, self.stitch_s2l[b], f"stitch_s2l.{b}")
+                    else:
+                        tap = Tap(stage)
+                    taps.setdefault(len(layers) - 1, []).append(tap)
+        return RoutePlan(
+            embed=self.anchors[stitch.first_anchor],
+            layers=layers,
+            layer_names=names,
+            taps=taps,
+            finish=self.anchors[stitch.last_anchor],
+            num_stages=len(self.out_indices),
+        )
+
+    def forward(self, images: torch.Tensor, stitch_id: Optional[int] = None, with_features: bool = True) -> RouteOutput:
+        """Run one stitch on ``images`` ``(B, 3, H, W)``; see ``RouteOutput`` for the shapes."""
+        return run_plan(self.plan(stitch_id), images, with_features)
+
+    def classify(self, images: torch.Tensor, stitch_id: Optional[int] = None) -> torch.Tensor:
+        """Logits ``(B, num_classes)`` through the final norm and head of the anchor the stitch ends in."""
+        plan = self.plan(stitch_id)
+        return classify(plan.finish, run_plan(plan, images, with_features=False).tokens)
+
+    @torch.no_grad()
+    def anchor_block_outputs(self, images: torch.Tensor, anchor: int) -> List[torch.Tensor]:
+        """Every block's output ``(B, P + H*W, C)`` of one anchor run alone (used by LS init)."""
+        model = self.anchors[anchor]
+        x, _ = embed_images(model, images)
+        outputs = []
+        for block in model.blocks:
+            x = block(x)
+            outputs.append(x)
+        return outputs
