@@ -1,0 +1,33 @@
+"""Shared test set-up: offline hub, single-threaded torch (2-core CI), tiny anchors."""
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("MPLBACKEND", "Agg")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+from snnet_core import StitchedViT, build_anchor  # noqa: E402
+
+TINY_FAST = dict(embed_dim=32, depth=4, num_heads=2)
+TINY_SLOW = dict(embed_dim=48, depth=8, num_heads=3)
+
+
+def tiny_anchor(img_size=32, num_classes=0, **overrides):
+    """A tiny DeiT3-style ViT (timm ``deit3_small_patch16_224`` with smaller width/depth)."""
+    cfg = dict(TINY_FAST)
+    cfg.update(overrides)
+    return build_anchor("deit3_small_patch16_224", img_size=img_size, num_classes=num_classes, **cfg)
+
+
+def tiny_snnet(lora_rank=4, out_indices=(1, 3, 5, 7), img_size=32, num_classes=0, seed=0, **kwargs):
+    """4-block/32-wide fast + 8-block/48-wide slow anchors, patch 16."""
+    torch.manual_seed(seed)
+    fast = tiny_anchor(img_size, num_classes, **TINY_FAST)
+    slow = tiny_anchor(img_size, num_classes, **TINY_SLOW)
+    return StitchedViT(fast, slow, lora_rank=lora_rank, out_indices=out_indices, **kwargs)
+
+
+@pytest.fixture
+def snnet():
+    return tiny_snnet().eval()
