@@ -49,8 +49,6 @@ def ls_init_stitching_layers(
     seen = 0
     bar = tqdm(total=num_images, desc="LS init of stitching layers", unit="img", disable=not progress)
     for images in batches:
-        if seen >= num_images:
-            break
         images = images[: num_images - seen].to(device)
         fast_out = snnet.anchor_block_outputs(images, FAST)
         slow_out = snnet.anchor_block_outputs(images, SLOW)
@@ -58,9 +56,11 @@ def ls_init_stitching_layers(
             acc.update(fast_out[k], slow_out[pairs[k]])
         for k, acc in enumerate(l2s):
             acc.update(slow_out[pairs[k]], fast_out[k])
-        del fast_out, slow_out
         seen += images.shape[0]
         bar.update(images.shape[0])
+        del images, fast_out, slow_out  # release this batch before the loader produces the next
+        if seen >= num_images:
+            break
     bar.close()
     if seen == 0:
         raise RuntimeError("LS init got no calibration images: the data loader is empty")
