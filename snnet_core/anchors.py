@@ -53,6 +53,7 @@ def build_anchor(
         num_classes=num_classes,
         class_token=class_token,
         global_pool="token" if class_token else "avg",
+        fc_norm=False,  # keep the checkpoint's final `norm` whichever pooling is used
         drop_path_rate=drop_path_rate,
         dynamic_img_size=True,
         **overrides,

@@ -1,0 +1,91 @@
+"""Anchor weights from local files (timm / official DeiT3 formats) and whole-SN-Net checkpoints."""
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from snnet_core import build_anchor, load_snnet, save_snnet
+from tests.conftest import TINY_FAST, tiny_snnet
+
+NAME = "deit3_small_patch16_224"
+
+
+def official_deit3_checkpoint(model):
+    """The layout of the DeiT3 release: ``{'model': ...}`` with ``gamma_1``/``gamma_2`` layer scales."""
+    state = {}
+    for k, v in model.state_dict().items():
+        state[k.replace("ls1.gamma", "gamma_1").replace("ls2.gamma", "gamma_2")] = v
+    return {"model": state}
+
+
+def test_official_deit3_pth_loads_with_resized_position_embeddings(tmp_path):
+    torch.manual_seed(0)
+    source = build_anchor(NAME, img_size=64, num_classes=10, **TINY_FAST)  # pretrained at a 4x4 grid
+    path = tmp_path / "deit3_tiny.pth"
+    torch.save(official_deit3_checkpoint(source), path)
+    target = build_anchor(NAME, img_size=(48, 80), pretrained=str(path), **TINY_FAST)  # 3x5 grid, no head
+    torch.testing.assert_close(target.blocks[1].ls1.gamma, source.blocks[1].ls1.gamma)
+    torch.testing.assert_close(target.blocks[3].attn.qkv.weight, source.blocks[3].attn.qkv.weight)
+    assert target.pos_embed.shape == (1, 15, 32)
+    # same grid: position embeddings carried over unchanged
+    same = build_anchor(NAME, img_size=64, pretrained=str(path), num_classes=10, **TINY_FAST)
+    torch.testing.assert_close(same.pos_embed, source.pos_embed)
+    x = torch.randn(1, 3, 64, 64)
+    torch.testing.assert_close(same.eval()(x), source.eval()(x))
+
+
+def test_timm_safetensors_and_vitdet_without_cls_token(tmp_path):
+    source = build_anchor(NAME, img_size=32, **TINY_FAST)
+    path = tmp_path / "model.safetensors"
+    save_file(source.state_dict(), str(path))
+    target = build_anchor(NAME, img_size=32, pretrained=str(path), class_token=False, **TINY_FAST)
+    assert target.cls_token is None
+    torch.testing.assert_close(target.patch_embed.proj.weight, source.patch_embed.proj.weight)
+
+
+def test_missing_corrupt_and_wrong_anchor_checkpoints_fail_clearly(tmp_path):
+    with pytest.raises(FileNotFoundError, match="never downloaded"):
+        build_anchor(NAME, pretrained=str(tmp_path / "deit3_small.pth"), **TINY_FAST)
+    corrupt = tmp_path / "corrupt.pth"
+    corrupt.write_bytes(b"\x80\x04 not a checkpoint")
+    with pytest.raises(RuntimeError, match="could not read checkpoint"):
+        build_anchor(NAME, pretrained=str(corrupt), **TINY_FAST)
+    wider = tmp_path / "wider.pth"
+    torch.save(build_anchor(NAME, img_size=32, embed_dim=48, depth=4, num_heads=3).state_dict(), wider)
+    with pytest.raises(RuntimeError, match="does not fit this 32-wide, 4-block ViT: mismatched"):
+        build_anchor(NAME, img_size=32, pretrained=str(wider), **TINY_FAST)
+    deeper = tmp_path / "deeper.pth"
+    torch.save(build_anchor(NAME, img_size=32, embed_dim=32, depth=5, num_heads=2).state_dict(), deeper)
+    with pytest.raises(RuntimeError, match="unexpected"):
+        build_anchor(NAME, img_size=32, pretrained=str(deeper), **TINY_FAST)
+    with pytest.raises(ValueError, match="unknown timm model"):
+        build_anchor("deit3_tiny_patch16_999")
+
+
+def test_snnet_checkpoint_round_trip(tmp_path):
+    net = tiny_snnet(lora_rank=4)
+    with torch.no_grad():
+        net.stitch_s2l[1].lora_up.normal_()
+    path = tmp_path / "snnet.pth"
+    save_snnet(str(path), net, extra={"iteration": 12})
+    other = tiny_snnet(lora_rank=4, seed=1)
+    state = load_snnet(str(path), other)
+    assert state["iteration"] == 12
+    for (k, a), (_, b) in zip(net.state_dict().items(), other.state_dict().items()):
+        torch.testing.assert_close(a, b, msg=k)
+
+
+def test_snnet_checkpoint_errors(tmp_path):
+    path = tmp_path / "snnet.pth"
+    save_snnet(str(path), tiny_snnet(lora_rank=4))
+    with pytest.raises(RuntimeError, match="another SN-Net architecture: lora_rank: checkpoint 4 vs model 8"):
+        load_snnet(str(path), tiny_snnet(lora_rank=8))
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        load_snnet(str(tmp_path / "nope.pth"), tiny_snnet())
+    truncated = tmp_path / "truncated.pth"
+    truncated.write_bytes(path.read_bytes()[:100])
+    with pytest.raises(RuntimeError, match="could not read SN-Net checkpoint"):
+        load_snnet(str(truncated), tiny_snnet(lora_rank=4))
+    foreign = tmp_path / "foreign.pth"
+    torch.save({"model": {}}, foreign)
+    with pytest.raises(RuntimeError, match="not an SN-Net checkpoint"):
+        load_snnet(str(foreign), tiny_snnet())
