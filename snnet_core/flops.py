@@ -63,27 +63,30 @@ def count_gflops(model: nn.Module, inputs: Tuple[Any, ...]) -> float:
 
 
 class _ComponentProbe(nn.Module):
-    """Runs every component of an SN-Net once so that one trace counts all of them."""
+    """Runs every component of an SN-Net once so that one trace counts all of them.
+
+    Module names match ``RoutePlan.layer_names`` (``anchors.0.blocks.3``, ``stitch_s2l.2``). Stitching
+    layers are counted merged (LoRA folded in), as a deployed stitch runs them.
+    """
 
     def __init__(self, snnet: StitchedViT, with_head: bool):
         super().__init__()
-        self.snnet = snnet
+        self.anchors = snnet.anchors
+        self.stitch_s2l = nn.ModuleList(layer.merged() for layer in snnet.stitch_s2l)
+        self.stitch_l2s = nn.ModuleList(layer.merged() for layer in snnet.stitch_l2s)
         self.with_head = with_head
 
     def forward(self, images: torch.Tensor):
         outs = []
         tokens = []
-        for anchor in self.snnet.anchors:
+        for anchor in self.anchors:
             x, _ = embed_images(anchor, images)
-            x0 = x
+            tokens.append(x)
             for block in anchor.blocks:
                 x = block(x)
-            if self.with_head:
-                outs.append(anchor.forward_head(anchor.norm(x)))
-            outs.append(x)
-            tokens.append(x0)
-        outs += [layer(tokens[FAST]) for layer in self.snnet.stitch_s2l]
-        outs += [layer(tokens[SLOW]) for layer in self.snnet.stitch_l2s]
+            outs.append(anchor.forward_head(anchor.norm(x)) if self.with_head else x)
+        outs += [layer(tokens[FAST]) for layer in self.stitch_s2l]
+        outs += [layer(tokens[SLOW]) for layer in self.stitch_l2s]
         return tuple(outs)
 
 
@@ -131,12 +134,13 @@ def _module_params(module: nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())
 
 
-def plan_params(plan: RoutePlan, with_head: bool) -> int:
-    """Parameters a deployed stitch holds: embedding, its layers, dense projections (+ norm/head)."""
+def plan_params(plan: RoutePlan, with_features: bool, with_head: bool) -> int:
+    """Parameters a deployed stitch holds: embedding, its layers (+ dense projections) (+ norm/head)."""
     embed = plan.embed
     count = sum(p.numel() for n, p in embed.named_parameters() if not n.startswith(("blocks.", "norm.", "fc_norm.", "head.")))
     modules = {id(m): m for m in plan.layers}
-    modules.update({id(t.projection): t.projection for ts in plan.taps.values() for t in ts if t.projection is not None})
+    if with_features:
+        modules.update({id(t.projection): t.projection for ts in plan.taps.values() for t in ts if t.projection})
     count += sum(_module_params(m) for m in modules.values())
     if with_head:
         count += sum(_module_params(m) for m in (plan.finish.norm, plan.finish.fc_norm, plan.finish.head))
@@ -205,16 +209,13 @@ def build_flops_table(
     was_training = snnet.training
     snnet.eval()
     with torch.no_grad():
-        per_module = {
-            name[len("snnet."):]: v for name, v in flop_counter(probe, (images,)).by_module().items()
-            if name.startswith("snnet.")
-        }
+        per_module = dict(flop_counter(probe, (images,)).by_module())
     snnet.train(was_training)
     gflops, params = {}, {}
     for sid in snnet.space.ids:
         plan = snnet.plan(sid)
         gflops[sid] = _plan_flops(plan, snnet, per_module, not with_head, with_head) / 1e9 + head_gflops
-        params[sid] = (plan_params(plan, with_head) + head_params) / 1e6
+        params[sid] = (plan_params(plan, not with_head, with_head) + head_params) / 1e6
     table = FlopsTable(gflops, params, input_size, head_gflops, head_params / 1e6)
     logger.info("FLOPs table of %d stitches counted in %.1fs", len(gflops), time.perf_counter() - start)
     if path is not None:

@@ -1,0 +1,163 @@
+"""FLOPs table (equals fvcore on each stitch, cached), ROS/uniform samplers, Pareto selection."""
+import multiprocessing as mp
+import random
+
+import numpy as np
+import pytest
+import torch
+from scipy.stats import chisquare
+
+import snnet_core.flops as flops_module
+from snnet_core import (ResourceConstrainedSampler, StitchSpace, UniformSampler, best_under_budget,
+                        build_anchor, build_flops_table, count_gflops, export_stitch, flops_bins,
+                        pareto_frontier, StitchedViT)
+from tests.conftest import tiny_snnet
+
+
+@pytest.mark.parametrize("mode", ["features", "classify"])
+def test_table_equals_fvcore_count_of_each_stitch(mode):
+    net = tiny_snnet(num_classes=5, img_size=64).eval()
+    x = torch.randn(1, 3, 48, 64)
+    table = build_flops_table(net, (48, 64), mode=mode, head_gflops=0.5, head_params=1000)
+    for st in net.space:
+        exported = export_stitch(net, st.id)
+        direct = count_gflops(_Run(exported, mode), (x,))
+        assert table.gflops[st.id] == pytest.approx(direct + 0.5, rel=1e-9), st.route
+        embed = [p for n, p in exported.embed_anchor.named_parameters() if not n.startswith(("norm.", "head."))]
+        extra = [exported.finish_anchor.norm, exported.finish_anchor.head] if mode == "classify" else [
+            exported.projections]  # a projection may also be a link of the route: count it once
+        params = _numel(embed, exported.layers, *extra)
+        assert table.params_m[st.id] == pytest.approx((params + 1000) / 1e6, abs=2e-6), st.route
+    fast, slow = net.space.anchor_ids()
+    assert table.gflops[fast] < min(table.gflops.values()) + 1e-12 < table.gflops[slow]
+
+
+class _Run(torch.nn.Module):
+    """An exported stitch as the table counts it: dense features, or classification."""
+
+    def __init__(self, exported, mode):
+        super().__init__()
+        self.exported, self.mode = exported, mode
+
+    def forward(self, x):
+        if self.mode == "classify":
+            return self.exported.classify(x)
+        out = self.exported(x)
+        return (out.tokens, *out.features)
+
+
+def _numel(params, *modules):
+    unique = {id(p): p for p in params}
+    unique.update({id(p): p for m in modules for p in m.parameters()})
+    return sum(p.numel() for p in unique.values())
+
+
+def test_attention_is_counted_and_deit3_matches_published_flops():
+    """DeiT3-S / DeiT3-L at 224: 4.6 / 61.6 GFLOPs (DeiT3 paper; fvcore counts multiply-adds)."""
+    small = build_anchor("deit3_small_patch16_224", num_classes=1000)
+    assert count_gflops(small, (torch.zeros(1, 3, 224, 224),)) == pytest.approx(4.6, abs=0.05)
+    large = build_anchor("deit3_large_patch16_224", num_classes=1000)
+    net = StitchedViT(small, large)
+    table = build_flops_table(net, (224, 224), mode="classify")
+    assert table.gflops[0] == pytest.approx(4.6, abs=0.05)
+    assert table.gflops[1] == pytest.approx(61.6, abs=0.1)
+    assert table.params_m[0] == pytest.approx(22.1, abs=0.1) and table.params_m[1] == pytest.approx(304.4, abs=0.2)
+    assert len(table.gflops) == 134
+
+
+def test_table_is_cached_by_anchors_size_and_head(tmp_path, monkeypatch):
+    net = tiny_snnet()
+    first = build_flops_table(net, (32, 32), cache_dir=str(tmp_path), head_key="head-a")
+
+    def no_trace(*args, **kwargs):
+        raise AssertionError("the cached table should not be recounted")
+
+    with monkeypatch.context() as m:
+        m.setattr(flops_module, "flop_counter", no_trace)
+        again = build_flops_table(net, (32, 32), cache_dir=str(tmp_path), head_key="head-a")
+        assert again.gflops == first.gflops and again.params_m == first.params_m
+        with pytest.raises(AssertionError, match="recounted"):
+            build_flops_table(net, (48, 32), cache_dir=str(tmp_path), head_key="head-a")
+        with pytest.raises(AssertionError, match="recounted"):
+            build_flops_table(net, (32, 32), cache_dir=str(tmp_path), head_key="head-b")
+        with pytest.raises(AssertionError, match="recounted"):
+            build_flops_table(tiny_snnet(lora_rank=2), (32, 32), cache_dir=str(tmp_path), head_key="head-a")
+    (cache,) = tmp_path.glob("flops_*.json")
+    cache.write_text("{ truncated")
+    assert build_flops_table(net, (32, 32), cache_dir=str(tmp_path), head_key="head-a").gflops == first.gflops
+
+
+def paper_like_gflops():
+    """GFLOPs of the 134 DeiT3-S/L stitches from per-block costs (S block 0.38, L block 2.57 at 224)."""
+    space = StitchSpace(12, 24)
+    return {s.id: 0.15 + 0.38 * s.num_blocks()[0] + 2.57 * s.num_blocks()[1] for s in space}
+
+
+def test_ros_bins_are_drawn_uniformly():
+    gflops = paper_like_gflops()
+    sampler = ResourceConstrainedSampler(gflops, step=5.0, seed=0)
+    bins = flops_bins(gflops, 5.0)
+    assert sum(len(v) for v in bins.values()) == 134 and len(bins) >= 10
+    bin_of = {sid: b for b, ids in bins.items() for sid in ids}
+    draws = [sampler.sample(i) for i in range(30000)]
+    per_bin = np.array([sum(1 for d in draws if bin_of[d] == b) for b in bins])
+    assert chisquare(per_bin).pvalue > 1e-3  # uniform over bins
+    # within the most populated bin, stitches are uniform too
+    big = max(bins, key=lambda b: len(bins[b]))
+    inside = np.array([sum(1 for d in draws if d == sid) for sid in bins[big]])
+    assert chisquare(inside).pvalue > 1e-3
+    # anchors sit in sparse bins: ROS samples them far more than uniform sampling (2/134)
+    anchor_share = sum(1 for d in draws if d in (0, 1)) / len(draws)
+    assert anchor_share > 4 * 2 / 134
+    probs = sampler.probabilities()
+    assert sum(probs.values()) == pytest.approx(1.0)
+    # and the uniform sampler is not: its bins follow the stitch counts
+    uniform = UniformSampler(list(gflops), seed=0)
+    per_bin_u = np.array([sum(1 for i in range(30000) if bin_of[uniform.sample(i)] == b) for b in bins])
+    assert chisquare(per_bin_u).pvalue < 1e-6
+
+
+def _rank_draws(rank: int):
+    random.seed(rank)
+    np.random.seed(rank)
+    torch.manual_seed(rank)
+    sampler = ResourceConstrainedSampler(paper_like_gflops(), step=10.0, seed=42)
+    return [sampler.sample(i) for i in range(500)]
+
+
+def test_every_rank_draws_the_same_stitch_and_resume_repeats_the_sequence():
+    with mp.get_context("spawn").Pool(2) as pool:
+        rank0, rank1 = pool.map(_rank_draws, [0, 1])
+    assert rank0 == rank1
+    assert len(set(rank0)) > 50  # it does vary across iterations
+    resumed = ResourceConstrainedSampler(paper_like_gflops(), step=10.0, seed=42)
+    assert [resumed.sample(i) for i in range(250, 500)] == rank0[250:]
+    assert ResourceConstrainedSampler(paper_like_gflops(), step=10.0, seed=43).sample(0) is not None
+    other_seed = [ResourceConstrainedSampler(paper_like_gflops(), 10.0, seed=43).sample(i) for i in range(500)]
+    assert other_seed != rank0
+
+
+def test_sampler_state_round_trip_and_validation():
+    s = ResourceConstrainedSampler({0: 1.0, 1: 9.0, 2: 5.0}, step=2.0, seed=7)
+    t = ResourceConstrainedSampler({0: 1.0, 1: 9.0, 2: 5.0}, step=2.0, seed=0)
+    t.load_state_dict(s.state_dict())
+    assert [t.sample(i) for i in range(20)] == [s.sample(i) for i in range(20)]
+    with pytest.raises(ValueError, match="does not match"):
+        UniformSampler([0, 1]).load_state_dict(s.state_dict())
+    with pytest.raises(ValueError, match="positive"):
+        flops_bins({0: 1.0}, 0)
+    with pytest.raises(ValueError, match="empty"):
+        UniformSampler([])
+
+
+def test_pareto_frontier_and_budget_on_hand_made_points():
+    cost = {0: 1.0, 1: 2.0, 2: 2.0, 3: 3.0, 4: 4.0, 5: 5.0}
+    acc = {0: 50.0, 1: 55.0, 2: 60.0, 3: 58.0, 4: 70.0, 5: 70.0}
+    assert pareto_frontier(cost, acc) == [0, 2, 4]
+    err = {k: -v for k, v in acc.items()}
+    assert pareto_frontier(cost, err, higher_is_better=False) == [0, 2, 4]
+    assert best_under_budget(cost, acc, 3.5) == 2
+    assert best_under_budget(cost, acc, 10) == 4  # tie at 70: the cheaper
+    assert best_under_budget(cost, err, 3.5, higher_is_better=False) == 2
+    with pytest.raises(ValueError, match="cheapest costs 1"):
+        best_under_budget(cost, acc, 0.5)
