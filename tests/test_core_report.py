@@ -1,0 +1,99 @@
+"""Per-stitch evaluation loop: report files, interruption and resume, guards, Pareto selection."""
+import csv
+import json
+
+import pytest
+
+from snnet_core import FlopsTable, StitchSpace, evaluate_stitches, pareto_frontier, select_stitches
+
+SPACE = StitchSpace(4, 8)
+
+
+def table():
+    gflops = {s.id: 1.0 + s.num_blocks()[0] * 0.5 + s.num_blocks()[1] * 2.0 for s in SPACE}
+    return FlopsTable(gflops, {s.id: gflops[s.id] * 3 for s in SPACE}, (32, 32))
+
+
+def fake_metric(sid):
+    """Deterministic accuracy that grows with FLOPs, with per-stitch jitter so the frontier is non-trivial."""
+    return {"acc": 50 + 2 * table().gflops[sid] - (sid % 3), "loss": 1.0 / (1 + sid)}
+
+
+def test_report_files_are_written(tmp_path):
+    record = evaluate_stitches(fake_metric, SPACE.ids, SPACE, table(), str(tmp_path), "acc", run_key="m1",
+                               progress=False)
+    assert len(record["stitches"]) == len(SPACE)
+    saved = json.loads((tmp_path / "stitch_results.json").read_text())
+    assert saved == record and saved["stitches"]["5"]["route"] == SPACE[5].route
+    with open(tmp_path / "stitch_report.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == len(SPACE)
+    assert list(rows[0]) == ["id", "type", "route", "gflops", "params_m", "acc", "loss", "on_frontier"]
+    frontier = pareto_frontier(table().gflops, {s: fake_metric(s)["acc"] for s in SPACE.ids})
+    assert {int(r["id"]) for r in rows if r["on_frontier"] == "True"} == set(frontier)
+    assert [float(r["gflops"]) for r in rows] == sorted(float(r["gflops"]) for r in rows)
+    md = (tmp_path / "stitch_report.md").read_text()
+    assert md.count("\n| ") == len(SPACE) + 1 and md.count(" * |") == len(frontier)
+    png = (tmp_path / "stitch_report.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
+
+
+def test_interrupted_run_resumes_without_redoing_finished_stitches(tmp_path):
+    calls = []
+
+    def flaky(sid):
+        if len(calls) == 5:
+            raise KeyboardInterrupt  # e.g. the job was killed mid-way
+        calls.append(sid)
+        return fake_metric(sid)
+
+    with pytest.raises(KeyboardInterrupt):
+        evaluate_stitches(flaky, SPACE.ids, SPACE, table(), str(tmp_path), "acc", run_key="m1", progress=False)
+    saved = json.loads((tmp_path / "stitch_results.json").read_text())
+    assert sorted(map(int, saved["stitches"])) == sorted(calls) and len(calls) == 5
+
+    resumed_calls = []
+
+    def counting(sid):
+        resumed_calls.append(sid)
+        return fake_metric(sid)
+
+    record = evaluate_stitches(counting, SPACE.ids, SPACE, table(), str(tmp_path), "acc", run_key="m1",
+                               progress=False)
+    assert set(resumed_calls) == set(SPACE.ids) - set(calls) and len(resumed_calls) == len(SPACE) - 5
+    fresh = evaluate_stitches(fake_metric, SPACE.ids, SPACE, table(), str(tmp_path / "fresh"), "acc",
+                              run_key="m1", progress=False)
+    assert record == fresh
+
+
+def test_results_of_another_model_are_not_mixed(tmp_path):
+    evaluate_stitches(fake_metric, [0, 1], SPACE, table(), str(tmp_path), "acc", run_key="model-A", progress=False)
+    with pytest.raises(RuntimeError, match="another run"):
+        evaluate_stitches(fake_metric, [2], SPACE, table(), str(tmp_path), "acc", run_key="model-B", progress=False)
+    (tmp_path / "stitch_results.json").write_text("{ corrupt")
+    with pytest.raises(RuntimeError, match="not valid JSON"):
+        evaluate_stitches(fake_metric, [2], SPACE, table(), str(tmp_path), "acc", run_key="model-A", progress=False)
+
+
+def test_missing_primary_metric_is_an_error(tmp_path):
+    with pytest.raises(KeyError, match="primary metric 'AP'"):
+        evaluate_stitches(fake_metric, [0], SPACE, table(), str(tmp_path), "AP", progress=False)
+
+
+def test_lower_is_better_metric_frontier(tmp_path):
+    record = evaluate_stitches(lambda s: {"rmse": 10.0 / table().gflops[s] + (s % 2)}, SPACE.ids, SPACE, table(),
+                               str(tmp_path), "rmse", higher_is_better=False, progress=False)
+    with open(tmp_path / "stitch_report.csv") as f:
+        front = [int(r["id"]) for r in csv.DictReader(f) if r["on_frontier"] == "True"]
+    rmse = {int(k): v["rmse"] for k, v in record["stitches"].items()}
+    assert front == pareto_frontier(table().gflops, rmse, higher_is_better=False)
+    assert min(rmse, key=rmse.get) in front
+
+
+def test_pareto_selection_reads_a_previous_report(tmp_path):
+    evaluate_stitches(fake_metric, SPACE.ids, SPACE, table(), str(tmp_path), "acc", progress=False)
+    chosen = select_stitches("pareto", SPACE, str(tmp_path / "stitch_results.json"))
+    assert chosen == pareto_frontier(table().gflops, {s: fake_metric(s)["acc"] for s in SPACE.ids})
+    assert select_stitches("3,4", SPACE) == [3, 4] and select_stitches("all", SPACE) == SPACE.ids
+    with pytest.raises(FileNotFoundError, match="--stitch all first"):
+        select_stitches("pareto", SPACE, str(tmp_path / "missing.json"))
