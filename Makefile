@@ -47,10 +47,10 @@ test: install
 	$(PY) -m pytest -q tests
 
 demo: install
-	$(PY) -m snnet_core.demo --output-dir output/demo_core
+	$(PY) -m snnet_core.stitch_table --output-dir output/stitch_table
 
 bench: install
-	$(PY) benchmarks/run_all.py
+	set -e; for script in benchmarks/bench_*.py; do echo "== $$script"; $(PY) $$script; done
 
 clean:
 	rm -rf $(VENV) output .pytest_cache
