@@ -1,0 +1,190 @@
+"""DPT decoder (Ranftl et al., "Vision Transformers for Dense Prediction", 2021) for metric depth.
+
+The head consumes the four dense token features of a (stitched) ViT, all at one width ``C``:
+
+1. *Reassemble*: readout ``project`` (each patch token concatenated with the cls token, ``Linear(2C, C)``
+   + GELU), tokens -> ``(B, C, h, w)`` map, 1x1 projection to ``post_process_channels`` and resampling by
+   x4 (transposed conv), x2 (transposed conv), x1 and x1/2 (stride-2 3x3 conv).
+2. 3x3 convs (no bias) to ``features`` (256) channels.
+3. Four fusion blocks (residual conv units, x2 upsampling, 1x1 conv), coarsest first.
+4. Depth head: conv, x2 upsampling to the input size, conv, ReLU, 1x1 conv to one channel;
+   metric depth = ``ReLU(out) + min_depth``.
+
+Fusion blocks upsample to the size of the next (finer) feature map rather than by a fixed x2, so grids
+with odd sides (any input whose sides are multiples of the patch size) work, square or not.
+"""
+from __future__ import annotations
+
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+DEFAULT_POST_PROCESS_CHANNELS = (96, 192, 384, 768)
+STAGE_RESAMPLING = (4.0, 2.0, 1.0, 0.5)
+
+
+class ProjectReadout(nn.Module):
+    """Readout ``project``: ``[patch token, cls token]`` -> ``Linear(2C, C)`` -> GELU.
+
+    ``tokens`` ``(B, P + N, C)`` with the cls token at index 0 -> ``(B, N, C)`` patch tokens.
+    """
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.project = nn.Sequential(nn.Linear(2 * channels, channels), nn.GELU())
+
+    def forward(self, tokens: torch.Tensor, num_prefix_tokens: int) -> torch.Tensor:
+        patches = tokens[:, num_prefix_tokens:]
+        readout = tokens[:, :1].expand_as(patches)
+        return self.project(torch.cat([patches, readout], dim=-1))
+
+
+def resampler(channels: int, factor: float) -> nn.Module:
+    """Spatial resampling of a ``(B, channels, h, w)`` map by ``factor`` in {4, 2, 1, 0.5}."""
+    if factor > 1:
+        k = int(factor)
+        return nn.ConvTranspose2d(channels, channels, kernel_size=k, stride=k)
+    if factor == 1:
+        return nn.Identity()
+    if factor == 0.5:
+        return nn.Conv2d(channels, channels, kernel_size=3, stride=2, padding=1)
+    raise ValueError(f"unsupported resampling factor {factor}")
+
+
+class Reassemble(nn.Module):
+    """One stage of DPT's reassemble: tokens ``(B, P + h*w, C)`` -> map ``(B, out_channels, h*f, w*f)``."""
+
+    def __init__(self, in_channels: int, out_channels: int, factor: float):
+        super().__init__()
+        self.readout = ProjectReadout(in_channels)
+        self.project = nn.Conv2d(in_channels, out_channels, kernel_size=1)
+        self.resample = resampler(out_channels, factor)
+
+    def forward(self, tokens: torch.Tensor, grid: Tuple[int, int], num_prefix_tokens: int) -> torch.Tensor:
+        x = self.readout(tokens, num_prefix_tokens)  # (B, h*w, C)
+        b, n, c = x.shape
+        x = x.transpose(1, 2).reshape(b, c, *grid)
+        return self.resample(self.project(x))
+
+
+class ResidualConvUnit(nn.Module):
+    """``x + conv(relu(conv(relu(x))))`` with 3x3 convs; shape preserving ``(B, C, h, w)``."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.conv1 = nn.Conv2d(channels, channels, kernel_size=3, padding=1)
+        self.conv2 = nn.Conv2d(channels, channels, kernel_size=3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.conv1(F.relu(x))
+        out = self.conv2(F.relu(out))
+        return out + x
+
+
+class FeatureFusionBlock(nn.Module):
+    """DPT fusion: ``rcu2(x + rcu1(skip))`` (``rcu2(x)`` for the coarsest stage, which has no skip),
+    bilinear upsampling to ``size``, 1x1 conv. ``x`` and ``skip`` ``(B, C, h, w)`` -> ``(B, C, *size)``.
+    """
+
+    def __init__(self, channels: int, with_skip: bool):
+        super().__init__()
+        self.residual1 = ResidualConvUnit(channels) if with_skip else None
+        self.residual2 = ResidualConvUnit(channels)
+        self.out_conv = nn.Conv2d(channels, channels, kernel_size=1)
+
+    def forward(self, x: torch.Tensor, skip: Optional[torch.Tensor], size: Tuple[int, int]) -> torch.Tensor:
+        if (skip is None) != (self.residual1 is None):
+            raise ValueError("the coarsest fusion block takes no skip input, every other one needs one")
+        if skip is not None:
+            x = x + self.residual1(skip)
+        x = self.residual2(x)
+        x = F.interpolate(x, size=size, mode="bilinear", align_corners=True)
+        return self.out_conv(x)
+
+
+class DepthOutput(nn.Module):
+    """Fused map ``(B, C, h, w)`` -> metric depth ``(B, 1, H, W)`` = ``ReLU(out) + min_depth``."""
+
+    def __init__(self, channels: int, hidden: int = 32, min_depth: float = 1e-3):
+        super().__init__()
+        self.conv1 = nn.Conv2d(channels, channels // 2, kernel_size=3, padding=1)
+        self.conv2 = nn.Conv2d(channels // 2, hidden, kernel_size=3, padding=1)
+        self.conv3 = nn.Conv2d(hidden, 1, kernel_size=1)
+        self.min_depth = min_depth
+
+    def forward(self, x: torch.Tensor, image_size: Tuple[int, int]) -> torch.Tensor:
+        x = self.conv1(x)
+        x = F.interpolate(x, size=image_size, mode="bilinear", align_corners=True)
+        x = self.conv3(F.relu(self.conv2(x)))
+        return F.relu(x) + self.min_depth
+
+
+class DPTHead(nn.Module):
+    """DPT depth decoder over four dense ViT features.
+
+    Args:
+        in_channels: width ``C`` of every input feature (the SN-Net's slow anchor width).
+        post_process_channels: channels of the four reassembled maps (strides 4, 8, 16, 32 of the input).
+        features: channels of the fusion path (256 in DPT).
+        min_depth / max_depth: metric depth range; predictions are ``>= min_depth`` and clipped to
+            ``max_depth`` by the evaluation, not by the head (training sees the raw value).
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        post_process_channels: Sequence[int] = DEFAULT_POST_PROCESS_CHANNELS,
+        features: int = 256,
+        min_depth: float = 1e-3,
+        max_depth: float = 10.0,
+    ):
+        super().__init__()
+        if len(post_process_channels) != len(STAGE_RESAMPLING):
+            raise ValueError(f"DPT needs {len(STAGE_RESAMPLING)} post-process channels, got {post_process_channels}")
+        self.in_channels = in_channels
+        self.post_process_channels = tuple(int(c) for c in post_process_channels)
+        self.features = features
+        self.min_depth, self.max_depth = min_depth, max_depth
+        self.reassemble = nn.ModuleList(
+            Reassemble(in_channels, c, f) for c, f in zip(self.post_process_channels, STAGE_RESAMPLING)
+        )
+        self.layer_rn = nn.ModuleList(
+            nn.Conv2d(c, features, kernel_size=3, padding=1, bias=False) for c in self.post_process_channels
+        )
+        num_stages = len(STAGE_RESAMPLING)
+        self.fusion = nn.ModuleList(FeatureFusionBlock(features, with_skip=i < num_stages - 1) for i in range(num_stages))
+        self.output = DepthOutput(features, min_depth=min_depth)
+
+    def config(self) -> Dict[str, Any]:
+        """Constructor arguments (primitives), stored in checkpoints and exports."""
+        return {"in_channels": self.in_channels, "post_process_channels": list(self.post_process_channels),
+                "features": self.features, "min_depth": self.min_depth, "max_depth": self.max_depth}
+
+    def forward(
+        self,
+        features: Sequence[torch.Tensor],
+        grid: Tuple[int, int],
+        num_prefix_tokens: int,
+        image_size: Tuple[int, int],
+    ) -> torch.Tensor:
+        """Depth ``(B, 1, H, W)`` from 4 token features ``(B, P + h*w, C)`` (cls token at index 0).
+
+        Args:
+            grid: patch grid ``(h, w)``; ``image_size``: ``(H, W)`` of the input images.
+        """
+        if len(features) != len(self.reassemble):
+            raise ValueError(f"DPT head expects {len(self.reassemble)} features, got {len(features)}")
+        if num_prefix_tokens < 1:
+            raise ValueError("readout 'project' needs a cls token: build the anchors with class_token=True")
+        maps: List[torch.Tensor] = [
+            rn(reassemble(f, grid, num_prefix_tokens))
+            for f, reassemble, rn in zip(features, self.reassemble, self.layer_rn)
+        ]
+        # coarsest first: fuse stage 4 -> 1, each output at the next finer stage's size
+        x = None
+        for stage in reversed(range(len(maps))):
+            target = maps[stage - 1].shape[-2:] if stage > 0 else tuple(2 * s for s in maps[0].shape[-2:])
+            x = self.fusion[stage](maps[stage] if x is None else x, None if x is None else maps[stage], target)
+        return self.output(x, image_size)

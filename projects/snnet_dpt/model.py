@@ -1,0 +1,141 @@
+"""The depth model: a stitched ViT backbone (or one exported stitch) and the DPT head.
+
+``ModelSpec`` holds everything needed to rebuild the architecture (timm anchor names and overrides, LoRA
+rank, dense-feature blocks, head sizes); it is stored in checkpoints and exported stitches as primitives.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+import torch
+import torch.nn as nn
+
+from snnet_core import FlopsTable, StitchedViT, build_anchor, build_flops_table, count_gflops
+
+from .head import DEFAULT_POST_PROCESS_CHANNELS, DPTHead
+
+DEIT3_L_OUT_INDICES = (4, 11, 17, 23)
+
+
+def default_out_indices(depth: int) -> Tuple[int, ...]:
+    """Dense-feature blocks of the slow anchor: (4, 11, 17, 23) for 24 blocks (DeiT3-L), else the last
+    block of each quarter (e.g. (1, 3, 5, 7) for 8 blocks)."""
+    if depth == 24:
+        return DEIT3_L_OUT_INDICES
+    if depth < 4:
+        raise ValueError(f"DPT needs 4 dense features: the slow anchor has only {depth} blocks")
+    return tuple(depth * (k + 1) // 4 - 1 for k in range(4))
+
+
+@dataclasses.dataclass
+class ModelSpec:
+    """Architecture of a stitched DPT depth model.
+
+    Attributes:
+        anchors: timm names of the (fast, slow) anchors, e.g. DeiT3-S and DeiT3-L.
+        img_size: ``(H, W)`` the position embeddings are built for (the evaluation size, 480x640); other
+            sizes (training crops) run through timm's dynamic position-embedding resampling.
+        anchor_overrides: extra ``VisionTransformer`` arguments per anchor (tiny test configurations).
+        drop_path: stochastic depth rate per anchor.
+        lora_rank: LoRA SL rank of the stitching layers (paper: 4 for depth).
+        out_indices: slow-anchor blocks giving the 4 dense features (default ``default_out_indices``).
+        post_process_channels / features: DPT head sizes.
+        min_depth / max_depth: metric depth range in metres.
+    """
+
+    anchors: Tuple[str, str] = ("deit3_small_patch16_224", "deit3_large_patch16_224")
+    img_size: Tuple[int, int] = (480, 640)
+    anchor_overrides: Tuple[Dict[str, Any], Dict[str, Any]] = ({}, {})
+    drop_path: Tuple[float, float] = (0.0, 0.0)
+    lora_rank: int = 4
+    out_indices: Optional[Tuple[int, ...]] = None
+    post_process_channels: Tuple[int, ...] = DEFAULT_POST_PROCESS_CHANNELS
+    features: int = 256
+    min_depth: float = 1e-3
+    max_depth: float = 10.0
+
+    def to_dict(self) -> Dict[str, Any]:
+        """Primitives only (lists/dicts/str/numbers): safe in a ``weights_only`` checkpoint."""
+        data = dataclasses.asdict(self)
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in data.items()}
+
+    @classmethod
+    def from_dict(cls, data: Dict[str, Any]) -> "ModelSpec":
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(data) - names
+        if unknown:
+            raise ValueError(f"unknown model spec fields {sorted(unknown)}")
+        data = {k: tuple(v) if isinstance(v, list) else v for k, v in data.items()}
+        return cls(**data)
+
+    def build_anchor(self, which: int, pretrained: Optional[str] = None, **extra: Any) -> nn.Module:
+        """Anchor ``which`` (0 fast, 1 slow) as a timm ViT; ``extra`` overrides the stored overrides."""
+        overrides = dict(self.anchor_overrides[which], **extra)
+        overrides.setdefault("drop_path_rate", self.drop_path[which])
+        return build_anchor(self.anchors[which], img_size=self.img_size, pretrained=pretrained, **overrides)
+
+    def build_head(self, in_channels: int) -> DPTHead:
+        return DPTHead(in_channels, self.post_process_channels, self.features, self.min_depth, self.max_depth)
+
+
+class DPTDepthModel(nn.Module):
+    """``backbone`` (a ``StitchedViT`` running its selected stitch, or an ``ExportedStitch``) + ``DPTHead``.
+
+    ``forward(images (B, 3, H, W))`` -> metric depth ``(B, 1, H, W)``; ``H`` and ``W`` must be multiples of
+    the patch size.
+    """
+
+    def __init__(self, backbone: nn.Module, head: DPTHead, patch_size: int):
+        super().__init__()
+        self.backbone, self.head, self.patch_size = backbone, head, int(patch_size)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        h, w = images.shape[-2:]
+        if h % self.patch_size or w % self.patch_size:
+            raise ValueError(f"input {h}x{w} is not a multiple of the patch size {self.patch_size}")
+        out = self.backbone(images)
+        return self.head(out.features, out.grid, out.num_prefix_tokens, (h, w))
+
+
+def build_model(spec: ModelSpec, pretrained: Sequence[Optional[str]] = (None, None)) -> DPTDepthModel:
+    """The SN-Net DPT model of ``spec`` with anchors loaded from the local checkpoint files ``pretrained``."""
+    fast, slow = (spec.build_anchor(i, pretrained[i]) for i in range(2))
+    out_indices = spec.out_indices or default_out_indices(len(slow.blocks))
+    snnet = StitchedViT(fast, slow, lora_rank=spec.lora_rank, out_indices=out_indices)
+    return DPTDepthModel(snnet, spec.build_head(snnet.out_channels), snnet.patch_size)
+
+
+class _HeadProbe(nn.Module):
+    """``forward(*features)``: the head on fixed grid/image size, for an fvcore trace."""
+
+    def __init__(self, head: DPTHead, grid: Tuple[int, int], image_size: Tuple[int, int]):
+        super().__init__()
+        self.head, self.grid, self.image_size = head, grid, image_size
+
+    def forward(self, *features: torch.Tensor) -> torch.Tensor:
+        return self.head(list(features), self.grid, 1, self.image_size)
+
+
+def head_gflops(head: DPTHead, image_size: Tuple[int, int], patch_size: int) -> float:
+    """GFLOPs (fvcore, multiply-adds) of the DPT head on one ``image_size`` input: the same for every stitch,
+    since every stitch gives 4 features at the slow width."""
+    grid = (image_size[0] // patch_size, image_size[1] // patch_size)
+    device = next(head.parameters()).device
+    features: List[torch.Tensor] = [
+        torch.zeros(1, 1 + grid[0] * grid[1], head.in_channels, device=device) for _ in head.reassemble
+    ]
+    return count_gflops(_HeadProbe(head, grid, tuple(image_size)), tuple(features))
+
+
+def depth_flops_table(model: DPTDepthModel, image_size: Tuple[int, int], cache_dir: Optional[str] = None) -> FlopsTable:
+    """GFLOPs and parameters of every stitch + DPT head at ``image_size`` (the engine's table, cached)."""
+    snnet: StitchedViT = model.backbone
+    head = model.head
+    return build_flops_table(
+        snnet, image_size, mode="features",
+        head_gflops=head_gflops(head, image_size, snnet.patch_size),
+        head_params=sum(p.numel() for p in head.parameters()),
+        head_key="dpt:" + repr(sorted(head.config().items())),
+        cache_dir=cache_dir,
+    )

@@ -1,0 +1,181 @@
+"""NYUv2 depth readers for the two layouts in use, returning raw frames ``(image, depth)``.
+
+* ``NYUv2Labeled``: the official labeled file ``nyu_depth_v2_labeled.mat`` (MATLAB v7.3, i.e. HDF5) with
+  ``splits.mat`` (``trainNdxs`` 795 / ``testNdxs`` 654, 1-based). The HDF5 file is read lazily, one frame
+  per ``read`` call (never the 2.8 GB file whole), and opened once per process (DataLoader workers
+  included). h5py sees MATLAB's column-major arrays with reversed axes: ``images`` ``(N, 3, W, H)`` uint8
+  and ``depths`` ``(N, W, H)`` float metres; frames come out as ``H x W`` = 480 x 640.
+* ``NYUv2Sync``: the "sync" layout of BTS and the depth toolboxes: a list file whose lines are
+  ``rgb_path depth_path focal`` (paths relative to an image root, leading ``/`` allowed), RGB JPEG/PNG and
+  depth PNG uint16 in millimetres.
+
+Both give ``image`` ``(H, W, 3)`` uint8 RGB and ``depth`` ``(H, W)`` float32 metres (0 = no measurement).
+"""
+from __future__ import annotations
+
+import logging
+import os
+from typing import List, Optional, Tuple
+
+import cv2
+import numpy as np
+
+logger = logging.getLogger(__name__)
+
+LABELED_MAT = "nyu_depth_v2_labeled.mat"
+SPLITS_MAT = "splits.mat"
+SPLIT_KEYS = {"train": "trainNdxs", "test": "testNdxs"}
+SYNC_TRAIN_ROOT = "sync"
+SYNC_TEST_ROOT = os.path.join("official_splits", "test")
+SYNC_TRAIN_LIST = "nyudepthv2_train_files_with_gt.txt"
+SYNC_TEST_LIST = "nyudepthv2_test_files_with_gt.txt"
+SYNC_DEPTH_SCALE = 1000.0  # uint16 millimetres -> metres
+
+Frame = Tuple[np.ndarray, np.ndarray]
+
+
+def _require_file(path: str, what: str) -> None:
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{what} {path!r} does not exist (see datasets/prepare_nyu.md)")
+
+
+def read_split_indices(splits_path: str, split: str, num_frames: int) -> np.ndarray:
+    """0-based frame indices of ``split`` from ``splits.mat`` (1-based MATLAB indices), validated."""
+    import scipy.io
+
+    if split not in SPLIT_KEYS:
+        raise ValueError(f"split must be one of {sorted(SPLIT_KEYS)}, got {split!r}")
+    _require_file(splits_path, "NYUv2 splits file")
+    try:
+        splits = scipy.io.loadmat(splits_path)
+    except Exception as exc:
+        raise ValueError(f"could not read {splits_path!r} as a MATLAB file ({type(exc).__name__}: {exc})") from exc
+    key = SPLIT_KEYS[split]
+    if key not in splits:
+        found = sorted(k for k in splits if not k.startswith("__"))
+        raise ValueError(f"{splits_path!r} has no {key!r} (found {found}); expected the official NYUv2 splits.mat "
+                         f"with {sorted(SPLIT_KEYS.values())}")
+    raw = np.asarray(splits[key]).reshape(-1)
+    indices = raw.astype(np.int64)
+    if not np.array_equal(indices, raw) or len(indices) == 0:
+        raise ValueError(f"{splits_path!r}: {key!r} must hold positive integer frame numbers")
+    bad = indices[(indices < 1) | (indices > num_frames)]
+    if len(bad):
+        raise IndexError(f"{splits_path!r}: {key!r} holds frame number {int(bad[0])} ({len(bad)} out of range); "
+                         f"the labeled file has {num_frames} frames, numbered 1..{num_frames} (1-based)")
+    return indices - 1
+
+
+class NYUv2Labeled:
+    """Frames of one split of the official labeled ``.mat`` (read lazily with h5py)."""
+
+    def __init__(self, mat_path: str, splits_path: str, split: str):
+        import h5py
+
+        _require_file(mat_path, "NYUv2 labeled file")
+        self.mat_path = mat_path
+        try:
+            with h5py.File(mat_path, "r") as f:
+                missing = [k for k in ("images", "depths") if k not in f]
+                if missing:
+                    raise ValueError(
+                        f"{mat_path!r} has no {missing} dataset (found {sorted(f.keys())}); expected the official "
+                        "nyu_depth_v2_labeled.mat with 'images' (N, 3, 640, 480) uint8 and 'depths' (N, 640, 480)"
+                    )
+                images, depths = f["images"].shape, f["depths"].shape
+        except OSError as exc:
+            raise ValueError(f"{mat_path!r} is not a MATLAB v7.3 (HDF5) file ({exc}); the official "
+                             f"{LABELED_MAT} is v7.3") from exc
+        if len(images) != 4 or images[1] != 3 or len(depths) != 3 or images[0] != depths[0] or images[2:] != depths[1:]:
+            raise ValueError(f"{mat_path!r}: 'images' {images} and 'depths' {depths} do not have the layout "
+                             "(N, 3, W, H) and (N, W, H) of the official file")
+        self.num_frames = int(images[0])
+        self.size = (int(images[3]), int(images[2]))  # (H, W)
+        self.indices = read_split_indices(splits_path, split, self.num_frames)
+        self._file = None
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def _h5(self):
+        if self._file is None:  # opened on first use in each process
+            import h5py
+
+            self._file = h5py.File(self.mat_path, "r")
+        return self._file
+
+    def __getstate__(self):  # an open h5py handle cannot go to DataLoader workers
+        return dict(self.__dict__, _file=None)
+
+    def read(self, i: int) -> Frame:
+        """Frame ``i`` of the split: ``image`` ``(H, W, 3)`` uint8 RGB, ``depth`` ``(H, W)`` float32 metres."""
+        f = self._h5()
+        j = int(self.indices[i])
+        image = np.ascontiguousarray(f["images"][j].transpose(2, 1, 0))  # (3, W, H) -> (H, W, 3)
+        depth = np.ascontiguousarray(f["depths"][j].T, dtype=np.float32)  # (W, H) -> (H, W)
+        return image, depth
+
+
+class NYUv2Sync:
+    """Frames listed in a sync-layout split file (``rgb_path depth_path focal`` per line)."""
+
+    def __init__(self, image_root: str, list_file: str):
+        _require_file(list_file, "NYUv2 split file")
+        if not os.path.isdir(image_root):
+            raise FileNotFoundError(f"NYUv2 image folder {image_root!r} does not exist (see datasets/prepare_nyu.md)")
+        self.image_root, self.list_file = image_root, list_file
+        self.items: List[Tuple[str, str]] = []
+        skipped = 0
+        with open(list_file) as f:
+            for line_no, line in enumerate(f, 1):
+                fields = line.split()
+                if not fields:
+                    continue
+                if len(fields) != 3:
+                    raise ValueError(f"{list_file}:{line_no}: expected 'rgb_path depth_path focal', got {line.strip()!r}")
+                if fields[1] == "None":  # frames without ground truth in some published lists
+                    skipped += 1
+                    continue
+                self.items.append(tuple(os.path.join(image_root, p.lstrip("/")) for p in fields[:2]))
+        if not self.items:
+            raise ValueError(f"{list_file!r} lists no frame with ground truth")
+        if skipped:
+            logger.info("%s: skipped %d frames without ground truth", list_file, skipped)
+        missing = [p for item in self.items for p in item if not os.path.isfile(p)]
+        if missing:
+            raise FileNotFoundError(f"{len(missing)} files listed in {list_file!r} are missing under {image_root!r}, "
+                                    f"e.g. {missing[0]!r}")
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def read(self, i: int) -> Frame:
+        rgb_path, depth_path = self.items[i]
+        bgr = cv2.imread(rgb_path, cv2.IMREAD_COLOR)
+        depth = cv2.imread(depth_path, cv2.IMREAD_UNCHANGED)
+        if bgr is None or depth is None:
+            raise OSError(f"could not decode {rgb_path if bgr is None else depth_path!r}")
+        if depth.dtype != np.uint16 or depth.ndim != 2:
+            raise ValueError(f"{depth_path!r} must be a single-channel uint16 PNG in millimetres, "
+                             f"got {depth.dtype} with shape {depth.shape}")
+        if depth.shape != bgr.shape[:2]:
+            raise ValueError(f"{rgb_path!r} is {bgr.shape[:2]} but its depth {depth_path!r} is {depth.shape}")
+        return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB), depth.astype(np.float32) / SYNC_DEPTH_SCALE
+
+
+def build_nyu_split(layout: str, data_root: str, split: str, list_file: Optional[str] = None):
+    """Reader of ``split`` (``train``/``test``) in ``layout`` (``mat``/``sync``) under ``data_root``.
+
+    ``mat``: ``data_root/nyu_depth_v2_labeled.mat`` and ``data_root/splits.mat``.
+    ``sync``: images under ``data_root/sync`` (train) or ``data_root/official_splits/test`` (test), listed by
+    ``list_file`` (default ``data_root/nyudepthv2_{train,test}_files_with_gt.txt``, the BTS names).
+    """
+    if split not in SPLIT_KEYS:
+        raise ValueError(f"split must be one of {sorted(SPLIT_KEYS)}, got {split!r}")
+    if layout == "mat":
+        return NYUv2Labeled(os.path.join(data_root, LABELED_MAT), os.path.join(data_root, SPLITS_MAT), split)
+    if layout == "sync":
+        root = os.path.join(data_root, SYNC_TRAIN_ROOT if split == "train" else SYNC_TEST_ROOT)
+        default_list = SYNC_TRAIN_LIST if split == "train" else SYNC_TEST_LIST
+        return NYUv2Sync(root, list_file or os.path.join(data_root, default_list))
+    raise ValueError(f"dataset layout must be 'mat' or 'sync', got {layout!r}")
