@@ -1,0 +1,153 @@
+"""Engine benchmarks, each printed as a ratio measured side by side in one run (DeiT3-S/L shapes, random init).
+
+1. Stitching overhead: forward time of a stitch / forward time of the same blocks without stitching layers.
+2. LS init peak memory (growth over the resident model) for 10 vs 100 calibration images, at 224 and 480x640.
+3. FLOPs table: build time of the 134-stitch table, and the cached second call.
+
+    python benchmarks/bench_core.py [--quick]
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from typing import List, Tuple
+
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from snnet_core import StitchedViT, build_anchor, build_flops_table, ls_init_stitching_layers  # noqa: E402
+from snnet_core.route import embed_images  # noqa: E402
+
+FAST, SLOW = "deit3_small_patch16_224", "deit3_large_patch16_224"
+
+
+def build_snnet(size: Tuple[int, int], lora_rank: int = 16) -> StitchedViT:
+    torch.manual_seed(0)
+    return StitchedViT(build_anchor(FAST, img_size=size), build_anchor(SLOW, img_size=size), lora_rank=lora_rank).eval()
+
+
+@torch.no_grad()
+def stitching_overhead(repeats: int, batch: int) -> None:
+    net = build_snnet((224, 224))
+    x = torch.randn(batch, 3, 224, 224)
+    print(f"\n[1] stitching overhead, DeiT3-S/L at 224, batch {batch}, median of {repeats} (LoRA rank 16, unmerged)")
+    print(f"{'stitch':<34} {'stitched ms':>12} {'blocks only ms':>15} {'ratio':>7}")
+    for sid in (12, 2, 40, 100):  # FS, FS, FSF, SFS of different lengths
+        plan = net.plan(sid)
+        # the same blocks without stitching layers: each segment starts from a tensor of its own width
+        segments, current = [], []
+        for layer, name in zip(plan.layers, plan.layer_names):
+            if name.startswith("stitch_"):
+                segments.append(current)
+                current = []
+            else:
+                current.append(layer)
+        segments.append(current)
+        tokens, _ = embed_images(plan.embed, x)
+        seg_inputs = [torch.randn(batch, tokens.shape[1], seg[0].norm1.normalized_shape[0]) for seg in segments]
+
+        def blocks_only():
+            embed_images(plan.embed, x)
+            for seg, h in zip(segments, seg_inputs):
+                for block in seg:
+                    h = block(h)
+
+        def stitched():
+            net(x, sid, with_features=False)
+
+        stitched(), blocks_only()  # warm-up
+        t_s, t_b = [], []
+        for _ in range(repeats):  # interleaved so both see the same machine state
+            for fn, acc in ((stitched, t_s), (blocks_only, t_b)):
+                start = time.perf_counter()
+                fn()
+                acc.append(time.perf_counter() - start)
+        ms, mb = statistics.median(t_s) * 1e3, statistics.median(t_b) * 1e3
+        print(f"{net.space[sid].route:<34} {ms:>12.1f} {mb:>15.1f} {ms / mb:>7.3f}")
+
+
+def _rss_bytes() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def ls_memory_child(num_images: int, height: int, width: int) -> None:
+    """Run in a subprocess: print the RSS growth during LS init over the resident model."""
+    torch.set_num_threads(max(1, os.cpu_count() or 1))
+    net = build_snnet((height, width))
+    gen = torch.Generator().manual_seed(0)
+    batch = 5
+
+    def batches():
+        for _ in range((num_images + batch - 1) // batch):
+            yield torch.randn(batch, 3, height, width, generator=gen)
+
+    baseline = _rss_bytes()
+    peak = [baseline]
+    done = threading.Event()
+
+    def watch():
+        while not done.is_set():
+            peak[0] = max(peak[0], _rss_bytes())
+            time.sleep(0.002)
+
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
+    start = time.perf_counter()
+    ls_init_stitching_layers(net, batches(), num_images=num_images, progress=False)
+    done.set()
+    watcher.join()
+    print(f"RESULT {peak[0] - baseline} {baseline} {time.perf_counter() - start:.1f}")
+
+
+def ls_memory(sizes: List[Tuple[int, int]], counts: Tuple[int, int]) -> None:
+    print(f"\n[2] LS init peak memory growth over the resident DeiT3-S/L (batches of 5 images), "
+          f"{counts[0]} vs {counts[1]} images")
+    print(f"{'input':<9} {'images':>6} {'growth MiB':>11} {'model RSS MiB':>14} {'time s':>7}")
+    for h, w in sizes:
+        growth = []
+        for n in counts:
+            out = subprocess.run([sys.executable, __file__, "--ls-child", str(n), str(h), str(w)],
+                                 capture_output=True, text=True, check=True).stdout
+            line = next(l for l in out.splitlines() if l.startswith("RESULT"))
+            g, base, secs = line.split()[1:]
+            growth.append(int(g))
+            print(f"{h}x{w:<5} {n:>6} {int(g) / 2**20:>11.0f} {int(base) / 2**20:>14.0f} {float(secs):>7.1f}")
+        print(f"{'':<9} ratio {counts[1]} / {counts[0]} images: {growth[1] / growth[0]:.3f}")
+
+
+def flops_table_timing() -> None:
+    net = build_snnet((224, 224))
+    with tempfile.TemporaryDirectory() as cache:
+        start = time.perf_counter()
+        build_flops_table(net, (224, 224), mode="classify", cache_dir=cache)
+        first = time.perf_counter() - start
+        start = time.perf_counter()
+        build_flops_table(net, (224, 224), mode="classify", cache_dir=cache)
+        second = time.perf_counter() - start
+    print(f"\n[3] FLOPs table of {len(net.space)} stitches at 224: built in {first:.2f}s, cached call "
+          f"{second * 1e3:.1f} ms (ratio {first / second:.0f}x)")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="fewer repeats, LS memory at 224 only")
+    parser.add_argument("--ls-child", nargs=3, type=int, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.ls_child:
+        ls_memory_child(*args.ls_child)
+        return
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, CPU")
+    stitching_overhead(repeats=5 if args.quick else 15, batch=1)
+    ls_memory([(224, 224)] if args.quick else [(224, 224), (480, 640)], (10, 100))
+    flops_table_timing()
+
+
+if __name__ == "__main__":
+    main()
