@@ -7,6 +7,7 @@ Toolbox): ``a_k`` = share of ``max(pred/gt, gt/pred) < 1.25**k``; ``silog`` is `
 """
 from __future__ import annotations
 
+import math
 from typing import Dict, Tuple
 
 import torch
@@ -19,10 +20,11 @@ HIGHER_IS_BETTER = ("a1", "a2", "a3")
 
 
 def eigen_crop_box(height: int, width: int) -> Tuple[int, int, int, int]:
-    """``(top, bottom, left, right)`` of the Eigen crop (= the NYU border crop) for an ``height x width`` frame."""
+    """``(top, bottom, left, right)`` of the Eigen crop (= the NYU border crop) for a ``height x width`` frame:
+    the 480x640 box, scaled (rounded half up) for frames of another size."""
     top, bottom, left, right = EIGEN_CROP
     sy, sx = height / NYU_SIZE[0], width / NYU_SIZE[1]
-    return round(top * sy), round(bottom * sy), round(left * sx), round(right * sx)
+    return tuple(math.floor(v + 0.5) for v in (top * sy, bottom * sy, left * sx, right * sx))
 
 
 def evaluation_mask(gt: torch.Tensor, min_depth: float, max_depth: float, eigen_crop: bool = True) -> torch.Tensor:

@@ -1,0 +1,181 @@
+"""NYUv2 readers (labeled .mat and sync layouts), the synthetic generator and the training augmentation."""
+import os
+
+import cv2
+import h5py
+import numpy as np
+import pytest
+import scipy.io
+import torch
+
+from datasets.make_synthetic_nyu import make_synthetic_nyu, render_frame
+from projects.snnet_dpt.nyu import NYUv2Labeled, NYUv2Sync, build_nyu_split
+from projects.snnet_dpt.transforms import DepthDataset, TrainAugmentation
+
+H, W = 48, 64  # asymmetric on purpose: a transposed axis changes the shape
+
+
+def asymmetric_frame():
+    """image[y, x, c] and depth[y, x] that differ under any transpose or flip."""
+    y, x = np.mgrid[0:H, 0:W]
+    image = np.stack([(3 * y + x) % 256, (y * x) % 256, np.where((y < 10) & (x < 20), 255, 0)], -1).astype(np.uint8)
+    depth = (1.0 + 0.05 * y + 0.01 * x).astype(np.float32)
+    return image, depth
+
+
+def write_matlab_style_h5(path, frames, depth_key="depths"):
+    """What MATLAB v7.3 writes for images(H, W, 3, N) / depths(H, W, N): h5py sees the axes reversed, so
+    element [n, c, x, y] of 'images' is pixel (y, x) channel c of frame n (written element-wise here)."""
+    n = len(frames)
+    images = np.zeros((n, 3, W, H), np.uint8)
+    depths = np.zeros((n, W, H), np.float32)
+    for i, (image, depth) in enumerate(frames):
+        for yy in range(H):
+            for xx in range(W):
+                images[i, :, xx, yy] = image[yy, xx]
+                depths[i, xx, yy] = depth[yy, xx]
+    with h5py.File(path, "w") as f:
+        f["images"] = images
+        f[depth_key] = depths
+
+
+@pytest.fixture(scope="module")
+def synthetic(tmp_path_factory):
+    root = str(tmp_path_factory.mktemp("nyu_synth"))
+    splits = make_synthetic_nyu(root, num_train=6, num_test=3, size=(H, W), seed=3)
+    return root, splits
+
+
+def test_labeled_reader_orientation_and_split_indices(tmp_path):
+    image, depth = asymmetric_frame()
+    frames = [(image, depth), (255 - image, depth + 2.0), (image // 2, depth * 0.5)]
+    write_matlab_style_h5(tmp_path / "labeled.mat", frames)
+    scipy.io.savemat(tmp_path / "splits.mat", {"trainNdxs": np.array([[1.0], [3.0]]), "testNdxs": np.array([[2.0]])})
+    train = NYUv2Labeled(str(tmp_path / "labeled.mat"), str(tmp_path / "splits.mat"), "train")
+    test = NYUv2Labeled(str(tmp_path / "labeled.mat"), str(tmp_path / "splits.mat"), "test")
+    assert len(train) == 2 and len(test) == 1 and train.size == (H, W)
+    got_image, got_depth = train.read(1)  # 1-based frame 3
+    assert got_image.shape == (H, W, 3) and got_image.dtype == np.uint8
+    np.testing.assert_array_equal(got_image, frames[2][0])
+    np.testing.assert_array_equal(got_depth, frames[2][1])
+    np.testing.assert_array_equal(test.read(0)[0], frames[1][0])  # 1-based frame 2
+
+
+def test_sync_reader_orientation_rgb_order_and_millimetres(tmp_path):
+    image, depth = asymmetric_frame()
+    os.makedirs(tmp_path / "sync" / "room")
+    cv2.imwrite(str(tmp_path / "sync" / "room" / "rgb_0.png"), image[..., ::-1])  # cv2 writes BGR
+    depth_mm = np.round(depth * 1000).astype(np.uint16)
+    depth_mm[5, 7] = 0  # a sensor hole
+    cv2.imwrite(str(tmp_path / "sync" / "room" / "depth_0.png"), depth_mm)
+    (tmp_path / "train.txt").write_text("/room/rgb_0.png /room/depth_0.png 518.8579\n\n")
+    frames = NYUv2Sync(str(tmp_path / "sync"), str(tmp_path / "train.txt"))
+    got_image, got_depth = frames.read(0)
+    np.testing.assert_array_equal(got_image, image)
+    assert got_image[0, 0, 2] == 255 and got_image[0, 0, 0] == 0  # blue patch top-left, RGB order
+    assert got_depth.dtype == np.float32 and got_depth[5, 7] == 0
+    np.testing.assert_allclose(got_depth[got_depth > 0], depth[got_depth > 0], atol=5e-4)
+
+
+def test_generated_labeled_file_is_matlab_v73_with_the_official_layout(synthetic):
+    root, splits = synthetic
+    mat = os.path.join(root, "nyu_depth_v2_labeled.mat")
+    assert scipy.io.matlab.matfile_version(mat) == (2, 0)  # scipy recognises the v7.3 (HDF5) header
+    with h5py.File(mat, "r") as f:
+        assert f["images"].shape == (9, 3, W, H) and f["images"].dtype == np.uint8
+        assert f["depths"].shape == (9, W, H)
+    s = scipy.io.loadmat(os.path.join(root, "splits.mat"))
+    assert sorted(s["testNdxs"].ravel().astype(int) - 1) == splits["test"]
+    assert sorted(s["trainNdxs"].ravel().astype(int) - 1) == splits["train"]
+
+
+def test_both_generated_layouts_hold_the_same_frames(synthetic):
+    root, splits = synthetic
+    for split in ("train", "test"):
+        mat, sync = build_nyu_split("mat", root, split), build_nyu_split("sync", root, split)
+        assert len(mat) == len(sync) == len(splits[split])
+        for i in range(len(mat)):
+            (mi, md), (si, sd) = mat.read(i), sync.read(i)
+            expected_image, expected_depth = render_frame(splits[split][i], (H, W), seed=3)
+            np.testing.assert_array_equal(mi, expected_image)
+            np.testing.assert_array_equal(md, expected_depth)
+            assert np.abs(si.astype(int) - mi.astype(int)).mean() < 8  # JPEG of a noisy 48x64 frame
+            valid = sd > 0
+            assert valid.mean() > 0.8  # a few sensor holes
+            np.testing.assert_allclose(sd[valid], md[valid], atol=5e-4)
+
+
+def test_generated_depth_is_metric_and_learnable_from_brightness(synthetic):
+    root, _ = synthetic
+    image, depth = build_nyu_split("mat", root, "train").read(0)
+    assert 0.5 < depth.min() and depth.max() < 10
+    brightness = image.astype(float).mean(-1).ravel()
+    assert np.corrcoef(brightness, depth.ravel())[0, 1] < -0.3  # farther is darker
+
+
+def test_labeled_reader_errors(tmp_path, synthetic):
+    root, _ = synthetic
+    with pytest.raises(FileNotFoundError, match="nyu_depth_v2_labeled.mat"):
+        build_nyu_split("mat", str(tmp_path), "train")
+    image, depth = asymmetric_frame()
+    write_matlab_style_h5(tmp_path / "wrong.mat", [(image, depth)], depth_key="depth")
+    with pytest.raises(ValueError, match=r"no \['depths'\].*found \['depth', 'images'\]"):
+        NYUv2Labeled(str(tmp_path / "wrong.mat"), os.path.join(root, "splits.mat"), "train")
+    scipy.io.savemat(tmp_path / "v5.mat", {"depths": depth})
+    with pytest.raises(ValueError, match="not a MATLAB v7.3"):
+        NYUv2Labeled(str(tmp_path / "v5.mat"), os.path.join(root, "splits.mat"), "train")
+    mat = os.path.join(root, "nyu_depth_v2_labeled.mat")
+    scipy.io.savemat(tmp_path / "big.mat", {"trainNdxs": np.array([[1.0], [10.0]]), "testNdxs": np.array([[2.0]])})
+    with pytest.raises(IndexError, match="frame number 10.*9 frames"):
+        NYUv2Labeled(mat, str(tmp_path / "big.mat"), "train")
+    scipy.io.savemat(tmp_path / "zero.mat", {"trainNdxs": np.array([[0.0]]), "testNdxs": np.array([[2.0]])})
+    with pytest.raises(IndexError, match="1-based"):
+        NYUv2Labeled(mat, str(tmp_path / "zero.mat"), "train")
+    scipy.io.savemat(tmp_path / "keys.mat", {"train": np.array([[1.0]])})
+    with pytest.raises(ValueError, match="no 'testNdxs'"):
+        NYUv2Labeled(mat, str(tmp_path / "keys.mat"), "test")
+    with pytest.raises(ValueError, match="split must be"):
+        NYUv2Labeled(mat, os.path.join(root, "splits.mat"), "val")
+
+
+def test_sync_reader_errors(tmp_path, synthetic):
+    root, _ = synthetic
+    with pytest.raises(FileNotFoundError, match="missing.txt"):
+        NYUv2Sync(os.path.join(root, "sync"), str(tmp_path / "missing.txt"))
+    (tmp_path / "bad.txt").write_text("a.jpg b.png 518.8\nonly_two fields\n")
+    with pytest.raises(ValueError, match=r"bad.txt:2"):
+        NYUv2Sync(os.path.join(root, "sync"), str(tmp_path / "bad.txt"))
+    (tmp_path / "gone.txt").write_text("/room/rgb_9.jpg /room/sync_depth_9.png 518.8\n")
+    with pytest.raises(FileNotFoundError, match="rgb_9.jpg"):
+        NYUv2Sync(os.path.join(root, "sync"), str(tmp_path / "gone.txt"))
+    with pytest.raises(ValueError, match="layout"):
+        build_nyu_split("kitti", root, "train")
+
+
+def test_train_augmentation_keeps_image_and_depth_aligned():
+    y, x = np.mgrid[0:H, 0:W]
+    depth = (1.0 + 0.05 * y + 0.1 * x).astype(np.float32)  # the image encodes its depth
+    image = np.repeat((depth * 20).astype(np.uint8)[..., None], 3, -1)
+    aug = TrainAugmentation(crop_size=(32, 48), rotate_prob=0.0, flip_prob=1.0, color_prob=0.0)
+    img_t, depth_t = aug(image, depth, np.random.default_rng(0))
+    assert img_t.shape == (3, 32, 48) and depth_t.shape == (1, 32, 48)
+    assert depth_t[0, 0, 0] > depth_t[0, 0, -1]  # flipped: depth grows to the left
+    np.testing.assert_allclose((img_t[0] * 127.5 + 127.5).numpy(), (depth_t[0] * 20).floor().numpy(), atol=1e-3)
+    rotated = TrainAugmentation(crop_size=(40, 56), rotate_prob=1.0, rotate_degrees=2.5, flip_prob=0.0, color_prob=0.0)
+    img_t, depth_t = rotated(image, depth, np.random.default_rng(1))
+    valid = depth_t[0] > 0
+    err = ((img_t[0] * 127.5 + 127.5) - depth_t[0] * 20).abs()[valid]
+    assert (err < 3).float().mean() > 0.9  # bilinear vs nearest differ only at a few pixels
+
+
+def test_augmentation_is_a_function_of_seed_epoch_and_index(synthetic):
+    root, _ = synthetic
+    dataset = DepthDataset(build_nyu_split("sync", root, "train"), TrainAugmentation(crop_size=(32, 48)), seed=5)
+    first = dataset[2]
+    assert torch.equal(first[0], dataset[2][0])
+    dataset.set_epoch(1)
+    assert not torch.equal(first[0], dataset[2][0])
+    dataset.set_epoch(0)
+    assert torch.equal(first[1], dataset[2][1])
+    plain = DepthDataset(build_nyu_split("sync", root, "test"))[0]
+    assert plain[0].shape == (3, H, W) and plain[0].min() >= -1 and plain[0].max() <= 1
