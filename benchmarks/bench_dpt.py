@@ -1,0 +1,155 @@
+#!/usr/bin/env python
+"""SN-Netv2 + DPT benchmarks with DeiT3-S/L shapes (random init: FLOPs and times do not depend on weights).
+
+1. Per-stitch GFLOPs (fvcore, multiply-adds) of DeiT3-S/L + DPT at 480x640, with the DPT head's share, and
+   the anchors' backbone GFLOPs at 512x512 beside the paper's Table 1 (SETR on ADE20K: 32 / 363 G), which
+   checks the counting convention.
+2. CPU latency (batch 1, 480x640, exported stitch with LoRA merged, median of ``--repeats``) beside GFLOPs
+   for ``--latency-stitches`` stitches spread over the FLOPs range (``all``: every stitch; slow on CPU).
+3. Training step time of a stitch inside the SN-Net (ROS-sampled stitches; LoRA stitching layers, AdamW
+   over the whole SN-Net) vs the same network trained alone (the exported stitch + DPT head), as a ratio.
+
+    python benchmarks/bench_dpt.py [--latency-stitches 8] [--repeats 3] [--train-size 224 288] \
+        [--output-dir output/bench_dpt]
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import os
+import statistics
+import sys
+import time
+from typing import Callable, List
+
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from projects.snnet_dpt.engine import TrainRecipe, build_optimizer  # noqa: E402
+from projects.snnet_dpt.export import export_depth_model  # noqa: E402
+from projects.snnet_dpt.loss import SILogLoss  # noqa: E402
+from projects.snnet_dpt.model import DPTDepthModel, ModelSpec, build_model, depth_flops_table  # noqa: E402
+from snnet_core import ResourceConstrainedSampler, build_flops_table  # noqa: E402
+
+PAPER_SETR_512 = {"DeiT3-S": 32.0, "DeiT3-L": 363.0}  # Table 1 FLOPs (G), SETR naive head, 512x512
+
+
+def median_seconds(fn: Callable[[], None], repeats: int) -> float:
+    fn()  # warm-up
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def spread(ids_by_cost: List[int], count: int) -> List[int]:
+    """``count`` ids evenly spaced over a cost-sorted list (both ends included)."""
+    if count >= len(ids_by_cost):
+        return ids_by_cost
+    step = (len(ids_by_cost) - 1) / (count - 1)
+    return sorted({ids_by_cost[round(i * step)] for i in range(count)}, key=ids_by_cost.index)
+
+
+def flops_section(model: DPTDepthModel, output_dir: str):
+    print("\n[1] GFLOPs of DeiT3-S/L + DPT at 480x640 (fvcore multiply-adds, LoRA merged)")
+    table = depth_flops_table(model, (480, 640), cache_dir=output_dir)
+    space = model.backbone.space
+    ids = sorted(space.ids, key=lambda i: (table.gflops[i], i))
+    path = os.path.join(output_dir, "dpt_gflops_480x640.csv")
+    with open(path, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["id", "type", "route", "gflops", "backbone_gflops", "params_m"])
+        for i in ids:
+            writer.writerow([i, space[i].kind, space[i].route, f"{table.gflops[i]:.2f}",
+                             f"{table.gflops[i] - table.head_gflops:.2f}", f"{table.params_m[i]:.1f}"])
+    g = [table.gflops[i] for i in ids]
+    print(f"{len(ids)} stitches: {min(g):.1f} - {max(g):.1f} GFLOPs (DPT head {table.head_gflops:.1f} G, "
+          f"{table.head_params_m:.1f} M params, in every stitch); table: {path}")
+    print(f"DeiT3-S + DPT {table.gflops[0]:.1f} G ({table.params_m[0]:.1f} M params), "
+          f"DeiT3-L + DPT {table.gflops[1]:.1f} G ({table.params_m[1]:.1f} M params)")
+    print("GFLOPs quantiles (min, 25%, 50%, 75%, max): "
+          + ", ".join(f"{g[round(q * (len(g) - 1))]:.1f}" for q in (0, 0.25, 0.5, 0.75, 1)))
+    backbone_512 = build_flops_table(model.backbone, (512, 512), mode="features")
+    for name, sid in (("DeiT3-S", 0), ("DeiT3-L", 1)):
+        print(f"{name} backbone at 512x512: {backbone_512.gflops[sid]:.1f} G (paper Table 1, SETR: "
+              f"{PAPER_SETR_512[name]:.0f} G)")
+    return table, ids
+
+
+@torch.no_grad()
+def latency_section(model: DPTDepthModel, table, ids: List[int], count: int, repeats: int) -> None:
+    chosen = ids if count <= 0 else spread(ids, count)
+    print(f"\n[2] CPU latency, batch 1, 480x640, {torch.get_num_threads()} threads, exported stitches, median of "
+          f"{repeats} ({len(chosen)} of {len(ids)} stitches)")
+    print(f"{'id':>4} {'type':<6} {'route':<28} {'GFLOPs':>8} {'ms':>9} {'GFLOP/s':>8}")
+    x = torch.randn(1, 3, 480, 640)
+    for sid in chosen:
+        exported = export_depth_model(model, sid).eval()
+        seconds = median_seconds(lambda: exported(x), repeats)
+        stitch = model.backbone.space[sid]
+        print(f"{sid:>4} {stitch.kind:<6} {stitch.route:<28} {table.gflops[sid]:>8.1f} {seconds * 1e3:>9.0f} "
+              f"{table.gflops[sid] / seconds:>8.1f}")
+
+
+def train_step(model: DPTDepthModel, optimizer: torch.optim.Optimizer, images, depths, loss_fn) -> None:
+    optimizer.zero_grad(set_to_none=True)
+    loss_fn(model(images), depths, 10 ** 6).backward()
+    optimizer.step()
+
+
+def training_section(model: DPTDepthModel, table, size, batch: int, samples: int, repeats: int) -> None:
+    print(f"\n[3] training step, batch {batch} at {size[0]}x{size[1]}, {torch.get_num_threads()} threads: "
+          f"stitch inside the SN-Net vs the same network alone (median of {repeats})")
+    print(f"{'id':>4} {'type':<6} {'route':<28} {'GFLOPs@480x640':>14} {'SN-Net s':>9} {'alone s':>8} {'ratio':>6}")
+    sampler = ResourceConstrainedSampler(table.gflops, step=10.0, seed=0)
+    stitches = []
+    iteration = 0
+    while len(stitches) < samples:  # distinct ROS draws, in draw order
+        sid = sampler.sample(iteration)
+        iteration += 1
+        if sid not in stitches:
+            stitches.append(sid)
+    torch.manual_seed(0)
+    images = torch.randn(batch, 3, *size)
+    depths = torch.rand(batch, 1, *size) * 9 + 0.5
+    loss_fn = SILogLoss()
+    recipe = TrainRecipe(lr=1e-5)
+    snnet_model = model.train()
+    snnet_opt = build_optimizer(snnet_model, recipe)
+    ratios = []
+    for sid in stitches:
+        snnet_model.backbone.set_stitch(sid)
+        inside = median_seconds(lambda: train_step(snnet_model, snnet_opt, images, depths, loss_fn), repeats)
+        alone_model = export_depth_model(model, sid).train()
+        alone_opt = torch.optim.AdamW(alone_model.parameters(), lr=1e-5)
+        alone = median_seconds(lambda: train_step(alone_model, alone_opt, images, depths, loss_fn), repeats)
+        ratios.append(inside / alone)
+        stitch = model.backbone.space[sid]
+        print(f"{sid:>4} {stitch.kind:<6} {stitch.route:<28} {table.gflops[sid]:>14.1f} {inside:>9.2f} "
+              f"{alone:>8.2f} {ratios[-1]:>6.3f}")
+    print(f"median ratio SN-Net / alone: {statistics.median(ratios):.3f}")
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--latency-stitches", type=int, default=8, help="stitches to time (0: all 134)")
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--train-size", type=int, nargs=2, default=(224, 288), metavar=("H", "W"))
+    p.add_argument("--train-batch", type=int, default=2)
+    p.add_argument("--train-stitches", type=int, default=3, help="ROS-sampled stitches to time in training")
+    p.add_argument("--output-dir", default="output/bench_dpt")
+    args = p.parse_args()
+    os.makedirs(args.output_dir, exist_ok=True)
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, load average {os.getloadavg()[0]:.1f}")
+    torch.manual_seed(0)
+    model = build_model(ModelSpec(lora_rank=4)).eval()  # DeiT3-S/L, DPT head, random init
+    table, ids = flops_section(model, args.output_dir)
+    latency_section(model, table, ids, args.latency_stitches, args.repeats)
+    training_section(model, table, tuple(args.train_size), args.train_batch, args.train_stitches, args.repeats)
+    print(f"\nload average at the end {os.getloadavg()[0]:.1f}")
+
+
+if __name__ == "__main__":
+    main()
