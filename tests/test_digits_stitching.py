@@ -1,0 +1,55 @@
+"""Fast version of ``benchmarks/digits_stitching.py`` (issue #5): stitching two ViTs trained on real digits.
+
+The benchmark's own functions run with smaller anchors and budgets; every seed trains everything anew.
+"""
+import importlib.util
+import pathlib
+
+import pytest
+import torch
+
+from snnet_core import StitchedViT
+
+
+def _load_benchmark():
+    """``benchmarks/`` is not an installed package: load the benchmark module from its file."""
+    path = pathlib.Path(__file__).resolve().parents[1] / "benchmarks" / "digits_stitching.py"
+    spec = importlib.util.spec_from_file_location("digits_stitching", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+ds = _load_benchmark()
+STUDY = ds.StudyConfig(fast=ds.AnchorConfig(embed_dim=24, depth=3, num_heads=2),
+                       slow=ds.AnchorConfig(embed_dim=48, depth=6, num_heads=3),
+                       anchor_epochs=12, snnet_epochs=2)
+CHANCE = 1.0 / ds.NUM_CLASSES
+
+
+@pytest.fixture(scope="module")
+def digits():
+    return ds.load_digits_split(STUDY.test_size)
+
+
+@pytest.fixture
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_stitching_works_on_digits(digits, one_thread, seed):
+    anchors, rows = ds.train_anchors(STUDY, digits, seed)
+    assert rows["fast"]["acc"] > 6 * CHANCE and rows["slow"]["acc"] > 6 * CHANCE, rows
+
+    table = ds.stitch_flops_table(StitchedViT(*anchors), digits.test_x)
+    init = ds.score_at_init(anchors, STUDY, digits, table, seed)
+    assert init["ls"]["mean"] > init["kaiming"]["mean"] + 0.2, (init["ls"]["mean"], init["kaiming"]["mean"])
+
+    trained = ds.run_variant(anchors, STUDY, ds.VARIANTS["v2"], digits, table, seed)
+    assert trained["min"] > 5 * CHANCE, trained["per_stitch"]
+    for name in ("fast", "slow"):
+        assert trained[name] >= rows[name]["acc"] - 0.04, (name, rows[name]["acc"], trained[name])
