@@ -1,0 +1,216 @@
+#!/usr/bin/env python
+"""SN-Netv2 ViTDet (Mask R-CNN) training and COCO per-stitch evaluation, detectron2 LazyConfig style.
+
+Training (LS init of the stitching layers before the first iteration, a ROS-sampled stitch per iteration)::
+
+    python projects/snnet_vitdet/train_net.py --num-gpus 8 \\
+        --config-file projects/snnet_vitdet/configs/COCO/mask_rcnn_snnetv2_deit3_s_l_100ep.py [--resume] [key=value ...]
+
+Per-stitch COCO AP report of a trained model (``--stitch all``, ``pareto`` or ids ``0,1,5``)::
+
+    python projects/snnet_vitdet/train_net.py --num-gpus 8 --eval-only --stitch all \\
+        --config-file ... train.init_checkpoint=output/model_final.pth
+
+The anchor baselines (``mask_rcnn_vitdet_deit3_{s,l}_100ep.py``) train and evaluate the same way.
+"""
+from __future__ import annotations
+
+import logging
+import os
+from typing import Dict, List, Optional
+
+import torch
+from detectron2.config import LazyCall as L
+from detectron2.config import LazyConfig, instantiate
+from detectron2.data import build_detection_test_loader, get_detection_dataset_dicts
+from detectron2.engine import (
+    AMPTrainer,
+    SimpleTrainer,
+    default_argument_parser,
+    default_setup,
+    default_writers,
+    hooks,
+    launch,
+)
+from detectron2.engine.defaults import create_ddp_model
+from detectron2.utils import comm
+from omegaconf import OmegaConf
+
+from projects.snnet_vitdet.comm_utils import run_on_main
+from projects.snnet_vitdet.data import check_dataset_files, dataset_names, register_coco_json_datasets
+from projects.snnet_vitdet.evaluation import detector_flops_table, evaluate_model, stitch_report
+from projects.snnet_vitdet.training import (
+    StitchSamplingHook,
+    StrictDetectionCheckpointer,
+    ls_init_detector,
+    stitched_backbone,
+    unwrap,
+)
+from snnet_core import FlopsTable, ResourceConstrainedSampler, select_stitches
+
+logger = logging.getLogger("snnet_vitdet")
+
+
+def build_device(cfg) -> torch.device:
+    device = torch.device(cfg.train.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("train.device is 'cuda' but no GPU is visible: pass train.device=cpu to run on CPU")
+    return device
+
+
+def build_model(cfg) -> torch.nn.Module:
+    model = instantiate(cfg.model)
+    logger.info("Model:\n%s", model)
+    return model.to(build_device(cfg))
+
+
+def shared_flops_table(cfg, model: torch.nn.Module) -> FlopsTable:
+    """Per-stitch GFLOPs at ``snnet.flops_input_size``, counted on the main process and shared with all
+    ranks (so every rank bins the stitches identically for ROS)."""
+    return run_on_main(lambda: detector_flops_table(unwrap(model), tuple(cfg.snnet.flops_input_size),
+                                                    cache_dir=os.path.join(cfg.train.output_dir, "flops_cache")))
+
+
+def build_calibration_loader(cfg):
+    """Training images through the deterministic test-time mapper (LS init calibration)."""
+    return instantiate(L(build_detection_test_loader)(
+        dataset=L(get_detection_dataset_dicts)(names=dataset_names(cfg.dataloader.train), filter_empty=True),
+        mapper=OmegaConf.to_container(cfg.dataloader.test.mapper, resolve=True),
+        num_workers=cfg.dataloader.test.num_workers,
+    ))
+
+
+def do_test(cfg, model: torch.nn.Module, stitch_ids: Optional[List[int]] = None) -> Dict:
+    """COCO metrics on ``dataloader.test``: of the model (baselines) or of each of ``stitch_ids``
+    (default ``snnet.eval_stitches``) as ``{"stitch<id>": {...}}``."""
+    loader = instantiate(cfg.dataloader.test)
+    evaluator = instantiate(cfg.dataloader.evaluator)
+    backbone = stitched_backbone(model)
+    if backbone is None:
+        return evaluate_model(model, loader, evaluator)
+    if stitch_ids is None:
+        stitch_ids = backbone.space.parse_selection(cfg.snnet.eval_stitches)
+    selected, results = backbone.stitch_id, {}
+    for stitch_id in stitch_ids:
+        backbone.set_stitch(stitch_id)
+        results[f"stitch{stitch_id}"] = evaluate_model(model, loader, evaluator)
+    backbone.set_stitch(selected)
+    return results
+
+
+def do_train(args, cfg) -> None:
+    """detectron2's LazyConfig training loop plus LS init and per-iteration ROS stitch sampling."""
+    model = build_model(cfg)
+    on_gpu = next(model.parameters()).device.type == "cuda"
+    cfg.optimizer.params.model = model
+    optim = instantiate(cfg.optimizer)
+    train_loader = instantiate(cfg.dataloader.train)
+
+    ddp = dict(cfg.train.ddp)
+    if not on_gpu:  # gloo on CPU: no device ids, no fp16 gradient compression
+        ddp.update(device_ids=None, fp16_compression=False)
+    model = create_ddp_model(model, **ddp)
+    amp = cfg.train.amp.enabled and on_gpu
+    if cfg.train.amp.enabled and not on_gpu:
+        logger.info("AMP is for GPU training: training in fp32 on %s", cfg.train.device)
+    trainer = (AMPTrainer if amp else SimpleTrainer)(model, train_loader, optim)
+    checkpointer = StrictDetectionCheckpointer(model, cfg.train.output_dir, trainer=trainer)
+
+    backbone = stitched_backbone(model)
+    sampling = None
+    if backbone is not None:
+        table = shared_flops_table(cfg, model)
+        sampler = ResourceConstrainedSampler(table.gflops, cfg.snnet.ros_step_gflops, cfg.snnet.sampler_seed)
+        logger.info("ROS over %d stitches in %d FLOPs bins of %g GFLOPs (%.1f-%.1f GFLOPs at %s)",
+                    len(table.gflops), len(sampler.bins), sampler.step, min(table.gflops.values()),
+                    max(table.gflops.values()), table.input_size)
+        sampling = StitchSamplingHook(backbone, sampler, cfg.train.output_dir)
+    trainer.register_hooks([
+        hooks.IterationTimer(),
+        sampling,
+        hooks.LRScheduler(scheduler=instantiate(cfg.lr_multiplier)),
+        hooks.PeriodicCheckpointer(checkpointer, **cfg.train.checkpointer) if comm.is_main_process() else None,
+        hooks.EvalHook(cfg.train.eval_period, lambda: do_test(cfg, model)) if cfg.train.eval_period > 0 else None,
+        hooks.PeriodicWriter(default_writers(cfg.train.output_dir, cfg.train.max_iter), period=cfg.train.log_period)
+        if comm.is_main_process() else None,
+    ])
+
+    checkpointer.resume_or_load(cfg.train.init_checkpoint, resume=args.resume)
+    resumed = args.resume and checkpointer.has_checkpoint()
+    start_iter = trainer.iter + 1 if resumed else 0
+    if backbone is not None and not resumed and cfg.snnet.ls_init_images > 0:
+        ls_init_detector(model, build_calibration_loader(cfg), cfg.snnet.ls_init_images)
+    trainer.train(start_iter, cfg.train.max_iter)
+
+
+def do_stitch_report(args, cfg, model: torch.nn.Module, iteration: Optional[int]) -> Dict:
+    """``--eval-only`` on the stitched model: the resumable COCO per-stitch AP report."""
+    backbone = stitched_backbone(model)
+    test_names = dataset_names(cfg.dataloader.test)
+    report_dir = args.report_dir or os.path.join(cfg.train.output_dir, "stitch_report_" + "+".join(test_names))
+    pareto_from = args.pareto_from or os.path.join(report_dir, "stitch_results.json")
+    stitch_ids = run_on_main(lambda: select_stitches(args.stitch, backbone.space, pareto_from))
+    table = shared_flops_table(cfg, model)
+    run_key = (f"{os.path.abspath(cfg.train.init_checkpoint)}@iter{iteration}|{'+'.join(test_names)}"
+               f"|{table.input_size[0]}x{table.input_size[1]}")
+    return stitch_report(model, backbone.set_stitch, instantiate(cfg.dataloader.test),
+                         instantiate(cfg.dataloader.evaluator), stitch_ids, backbone.space, table, report_dir,
+                         run_key)
+
+
+def load_weights(model: torch.nn.Module, path: str) -> Optional[int]:
+    """Load a trained detector strictly; returns its training iteration if recorded."""
+    if not path:
+        raise ValueError("--eval-only needs the weights to evaluate: pass train.init_checkpoint=PATH")
+    if "://" not in path and not os.path.isfile(path):
+        raise FileNotFoundError(f"checkpoint {path!r} (train.init_checkpoint) does not exist")
+    extra = StrictDetectionCheckpointer(model).load(path)
+    return extra.get("iteration")
+
+
+def setup(args):
+    cfg = LazyConfig.load(args.config_file)
+    cfg = LazyConfig.apply_overrides(cfg, args.opts)
+    default_setup(cfg, args)
+    return cfg
+
+
+def main(args) -> Optional[Dict]:
+    cfg = setup(args)
+    register_coco_json_datasets(cfg.get("datasets", {}).get("coco_json", {}))
+    check_dataset_files(dataset_names(cfg.dataloader.test) + ([] if args.eval_only else
+                                                               dataset_names(cfg.dataloader.train)))
+    if args.eval_only:
+        model = build_model(cfg)
+        iteration = load_weights(model, cfg.train.init_checkpoint)
+        if stitched_backbone(model) is not None:
+            return do_stitch_report(args, cfg, model, iteration)
+        return do_test(cfg, model)
+    if args.stitch is not None:
+        raise ValueError("--stitch selects the stitches of the --eval-only report")
+    do_train(args, cfg)
+    return None
+
+
+def build_argument_parser():
+    parser = default_argument_parser(epilog=__doc__)
+    parser.add_argument("--stitch", default=None,
+                        help="with --eval-only: stitches to evaluate, 'all' (default), 'pareto' or ids '0,1,5'")
+    parser.add_argument("--pareto-from", default=None,
+                        help="stitch_results.json whose Pareto frontier '--stitch pareto' evaluates "
+                             "(default: the report directory's)")
+    parser.add_argument("--report-dir", default=None,
+                        help="per-stitch report directory (default: OUTPUT_DIR/stitch_report_<test dataset>)")
+    return parser
+
+
+def cli(argv: Optional[List[str]] = None) -> None:
+    args = build_argument_parser().parse_args(argv)
+    if args.eval_only and args.stitch is None:
+        args.stitch = "all"
+    launch(main, args.num_gpus, num_machines=args.num_machines, machine_rank=args.machine_rank,
+           dist_url=args.dist_url, args=(args,))
+
+
+if __name__ == "__main__":
+    cli()

@@ -1,0 +1,237 @@
+"""snnet_vitdet model side: LazyConfigs, the stitched/plain ViTDet backbones, window attention, layer decay."""
+import os
+from functools import partial
+
+import pytest
+import torch
+from detectron2.config import LazyConfig, instantiate
+from detectron2.modeling.backbone.vit import get_vit_lr_decay_rate
+from detectron2.solver.build import get_default_optimizer_params
+from timm.models.vision_transformer import Attention
+
+from projects.snnet_vitdet.backbone import (
+    StitchedViTDetBackbone,
+    TokenGrid,
+    ViTDetBackbone,
+    WindowedAttention,
+    global_block_indexes,
+)
+from projects.snnet_vitdet.lr_decay import get_snnet_lr_decay_rate
+from snnet_core import build_anchor
+from snnet_core.route import embed_images
+
+CONFIGS = os.path.join(os.path.dirname(__file__), "..", "projects", "snnet_vitdet", "configs")
+COCO_CONFIGS = ["mask_rcnn_vitdet_deit3_s_100ep", "mask_rcnn_vitdet_deit3_l_100ep", "mask_rcnn_snnetv2_deit3_s_l_100ep"]
+
+
+@pytest.fixture(autouse=True)
+def single_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def anchor(dim, depth, heads, img_size=64, **kwargs):
+    return build_anchor("deit3_small_patch16_224", img_size=img_size, class_token=False,
+                        embed_dim=dim, depth=depth, num_heads=heads, **kwargs)
+
+
+def windowed_blocks(vit):
+    return [i for i, b in enumerate(vit.blocks) if isinstance(b.attn, WindowedAttention)]
+
+
+# --- configs -----------------------------------------------------------------------------------------
+def load_coco_config(name):
+    cfg = LazyConfig.load(os.path.join(CONFIGS, "COCO", f"{name}.py"))
+    net = cfg.model.backbone.net
+    for vit in ([net.vit] if "vit" in net else [net.fast, net.slow]):
+        assert str(vit.pretrained).startswith("checkpoints/deit_3_")  # DeiT3 paths are config keys
+        vit.pretrained = None  # weights are never downloaded
+    return cfg
+
+
+def test_coco_configs_follow_the_vitdet_recipe():
+    for name in COCO_CONFIGS:
+        cfg = load_coco_config(name)
+        assert cfg.train.max_iter == 184375 and cfg.dataloader.train.total_batch_size == 64
+        assert list(cfg.lr_multiplier.scheduler.milestones) == [163889, 177546]
+        assert cfg.lr_multiplier.warmup_length * cfg.train.max_iter == pytest.approx(250)
+        assert cfg.optimizer.lr == 1e-4 and cfg.optimizer.weight_decay == 0.1 and cfg.train.amp.enabled
+        scale = cfg.dataloader.train.mapper.augmentations[1]
+        assert (scale.min_scale, scale.max_scale, scale.target_height) == (0.1, 2.0, 1024)
+        assert cfg.dataloader.evaluator.use_fast_impl is False  # pycocotools, no compiled ops
+        assert cfg.dataloader.train.dataset.names == "coco_2017_train"
+    cfg = load_coco_config("mask_rcnn_snnetv2_deit3_s_l_100ep")
+    assert cfg.snnet.ros_step_gflops == 10 and cfg.snnet.ls_init_images == 100
+    assert tuple(cfg.snnet.flops_input_size) == (1024, 1024) and cfg.model.backbone.net.lora_rank == 16
+    assert (cfg.model.backbone.net.fast.drop_path_rate, cfg.model.backbone.net.slow.drop_path_rate) == (0.1, 0.4)
+
+
+@pytest.mark.parametrize("name", COCO_CONFIGS)
+def test_coco_configs_instantiate(name):
+    cfg = load_coco_config(name)
+    model = instantiate(cfg.model)
+    net = model.backbone.net
+    shape = net.output_shape()["last_feat"]
+    if isinstance(net, StitchedViTDetBackbone):
+        small, large = net.snnet.anchors
+        assert len(net.space) == 134 and net.snnet.lora_rank == 16
+        assert (small.embed_dim, large.embed_dim, shape.channels) == (384, 1024, 1024)
+        assert sorted(set(range(12)) - set(windowed_blocks(small))) == [2, 5, 8, 11]
+        assert sorted(set(range(24)) - set(windowed_blocks(large))) == [5, 11, 17, 23]
+        assert small.pos_embed.shape[1] == large.pos_embed.shape[1] == 64 * 64  # resized to 1024, no cls token
+    else:
+        depth = len(net.vit.blocks)
+        assert shape.channels == {12: 384, 24: 1024}[depth]
+        assert net.vit.cls_token is None
+        assert len(windowed_blocks(net.vit)) == depth - 4
+    assert shape.stride == 16 and model.backbone.padding_constraints["square_size"] == 1024
+    assert sorted(model.backbone.output_shape()) == ["p2", "p3", "p4", "p5", "p6"]
+    cfg.optimizer.params.model = model
+    optimizer = instantiate(cfg.optimizer)  # the layer-decay function knows every parameter name
+    assert min(g["lr"] for g in optimizer.param_groups) < 1e-4 * 0.7 ** 11
+
+
+def test_tiny_config_instantiates_and_detects():
+    cfg = LazyConfig.load(os.path.join(CONFIGS, "synthetic", "mask_rcnn_snnetv2_tiny.py"))
+    assert cfg.datasets.coco_json.synthetic_shapes_train.json_file == \
+        "output/synthetic_coco/annotations/instances_train.json"
+    model = instantiate(cfg.model).eval()
+    net = model.backbone.net
+    images = [{"image": torch.randint(0, 255, (3, 128, 96), dtype=torch.uint8), "height": 128, "width": 96}]
+    with torch.no_grad():
+        for stitch_id in (0, 1, 13):
+            net.set_stitch(stitch_id)
+            assert model(images)[0]["instances"].image_size == (128, 96)
+
+
+def test_pretrained_checkpoint_of_another_architecture_is_refused(tmp_path):
+    path = str(tmp_path / "other.pth")
+    torch.save(anchor(64, 4, 2).state_dict(), path)
+    with pytest.raises(RuntimeError, match="does not fit"):
+        anchor(32, 4, 2, pretrained=path)
+
+
+# --- backbone ----------------------------------------------------------------------------------------
+def test_global_block_indexes():
+    assert global_block_indexes(12) == [2, 5, 8, 11]
+    assert global_block_indexes(24) == [5, 11, 17, 23]
+    assert global_block_indexes(8, 2) == [3, 7]
+    with pytest.raises(ValueError):
+        global_block_indexes(4, 5)
+
+
+def test_window_attention_attends_within_windows_only():
+    torch.manual_seed(0)
+    attn = Attention(16, num_heads=2, qkv_bias=True).eval()
+    grid = TokenGrid()
+    grid.hw = (4, 6)
+    windowed = WindowedAttention(attn, 2, grid).eval()
+    x = torch.randn(2, 24, 16)
+    out = windowed(x).view(2, 4, 6, 16)
+    for r in (0, 2):
+        for c in (0, 2, 4):
+            window = x.view(2, 4, 6, 16)[:, r:r + 2, c:c + 2].reshape(2, 4, 16)
+            torch.testing.assert_close(out[:, r:r + 2, c:c + 2].reshape(2, 4, 16), attn(window))
+    # a window covering the whole grid is global attention
+    grid.hw = (4, 4)
+    torch.testing.assert_close(WindowedAttention(attn, 4, grid)(x[:, :16]), attn(x[:, :16]))
+    grid.hw = (5, 5)
+    with pytest.raises(RuntimeError, match="do not match the patch grid"):
+        windowed(x)
+
+
+def test_padded_windows_and_grid_follow_the_input():
+    torch.manual_seed(0)
+    vit = anchor(32, 2, 2, init_values=1.0)  # LayerScale 1: attention visibly shapes the output
+    plain = ViTDetBackbone(anchor(32, 2, 2, init_values=1.0), window_size=0)  # global attention everywhere
+    windowed = ViTDetBackbone(vit, window_size=3, num_global=1)  # 4x5 grid padded to 6x6 in block 0
+    plain.load_state_dict({k.replace("attn.attn.", "attn."): v for k, v in windowed.state_dict().items()})
+    x = torch.randn(1, 3, 64, 80)
+    out = windowed(x)["last_feat"]
+    assert out.shape == (1, 32, 4, 5) and windowed_blocks(vit) == [0]
+    assert not torch.allclose(out, plain(x)["last_feat"])  # block 0 really is windowed
+    assert windowed(torch.randn(1, 3, 48, 32))["last_feat"].shape == (1, 32, 3, 2)
+
+
+def test_stitched_backbone_output_for_every_stitch():
+    torch.manual_seed(0)
+    backbone = StitchedViTDetBackbone(anchor(32, 4, 2), anchor(48, 8, 3), lora_rank=4, window_size=2, num_global=2)
+    shape = backbone.output_shape()["last_feat"]
+    assert (shape.channels, shape.stride) == (48, 16)
+    x = torch.randn(2, 3, 64, 96)
+    outputs = {}
+    for stitch_id in backbone.space.ids:
+        assert backbone.set_stitch(stitch_id).id == stitch_id == backbone.stitch_id
+        outputs[stitch_id] = backbone(x)["last_feat"]
+        assert outputs[stitch_id].shape == (2, 48, 4, 6)
+    assert len(outputs) == 14
+    # the small anchor's output reaches the pyramid through the last small-to-large stitching layer
+    small = backbone.snnet.anchors[0]
+    tokens = small.blocks(embed_images(small, x)[0])
+    expected = backbone.snnet.stitch_s2l[3](tokens).transpose(1, 2).reshape(2, 48, 4, 6)
+    torch.testing.assert_close(outputs[0], expected)
+    assert all(not torch.allclose(outputs[0], outputs[i]) for i in outputs if i != 0)
+    with pytest.raises(KeyError, match="unknown stitch id 99"):
+        backbone.set_stitch(99)
+
+
+# --- layer decay -------------------------------------------------------------------------------------
+def lr_of_each_parameter(model, lr_factor_func, base_lr=1.0):
+    groups = get_default_optimizer_params(model, base_lr=base_lr, weight_decay=0.1, weight_decay_norm=0.0,
+                                          lr_factor_func=lr_factor_func,
+                                          overrides={"pos_embed": {"weight_decay": 0.0}})
+    names = {id(p): n for n, p in model.named_parameters()}
+    return {names[id(p)]: (g["lr"], g["weight_decay"]) for g in groups for p in g["params"]}
+
+
+class _Detector(torch.nn.Module):
+    """Parameter names as in GeneralizedRCNN: backbone.net.* and a head."""
+
+    def __init__(self, net):
+        super().__init__()
+        self.backbone = torch.nn.Module()
+        self.backbone.net = net
+        self.backbone.simfp_2 = torch.nn.Conv2d(4, 4, 1)
+        self.roi_heads = torch.nn.Linear(4, 4)
+
+
+def test_two_anchor_layer_decay_per_parameter():
+    backbone = StitchedViTDetBackbone(anchor(16, 12, 2), anchor(24, 24, 2), lora_rank=2)
+    lr = lr_of_each_parameter(_Detector(backbone), partial(get_snnet_lr_decay_rate, num_layers=(12, 24),
+                                                          lr_decay_rates=(0.7, 0.8)))
+    p = "backbone.net.snnet."
+    expected = {
+        p + "anchors.0.patch_embed.proj.weight": 0.7 ** 13,
+        p + "anchors.0.pos_embed": 0.7 ** 13,
+        p + "anchors.0.blocks.0.attn.attn.qkv.weight": 0.7 ** 12,
+        p + "anchors.0.blocks.5.mlp.fc1.bias": 0.7 ** 7,
+        p + "anchors.0.blocks.11.norm2.weight": 0.7,
+        p + "anchors.1.patch_embed.proj.weight": 0.8 ** 25,
+        p + "anchors.1.blocks.0.ls1.gamma": 0.8 ** 24,
+        p + "anchors.1.blocks.23.attn.proj.weight": 0.8,
+        # s2l k (after small block k) feeds large block 2k+2 -> layer 2k+3
+        p + "stitch_s2l.0.lora_up": 0.8 ** 22,
+        p + "stitch_s2l.4.bias": 0.8 ** 14,
+        p + "stitch_s2l.10.lora_down": 0.8 ** 2,
+        p + "stitch_s2l.11.lora_up": 1.0,  # maps the small anchor's output to the pyramid
+        # l2s k (after large block 2k+1) feeds small block k+1 -> layer k+2
+        p + "stitch_l2s.0.lora_up": 0.7 ** 11,
+        p + "stitch_l2s.10.bias": 0.7 ** 1,
+        "backbone.simfp_2.weight": 1.0,
+        "roi_heads.weight": 1.0,
+    }
+    for name, factor in expected.items():
+        assert lr[name][0] == pytest.approx(factor), name
+    assert p + "stitch_s2l.0.weight" not in lr  # frozen LS solution under LoRA SL
+    assert lr[p + "anchors.1.pos_embed"][1] == 0.0 and lr[p + "anchors.0.blocks.0.norm1.weight"][1] == 0.0
+    assert lr[p + "anchors.0.blocks.0.mlp.fc1.weight"][1] == 0.1
+
+
+def test_single_anchor_baseline_uses_vitdet_layer_decay():
+    lr = lr_of_each_parameter(_Detector(ViTDetBackbone(anchor(16, 12, 2))),
+                              partial(get_vit_lr_decay_rate, num_layers=12, lr_decay_rate=0.7))
+    assert lr["backbone.net.vit.pos_embed"][0] == pytest.approx(0.7 ** 13)
+    assert lr["backbone.net.vit.blocks.3.attn.attn.qkv.weight"][0] == pytest.approx(0.7 ** 9)
+    assert lr["roi_heads.weight"][0] == 1.0
