@@ -47,7 +47,14 @@ test: install
 	$(PY) -m pytest -q tests
 
 demo: install
-	$(PY) -m snnet_core.stitch_table --output-dir output/stitch_table
+	set -e; export OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1}; \
+	cfg=projects/snnet_vitdet/configs/synthetic/mask_rcnn_snnetv2_tiny.py; out=output/snnet_vitdet_tiny; \
+	$(PY) -m datasets.make_synthetic_coco --output output/synthetic_coco; \
+	rm -rf $$out; \
+	$(PY) projects/snnet_vitdet/train_net.py --config-file $$cfg train.output_dir=$$out; \
+	$(PY) projects/snnet_vitdet/train_net.py --config-file $$cfg --eval-only --stitch all \
+	  train.output_dir=$$out train.init_checkpoint=$$out/model_final.pth; \
+	cat $$out/stitch_report_synthetic_shapes_val/stitch_report.md
 
 bench: install
 	set -e; for script in benchmarks/bench_*.py; do echo "== $$script"; $(PY) $$script; done

@@ -1,8 +1,9 @@
 """Write a small synthetic instance-segmentation dataset in the real COCO JSON layout.
 
-Images hold a few filled shapes of several classes (circle, square, triangle, star, cross) with random
-colours, sizes spanning COCO's small/medium/large ranges, rotations and overlaps, on a textured
-background. Masks are the *visible* part of each shape (later shapes occlude earlier ones), stored as
+Images hold a few filled shapes of several classes (circle, square, triangle, star, cross), each class
+with its own hue (jittered, so that a detector trained for a few CPU minutes from scratch can name
+what it finds), with sizes spanning COCO's small and medium ranges, rotations and overlaps, on a
+textured background. Masks are the *visible* part of each shape (later shapes occlude earlier ones), stored as
 polygons traced from the rasterised mask, exactly like COCO: ``segmentation`` (list of polygons),
 ``area`` (mask pixels), ``bbox`` ``[x, y, w, h]`` of the visible mask, ``iscrowd`` 0.
 
@@ -32,6 +33,8 @@ from tqdm import tqdm
 logger = logging.getLogger(__name__)
 
 CATEGORIES = ("circle", "square", "triangle", "star", "cross")
+CLASS_COLOURS = np.array([[220, 40, 40], [40, 180, 40], [40, 70, 230], [235, 200, 30], [200, 40, 210]], float)
+COLOUR_JITTER = 30
 MIN_VISIBLE_FRACTION = 0.35  # an object hidden more than this by later ones is dropped (not annotated)
 MIN_AREA = 16  # pixels
 
@@ -110,12 +113,12 @@ def render_image(rng: np.random.Generator, size: Tuple[int, int], max_objects: i
     for _ in range(int(rng.integers(1, max_objects + 1))):
         category = int(rng.integers(len(CATEGORIES)))
         # log-uniform radius: small, medium and large objects in COCO's sense
-        radius = float(np.exp(rng.uniform(np.log(5), np.log(0.42 * min(h, w)))))
+        radius = float(np.exp(rng.uniform(np.log(7), np.log(0.45 * min(h, w)))))
         center = (rng.uniform(0.1 * w, 0.9 * w), rng.uniform(0.1 * h, 0.9 * h))
         mask = shape_mask(CATEGORIES[category], center, radius, rng.uniform(0, 2 * math.pi), size)
         if mask.sum() < MIN_AREA:
             continue
-        colour = rng.uniform(0, 255, size=3)
+        colour = CLASS_COLOURS[category] + rng.uniform(-COLOUR_JITTER, COLOUR_JITTER, size=3)
         img[mask] = np.clip(colour + rng.normal(0, 6, size=(int(mask.sum()), 3)), 0, 255).astype(np.uint8)
         placed.append({"category": category, "mask": mask})
     annotations = []

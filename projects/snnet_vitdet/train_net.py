@@ -151,7 +151,9 @@ def do_stitch_report(args, cfg, model: torch.nn.Module, iteration: Optional[int]
     pareto_from = args.pareto_from or os.path.join(report_dir, "stitch_results.json")
     stitch_ids = run_on_main(lambda: select_stitches(args.stitch, backbone.space, pareto_from))
     table = shared_flops_table(cfg, model)
-    run_key = (f"{os.path.abspath(cfg.train.init_checkpoint)}@iter{iteration}|{'+'.join(test_names)}"
+    weights = cfg.train.init_checkpoint
+    written = f"@{int(os.path.getmtime(weights))}" if os.path.isfile(weights) else ""
+    run_key = (f"{os.path.abspath(weights)}{written}@iter{iteration}|{'+'.join(test_names)}"
                f"|{table.input_size[0]}x{table.input_size[1]}")
     return stitch_report(model, backbone.set_stitch, instantiate(cfg.dataloader.test),
                          instantiate(cfg.dataloader.evaluator), stitch_ids, backbone.space, table, report_dir,

@@ -1,0 +1,262 @@
+"""snnet_vitdet training and evaluation on a tiny synthetic COCO: loss goes down, train_net (LS init, ROS,
+resume, per-stitch report), ground truth scores AP 100 through the report path, resumable report,
+2-process gloo launch, clear errors."""
+import glob
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+import torch.nn as nn
+from detectron2.checkpoint import DetectionCheckpointer
+from detectron2.config import LazyConfig, instantiate
+from detectron2.data import DatasetCatalog, DatasetMapper, build_detection_test_loader
+from detectron2.engine import SimpleTrainer
+from detectron2.evaluation import COCOEvaluator
+from detectron2.structures import BoxMode, Boxes, Instances, polygons_to_bitmask
+from detectron2.utils.events import EventStorage
+
+from datasets.make_synthetic_coco import make_synthetic_coco
+from projects.snnet_vitdet import train_net
+from projects.snnet_vitdet.backbone import StitchedViTDetBackbone
+from projects.snnet_vitdet.data import register_coco_json_datasets
+from projects.snnet_vitdet.evaluation import detector_flops_table, stitch_report
+from projects.snnet_vitdet.training import StitchSamplingHook
+from snnet_core import FlopsTable, ResourceConstrainedSampler, build_anchor
+
+REPO = os.path.join(os.path.dirname(__file__), "..")
+TINY = os.path.join(REPO, "projects", "snnet_vitdet", "configs", "synthetic", "mask_rcnn_snnetv2_tiny.py")
+
+
+@pytest.fixture(autouse=True)
+def single_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def synthetic(tmp_path_factory):
+    root = str(tmp_path_factory.mktemp("synthetic_coco"))
+    make_synthetic_coco(root, num_train=16, num_val=6, image_size=128, max_objects=3, seed=0)
+    return root
+
+
+def tiny_opts(root, output_dir, *extra):
+    """key=value overrides: tiny data, batch 2, single-process CPU."""
+    return [f"datasets.root={root}", f"train.output_dir={output_dir}", "train.device=cpu",
+            "dataloader.train.total_batch_size=2", "dataloader.train.num_workers=0",
+            "dataloader.test.num_workers=0", "model.roi_heads.batch_size_per_image=32",
+            "snnet.ls_init_images=4", "train.log_period=2", *extra]
+
+
+def run_main(*argv):
+    return train_net.main(train_net.build_argument_parser().parse_args(["--config-file", TINY, *argv]))
+
+
+def cached_sampler(output_dir):
+    """The ROS sampler a run in ``output_dir`` used, rebuilt from its cached FLOPs table."""
+    with open(glob.glob(os.path.join(output_dir, "flops_cache", "*.json"))[0]) as f:
+        return ResourceConstrainedSampler(FlopsTable.from_json(json.load(f)).gflops, 0.02, seed=0)
+
+
+def tiny_cfg(root, output_dir, *extra):
+    cfg = LazyConfig.apply_overrides(LazyConfig.load(TINY), tiny_opts(root, output_dir, *extra))
+    register_coco_json_datasets(cfg.datasets.coco_json)
+    return cfg
+
+
+# --- training ----------------------------------------------------------------------------------------
+def test_a_few_iterations_lower_the_loss(synthetic, tmp_path):
+    cfg = tiny_cfg(synthetic, tmp_path)
+    torch.manual_seed(0)
+    model = instantiate(cfg.model)
+    cfg.optimizer.params.model = model
+    optimizer = instantiate(cfg.optimizer)
+    batch = next(iter(instantiate(cfg.dataloader.train)))
+    backbone = model.backbone.net
+
+    def loss(stitch_id):
+        backbone.set_stitch(stitch_id)
+        torch.manual_seed(1)  # same anchor/proposal sampling every time
+        with EventStorage(0), torch.no_grad():
+            return sum(model(batch).values()).item()
+
+    before = {s: loss(s) for s in (0, 1, 9)}
+    model.train()
+    trainer = SimpleTrainer(model, instantiate(cfg.dataloader.train), optimizer)
+    table = detector_flops_table(model, (128, 128))
+    trainer.register_hooks([StitchSamplingHook(backbone, ResourceConstrainedSampler(table.gflops, 0.02), str(tmp_path))])
+    trainer.train(0, 30)
+    after = {s: loss(s) for s in (0, 1, 9)}
+    for stitch_id in before:
+        assert after[stitch_id] < 0.75 * before[stitch_id], (stitch_id, before, after)
+
+
+def test_train_net_ls_init_ros_resume_and_stitch_report(synthetic, tmp_path, monkeypatch):
+    calls = []
+    real_ls_init = train_net.ls_init_detector
+    monkeypatch.setattr(train_net, "ls_init_detector", lambda *a: calls.append(a[2]) or real_ls_init(*a))
+    out = str(tmp_path / "run")
+    run_main(*tiny_opts(synthetic, out, "train.max_iter=4", "train.checkpointer.period=2"))
+    assert calls == [4]  # LS init on 4 images before the first iteration
+    with open(os.path.join(out, "stitch_schedule_from_0.json")) as f:
+        schedule = json.load(f)
+    assert schedule["ranks_agree"] and len(schedule["stitches"]) == 4
+    assert os.path.isfile(os.path.join(out, "model_final.pth")) and os.path.isfile(os.path.join(out, "metrics.json"))
+
+    run_main("--resume", *tiny_opts(synthetic, out, "train.max_iter=6", "train.checkpointer.period=2"))
+    assert calls == [4]  # resumed: no second LS init
+    with open(os.path.join(out, "stitch_schedule_from_4.json")) as f:
+        resumed = json.load(f)
+    sampler = cached_sampler(out)
+    assert resumed["stitches"] == [sampler.sample(i) for i in (4, 5)]
+    assert schedule["stitches"] == [sampler.sample(i) for i in range(4)]
+
+    weights = os.path.join(out, "model_final.pth")
+    record = run_main("--eval-only", "--stitch", "0,1,13", *tiny_opts(synthetic, out, f"train.init_checkpoint={weights}"))
+    report = os.path.join(out, "stitch_report_synthetic_shapes_val")
+    for name in ("stitch_results.json", "stitch_report.csv", "stitch_report.md", "stitch_report.png",
+                 "stitch_report.json", "stitch_report_segm.png"):
+        assert os.path.isfile(os.path.join(report, name)), name
+    rows = record["stitches"]
+    assert sorted(rows) == ["0", "1", "13"] and "@iter5|synthetic_shapes_val|128x128" in record["run_key"]
+    for row in rows.values():
+        assert {"bbox_AP", "bbox_AP50", "bbox_AP75", "bbox_APs", "bbox_APm", "bbox_APl", "segm_AP", "segm_APl",
+                "gflops", "params_m"} <= set(row)
+    assert rows["1"]["gflops"] > rows["13"]["gflops"] > rows["0"]["gflops"] > 0
+    with open(os.path.join(report, "stitch_report.json")) as f:
+        assert {"on_frontier_bbox", "on_frontier_segm"} <= set(json.load(f)["stitches"][0])
+    # pareto: the frontier of the results just written
+    record = run_main("--eval-only", "--stitch", "pareto", *tiny_opts(synthetic, out, f"train.init_checkpoint={weights}"))
+    assert sorted(record["stitches"]) == ["0", "1", "13"]
+
+
+def test_two_process_gloo_launch_trains_the_same_stitches(synthetic, tmp_path):
+    out = str(tmp_path / "ddp")
+    env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1")
+    proc = subprocess.run(
+        [sys.executable, os.path.join(REPO, "projects", "snnet_vitdet", "train_net.py"), "--num-gpus", "2",
+         "--config-file", TINY, *tiny_opts(synthetic, out, "train.max_iter=5", "dataloader.train.total_batch_size=4")],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=400,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    with open(os.path.join(out, "stitch_schedule_from_0.json")) as f:
+        schedule = json.load(f)
+    assert schedule["num_ranks"] == 2 and schedule["ranks_agree"]
+    assert schedule["stitches"] == [cached_sampler(out).sample(i) for i in range(5)]
+    assert len(set(schedule["stitches"])) > 1
+
+
+def test_ranks_drawing_different_stitches_is_an_error(monkeypatch, tmp_path):
+    hook = StitchSamplingHook(None, None, str(tmp_path))
+    hook.trainer = type("Trainer", (), {"iter": 9, "max_iter": 10})()
+    hook.start_iter, hook.history = 8, [3, 5]
+    monkeypatch.setattr("projects.snnet_vitdet.training.comm.all_gather", lambda h: [[3, 5], [3, 6]])
+    with pytest.raises(RuntimeError, match="ranks trained different stitches from iteration 9"):
+        hook.after_train()
+
+
+# --- evaluation: ground truth through the report path ------------------------------------------------
+class GroundTruthPredictor(nn.Module):
+    """Returns each image's annotations as predictions (score 1), in the model's output format."""
+
+    def __init__(self, dataset_name):
+        super().__init__()
+        self.records = {r["image_id"]: r for r in DatasetCatalog.get(dataset_name)}
+
+    def forward(self, inputs):
+        outputs = []
+        for item in inputs:
+            record = self.records[item["image_id"]]
+            h, w = record["height"], record["width"]
+            annos = record["annotations"]
+            instances = Instances((h, w))
+            boxes = [BoxMode.convert(a["bbox"], a["bbox_mode"], BoxMode.XYXY_ABS) for a in annos]
+            instances.pred_boxes = Boxes(torch.tensor(boxes, dtype=torch.float32).reshape(-1, 4))
+            instances.scores = torch.ones(len(annos))
+            instances.pred_classes = torch.tensor([a["category_id"] for a in annos], dtype=torch.int64)
+            instances.pred_masks = torch.stack([torch.from_numpy(polygons_to_bitmask(a["segmentation"], h, w))
+                                                for a in annos])
+            outputs.append({"instances": instances})
+        return outputs
+
+
+@pytest.fixture
+def report_setup(synthetic, tmp_path):
+    register_coco_json_datasets({"synthetic_shapes_val": {
+        "json_file": os.path.join(synthetic, "annotations", "instances_val.json"),
+        "image_root": os.path.join(synthetic, "val")}})
+    loader = build_detection_test_loader(dataset=DatasetCatalog.get("synthetic_shapes_val"),
+                                         mapper=DatasetMapper(is_train=False, augmentations=[], image_format="RGB"))
+    evaluator = COCOEvaluator("synthetic_shapes_val", tasks=("bbox", "segm"), use_fast_impl=False)
+    anchors = [build_anchor("deit3_small_patch16_224", img_size=64, class_token=False, embed_dim=d, depth=n, num_heads=2)
+               for d, n in ((16, 2), (32, 4))]
+    backbone = StitchedViTDetBackbone(*anchors, lora_rank=2, window_size=2, num_global=1)
+    ids = backbone.space.ids
+    flops = FlopsTable({i: float(i) for i in ids}, {i: 1.0 for i in ids}, (64, 64))
+    return GroundTruthPredictor("synthetic_shapes_val"), backbone, loader, evaluator, flops, str(tmp_path / "report")
+
+
+def test_ground_truth_as_prediction_scores_ap_100(report_setup):
+    predictor, backbone, loader, evaluator, flops, out = report_setup
+    record = stitch_report(predictor, backbone.set_stitch, loader, evaluator, [0, 1], backbone.space, flops, out, "gt")
+    for row in record["stitches"].values():
+        for metric in ("bbox_AP", "bbox_AP50", "bbox_AP75", "segm_AP", "segm_AP50", "segm_AP75", "bbox_APs", "segm_APs"):
+            assert row[metric] == pytest.approx(100.0), metric
+
+
+def test_report_is_written_interrupted_and_resumed(report_setup):
+    predictor, backbone, loader, evaluator, flops, out = report_setup
+    seen = []
+
+    def interrupted(stitch_id):
+        if len(seen) == 2:
+            raise KeyboardInterrupt
+        seen.append(stitch_id)
+        return backbone.set_stitch(stitch_id)
+
+    with pytest.raises(KeyboardInterrupt):
+        stitch_report(predictor, interrupted, loader, evaluator, [0, 1, 2], backbone.space, flops, out, "run")
+    with open(os.path.join(out, "stitch_results.json")) as f:
+        assert sorted(json.load(f)["stitches"]) == ["0", "1"]
+    seen.clear()
+    record = stitch_report(predictor, lambda s: seen.append(s) or backbone.set_stitch(s), loader, evaluator,
+                           [0, 1, 2], backbone.space, flops, out, "run")
+    assert seen == [2] and sorted(record["stitches"]) == ["0", "1", "2"]
+    with open(os.path.join(out, "stitch_report.csv")) as f:
+        lines = f.read().splitlines()
+    assert len(lines) == 4 and "bbox_AP" in lines[0] and "on_frontier" in lines[0]
+    with pytest.raises(RuntimeError, match="holds results of another run"):
+        stitch_report(predictor, backbone.set_stitch, loader, evaluator, [0], backbone.space, flops, out, "other")
+
+
+# --- clear errors ------------------------------------------------------------------------------------
+def test_bad_dataset_paths_are_clear_errors(synthetic, tmp_path):
+    with pytest.raises(FileNotFoundError, match="annotation file '/nonexistent/annotations/instances_val.json'"):
+        run_main(*tiny_opts("/nonexistent", tmp_path))
+    with pytest.raises(FileNotFoundError, match=r"DETECTRON2_DATASETS"):
+        run_main(*tiny_opts(synthetic, tmp_path, "dataloader.test.dataset.names=coco_2017_val"))
+    with pytest.raises(KeyError, match="'no_such_set' is not registered"):
+        run_main(*tiny_opts(synthetic, tmp_path, "dataloader.train.dataset.names=no_such_set"))
+
+
+def test_checkpoint_of_another_architecture_and_unknown_stitch_are_clear_errors(synthetic, tmp_path):
+    cfg = tiny_cfg(synthetic, tmp_path)
+    DetectionCheckpointer(instantiate(cfg.model), save_dir=str(tmp_path)).save("tiny")
+    weights = os.path.join(str(tmp_path), "tiny.pth")
+    with pytest.raises(RuntimeError, match="another architecture.*mis-shaped.*lora"):
+        run_main("--eval-only", *tiny_opts(synthetic, tmp_path, f"train.init_checkpoint={weights}",
+                                           "model.backbone.net.lora_rank=4"))
+    with pytest.raises(RuntimeError, match="another architecture.*missing"):
+        run_main("--eval-only", *tiny_opts(synthetic, tmp_path, f"train.init_checkpoint={weights}",
+                                           "model.backbone.net.slow.depth=10"))
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        run_main("--eval-only", *tiny_opts(synthetic, tmp_path, "train.init_checkpoint=/nonexistent/model.pth"))
+    with pytest.raises(KeyError, match="unknown stitch id 99.*ids 0..13"):
+        run_main("--eval-only", "--stitch", "0,99", *tiny_opts(synthetic, tmp_path, f"train.init_checkpoint={weights}"))
+    with pytest.raises(FileNotFoundError, match="--stitch pareto needs"):
+        run_main("--eval-only", "--stitch", "pareto", *tiny_opts(synthetic, tmp_path, f"train.init_checkpoint={weights}"))
