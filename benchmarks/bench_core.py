@@ -1,7 +1,9 @@
 """Engine benchmarks, each printed as a ratio measured side by side in one run (DeiT3-S/L shapes, random init).
 
 1. Stitching overhead: forward time of a stitch / forward time of the same blocks without stitching layers.
-2. LS init peak memory (growth over the resident model) for 10 vs 100 calibration images, at 224 and 480x640.
+2. LS init peak memory (RSS growth over the resident model) for 10 vs 100 calibration images, at 224 and
+   480x640, under glibc's default allocator settings and with a fixed mmap threshold (which returns freed
+   large blocks to the OS, so RSS follows live memory).
 3. FLOPs table: build time of the 134-stitch table, and the cached second call.
 
     python benchmarks/bench_core.py [--quick]
@@ -106,20 +108,29 @@ def ls_memory_child(num_images: int, height: int, width: int) -> None:
     print(f"RESULT {peak[0] - baseline} {baseline} {time.perf_counter() - start:.1f}")
 
 
-def ls_memory(sizes: List[Tuple[int, int]], counts: Tuple[int, int]) -> None:
+ALLOCATORS = {  # glibc's default moves its mmap threshold up as large blocks are freed, then keeps them
+    "glibc default": {},
+    "fixed mmap threshold": {"MALLOC_MMAP_THRESHOLD_": str(1 << 20)},
+}
+
+
+def ls_memory(sizes: List[Tuple[int, int]], counts: Tuple[int, int], allocators: List[str]) -> None:
     print(f"\n[2] LS init peak memory growth over the resident DeiT3-S/L (batches of 5 images), "
           f"{counts[0]} vs {counts[1]} images")
-    print(f"{'input':<9} {'images':>6} {'growth MiB':>11} {'model RSS MiB':>14} {'time s':>7}")
+    print(f"{'input':<9} {'allocator':<21} {'images':>6} {'growth MiB':>11} {'model RSS MiB':>14} {'time s':>7}")
     for h, w in sizes:
-        growth = []
-        for n in counts:
-            out = subprocess.run([sys.executable, __file__, "--ls-child", str(n), str(h), str(w)],
-                                 capture_output=True, text=True, check=True).stdout
-            line = next(l for l in out.splitlines() if l.startswith("RESULT"))
-            g, base, secs = line.split()[1:]
-            growth.append(int(g))
-            print(f"{h}x{w:<5} {n:>6} {int(g) / 2**20:>11.0f} {int(base) / 2**20:>14.0f} {float(secs):>7.1f}")
-        print(f"{'':<9} ratio {counts[1]} / {counts[0]} images: {growth[1] / growth[0]:.3f}")
+        for allocator in allocators:
+            growth = []
+            for n in counts:
+                out = subprocess.run([sys.executable, __file__, "--ls-child", str(n), str(h), str(w)],
+                                     capture_output=True, text=True, check=True,
+                                     env=dict(os.environ, **ALLOCATORS[allocator])).stdout
+                line = next(l for l in out.splitlines() if l.startswith("RESULT"))
+                g, base, secs = line.split()[1:]
+                growth.append(int(g))
+                print(f"{h}x{w:<5} {allocator:<21} {n:>6} {int(g) / 2**20:>11.0f} {int(base) / 2**20:>14.0f} "
+                      f"{float(secs):>7.1f}")
+            print(f"{'':<9} {allocator:<21} ratio {counts[1]} / {counts[0]} images: {growth[1] / growth[0]:.3f}")
 
 
 def flops_table_timing() -> None:
@@ -137,7 +148,8 @@ def flops_table_timing() -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="fewer repeats, LS memory at 224 only")
+    parser.add_argument("--quick", action="store_true",
+                        help="fewer repeats; LS memory at 224 with the fixed mmap threshold only")
     parser.add_argument("--ls-child", nargs=3, type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.ls_child:
@@ -145,7 +157,10 @@ def main() -> None:
         return
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, CPU")
     stitching_overhead(repeats=5 if args.quick else 15, batch=1)
-    ls_memory([(224, 224)] if args.quick else [(224, 224), (480, 640)], (10, 100))
+    if args.quick:
+        ls_memory([(224, 224)], (10, 100), ["fixed mmap threshold"])
+    else:
+        ls_memory([(224, 224), (480, 640)], (10, 100), list(ALLOCATORS))
     flops_table_timing()
 
 

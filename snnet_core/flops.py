@@ -204,7 +204,7 @@ def build_flops_table(
     start = time.perf_counter()
     with_head = mode == "classify"
     device = next(snnet.parameters()).device
-    images = torch.zeros(1, 3, *input_size, device=device)
+    images = torch.zeros(1, snnet.anchors[FAST].patch_embed.proj.in_channels, *input_size, device=device)
     probe = _ComponentProbe(snnet, with_head)
     was_training = snnet.training
     snnet.eval()

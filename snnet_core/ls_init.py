@@ -51,7 +51,7 @@ def ls_init_stitching_layers(
     for images in batches:
         images = images[: num_images - seen].to(device)
         fast_out = snnet.anchor_block_outputs(images, FAST)
-        slow_out = snnet.anchor_block_outputs(images, SLOW)
+        slow_out = snnet.anchor_block_outputs(images, SLOW, pairs)  # only the paired large blocks
         for k, acc in enumerate(s2l):
             acc.update(fast_out[k], slow_out[pairs[k]])
         for k, acc in enumerate(l2s):
@@ -84,9 +84,9 @@ def reconstruction_error(layer: torch.nn.Module, x: torch.Tensor, y: torch.Tenso
 
 def calibration_pairs(snnet: StitchedViT, images: torch.Tensor) -> List[Tuple[str, torch.Tensor, torch.Tensor]]:
     """``(layer name, input features, target features)`` for every stitching layer on ``images``."""
-    fast_out = snnet.anchor_block_outputs(images, FAST)
-    slow_out = snnet.anchor_block_outputs(images, SLOW)
     pairs = snnet.space.pairs
+    fast_out = snnet.anchor_block_outputs(images, FAST)
+    slow_out = snnet.anchor_block_outputs(images, SLOW, pairs)
     out = [(f"stitch_s2l.{k}", fast_out[k], slow_out[pairs[k]]) for k in range(len(snnet.stitch_s2l))]
     out += [(f"stitch_l2s.{k}", slow_out[pairs[k]], fast_out[k]) for k in range(len(snnet.stitch_l2s))]
     return out

@@ -135,12 +135,19 @@ class StitchedViT(nn.Module):
         return classify(plan.finish, run_plan(plan, images, with_features=False).tokens)
 
     @torch.no_grad()
-    def anchor_block_outputs(self, images: torch.Tensor, anchor: int) -> List[torch.Tensor]:
-        """Every block's output ``(B, P + H*W, C)`` of one anchor run alone (used by LS init)."""
+    def anchor_block_outputs(
+        self, images: torch.Tensor, anchor: int, indices: Optional[Sequence[int]] = None
+    ) -> Dict[int, torch.Tensor]:
+        """Block outputs ``{block index: (B, P + H*W, C)}`` of one anchor run alone (used by LS init).
+
+        Only ``indices`` are kept (default: every block); blocks after the last one asked for are not run.
+        """
         model = self.anchors[anchor]
+        keep = set(range(len(model.blocks)) if indices is None else indices)
         x, _ = embed_images(model, images)
-        outputs = []
-        for block in model.blocks:
+        outputs = {}
+        for b, block in enumerate(model.blocks[: max(keep) + 1]):
             x = block(x)
-            outputs.append(x)
+            if b in keep:
+                outputs[b] = x
         return outputs

@@ -20,11 +20,12 @@ def tiny_anchor(img_size=32, num_classes=0, **overrides):
     return build_anchor("deit3_small_patch16_224", img_size=img_size, num_classes=num_classes, **cfg)
 
 
-def tiny_snnet(lora_rank=4, out_indices=(1, 3, 5, 7), img_size=32, num_classes=0, seed=0, **kwargs):
-    """4-block/32-wide fast + 8-block/48-wide slow anchors, patch 16."""
+def tiny_snnet(lora_rank=4, out_indices=(1, 3, 5, 7), img_size=32, num_classes=0, seed=0, anchor_kwargs=None,
+               **kwargs):
+    """4-block/32-wide fast + 8-block/48-wide slow anchors, patch 16 (``anchor_kwargs``: more timm arguments)."""
     torch.manual_seed(seed)
-    fast = tiny_anchor(img_size, num_classes, **TINY_FAST)
-    slow = tiny_anchor(img_size, num_classes, **TINY_SLOW)
+    fast = tiny_anchor(img_size, num_classes, **TINY_FAST, **(anchor_kwargs or {}))
+    slow = tiny_anchor(img_size, num_classes, **TINY_SLOW, **(anchor_kwargs or {}))
     return StitchedViT(fast, slow, lora_rank=lora_rank, out_indices=out_indices, **kwargs)
 
 

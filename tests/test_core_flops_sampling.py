@@ -161,3 +161,11 @@ def test_pareto_frontier_and_budget_on_hand_made_points():
     assert best_under_budget(cost, err, 3.5, higher_is_better=False) == 2
     with pytest.raises(ValueError, match="cheapest costs 1"):
         best_under_budget(cost, acc, 0.5)
+
+
+def test_table_follows_the_anchors_input_channels():
+    """e.g. grayscale digits: the probe image must have the anchors' channel count."""
+    net = tiny_snnet(img_size=32, anchor_kwargs={"in_chans": 1})
+    table = build_flops_table(net, (32, 32), mode="features")
+    direct = count_gflops(_Run(export_stitch(net, 7), "features"), (torch.zeros(1, 1, 32, 32),))
+    assert table.gflops[7] == pytest.approx(direct, rel=1e-9)
