@@ -20,7 +20,7 @@ import os
 import statistics
 import sys
 import time
-from typing import Callable, List
+from typing import Callable, List, Sequence
 
 import torch
 
@@ -34,14 +34,18 @@ from snnet_core import ResourceConstrainedSampler, build_flops_table  # noqa: E4
 PAPER_SETR_512 = {"DeiT3-S": 32.0, "DeiT3-L": 363.0}  # Table 1 FLOPs (G), SETR naive head, 512x512
 
 
-def median_seconds(fn: Callable[[], None], repeats: int) -> float:
-    fn()  # warm-up
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
+def median_seconds(fns: Sequence[Callable[[], None]], repeats: int) -> List[float]:
+    """Median time of each function; one warm-up call each, then the calls interleaved (A B A B ...) so
+    that a change of machine load affects all of them alike."""
+    for fn in fns:
         fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    times: List[List[float]] = [[] for _ in fns]
+    for _ in range(repeats):
+        for fn, t in zip(fns, times):
+            start = time.perf_counter()
+            fn()
+            t.append(time.perf_counter() - start)
+    return [statistics.median(t) for t in times]
 
 
 def spread(ids_by_cost: List[int], count: int) -> List[int]:
@@ -83,13 +87,13 @@ def latency_section(model: DPTDepthModel, table, ids: List[int], count: int, rep
     chosen = ids if count <= 0 else spread(ids, count)
     print(f"\n[2] CPU latency, batch 1, 480x640, {torch.get_num_threads()} threads, exported stitches, median of "
           f"{repeats} ({len(chosen)} of {len(ids)} stitches)")
-    print(f"{'id':>4} {'type':<6} {'route':<28} {'GFLOPs':>8} {'ms':>9} {'GFLOP/s':>8}")
+    print(f"{'id':>4} {'type':<6} {'route':<32} {'GFLOPs':>8} {'ms':>9} {'GFLOP/s':>8}")
     x = torch.randn(1, 3, 480, 640)
     for sid in chosen:
         exported = export_depth_model(model, sid).eval()
-        seconds = median_seconds(lambda: exported(x), repeats)
+        seconds, = median_seconds([lambda: exported(x)], repeats)
         stitch = model.backbone.space[sid]
-        print(f"{sid:>4} {stitch.kind:<6} {stitch.route:<28} {table.gflops[sid]:>8.1f} {seconds * 1e3:>9.0f} "
+        print(f"{sid:>4} {stitch.kind:<6} {stitch.route:<32} {table.gflops[sid]:>8.1f} {seconds * 1e3:>9.0f} "
               f"{table.gflops[sid] / seconds:>8.1f}")
 
 
@@ -102,7 +106,7 @@ def train_step(model: DPTDepthModel, optimizer: torch.optim.Optimizer, images, d
 def training_section(model: DPTDepthModel, table, size, batch: int, samples: int, repeats: int) -> None:
     print(f"\n[3] training step, batch {batch} at {size[0]}x{size[1]}, {torch.get_num_threads()} threads: "
           f"stitch inside the SN-Net vs the same network alone (median of {repeats})")
-    print(f"{'id':>4} {'type':<6} {'route':<28} {'GFLOPs@480x640':>14} {'SN-Net s':>9} {'alone s':>8} {'ratio':>6}")
+    print(f"{'id':>4} {'type':<6} {'route':<32} {'GFLOPs@480x640':>14} {'SN-Net s':>9} {'alone s':>8} {'ratio':>6}")
     sampler = ResourceConstrainedSampler(table.gflops, step=10.0, seed=0)
     stitches = []
     iteration = 0
@@ -121,13 +125,13 @@ def training_section(model: DPTDepthModel, table, size, batch: int, samples: int
     ratios = []
     for sid in stitches:
         snnet_model.backbone.set_stitch(sid)
-        inside = median_seconds(lambda: train_step(snnet_model, snnet_opt, images, depths, loss_fn), repeats)
         alone_model = export_depth_model(model, sid).train()
         alone_opt = torch.optim.AdamW(alone_model.parameters(), lr=1e-5)
-        alone = median_seconds(lambda: train_step(alone_model, alone_opt, images, depths, loss_fn), repeats)
+        inside, alone = median_seconds([lambda: train_step(snnet_model, snnet_opt, images, depths, loss_fn),
+                                        lambda: train_step(alone_model, alone_opt, images, depths, loss_fn)], repeats)
         ratios.append(inside / alone)
         stitch = model.backbone.space[sid]
-        print(f"{sid:>4} {stitch.kind:<6} {stitch.route:<28} {table.gflops[sid]:>14.1f} {inside:>9.2f} "
+        print(f"{sid:>4} {stitch.kind:<6} {stitch.route:<32} {table.gflops[sid]:>14.1f} {inside:>9.2f} "
               f"{alone:>8.2f} {ratios[-1]:>6.3f}")
     print(f"median ratio SN-Net / alone: {statistics.median(ratios):.3f}")
 
@@ -140,14 +144,18 @@ def main() -> None:
     p.add_argument("--train-batch", type=int, default=2)
     p.add_argument("--train-stitches", type=int, default=3, help="ROS-sampled stitches to time in training")
     p.add_argument("--output-dir", default="output/bench_dpt")
+    p.add_argument("--sections", nargs="+", choices=("latency", "train"), default=("latency", "train"),
+                   help="timed sections to run after the FLOPs table")
     args = p.parse_args()
     os.makedirs(args.output_dir, exist_ok=True)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, load average {os.getloadavg()[0]:.1f}")
     torch.manual_seed(0)
     model = build_model(ModelSpec(lora_rank=4)).eval()  # DeiT3-S/L, DPT head, random init
     table, ids = flops_section(model, args.output_dir)
-    latency_section(model, table, ids, args.latency_stitches, args.repeats)
-    training_section(model, table, tuple(args.train_size), args.train_batch, args.train_stitches, args.repeats)
+    if "latency" in args.sections:
+        latency_section(model, table, ids, args.latency_stitches, args.repeats)
+    if "train" in args.sections:
+        training_section(model, table, tuple(args.train_size), args.train_batch, args.train_stitches, args.repeats)
     print(f"\nload average at the end {os.getloadavg()[0]:.1f}")
 
 

@@ -197,18 +197,18 @@ def evaluate_stitch_report(
                        title=f"SN-Netv2 DPT on NYUv2 at {flops.input_size[0]}x{flops.input_size[1]}")
     if not ctx.enabled:
         return evaluate_stitches(evaluate_one, stitch_ids, **report_args)
-    todo: Any = None
+    error, todo = None, []
     if ctx.is_main:
         record = load_results(output_dir)
         if record and record.get("run_key") != run_key:
-            todo = f"{os.path.join(output_dir, RESULTS_FILE)} holds results of another run; choose a new --eval-dir"
+            error = f"{os.path.join(output_dir, RESULTS_FILE)} holds results of another run; choose a new --eval-dir"
         else:
             todo = [int(s) for s in stitch_ids if str(int(s)) not in record.get("stitches", {})]
-    todo = broadcast_object(ctx, todo)
-    if isinstance(todo, str):
-        raise RuntimeError(todo)
+    error, todo = broadcast_object(ctx, (error, todo))
+    if error:
+        raise RuntimeError(error)
     if ctx.is_main:
-        return evaluate_stitches(evaluate_one, stitch_ids, progress=True, **report_args)
+        return evaluate_stitches(evaluate_one, stitch_ids, **report_args)
     for stitch_id in todo:
         evaluate_one(stitch_id)
     return None
