@@ -16,7 +16,7 @@ from detectron2.modeling import Backbone, ShapeSpec
 from detectron2.modeling.backbone.utils import window_partition, window_unpartition
 from timm.models.vision_transformer import VisionTransformer
 
-from snnet_core import StitchedViT, Stitch
+from snnet_core import Stitch, StitchedViT, StitchSpace
 from snnet_core.route import embed_images, tokens_to_map
 
 __all__ = ["TokenGrid", "WindowedAttention", "global_block_indexes", "prepare_vitdet",
@@ -169,7 +169,7 @@ class StitchedViTDetBackbone(_SingleFeatureBackbone):
         self.snnet = snnet
 
     @property
-    def space(self):
+    def space(self) -> StitchSpace:
         """The stitch space (``space.ids``, ``space[id]``)."""
         return self.snnet.space
 

@@ -82,7 +82,8 @@ def detector_head_cost(model: GeneralizedRCNN, input_size: Tuple[int, int]) -> T
         generator = torch.Generator().manual_seed(0)
         feature = torch.randn(1, channels, input_size[0] // stride, input_size[1] // stride, generator=generator)
         device = next(model.parameters()).device
-        gflops = count_gflops(_DetectorHead(model, input_size), (feature.to(device),))
+        probe = _DetectorHead(model, input_size).train(model.training)  # count_gflops restores this mode
+        gflops = count_gflops(probe, (feature.to(device),))
     finally:
         predictor.test_score_thresh = threshold
     params = sum(p.numel() for p in model.parameters()) - sum(p.numel() for p in net.parameters())

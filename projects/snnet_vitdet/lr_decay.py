@@ -13,7 +13,7 @@ head (factor 1).
 from __future__ import annotations
 
 import re
-from typing import Sequence
+from typing import Sequence, Tuple
 
 from snnet_core import FAST, SLOW
 from snnet_core.stitch_space import paired_large_blocks
@@ -23,7 +23,7 @@ _STITCH = re.compile(r"\.snnet\.stitch_(s2l|l2s)\.(\d+)\.")
 _EMBEDDING = ("patch_embed.", "pos_embed", "cls_token", "reg_token")
 
 
-def snnet_layer_id(name: str, num_layers: Sequence[int]) -> tuple:
+def snnet_layer_id(name: str, num_layers: Sequence[int]) -> Tuple[int, int]:
     """``(anchor, layer id)`` of a parameter name of a model with a ``StitchedViTDetBackbone``.
 
     Names outside the stitched ViT (and anchor parameters after the blocks) get the slow anchor's

@@ -34,6 +34,7 @@ from detectron2.engine import (
 )
 from detectron2.engine.defaults import create_ddp_model
 from detectron2.utils import comm
+from detectron2.utils.logger import setup_logger
 from omegaconf import OmegaConf
 
 from projects.snnet_vitdet.comm_utils import run_on_main
@@ -48,7 +49,7 @@ from projects.snnet_vitdet.training import (
 )
 from snnet_core import FlopsTable, ResourceConstrainedSampler, select_stitches
 
-logger = logging.getLogger("snnet_vitdet")
+logger = logging.getLogger("projects.snnet_vitdet.train_net")
 
 
 def build_device(cfg) -> torch.device:
@@ -174,6 +175,9 @@ def setup(args):
     cfg = LazyConfig.load(args.config_file)
     cfg = LazyConfig.apply_overrides(cfg, args.opts)
     default_setup(cfg, args)
+    for name in ("projects.snnet_vitdet", "snnet_core"):  # the project's and the engine's loggers
+        setup_logger(cfg.train.output_dir, distributed_rank=comm.get_rank(), name=name,
+                     abbrev_name=name.split(".")[-1])
     return cfg
 
 
