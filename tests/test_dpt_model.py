@@ -44,6 +44,19 @@ def test_head_output_shape_at_nyu_sizes(size):
     assert depth.min() >= 1e-3
 
 
+@pytest.mark.parametrize("seed", range(6))
+def test_fresh_head_starts_where_the_relu_passes_gradients(seed):
+    # with PyTorch's default init of the last conv, most of these seeds give a head whose every pixel is
+    # clamped to min_depth (zero gradient: training never starts)
+    torch.manual_seed(seed)
+    head = DPTHead(48, (16, 32, 64, 128), features=32)
+    features = [torch.randn(2, 1 + 4 * 5, 48) for _ in range(4)]
+    depth = head(features, (4, 5), 1, (64, 80))
+    assert (depth > 1e-3).all()
+    depth.mean().backward()
+    assert head.reassemble[0].project.weight.grad.abs().sum() > 0
+
+
 def test_readout_project_uses_the_cls_token():
     torch.manual_seed(0)
     head = DPTHead(16, (8, 8, 8, 8), features=8).eval()

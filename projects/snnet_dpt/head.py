@@ -105,13 +105,20 @@ class FeatureFusionBlock(nn.Module):
 
 
 class DepthOutput(nn.Module):
-    """Fused map ``(B, C, h, w)`` -> metric depth ``(B, 1, H, W)`` = ``ReLU(out) + min_depth``."""
+    """Fused map ``(B, C, h, w)`` -> metric depth ``(B, 1, H, W)`` = ``ReLU(out) + min_depth``.
 
-    def __init__(self, channels: int, hidden: int = 32, min_depth: float = 1e-3):
+    The last conv starts with small weights (std 0.01, the depth toolbox's ``normal_init``) and a positive
+    bias (``init_depth``): every pixel starts where the ReLU passes gradients. A random start can put every
+    pixel below zero, where the head gets no gradient at all and predicts ``min_depth`` for ever.
+    """
+
+    def __init__(self, channels: int, hidden: int = 32, min_depth: float = 1e-3, init_depth: float = 1.0):
         super().__init__()
         self.conv1 = nn.Conv2d(channels, channels // 2, kernel_size=3, padding=1)
         self.conv2 = nn.Conv2d(channels // 2, hidden, kernel_size=3, padding=1)
         self.conv3 = nn.Conv2d(hidden, 1, kernel_size=1)
+        nn.init.normal_(self.conv3.weight, std=0.01)
+        nn.init.constant_(self.conv3.bias, init_depth)
         self.min_depth = min_depth
 
     def forward(self, x: torch.Tensor, image_size: Tuple[int, int]) -> torch.Tensor:
