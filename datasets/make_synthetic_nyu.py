@@ -33,13 +33,13 @@ NYU_SIZE = (480, 640)
 MAT_HEADER_BYTES = 512
 
 
-def _ray_box(origin_free_dirs: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
+def _ray_box(dirs: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
     """Slab test of rays from the origin with directions ``(H, W, 3)`` against an axis-aligned box.
 
     Returns the entry distance (``inf`` on a miss) and the index of the entry face's axis.
     """
     with np.errstate(divide="ignore", invalid="ignore"):
-        t1, t2 = lo / origin_free_dirs, hi / origin_free_dirs
+        t1, t2 = lo / dirs, hi / dirs
     t_near, t_far = np.minimum(t1, t2), np.maximum(t1, t2)
     t_near = np.nan_to_num(t_near, nan=-np.inf)
     t_far = np.nan_to_num(t_far, nan=np.inf)
@@ -58,7 +58,7 @@ def render_frame(index: int, size: Tuple[int, int] = NYU_SIZE, seed: int = 0) ->
     cam_height = rng.uniform(1.1, 1.6)
     room = {"floor": cam_height, "ceiling": -(2.8 - cam_height), "left": -rng.uniform(1.5, 3.0),
             "right": rng.uniform(1.5, 3.0), "back": rng.uniform(4.5, 9.5)}
-    # surfaces: (distance t along the ray, normal axis, albedo)
+    # surfaces: (distance t along each ray, axis of the surface normal)
     with np.errstate(divide="ignore"):
         candidates = [
             (np.where(dirs[..., 1] > 0, room["floor"] / dirs[..., 1], np.inf), 1),
@@ -105,7 +105,8 @@ def sensor_holes(depth: np.ndarray, rng: np.random.Generator) -> np.ndarray:
 
 def mat73_header() -> bytes:
     """The 128-byte MAT-file header that MATLAB puts in the user block of a v7.3 (HDF5) file."""
-    text = f"MATLAB 7.3 MAT-file, Platform: GLNXA64, Created on: {time.strftime('%a %b %d %H:%M:%S %Y')} HDF5 schema 1.00 ."
+    created = time.strftime("%a %b %d %H:%M:%S %Y")
+    text = f"MATLAB 7.3 MAT-file, Platform: GLNXA64, Created on: {created} HDF5 schema 1.00 ."
     return text.encode().ljust(116, b" ") + b" " * 8 + b"\x00\x02" + b"IM"
 
 

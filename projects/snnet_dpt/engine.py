@@ -150,7 +150,8 @@ def train_one_epoch(
 
 
 @torch.no_grad()
-def evaluate(model: DPTDepthModel, loader: Iterable, ctx: DistContext, flip: bool = True, amp: bool = False) -> Dict[str, float]:
+def evaluate(model: DPTDepthModel, loader: Iterable, ctx: DistContext, flip: bool = True,
+             amp: bool = False) -> Dict[str, float]:
     """Depth metrics of ``model`` (its selected stitch) over ``loader`` (this rank's shard), reduced over ranks.
 
     ``flip``: average the prediction with that of the mirrored image.
@@ -247,7 +248,8 @@ def load_checkpoint(path: str, model: DPTDepthModel, map_location: torch.device 
 def check_resumable(state: Dict[str, Any], spec: ModelSpec, recipe: TrainRecipe) -> None:
     """Refuse to resume a run with another architecture or optimisation recipe (the schedule would differ)."""
     saved_spec, saved_recipe = state["spec"], state["recipe"]
-    diffs = [f"{k}: checkpoint {saved_spec.get(k)} vs now {v}" for k, v in spec.to_dict().items() if saved_spec.get(k) != v]
+    diffs = [f"{k}: checkpoint {saved_spec.get(k)} vs now {v}" for k, v in spec.to_dict().items()
+             if saved_spec.get(k) != v]
     diffs += [f"{k}: checkpoint {saved_recipe.get(k)} vs now {v}" for k, v in dataclasses.asdict(recipe).items()
               if k != "world_size" and saved_recipe.get(k) != v]
     if diffs:

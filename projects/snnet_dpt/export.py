@@ -26,7 +26,8 @@ FORMAT = "snnet-dpt-stitch-v1"
 def export_depth_model(model: DPTDepthModel, stitch_id: int) -> DPTDepthModel:
     """Standalone ``DPTDepthModel`` of one stitch of ``model`` (whose backbone is a ``StitchedViT``)."""
     snnet: StitchedViT = model.backbone
-    return DPTDepthModel(export_stitch(snnet, stitch_id), copy.deepcopy(model.head), snnet.patch_size).train(model.training)
+    exported = DPTDepthModel(export_stitch(snnet, stitch_id), copy.deepcopy(model.head), snnet.patch_size)
+    return exported.train(model.training)
 
 
 def route_recipe(snnet: StitchedViT, stitch_id: int) -> Dict[str, Any]:

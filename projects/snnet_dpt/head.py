@@ -161,7 +161,9 @@ class DPTHead(nn.Module):
             nn.Conv2d(c, features, kernel_size=3, padding=1, bias=False) for c in self.post_process_channels
         )
         num_stages = len(STAGE_RESAMPLING)
-        self.fusion = nn.ModuleList(FeatureFusionBlock(features, with_skip=i < num_stages - 1) for i in range(num_stages))
+        self.fusion = nn.ModuleList(
+            FeatureFusionBlock(features, with_skip=i < num_stages - 1) for i in range(num_stages)
+        )
         self.output = DepthOutput(features, min_depth=min_depth)
 
     def config(self) -> Dict[str, Any]:

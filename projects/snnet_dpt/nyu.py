@@ -132,7 +132,8 @@ class NYUv2Sync:
                 if not fields:
                     continue
                 if len(fields) != 3:
-                    raise ValueError(f"{list_file}:{line_no}: expected 'rgb_path depth_path focal', got {line.strip()!r}")
+                    raise ValueError(
+                        f"{list_file}:{line_no}: expected 'rgb_path depth_path focal', got {line.strip()!r}")
                 if fields[1] == "None":  # frames without ground truth in some published lists
                     skipped += 1
                     continue

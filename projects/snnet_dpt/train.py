@@ -51,8 +51,10 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     data.add_argument("--data-root", required=True, help="folder of the NYUv2 files (see datasets/prepare_nyu.md)")
     data.add_argument("--layout", choices=("mat", "sync"), default="sync",
                       help="mat: nyu_depth_v2_labeled.mat + splits.mat; sync: BTS-style folders and split files")
-    data.add_argument("--train-list", help="sync layout: train split file (default <root>/nyudepthv2_train_files_with_gt.txt)")
-    data.add_argument("--test-list", help="sync layout: test split file (default <root>/nyudepthv2_test_files_with_gt.txt)")
+    data.add_argument("--train-list",
+                      help="sync layout: train split file (default <root>/nyudepthv2_train_files_with_gt.txt)")
+    data.add_argument("--test-list",
+                      help="sync layout: test split file (default <root>/nyudepthv2_test_files_with_gt.txt)")
     data.add_argument("--eval-size", type=int, nargs=2, default=(480, 640), metavar=("H", "W"),
                       help="size of the test frames; FLOPs are counted at this size")
     data.add_argument("--crop-size", type=int, nargs=2, default=(416, 544), metavar=("H", "W"), help="training crop")
@@ -65,12 +67,13 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     model.add_argument("--anchor-overrides", nargs=2, type=json.loads, metavar=("JSON", "JSON"),
                        help='timm VisionTransformer arguments per anchor, e.g. \'{"depth": 4, "embed_dim": 32}\'')
     model.add_argument("--tiny", action="store_true",
-                       help="tiny anchors (4 blocks/32 wide and 8 blocks/48 wide) and DPT head (32 features) for CPU demos")
+                       help="tiny anchors (4 blocks/32 wide, 8 blocks/48 wide) and DPT head (32 features): CPU demos")
     model.add_argument("--lora-rank", type=int, default=4, help="LoRA SL rank (0: fully trained stitching layers)")
     model.add_argument("--out-indices", type=int, nargs=4, help="slow-anchor blocks of the 4 dense features")
     model.add_argument("--drop-path", type=float, nargs=2, default=(0.0, 0.0), metavar=("FAST", "SLOW"))
     model.add_argument("--head-features", type=int, help="DPT fusion channels (default 256)")
-    model.add_argument("--post-process-channels", type=int, nargs=4, help="DPT reassemble channels (default 96 192 384 768)")
+    model.add_argument("--post-process-channels", type=int, nargs=4,
+                       help="DPT reassemble channels (default 96 192 384 768)")
 
     train = p.add_argument_group("training")
     train.add_argument("--epochs", type=int, default=24)
@@ -93,7 +96,8 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
                           "with --eval-only / --export-stitch: the checkpoint to use")
     run.add_argument("--eval-only", action="store_true", help="evaluate (and export) a trained checkpoint")
     run.add_argument("--stitch", default="all", help="stitches to evaluate: all | ID[,ID...] | pareto | none")
-    run.add_argument("--pareto-source", help="results JSON for --stitch pareto (default <eval-dir>/stitch_results.json)")
+    run.add_argument("--pareto-source",
+                     help="results JSON for --stitch pareto (default <eval-dir>/stitch_results.json)")
     run.add_argument("--eval-dir", help="per-stitch report folder (default <output-dir>/stitch_eval)")
     run.add_argument("--eval-max-images", type=int, help="evaluate on the first N test frames only")
     run.add_argument("--eval-batch-size", type=int, default=2, help="per process")
@@ -132,12 +136,13 @@ def setup_logging(ctx: DistContext) -> None:
 
 
 # --------------------------------------------------------------------------------------------------
-def test_loader(args: argparse.Namespace, ctx: DistContext) -> DataLoader:
+def build_test_loader(args: argparse.Namespace, ctx: DistContext) -> DataLoader:
     """This rank's shard (every ``world_size``-th frame, no padding) of the test split."""
     frames = build_nyu_split(args.layout, args.data_root, "test", args.test_list)
     size = frames.read(0)[1].shape
     if tuple(size) != tuple(args.eval_size):
-        raise ValueError(f"test frames are {size[0]}x{size[1]} but --eval-size is {args.eval_size[0]}x{args.eval_size[1]}")
+        raise ValueError(f"test frames are {size[0]}x{size[1]} but --eval-size is "
+                         f"{args.eval_size[0]}x{args.eval_size[1]}")
     dataset = DepthDataset(frames)
     count = min(len(dataset), args.eval_max_images or len(dataset))
     shard = Subset(dataset, list(range(ctx.rank, count, ctx.world_size)))
@@ -172,7 +177,8 @@ def train(model: DPTDepthModel, spec: ModelSpec, args: argparse.Namespace, ctx: 
     scheduler = build_scheduler(optimizer, recipe.epochs * len(loader))
     scaler = torch.amp.GradScaler(ctx.device.type, enabled=amp)
     sampler = ResourceConstrainedSampler(flops.gflops, recipe.flops_step, recipe.seed)
-    logger.info("ROS: %d stitches in %d FLOPs bins of %g GFLOPs", len(flops.gflops), len(sampler.bins), recipe.flops_step)
+    logger.info("ROS: %d stitches in %d FLOPs bins of %g GFLOPs", len(flops.gflops), len(sampler.bins),
+                recipe.flops_step)
     start_epoch, iteration = 0, 0
     if resume_path:
         state = load_checkpoint(resume_path, model, ctx.device)
@@ -199,9 +205,11 @@ def train(model: DPTDepthModel, spec: ModelSpec, args: argparse.Namespace, ctx: 
         with open(log_path, "a") as log:
             log.write(json.dumps({"epoch": epoch, "iter": iteration, "event": "epoch_end",
                                   "mean_loss": stats["mean_loss"], "param_checksum": param_checksum(model)}) + "\n")
-        logger.info("epoch %d/%d: mean loss %.4f (iteration %d)", epoch + 1, recipe.epochs, stats["mean_loss"], iteration)
+        logger.info("epoch %d/%d: mean loss %.4f (iteration %d)", epoch + 1, recipe.epochs, stats["mean_loss"],
+                    iteration)
         if ctx.is_main:
-            save_checkpoint(checkpoint, model, spec, recipe, optimizer, scheduler, scaler, sampler, epoch + 1, iteration)
+            save_checkpoint(checkpoint, model, spec, recipe, optimizer, scheduler, scaler, sampler, epoch + 1,
+                            iteration)
         barrier(ctx)
     return {"checkpoint": checkpoint, "iteration": iteration}
 
@@ -242,7 +250,7 @@ def run(args: argparse.Namespace, ctx: DistContext) -> Dict[str, Any]:
         run_key = (f"{os.path.abspath(result['checkpoint'])}@iter{result['iteration']}|flip={flip}"
                    f"|max_images={args.eval_max_images}")
         amp = ctx.device.type == "cuda" and not args.no_amp
-        result["report"] = evaluate_stitch_report(model, test_loader(args, ctx), stitch_ids, flops, args.eval_dir,
+        result["report"] = evaluate_stitch_report(model, build_test_loader(args, ctx), stitch_ids, flops, args.eval_dir,
                                                   run_key, ctx, args.primary_metric, flip, amp)
     if args.export_stitch is not None and ctx.is_main:
         path = os.path.join(args.output_dir, f"stitch_{args.export_stitch}_dpt.pth")

@@ -56,7 +56,8 @@ class TrainAugmentation:
         self.flip_prob, self.color_prob = flip_prob, color_prob
         self.gamma, self.brightness, self.colour = gamma, brightness, colour
 
-    def __call__(self, image: np.ndarray, depth: np.ndarray, rng: np.random.Generator) -> Tuple[torch.Tensor, torch.Tensor]:
+    def __call__(self, image: np.ndarray, depth: np.ndarray,
+                 rng: np.random.Generator) -> Tuple[torch.Tensor, torch.Tensor]:
         top, bottom, left, right = eigen_crop_box(*depth.shape)
         image, depth = image[top:bottom, left:right], depth[top:bottom, left:right]
         if rng.random() < self.rotate_prob:
