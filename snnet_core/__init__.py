@@ -5,7 +5,7 @@ from .checkpoint import load_snnet, save_snnet
 from .export import ExportedStitch, export_stitch
 from .flops import FlopsTable, build_flops_table, count_gflops
 from .ls_init import ls_init_stitching_layers
-from .report import evaluate_stitches, select_stitches, write_report
+from .report import evaluate_stitches, load_results, select_stitches, write_report
 from .route import RouteOutput, tokens_to_map
 from .sampling import ResourceConstrainedSampler, UniformSampler, flops_bins
 from .selection import best_under_budget, pareto_frontier

@@ -6,6 +6,7 @@ from typing import Any, Dict, Optional
 
 import torch
 
+from .atomic_io import write_atomic
 from .snnet import StitchedViT
 
 FORMAT = "snnet-v2"
@@ -15,10 +16,7 @@ def save_snnet(path: str, snnet: StitchedViT, extra: Optional[Dict[str, Any]] = 
     """Write ``{'format', 'config', 'model', **extra}`` atomically (``extra`` must be tensors/primitives)."""
     state = {"format": FORMAT, "config": snnet.config(), "model": snnet.state_dict()}
     state.update(extra or {})
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = path + ".tmp"
-    torch.save(state, tmp)
-    os.replace(tmp, path)
+    write_atomic(path, lambda f: torch.save(state, f), binary=True)
 
 
 def load_snnet(path: str, snnet: StitchedViT, map_location: str | torch.device = "cpu") -> Dict[str, Any]:

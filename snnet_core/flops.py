@@ -24,6 +24,7 @@ import torch.nn as nn
 from fvcore.nn import FlopCountAnalysis
 from fvcore.nn.jit_handles import get_shape
 
+from .atomic_io import write_json_atomic
 from .route import RoutePlan, embed_images
 from .snnet import StitchedViT
 from .stitch_space import FAST, SLOW
@@ -219,9 +220,5 @@ def build_flops_table(
     table = FlopsTable(gflops, params, input_size, head_gflops, head_params / 1e6)
     logger.info("FLOPs table of %d stitches counted in %.1fs", len(gflops), time.perf_counter() - start)
     if path is not None:
-        os.makedirs(cache_dir, exist_ok=True)
-        tmp = path + ".tmp"
-        with open(tmp, "w") as f:
-            json.dump(table.to_json(), f, indent=1)
-        os.replace(tmp, path)
+        write_json_atomic(path, table.to_json())
     return table

@@ -13,18 +13,12 @@ from typing import Callable, Dict, List, Mapping, Optional, Sequence
 
 from tqdm import tqdm
 
+from .atomic_io import write_json_atomic
 from .flops import FlopsTable
 from .selection import pareto_frontier
 from .stitch_space import StitchSpace
 
 RESULTS_FILE = "stitch_results.json"
-
-
-def _write_json_atomic(path: str, data) -> None:
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(data, f, indent=1)
-    os.replace(tmp, path)
 
 
 def load_results(output_dir: str) -> Dict[str, dict]:
@@ -100,7 +94,7 @@ def evaluate_stitches(
             raise KeyError(f"evaluate({sid}) returned {sorted(metrics)} without the primary metric {primary_metric!r}")
         rows[str(sid)] = {"id": sid, "type": stitch.kind, "route": stitch.route,
                           "gflops": flops.gflops[sid], "params_m": flops.params_m[sid], **metrics}
-        _write_json_atomic(os.path.join(output_dir, RESULTS_FILE), record)
+        write_json_atomic(os.path.join(output_dir, RESULTS_FILE), record)
     write_report(record, output_dir, title)
     return record
 

@@ -9,6 +9,8 @@ import torch  # noqa: E402
 
 from snnet_core import StitchedViT, build_anchor  # noqa: E402
 
+torch.set_num_threads(1)  # tiny models: threads only add overhead, and CI has 2 cores
+
 TINY_FAST = dict(embed_dim=32, depth=4, num_heads=2)
 TINY_SLOW = dict(embed_dim=48, depth=8, num_heads=3)
 

@@ -97,3 +97,40 @@ def test_pareto_selection_reads_a_previous_report(tmp_path):
     assert select_stitches("3,4", SPACE) == [3, 4] and select_stitches("all", SPACE) == SPACE.ids
     with pytest.raises(FileNotFoundError, match="--stitch all first"):
         select_stitches("pareto", SPACE, str(tmp_path / "missing.json"))
+
+
+def _write_many(args):
+    from snnet_core.atomic_io import write_json_atomic
+
+    path, rank = args
+    for i in range(200):
+        write_json_atomic(path, {"rank": rank, "i": i, "payload": list(range(200))})
+    return rank
+
+
+def test_concurrent_atomic_writes_never_fail_or_tear(tmp_path):
+    """Two writers of one file (e.g. DDP ranks sharing a FLOPs cache directory)."""
+    import multiprocessing as mp
+
+    path = str(tmp_path / "shared.json")
+    with mp.get_context("spawn").Pool(2) as pool:
+        assert sorted(pool.map(_write_many, [(path, 0), (path, 1)])) == [0, 1]
+    final = json.loads((tmp_path / "shared.json").read_text())
+    assert final["i"] == 199 and final["payload"] == list(range(200))
+    assert [p.name for p in tmp_path.iterdir()] == ["shared.json"]  # no temporary files left
+
+
+def test_failed_write_keeps_the_previous_file(tmp_path):
+    from snnet_core.atomic_io import write_atomic, write_json_atomic
+
+    path = str(tmp_path / "results.json")
+    write_json_atomic(path, {"done": [1, 2]})
+
+    def crash(f):
+        f.write('{"done": [1, 2, ')
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        write_atomic(path, crash)
+    assert json.loads((tmp_path / "results.json").read_text()) == {"done": [1, 2]}
+    assert [p.name for p in tmp_path.iterdir()] == ["results.json"]
