@@ -97,7 +97,8 @@ def flops_section(model, output_dir: str, size: int):
           f"counted in {time.perf_counter() - start:.0f}s")
     print(f"  head (pyramid + RPN + ROI heads): {table.head_gflops:.0f} GFLOPs, {table.head_params_m:.1f}M params")
     for name, sid in (("DeiT3-S", 0), ("DeiT3-L", 1)):
-        print(f"  {name} anchor: {table.gflops[sid]:.0f} GFLOPs ({table.gflops[sid] - table.head_gflops:.0f} backbone), "
+        backbone_gflops = table.gflops[sid] - table.head_gflops
+        print(f"  {name} anchor: {table.gflops[sid]:.0f} GFLOPs ({backbone_gflops:.0f} backbone), "
               f"{table.params_m[sid]:.1f}M params")
     return table
 
@@ -113,15 +114,17 @@ def latency_section(table, count: int, size: int, repeats: int) -> List[dict]:
         backbone.set_stitch(sid)
         with torch.no_grad():
             seconds = median_seconds(lambda: model(inputs), repeats)
-        rows.append({"id": sid, "route": backbone.space[sid].route, "gflops_1024": table.gflops[sid], "seconds": seconds})
-        print(f"  stitch {sid:3d} {backbone.space[sid].route:28s} {table.gflops[sid]:7.0f} GFLOPs@1024  {seconds:6.2f} s")
+        route = backbone.space[sid].route
+        rows.append({"id": sid, "route": route, "gflops_1024": table.gflops[sid], "seconds": seconds})
+        print(f"  stitch {sid:3d} {route:28s} {table.gflops[sid]:7.0f} GFLOPs@1024  {seconds:6.2f} s")
     return rows
 
 
 def synthetic_batch(size: int) -> List[dict]:
     """One image with three boxes/masks (training targets do not change the cost much)."""
     instances = Instances((size, size))
-    boxes = torch.tensor([[10, 10, size / 2, size / 2], [size / 3, size / 4, size - 5, size - 20], [5, size / 2, size / 3, size - 1]])
+    boxes = torch.tensor([[10, 10, size / 2, size / 2], [size / 3, size / 4, size - 5, size - 20],
+                          [5, size / 2, size / 3, size - 1]])
     instances.gt_boxes = Boxes(boxes)
     instances.gt_classes = torch.tensor([1, 5, 17])
     masks = torch.zeros(3, size, size, dtype=torch.bool)

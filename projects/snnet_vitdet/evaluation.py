@@ -137,7 +137,7 @@ def stitch_report(
     ``stitch_results.json`` after each stitch, then ``stitch_report.{csv,md,png,json}`` and
     ``stitch_report_segm.png``. Stitches already in ``output_dir`` (same ``run_key``) are skipped.
 
-    ``stitch_ids`` is only read on the main process. Returns the results record there, ``{}`` elsewhere.
+    Returns the results record on the main process, ``{}`` elsewhere.
     """
     def pending() -> List[int]:
         record = load_results(output_dir)
