@@ -24,14 +24,6 @@ CONFIGS = os.path.join(os.path.dirname(__file__), "..", "projects", "snnet_vitde
 COCO_CONFIGS = ["mask_rcnn_vitdet_deit3_s_100ep", "mask_rcnn_vitdet_deit3_l_100ep", "mask_rcnn_snnetv2_deit3_s_l_100ep"]
 
 
-@pytest.fixture(autouse=True)
-def single_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def anchor(dim, depth, heads, img_size=64, **kwargs):
     return build_anchor("deit3_small_patch16_224", img_size=img_size, class_token=False,
                         embed_dim=dim, depth=depth, num_heads=heads, **kwargs)

@@ -30,14 +30,6 @@ REPO = os.path.join(os.path.dirname(__file__), "..")
 TINY = os.path.join(REPO, "projects", "snnet_vitdet", "configs", "synthetic", "mask_rcnn_snnetv2_tiny.py")
 
 
-@pytest.fixture(autouse=True)
-def single_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def synthetic(tmp_path_factory):
     root = str(tmp_path_factory.mktemp("synthetic_coco"))

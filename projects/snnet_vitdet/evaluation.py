@@ -2,7 +2,6 @@
 bbox/segm COCO metrics (pycocotools) written resumably as JSON/CSV/Markdown/PNG by ``snnet_core``."""
 from __future__ import annotations
 
-import json
 import logging
 import os
 from typing import Callable, Dict, List, Mapping, Sequence, Tuple
@@ -14,8 +13,17 @@ from detectron2.modeling import GeneralizedRCNN
 from detectron2.structures import ImageList
 from detectron2.utils import comm
 
-from snnet_core import FlopsTable, StitchSpace, build_flops_table, count_gflops, evaluate_stitches, pareto_frontier
-from snnet_core.report import RESULTS_FILE, load_results, plot_metric_vs_gflops
+from snnet_core import (
+    FlopsTable,
+    StitchSpace,
+    build_flops_table,
+    count_gflops,
+    evaluate_stitches,
+    load_results,
+    pareto_frontier,
+)
+from snnet_core.atomic_io import write_json_atomic
+from snnet_core.report import RESULTS_FILE, plot_metric_vs_gflops
 
 from .backbone import StitchedViTDetBackbone
 from .comm_utils import run_on_main
@@ -173,8 +181,8 @@ def write_frontier_summary(record: Mapping, output_dir: str, title: str) -> Dict
     frontiers = {task: pareto_frontier(cost, {k: r[f"{task}_AP"] for k, r in rows.items()}) for task in TASKS}
     table = [dict(r, **{f"on_frontier_{t}": r["id"] in frontiers[t] for t in TASKS})
              for r in sorted(rows.values(), key=lambda r: (r["gflops"], r["id"]))]
-    with open(os.path.join(output_dir, "stitch_report.json"), "w") as f:
-        json.dump({"title": title, "run_key": record["run_key"], "frontier": frontiers, "stitches": table}, f, indent=1)
+    write_json_atomic(os.path.join(output_dir, "stitch_report.json"),
+                      {"title": title, "run_key": record["run_key"], "frontier": frontiers, "stitches": table})
     if rows:
         plot_metric_vs_gflops(rows, frontiers["segm"], "segm_AP", os.path.join(output_dir, "stitch_report_segm.png"),
                               title)

@@ -2,7 +2,6 @@
 training images, and the per-iteration resource-constrained stitch sampling hook."""
 from __future__ import annotations
 
-import json
 import logging
 import os
 from typing import Iterable, Iterator, List
@@ -16,6 +15,7 @@ from detectron2.modeling import GeneralizedRCNN
 from detectron2.utils import comm
 
 from snnet_core import ResourceConstrainedSampler, ls_init_stitching_layers
+from snnet_core.atomic_io import write_json_atomic
 
 from .backbone import StitchedViTDetBackbone
 
@@ -115,8 +115,7 @@ class StitchSamplingHook(HookBase):
                                f"{[h[first] for h in histories]}")
         if comm.is_main_process():
             path = os.path.join(self.output_dir, f"stitch_schedule_from_{self.start_iter}.json")
-            with open(path, "w") as f:
-                json.dump({"start_iter": self.start_iter, "num_ranks": len(histories), "ranks_agree": True,
-                           "sampler": self.sampler.state_dict(), "stitches": self.history}, f)
+            write_json_atomic(path, {"start_iter": self.start_iter, "num_ranks": len(histories), "ranks_agree": True,
+                                     "sampler": self.sampler.state_dict(), "stitches": self.history})
             logger.info("%d iterations trained the same stitches on %d rank(s); schedule in %s",
                         len(self.history), len(histories), path)
