@@ -42,6 +42,7 @@ from snnet_core.flops import plan_params
 IMG_SIZE = 8
 NUM_CLASSES = 10
 SPLIT_SEED = 0  # the train/test split never changes; seeds only change the training
+ANCHOR_IDS = StitchSpace(1, 1).anchor_ids()  # (fast, slow): stitch ids are the same in every space
 Accuracies = Dict[int, float]
 
 
@@ -55,10 +56,12 @@ class AnchorConfig:
     embed_dim: int
     depth: int
     num_heads: int
+    drop_path_rate: float = 0.0
     patch_size: int = 2
 
     def describe(self) -> str:
-        return f"{self.depth} blocks x {self.embed_dim} wide, {self.num_heads} heads, patch {self.patch_size}"
+        return (f"{self.depth} blocks x {self.embed_dim} wide, {self.num_heads} heads, patch {self.patch_size}, "
+                f"drop path {self.drop_path_rate:g}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -70,7 +73,8 @@ class StudyConfig:
         anchor_epochs: epochs of from-scratch anchor training (AdamW, warm-up + cosine).
         anchor_lr: peak learning rate of anchor training.
         snnet_epochs: SN-Net training budget, in epochs of the train split (one stitch per iteration).
-        snnet_lr: peak learning rate of SN-Net training (paper: 0.1x the anchors').
+        snnet_lr: peak learning rate of SN-Net training (paper: 0.1x the anchors'; 0.2x here, where each
+            stitch gets about a thousand times fewer iterations than on ImageNet).
         batch_size: images per iteration, for anchors and SN-Nets.
         lora_rank: rank of LoRA SL.
         ros_bins: number of FLOPs bins of ROS (the bin width is chosen to give this many).
@@ -78,12 +82,12 @@ class StudyConfig:
         test_size: fraction of the 1797 digits held out for test.
     """
 
-    fast: AnchorConfig = AnchorConfig(embed_dim=32, depth=6, num_heads=2)
-    slow: AnchorConfig = AnchorConfig(embed_dim=64, depth=12, num_heads=4)
+    fast: AnchorConfig = AnchorConfig(embed_dim=16, depth=6, num_heads=2)
+    slow: AnchorConfig = AnchorConfig(embed_dim=48, depth=12, num_heads=3, drop_path_rate=0.1)
     anchor_epochs: int = 30
-    anchor_lr: float = 2e-3
-    snnet_epochs: int = 10
-    snnet_lr: float = 2e-4
+    anchor_lr: float = 5e-3
+    snnet_epochs: int = 15
+    snnet_lr: float = 1e-3
     batch_size: int = 32
     lora_rank: int = 4
     ros_bins: int = 10
@@ -151,8 +155,8 @@ def load_digits_split(test_size: float = 0.25) -> DigitsSplit:
 def build_digits_anchor(cfg: AnchorConfig) -> VisionTransformer:
     """A from-scratch DeiT3-style ViT for 1-channel 8x8 digits (average-pooled tokens, no cls token)."""
     return build_anchor("deit3_small_patch16_224", img_size=IMG_SIZE, num_classes=NUM_CLASSES,
-                        class_token=False, patch_size=cfg.patch_size, in_chans=1, embed_dim=cfg.embed_dim,
-                        depth=cfg.depth, num_heads=cfg.num_heads)
+                        class_token=False, drop_path_rate=cfg.drop_path_rate, patch_size=cfg.patch_size,
+                        in_chans=1, embed_dim=cfg.embed_dim, depth=cfg.depth, num_heads=cfg.num_heads)
 
 
 def minibatches(num_items: int, batch_size: int, epochs: int, seed: int) -> Iterator[torch.Tensor]:
@@ -291,8 +295,8 @@ def summarize(acc: Accuracies, space: StitchSpace, gflops: Dict[int, float], num
     ``budget_curve`` is the accuracy of the best stitch under a FLOPs budget, averaged over budgets evenly
     spaced from the fast to the slow anchor (the FLOPs range of every space): the area under the frontier.
     """
-    fast_id, slow_id = space.anchor_ids()
-    stitched = [acc[sid] for sid in space.ids if sid not in (fast_id, slow_id)]
+    fast_id, slow_id = ANCHOR_IDS
+    stitched = [acc[sid] for sid in space.ids if sid not in ANCHOR_IDS]
     costs = {sid: gflops[sid] for sid in space.ids}
     budgets = np.linspace(costs[fast_id], costs[slow_id], num_budgets)
     return {
@@ -356,7 +360,29 @@ def paired(runs: Dict[str, List[dict]], a: str, b: str, key: Callable[[dict], fl
     return float(np.mean(diffs)), sum(d > 0 for d in diffs), len(diffs)
 
 
-def verdicts(anchor_rows: dict, init: Dict[str, dict], runs: Dict[str, List[dict]]) -> List[dict]:
+def same_flops_gain(run: dict, baseline: dict, gflops: Dict[int, float], tolerance: float = 0.01) -> float:
+    """How much better ``run``'s best stitched network is than ``baseline``'s at the baseline's stitch FLOPs.
+
+    For every stitched (non-anchor) network of ``baseline``: the best stitched network of each run within its
+    FLOPs (+``tolerance``, as two-stitching-layer routes cost a few more FLOPs); the mean difference.
+    """
+    def best(acc: Accuracies, budget: float) -> float:
+        return max(a for sid, a in acc.items() if sid not in ANCHOR_IDS and gflops[sid] <= budget)
+
+    budgets = [gflops[sid] * (1 + tolerance) for sid in baseline["per_stitch"] if sid not in ANCHOR_IDS]
+    return float(np.mean([best(run["per_stitch"], b) - best(baseline["per_stitch"], b) for b in budgets]))
+
+
+def direction_gaps(acc: Accuracies, space: StitchSpace, gflops: Dict[int, float]) -> List[float]:
+    """Slow-to-Fast minus Fast-to-Slow accuracy for each pair of SF/FS stitches with the same blocks, by FLOPs."""
+    sf = {space[sid].num_blocks(): sid for sid in space.ids if space[sid].kind == "SF"}
+    pairs = [(fs, sf[space[fs].num_blocks()]) for fs in space.ids
+             if space[fs].kind == "FS" and space[fs].num_blocks() in sf]
+    return [acc[s] - acc[f] for f, s in sorted(pairs, key=lambda p: gflops[p[0]])]
+
+
+def verdicts(anchor_rows: dict, init: Dict[str, dict], runs: Dict[str, List[dict]], gflops: Dict[int, float],
+             space: StitchSpace) -> List[dict]:
     """One verdict per claim: ``{"claim", "holds", "evidence"}``; accuracies in percent."""
     pct = 100.0
     out = []
@@ -373,6 +399,14 @@ def verdicts(anchor_rows: dict, init: Dict[str, dict], runs: Dict[str, List[dict
         ls["mean"] - km["mean"] > 0.1,
         f"mean over {ls['num_stitches'] - 2} stitches {ls['mean'] * pct:.1f}% (LS) vs {km['mean'] * pct:.1f}% "
         f"(Kaiming); min {ls['min'] * pct:.1f}% vs {km['min'] * pct:.1f}%")
+    gaps = direction_gaps(ls["per_stitch"], space, gflops)
+    low, high = gaps[: len(gaps) // 2], gaps[len(gaps) - len(gaps) // 2:]
+    gap_text = ("SF minus FS accuracy at the same blocks, by increasing FLOPs: "
+                + ", ".join(f"{g * pct:+.1f}" for g in gaps) + " points")
+    add("At LS init, Slow-to-Fast beats Fast-to-Slow in the lower half of the FLOPs (paper Figure 13)",
+        min(low) > 0, gap_text)
+    add("At LS init, Fast-to-Slow beats Slow-to-Fast in the upper half of the FLOPs (paper Figure 13)",
+        max(high) < 0, gap_text)
     d, wins, n = paired(runs, "v2-full", "v2-full-kaiming", lambda r: r["mean"])
     add("LS init still beats Kaiming init after SN-Net training (SN-Netv1 supp. Figure E, full layers)",
         wins == n and d > 0, f"mean stitch accuracy +{d * pct:.2f} points, LS better on {wins}/{n} seeds")
@@ -383,19 +417,25 @@ def verdicts(anchor_rows: dict, init: Dict[str, dict], runs: Dict[str, List[dict
         worst_min > 0.5 and worst_drop <= 0.03,
         f"worst stitch over seeds {worst_min * pct:.1f}%, largest anchor drop {worst_drop * pct:.1f} points, "
         f"mean stitch {np.mean([r['mean'] for r in v2]) * pct:.1f}%")
+    gains = [same_flops_gain(a, b, gflops) for a, b in zip(v2, runs["v1"])]
+    add("The two-way space (v2) finds better stitched networks than SN-Netv1 at the same FLOPs and budget",
+        all(g > 0 for g in gains),
+        f"best stitched network within each v1 stitch's FLOPs: {np.mean(gains) * pct:+.2f} points for v2, better "
+        f"on {sum(g > 0 for g in gains)}/{len(gains)} seeds; {v2[0]['num_stitches']} vs "
+        f"{runs['v1'][0]['num_stitches']} stitches")
     d, wins, n = paired(runs, "v2", "v1", lambda r: r["budget_curve"])
-    add("The two-way space (v2) gives a better accuracy-FLOPs frontier than SN-Netv1 at the same budget",
+    add("The two-way space (v2) gives a better Pareto frontier, anchors included, than SN-Netv1",
         wins == n and d > 0,
         f"best-under-budget accuracy averaged over 50 budgets: {d * pct:+.2f} points for v2, better on {wins}/{n} "
-        f"seeds; {v2[0]['num_stitches']} vs {runs['v1'][0]['num_stitches']} stitches, stitches below the fast "
-        f"anchor {np.mean([r['below_fast'] for r in v2]):.1f} (v2) vs "
-        f"{np.mean([r['below_fast'] for r in runs['v1']]):.1f} (v1)")
+        f"seeds; stitches below the fast anchor {np.mean([r['below_fast'] for r in v2]):.1f}/"
+        f"{v2[0]['num_stitches'] - 2} (v2) vs {np.mean([r['below_fast'] for r in runs['v1']]):.1f}/"
+        f"{runs['v1'][0]['num_stitches'] - 2} (v1)")
     d, wins, n = paired(runs, "v2", "v2-uniform", lambda r: (r["fast"] + r["slow"]) / 2)
-    df, _, _ = paired(runs, "v2", "v2-uniform", lambda r: r["fast"])
+    df, fast_wins, _ = paired(runs, "v2", "v2-uniform", lambda r: r["fast"])
     add("ROS trains the anchors better than uniform sampling in the two-way space (paper Figure 10)",
         wins == n and d > 0,
-        f"mean anchor accuracy {d * pct:+.2f} points with ROS (fast anchor {df * pct:+.2f}), better on {wins}/{n} "
-        f"seeds; anchors drawn with p={v2[0]['anchor_prob']:.3f} (ROS) vs {runs['v2-uniform'][0]['anchor_prob']:.3f}")
+        f"mean anchor accuracy {d * pct:+.2f} points with ROS, better on {wins}/{n} seeds (fast anchor "
+        f"{df * pct:+.2f}, better on {fast_wins}/{n}); anchors drawn with p={v2[0]['anchor_prob']:.3f} (ROS) vs {runs['v2-uniform'][0]['anchor_prob']:.3f}")
     d, wins, n = paired(runs, "v2", "v2-full", lambda r: r["mean"])
     add("LoRA SL performs comparably to fully trained stitching layers (|mean difference| <= 1 point)",
         abs(d) <= 0.01, f"mean stitch accuracy {d * pct:+.2f} points with LoRA SL, LoRA better on {wins}/{n} seeds")
@@ -432,6 +472,20 @@ def markdown_tables(study: StudyConfig, anchor_rows: dict, init: Dict[str, dict]
     return "\n".join(lines)
 
 
+def per_stitch_markdown(study: StudyConfig, init: Dict[str, dict], runs: Dict[str, List[dict]],
+                        gflops: Dict[int, float]) -> str:
+    """Every stitch of the two-way space (first seed): accuracy at init (LS, Kaiming), after v2 and v1 training."""
+    space = StitchSpace(study.fast.depth, study.slow.depth)
+    v2, v1 = runs["v2"][0]["per_stitch"], runs["v1"][0]["per_stitch"]
+    lines = ["| id | type | route | MFLOPs | init, LS (%) | init, Kaiming (%) | trained v2 (%) | trained v1 (%) |",
+             "|---|---|---|---|---|---|---|---|"]
+    for sid in sorted(space.ids, key=lambda i: (gflops[i], i)):
+        cells = [init["ls"]["per_stitch"][sid], init["kaiming"]["per_stitch"][sid], v2[sid], v1.get(sid)]
+        accs = " | ".join("" if a is None else f"{a * 100:.1f}" for a in cells)
+        lines.append(f"| {sid} | {space[sid].kind} | `{space[sid].route}` | {gflops[sid] * 1e3:.2f} | {accs} |")
+    return "\n".join(lines)
+
+
 def verdict_lines(items: Sequence[dict]) -> str:
     return "\n".join(f"- **{'holds' if v['holds'] else 'does not hold'}**: {v['claim']}. {v['evidence']}."
                      for v in items)
@@ -445,7 +499,8 @@ def run_study(study: StudyConfig, seeds: Sequence[int], output_dir: str) -> dict
     start = time.perf_counter()
     data = load_digits_split(study.test_size)
     anchors, anchor_rows = train_anchors(study, data, seeds[0])
-    table = stitch_flops_table(StitchedViT(*anchors), data.test_x)
+    probe = StitchedViT(*anchors)
+    space, table = probe.space, stitch_flops_table(probe, data.test_x)
     init = score_at_init(anchors, study, data, table, seeds[0])
     runs: Dict[str, List[dict]] = {name: [] for name in VARIANTS}
     for seed in seeds:
@@ -454,7 +509,7 @@ def run_study(study: StudyConfig, seeds: Sequence[int], output_dir: str) -> dict
             runs[name].append(run_variant(anchors, study, VARIANTS[name], data, table, seed, report_dir))
     result = {"config": dataclasses.asdict(study), "seeds": list(seeds), "train_size": len(data.train_x),
               "test_size": len(data.test_x), "anchors": anchor_rows, "init": init, "runs": runs,
-              "gflops": table.gflops, "verdicts": verdicts(anchor_rows, init, runs),
+              "gflops": table.gflops, "verdicts": verdicts(anchor_rows, init, runs, table.gflops, space),
               "runtime_s": time.perf_counter() - start}
     write_summary(result, study, output_dir)
     return result
@@ -465,8 +520,12 @@ def write_summary(result: dict, study: StudyConfig, output_dir: str) -> None:
     os.makedirs(output_dir, exist_ok=True)
     with open(os.path.join(output_dir, "summary.json"), "w") as f:
         json.dump(result, f, indent=1)
-    text = (markdown_tables(study, result["anchors"], result["init"], result["runs"], result["seeds"])
-            + "\n\n" + verdict_lines(result["verdicts"]) + f"\n\nRuntime {result['runtime_s'] / 60:.1f} min.\n")
+    text = "\n\n".join([
+        markdown_tables(study, result["anchors"], result["init"], result["runs"], result["seeds"]),
+        verdict_lines(result["verdicts"]),
+        f"Per stitch (seed {result['seeds'][0]}; the v1 space holds the anchors and the FS routes):",
+        per_stitch_markdown(study, result["init"], result["runs"], result["gflops"]),
+        f"Runtime {result['runtime_s'] / 60:.1f} min.\n"])
     with open(os.path.join(output_dir, "summary.md"), "w") as f:
         f.write(text)
     print(text)

@@ -4,6 +4,7 @@ The benchmark's own functions run with smaller anchors and budgets; every seed t
 """
 import importlib.util
 import pathlib
+import sys
 
 import pytest
 import torch
@@ -16,6 +17,7 @@ def _load_benchmark():
     path = pathlib.Path(__file__).resolve().parents[1] / "benchmarks" / "digits_stitching.py"
     spec = importlib.util.spec_from_file_location("digits_stitching", path)
     module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses resolve their module's annotations through sys.modules
     spec.loader.exec_module(module)
     return module
 
@@ -23,7 +25,7 @@ def _load_benchmark():
 ds = _load_benchmark()
 STUDY = ds.StudyConfig(fast=ds.AnchorConfig(embed_dim=24, depth=3, num_heads=2),
                        slow=ds.AnchorConfig(embed_dim=48, depth=6, num_heads=3),
-                       anchor_epochs=12, snnet_epochs=2)
+                       anchor_epochs=12, snnet_epochs=3)
 CHANCE = 1.0 / ds.NUM_CLASSES
 
 
@@ -52,4 +54,4 @@ def test_stitching_works_on_digits(digits, one_thread, seed):
     trained = ds.run_variant(anchors, STUDY, ds.VARIANTS["v2"], digits, table, seed)
     assert trained["min"] > 5 * CHANCE, trained["per_stitch"]
     for name in ("fast", "slow"):
-        assert trained[name] >= rows[name]["acc"] - 0.04, (name, rows[name]["acc"], trained[name])
+        assert trained[name] >= rows[name]["acc"] - 0.03, (name, rows[name]["acc"], trained[name])
