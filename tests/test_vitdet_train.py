@@ -21,7 +21,7 @@ from detectron2.utils.events import EventStorage
 
 from datasets.make_synthetic_coco import make_synthetic_coco
 from projects.snnet_vitdet import train_net
-from projects.snnet_vitdet.backbone import StitchedViTDetBackbone
+from projects.snnet_vitdet.backbone import StitchedViTDetBackbone, ViTDetBackbone
 from projects.snnet_vitdet.data import register_coco_json_datasets
 from projects.snnet_vitdet.evaluation import detector_flops_table, stitch_report
 from projects.snnet_vitdet.training import StitchSamplingHook
@@ -153,6 +153,18 @@ def test_ranks_drawing_different_stitches_is_an_error(monkeypatch, tmp_path):
     monkeypatch.setattr("projects.snnet_vitdet.training.comm.all_gather", lambda h: [[3, 5], [3, 6]])
     with pytest.raises(RuntimeError, match="ranks trained different stitches from iteration 9"):
         hook.after_train()
+
+
+def test_do_test_evaluates_baselines_and_chosen_stitches(synthetic, tmp_path):
+    cfg = tiny_cfg(synthetic, tmp_path)
+    model = instantiate(cfg.model)
+    metrics = train_net.do_test(cfg, model, stitch_ids=[0, 13])  # EvalHook during SN-Net training
+    assert sorted(metrics) == ["stitch0", "stitch13"] and model.backbone.net.stitch_id == 1
+    assert {"bbox_AP", "segm_AP", "segm_APm"} <= set(metrics["stitch13"])
+    vit = build_anchor("deit3_small_patch16_224", img_size=128, class_token=False, embed_dim=128, depth=2,
+                       num_heads=2)
+    model.backbone.net = ViTDetBackbone(vit, window_size=4, num_global=1)  # an anchor baseline
+    assert {"bbox_AP", "segm_AP"} <= set(train_net.do_test(cfg, model))
 
 
 # --- evaluation: ground truth through the report path ------------------------------------------------

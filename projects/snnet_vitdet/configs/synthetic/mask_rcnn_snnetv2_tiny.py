@@ -77,6 +77,7 @@ dataloader.test.num_workers = 1
 # --- schedule: from scratch, so a larger lr and a short warmup
 train.device = "cuda" if torch.cuda.is_available() else "cpu"
 train.output_dir = "output/snnet_vitdet_tiny"
+train.seed = 0  # weights, data order and augmentation: the demo gives the same model on a given machine
 train.max_iter = 500
 train.eval_period = 0  # the per-stitch report is written by --eval-only
 train.log_period = 20
