@@ -13,8 +13,9 @@ stratified split. They are stitched with ``snnet_core`` and the paper's qualitat
    vs v2; uniform sampling vs ROS (anchor accuracy, paper Figure 10); LoRA SL vs full layers;
 5. a verdict per claim.
 
-Run ``python benchmarks/digits_stitching.py`` (about 10 minutes on one CPU thread). The fast version is
-``tests/test_digits_stitching.py``, which imports these functions with smaller settings.
+Run ``python benchmarks/digits_stitching.py`` (7 minutes on one thread of a shared 2-core machine, 17 when
+it was heavily loaded; the numbers are the same). It writes ``benchmarks/results/digits/``. The fast version
+is ``tests/test_digits_stitching.py``, which imports these functions with smaller settings.
 """
 from __future__ import annotations
 
@@ -35,9 +36,8 @@ from timm.models.vision_transformer import VisionTransformer
 from tqdm import tqdm
 
 from snnet_core import (ROUTE_TYPES, FlopsTable, ResourceConstrainedSampler, StitchedViT, StitchSpace,
-                        UniformSampler, best_under_budget, build_anchor, count_gflops, evaluate_stitches,
-                        ls_init_stitching_layers, pareto_frontier)
-from snnet_core.flops import plan_params
+                        UniformSampler, best_under_budget, build_anchor, build_flops_table, count_gflops,
+                        evaluate_stitches, ls_init_stitching_layers, pareto_frontier)
 
 IMG_SIZE = 8
 NUM_CLASSES = 10
@@ -229,23 +229,9 @@ def train_anchors(study: StudyConfig, data: DigitsSplit, seed: int) -> Tuple[Tup
     return tuple(anchors), rows
 
 
-def stitch_flops_table(net: StitchedViT, images: torch.Tensor) -> FlopsTable:
-    """GFLOPs (fvcore trace of ``net.classify``) and deployed parameters of every stitch.
-
-    Stands in for ``snnet_core.build_flops_table``, whose probe input is hard-wired to 3 channels
-    (``snnet_core/flops.py``: ``torch.zeros(1, 3, *input_size)``) and so fails on these 1-channel anchors.
-    """
-    class _Stitch(nn.Module):
-        def __init__(self, stitch_id: int):
-            super().__init__()
-            self.net, self.stitch_id = net, stitch_id
-
-        def forward(self, x: torch.Tensor) -> torch.Tensor:
-            return self.net.classify(x, self.stitch_id)
-
-    gflops = {sid: count_gflops(_Stitch(sid), (images[:1],)) for sid in net.space.ids}
-    params = {sid: plan_params(net.plan(sid), with_features=False, with_head=True) / 1e6 for sid in net.space.ids}
-    return FlopsTable(gflops, params, tuple(images.shape[-2:]))
+def flops_table(anchors: Sequence[VisionTransformer]) -> FlopsTable:
+    """GFLOPs and parameters of every stitch of the two-way space, classifier included."""
+    return build_flops_table(StitchedViT(*anchors), (IMG_SIZE, IMG_SIZE), mode="classify")
 
 
 def build_snnet(anchors: Sequence[VisionTransformer], study: StudyConfig, variant: Variant, data: DigitsSplit,
@@ -267,7 +253,7 @@ def stitch_accuracies(net: StitchedViT, data: DigitsSplit) -> Accuracies:
     return {sid: accuracy(lambda x: net.classify(x, sid), data.test_x, data.test_y) for sid in net.space.ids}
 
 
-def make_sampler(net: StitchedViT, table: FlopsTable, variant: Variant, num_bins: int, seed: int):
+def make_sampler(net: StitchedViT, table: FlopsTable, variant: Variant, num_bins: int, seed: int) -> UniformSampler:
     """ROS with a bin width giving about ``num_bins`` FLOPs bins, or uniform sampling."""
     gflops = {sid: table.gflops[sid] for sid in net.space.ids}
     if variant.sampler == "uniform":
@@ -276,7 +262,8 @@ def make_sampler(net: StitchedViT, table: FlopsTable, variant: Variant, num_bins
     return ResourceConstrainedSampler(gflops, step, seed)
 
 
-def train_snnet(net: StitchedViT, sampler, study: StudyConfig, data: DigitsSplit, seed: int, desc: str) -> None:
+def train_snnet(net: StitchedViT, sampler: UniformSampler, study: StudyConfig, data: DigitsSplit, seed: int,
+                desc: str) -> None:
     """SN-Net training: one sampled stitch per iteration, anchors and stitching layers all trainable."""
     torch.manual_seed(seed)
     net.train()
@@ -328,7 +315,6 @@ def run_variant(anchors: Sequence[VisionTransformer], study: StudyConfig, varian
     """Build, train and score one ablation variant; optionally write its per-stitch report and plot."""
     net = build_snnet(anchors, study, variant, data, seed)
     sampler = make_sampler(net, table, variant, study.ros_bins, seed)
-    fast_id, slow_id = net.space.anchor_ids()
     probs = sampler.probabilities()
     start = time.perf_counter()
     train_snnet(net, sampler, study, data, seed, f"train {variant.name} (seed {seed})")
@@ -337,7 +323,7 @@ def run_variant(anchors: Sequence[VisionTransformer], study: StudyConfig, varian
         write_stitch_report(net, acc, table, os.path.join(report_dir, variant.name),
                             f"{variant.label} on digits (seed {seed})", f"digits-{variant.name}-seed{seed}")
     return dict(summarize(acc, net.space, table.gflops), per_stitch=acc,
-                anchor_prob=probs[fast_id] + probs[slow_id], train_s=time.perf_counter() - start)
+                anchor_prob=sum(probs[sid] for sid in ANCHOR_IDS), train_s=time.perf_counter() - start)
 
 
 def write_stitch_report(net: StitchedViT, acc: Accuracies, table: FlopsTable, output_dir: str, title: str,
@@ -435,7 +421,8 @@ def verdicts(anchor_rows: dict, init: Dict[str, dict], runs: Dict[str, List[dict
     add("ROS trains the anchors better than uniform sampling in the two-way space (paper Figure 10)",
         wins == n and d > 0,
         f"mean anchor accuracy {d * pct:+.2f} points with ROS, better on {wins}/{n} seeds (fast anchor "
-        f"{df * pct:+.2f}, better on {fast_wins}/{n}); anchors drawn with p={v2[0]['anchor_prob']:.3f} (ROS) vs {runs['v2-uniform'][0]['anchor_prob']:.3f}")
+        f"{df * pct:+.2f}, better on {fast_wins}/{n}); anchors drawn with p={v2[0]['anchor_prob']:.3f} (ROS) vs "
+        f"{runs['v2-uniform'][0]['anchor_prob']:.3f}")
     d, wins, n = paired(runs, "v2", "v2-full", lambda r: r["mean"])
     add("LoRA SL performs comparably to fully trained stitching layers (|mean difference| <= 1 point)",
         abs(d) <= 0.01, f"mean stitch accuracy {d * pct:+.2f} points with LoRA SL, LoRA better on {wins}/{n} seeds")
@@ -446,29 +433,31 @@ def verdicts(anchor_rows: dict, init: Dict[str, dict], runs: Dict[str, List[dict
 # report
 
 def mean_std(values: Sequence[float]) -> str:
+    """Accuracies in percent as ``mean ± std`` (a single value as is)."""
     return f"{np.mean(values) * 100:.1f} ± {np.std(values) * 100:.1f}" if len(values) > 1 else f"{values[0] * 100:.1f}"
 
 
 def markdown_tables(study: StudyConfig, anchor_rows: dict, init: Dict[str, dict], runs: Dict[str, List[dict]],
                     seeds: Sequence[int]) -> str:
     """The measured tables (anchors, init, trained variants) and verdicts as Markdown."""
-    lines = ["| anchor | config | params (M) | GFLOPs | test acc (%) | acc over last 5 epochs (%) |",
+    lines = ["| anchor | config | params (M) | MFLOPs | test acc (%) | acc over last 5 epochs (%) |",
              "|---|---|---|---|---|---|"]
     for name, r in anchor_rows.items():
-        lines.append(f"| {name} | {r['config']} | {r['params_m']:.3f} | {r['gflops']:.4f} | {r['acc'] * 100:.1f} | "
+        lines.append(f"| {name} | {r['config']} | {r['params_m']:.3f} | {r['gflops'] * 1e3:.2f} | {r['acc'] * 100:.1f} | "
                      f"{r['acc_last5_min'] * 100:.1f}-{r['acc_last5_max'] * 100:.1f} |")
     lines += ["", f"Stitched networks: mean/min over the non-anchor stitches; anchors after SN-Net training; "
                   f"SN-Net rows are mean ± std over seeds {list(seeds)} ({study.snnet_epochs} epochs each).", "",
               "| model | stitches | fast acc | slow acc | mean stitch acc | min stitch acc | "
               "stitches below fast anchor | budget-curve acc |", "|---|---|---|---|---|---|---|---|"]
-    for name, r in (("at init, LS-initialised layers", init["ls"]), ("at init, Kaiming-initialised layers", init["kaiming"])):
+    for name, r in (("at init, LS-initialised layers", init["ls"]),
+                    ("at init, Kaiming-initialised layers", init["kaiming"])):
         lines.append(f"| {name} | {r['num_stitches']} | {r['fast'] * 100:.1f} | {r['slow'] * 100:.1f} | "
-                     f"{r['mean'] * 100:.1f} | {r['min'] * 100:.1f} | {r['below_fast']} | {r['budget_curve'] * 100:.1f} |")
+                     f"{r['mean'] * 100:.1f} | {r['min'] * 100:.1f} | {r['below_fast']} | "
+                     f"{r['budget_curve'] * 100:.1f} |")
     for name, rs in runs.items():
-        col = lambda k: mean_std([r[k] for r in rs])  # noqa: E731
-        lines.append(f"| trained: {VARIANTS[name].label} (`{name}`) | {rs[0]['num_stitches']} | {col('fast')} | "
-                     f"{col('slow')} | {col('mean')} | {col('min')} | "
-                     f"{np.mean([r['below_fast'] for r in rs]):.1f} | {col('budget_curve')} |")
+        accs = " | ".join(mean_std([r[k] for r in rs]) for k in ("fast", "slow", "mean", "min"))
+        lines.append(f"| trained: {VARIANTS[name].label} (`{name}`) | {rs[0]['num_stitches']} | {accs} | "
+                     f"{np.mean([r['below_fast'] for r in rs]):.1f} | {mean_std([r['budget_curve'] for r in rs])} |")
     return "\n".join(lines)
 
 
@@ -499,8 +488,7 @@ def run_study(study: StudyConfig, seeds: Sequence[int], output_dir: str) -> dict
     start = time.perf_counter()
     data = load_digits_split(study.test_size)
     anchors, anchor_rows = train_anchors(study, data, seeds[0])
-    probe = StitchedViT(*anchors)
-    space, table = probe.space, stitch_flops_table(probe, data.test_x)
+    space, table = StitchSpace(study.fast.depth, study.slow.depth), flops_table(anchors)
     init = score_at_init(anchors, study, data, table, seeds[0])
     runs: Dict[str, List[dict]] = {name: [] for name in VARIANTS}
     for seed in seeds:
