@@ -6,7 +6,7 @@
    large blocks to the OS, so RSS follows live memory).
 3. FLOPs table: build time of the 134-stitch table, and the cached second call.
 
-    python benchmarks/bench_core.py [--quick]
+    python benchmarks/bench_core.py [--quick] [--threads N] [--only overhead|memory|flops]
 """
 from __future__ import annotations
 
@@ -81,7 +81,6 @@ def _rss_bytes() -> int:
 
 def ls_memory_child(num_images: int, height: int, width: int) -> None:
     """Run in a subprocess: print the RSS growth during LS init over the resident model."""
-    torch.set_num_threads(max(1, os.cpu_count() or 1))
     net = build_snnet((height, width))
     gen = torch.Generator().manual_seed(0)
     batch = 5
@@ -150,18 +149,25 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true",
                         help="fewer repeats; LS memory at 224 with the fixed mmap threshold only")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    parser.add_argument("--only", choices=["overhead", "memory", "flops"], help="run one benchmark")
     parser.add_argument("--ls-child", nargs=3, type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     if args.ls_child:
         ls_memory_child(*args.ls_child)
         return
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, CPU")
-    stitching_overhead(repeats=5 if args.quick else 15, batch=1)
-    if args.quick:
-        ls_memory([(224, 224)], (10, 100), ["fixed mmap threshold"])
-    else:
-        ls_memory([(224, 224), (480, 640)], (10, 100), list(ALLOCATORS))
-    flops_table_timing()
+    if args.only in (None, "overhead"):
+        stitching_overhead(repeats=5 if args.quick else 15, batch=1)
+    if args.only in (None, "memory"):
+        if args.quick:
+            ls_memory([(224, 224)], (10, 100), ["fixed mmap threshold"])
+        else:
+            ls_memory([(224, 224), (480, 640)], (10, 100), list(ALLOCATORS))
+    if args.only in (None, "flops"):
+        flops_table_timing()
 
 
 if __name__ == "__main__":
