@@ -120,7 +120,7 @@ def write_report(record: Mapping, output_dir: str, title: str = "SN-Net stitches
         header = ["id", "type", "route", "GFLOPs", "params (M)"] + metric_names + ["frontier"]
         f.write("| " + " | ".join(header) + " |\n|" + "---|" * len(header) + "\n")
         for r in ordered:
-            cells = [str(r["id"]), r["type"], f"`{r['route']}`", f"{r['gflops']:.2f}", f"{r['params_m']:.1f}"]
+            cells = [str(r["id"]), r["type"], f"`{r['route']}`", f"{r['gflops']:.4g}", f"{r['params_m']:.1f}"]
             cells += [f"{r[m]:.4g}" for m in metric_names] + ["*" if r["id"] in on_front else ""]
             f.write("| " + " | ".join(cells) + " |\n")
     if rows:
