@@ -19,20 +19,28 @@ def save_snnet(path: str, snnet: StitchedViT, extra: Optional[Dict[str, Any]] = 
     write_atomic(path, lambda f: torch.save(state, f), binary=True)
 
 
+def read_tagged_checkpoint(
+    path: str, fmt: str, what: str, map_location: str | torch.device = "cpu"
+) -> Dict[str, Any]:
+    """``torch.load(weights_only=True)`` a dict carrying ``{'format': fmt}``, with errors naming ``what``."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{what} {path!r} does not exist")
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as exc:
+        raise RuntimeError(f"could not read {what} {path!r} ({type(exc).__name__}: {exc})") from exc
+    if not isinstance(state, dict) or state.get("format") != fmt:
+        raise RuntimeError(f"{path!r} is not an {what} (no '{fmt}' format tag)")
+    return state
+
+
 def load_snnet(path: str, snnet: StitchedViT, map_location: str | torch.device = "cpu") -> Dict[str, Any]:
     """Load a checkpoint written by ``save_snnet`` into ``snnet``; returns the whole checkpoint dict.
 
     Raises ``FileNotFoundError`` for a missing file, ``RuntimeError`` for a corrupt one or one written
     for another architecture (naming the difference).
     """
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"SN-Net checkpoint {path!r} does not exist")
-    try:
-        state = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as exc:
-        raise RuntimeError(f"could not read SN-Net checkpoint {path!r} ({type(exc).__name__}: {exc})") from exc
-    if not isinstance(state, dict) or state.get("format") != FORMAT:
-        raise RuntimeError(f"{path!r} is not an SN-Net checkpoint (no '{FORMAT}' format tag)")
+    state = read_tagged_checkpoint(path, FORMAT, "SN-Net checkpoint", map_location)
     expected = snnet.config()
     if state["config"] != expected:
         diff = {k: (state["config"].get(k), v) for k, v in expected.items() if state["config"].get(k) != v}

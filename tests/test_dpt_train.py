@@ -23,14 +23,6 @@ class Interrupted(Exception):
     pass
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def data_root(tmp_path_factory):
     root = str(tmp_path_factory.mktemp("nyu_synth"))

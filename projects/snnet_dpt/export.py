@@ -9,13 +9,14 @@ DeiT3-S/L) is never built.
 from __future__ import annotations
 
 import copy
-import os
 from typing import Any, Dict, List
 
 import torch
 import torch.nn as nn
 
 from snnet_core import ExportedStitch, StitchedViT, export_stitch
+from snnet_core.atomic_io import write_atomic
+from snnet_core.checkpoint import read_tagged_checkpoint
 from snnet_core.route import RoutePlan, Tap
 
 from .model import DPTDepthModel, ModelSpec
@@ -49,9 +50,7 @@ def save_exported_stitch(path: str, model: DPTDepthModel, spec: ModelSpec, stitc
     exported = export_depth_model(model, stitch_id)
     state = {"format": FORMAT, "spec": spec.to_dict(), "stitch": route_recipe(model.backbone, stitch_id),
              "model": exported.state_dict()}
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    torch.save(state, path + ".tmp")
-    os.replace(path + ".tmp", path)
+    write_atomic(path, lambda f: torch.save(state, f), binary=True)
     return exported
 
 
@@ -87,14 +86,7 @@ def _rebuild_plan(spec: ModelSpec, recipe: Dict[str, Any]) -> RoutePlan:
 
 def load_exported_model(path: str, map_location: str | torch.device = "cpu") -> DPTDepthModel:
     """Load a file written by ``save_exported_stitch`` as a ``DPTDepthModel`` (eval mode)."""
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"exported stitch {path!r} does not exist")
-    try:
-        state = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as exc:
-        raise RuntimeError(f"could not read exported stitch {path!r} ({type(exc).__name__}: {exc})") from exc
-    if not isinstance(state, dict) or state.get("format") != FORMAT:
-        raise RuntimeError(f"{path!r} is not an exported SN-Net DPT stitch (no '{FORMAT}' format tag)")
+    state = read_tagged_checkpoint(path, FORMAT, "exported SN-Net DPT stitch", map_location)
     spec, recipe = ModelSpec.from_dict(state["spec"]), state["stitch"]
     backbone = ExportedStitch(_rebuild_plan(spec, recipe), recipe["id"], recipe["route"], recipe["kind"])
     patch_size = int(backbone.embed_anchor.patch_embed.patch_size[0])
