@@ -37,7 +37,7 @@ from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 from omegaconf import OmegaConf
 
-from projects.snnet_vitdet.comm_utils import run_on_main
+from projects.snnet_vitdet.comm_utils import destroy_process_groups, run_on_main
 from projects.snnet_vitdet.data import check_dataset_files, dataset_names, register_coco_json_datasets
 from projects.snnet_vitdet.evaluation import detector_flops_table, evaluate_model, stitch_report
 from projects.snnet_vitdet.training import (
@@ -198,6 +198,15 @@ def main(args) -> Optional[Dict]:
     return None
 
 
+def launched_main(args) -> Optional[Dict]:
+    """``main`` in a process started by ``launch``: destroys the process groups before the process exits
+    (an exit right after the last collective can otherwise abort it, see ``destroy_process_groups``)."""
+    try:
+        return main(args)
+    finally:
+        destroy_process_groups()
+
+
 def build_argument_parser():
     parser = default_argument_parser(epilog=__doc__)
     parser.add_argument("--stitch", default=None,
@@ -214,7 +223,7 @@ def cli(argv: Optional[List[str]] = None) -> None:
     args = build_argument_parser().parse_args(argv)
     if args.eval_only and args.stitch is None:
         args.stitch = "all"
-    launch(main, args.num_gpus, num_machines=args.num_machines, machine_rank=args.machine_rank,
+    launch(launched_main, args.num_gpus, num_machines=args.num_machines, machine_rank=args.machine_rank,
            dist_url=args.dist_url, args=(args,))
 
 
