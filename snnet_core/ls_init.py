@@ -15,7 +15,7 @@ from tqdm import tqdm
 
 from .snnet import StitchedViT
 from .stitch_space import FAST, SLOW
-from .stitching_layers import LeastSquaresAccumulator
+from .stitching_layers import LeastSquaresAccumulator, StitchingLayer
 
 logger = logging.getLogger(__name__)
 
@@ -41,24 +41,20 @@ def ls_init_stitching_layers(
     """
     was_training = snnet.training
     snnet.eval()
-    dim_fast, dim_slow = snnet.embed_dims
     device = next(snnet.parameters()).device
-    s2l = [LeastSquaresAccumulator(dim_fast, dim_slow, device) for _ in snnet.stitch_s2l]
-    l2s = [LeastSquaresAccumulator(dim_slow, dim_fast, device) for _ in snnet.stitch_l2s]
-    pairs = snnet.space.pairs
+    accumulators = {
+        name: LeastSquaresAccumulator(layer.in_dim, layer.out_dim, device)
+        for name, layer in snnet.named_modules() if isinstance(layer, StitchingLayer)
+    }
     seen = 0
     bar = tqdm(total=num_images, desc="LS init of stitching layers", unit="img", disable=not progress)
     for images in batches:
         images = images[: num_images - seen].to(device)
-        fast_out = snnet.anchor_block_outputs(images, FAST)
-        slow_out = snnet.anchor_block_outputs(images, SLOW, pairs)  # only the paired large blocks
-        for k, acc in enumerate(s2l):
-            acc.update(fast_out[k], slow_out[pairs[k]])
-        for k, acc in enumerate(l2s):
-            acc.update(slow_out[pairs[k]], fast_out[k])
+        for name, x, y in calibration_pairs(snnet, images):
+            accumulators[name].update(x, y)
         seen += images.shape[0]
         bar.update(images.shape[0])
-        del images, fast_out, slow_out  # release this batch before the loader produces the next
+        del images, x, y  # release this batch and its features before the loader produces the next
         if seen >= num_images:
             break
     bar.close()
@@ -67,11 +63,11 @@ def ls_init_stitching_layers(
     if seen < num_images:
         logger.warning("LS init used %d calibration images (%d requested): the loader ran out", seen, num_images)
     errors = {}
-    for name, layers, accs in (("stitch_s2l", snnet.stitch_s2l, s2l), ("stitch_l2s", snnet.stitch_l2s, l2s)):
-        for k, (layer, acc) in enumerate(zip(layers, accs)):
-            weight, bias = acc.solve()
-            layer.load_solution(weight.to(layer.weight), bias.to(layer.bias))
-            errors[f"{name}.{k}"] = acc.mean_squared_error(weight, bias)
+    for name, acc in accumulators.items():
+        layer = snnet.get_submodule(name)
+        weight, bias = acc.solve()
+        layer.load_solution(weight.to(layer.weight), bias.to(layer.bias))
+        errors[name] = acc.mean_squared_error(weight, bias)
     snnet.train(was_training)
     return errors
 
@@ -83,7 +79,8 @@ def reconstruction_error(layer: torch.nn.Module, x: torch.Tensor, y: torch.Tenso
 
 
 def calibration_pairs(snnet: StitchedViT, images: torch.Tensor) -> List[Tuple[str, torch.Tensor, torch.Tensor]]:
-    """``(layer name, input features, target features)`` for every stitching layer on ``images``."""
+    """``(layer name, input features, target features)`` for every stitching layer on ``images``: the two
+    anchors' token features after the paired blocks (only the paired large-anchor blocks are kept)."""
     pairs = snnet.space.pairs
     fast_out = snnet.anchor_block_outputs(images, FAST)
     slow_out = snnet.anchor_block_outputs(images, SLOW, pairs)
