@@ -9,24 +9,29 @@ farther it is), Lambertian shading and a distance falloff of brightness.
 Layouts written under ``--output``:
 
 * official: ``nyu_depth_v2_labeled.mat`` as MATLAB v7.3 (HDF5 with the 512-byte MAT header), column-major
-  like MATLAB writes it: ``images`` (N, 3, W, H) uint8, ``depths`` (N, W, H) float32 metres and
-  ``rawDepths`` (with sensor holes); ``splits.mat`` (v5, read by scipy) with 1-based ``trainNdxs`` /
-  ``testNdxs`` (interleaved, like the real split).
-* sync (BTS): ``sync/<scene>/rgb_XXXXX.jpg`` + ``sync_depth_XXXXX.png`` (uint16 mm, holes = 0) for train,
+  like MATLAB writes it: ``images`` (N, 3, W, H) uint8, ``depths`` (N, W, H) float32 metres (dense, the
+  in-painted ground truth) and ``rawDepths`` (N, W, H) float32 metres (the same depth with sensor holes set
+  to 0); ``splits.mat`` (v5, read by scipy) with 1-based ``trainNdxs`` / ``testNdxs`` (interleaved, like the
+  real split).
+* sync (BTS): ``sync/<scene>/rgb_XXXXX.jpg`` + ``sync_depth_XXXXX.png`` for train,
   ``official_splits/test/<scene>/...`` for test, split files ``nyudepthv2_{train,test}_files_with_gt.txt``
-  (``rgb depth focal`` per line). The sync frames are the same renderings as the labeled file's.
+  (``rgb depth focal`` per line). The sync frames are the labeled file's images and ``rawDepths`` (holes
+  included) as uint16 millimetres, truncated like BTS's extraction of the official test split.
 
 Usage: ``python datasets/make_synthetic_nyu.py --output data/nyu_synthetic --train 40 --test 10 --size 240 320``
 """
 from __future__ import annotations
 
 import argparse
+import io
 import os
 import time
 from typing import Dict, List, Sequence, Tuple
 
 import cv2
 import numpy as np
+
+from snnet_core.atomic_io import write_atomic
 
 NYU_FOCAL = 518.8579  # at 640 pixels wide
 NYU_SIZE = (480, 640)
@@ -110,52 +115,62 @@ def mat73_header() -> bytes:
     return text.encode().ljust(116, b" ") + b" " * 8 + b"\x00\x02" + b"IM"
 
 
-def write_labeled_mat(path: str, frames: Sequence[Tuple[np.ndarray, np.ndarray]], holes_seed: int = 0) -> None:
-    """``frames`` [(image (H, W, 3), depth (H, W))] as the official labeled file (column-major HDF5)."""
+def write_labeled_mat(path: str, frames: Sequence[Tuple[np.ndarray, np.ndarray]],
+                      raw_depths: Sequence[np.ndarray]) -> None:
+    """``frames`` [(image (H, W, 3), filled depth (H, W))] and ``raw_depths`` [(H, W), 0 = hole] as the official
+    labeled file (column-major HDF5: ``images``, ``depths``, ``rawDepths``)."""
     import h5py
 
     n = len(frames)
     h, w = frames[0][1].shape
-    rng = np.random.default_rng(holes_seed)
-    with h5py.File(path, "w", userblock_size=MAT_HEADER_BYTES) as f:
+    buffer = io.BytesIO()  # built in memory, then written atomically
+    with h5py.File(buffer, "w", userblock_size=MAT_HEADER_BYTES) as f:
         images = f.create_dataset("images", (n, 3, w, h), dtype=np.uint8, chunks=(1, 3, w, h))
         depths = f.create_dataset("depths", (n, w, h), dtype=np.float32, chunks=(1, w, h))
         raw = f.create_dataset("rawDepths", (n, w, h), dtype=np.float32, chunks=(1, w, h))
-        for i, (image, depth) in enumerate(frames):
+        for i, ((image, depth), raw_depth) in enumerate(zip(frames, raw_depths)):
             images[i] = image.transpose(2, 1, 0)  # MATLAB images(H, W, 3, N) seen reversed by HDF5
             depths[i] = depth.T
-            raw[i] = sensor_holes(depth, rng).T
+            raw[i] = raw_depth.T
         for name, cls in (("images", "uint8"), ("depths", "single"), ("rawDepths", "single")):
             f[name].attrs["MATLAB_class"] = np.bytes_(cls)
-    with open(path, "r+b") as f:
-        f.write(mat73_header())
+    header = mat73_header()
+    buffer.getbuffer()[:len(header)] = header
+    write_atomic(path, lambda f: f.write(buffer.getbuffer()), binary=True)
 
 
 def write_splits_mat(path: str, train_ids: Sequence[int], test_ids: Sequence[int]) -> None:
     """``splits.mat`` with 1-based column vectors (doubles, as MATLAB saves them)."""
     import scipy.io
 
-    scipy.io.savemat(path, {"trainNdxs": np.asarray(train_ids, dtype=np.float64)[:, None] + 1,
-                            "testNdxs": np.asarray(test_ids, dtype=np.float64)[:, None] + 1})
+    splits = {"trainNdxs": np.asarray(train_ids, dtype=np.float64)[:, None] + 1,
+              "testNdxs": np.asarray(test_ids, dtype=np.float64)[:, None] + 1}
+    write_atomic(path, lambda f: scipy.io.savemat(f, splits), binary=True)
+
+
+def write_image(path: str, image: np.ndarray, params: Sequence[int] = ()) -> None:
+    """``image`` encoded by the extension of ``path`` (cv2, BGR channel order), written atomically."""
+    ok, encoded = cv2.imencode(os.path.splitext(path)[1], image, list(params))
+    if not ok:
+        raise OSError(f"cv2 could not encode {path!r}")
+    write_atomic(path, lambda f: f.write(encoded.tobytes()), binary=True)
 
 
 def write_sync_split(root: str, list_path: str, frames: Dict[int, Tuple[np.ndarray, np.ndarray]],
-                     leading_slash: bool, holes_seed: int) -> None:
-    """Frames as ``<root>/<scene>/rgb_XXXXX.jpg`` + ``sync_depth_XXXXX.png`` and their split file."""
-    rng = np.random.default_rng(holes_seed)
+                     leading_slash: bool) -> None:
+    """``frames`` {index: (image (H, W, 3), raw depth (H, W) metres)} as ``<root>/<scene>/rgb_XXXXX.jpg`` +
+    ``sync_depth_XXXXX.png`` (uint16 mm, holes = 0) and their split file."""
     focal = NYU_FOCAL * next(iter(frames.values()))[1].shape[1] / NYU_SIZE[1]
     lines: List[str] = []
     for i, (image, depth) in frames.items():
         scene = f"synthetic_room_{i // 5:04d}"
-        os.makedirs(os.path.join(root, scene), exist_ok=True)
         rgb_rel, depth_rel = f"{scene}/rgb_{i:05d}.jpg", f"{scene}/sync_depth_{i:05d}.png"
-        cv2.imwrite(os.path.join(root, rgb_rel), cv2.cvtColor(image, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, 95])
-        depth_mm = np.round(sensor_holes(depth, rng) * 1000.0).astype(np.uint16)
-        cv2.imwrite(os.path.join(root, depth_rel), depth_mm)
+        write_image(os.path.join(root, rgb_rel), cv2.cvtColor(image, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, 95])
+        depth_mm = np.floor(depth * 1000.0).astype(np.uint16)  # truncated, like BTS's test-set extraction
+        write_image(os.path.join(root, depth_rel), depth_mm)
         prefix = "/" if leading_slash else ""
         lines.append(f"{prefix}{rgb_rel} {prefix}{depth_rel} {focal:.4f}")
-    with open(list_path, "w") as f:
-        f.write("\n".join(lines) + "\n")
+    write_atomic(list_path, lambda f: f.write("\n".join(lines) + "\n"))
 
 
 def make_synthetic_nyu(output: str, num_train: int = 40, num_test: int = 10, size: Tuple[int, int] = NYU_SIZE,
@@ -166,19 +181,21 @@ def make_synthetic_nyu(output: str, num_train: int = 40, num_test: int = 10, siz
     os.makedirs(output, exist_ok=True)
     n = num_train + num_test
     frames = [render_frame(i, size, seed) for i in range(n)]
+    raw_depths = [sensor_holes(depth, np.random.default_rng([seed, i, 1])) for i, (_, depth) in enumerate(frames)]
     # interleave like the official split: every k-th frame is a test frame
     stride = n / num_test
     test_ids = sorted({int(k * stride + stride / 2) for k in range(num_test)})
     train_ids = [i for i in range(n) if i not in set(test_ids)]
     if "mat" in layouts:
-        write_labeled_mat(os.path.join(output, "nyu_depth_v2_labeled.mat"), frames, holes_seed=seed)
+        write_labeled_mat(os.path.join(output, "nyu_depth_v2_labeled.mat"), frames, raw_depths)
         write_splits_mat(os.path.join(output, "splits.mat"), train_ids, test_ids)
     if "sync" in layouts:
+        raw_frames = {i: (image, raw) for i, ((image, _), raw) in enumerate(zip(frames, raw_depths))}
         write_sync_split(os.path.join(output, "sync"), os.path.join(output, "nyudepthv2_train_files_with_gt.txt"),
-                         {i: frames[i] for i in train_ids}, leading_slash=True, holes_seed=seed + 1)
+                         {i: raw_frames[i] for i in train_ids}, leading_slash=True)
         write_sync_split(os.path.join(output, "official_splits", "test"),
                          os.path.join(output, "nyudepthv2_test_files_with_gt.txt"),
-                         {i: frames[i] for i in test_ids}, leading_slash=False, holes_seed=seed + 2)
+                         {i: raw_frames[i] for i in test_ids}, leading_slash=False)
     return {"train": train_ids, "test": test_ids}
 
 

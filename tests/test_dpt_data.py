@@ -1,4 +1,5 @@
-"""NYUv2 readers (labeled .mat and sync layouts), the synthetic generator and the training augmentation."""
+"""NYUv2 readers (labeled .mat and sync layouts, raw vs in-painted ground truth), the synthetic generator and the
+training augmentation."""
 import os
 
 import cv2
@@ -9,6 +10,8 @@ import scipy.io
 import torch
 
 from datasets.make_synthetic_nyu import make_synthetic_nyu, render_frame
+from projects.snnet_dpt.loss import SILogLoss
+from projects.snnet_dpt.metrics import DepthMetricAccumulator
 from projects.snnet_dpt.nyu import NYUv2Labeled, NYUv2Sync, build_nyu_split
 from projects.snnet_dpt.transforms import DepthDataset, TrainAugmentation
 
@@ -23,20 +26,36 @@ def asymmetric_frame():
     return image, depth
 
 
-def write_matlab_style_h5(path, frames, depth_key="depths"):
-    """What MATLAB v7.3 writes for images(H, W, 3, N) / depths(H, W, N): h5py sees the axes reversed, so
-    element [n, c, x, y] of 'images' is pixel (y, x) channel c of frame n (written element-wise here)."""
-    n = len(frames)
-    images = np.zeros((n, 3, W, H), np.uint8)
-    depths = np.zeros((n, W, H), np.float32)
-    for i, (image, depth) in enumerate(frames):
-        for yy in range(H):
-            for xx in range(W):
-                images[i, :, xx, yy] = image[yy, xx]
-                depths[i, xx, yy] = depth[yy, xx]
+def write_matlab_style_h5(path, images, depth_maps):
+    """What MATLAB v7.3 writes for images(H, W, 3, N) and each ``depth_maps`` key(H, W, N): h5py sees the axes
+    reversed, so element [n, c, x, y] of 'images' is pixel (y, x) channel c of frame n and element [n, x, y] of
+    a depth dataset is pixel (y, x) of frame n (written element-wise here). ``images`` [(H, W, 3)],
+    ``depth_maps`` {key: [(H, W)]}."""
+    stacks = {"images": np.zeros((len(images), 3, W, H), np.uint8)}
+    stacks.update({key: np.zeros((len(maps), W, H), np.float32) for key, maps in depth_maps.items()})
+    for yy in range(H):
+        for xx in range(W):
+            for i, image in enumerate(images):
+                stacks["images"][i, :, xx, yy] = image[yy, xx]
+            for key, maps in depth_maps.items():
+                for i, depth in enumerate(maps):
+                    stacks[key][i, xx, yy] = depth[yy, xx]
     with h5py.File(path, "w") as f:
-        f["images"] = images
-        f[depth_key] = depths
+        for key, stack in stacks.items():
+            f[key] = stack
+
+
+def raw_and_filled_frames():
+    """Three frames whose raw depth differs from the filled one at every pixel: holes (0) in a few places, an
+    offset elsewhere. Returns ``images``, ``raw``, ``filled`` (lists of arrays)."""
+    image, depth = asymmetric_frame()
+    images = [image, 255 - image, image // 2]
+    filled = [depth, depth + 2.0, depth * 0.5]
+    raw = [d + 0.25 for d in filled]
+    for k, r in enumerate(raw):
+        r[3 + k:9 + k, 40:47] = 0  # a sensor hole, in a different place in every frame
+        r[0, 5 * k] = 0
+    return images, raw, filled
 
 
 @pytest.fixture(scope="module")
@@ -46,19 +65,73 @@ def synthetic(tmp_path_factory):
     return root, splits
 
 
-def test_labeled_reader_orientation_and_split_indices(tmp_path):
-    image, depth = asymmetric_frame()
-    frames = [(image, depth), (255 - image, depth + 2.0), (image // 2, depth * 0.5)]
-    write_matlab_style_h5(tmp_path / "labeled.mat", frames)
+@pytest.fixture
+def labeled_root(tmp_path):
+    """A data root with the official file names: 3 frames with 'rawDepths' and 'depths'; train = frames 1, 3
+    and test = frame 2 (1-based)."""
+    images, raw, filled = raw_and_filled_frames()
+    write_matlab_style_h5(tmp_path / "nyu_depth_v2_labeled.mat", images, {"rawDepths": raw, "depths": filled})
     scipy.io.savemat(tmp_path / "splits.mat", {"trainNdxs": np.array([[1.0], [3.0]]), "testNdxs": np.array([[2.0]])})
-    train = NYUv2Labeled(str(tmp_path / "labeled.mat"), str(tmp_path / "splits.mat"), "train")
-    test = NYUv2Labeled(str(tmp_path / "labeled.mat"), str(tmp_path / "splits.mat"), "test")
+    return tmp_path, images, raw, filled
+
+
+def test_labeled_reader_orientation_and_split_indices(labeled_root):
+    root, images, raw, _ = labeled_root
+    train = NYUv2Labeled(str(root / "nyu_depth_v2_labeled.mat"), str(root / "splits.mat"), "train")
+    test = NYUv2Labeled(str(root / "nyu_depth_v2_labeled.mat"), str(root / "splits.mat"), "test")
     assert len(train) == 2 and len(test) == 1 and train.size == (H, W)
     got_image, got_depth = train.read(1)  # 1-based frame 3
     assert got_image.shape == (H, W, 3) and got_image.dtype == np.uint8
-    np.testing.assert_array_equal(got_image, frames[2][0])
-    np.testing.assert_array_equal(got_depth, frames[2][1])
-    np.testing.assert_array_equal(test.read(0)[0], frames[1][0])  # 1-based frame 2
+    assert got_depth.shape == (H, W) and got_depth.dtype == np.float32
+    np.testing.assert_array_equal(got_image, images[2])
+    np.testing.assert_array_equal(got_depth, raw[2])
+    np.testing.assert_array_equal(test.read(0)[0], images[1])  # 1-based frame 2
+
+
+def test_test_split_ground_truth_is_raw_depths_by_default(labeled_root):
+    root, _, raw, filled = labeled_root
+    assert (raw[1] == 0).sum() > 40 and (raw[1] != filled[1]).all()  # the two sources differ at every pixel
+    _, depth = build_nyu_split("mat", str(root), "test").read(0)  # 1-based frame 2
+    np.testing.assert_array_equal(depth, raw[1])  # holes (0) included
+    _, depth = build_nyu_split("mat", str(root), "train").read(0)  # raw for training too (the sync recipe)
+    np.testing.assert_array_equal(depth, raw[0])
+
+
+def test_depth_source_filled_reads_the_inpainted_depths(labeled_root):
+    root, _, _, filled = labeled_root
+    for split, i, frame in (("test", 0, 1), ("train", 1, 2)):
+        _, depth = build_nyu_split("mat", str(root), split, depth_source="filled").read(i)
+        np.testing.assert_array_equal(depth, filled[frame])
+        assert (depth > 0).all()
+
+
+def test_raw_holes_count_neither_in_metrics_nor_in_loss(labeled_root):
+    root = labeled_root[0]
+    _, gt = DepthDataset(build_nyu_split("mat", str(root), "test"))[0]
+    gt = gt[None]  # (1, 1, H, W)
+    holes = gt == 0
+    assert holes.sum() > 40
+    pred = torch.where(holes, torch.full_like(gt, 9.0), gt)  # exact where measured, far off in the holes
+    metrics = DepthMetricAccumulator(eigen_crop=False)
+    metrics.update(pred, gt)
+    result = metrics.compute()
+    assert result["abs_rel"] == 0 and result["rmse"] == 0 and result["a1"] == 1
+    assert SILogLoss(warmup_iters=0)(pred, gt, iteration=0).item() == pytest.approx(0, abs=1e-6)
+
+
+def test_missing_depth_dataset_names_the_file_the_key_and_the_switch(tmp_path):
+    images, raw, filled = raw_and_filled_frames()
+    scipy.io.savemat(tmp_path / "splits.mat", {"trainNdxs": np.array([[1.0]]), "testNdxs": np.array([[2.0]])})
+    write_matlab_style_h5(tmp_path / "filled_only.mat", images, {"depths": filled})
+    with pytest.raises(ValueError, match=r"filled_only\.mat.* no \['rawDepths'\].*depth_source='filled'"):
+        NYUv2Labeled(str(tmp_path / "filled_only.mat"), str(tmp_path / "splits.mat"), "test")
+    _, depth = NYUv2Labeled(str(tmp_path / "filled_only.mat"), str(tmp_path / "splits.mat"), "test", "filled").read(0)
+    np.testing.assert_array_equal(depth, filled[1])
+    write_matlab_style_h5(tmp_path / "raw_only.mat", images, {"rawDepths": raw})
+    with pytest.raises(ValueError, match=r"raw_only\.mat.* no \['depths'\].*depth_source='raw'"):
+        NYUv2Labeled(str(tmp_path / "raw_only.mat"), str(tmp_path / "splits.mat"), "test", "filled")
+    with pytest.raises(ValueError, match="depth_source must be one of"):
+        NYUv2Labeled(str(tmp_path / "raw_only.mat"), str(tmp_path / "splits.mat"), "test", "inpainted")
 
 
 def test_sync_reader_orientation_rgb_order_and_millimetres(tmp_path):
@@ -83,7 +156,13 @@ def test_generated_labeled_file_is_matlab_v73_with_the_official_layout(synthetic
     assert scipy.io.matlab.matfile_version(mat) == (2, 0)  # scipy recognises the v7.3 (HDF5) header
     with h5py.File(mat, "r") as f:
         assert f["images"].shape == (9, 3, W, H) and f["images"].dtype == np.uint8
-        assert f["depths"].shape == (9, W, H)
+        assert f["depths"].shape == f["rawDepths"].shape == (9, W, H)
+        filled, raw = f["depths"][:], f["rawDepths"][:]
+    assert (filled > 0).all()
+    for i in range(9):  # every frame has sensor holes; elsewhere the raw depth is the filled one
+        holes = raw[i] == 0
+        assert holes.any() and holes.mean() < 0.2
+        np.testing.assert_array_equal(raw[i][~holes], filled[i][~holes])
     s = scipy.io.loadmat(os.path.join(root, "splits.mat"))
     assert sorted(s["testNdxs"].ravel().astype(int) - 1) == splits["test"]
     assert sorted(s["trainNdxs"].ravel().astype(int) - 1) == splits["train"]
@@ -93,21 +172,25 @@ def test_both_generated_layouts_hold_the_same_frames(synthetic):
     root, splits = synthetic
     for split in ("train", "test"):
         mat, sync = build_nyu_split("mat", root, split), build_nyu_split("sync", root, split)
-        assert len(mat) == len(sync) == len(splits[split])
+        filled = build_nyu_split("mat", root, split, depth_source="filled")
+        assert len(mat) == len(sync) == len(filled) == len(splits[split])
         for i in range(len(mat)):
-            (mi, md), (si, sd) = mat.read(i), sync.read(i)
+            (mi, md), (si, sd), (_, fd) = mat.read(i), sync.read(i), filled.read(i)
             expected_image, expected_depth = render_frame(splits[split][i], (H, W), seed=3)
             np.testing.assert_array_equal(mi, expected_image)
-            np.testing.assert_array_equal(md, expected_depth)
+            np.testing.assert_array_equal(fd, expected_depth)
+            holes = md == 0
+            assert holes.any() and holes.mean() < 0.2  # raw by default: a few sensor holes
+            np.testing.assert_array_equal(md[~holes], expected_depth[~holes])
             assert np.abs(si.astype(int) - mi.astype(int)).mean() < 8  # JPEG of a noisy 48x64 frame
-            valid = sd > 0
-            assert valid.mean() > 0.8  # a few sensor holes
-            np.testing.assert_allclose(sd[valid], md[valid], atol=5e-4)
+            # the sync PNGs are the .mat's rawDepths truncated to millimetres (BTS's extraction), holes included
+            np.testing.assert_array_equal(sd == 0, holes)
+            assert (sd <= md).all() and (md - sd).max() < 1e-3
 
 
 def test_generated_depth_is_metric_and_learnable_from_brightness(synthetic):
     root, _ = synthetic
-    image, depth = build_nyu_split("mat", root, "train").read(0)
+    image, depth = build_nyu_split("mat", root, "train", depth_source="filled").read(0)  # dense rendering
     assert 0.5 < depth.min() and depth.max() < 10
     brightness = image.astype(float).mean(-1).ravel()
     assert np.corrcoef(brightness, depth.ravel())[0, 1] < -0.3  # farther is darker
@@ -118,8 +201,8 @@ def test_labeled_reader_errors(tmp_path, synthetic):
     with pytest.raises(FileNotFoundError, match="nyu_depth_v2_labeled.mat"):
         build_nyu_split("mat", str(tmp_path), "train")
     image, depth = asymmetric_frame()
-    write_matlab_style_h5(tmp_path / "wrong.mat", [(image, depth)], depth_key="depth")
-    with pytest.raises(ValueError, match=r"no \['depths'\].*found \['depth', 'images'\]"):
+    write_matlab_style_h5(tmp_path / "wrong.mat", [image], {"depth": [depth]})
+    with pytest.raises(ValueError, match=r"no \['rawDepths'\].*found \['depth', 'images'\]"):
         NYUv2Labeled(str(tmp_path / "wrong.mat"), os.path.join(root, "splits.mat"), "train")
     scipy.io.savemat(tmp_path / "v5.mat", {"depths": depth})
     with pytest.raises(ValueError, match="not a MATLAB v7.3"):
@@ -150,6 +233,8 @@ def test_sync_reader_errors(tmp_path, synthetic):
         NYUv2Sync(os.path.join(root, "sync"), str(tmp_path / "gone.txt"))
     with pytest.raises(ValueError, match="layout"):
         build_nyu_split("kitti", root, "train")
+    with pytest.raises(ValueError, match="depth_source='filled' needs layout 'mat'"):
+        build_nyu_split("sync", root, "test", depth_source="filled")
 
 
 def test_train_augmentation_keeps_image_and_depth_aligned():

@@ -4,7 +4,11 @@
   ``splits.mat`` (``trainNdxs`` 795 / ``testNdxs`` 654, 1-based). The HDF5 file is read lazily, one frame
   per ``read`` call (never the 2.8 GB file whole), and opened once per process (DataLoader workers
   included). h5py sees MATLAB's column-major arrays with reversed axes: ``images`` ``(N, 3, W, H)`` uint8
-  and ``depths`` ``(N, W, H)`` float metres; frames come out as ``H x W`` = 480 x 640.
+  and ``rawDepths`` / ``depths`` ``(N, W, H)`` float metres; frames come out as ``H x W`` = 480 x 640.
+  The ground truth is chosen by ``depth_source``: ``"raw"`` (default) reads ``rawDepths``, the Kinect depth
+  projected onto the RGB image before in-painting (0 = no measurement). It is what BTS's extraction of the
+  official test split (the toolboxes' 654-frame NYUv2 test set) stores, so it is the standard protocol.
+  ``"filled"`` reads the in-painted ``depths`` (dense, no holes).
 * ``NYUv2Sync``: the "sync" layout of BTS and the depth toolboxes: a list file whose lines are
   ``rgb_path depth_path focal`` (paths relative to an image root, leading ``/`` allowed), RGB JPEG/PNG and
   depth PNG uint16 in millimetres.
@@ -15,7 +19,7 @@ from __future__ import annotations
 
 import logging
 import os
-from typing import List, Optional, Tuple
+from typing import List, Optional, Tuple, Union
 
 import cv2
 import numpy as np
@@ -30,6 +34,8 @@ SYNC_TEST_ROOT = os.path.join("official_splits", "test")
 SYNC_TRAIN_LIST = "nyudepthv2_train_files_with_gt.txt"
 SYNC_TEST_LIST = "nyudepthv2_test_files_with_gt.txt"
 SYNC_DEPTH_SCALE = 1000.0  # uint16 millimetres -> metres
+# depth_source -> dataset of the labeled .mat holding that ground truth
+DEPTH_SOURCES = {"raw": "rawDepths", "filled": "depths"}
 
 Frame = Tuple[np.ndarray, np.ndarray]
 
@@ -37,6 +43,23 @@ Frame = Tuple[np.ndarray, np.ndarray]
 def _require_file(path: str, what: str) -> None:
     if not os.path.isfile(path):
         raise FileNotFoundError(f"{what} {path!r} does not exist (see datasets/prepare_nyu.md)")
+
+
+def depth_key(depth_source: str) -> str:
+    """The labeled ``.mat`` dataset read for ``depth_source`` (``"raw"`` -> ``rawDepths``, ``"filled"`` ->
+    ``depths``)."""
+    if depth_source not in DEPTH_SOURCES:
+        raise ValueError(f"depth_source must be one of {sorted(DEPTH_SOURCES)}, got {depth_source!r}")
+    return DEPTH_SOURCES[depth_source]
+
+
+def _other_source_hint(depth_source: str, missing: List[str]) -> str:
+    """How to read the other ground truth when the one of ``depth_source`` is among the ``missing`` keys."""
+    if DEPTH_SOURCES[depth_source] not in missing:
+        return ""
+    other = next(s for s in DEPTH_SOURCES if s != depth_source)
+    return (f"; depth_source={depth_source!r} reads {DEPTH_SOURCES[depth_source]!r}, set depth_source={other!r} "
+            f"to read {DEPTH_SOURCES[other]!r} instead")
 
 
 def read_split_indices(splits_path: str, split: str, num_frames: int) -> np.ndarray:
@@ -67,32 +90,42 @@ def read_split_indices(splits_path: str, split: str, num_frames: int) -> np.ndar
 
 
 class NYUv2Labeled:
-    """Frames of one split of the official labeled ``.mat`` (read lazily with h5py)."""
+    """Frames of one split of the official labeled ``.mat`` (read lazily with h5py).
 
-    def __init__(self, mat_path: str, splits_path: str, split: str):
+    Args:
+        mat_path: ``nyu_depth_v2_labeled.mat`` (MATLAB v7.3).
+        splits_path: ``splits.mat`` with ``trainNdxs`` / ``testNdxs``.
+        split: ``"train"`` or ``"test"``.
+        depth_source: ``"raw"`` (``rawDepths``, holes = 0; the standard protocol, for both splits: the
+            reference recipe trains on raw sync depths too) or ``"filled"`` (the in-painted ``depths``).
+    """
+
+    def __init__(self, mat_path: str, splits_path: str, split: str, depth_source: str = "raw"):
         import h5py
 
+        self.depth_key = depth_key(depth_source)
         _require_file(mat_path, "NYUv2 labeled file")
         self.mat_path = mat_path
         try:
             with h5py.File(mat_path, "r") as f:
-                missing = [k for k in ("images", "depths") if k not in f]
+                missing = [k for k in ("images", self.depth_key) if k not in f]
                 if missing:
                     raise ValueError(
                         f"{mat_path!r} has no {missing} dataset (found {sorted(f.keys())}); expected the official "
-                        "nyu_depth_v2_labeled.mat with 'images' (N, 3, 640, 480) uint8 and 'depths' (N, 640, 480)"
-                    )
-                images, depths = f["images"].shape, f["depths"].shape
+                        f"{LABELED_MAT} with 'images' (N, 3, 640, 480) uint8 and {self.depth_key!r} (N, 640, 480)"
+                        + _other_source_hint(depth_source, missing))
+                images, depths = f["images"].shape, f[self.depth_key].shape
         except OSError as exc:
             raise ValueError(f"{mat_path!r} is not a MATLAB v7.3 (HDF5) file ({exc}); the official "
                              f"{LABELED_MAT} is v7.3") from exc
         if len(images) != 4 or images[1] != 3 or len(depths) != 3 or images[0] != depths[0] or images[2:] != depths[1:]:
-            raise ValueError(f"{mat_path!r}: 'images' {images} and 'depths' {depths} do not have the layout "
-                             "(N, 3, W, H) and (N, W, H) of the official file")
+            raise ValueError(f"{mat_path!r}: 'images' {images} and {self.depth_key!r} {depths} do not have the "
+                             "layout (N, 3, W, H) and (N, W, H) of the official file")
         self.num_frames = int(images[0])
         self.size = (int(images[3]), int(images[2]))  # (H, W)
         self.indices = read_split_indices(splits_path, split, self.num_frames)
         self._file = None
+        logger.info("%s: %d %s frames, ground truth from %r", mat_path, len(self.indices), split, self.depth_key)
 
     def __len__(self) -> int:
         return len(self.indices)
@@ -112,7 +145,7 @@ class NYUv2Labeled:
         f = self._h5()
         j = int(self.indices[i])
         image = np.ascontiguousarray(f["images"][j].transpose(2, 1, 0))  # (3, W, H) -> (H, W, 3)
-        depth = np.ascontiguousarray(f["depths"][j].T, dtype=np.float32)  # (W, H) -> (H, W)
+        depth = np.ascontiguousarray(f[self.depth_key][j].T, dtype=np.float32)  # (W, H) -> (H, W)
         return image, depth
 
 
@@ -164,18 +197,26 @@ class NYUv2Sync:
         return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB), depth.astype(np.float32) / SYNC_DEPTH_SCALE
 
 
-def build_nyu_split(layout: str, data_root: str, split: str, list_file: Optional[str] = None):
+def build_nyu_split(layout: str, data_root: str, split: str, list_file: Optional[str] = None,
+                    depth_source: str = "raw") -> Union[NYUv2Labeled, NYUv2Sync]:
     """Reader of ``split`` (``train``/``test``) in ``layout`` (``mat``/``sync``) under ``data_root``.
 
-    ``mat``: ``data_root/nyu_depth_v2_labeled.mat`` and ``data_root/splits.mat``.
+    ``mat``: ``data_root/nyu_depth_v2_labeled.mat`` and ``data_root/splits.mat``; ``depth_source`` picks the
+    ground truth (``"raw"``: ``rawDepths``, the standard protocol; ``"filled"``: the in-painted ``depths``).
     ``sync``: images under ``data_root/sync`` (train) or ``data_root/official_splits/test`` (test), listed by
-    ``list_file`` (default ``data_root/nyudepthv2_{train,test}_files_with_gt.txt``, the BTS names).
+    ``list_file`` (default ``data_root/nyudepthv2_{train,test}_files_with_gt.txt``, the BTS names); its depth
+    PNGs are raw, so only ``depth_source="raw"`` is accepted.
     """
     if split not in SPLIT_KEYS:
         raise ValueError(f"split must be one of {sorted(SPLIT_KEYS)}, got {split!r}")
+    depth_key(depth_source)  # validates depth_source for both layouts
     if layout == "mat":
-        return NYUv2Labeled(os.path.join(data_root, LABELED_MAT), os.path.join(data_root, SPLITS_MAT), split)
+        return NYUv2Labeled(os.path.join(data_root, LABELED_MAT), os.path.join(data_root, SPLITS_MAT), split,
+                            depth_source)
     if layout == "sync":
+        if depth_source != "raw":
+            raise ValueError(f"depth_source={depth_source!r} needs layout 'mat': the sync layout's depth PNGs hold "
+                             "raw (not in-painted) depth only; use depth_source='raw' with layout 'sync'")
         root = os.path.join(data_root, SYNC_TRAIN_ROOT if split == "train" else SYNC_TEST_ROOT)
         default_list = SYNC_TRAIN_LIST if split == "train" else SYNC_TEST_LIST
         return NYUv2Sync(root, list_file or os.path.join(data_root, default_list))
