@@ -12,5 +12,6 @@ from .selection import best_under_budget, pareto_frontier
 from .snnet import StitchedViT
 from .stitch_space import FAST, ROUTE_TYPES, SLOW, Stitch, StitchSpace, map_out_indices_to_fast
 from .stitching_layers import LeastSquaresAccumulator, StitchingLayer
+from .upstream import stitch_id_from_upstream, upstream_stitch_id
 
 __all__ = [name for name in dir() if not name.startswith("_")]
