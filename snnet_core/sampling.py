@@ -10,14 +10,30 @@ from typing import Dict, List, Mapping, Sequence
 import numpy as np
 
 
-def flops_bins(gflops: Mapping[int, float], step: float) -> Dict[int, List[int]]:
-    """Group stitch ids by FLOPs rounded to a multiple of ``step`` GFLOPs: ``{bin: [ids]}``, bins sorted."""
-    if step <= 0:
+def flops_bins(gflops: Mapping[int, float], step: float) -> List[List[int]]:
+    """Group stitch ids into ROS FLOPs bins of width ``step`` GFLOPs, the way SN-Netv2's released code does.
+
+    Stitches are visited in increasing FLOPs; the first opens a bin, and each next one joins the current bin
+    unless it exceeds that bin's first member by more than ``step``, in which case it opens a new bin. Unlike
+    rounding to a fixed grid, a cluster of near-equal stitches is never split by a grid edge: for DeiT3-S/L this
+    gives the paper's 13 bins at ``t = 1`` (224x224) and ``t = 10`` (dense, 480x640). Upstream's classification
+    code groups the exact GFLOPs, as here; its depth code floors them to whole GFLOPs first, and anchors its first
+    bin at 0 rather than at the cheapest stitch: neither changes the DeiT3-S/L bins, and both would make bins
+    depend on the unit, so neither is reproduced.
+
+    Returns:
+        the bins, cheapest first, each a list of stitch ids in increasing FLOPs (ties by id).
+    """
+    if not step > 0:
         raise ValueError(f"FLOPs step must be positive, got {step}")
-    bins: Dict[int, List[int]] = {}
-    for sid, g in sorted(gflops.items()):
-        bins.setdefault(int(round(g / step)), []).append(sid)
-    return dict(sorted(bins.items()))
+    bins: List[List[int]] = []
+    first = 0.0
+    for sid, g in sorted(gflops.items(), key=lambda kv: (kv[1], kv[0])):
+        if not bins or g - first > step:
+            bins.append([])
+            first = g
+        bins[-1].append(sid)
+    return bins
 
 
 class UniformSampler:
@@ -50,7 +66,7 @@ class UniformSampler:
 
 
 class ResourceConstrainedSampler(UniformSampler):
-    """ROS: draw a FLOPs bin uniformly, then a stitch uniformly inside it.
+    """ROS: draw a FLOPs bin uniformly, then a stitch uniformly inside it (bins: ``flops_bins``).
 
     Args:
         gflops: ``{stitch id: GFLOPs}`` of the stitches to train.
@@ -62,16 +78,25 @@ class ResourceConstrainedSampler(UniformSampler):
         super().__init__(list(gflops), seed)
         self.step = float(step)
         self.bins = flops_bins(gflops, step)
-        self._bin_keys = list(self.bins)
 
     def sample(self, iteration: int) -> int:
         rng = self._rng(iteration)
-        members = self.bins[self._bin_keys[int(rng.integers(len(self._bin_keys)))]]
+        members = self.bins[int(rng.integers(len(self.bins)))]
         return members[int(rng.integers(len(members)))]
 
     def probabilities(self) -> Dict[int, float]:
         p_bin = 1.0 / len(self.bins)
-        return {sid: p_bin / len(ids) for ids in self.bins.values() for sid in ids}
+        return {sid: p_bin / len(ids) for ids in self.bins for sid in ids}
 
     def state_dict(self) -> dict:
-        return dict(super().state_dict(), step=self.step)
+        return dict(super().state_dict(), step=self.step, bins=self.bins)
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore the seed; refuses a state whose bins differ (another FLOPs table, step or binning rule)."""
+        super().load_state_dict(state)
+        if "bins" in state and [list(map(int, ids)) for ids in state["bins"]] != self.bins:
+            raise ValueError(
+                f"sampler state has {len(state['bins'])} ROS bins but this sampler has {len(self.bins)} "
+                f"(step {self.step:g} GFLOPs): the FLOPs table or the binning changed since it was saved, so a "
+                "resumed run would not continue the same stitch sequence"
+            )

@@ -20,6 +20,8 @@ class StitchedViT(nn.Module):
         fast: the small anchor (e.g. DeiT3-S).
         slow: the large anchor (e.g. DeiT3-L); at least as deep as ``fast``.
         lora_rank: LoRA SL rank of the stitching layers (0: fully trainable layers, as SN-Netv1).
+        lora_alpha: LoRA SL scale numerator; the low-rank update is scaled by ``lora_alpha / lora_rank``
+            (default 1, as SN-Netv2's released code).
         out_indices: the slow anchor's blocks giving dense features (e.g. (4, 11, 17, 23) for DeiT3-L);
             the fast anchor's are mapped to the same relative depth. Default: the last block only.
         route_types: route types of the space (default: the full two-way space).
@@ -36,14 +38,14 @@ class StitchedViT(nn.Module):
         lora_rank: int = 0,
         out_indices: Optional[Sequence[int]] = None,
         route_types: Iterable[str] = ROUTE_TYPES,
-        lora_alpha: Optional[float] = None,
+        lora_alpha: float = 1.0,
     ):
         super().__init__()
         check_anchor_pair(fast, slow)
         self.anchors = nn.ModuleList([fast, slow])
         depth_fast, depth_slow = len(fast.blocks), len(slow.blocks)
         self.space = StitchSpace(depth_fast, depth_slow, route_types)
-        self.lora_rank = lora_rank
+        self.lora_rank, self.lora_alpha = lora_rank, float(lora_alpha)
         dim_fast, dim_slow = fast.embed_dim, slow.embed_dim
         self.stitch_s2l = nn.ModuleList(
             StitchingLayer(dim_fast, dim_slow, lora_rank, lora_alpha) for _ in range(self.space.num_s2l)
@@ -87,6 +89,7 @@ class StitchedViT(nn.Module):
         return {
             "anchors": [anchor_signature(a) for a in self.anchors],
             "lora_rank": self.lora_rank,
+            "lora_alpha": self.lora_alpha,
             "out_indices": list(self.out_indices),
             "route_types": list(self.space.route_types),
         }

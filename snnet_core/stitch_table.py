@@ -37,10 +37,10 @@ def main(argv: Optional[List[str]] = None) -> None:
     net = StitchedViT(fast, slow, route_types=args.route_types)
     table = build_flops_table(net, size, mode=args.mode, cache_dir=os.path.join(args.output_dir, "cache"))
     bins = flops_bins(table.gflops, args.flops_step)
-    bin_of = {sid: b for b, ids in bins.items() for sid in ids}
+    bin_of = {sid: b for b, ids in enumerate(bins) for sid in ids}
     rows = [
         {"id": s.id, "type": s.kind, "route": s.route, "gflops": round(table.gflops[s.id], 3),
-         "params_m": round(table.params_m[s.id], 2), "flops_bin": bin_of[s.id] * args.flops_step}
+         "params_m": round(table.params_m[s.id], 2), "ros_bin": bin_of[s.id]}
         for s in sorted(net.space, key=lambda s: table.gflops[s.id])
     ]
     os.makedirs(args.output_dir, exist_ok=True)

@@ -2,8 +2,10 @@
 
 A stitching layer maps tokens ``(B, N, D_in) -> (B, N, D_out)``: ``y = x W^T + b + s * (x A^T) B^T`` where
 ``W`` (``D_out x D_in``) is the least-squares solution, frozen when ``rank > 0``, and ``B A`` is the rank-r
-update of LoRA SL (paper Eq. 3): ``A`` Gaussian, ``B`` zeros, so training starts exactly at the LS solution.
-``rank == 0`` gives the SN-Netv1 layer: ``W`` itself is trained.
+update of LoRA SL (paper Eq. 3). The paper gives no constants; they follow SN-Netv2's released code (a
+loralib-style ``Linear``): ``s = alpha / r`` with ``alpha = 1``, ``A`` (``r x D_in``) Kaiming-uniform with
+``a = sqrt(5)`` (as ``nn.Linear``'s weight), ``B`` (``D_out x r``) zeros, so training starts exactly at the LS
+solution. ``rank == 0`` gives the SN-Netv1 layer: ``W`` itself is trained.
 """
 from __future__ import annotations
 
@@ -22,20 +24,22 @@ class StitchingLayer(nn.Module):
         in_dim: width of the anchor the tokens come from.
         out_dim: width of the anchor they go to.
         rank: LoRA rank ``r``; 0 trains the full weight.
-        alpha: LoRA scaling numerator (update is scaled by ``alpha / rank``); default ``rank`` (scale 1).
+        alpha: LoRA scaling numerator: the update is scaled by ``alpha / rank`` (default 1, SN-Netv2's code).
     """
 
-    def __init__(self, in_dim: int, out_dim: int, rank: int = 0, alpha: float | None = None):
+    def __init__(self, in_dim: int, out_dim: int, rank: int = 0, alpha: float = 1.0):
         super().__init__()
         if rank < 0 or rank > min(in_dim, out_dim):
             raise ValueError(f"LoRA rank must be in [0, {min(in_dim, out_dim)}], got {rank}")
-        self.in_dim, self.out_dim, self.rank = in_dim, out_dim, rank
+        if not alpha > 0:
+            raise ValueError(f"LoRA alpha must be positive, got {alpha}")
+        self.in_dim, self.out_dim, self.rank, self.alpha = in_dim, out_dim, rank, float(alpha)
         self.weight = nn.Parameter(torch.empty(out_dim, in_dim), requires_grad=rank == 0)
         self.bias = nn.Parameter(torch.zeros(out_dim))
         if rank > 0:
             self.lora_down = nn.Parameter(torch.empty(rank, in_dim))
             self.lora_up = nn.Parameter(torch.zeros(out_dim, rank))
-            self.scaling = (rank if alpha is None else alpha) / rank
+            self.scaling = self.alpha / rank
         else:
             self.register_parameter("lora_down", None)
             self.register_parameter("lora_up", None)
@@ -51,7 +55,7 @@ class StitchingLayer(nn.Module):
 
     def _reset_lora(self) -> None:
         if self.rank > 0:
-            nn.init.normal_(self.lora_down, std=1.0 / math.sqrt(self.in_dim))
+            nn.init.kaiming_uniform_(self.lora_down, a=math.sqrt(5))  # U(-1/sqrt(D_in), 1/sqrt(D_in))
             nn.init.zeros_(self.lora_up)
 
     @torch.no_grad()
@@ -91,7 +95,8 @@ class StitchingLayer(nn.Module):
         return linear
 
     def extra_repr(self) -> str:
-        return f"in_dim={self.in_dim}, out_dim={self.out_dim}, rank={self.rank}"
+        lora = f", alpha={self.alpha:g}" if self.rank else ""
+        return f"in_dim={self.in_dim}, out_dim={self.out_dim}, rank={self.rank}{lora}"
 
 
 class LeastSquaresAccumulator:

@@ -95,16 +95,16 @@ def paper_like_gflops():
 
 def test_ros_bins_are_drawn_uniformly():
     gflops = paper_like_gflops()
-    sampler = ResourceConstrainedSampler(gflops, step=5.0, seed=0)
-    bins = flops_bins(gflops, 5.0)
-    assert sum(len(v) for v in bins.values()) == 134 and len(bins) >= 10
-    bin_of = {sid: b for b, ids in bins.items() for sid in ids}
+    sampler = ResourceConstrainedSampler(gflops, step=1.0, seed=0)
+    bins = flops_bins(gflops, 1.0)
+    assert sum(len(ids) for ids in bins) == 134 and len(bins) == 13
+    bin_of = {sid: b for b, ids in enumerate(bins) for sid in ids}
     draws = [sampler.sample(i) for i in range(30000)]
-    per_bin = np.array([sum(1 for d in draws if bin_of[d] == b) for b in bins])
+    per_bin = np.bincount([bin_of[d] for d in draws], minlength=len(bins))
     assert chisquare(per_bin).pvalue > 1e-3  # uniform over bins
     # within the most populated bin, stitches are uniform too
-    big = max(bins, key=lambda b: len(bins[b]))
-    inside = np.array([sum(1 for d in draws if d == sid) for sid in bins[big]])
+    big = max(bins, key=len)
+    inside = np.array([sum(1 for d in draws if d == sid) for sid in big])
     assert chisquare(inside).pvalue > 1e-3
     # anchors sit in sparse bins: ROS samples them far more than uniform sampling (2/134)
     anchor_share = sum(1 for d in draws if d in (0, 1)) / len(draws)
@@ -113,8 +113,34 @@ def test_ros_bins_are_drawn_uniformly():
     assert sum(probs.values()) == pytest.approx(1.0)
     # and the uniform sampler is not: its bins follow the stitch counts
     uniform = UniformSampler(list(gflops), seed=0)
-    per_bin_u = np.array([sum(1 for i in range(30000) if bin_of[uniform.sample(i)] == b) for b in bins])
+    per_bin_u = np.bincount([bin_of[uniform.sample(i)] for i in range(30000)], minlength=len(bins))
     assert chisquare(per_bin_u).pvalue < 1e-6
+
+
+def test_ros_bins_group_greedily_from_each_bins_cheapest_stitch():
+    """A bin holds every stitch within ``step`` of its first member, whatever a fixed grid would say."""
+    gflops = {7: 8.8, 3: 10.6, 5: 9.2, 0: 1.0, 1: 30.0, 4: 20.5, 2: 19.4, 6: 8.8}
+    assert flops_bins(gflops, 2.0) == [[0], [6, 7, 5, 3], [2, 4], [1]]  # a grid of 2 would split 8.8 | 9.2
+    assert flops_bins(gflops, 1.2) == [[0], [6, 7, 5], [3], [2, 4], [1]]
+    assert flops_bins(gflops, 100.0) == [[0, 6, 7, 5, 3, 2, 4, 1]]
+
+
+@pytest.mark.parametrize("img_size, mode, step", [((224, 224), "classify", 1.0), ((480, 640), "features", 10.0)])
+def test_ros_gives_the_papers_13_bins_for_deit3_s_l(img_size, mode, step):
+    """Paper Sec. 4.2: 13 FLOPs intervals for DeiT3-S/L (anchor probability 2/13), t = 1 on ImageNet, t = 10 for
+    dense prediction. Counted by fvcore on the real architectures (random weights); a dense head adds the same
+    GFLOPs to every stitch, which leaves the bins unchanged."""
+    classes = 1000 if mode == "classify" else 0
+    fast, slow = (build_anchor(name, img_size=img_size, num_classes=classes)
+                  for name in ("deit3_small_patch16_224", "deit3_large_patch16_224"))
+    net = StitchedViT(fast, slow, lora_rank=4, out_indices=(4, 11, 17, 23))
+    gflops = build_flops_table(net, img_size, mode=mode).gflops
+    bins = flops_bins(gflops, step)
+    assert [len(ids) for ids in bins] == [1] + [12] * 11 + [1]
+    assert bins[0] == [0] and bins[-1] == [1]  # each anchor alone in its bin
+    probs = ResourceConstrainedSampler(gflops, step).probabilities()
+    assert probs[0] == probs[1] == pytest.approx(1 / 13)
+    assert flops_bins({k: g + 122.5 for k, g in gflops.items()}, step) == bins
 
 
 def _rank_draws(rank: int):
@@ -144,8 +170,12 @@ def test_sampler_state_round_trip_and_validation():
     assert [t.sample(i) for i in range(20)] == [s.sample(i) for i in range(20)]
     with pytest.raises(ValueError, match="does not match"):
         UniformSampler([0, 1]).load_state_dict(s.state_dict())
+    with pytest.raises(ValueError, match="3 ROS bins but this sampler has 2"):
+        ResourceConstrainedSampler({0: 1.0, 1: 9.0, 2: 5.0}, step=5.0).load_state_dict(s.state_dict())
     with pytest.raises(ValueError, match="positive"):
         flops_bins({0: 1.0}, 0)
+    with pytest.raises(ValueError, match="positive"):
+        flops_bins({0: 1.0}, float("nan"))
     with pytest.raises(ValueError, match="empty"):
         UniformSampler([])
 

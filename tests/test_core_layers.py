@@ -131,3 +131,57 @@ def test_lora_trains_only_the_update_and_rank_zero_trains_everything():
         StitchingLayer(4, 8, rank=5)
     with pytest.raises(ValueError, match="do not match"):
         full.load_solution(torch.zeros(16, 24), torch.zeros(24))
+
+
+def _train_update(layer: StitchingLayer, x: torch.Tensor, target: torch.Tensor, steps: int) -> torch.Tensor:
+    """AdamW on a regression target; returns the low-rank update ``s * B A`` reached."""
+    opt = torch.optim.AdamW([p for p in layer.parameters() if p.requires_grad], lr=1e-3)
+    for _ in range(steps):
+        opt.zero_grad()
+        torch.nn.functional.mse_loss(layer(x), target).backward()
+        opt.step()
+    return layer.delta_weight().detach()
+
+
+def test_lora_sl_scale_and_init_follow_upstream():
+    """SN-Netv2's LoRA Linear: update scaled by alpha / r with alpha = 1, A ~ kaiming_uniform(a=sqrt(5)) (that is
+    U(-1/sqrt(D_in), 1/sqrt(D_in))), B = 0. Trained side by side with a re-implementation of that layer from the
+    same A, B and W, ours follows the same trajectory; with the former scale 1 it would move several times faster."""
+    torch.manual_seed(0)
+    layer = StitchingLayer(384, 1024, rank=16)
+    assert layer.scaling == pytest.approx(1 / 16)
+    assert StitchingLayer(384, 1024, rank=16, alpha=4.0).scaling == pytest.approx(0.25)
+    bound = 1 / 384 ** 0.5
+    a = layer.lora_down.detach()
+    assert a.abs().max() <= bound and a.abs().max() > 0.99 * bound  # uniform over the whole interval
+    assert a.std().item() == pytest.approx(bound / 3 ** 0.5, rel=0.03)  # not a normal of std 1/sqrt(D_in)
+    assert torch.count_nonzero(layer.lora_up) == 0
+    with pytest.raises(ValueError, match="alpha must be positive"):
+        StitchingLayer(8, 8, rank=2, alpha=0.0)
+
+    torch.manual_seed(1)
+    small = StitchingLayer(32, 48, rank=4)
+    small.load_solution(torch.randn(48, 32) / 32 ** 0.5, torch.zeros(48))
+    x, target = torch.randn(256, 32), torch.randn(256, 48)
+
+    class UpstreamLoRALinear(torch.nn.Module):  # y = x W^T + b + (x A^T B^T) * alpha / r, W frozen
+        def __init__(self, ref: StitchingLayer, alpha: float):
+            super().__init__()
+            self.weight = torch.nn.Parameter(ref.weight.detach().clone(), requires_grad=False)
+            self.bias = torch.nn.Parameter(ref.bias.detach().clone())
+            self.lora_A = torch.nn.Parameter(ref.lora_down.detach().clone())
+            self.lora_B = torch.nn.Parameter(ref.lora_up.detach().clone())
+            self.scaling = alpha / ref.rank
+
+        def forward(self, inputs):
+            return inputs @ self.weight.T + self.bias + (inputs @ self.lora_A.T @ self.lora_B.T) * self.scaling
+
+        def delta_weight(self):
+            return self.lora_B @ self.lora_A * self.scaling
+
+    reference = UpstreamLoRALinear(small, alpha=1.0)
+    scale_one = UpstreamLoRALinear(small, alpha=4.0)  # the scale this project used before
+    ours = _train_update(small, x, target, 100)
+    theirs = _train_update(reference, x, target, 100)
+    torch.testing.assert_close(ours, theirs, rtol=1e-4, atol=1e-6)
+    assert _train_update(scale_one, x, target, 100).norm() > 2 * theirs.norm()
