@@ -1,6 +1,7 @@
 """Per-stitch evaluation loop: report files, interruption and resume, guards, Pareto selection."""
 import csv
 import json
+import os
 
 import pytest
 
@@ -134,3 +135,19 @@ def test_failed_write_keeps_the_previous_file(tmp_path):
         write_atomic(path, crash)
     assert json.loads((tmp_path / "results.json").read_text()) == {"done": [1, 2]}
     assert [p.name for p in tmp_path.iterdir()] == ["results.json"]
+
+
+@pytest.mark.parametrize("umask, mode", [(0o022, 0o644), (0o027, 0o640)])
+def test_atomic_writes_get_the_usual_file_mode(tmp_path, umask, mode):
+    """Results, reports, checkpoints and caches must be readable as any other file the user writes (mkstemp
+    alone would leave them 0600)."""
+    import stat
+
+    from snnet_core.atomic_io import write_json_atomic
+
+    previous = os.umask(umask)
+    try:
+        write_json_atomic(str(tmp_path / "results.json"), {"a": 1})
+    finally:
+        os.umask(previous)
+    assert stat.S_IMODE(os.stat(tmp_path / "results.json").st_mode) == mode
