@@ -12,6 +12,13 @@ from .selection import best_under_budget, pareto_frontier
 from .snnet import StitchedViT
 from .stitch_space import FAST, ROUTE_TYPES, SLOW, Stitch, StitchSpace, map_out_indices_to_fast
 from .stitching_layers import LeastSquaresAccumulator, StitchingLayer
-from .upstream import stitch_id_from_upstream, upstream_stitch_id
+from .upstream import (
+    UpstreamConversion,
+    convert_upstream_state_dict,
+    load_upstream_checkpoint,
+    stitch_id_from_upstream,
+    upstream_stitch_id,
+    use_upstream_deit3_layers,
+)
 
 __all__ = [name for name in dir() if not name.startswith("_")]

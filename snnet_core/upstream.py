@@ -6,15 +6,28 @@ whole small anchor and no large block, is never trained or evaluated), the large
 ("ls", our SF), large-small-large ("lsl", our SFS) and small-large-small ("sls", our FSF). Our ids put
 FSF before SFS and skip the dead FS config, so only the anchors and FS keep their ids (12/24 blocks:
 0-12 agree, 13 is upstream's dead config, upstream SF 14-24, SFS 25-79, FSF 80-134).
+
+``load_upstream_checkpoint`` reads upstream's checkpoints (depth code: mmcv, mmseg-style DeiT3 anchors;
+classification code: DeiT III anchors) into a ``StitchedViT``. Upstream's depth-code DeiT3 layer differs
+from the standard one (its FFN adds its own input; LayerNorm eps 1e-5): ``use_upstream_deit3_layers``
+switches a net to that math so a converted checkpoint gives upstream's outputs for every stitch.
 """
 from __future__ import annotations
 
+import argparse
+import dataclasses
 import functools
-from typing import Dict, List, Optional, Tuple
+import math
+import os
+import re
+from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
 import torch
+import torch.nn as nn
 import torch.nn.functional as F
+from timm.layers import Mlp
 
+from .snnet import StitchedViT
 from .stitch_space import FAST, SLOW, Link, Segment, StitchSpace
 
 _Route = Tuple[str, Tuple[Segment, ...], Tuple[Link, ...]]
@@ -125,3 +138,265 @@ def stitch_id_from_upstream(space: StitchSpace, upstream_id: int) -> int:
             f"stitch {stitch_id}, outside this space (routes {', '.join(space.route_types)})"
         )
     return stitch_id
+
+
+# ---------------------------------------------------------------------------------------------------
+# Checkpoints.
+#
+# Upstream's backbone keys are ``anchors.{0,1}.<anchor key>`` and ``stitch_layers.{0,1}.{k}.transform.
+# {weight,bias,lora_A,lora_B}`` (``stitch_layers[0]``: small-to-large layers, ``[1]``: large-to-small; the
+# trailing ``nn.Identity`` has no keys). Anchor keys come in two layouts: the depth code's mmseg-style
+# DeiT3 (``layers.i.ln1``, ``ffn.layers.0.0``, ``gamma_1``, ...) and the classification code's DeiT III
+# ``vit_models`` (timm names except ``gamma_1``/``gamma_2``). Both store ``pos_embed`` as ``(1, H*W, C)``
+# without a cls entry, as timm's DeiT3 (``no_embed_class``) does.
+MMSEG, DEIT3 = "mmseg", "deit3"
+_ANCHOR_RENAMES = (  # (pattern on the key after "anchors.k.", replacement)
+    (r"patch_embed\.projection\.(weight|bias)", r"patch_embed.proj.\1"),
+    (r"layers\.(\d+)\.ln([12])\.(weight|bias)", r"blocks.\1.norm\2.\3"),
+    (r"layers\.(\d+)\.attn\.(qkv|proj)\.(weight|bias)", r"blocks.\1.attn.\2.\3"),
+    (r"layers\.(\d+)\.ffn\.layers\.0\.0\.(weight|bias)", r"blocks.\1.mlp.fc1.\2"),
+    (r"layers\.(\d+)\.ffn\.layers\.1\.(weight|bias)", r"blocks.\1.mlp.fc2.\2"),
+    (r"(?:layers|blocks)\.(\d+)\.gamma_([12])", r"blocks.\1.ls\2.gamma"),
+    (r"ln1\.(weight|bias)", r"norm.\1"),  # mmseg DeiT3's final norm (only saved with final_norm=True)
+)
+_LORA_RENAMES = {"weight": "weight", "bias": "bias", "lora_A": "lora_down", "lora_B": "lora_up"}
+_STITCH_KEY = re.compile(r"stitch_layers\.([01])\.(\d+)\.transform\.(weight|bias|lora_A|lora_B)")
+_ANCHOR_KEY = re.compile(r"anchors\.([01])\.(.+)")
+MMSEG_LAYER_NORM_EPS = 1e-5  # mmcv build_norm_layer(dict(type='LN')) keeps nn.LayerNorm's default
+
+
+@dataclasses.dataclass
+class UpstreamConversion:
+    """What ``convert_upstream_state_dict`` did.
+
+    Attributes:
+        layout: ``"mmseg"`` (depth_estimation's DeiT3) or ``"deit3"`` (classification's DeiT III).
+        set_aside: checkpoint entries not loaded (decode head, optimizer, classifier the net lacks, ...).
+        kept: the net's parameters the checkpoint does not hold, left as they were (final norm and
+            classifier: upstream's depth anchors have neither; dense features use neither).
+        resized: ``{key: (checkpoint grid, net grid)}`` of resampled position embeddings.
+    """
+
+    layout: str
+    set_aside: List[str]
+    kept: List[str]
+    resized: Dict[str, Tuple[Tuple[int, int], Tuple[int, int]]]
+
+    def __str__(self) -> str:
+        lines = [f"upstream SN-Netv2 checkpoint ({self.layout} anchors)"]
+        lines += [f"  pos_embed {k}: {a[0]}x{a[1]} -> {b[0]}x{b[1]} grid" for k, (a, b) in self.resized.items()]
+        if self.set_aside:
+            lines.append(f"  set aside {len(self.set_aside)} entries: {_abbreviate(self.set_aside)}")
+        if self.kept:
+            lines.append(f"  kept the net's own {_abbreviate(self.kept)}")
+        return "\n".join(lines)
+
+
+def _abbreviate(keys: Sequence[str], limit: int = 6) -> str:
+    return ", ".join(keys[:limit]) + (f", ... ({len(keys)} in all)" if len(keys) > limit else "")
+
+
+def _unwrap(checkpoint: Mapping[str, Any], source: str) -> Tuple[Dict[str, torch.Tensor], List[str]]:
+    """The backbone's tensors (``backbone.`` prefix stripped) and the names of every other entry."""
+    set_aside: List[str] = []
+    state: Mapping[str, Any] = checkpoint
+    for wrapper in ("state_dict", "model"):  # mmcv's {'state_dict', 'meta', ...}; classification's {'model', ...}
+        if isinstance(checkpoint.get(wrapper), Mapping):
+            state = checkpoint[wrapper]
+            set_aside = [k for k in checkpoint if k != wrapper]
+            break
+    if any(k.startswith("backbone.") for k in state):
+        set_aside += [k for k in state if not k.startswith("backbone.")]
+        state = {k[len("backbone."):]: v for k, v in state.items() if k.startswith("backbone.")}
+    not_tensors = [k for k, v in state.items() if not isinstance(v, torch.Tensor)]
+    if not state or not_tensors:
+        raise ValueError(
+            f"{source} is not an SN-Netv2 state dict (expected tensors under 'anchors.*' and "
+            f"'stitch_layers.*', optionally in mmcv's {{'state_dict': ...}}); "
+            + (f"non-tensor entries {_abbreviate(not_tensors)}" if not_tensors else "it holds no tensors")
+        )
+    return dict(state), set_aside
+
+
+def _anchor_layout(keys: Iterable[str], source: str) -> str:
+    keys = set(keys)
+    if any(re.fullmatch(r"anchors\.[01]\.layers\.\d+\.ln1\.weight", k) for k in keys):
+        return MMSEG
+    if any(re.fullmatch(r"anchors\.[01]\.blocks\.\d+\.norm1\.weight", k) for k in keys):
+        return DEIT3
+    raise ValueError(
+        f"{source} holds no upstream anchor blocks ('anchors.0.layers.0.ln1.weight' from the depth code or "
+        "'anchors.0.blocks.0.norm1.weight' from the classification code); is it an SN-Netv2 checkpoint?"
+    )
+
+
+def _rename_anchor_key(key: str) -> str:
+    for pattern, replacement in _ANCHOR_RENAMES:
+        if re.fullmatch(pattern, key):
+            return re.sub(pattern, replacement, key)
+    return key
+
+
+def resize_pos_embed(pos_embed: torch.Tensor, grid: Tuple[int, int]) -> torch.Tensor:
+    """``(1, h*w, C)`` on a square ``h x w`` grid -> ``(1, grid[0]*grid[1], C)``, as upstream's DeiT3 does
+    at run time when the input grid differs (bicubic, ``align_corners=False``, no antialiasing)."""
+    n, dim = pos_embed.shape[1:]
+    side = math.isqrt(n)
+    if side * side != n:
+        raise ValueError(f"pos_embed with {n} positions is not a square grid (upstream's configs use square "
+                         "img_size); resize it to the net's grid before converting")
+    pos = pos_embed.reshape(1, side, side, dim).permute(0, 3, 1, 2).float()
+    pos = F.interpolate(pos, size=tuple(grid), mode="bicubic", align_corners=False)
+    return pos.permute(0, 2, 3, 1).reshape(1, grid[0] * grid[1], dim).to(pos_embed.dtype)
+
+
+def _check_lora(state: Mapping[str, torch.Tensor], net: StitchedViT, source: str) -> None:
+    ranks = {int(v.shape[0]) for k, v in state.items() if k.endswith(".transform.lora_A")}
+    if len(ranks) > 1:
+        raise ValueError(f"{source} mixes LoRA ranks {sorted(ranks)} across its stitching layers")
+    rank = ranks.pop() if ranks else 0
+    if rank != net.lora_rank:
+        raise ValueError(
+            f"{source} has stitching layers of LoRA rank {rank} (lora_A is (rank, in)) but the net was built "
+            f"with lora_rank={net.lora_rank}; build StitchedViT(..., lora_rank={rank}, lora_alpha=1)"
+        )
+    for layer in [*net.stitch_s2l, *net.stitch_l2s]:
+        if rank > 0 and not math.isclose(layer.scaling, 1.0 / rank):
+            raise ValueError(
+                f"{source} was trained with upstream's LoRA scaling lora_alpha / r = 1/{rank}, but the net's "
+                f"stitching layers scale by {layer.scaling:g}; build StitchedViT(..., lora_alpha=1)"
+            )
+
+
+def convert_upstream_state_dict(
+    checkpoint: Mapping[str, Any], net: StitchedViT, source: str = "upstream state dict"
+) -> Tuple[Dict[str, torch.Tensor], UpstreamConversion]:
+    """Map an upstream SN-Netv2 state dict onto ``net``'s keys.
+
+    Args:
+        checkpoint: upstream's backbone state dict, bare, under ``backbone.`` (mmcv; other prefixes such as
+            ``decode_head.`` are set aside), or wrapped as mmcv's ``{'state_dict', 'meta'}`` or the
+            classification code's ``{'model', 'args', ...}``.
+        net: the target; its anchors must be timm DeiT3-style (position embeddings without a cls entry),
+            its LoRA rank must be the checkpoint's and its LoRA scale upstream's ``1 / rank``.
+        source: name used in error messages (the file path when called by ``load_upstream_checkpoint``).
+
+    Returns:
+        ``(state, report)``: ``state`` holds exactly the keys of ``net`` the checkpoint provides, position
+        embeddings resampled to each anchor's grid; ``report`` says what was set aside, kept and resized.
+
+    Raises ``ValueError`` naming the keys when a mapped key is missing, unknown or of the wrong shape.
+    """
+    state, set_aside = _unwrap(checkpoint, source)
+    layout = _anchor_layout(state, source)
+    _check_lora(state, net, source)
+    own = net.state_dict()
+    converted: Dict[str, torch.Tensor] = {}
+    origin: Dict[str, str] = {}
+    resized: Dict[str, Tuple[Tuple[int, int], Tuple[int, int]]] = {}
+    unknown: List[str] = []
+    for key, value in state.items():
+        anchor_key, stitch_key = _ANCHOR_KEY.fullmatch(key), _STITCH_KEY.fullmatch(key)
+        if stitch_key:
+            group, index, name = stitch_key.groups()
+            new_key = f"{('stitch_s2l', 'stitch_l2s')[int(group)]}.{index}.{_LORA_RENAMES[name]}"
+        elif anchor_key:
+            index, name = int(anchor_key.group(1)), _rename_anchor_key(anchor_key.group(2))
+            anchor = net.anchors[index]
+            new_key = f"anchors.{index}.{name}"
+            if (name == "cls_token" and anchor.cls_token is None) or (name.startswith("head.") and new_key not in own):
+                set_aside.append(key)  # the net has no cls token / classifier
+                continue
+            if name == "pos_embed":
+                grid = _pos_embed_grid(anchor, index, source)
+                if value.shape[1] != grid[0] * grid[1]:
+                    side = math.isqrt(value.shape[1])
+                    value = resize_pos_embed(value, grid)
+                    resized[key] = ((side, side), grid)
+        else:
+            unknown.append(key)
+            continue
+        converted[new_key], origin[new_key] = value, key
+    unknown += [origin[k] for k in converted if k not in own]
+    mismatched = [f"{origin[k]} {tuple(v.shape)} vs net {k} {tuple(own[k].shape)}"
+                  for k, v in converted.items() if k in own and v.shape != own[k].shape]
+    keepable = re.compile(r"anchors\.[01]\.(norm|head)\..+")
+    missing = [k for k in own if k not in converted and not keepable.fullmatch(k)]
+    if unknown or mismatched or missing:
+        problems = [f"{label}: {_abbreviate(keys)}" for label, keys in
+                    (("missing (net keys with no upstream entry)", missing), ("unknown keys", unknown),
+                     ("shape mismatch", mismatched)) if keys]
+        raise ValueError(
+            f"{source} does not fit this SN-Net ({'/'.join(map(str, net.space.depths))} blocks, widths "
+            f"{'/'.join(map(str, net.embed_dims))}, LoRA rank {net.lora_rank}): " + "; ".join(problems)
+        )
+    kept = [k for k in own if k not in converted]
+    return converted, UpstreamConversion(layout, set_aside, kept, resized)
+
+
+def _pos_embed_grid(anchor: nn.Module, index: int, source: str) -> Tuple[int, int]:
+    """The patch grid of ``anchor``, whose position embeddings must, like upstream's, have no cls entry."""
+    grid = tuple(int(g) for g in anchor.patch_embed.grid_size)
+    if not getattr(anchor, "no_embed_class", False) or anchor.pos_embed.shape[1] != grid[0] * grid[1]:
+        raise ValueError(
+            f"{source}: upstream position embeddings have no cls entry, but anchor {index} keeps one; build "
+            "the anchors as timm DeiT3 models (no_embed_class=True, e.g. deit3_small_patch16_224)"
+        )
+    return grid
+
+
+class MmcvFFNMlp(Mlp):
+    """timm ``Mlp`` that adds its input to its output, ``(B, N, C) -> (B, N, C)``.
+
+    Upstream's mmseg-style DeiT3 layer calls mmcv's ``FFN`` without an ``identity`` argument, and mmcv's
+    FFN then adds its own input, so each block computes ``x + gamma_2 * (LN2(x) + MLP(LN2(x)))``.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + super().forward(x)
+
+
+def use_upstream_deit3_layers(net: StitchedViT) -> None:
+    """Make ``net``'s anchors compute upstream's mmseg DeiT3 layers (needed to reproduce the outputs of a
+    checkpoint trained by upstream's depth code): FFNs add their input and LayerNorms use eps 1e-5.
+
+    Parameters and state-dict keys are unchanged (so is ``net.config()``): re-apply after rebuilding.
+    """
+    for anchor in net.anchors:
+        for block in anchor.blocks:
+            if not isinstance(block.mlp, Mlp):
+                raise TypeError(f"expected timm Mlp blocks, got {type(block.mlp).__name__}")
+            block.mlp.__class__ = MmcvFFNMlp
+        for module in anchor.modules():
+            if isinstance(module, nn.LayerNorm):
+                module.eps = MMSEG_LAYER_NORM_EPS
+
+
+def load_upstream_checkpoint(path: str, net: StitchedViT, upstream_layers: bool = True) -> UpstreamConversion:
+    """Load an upstream SN-Netv2 checkpoint file into ``net`` (see ``convert_upstream_state_dict``).
+
+    Args:
+        path: a ``.pth`` written by upstream's depth (mmcv) or classification code; read with
+            ``torch.load(weights_only=True)`` (``argparse.Namespace``, which the classification code
+            stores as ``args``, is the one extra type allowed).
+        net: the target SN-Net.
+        upstream_layers: for depth-code (mmseg layout) checkpoints, also switch the anchors to upstream's
+            layer math (``use_upstream_deit3_layers``) so that every stitch reproduces upstream's outputs.
+
+    Returns the conversion report. Raises ``FileNotFoundError``, ``RuntimeError`` for an unreadable file
+    and ``ValueError`` naming the file and keys for a checkpoint that does not fit ``net``.
+    """
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"upstream checkpoint {path!r} does not exist")
+    try:
+        with torch.serialization.safe_globals([argparse.Namespace]):
+            checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # not a torch file, truncated, or holding arbitrary objects
+        raise RuntimeError(f"could not read upstream checkpoint {path!r} ({type(exc).__name__}: {exc})") from exc
+    if not isinstance(checkpoint, Mapping):
+        raise RuntimeError(f"upstream checkpoint {path!r} holds a {type(checkpoint).__name__}, not a state dict")
+    state, report = convert_upstream_state_dict(checkpoint, net, source=f"upstream checkpoint {path!r}")
+    net.load_state_dict(state, strict=False)
+    if upstream_layers and report.layout == MMSEG:
+        use_upstream_deit3_layers(net)
+    return report
