@@ -1,17 +1,206 @@
 """DPT head shapes, the stitched depth model, its FLOPs table and the standalone export of one stitch."""
+from typing import List, Optional, Sequence, Tuple
+
 import pytest
 import torch
+import torch.nn as nn
+import torch.nn.functional as F
 
 import snnet_core.snnet
 from projects.snnet_dpt.export import load_exported_model, save_exported_stitch
 from projects.snnet_dpt.head import DPTHead
 from projects.snnet_dpt.model import ModelSpec, build_model, default_out_indices, depth_flops_table, head_gflops
-from snnet_core import build_flops_table
+from snnet_core import build_flops_table, count_gflops
+from snnet_core.upstream import upstream_stitch_id
 
 TINY_SPEC = dict(
     img_size=(64, 80), lora_rank=2, features=32, post_process_channels=(16, 32, 64, 128),
     anchor_overrides=({"embed_dim": 32, "depth": 4, "num_heads": 2}, {"embed_dim": 48, "depth": 8, "num_heads": 3}),
 )
+
+
+class ToolboxResidualConvUnit(nn.Module):
+    """The toolbox's ``PreActResidualConvUnit`` (ConvModules ordered act, conv; ``bias=False``)."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.conv1 = nn.Conv2d(channels, channels, 3, padding=1, bias=False)
+        self.conv2 = nn.Conv2d(channels, channels, 3, padding=1, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.conv2(F.relu(self.conv1(F.relu(x))))
+
+
+class ToolboxFusionBlock(nn.Module):
+    """The toolbox's ``FeatureFusionBlock`` (the branch that resizes a skip of another size, taken only on
+    grids with an odd side, is left out: the grids here are even)."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.project = nn.Conv2d(channels, channels, 1)  # ConvModule, no norm: bias
+        self.res_conv_unit1 = ToolboxResidualConvUnit(channels)
+        self.res_conv_unit2 = ToolboxResidualConvUnit(channels)
+
+    def forward(self, x: torch.Tensor, skip: Optional[torch.Tensor] = None) -> torch.Tensor:
+        if skip is not None:
+            x = x + self.res_conv_unit1(skip)
+        x = self.res_conv_unit2(x)
+        return self.project(F.interpolate(x, scale_factor=2, mode="bilinear", align_corners=True))
+
+
+class ToolboxDPTHead(nn.Module):
+    """Reference: the Monocular-Depth-Estimation-Toolbox ``DPTHead`` as SN-Netv2's NYUv2 config builds it
+    (``readout_type='project'``, ``channels=256``, ``norm_cfg=None``, ReLU), written out in plain torch from
+    its layer list (``depth/models/decode_heads/dpt_head.py``, ``decode_head.py``) with its module names.
+
+    ``forward(maps, cls_tokens)``: 4 maps ``(B, C, h, w)`` and cls tokens ``(B, C)`` -> depth ``(B, 1, 16h, 16w)``.
+    """
+
+    def __init__(self, embed_dims: int, post_process_channels: Sequence[int] = (96, 192, 384, 768),
+                 channels: int = 256, min_depth: float = 1e-3):
+        super().__init__()
+        c0, c1, _, c3 = post_process_channels
+        self.readout_projects = nn.ModuleList(
+            nn.Sequential(nn.Linear(2 * embed_dims, embed_dims), nn.GELU()) for _ in post_process_channels)
+        self.projects = nn.ModuleList(nn.Conv2d(embed_dims, c, 1) for c in post_process_channels)
+        self.resize_layers = nn.ModuleList([
+            nn.ConvTranspose2d(c0, c0, 4, stride=4), nn.ConvTranspose2d(c1, c1, 2, stride=2), nn.Identity(),
+            nn.Conv2d(c3, c3, 3, stride=2, padding=1)])
+        self.convs = nn.ModuleList(nn.Conv2d(c, channels, 3, padding=1, bias=False) for c in post_process_channels)
+        self.fusion_blocks = nn.ModuleList(ToolboxFusionBlock(channels) for _ in post_process_channels)
+        self.fusion_blocks[0].res_conv_unit1 = None
+        self.project = nn.Conv2d(channels, channels, 3, padding=1)  # ConvModule: bias, then ReLU
+        self.conv_depth = nn.Sequential(  # HeadDepth
+            nn.Conv2d(channels, channels // 2, 3, padding=1),
+            nn.Upsample(scale_factor=2, mode="bilinear", align_corners=True),
+            nn.Conv2d(channels // 2, 32, 3, padding=1), nn.ReLU(), nn.Conv2d(32, 1, 1))
+        self.min_depth = min_depth
+
+    def forward(self, maps: Tuple[torch.Tensor, ...], cls_tokens: Tuple[torch.Tensor, ...]) -> torch.Tensor:
+        x = []
+        for i, (m, cls) in enumerate(zip(maps, cls_tokens)):
+            tokens = m.flatten(2).transpose(1, 2)
+            tokens = self.readout_projects[i](torch.cat([tokens, cls[:, None].expand_as(tokens)], dim=-1))
+            m = tokens.transpose(1, 2).reshape(m.shape)
+            x.append(self.convs[i](self.resize_layers[i](self.projects[i](m))))
+        out = self.fusion_blocks[0](x[-1])
+        for i in range(1, len(self.fusion_blocks)):
+            out = self.fusion_blocks[i](out, x[-(i + 1)])
+        out = F.relu(self.project(out))
+        return F.relu(self.conv_depth(out)) + self.min_depth
+
+
+def module_pairs(ours: DPTHead, ref: ToolboxDPTHead) -> List[Tuple[nn.Module, nn.Module]]:
+    """(our module, toolbox module) for every layer with weights; toolbox fusion blocks run coarsest first."""
+    pairs = []
+    for i, stage in enumerate(ours.reassemble):
+        pairs += [(stage.readout.project[0], ref.readout_projects[i][0]), (stage.project, ref.projects[i]),
+                  (stage.resample, ref.resize_layers[i]), (ours.layer_rn[i], ref.convs[i])]
+    for i, block in enumerate(reversed(ours.fusion)):
+        theirs = ref.fusion_blocks[i]
+        units = [(block.residual2, theirs.res_conv_unit2)]
+        if theirs.res_conv_unit1 is not None:
+            units.append((block.residual1, theirs.res_conv_unit1))
+        pairs += [(block.out_conv, theirs.project)]
+        pairs += [(getattr(a, n), getattr(b, n)) for a, b in units for n in ("conv1", "conv2")]
+    out, depth = ours.output, ref.conv_depth
+    pairs += [(ours.project[0], ref.project), (out.conv1, depth[0]), (out.conv2, depth[2]), (out.conv3, depth[4])]
+    return pairs
+
+
+def toolbox_inputs(
+    tokens: Sequence[torch.Tensor], grid: Tuple[int, int]
+) -> Tuple[Tuple[torch.Tensor, ...], Tuple[torch.Tensor, ...]]:
+    """Our token features ``(B, 1 + h*w, C)`` as the toolbox's ``(maps (B, C, h, w), cls tokens (B, C))``."""
+    maps = tuple(t[:, 1:].transpose(1, 2).reshape(t.shape[0], t.shape[-1], *grid) for t in tokens)
+    return maps, tuple(t[:, 0] for t in tokens)
+
+
+def test_head_has_the_toolbox_head_parameters_and_computes_its_function():
+    torch.manual_seed(0)
+    ours, ref = DPTHead(1024), ToolboxDPTHead(1024)  # the paper's DeiT3-L width and head sizes
+    num_ref = sum(p.numel() for p in ref.parameters())
+    assert sum(p.numel() for p in ours.parameters()) == num_ref == 28_233_601
+    pairs = module_pairs(ours, ref)
+    assert sum(p.numel() for _, m in pairs for p in m.parameters()) == num_ref  # every toolbox layer is paired
+    with torch.no_grad():
+        ref.conv_depth[4].bias.fill_(1.0)  # with its default init every pixel here is clamped to min_depth
+        for mine, theirs in pairs:
+            mine.load_state_dict(theirs.state_dict())  # strict: same tensors, same shapes, same biases
+    grid, size = (4, 6), (64, 96)
+    tokens = [torch.randn(2, 1 + grid[0] * grid[1], 1024) for _ in range(4)]
+    with torch.no_grad():
+        expected = ref(*toolbox_inputs(tokens, grid))
+        torch.testing.assert_close(ours(tokens, grid, 1, size), expected, rtol=1e-4, atol=1e-5)
+    assert expected.shape == (2, 1, *size) and (expected > 1e-3).all() and expected.std() > 0
+
+
+def test_layers_the_toolbox_builds_as_conv_modules_start_with_their_init():
+    torch.manual_seed(0)
+    head = DPTHead(1024)
+    convs = [stage.project for stage in head.reassemble] + list(head.layer_rn) + [head.project[0]]
+    for block in head.fusion:
+        units = [u for u in (block.residual1, block.residual2) if u is not None]
+        convs += [block.out_conv] + [conv for u in units for conv in (u.conv1, u.conv2)]
+    assert len(convs) == 4 + 4 + 1 + 4 + 2 * 7
+    for conv in convs:  # mmcv kaiming_init: normal, fan_out, ReLU gain; bias 0
+        fan_out = conv.out_channels * conv.kernel_size[0] * conv.kernel_size[1]
+        assert conv.weight.std().item() == pytest.approx((2 / fan_out) ** 0.5, rel=0.03)
+        assert conv.bias is None or not conv.bias.any()
+    conv = head.output.conv1  # a plain nn.Conv2d in the toolbox: PyTorch's uniform init, bound 1/sqrt(fan_in)
+    assert conv.weight.abs().max() <= conv.weight[0].numel() ** -0.5 and conv.bias.any()
+
+
+def test_head_gflops_at_480x640_are_the_toolbox_heads():
+    ref, grid = ToolboxDPTHead(1024), (30, 40)
+    tokens = [torch.zeros(1, 1 + grid[0] * grid[1], 1024) for _ in range(4)]
+    expected = count_gflops(ref, toolbox_inputs(tokens, grid))
+    assert head_gflops(DPTHead(1024), (480, 640), 16) == pytest.approx(expected, abs=0.01)
+    assert expected == pytest.approx(167.78, abs=0.01)
+
+
+# depth_estimation/model_flops/flops_dpt_deit3_s_stitch_l_nyu.json of ziplab/SN-Netv2 (FLOPs, fvcore, 1x3x480x640,
+# DeiT3-S/L + DPT), keyed by upstream stitch id (13 unused)
+UPSTREAM_DEIT3_S_L_DPT_FLOPS = {
+    0: 208875853824, 1: 602608435200, 2: 569571549696, 3: 536652235776, 4: 504205174272, 5: 471285860352,
+    6: 438366546432, 7: 405919484928, 8: 373000171008, 9: 340080857088, 10: 307633795584, 11: 274714481664,
+    12: 241795167744, 14: 242857244160, 15: 275776558080, 16: 308223619584, 17: 341142933504, 18: 374062247424,
+    19: 406509308928, 20: 439428622848, 21: 472347936768, 22: 504794998272, 23: 537714312192, 24: 570633626112,
+    25: 570633626112, 26: 538186564608, 27: 505267250688, 28: 472347936768, 29: 439900875264, 30: 406981561344,
+    31: 374062247424, 32: 341615185920, 33: 308695872000, 34: 275776558080, 35: 571105878528, 36: 538186564608,
+    37: 505267250688, 38: 472820189184, 39: 439900875264, 40: 406981561344, 41: 374534499840, 42: 341615185920,
+    43: 308695872000, 44: 570633626112, 45: 537714312192, 46: 505267250688, 47: 472347936768, 48: 439428622848,
+    49: 406981561344, 50: 374062247424, 51: 341142933504, 52: 570633626112, 53: 538186564608, 54: 505267250688,
+    55: 472347936768, 56: 439900875264, 57: 406981561344, 58: 374062247424, 59: 571105878528, 60: 538186564608,
+    61: 505267250688, 62: 472820189184, 63: 439900875264, 64: 406981561344, 65: 570633626112, 66: 537714312192,
+    67: 505267250688, 68: 472347936768, 69: 439428622848, 70: 570633626112, 71: 538186564608, 72: 505267250688,
+    73: 472347936768, 74: 571105878528, 75: 538186564608, 76: 505267250688, 77: 570633626112, 78: 537714312192,
+    79: 570633626112, 80: 242739672576, 81: 275186734080, 82: 308106048000, 83: 341025361920, 84: 373472423424,
+    85: 406391737344, 86: 439311051264, 87: 471758112768, 88: 504677426688, 89: 537596740608, 90: 242267420160,
+    91: 275186734080, 92: 308106048000, 93: 340553109504, 94: 373472423424, 95: 406391737344, 96: 438838798848,
+    97: 471758112768, 98: 504677426688, 99: 242739672576, 100: 275658986496, 101: 308106048000, 102: 341025361920,
+    103: 373944675840, 104: 406391737344, 105: 439311051264, 106: 472230365184, 107: 242739672576, 108: 275186734080,
+    109: 308106048000, 110: 341025361920, 111: 373472423424, 112: 406391737344, 113: 439311051264, 114: 242267420160,
+    115: 275186734080, 116: 308106048000, 117: 340553109504, 118: 373472423424, 119: 406391737344, 120: 242739672576,
+    121: 275658986496, 122: 308106048000, 123: 341025361920, 124: 373944675840, 125: 242739672576, 126: 275186734080,
+    127: 308106048000, 128: 341025361920, 129: 242267420160, 130: 275186734080, 131: 308106048000, 132: 242739672576,
+    133: 275658986496, 134: 242739672576,
+}
+
+
+def test_per_stitch_gflops_at_480x640_match_upstreams_shipped_table():
+    torch.manual_seed(0)
+    model = build_model(ModelSpec()).eval()  # DeiT3-S/L + DPT, random weights (FLOPs do not depend on them)
+    table = depth_flops_table(model, (480, 640))
+    space = model.backbone.space
+    assert len(space) == len(UPSTREAM_DEIT3_S_L_DPT_FLOPS) == 134
+    upstream = {sid: UPSTREAM_DEIT3_S_L_DPT_FLOPS[upstream_stitch_id(space, sid)] / 1e9 for sid in space.ids}
+    ours = {sid: table.gflops[sid] for sid in space.ids}
+    assert ours == pytest.approx(upstream, abs=0.01)
+    # the one difference: upstream's model resizes its 480x640 output to 480x640 (a no-op that fvcore counts
+    # as 4 FLOPs a pixel); this model does not run it
+    resize = 4 * 480 * 640 / 1e9
+    assert ours == pytest.approx({sid: g - resize for sid, g in upstream.items()}, abs=1e-6)
 
 
 @pytest.fixture(scope="module")

@@ -1,17 +1,26 @@
 """DPT decoder (Ranftl et al., "Vision Transformers for Dense Prediction", 2021) for metric depth.
 
+Layer for layer the ``DPTHead`` of the Monocular-Depth-Estimation-Toolbox that SN-Netv2's NYUv2 config
+uses (``readout_type='project'``, ``channels=256``, ``norm_cfg=None``, ReLU); ``tests/test_dpt_model.py``
+checks parameters, outputs and FLOPs against a re-implementation of that head's layer list.
+
 The head consumes the four dense token features of a (stitched) ViT, all at one width ``C``:
 
 1. *Reassemble*: readout ``project`` (each patch token concatenated with the cls token, ``Linear(2C, C)``
    + GELU), tokens -> ``(B, C, h, w)`` map, 1x1 projection to ``post_process_channels`` and resampling by
    x4 (transposed conv), x2 (transposed conv), x1 and x1/2 (stride-2 3x3 conv).
 2. 3x3 convs (no bias) to ``features`` (256) channels.
-3. Four fusion blocks (residual conv units, x2 upsampling, 1x1 conv), coarsest first.
-4. Depth head: conv, x2 upsampling to the input size, conv, ReLU, 1x1 conv to one channel;
-   metric depth = ``ReLU(out) + min_depth``.
+3. Four fusion blocks (pre-activation residual conv units, x2 upsampling, 1x1 conv), coarsest first.
+4. ``project``: 3x3 conv (with bias) + ReLU on the fused stride-2 map.
+5. Depth head: 3x3 conv to ``features // 2``, x2 upsampling to the input size, 3x3 conv to 32, ReLU,
+   1x1 conv to one channel; metric depth = ``ReLU(out) + min_depth``.
 
-Fusion blocks upsample to the size of the next (finer) feature map rather than by a fixed x2, so grids
-with odd sides (any input whose sides are multiples of the patch size) work, square or not.
+Fusion blocks upsample to the size of the next (finer) feature map and the depth head to the input size,
+where the toolbox upsamples by a fixed x2. Both are the same function whenever the patch grid has even
+sides (480x640: 30x40, 416x544: 26x34). On a grid with an odd side the toolbox instead resizes the skip
+map to the upsampled size (``align_corners=False``) and resizes the depth map to the input at the end;
+this head keeps every map at the skip's size (``align_corners=True``), so it runs on any multiple of the
+patch size but is not the toolbox's function there.
 """
 from __future__ import annotations
 
@@ -23,6 +32,16 @@ import torch.nn.functional as F
 
 DEFAULT_POST_PROCESS_CHANNELS = (96, 192, 384, 768)
 STAGE_RESAMPLING = (4.0, 2.0, 1.0, 0.5)
+
+
+def conv_module(in_channels: int, out_channels: int, kernel_size: int, bias: bool = True) -> nn.Conv2d:
+    """A same-padded conv initialised as mmcv's ``ConvModule`` initialises the toolbox's (He normal over
+    fan-out, zero bias); the layers the toolbox builds as plain ``nn`` modules keep PyTorch's init."""
+    conv = nn.Conv2d(in_channels, out_channels, kernel_size, padding=kernel_size // 2, bias=bias)
+    nn.init.kaiming_normal_(conv.weight, mode="fan_out", nonlinearity="relu")
+    if bias:
+        nn.init.zeros_(conv.bias)
+    return conv
 
 
 class ProjectReadout(nn.Module):
@@ -59,7 +78,7 @@ class Reassemble(nn.Module):
     def __init__(self, in_channels: int, out_channels: int, factor: float):
         super().__init__()
         self.readout = ProjectReadout(in_channels)
-        self.project = nn.Conv2d(in_channels, out_channels, kernel_size=1)
+        self.project = conv_module(in_channels, out_channels, 1)
         self.resample = resampler(out_channels, factor)
 
     def forward(self, tokens: torch.Tensor, grid: Tuple[int, int], num_prefix_tokens: int) -> torch.Tensor:
@@ -70,12 +89,12 @@ class Reassemble(nn.Module):
 
 
 class ResidualConvUnit(nn.Module):
-    """``x + conv(relu(conv(relu(x))))`` with 3x3 convs; shape preserving ``(B, C, h, w)``."""
+    """Pre-activation ``x + conv(relu(conv(relu(x))))`` with bias-free 3x3 convs; ``(B, C, h, w)`` kept."""
 
     def __init__(self, channels: int):
         super().__init__()
-        self.conv1 = nn.Conv2d(channels, channels, kernel_size=3, padding=1)
-        self.conv2 = nn.Conv2d(channels, channels, kernel_size=3, padding=1)
+        self.conv1 = conv_module(channels, channels, 3, bias=False)
+        self.conv2 = conv_module(channels, channels, 3, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.conv1(F.relu(x))
@@ -92,7 +111,7 @@ class FeatureFusionBlock(nn.Module):
         super().__init__()
         self.residual1 = ResidualConvUnit(channels) if with_skip else None
         self.residual2 = ResidualConvUnit(channels)
-        self.out_conv = nn.Conv2d(channels, channels, kernel_size=1)
+        self.out_conv = conv_module(channels, channels, 1)
 
     def forward(self, x: torch.Tensor, skip: Optional[torch.Tensor], size: Tuple[int, int]) -> torch.Tensor:
         if (skip is None) != (self.residual1 is None):
@@ -107,9 +126,10 @@ class FeatureFusionBlock(nn.Module):
 class DepthOutput(nn.Module):
     """Fused map ``(B, C, h, w)`` -> metric depth ``(B, 1, H, W)`` = ``ReLU(out) + min_depth``.
 
-    The last conv starts with small weights (std 0.01, the depth toolbox's ``normal_init``) and a positive
-    bias (``init_depth``): every pixel starts where the ReLU passes gradients. A random start can put every
-    pixel below zero, where the head gets no gradient at all and predicts ``min_depth`` for ever.
+    Deliberate deviation from the toolbox (which keeps PyTorch's default init here): the last conv starts
+    with small weights (std 0.01) and a positive bias (``init_depth``), so every pixel starts where the
+    ReLU passes gradients. A default start can put every pixel below zero, where the head gets no gradient
+    at all and predicts ``min_depth`` for ever.
     """
 
     def __init__(self, channels: int, hidden: int = 32, min_depth: float = 1e-3, init_depth: float = 1.0):
@@ -117,6 +137,7 @@ class DepthOutput(nn.Module):
         self.conv1 = nn.Conv2d(channels, channels // 2, kernel_size=3, padding=1)
         self.conv2 = nn.Conv2d(channels // 2, hidden, kernel_size=3, padding=1)
         self.conv3 = nn.Conv2d(hidden, 1, kernel_size=1)
+        # deliberate deviation from the toolbox (PyTorch's default init there): a fresh head is never dead
         nn.init.normal_(self.conv3.weight, std=0.01)
         nn.init.constant_(self.conv3.bias, init_depth)
         self.min_depth = min_depth
@@ -158,12 +179,13 @@ class DPTHead(nn.Module):
             Reassemble(in_channels, c, f) for c, f in zip(self.post_process_channels, STAGE_RESAMPLING)
         )
         self.layer_rn = nn.ModuleList(
-            nn.Conv2d(c, features, kernel_size=3, padding=1, bias=False) for c in self.post_process_channels
+            conv_module(c, features, 3, bias=False) for c in self.post_process_channels
         )
         num_stages = len(STAGE_RESAMPLING)
         self.fusion = nn.ModuleList(
             FeatureFusionBlock(features, with_skip=i < num_stages - 1) for i in range(num_stages)
         )
+        self.project = nn.Sequential(conv_module(features, features, 3), nn.ReLU())
         self.output = DepthOutput(features, min_depth=min_depth)
 
     def config(self) -> Dict[str, Any]:
@@ -196,4 +218,4 @@ class DPTHead(nn.Module):
         for stage in reversed(range(len(maps))):
             target = maps[stage - 1].shape[-2:] if stage > 0 else tuple(2 * s for s in maps[0].shape[-2:])
             x = self.fusion[stage](maps[stage] if x is None else x, None if x is None else maps[stage], target)
-        return self.output(x, image_size)
+        return self.output(self.project(x), image_size)

@@ -39,6 +39,7 @@ class ModelSpec:
         anchor_overrides: extra ``VisionTransformer`` arguments per anchor (tiny test configurations).
         drop_path: stochastic depth rate per anchor.
         lora_rank: LoRA SL rank of the stitching layers (paper: 4 for depth).
+        lora_alpha: LoRA SL scaling numerator (update scaled by ``lora_alpha / lora_rank``; upstream: 1).
         out_indices: slow-anchor blocks giving the 4 dense features (default ``default_out_indices``).
         post_process_channels / features: DPT head sizes.
         min_depth / max_depth: metric depth range in metres.
@@ -49,6 +50,7 @@ class ModelSpec:
     anchor_overrides: Tuple[Dict[str, Any], Dict[str, Any]] = ({}, {})
     drop_path: Tuple[float, float] = (0.0, 0.0)
     lora_rank: int = 4
+    lora_alpha: float = 1.0
     out_indices: Optional[Tuple[int, ...]] = None
     post_process_channels: Tuple[int, ...] = DEFAULT_POST_PROCESS_CHANNELS
     features: int = 256
@@ -102,7 +104,8 @@ def build_model(spec: ModelSpec, pretrained: Sequence[Optional[str]] = (None, No
     """The SN-Net DPT model of ``spec`` with anchors loaded from the local checkpoint files ``pretrained``."""
     fast, slow = (spec.build_anchor(i, pretrained[i]) for i in range(2))
     out_indices = spec.out_indices or default_out_indices(len(slow.blocks))
-    snnet = StitchedViT(fast, slow, lora_rank=spec.lora_rank, out_indices=out_indices)
+    snnet = StitchedViT(fast, slow, lora_rank=spec.lora_rank, lora_alpha=spec.lora_alpha,
+                        out_indices=out_indices)
     return DPTDepthModel(snnet, spec.build_head(snnet.out_channels), snnet.patch_size)
 
 
@@ -131,11 +134,11 @@ def head_gflops(head: DPTHead, image_size: Tuple[int, int], patch_size: int) -> 
 def depth_flops_table(model: DPTDepthModel, image_size: Tuple[int, int], cache_dir: Optional[str] = None) -> FlopsTable:
     """GFLOPs and parameters of every stitch + DPT head at ``image_size`` (the engine's table, cached)."""
     snnet: StitchedViT = model.backbone
-    head = model.head
+    head_cost = head_gflops(model.head, image_size, snnet.patch_size)
+    head_params = sum(p.numel() for p in model.head.parameters())
     return build_flops_table(
-        snnet, image_size, mode="features",
-        head_gflops=head_gflops(head, image_size, snnet.patch_size),
-        head_params=sum(p.numel() for p in head.parameters()),
-        head_key="dpt:" + repr(sorted(head.config().items())),
+        snnet, image_size, mode="features", head_gflops=head_cost, head_params=head_params,
+        # keyed by the head's cost, not its arguments: a cached table never outlives a change of head layers
+        head_key=f"dpt-p{head_params}-g{head_cost:.6f}",
         cache_dir=cache_dir,
     )
