@@ -10,7 +10,7 @@
    over the whole SN-Net) vs the same network trained alone (the exported stitch + DPT head), as a ratio.
 
     python benchmarks/bench_dpt.py [--latency-stitches 8] [--repeats 3] [--train-size 224 288] \
-        [--output-dir output/bench_dpt]
+        [--sections [latency] [train]] [--output-dir output/bench_dpt]
 """
 from __future__ import annotations
 
@@ -30,6 +30,7 @@ from projects.snnet_dpt.export import export_depth_model  # noqa: E402
 from projects.snnet_dpt.loss import SILogLoss  # noqa: E402
 from projects.snnet_dpt.model import DPTDepthModel, ModelSpec, build_model, depth_flops_table  # noqa: E402
 from snnet_core import ResourceConstrainedSampler, build_flops_table  # noqa: E402
+from snnet_core.atomic_io import write_atomic  # noqa: E402
 
 PAPER_SETR_512 = {"DeiT3-S": 32.0, "DeiT3-L": 363.0}  # Table 1 FLOPs (G), SETR naive head, 512x512
 
@@ -62,12 +63,15 @@ def flops_section(model: DPTDepthModel, output_dir: str):
     space = model.backbone.space
     ids = sorted(space.ids, key=lambda i: (table.gflops[i], i))
     path = os.path.join(output_dir, "dpt_gflops_480x640.csv")
-    with open(path, "w", newline="") as f:
+
+    def write_csv(f) -> None:
         writer = csv.writer(f)
         writer.writerow(["id", "type", "route", "gflops", "backbone_gflops", "params_m"])
         for i in ids:
             writer.writerow([i, space[i].kind, space[i].route, f"{table.gflops[i]:.2f}",
                              f"{table.gflops[i] - table.head_gflops:.2f}", f"{table.params_m[i]:.1f}"])
+
+    write_atomic(path, write_csv)
     g = [table.gflops[i] for i in ids]
     print(f"{len(ids)} stitches: {min(g):.1f} - {max(g):.1f} GFLOPs (DPT head {table.head_gflops:.1f} G, "
           f"{table.head_params_m:.1f} M params, in every stitch); table: {path}")
@@ -144,8 +148,8 @@ def main() -> None:
     p.add_argument("--train-batch", type=int, default=2)
     p.add_argument("--train-stitches", type=int, default=3, help="ROS-sampled stitches to time in training")
     p.add_argument("--output-dir", default="output/bench_dpt")
-    p.add_argument("--sections", nargs="+", choices=("latency", "train"), default=("latency", "train"),
-                   help="timed sections to run after the FLOPs table")
+    p.add_argument("--sections", nargs="*", choices=("latency", "train"), default=("latency", "train"),
+                   help="timed sections to run after the FLOPs table (none: the FLOPs table only)")
     args = p.parse_args()
     os.makedirs(args.output_dir, exist_ok=True)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, load average {os.getloadavg()[0]:.1f}")
