@@ -5,7 +5,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from snnet_core import StitchSpace
+from snnet_core import StitchedViT, StitchSpace
 from snnet_core.upstream import (
     convert_upstream_state_dict,
     load_upstream_checkpoint,
@@ -317,3 +317,32 @@ def test_conversion_errors(tmp_path):
         load_upstream_checkpoint(path, target_net())
     with pytest.raises(FileNotFoundError, match="missing.pth"):
         load_upstream_checkpoint(str(tmp_path / "missing.pth"), target_net())
+
+
+def test_stitch_table_has_upstream_ids(tmp_path):
+    """``python -m snnet_core.stitch_table``: an ``upstream_id`` column, rows sortable in upstream's order."""
+    import csv
+    import json
+
+    from snnet_core import stitch_table
+
+    out = tmp_path / "table"
+    stitch_table.main(["--anchors", "deit3_small_patch16_224", "deit3_small_patch16_224", "--img-size", "32",
+                       "--mode", "features", "--sort", "upstream_id", "--output-dir", str(out)])
+    rows = json.loads((out / "stitches.json").read_text())["stitches"]
+    space = StitchSpace(12, 12)
+    assert [r["upstream_id"] for r in rows] == sorted(upstream_stitch_id(space, sid) for sid in space.ids)
+    assert all(r["upstream_id"] == upstream_stitch_id(space, r["id"]) for r in rows)
+    assert 13 not in [r["upstream_id"] for r in rows]  # upstream's dead FS config
+    with open(out / "stitches.csv", newline="") as f:
+        assert [int(r["upstream_id"]) for r in csv.DictReader(f)] == [r["upstream_id"] for r in rows]
+
+
+def test_stitch_table_upstream_id_is_empty_where_upstream_has_no_enumeration():
+    from snnet_core import build_flops_table
+    from snnet_core.stitch_table import stitch_rows
+    from tests.conftest import tiny_anchor
+
+    net = StitchedViT(tiny_anchor(**TINY_FAST), tiny_anchor(**dict(TINY_SLOW, depth=12)))  # 4/12 blocks
+    rows = stitch_rows(net, build_flops_table(net, (32, 32)), flops_step=0.001, sort="upstream_id")
+    assert len(rows) == len(net.space) and all(r["upstream_id"] is None for r in rows)
