@@ -385,6 +385,10 @@ def load_upstream_checkpoint(path: str, net: StitchedViT, upstream_layers: bool 
 
     Returns the conversion report. Raises ``FileNotFoundError``, ``RuntimeError`` for an unreadable file
     and ``ValueError`` naming the file and keys for a checkpoint that does not fit ``net``.
+
+    The LoRA update is assumed unmerged, as upstream saves it while training (mmcv's CheckpointHook runs
+    before evaluation); a file written in eval mode (e.g. mmcv ``save_best``) holds ``W + s B A`` as its
+    weight and cannot be told apart.
     """
     if not os.path.isfile(path):
         raise FileNotFoundError(f"upstream checkpoint {path!r} does not exist")
