@@ -18,7 +18,6 @@ from .upstream import (
     load_upstream_checkpoint,
     stitch_id_from_upstream,
     upstream_stitch_id,
-    use_upstream_deit3_layers,
 )
 
 __all__ = [name for name in dir() if not name.startswith("_")]

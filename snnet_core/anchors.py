@@ -11,6 +11,8 @@ from typing import Any, Dict, Mapping, Optional, Sequence, Tuple, Union
 
 import timm
 import torch
+import torch.nn as nn
+from timm.layers import Mlp
 from timm.models.vision_transformer import VisionTransformer, checkpoint_filter_fn
 
 ImageSize = Union[int, Tuple[int, int], Sequence[int]]
@@ -144,3 +146,30 @@ def check_anchor_pair(fast: VisionTransformer, slow: VisionTransformer) -> None:
             f"the fast anchor ({len(fast.blocks)} blocks) is deeper than the slow one ({len(slow.blocks)}): "
             "pass anchors as (fast/small, slow/large)"
         )
+
+
+UPSTREAM_LAYER_NORM_EPS = 1e-5  # mmcv build_norm_layer(dict(type="LN")) keeps nn.LayerNorm's default
+
+
+class ResidualFFNMlp(Mlp):
+    """timm ``Mlp`` that adds its input to its output, ``(B, N, C) -> (B, N, C)``.
+
+    SN-Netv2's depth code builds its DeiT3 layers with mmcv's ``FFN`` and calls it without an ``identity``,
+    and mmcv's FFN then adds its own input: each block computes ``x + gamma_2 * (LN2(x) + MLP(LN2(x)))``
+    instead of DeiT3's ``x + gamma_2 * MLP(LN2(x))``.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + super().forward(x)
+
+
+def use_upstream_layer_math(anchor: VisionTransformer) -> None:
+    """Make a timm DeiT3 ``anchor`` compute the layers of SN-Netv2's depth code (FFNs add their input,
+    LayerNorm eps 1e-5), in place; parameters and state-dict keys are unchanged."""
+    for block in anchor.blocks:
+        if not isinstance(block.mlp, Mlp):
+            raise TypeError(f"expected timm Mlp blocks, got {type(block.mlp).__name__}")
+        block.mlp.__class__ = ResidualFFNMlp
+    for module in anchor.modules():
+        if isinstance(module, nn.LayerNorm):
+            module.eps = UPSTREAM_LAYER_NORM_EPS

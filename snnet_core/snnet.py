@@ -7,7 +7,7 @@ import torch
 import torch.nn as nn
 from timm.models.vision_transformer import VisionTransformer
 
-from .anchors import anchor_signature, check_anchor_pair
+from .anchors import anchor_signature, check_anchor_pair, use_upstream_layer_math
 from .route import RouteOutput, RoutePlan, Tap, classify, embed_images, run_plan
 from .stitch_space import FAST, ROUTE_TYPES, SLOW, Stitch, StitchSpace, map_out_indices_to_fast
 from .stitching_layers import StitchingLayer
@@ -22,6 +22,9 @@ class StitchedViT(nn.Module):
         lora_rank: LoRA SL rank of the stitching layers (0: fully trainable layers, as SN-Netv1).
         lora_alpha: LoRA SL scale numerator; the low-rank update is scaled by ``lora_alpha / lora_rank``
             (default 1, as SN-Netv2's released code).
+        upstream_layers: compute the anchors' blocks as SN-Netv2's depth code does (its mmcv FFN adds its
+            input, LayerNorm eps 1e-5; see ``anchors.use_upstream_layer_math``) instead of DeiT3's blocks.
+            Needed to reproduce that code's outputs from its checkpoints; off by default (the paper's DeiT3).
         out_indices: the slow anchor's blocks giving dense features (e.g. (4, 11, 17, 23) for DeiT3-L);
             the fast anchor's are mapped to the same relative depth. Default: the last block only.
         route_types: route types of the space (default: the full two-way space).
@@ -39,6 +42,7 @@ class StitchedViT(nn.Module):
         out_indices: Optional[Sequence[int]] = None,
         route_types: Iterable[str] = ROUTE_TYPES,
         lora_alpha: float = 1.0,
+        upstream_layers: bool = False,
     ):
         super().__init__()
         check_anchor_pair(fast, slow)
@@ -56,6 +60,9 @@ class StitchedViT(nn.Module):
         self.out_indices = tuple(out_indices) if out_indices is not None else (depth_slow - 1,)
         self.fast_out_indices = map_out_indices_to_fast(self.out_indices, depth_fast, depth_slow)
         self.stitch_id = self.space.anchor_ids()[SLOW]
+        self.upstream_layers = False
+        if upstream_layers:
+            self.use_upstream_layers()
 
     # ----------------------------------------------------------------------------------------------
     @property
@@ -81,6 +88,12 @@ class StitchedViT(nn.Module):
         self.stitch_id = stitch.id
         return stitch
 
+    def use_upstream_layers(self) -> None:
+        """Switch both anchors to the layer math of SN-Netv2's depth code, in place (recorded in ``config()``)."""
+        for anchor in self.anchors:
+            use_upstream_layer_math(anchor)
+        self.upstream_layers = True
+
     def stitching_layer(self, direction: str, position: int) -> StitchingLayer:
         return (self.stitch_s2l if direction == "s2l" else self.stitch_l2s)[position]
 
@@ -92,6 +105,7 @@ class StitchedViT(nn.Module):
             "lora_alpha": self.lora_alpha,
             "out_indices": list(self.out_indices),
             "route_types": list(self.space.route_types),
+            "upstream_layers": self.upstream_layers,
         }
 
     # ----------------------------------------------------------------------------------------------

@@ -9,7 +9,7 @@ FSF before SFS and skip the dead FS config, so only the anchors and FS keep thei
 
 ``load_upstream_checkpoint`` reads upstream's checkpoints (depth code: mmcv, mmseg-style DeiT3 anchors;
 classification code: DeiT III anchors) into a ``StitchedViT``. Upstream's depth-code DeiT3 layer differs
-from the standard one (its FFN adds its own input; LayerNorm eps 1e-5): ``use_upstream_deit3_layers``
+from the standard one (its FFN adds its own input; LayerNorm eps 1e-5): ``StitchedViT.use_upstream_layers``
 switches a net to that math so a converted checkpoint gives upstream's outputs for every stitch.
 """
 from __future__ import annotations
@@ -25,7 +25,6 @@ from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from timm.layers import Mlp
 
 from .snnet import StitchedViT
 from .stitch_space import FAST, SLOW, Link, Segment, StitchSpace
@@ -162,7 +161,6 @@ _ANCHOR_RENAMES = (  # (pattern on the key after "anchors.k.", replacement)
 _LORA_RENAMES = {"weight": "weight", "bias": "bias", "lora_A": "lora_down", "lora_B": "lora_up"}
 _STITCH_KEY = re.compile(r"stitch_layers\.([01])\.(\d+)\.transform\.(weight|bias|lora_A|lora_B)")
 _ANCHOR_KEY = re.compile(r"anchors\.([01])\.(.+)")
-MMSEG_LAYER_NORM_EPS = 1e-5  # mmcv build_norm_layer(dict(type='LN')) keeps nn.LayerNorm's default
 
 
 @dataclasses.dataclass
@@ -345,33 +343,6 @@ def _pos_embed_grid(anchor: nn.Module, index: int, source: str) -> Tuple[int, in
     return grid
 
 
-class MmcvFFNMlp(Mlp):
-    """timm ``Mlp`` that adds its input to its output, ``(B, N, C) -> (B, N, C)``.
-
-    Upstream's mmseg-style DeiT3 layer calls mmcv's ``FFN`` without an ``identity`` argument, and mmcv's
-    FFN then adds its own input, so each block computes ``x + gamma_2 * (LN2(x) + MLP(LN2(x)))``.
-    """
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x + super().forward(x)
-
-
-def use_upstream_deit3_layers(net: StitchedViT) -> None:
-    """Make ``net``'s anchors compute upstream's mmseg DeiT3 layers (needed to reproduce the outputs of a
-    checkpoint trained by upstream's depth code): FFNs add their input and LayerNorms use eps 1e-5.
-
-    Parameters and state-dict keys are unchanged (so is ``net.config()``): re-apply after rebuilding.
-    """
-    for anchor in net.anchors:
-        for block in anchor.blocks:
-            if not isinstance(block.mlp, Mlp):
-                raise TypeError(f"expected timm Mlp blocks, got {type(block.mlp).__name__}")
-            block.mlp.__class__ = MmcvFFNMlp
-        for module in anchor.modules():
-            if isinstance(module, nn.LayerNorm):
-                module.eps = MMSEG_LAYER_NORM_EPS
-
-
 def load_upstream_checkpoint(path: str, net: StitchedViT, upstream_layers: bool = True) -> UpstreamConversion:
     """Load an upstream SN-Netv2 checkpoint file into ``net`` (see ``convert_upstream_state_dict``).
 
@@ -381,7 +352,8 @@ def load_upstream_checkpoint(path: str, net: StitchedViT, upstream_layers: bool 
             stores as ``args``, is the one extra type allowed).
         net: the target SN-Net.
         upstream_layers: for depth-code (mmseg layout) checkpoints, also switch the anchors to upstream's
-            layer math (``use_upstream_deit3_layers``) so that every stitch reproduces upstream's outputs.
+            layer math (``StitchedViT.use_upstream_layers``, recorded in ``net.config()``) so that every stitch
+            reproduces upstream's outputs.
 
     Returns the conversion report. Raises ``FileNotFoundError``, ``RuntimeError`` for an unreadable file
     and ``ValueError`` naming the file and keys for a checkpoint that does not fit ``net``.
@@ -402,5 +374,5 @@ def load_upstream_checkpoint(path: str, net: StitchedViT, upstream_layers: bool 
     state, report = convert_upstream_state_dict(checkpoint, net, source=f"upstream checkpoint {path!r}")
     net.load_state_dict(state, strict=False)
     if upstream_layers and report.layout == MMSEG:
-        use_upstream_deit3_layers(net)
+        net.use_upstream_layers()
     return report

@@ -5,7 +5,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from snnet_core import StitchedViT, StitchSpace
+from snnet_core import StitchedViT, StitchSpace, load_snnet, save_snnet
 from snnet_core.upstream import (
     convert_upstream_state_dict,
     load_upstream_checkpoint,
@@ -245,6 +245,15 @@ def test_upstream_checkpoint_reproduces_upstream_forward_for_every_stitch(tmp_pa
     assert sorted(report.kept) == sorted(f"anchors.{a}.norm.{p}" for a in (0, 1) for p in ("weight", "bias"))
     images = torch.randn(2, 3, NET_SIZE, NET_SIZE, generator=torch.Generator().manual_seed(3))
     assert_net_matches_reference(net, state, images)
+    # the switch is part of the architecture: saved with the net, and a standard-layer net refuses the file
+    assert net.config()["upstream_layers"] is True
+    save_snnet(str(tmp_path / "converted.pth"), net)
+    rebuilt = target_net()
+    with pytest.raises(RuntimeError, match="upstream_layers: checkpoint True vs model False"):
+        load_snnet(str(tmp_path / "converted.pth"), rebuilt)
+    rebuilt.use_upstream_layers()
+    load_snnet(str(tmp_path / "converted.pth"), rebuilt)
+    assert_net_matches_reference(rebuilt, state, images)
 
 
 def test_converted_weights_run_the_standard_deit3_layer_without_upstream_layers(tmp_path):
