@@ -13,7 +13,7 @@ import dataclasses
 import json
 import logging
 import os
-from typing import Any, Dict, Iterable, List, Optional, Sequence
+from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -31,58 +31,99 @@ from .model import DPTDepthModel, ModelSpec
 
 logger = logging.getLogger(__name__)
 CHECKPOINT_NAME = "checkpoint_last.pth"
-NO_DECAY_NAMES = ("pos_embed", "cls_token", "reg_token")
-NORM_TYPES = (nn.LayerNorm, nn.GroupNorm, nn.BatchNorm2d)
 
 
 @dataclasses.dataclass
 class TrainRecipe:
-    """Optimisation settings; stored in the checkpoint and checked on resume.
+    """Everything that shapes the training trajectory; stored in the checkpoint and checked on resume.
 
-    ``batch_size`` is the total over all processes. ``lr`` is the peak learning rate of the DPT head and
-    the stitching layers; the anchors' blocks and embeddings get ``lr * backbone_lr_mult``.
+    Built from a config by ``recipe_from_config`` (the values and their sources live in
+    ``projects/snnet_dpt/configs/dpt_snnetv2_deit3_s_l_nyu.py``). ``batch_size`` is the total over all
+    processes; ``lr`` the peak learning rate before the multipliers of ``param_rules``.
+
+    Attributes:
+        param_rules: ``{substring: {"lr_mult": m, "decay_mult": d}}`` with mmcv's ``custom_keys`` semantics
+            (see ``match_param_rule``); parameters matching no key get ``lr`` and ``weight_decay``.
+        shared_max_lr: True: every group follows the one OneCycle curve of ``lr`` (mmcv's
+            ``OneCycleLrUpdaterHook`` with a scalar ``max_lr``, which overwrites the groups' ``lr_mult``);
+            False: each group peaks at its own ``lr * lr_mult``.
+        pct_start, div_factor, final_div_factor: OneCycle warm-up share, ``max/initial`` and ``initial/final``.
+        base_momentum, max_momentum: AdamW's beta1 runs ``max -> base`` during the warm-up and back after it.
+        augmentation: keyword arguments of ``TrainAugmentation``.
     """
 
-    epochs: int = 24
-    batch_size: int = 16
-    lr: float = 2e-5
-    backbone_lr_mult: float = 0.1
-    weight_decay: float = 0.01
-    clip_grad: float = 1.0
-    flops_step: float = 10.0
-    warmup_iters: int = 100
-    seed: int = 0
+    epochs: int
+    batch_size: int
+    lr: float
+    betas: Tuple[float, float]
+    eps: float
+    weight_decay: float
+    param_rules: Dict[str, Dict[str, float]]
+    clip_grad: float
+    shared_max_lr: bool
+    pct_start: float
+    div_factor: float
+    final_div_factor: float
+    base_momentum: float
+    max_momentum: float
+    flops_step: float
+    warmup_iters: int
+    ls_init_images: int
+    amp: bool
+    seed: int
+    augmentation: Dict[str, Any]
     world_size: int = 1
 
+    def to_dict(self) -> Dict[str, Any]:
+        """Primitives only (lists/dicts/str/numbers): safe in a ``weights_only`` checkpoint."""
+        return json.loads(json.dumps(dataclasses.asdict(self)))
 
-def param_groups(model: DPTDepthModel, lr: float, weight_decay: float, backbone_lr_mult: float) -> List[Dict[str, Any]]:
-    """AdamW groups: anchors at ``lr * backbone_lr_mult``, stitching layers and head at ``lr``; no weight
-    decay on position embeddings, cls tokens and normalisation layers. Frozen parameters (the LS weights of
+
+def match_param_rule(name: str, rules: Mapping[str, Any]) -> Optional[str]:
+    """The key of ``rules`` that decides parameter ``name``, as mmcv's ``DefaultOptimizerConstructor`` picks
+    ``custom_keys``: the longest key that is a substring of the name (ties: alphabetical); None if none."""
+    for key in sorted(sorted(rules), key=len, reverse=True):
+        if key in name:
+            return key
+    return None
+
+
+def param_groups(model: nn.Module, lr: float, weight_decay: float,
+                 param_rules: Mapping[str, Mapping[str, float]]) -> List[Dict[str, Any]]:
+    """AdamW groups, one per rule key that matches a parameter (plus ``"default"``): ``lr * lr_mult`` and
+    ``weight_decay * decay_mult`` of the key ``match_param_rule`` picks. Frozen parameters (the LS weights of
     LoRA stitching layers) are left out."""
-    no_decay = {id(p) for m in model.modules() if isinstance(m, NORM_TYPES) for p in m.parameters()}
-    groups: Dict[tuple, List[nn.Parameter]] = {}
+    for key, rule in param_rules.items():
+        extra = set(rule) - {"lr_mult", "decay_mult"}
+        if extra:
+            raise ValueError(f"optimizer.param_rules[{key!r}] has unknown fields {sorted(extra)}: a rule holds "
+                             "lr_mult and/or decay_mult")
+    groups: Dict[str, List[nn.Parameter]] = {}
     for name, p in model.named_parameters():
-        if not p.requires_grad:
-            continue
-        backbone = name.startswith("backbone.anchors.")
-        decay = id(p) not in no_decay and not name.endswith(NO_DECAY_NAMES)
-        groups.setdefault((backbone, decay), []).append(p)
+        if p.requires_grad:
+            groups.setdefault(match_param_rule(name, param_rules) or "default", []).append(p)
     return [
-        {"name": f"{'anchors' if backbone else 'stitching+head'}{'' if decay else '/no_decay'}", "params": params,
-         "lr": lr * (backbone_lr_mult if backbone else 1.0), "weight_decay": weight_decay if decay else 0.0}
-        for (backbone, decay), params in sorted(groups.items(), key=lambda kv: (not kv[0][0], not kv[0][1]))
+        {"name": key, "params": params,
+         "lr": lr * float(param_rules.get(key, {}).get("lr_mult", 1.0)),
+         "weight_decay": weight_decay * float(param_rules.get(key, {}).get("decay_mult", 1.0))}
+        for key, params in sorted(groups.items())
     ]
 
 
-def build_optimizer(model: DPTDepthModel, recipe: TrainRecipe) -> torch.optim.AdamW:
-    return torch.optim.AdamW(param_groups(model, recipe.lr, recipe.weight_decay, recipe.backbone_lr_mult))
+def build_optimizer(model: nn.Module, recipe: TrainRecipe) -> torch.optim.AdamW:
+    return torch.optim.AdamW(param_groups(model, recipe.lr, recipe.weight_decay, recipe.param_rules),
+                             betas=tuple(recipe.betas), eps=recipe.eps)
 
 
-def build_scheduler(optimizer: torch.optim.Optimizer, total_steps: int) -> torch.optim.lr_scheduler.OneCycleLR:
-    """OneCycle over the whole run (mmcv/toolbox defaults: 30% warm-up, div 25, final div 100, cosine)."""
+def build_scheduler(optimizer: torch.optim.Optimizer, recipe: TrainRecipe,
+                    total_steps: int) -> torch.optim.lr_scheduler.OneCycleLR:
+    """OneCycle learning rate (cosine) and AdamW beta1 over ``total_steps`` iterations, as mmcv's
+    ``OneCycleLrUpdaterHook`` + ``OneCycleMomentumUpdaterHook`` (same phase boundaries and annealing)."""
+    max_lr = [recipe.lr if recipe.shared_max_lr else g["lr"] for g in optimizer.param_groups]
     return torch.optim.lr_scheduler.OneCycleLR(
-        optimizer, max_lr=[g["lr"] for g in optimizer.param_groups], total_steps=total_steps,
-        pct_start=0.3, div_factor=25.0, final_div_factor=100.0,
+        optimizer, max_lr=max_lr, total_steps=total_steps, pct_start=recipe.pct_start, anneal_strategy="cos",
+        div_factor=recipe.div_factor, final_div_factor=recipe.final_div_factor, cycle_momentum=True,
+        base_momentum=recipe.base_momentum, max_momentum=recipe.max_momentum,
     )
 
 
@@ -116,8 +157,8 @@ def train_one_epoch(
 ) -> Dict[str, float]:
     """One epoch; each iteration trains the stitch ``sampler.sample(iteration)`` (the same on every rank).
 
-    Appends one JSON line per iteration (stitch, loss, lr) to ``log_path``. Returns ``{"iteration": next
-    iteration, "mean_loss": ...}``.
+    Appends one JSON line per iteration (stitch, loss, learning rate per group) to ``log_path``. Returns
+    ``{"iteration": next iteration, "mean_loss": ...}``.
     """
     model.train()
     params = [p for g in optimizer.param_groups for p in g["params"]]
@@ -133,7 +174,7 @@ def train_one_epoch(
             loss = loss_fn(pred.float(), depths, iteration)
             if not torch.isfinite(loss):
                 raise FloatingPointError(f"loss is {loss.item()} at iteration {iteration} (stitch {stitch_id})")
-            lr = optimizer.param_groups[-1]["lr"]  # this step's (head) learning rate
+            lrs = {g["name"]: g["lr"] for g in optimizer.param_groups}  # this step's learning rates
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
             if recipe.clip_grad > 0:
@@ -144,7 +185,7 @@ def train_one_epoch(
             scheduler.step()
             losses.append(loss.item())
             log.write(json.dumps({"epoch": epoch, "iter": iteration, "stitch": stitch_id, "loss": losses[-1],
-                                  "lr": lr}) + "\n")
+                                  "lr": lrs}) + "\n")
             iteration += 1
     return {"iteration": iteration, "mean_loss": float(np.mean(losses))}
 
@@ -220,7 +261,7 @@ def save_checkpoint(path: str, model: DPTDepthModel, spec: ModelSpec, recipe: Tr
                     scaler, sampler, epoch: int, iteration: int) -> None:
     """Everything needed to resume after ``epoch`` (completed epochs) / ``iteration`` (completed steps)."""
     save_snnet(path, model.backbone, extra={
-        "spec": spec.to_dict(), "recipe": dataclasses.asdict(recipe), "head": model.head.state_dict(),
+        "spec": spec.to_dict(), "recipe": recipe.to_dict(), "head": model.head.state_dict(),
         "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
         "sampler": sampler.state_dict(), "epoch": epoch, "iteration": iteration,
     })
@@ -250,7 +291,7 @@ def check_resumable(state: Dict[str, Any], spec: ModelSpec, recipe: TrainRecipe)
     saved_spec, saved_recipe = state["spec"], state["recipe"]
     diffs = [f"{k}: checkpoint {saved_spec.get(k)} vs now {v}" for k, v in spec.to_dict().items()
              if saved_spec.get(k) != v]
-    diffs += [f"{k}: checkpoint {saved_recipe.get(k)} vs now {v}" for k, v in dataclasses.asdict(recipe).items()
+    diffs += [f"{k}: checkpoint {saved_recipe.get(k)} vs now {v}" for k, v in recipe.to_dict().items()
               if k != "world_size" and saved_recipe.get(k) != v]
     if diffs:
         raise ValueError("cannot resume: the run was started with other settings (" + "; ".join(diffs) + ")")
