@@ -1,8 +1,8 @@
 """Anchors: timm ``VisionTransformer`` models built by name and loaded from local checkpoint files.
 
 Nothing here touches the network: ``pretrained`` is a path on disk (timm ``.safetensors``/``.pth``, or the
-official DeiT3 ``.pth`` holding ``{'model': state_dict}``). Position embeddings are resampled to the
-task's input size by timm's checkpoint filter (square or not).
+official DeiT3 ``.pth`` holding ``{'model': state_dict}``). The position-embedding table stays at the grid
+the anchor is built for and is resampled to each input's grid at run time (``snnet_core.route``).
 """
 from __future__ import annotations
 
@@ -34,12 +34,15 @@ def build_anchor(
     drop_path_rate: float = 0.0,
     **overrides: Any,
 ) -> VisionTransformer:
-    """Build a timm ViT by name (e.g. ``"deit3_small_patch16_224"``) for a task's input size.
+    """Build a timm ViT by name (e.g. ``"deit3_small_patch16_224"``).
 
     Args:
         model_name: a timm ``VisionTransformer`` model name.
-        img_size: task input size ``H`` or ``(H, W)``; the position embeddings are built (and resampled
-            from the checkpoint) for this grid. Other sizes still run (``dynamic_img_size``).
+        img_size: ``H`` or ``(H, W)`` of the grid the position-embedding table is stored (and trained) at.
+            Keep the checkpoint's pretraining size (224 for DeiT3), as SN-Netv2's code and detectron2's ViTDet
+            do: any input size runs, the table being resampled at every forward
+            (``snnet_core.route.resample_position_table``). A different size resamples the checkpoint's
+            table once, at load (timm's filter), and trains that larger table instead.
         pretrained: optional path of a local checkpoint. ``None`` keeps the random initialisation.
         num_classes: classifier classes (0: no classifier, for backbones).
         class_token: keep the cls token (needed for DPT readout; ViTDet drops it).

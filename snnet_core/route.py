@@ -10,6 +10,7 @@ from typing import Dict, List, Optional, Tuple
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 from timm.models.vision_transformer import VisionTransformer
 
 
@@ -74,8 +75,33 @@ def tokens_to_map(tokens: torch.Tensor, grid: Tuple[int, int], num_prefix_tokens
     return tokens[:, num_prefix_tokens:].transpose(1, 2).reshape(b, c, h, w)
 
 
+def resample_position_table(anchor: VisionTransformer, grid: Tuple[int, int]) -> torch.Tensor:
+    """``anchor.pos_embed`` for a ``grid = (H, W)`` patch grid: ``(1, P_pos + H*W, C)``.
+
+    The table is a parameter at the grid the anchor was built for (its pretraining grid, e.g. 14x14 for a
+    224 DeiT3) and is resampled at every forward whose grid differs, bicubic with ``align_corners=False`` and
+    no antialiasing: what SN-Netv2's mmseg-style DeiT3 and detectron2's ViTDet (``get_abs_pos``) both do.
+    (timm's own dynamic resampling antialiases, which for bicubic also changes the kernel: up to 0.3 apart
+    from the above on a unit-scale table.) ``P_pos`` is the number of prefix-token entries the table holds
+    (0 for DeiT3, whose cls token has no position embedding).
+    """
+    pos = anchor.pos_embed
+    stored = tuple(int(g) for g in anchor.patch_embed.grid_size)
+    if tuple(grid) == stored:
+        return pos
+    prefix = 0 if anchor.no_embed_class else anchor.num_prefix_tokens
+    dim = pos.shape[-1]
+    table = pos[:, prefix:].reshape(1, *stored, dim).permute(0, 3, 1, 2)
+    table = F.interpolate(table, size=tuple(grid), mode="bicubic", align_corners=False)
+    return torch.cat([pos[:, :prefix], table.permute(0, 2, 3, 1).reshape(1, -1, dim)], dim=1)
+
+
 def embed_images(anchor: VisionTransformer, images: torch.Tensor) -> Tuple[torch.Tensor, Tuple[int, int]]:
-    """Patch-embed ``images`` ``(B, 3, H_img, W_img)`` with ``anchor``: tokens ``(B, P + H*W, C)``, grid."""
+    """Patch-embed ``images`` ``(B, 3, H_img, W_img)`` with ``anchor``: tokens ``(B, P + H*W, C)``, grid.
+
+    Prefix tokens (cls, registers) and the position embedding (``resample_position_table``) are added as
+    timm's ``VisionTransformer`` does for the anchor's layout (DeiT3: position embedding on patch tokens only).
+    """
     if images.dim() != 4 or images.shape[1] != anchor.patch_embed.proj.in_channels:
         raise ValueError(
             f"expected images (B, {anchor.patch_embed.proj.in_channels}, H, W), got {tuple(images.shape)}"
@@ -83,9 +109,17 @@ def embed_images(anchor: VisionTransformer, images: torch.Tensor) -> Tuple[torch
     x = anchor.patch_embed(images)
     if x.dim() == 4:  # dynamic_img_size: (B, H, W, C)
         grid = (int(x.shape[1]), int(x.shape[2]))
+        x = x.flatten(1, 2)
     else:
         grid = tuple(int(g) for g in anchor.patch_embed.grid_size)
-    x = anchor._pos_embed(x)
+    prefix = [t.expand(x.shape[0], -1, -1) for t in (anchor.cls_token, anchor.reg_token) if t is not None]
+    if anchor.pos_embed is None:
+        x = torch.cat(prefix + [x], dim=1)
+    elif anchor.no_embed_class:
+        x = torch.cat(prefix + [x + resample_position_table(anchor, grid)], dim=1)
+    else:
+        x = torch.cat(prefix + [x], dim=1) + resample_position_table(anchor, grid)
+    x = anchor.pos_drop(x)
     x = anchor.patch_drop(x)
     x = anchor.norm_pre(x)
     return x, grid

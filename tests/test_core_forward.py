@@ -33,6 +33,26 @@ def test_anchor_stitches_reproduce_timm_exactly():
         torch.testing.assert_close(feat, blocks[idx], rtol=0, atol=0)
 
 
+def test_position_table_is_resampled_per_forward_as_detectron2_and_upstream_do():
+    """The table stays a parameter at its built grid; other grids get it bicubic, align_corners=False, without
+    antialiasing (detectron2's ``get_abs_pos``, SN-Netv2's mmseg DeiT3), and its gradient reaches the table."""
+    from detectron2.modeling.backbone.utils import get_abs_pos
+
+    anchor = tiny_anchor(img_size=64)  # 4x4 table (DeiT3: no cls entry)
+    with torch.no_grad():
+        anchor.pos_embed.normal_()
+    images = torch.randn(2, 3, 96, 160)  # 6x10 grid
+    tokens, grid = embed_images(anchor, images)
+    expected_pos = get_abs_pos(anchor.pos_embed, False, grid).reshape(1, 60, -1)
+    patches = anchor.patch_embed(images).flatten(1, 2)
+    torch.testing.assert_close(tokens[:, 1:], patches + expected_pos)
+    torch.testing.assert_close(tokens[:, :1], anchor.cls_token.expand(2, -1, -1))
+    timm_tokens = anchor._pos_embed(anchor.patch_embed(images))  # timm's antialiased resampling differs
+    assert (timm_tokens - tokens).abs().max() > 0.05
+    tokens.sum().backward()
+    assert anchor.pos_embed.grad is not None and anchor.pos_embed.grad.shape == (1, 16, 32)
+
+
 def test_fast_features_go_through_their_small_to_large_layer(snnet):
     x = torch.randn(2, 3, 32, 32)
     blocks = snnet.anchor_block_outputs(x, FAST)
