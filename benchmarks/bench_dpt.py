@@ -25,10 +25,11 @@ from typing import Callable, List, Sequence
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from projects.snnet_dpt.engine import TrainRecipe, build_optimizer  # noqa: E402
+from projects.snnet_dpt.engine import build_optimizer  # noqa: E402
 from projects.snnet_dpt.export import export_depth_model  # noqa: E402
 from projects.snnet_dpt.loss import SILogLoss  # noqa: E402
 from projects.snnet_dpt.model import DPTDepthModel, ModelSpec, build_model, depth_flops_table  # noqa: E402
+from projects.snnet_dpt.train import DEFAULT_CONFIG, load_config, recipe_from_config  # noqa: E402
 from snnet_core import ResourceConstrainedSampler, build_flops_table  # noqa: E402
 from snnet_core.atomic_io import write_atomic  # noqa: E402
 
@@ -123,14 +124,14 @@ def training_section(model: DPTDepthModel, table, size, batch: int, samples: int
     images = torch.randn(batch, 3, *size)
     depths = torch.rand(batch, 1, *size) * 9 + 0.5
     loss_fn = SILogLoss()
-    recipe = TrainRecipe(lr=1e-5)
+    recipe = recipe_from_config(load_config(DEFAULT_CONFIG, []))  # the paper recipe's optimizer groups
     snnet_model = model.train()
     snnet_opt = build_optimizer(snnet_model, recipe)
     ratios = []
     for sid in stitches:
         snnet_model.backbone.set_stitch(sid)
         alone_model = export_depth_model(model, sid).train()
-        alone_opt = torch.optim.AdamW(alone_model.parameters(), lr=1e-5)
+        alone_opt = torch.optim.AdamW(alone_model.parameters(), lr=recipe.lr)
         inside, alone = median_seconds([lambda: train_step(snnet_model, snnet_opt, images, depths, loss_fn),
                                         lambda: train_step(alone_model, alone_opt, images, depths, loss_fn)], repeats)
         ratios.append(inside / alone)

@@ -14,7 +14,7 @@ from snnet_core import build_flops_table, count_gflops
 from snnet_core.upstream import upstream_stitch_id
 
 TINY_SPEC = dict(
-    img_size=(64, 80), lora_rank=2, features=32, post_process_channels=(16, 32, 64, 128),
+    pos_embed_size=(64, 80), lora_rank=2, features=32, post_process_channels=(16, 32, 64, 128),
     anchor_overrides=({"embed_dim": 32, "depth": 4, "num_heads": 2}, {"embed_dim": 48, "depth": 8, "num_heads": 3}),
 )
 
@@ -315,3 +315,26 @@ def test_exported_stitch_loads_and_predicts_without_the_snnet(tiny_model, tmp_pa
         load_exported_model(str(tmp_path / "other.pth"))
     with pytest.raises(FileNotFoundError):
         load_exported_model(str(tmp_path / "missing.pth"))
+
+
+def test_upstream_layer_math_is_part_of_the_spec_and_survives_export(tmp_path):
+    """``upstream_layers=True`` (SN-Netv2 depth code's blocks) changes the outputs, is stored with the spec and
+    is rebuilt by ``load_exported_model``."""
+    torch.manual_seed(0)
+    standard = build_model(ModelSpec(**TINY_SPEC)).eval()
+    with torch.no_grad():  # LayerScale starts at 1e-6 in timm's DeiT3, which would hide the blocks' math
+        for name, p in standard.named_parameters():
+            if name.endswith(".gamma"):
+                p.fill_(1.0)
+    spec = ModelSpec(**TINY_SPEC, upstream_layers=True)
+    upstream = build_model(spec).eval()
+    upstream.load_state_dict(standard.state_dict())
+    assert upstream.backbone.config()["upstream_layers"] is True
+    x = torch.randn(1, 3, 64, 80)
+    with torch.no_grad():
+        assert (upstream.backbone(x).tokens - standard.backbone(x).tokens).abs().max() > 1e-2
+        upstream.backbone.set_stitch(11)
+        expected = upstream(x)
+    save_exported_stitch(str(tmp_path / "stitch.pth"), upstream, spec, 11)
+    with torch.no_grad():
+        torch.testing.assert_close(load_exported_model(str(tmp_path / "stitch.pth"))(x), expected)

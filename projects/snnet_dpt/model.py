@@ -12,6 +12,7 @@ import torch
 import torch.nn as nn
 
 from snnet_core import FlopsTable, StitchedViT, build_anchor, build_flops_table, count_gflops
+from snnet_core.anchors import use_upstream_layer_math
 
 from .head import DEFAULT_POST_PROCESS_CHANNELS, DPTHead
 
@@ -34,23 +35,27 @@ class ModelSpec:
 
     Attributes:
         anchors: timm names of the (fast, slow) anchors, e.g. DeiT3-S and DeiT3-L.
-        img_size: ``(H, W)`` the position embeddings are built for (the evaluation size, 480x640); other
-            sizes (training crops) run through timm's dynamic position-embedding resampling.
+        pos_embed_size: ``(H, W)`` image size whose patch grid the position-embedding table is stored and
+            trained at: the checkpoints' 224 (a 14x14 table, as upstream's DeiT3 keeps it); every input size
+            (training crops, the 480x640 evaluation) gets it resampled at each forward.
         anchor_overrides: extra ``VisionTransformer`` arguments per anchor (tiny test configurations).
         drop_path: stochastic depth rate per anchor.
         lora_rank: LoRA SL rank of the stitching layers (paper: 4 for depth).
         lora_alpha: LoRA SL scaling numerator (update scaled by ``lora_alpha / lora_rank``; upstream: 1).
+        upstream_layers: anchors compute the layers of SN-Netv2's depth code (``StitchedViT(upstream_layers)``)
+            instead of standard DeiT3 blocks.
         out_indices: slow-anchor blocks giving the 4 dense features (default ``default_out_indices``).
         post_process_channels / features: DPT head sizes.
         min_depth / max_depth: metric depth range in metres.
     """
 
     anchors: Tuple[str, str] = ("deit3_small_patch16_224", "deit3_large_patch16_224")
-    img_size: Tuple[int, int] = (480, 640)
+    pos_embed_size: Tuple[int, int] = (224, 224)
     anchor_overrides: Tuple[Dict[str, Any], Dict[str, Any]] = ({}, {})
     drop_path: Tuple[float, float] = (0.0, 0.0)
     lora_rank: int = 4
     lora_alpha: float = 1.0
+    upstream_layers: bool = False
     out_indices: Optional[Tuple[int, ...]] = None
     post_process_channels: Tuple[int, ...] = DEFAULT_POST_PROCESS_CHANNELS
     features: int = 256
@@ -75,7 +80,10 @@ class ModelSpec:
         """Anchor ``which`` (0 fast, 1 slow) as a timm ViT; ``extra`` overrides the stored overrides."""
         overrides = dict(self.anchor_overrides[which], **extra)
         overrides.setdefault("drop_path_rate", self.drop_path[which])
-        return build_anchor(self.anchors[which], img_size=self.img_size, pretrained=pretrained, **overrides)
+        anchor = build_anchor(self.anchors[which], img_size=self.pos_embed_size, pretrained=pretrained, **overrides)
+        if self.upstream_layers:
+            use_upstream_layer_math(anchor)
+        return anchor
 
     def build_head(self, in_channels: int) -> DPTHead:
         return DPTHead(in_channels, self.post_process_channels, self.features, self.min_depth, self.max_depth)
@@ -105,7 +113,7 @@ def build_model(spec: ModelSpec, pretrained: Sequence[Optional[str]] = (None, No
     fast, slow = (spec.build_anchor(i, pretrained[i]) for i in range(2))
     out_indices = spec.out_indices or default_out_indices(len(slow.blocks))
     snnet = StitchedViT(fast, slow, lora_rank=spec.lora_rank, lora_alpha=spec.lora_alpha,
-                        out_indices=out_indices)
+                        out_indices=out_indices, upstream_layers=spec.upstream_layers)
     return DPTDepthModel(snnet, spec.build_head(snnet.out_channels), snnet.patch_size)
 
 

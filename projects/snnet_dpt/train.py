@@ -88,9 +88,8 @@ def load_config(path: str, overrides: Sequence[str]) -> Dict[str, Any]:
 
 
 def model_spec(cfg: Dict[str, Any]) -> ModelSpec:
-    """The ``ModelSpec`` of ``cfg["model"]`` (all its keys but ``pretrained``) at the evaluation size."""
-    fields = {k: v for k, v in cfg["model"].items() if k != "pretrained"}
-    return ModelSpec.from_dict(dict(fields, img_size=cfg["dataloader"]["eval_size"]))
+    """The ``ModelSpec`` of ``cfg["model"]`` (all its keys but ``pretrained``)."""
+    return ModelSpec.from_dict({k: v for k, v in cfg["model"].items() if k != "pretrained"})
 
 
 def recipe_from_config(cfg: Dict[str, Any], world_size: int = 1) -> TrainRecipe:

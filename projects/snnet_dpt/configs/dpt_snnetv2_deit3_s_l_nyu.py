@@ -12,6 +12,8 @@ model = dict(
         "ckpt/deit_3_large_224_21k.pth",  # project: local path, the official DeiT3 release's file name
     ),
     anchor_overrides=({}, {}),  # project: extra timm VisionTransformer arguments per anchor (none)
+    pos_embed_size=(224, 224),  # upstream deit3.py img_size=224: 14x14 table, resized at every forward
+    upstream_layers=False,  # paper Sec. 5.3: DeiT3 blocks (True: upstream deit3.py's mmcv FFN adds its input, LN eps 1e-5)
     drop_path=(0.0, 0.0),  # upstream deit3.py: drop_path_rate 0 (the config sets none)
     lora_rank=4,  # paper Sec. 5.3: rank 4 (upstream config: lora_r=16)
     lora_alpha=1.0,  # upstream lora.py: Linear(lora_alpha=1), update scaled by alpha / rank
