@@ -1,19 +1,26 @@
-"""snnet_vitdet model side: LazyConfigs, the stitched/plain ViTDet backbones, window attention, layer decay."""
+"""snnet_vitdet model side: LazyConfigs and their sources, the stitched/plain ViTDet backbones, window
+attention, relative position bias, layer decay."""
+import ast
+import glob
+import io
 import os
+import re
+import tokenize
 from functools import partial
 
 import pytest
 import torch
+from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.config import LazyConfig, instantiate
-from detectron2.modeling.backbone.vit import get_vit_lr_decay_rate
+from detectron2.modeling.backbone.vit import ViT, get_vit_lr_decay_rate
 from detectron2.solver.build import get_default_optimizer_params
 from timm.models.vision_transformer import Attention
 
 from projects.snnet_vitdet.backbone import (
     StitchedViTDetBackbone,
     TokenGrid,
+    ViTDetAttention,
     ViTDetBackbone,
-    WindowedAttention,
     global_block_indexes,
 )
 from projects.snnet_vitdet.lr_decay import get_snnet_lr_decay_rate
@@ -30,7 +37,16 @@ def anchor(dim, depth, heads, img_size=64, **kwargs):
 
 
 def windowed_blocks(vit):
-    return [i for i, b in enumerate(vit.blocks) if isinstance(b.attn, WindowedAttention)]
+    return [i for i, b in enumerate(vit.blocks) if b.attn.window_size > 0]
+
+
+def rel_pos_tables(module):
+    return {n: p for n, p in module.named_parameters() if n.endswith(("rel_pos_h", "rel_pos_w"))}
+
+
+def randomize_rel_pos(module, std=0.5):
+    for table in rel_pos_tables(module).values():
+        torch.nn.init.normal_(table, std=std)
 
 
 # --- configs -----------------------------------------------------------------------------------------
@@ -43,21 +59,60 @@ def load_coco_config(name):
     return cfg
 
 
-def test_coco_configs_follow_the_vitdet_recipe():
+def test_coco_configs_follow_the_paper_then_vitdet():
     for name in COCO_CONFIGS:
         cfg = load_coco_config(name)
-        assert cfg.train.max_iter == 184375 and cfg.dataloader.train.total_batch_size == 64
-        assert list(cfg.lr_multiplier.scheduler.milestones) == [163889, 177546]
-        assert cfg.lr_multiplier.warmup_length * cfg.train.max_iter == pytest.approx(250)
-        assert cfg.optimizer.lr == 1e-4 and cfg.optimizer.weight_decay == 0.1 and cfg.train.amp.enabled
+        # paper Sec. 5.4: total batch 8 for 100 epochs; ViTDet's batch-64 schedule scaled by detectron2's rule
+        assert cfg.dataloader.train.total_batch_size == 8 and cfg.train.max_iter * 8 == 100 * 118000
+        assert list(cfg.lr_multiplier.scheduler.milestones) == [163889 * 8, 177546 * 8]
+        assert cfg.lr_multiplier.warmup_length * cfg.train.max_iter == pytest.approx(250 * 8)
+        assert cfg.optimizer.lr == pytest.approx(1e-4 / 8)
+        assert (cfg.train.checkpointer.period, cfg.train.eval_period) == (40000, 40000)
+        assert cfg.optimizer.weight_decay == 0.1 and tuple(cfg.optimizer.betas) == (0.9, 0.999)
+        assert cfg.optimizer.params.overrides == {"pos_embed": {"weight_decay": 0.0}} and cfg.train.amp.enabled
         scale = cfg.dataloader.train.mapper.augmentations[1]
         assert (scale.min_scale, scale.max_scale, scale.target_height) == (0.1, 2.0, 1024)
         assert cfg.dataloader.evaluator.use_fast_impl is False  # pycocotools, no compiled ops
         assert cfg.dataloader.train.dataset.names == "coco_2017_train"
+        net = cfg.model.backbone.net
+        assert (net.window_size, net.num_global, net.use_rel_pos) == (14, 4, True)  # detectron2 ViTDet
     cfg = load_coco_config("mask_rcnn_snnetv2_deit3_s_l_100ep")
     assert cfg.snnet.ros_step_gflops == 10 and cfg.snnet.ls_init_images == 100
-    assert tuple(cfg.snnet.flops_input_size) == (1024, 1024) and cfg.model.backbone.net.lora_rank == 16
-    assert (cfg.model.backbone.net.fast.drop_path_rate, cfg.model.backbone.net.slow.drop_path_rate) == (0.1, 0.4)
+    net = cfg.model.backbone.net
+    assert tuple(cfg.snnet.flops_input_size) == (1024, 1024) and (net.lora_rank, net.lora_alpha) == (16, 1.0)
+    assert (net.fast.drop_path_rate, net.slow.drop_path_rate) == (0.1, 0.4)
+    assert cfg.optimizer.params.lr_factor_func.keywords == {"num_layers": (12, 24), "lr_decay_rates": (0.7, 0.8)}
+
+
+SOURCE_COMMENT = re.compile(r"#.*(paper Sec\.|detectron2|upstream|project:)")
+RECIPE_FILES = sorted(glob.glob(os.path.join(CONFIGS, "COCO", "*.py"))
+                      + glob.glob(os.path.join(CONFIGS, "common", "*.py")))
+
+
+def values_without_source(source):
+    """Lines of the recipe values in ``source`` with no source comment: every module-level assignment, and
+    every keyword argument that is not itself a call (e.g. ``L(ViTDetBackbone)(window_size=14)``), must carry
+    a comment naming its source on one of its lines."""
+    commented = {tok.start[0] for tok in tokenize.generate_tokens(io.StringIO(source).readline)
+                 if tok.type == tokenize.COMMENT and SOURCE_COMMENT.match(tok.string)}
+    tree = ast.parse(source)
+    values = [node for node in tree.body if isinstance(node, (ast.Assign, ast.AugAssign))]
+    values += [kw for node in values for kw in ast.walk(node)
+               if isinstance(kw, ast.keyword) and not isinstance(kw.value, ast.Call)]
+    return sorted({node.lineno for node in values if commented.isdisjoint(range(node.lineno, node.end_lineno + 1))})
+
+
+def test_source_check_flags_a_value_without_source():
+    assert values_without_source("a = 1  # detectron2 ViTDet\nb = 2  # a comment\n") == [2]
+    assert values_without_source("m = L(f)(\n    x=1,  # paper Sec. 5.4\n    y=2,\n)\n") == [3]
+    assert values_without_source("m = L(f)(\n    x=L(g)(z=1),  # project: why\n)\n") == []
+
+
+@pytest.mark.parametrize("path", RECIPE_FILES, ids=os.path.basename)
+def test_every_recipe_value_names_its_source(path):
+    with open(path) as f:
+        missing = values_without_source(f.read())
+    assert not missing, f"{path}: lines {missing} set a value without a comment naming its source"
 
 
 @pytest.mark.parametrize("name", COCO_CONFIGS)
@@ -73,11 +128,17 @@ def test_coco_configs_instantiate(name):
         assert sorted(set(range(12)) - set(windowed_blocks(small))) == [2, 5, 8, 11]
         assert sorted(set(range(24)) - set(windowed_blocks(large))) == [5, 11, 17, 23]
         assert small.pos_embed.shape[1] == large.pos_embed.shape[1] == 64 * 64  # resized to 1024, no cls token
+        vits = [small, large]
     else:
         depth = len(net.vit.blocks)
         assert shape.channels == {12: 384, 24: 1024}[depth]
         assert net.vit.cls_token is None
         assert len(windowed_blocks(net.vit)) == depth - 4
+        vits = [net.vit]
+    for vit in vits:  # detectron2's table sizes: 2 * 14 - 1 in windowed blocks, 2 * 64 - 1 in global ones
+        for i, block in enumerate(vit.blocks):
+            size = 27 if i in windowed_blocks(vit) else 127
+            assert block.attn.rel_pos_h.shape == block.attn.rel_pos_w.shape == (size, 64)
     assert shape.stride == 16 and model.backbone.padding_constraints["square_size"] == 1024
     assert sorted(model.backbone.output_shape()) == ["p2", "p3", "p4", "p5", "p6"]
     cfg.optimizer.params.model = model
@@ -119,7 +180,7 @@ def test_window_attention_attends_within_windows_only():
     attn = Attention(16, num_heads=2, qkv_bias=True).eval()
     grid = TokenGrid()
     grid.hw = (4, 6)
-    windowed = WindowedAttention(attn, 2, grid).eval()
+    windowed = ViTDetAttention(attn, 2, grid).eval()
     x = torch.randn(2, 24, 16)
     out = windowed(x).view(2, 4, 6, 16)
     for r in (0, 2):
@@ -128,7 +189,8 @@ def test_window_attention_attends_within_windows_only():
             torch.testing.assert_close(out[:, r:r + 2, c:c + 2].reshape(2, 4, 16), attn(window))
     # a window covering the whole grid is global attention
     grid.hw = (4, 4)
-    torch.testing.assert_close(WindowedAttention(attn, 4, grid)(x[:, :16]), attn(x[:, :16]))
+    torch.testing.assert_close(ViTDetAttention(attn, 4, grid)(x[:, :16]), attn(x[:, :16]))
+    torch.testing.assert_close(ViTDetAttention(attn, 0, grid)(x[:, :16]), attn(x[:, :16]))
     grid.hw = (5, 5)
     with pytest.raises(RuntimeError, match="do not match the patch grid"):
         windowed(x)
@@ -137,9 +199,9 @@ def test_window_attention_attends_within_windows_only():
 def test_padded_windows_and_grid_follow_the_input():
     torch.manual_seed(0)
     vit = anchor(32, 2, 2, init_values=1.0)  # LayerScale 1: attention visibly shapes the output
-    plain = ViTDetBackbone(anchor(32, 2, 2, init_values=1.0), window_size=0)  # global attention everywhere
-    windowed = ViTDetBackbone(vit, window_size=3, num_global=1)  # 4x5 grid padded to 6x6 in block 0
-    plain.load_state_dict({k.replace("attn.attn.", "attn."): v for k, v in windowed.state_dict().items()})
+    plain = ViTDetBackbone(anchor(32, 2, 2, init_values=1.0), window_size=0, use_rel_pos=False)  # global everywhere
+    windowed = ViTDetBackbone(vit, window_size=3, num_global=1, use_rel_pos=False)  # 4x5 grid padded to 6x6 in block 0
+    plain.load_state_dict(windowed.state_dict())
     x = torch.randn(1, 3, 64, 80)
     out = windowed(x)["last_feat"]
     assert out.shape == (1, 32, 4, 5) and windowed_blocks(vit) == [0]
@@ -167,6 +229,95 @@ def test_stitched_backbone_output_for_every_stitch():
     assert all(not torch.allclose(outputs[0], outputs[i]) for i in outputs if i != 0)
     with pytest.raises(KeyError, match="unknown stitch id 99"):
         backbone.set_stitch(99)
+
+
+# --- relative position bias ------------------------------------------------------------------------
+def test_zero_rel_pos_tables_change_nothing():
+    torch.manual_seed(0)
+    kwargs = dict(window_size=2, num_global=2)
+    with_rel_pos = ViTDetBackbone(anchor(32, 4, 2, init_values=1.0), use_rel_pos=True, **kwargs).double()
+    without = ViTDetBackbone(anchor(32, 4, 2, init_values=1.0), use_rel_pos=False, **kwargs).double()
+    tables = rel_pos_tables(with_rel_pos)
+    assert len(tables) == 8 and all(not t.any() for t in tables.values())  # zero-initialised, as detectron2
+    assert without.load_state_dict(with_rel_pos.state_dict(), strict=False).unexpected_keys == sorted(tables)
+    x = torch.randn(2, 3, 64, 96, dtype=torch.float64)  # 4x6 grid: padded windows, resampled global tables
+    # float64: SDPA with a (zero) mask takes another kernel than without one, equal up to rounding
+    torch.testing.assert_close(with_rel_pos(x)["last_feat"], without(x)["last_feat"], rtol=0, atol=1e-12)
+
+
+def detectron2_vit_like(ours, img_size):
+    """detectron2's own ViT (its Attention with use_rel_pos=True) carrying the weights of ``ours``."""
+    vit = ours.vit
+    windowed = windowed_blocks(vit)
+    d2 = ViT(img_size=img_size, patch_size=16, embed_dim=vit.embed_dim, depth=len(vit.blocks),
+             num_heads=vit.blocks[0].attn.num_heads, window_size=vit.blocks[windowed[0]].attn.window_size,
+             window_block_indexes=windowed, use_rel_pos=True, pretrain_use_cls_token=False,
+             pretrain_img_size=img_size).eval()
+    state = {k[len("vit."):].replace("attn.attn.", "attn."): v for k, v in ours.state_dict().items()
+             if ".ls1." not in k and ".ls2." not in k}  # LayerScale 1 (init_values=1.0): identity
+    d2.load_state_dict(state)
+    return d2
+
+
+@pytest.mark.parametrize("image_hw,zero_abs_pos", [((80, 80), False), ((64, 96), True)])
+def test_rel_pos_attention_equals_detectron2(image_hw, zero_abs_pos):
+    torch.manual_seed(0)
+    ours = ViTDetBackbone(anchor(32, 4, 2, img_size=80, init_values=1.0), window_size=2, num_global=2).eval()
+    randomize_rel_pos(ours)  # blocks 0, 2 windowed (tables for 2x2 windows), 1, 3 global (5x5 grid)
+    if zero_abs_pos:  # at another size timm (antialiased) and detectron2 resample the absolute embeddings
+        with torch.no_grad():  # differently; the relative tables are resampled the same way (get_rel_pos)
+            ours.vit.pos_embed.zero_()
+    d2 = detectron2_vit_like(ours, img_size=80)
+    x = torch.randn(2, 3, *image_hw)
+    with torch.no_grad():
+        out, expected = ours(x)["last_feat"], d2(x)["last_feat"]
+    torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-5)
+    with torch.no_grad():  # and the tables matter
+        randomize_rel_pos(ours, std=0.1)
+        assert not torch.allclose(ours(x)["last_feat"], expected, atol=1e-3)
+
+
+def test_stitched_backbone_rel_pos_tables_per_block_of_each_anchor():
+    torch.manual_seed(0)
+    backbone = StitchedViTDetBackbone(anchor(32, 4, 2), anchor(48, 8, 3), lora_rank=4, window_size=2, num_global=2)
+    small, large = backbone.snnet.anchors
+    for vit, global_ids, head_dim in ((small, [1, 3], 16), (large, [3, 7], 16)):
+        for i, block in enumerate(vit.blocks):
+            size = 2 * 4 - 1 if i in global_ids else 2 * 2 - 1  # 4x4 grid of the 64 px anchors, 2x2 windows
+            assert block.attn.rel_pos_h.shape == block.attn.rel_pos_w.shape == (size, head_dim)
+    tables = rel_pos_tables(backbone)
+    assert len(tables) == 2 * (4 + 8) and len({t.data_ptr() for t in tables.values()}) == len(tables)
+
+    x = torch.randn(1, 3, 64, 64)
+    for stitch_id in (0, 1, 9):
+        backbone.zero_grad(set_to_none=True)
+        stitch = backbone.set_stitch(stitch_id)
+        backbone(x)["last_feat"].square().mean().backward()
+        ran = {f"snnet.anchors.{seg.anchor}.blocks.{b}." for seg in stitch.segments for b in range(seg.start, seg.end)}
+        for name, table in tables.items():
+            if name[:name.index("attn.")] in ran:
+                assert table.grad is not None and table.grad.abs().sum() > 0, (stitch.route, name)
+            else:
+                assert table.grad is None, (stitch.route, name)
+
+
+def test_rel_pos_tables_stay_zero_when_loading_checkpoints_without_them(tmp_path):
+    torch.manual_seed(0)
+    pretrained = str(tmp_path / "deit3.pth")  # a DeiT3-format classification checkpoint: no tables
+    torch.save(anchor(32, 4, 2, init_values=1.0).state_dict(), pretrained)
+    built = ViTDetBackbone(anchor(32, 4, 2, pretrained=pretrained), window_size=2, num_global=2)
+    assert all(not t.any() for t in rel_pos_tables(built).values())
+
+    detector = str(tmp_path / "model.pth")  # a detector trained without relative position
+    plain = _Detector(ViTDetBackbone(anchor(32, 4, 2, init_values=1.0), window_size=2, num_global=2,
+                                     use_rel_pos=False))
+    torch.save({"model": plain.state_dict()}, detector)
+    model = _Detector(ViTDetBackbone(anchor(32, 4, 2, init_values=1.0), window_size=2, num_global=2))
+    DetectionCheckpointer(model).load(detector)  # detectron2 logs the missing tables and leaves them at zero
+    assert all(not t.any() for t in rel_pos_tables(model).values())
+    x = torch.randn(1, 3, 64, 96)
+    with torch.no_grad():
+        torch.testing.assert_close(model.backbone.net(x)["last_feat"], plain.backbone.net(x)["last_feat"])
 
 
 # --- layer decay -------------------------------------------------------------------------------------
@@ -200,9 +351,11 @@ def test_two_anchor_layer_decay_per_parameter():
         p + "anchors.0.blocks.0.attn.attn.qkv.weight": 0.7 ** 12,
         p + "anchors.0.blocks.5.mlp.fc1.bias": 0.7 ** 7,
         p + "anchors.0.blocks.11.norm2.weight": 0.7,
+        p + "anchors.0.blocks.2.attn.rel_pos_h": 0.7 ** 10,  # tables decay with their block, as in detectron2
+        p + "anchors.1.blocks.5.attn.rel_pos_w": 0.8 ** 19,
         p + "anchors.1.patch_embed.proj.weight": 0.8 ** 25,
         p + "anchors.1.blocks.0.ls1.gamma": 0.8 ** 24,
-        p + "anchors.1.blocks.23.attn.proj.weight": 0.8,
+        p + "anchors.1.blocks.23.attn.attn.proj.weight": 0.8,
         # s2l k (after small block k) feeds large block 2k+2 -> layer 2k+3
         p + "stitch_s2l.0.lora_up": 0.8 ** 22,
         p + "stitch_s2l.4.bias": 0.8 ** 14,
@@ -219,6 +372,7 @@ def test_two_anchor_layer_decay_per_parameter():
     assert p + "stitch_s2l.0.weight" not in lr  # frozen LS solution under LoRA SL
     assert lr[p + "anchors.1.pos_embed"][1] == 0.0 and lr[p + "anchors.0.blocks.0.norm1.weight"][1] == 0.0
     assert lr[p + "anchors.0.blocks.0.mlp.fc1.weight"][1] == 0.1
+    assert lr[p + "anchors.1.blocks.5.attn.rel_pos_w"][1] == 0.1  # detectron2 ViTDet overrides pos_embed only
 
 
 def test_single_anchor_baseline_uses_vitdet_layer_decay():
@@ -226,4 +380,9 @@ def test_single_anchor_baseline_uses_vitdet_layer_decay():
                               partial(get_vit_lr_decay_rate, num_layers=12, lr_decay_rate=0.7))
     assert lr["backbone.net.vit.pos_embed"][0] == pytest.approx(0.7 ** 13)
     assert lr["backbone.net.vit.blocks.3.attn.attn.qkv.weight"][0] == pytest.approx(0.7 ** 9)
+    # relative position tables: lr and weight decay of detectron2's ViT for the same block
+    d2_rule = partial(get_vit_lr_decay_rate, num_layers=12, lr_decay_rate=0.7)
+    for block in (2, 3):
+        assert lr[f"backbone.net.vit.blocks.{block}.attn.rel_pos_h"] == (
+            pytest.approx(d2_rule(f"backbone.net.blocks.{block}.attn.rel_pos_h")), 0.1)
     assert lr["roi_heads.weight"][0] == 1.0

@@ -1,8 +1,7 @@
-# SN-Netv2 (paper Sec. 5.4): Mask R-CNN ViTDet whose backbone is every stitch of DeiT3-S and DeiT3-L,
-# trained once with resource-constrained sampling (ROS). Same recipe as the two anchor baselines
-# (mask_rcnn_vitdet_deit3_{s,l}_100ep.py); each anchor keeps its drop path, attention pattern and layer
-# decay; stitching layers are LoRA SL of rank 16, least-squares initialised on 100 training images.
-# The paper trains at a total batch of 8 for 100 epochs; this recipe keeps ViTDet's 64 x 184375.
+# SN-Netv2 (paper Sec. 5.4): Mask R-CNN ViTDet whose backbone is every stitch of DeiT3-S and DeiT3-L, trained
+# once with resource-constrained sampling (ROS). The recipe of the two anchor baselines
+# (mask_rcnn_vitdet_deit3_{s,l}_100ep.py: batch 8, 100 epochs); each anchor keeps its drop path, attention
+# pattern, relative position tables and layer decay. Every value names its source in a comment.
 from functools import partial
 
 from detectron2.config import LazyCall as L
@@ -14,23 +13,28 @@ from .mask_rcnn_vitdet_deit3_l_100ep import model as _large
 from .mask_rcnn_vitdet_deit3_s_100ep import dataloader, datasets, lr_multiplier, model, optimizer, train
 
 model.backbone.net = L(StitchedViTDetBackbone)(
-    fast=model.backbone.net.vit,  # DeiT3-S, drop path 0.1, global blocks 2, 5, 8, 11
-    slow=_large.backbone.net.vit,  # DeiT3-L, drop path 0.4, global blocks 5, 11, 17, 23
-    lora_rank=16,
-    window_size=14,
-    num_global=4,
-    out_feature="last_feat",
+    fast=model.backbone.net.vit,  # paper Sec. 5.4: DeiT3-S, as its baseline (drop path 0.1)
+    slow=_large.backbone.net.vit,  # paper Sec. 5.4: DeiT3-L, as its baseline (drop path 0.4)
+    lora_rank=16,  # paper Sec. 5.4: LoRA SL rank 16
+    lora_alpha=1.0,  # upstream lora.py Linear default lora_alpha=1 (update scaled by alpha / rank)
+    window_size=14,  # detectron2 ViTDet common/models/mask_rcnn_vitdet.py
+    num_global=4,  # detectron2 ViTDet: global blocks 2, 5, 8, 11 of S and 5, 11, 17, 23 of L
+    use_rel_pos=True,  # detectron2 ViTDet common/models/mask_rcnn_vitdet.py; each block its own zero-init tables
+    out_feature="last_feat",  # detectron2 ViTDet common/models/mask_rcnn_vitdet.py
 )
 
-# only the modules of the sampled stitch get gradients in an iteration
-train.ddp.find_unused_parameters = True
+train.ddp.find_unused_parameters = True  # project: only the modules of the sampled stitch get gradients
 
-optimizer.params.lr_factor_func = partial(get_snnet_lr_decay_rate, num_layers=(12, 24), lr_decay_rates=(0.7, 0.8))
+optimizer.params.lr_factor_func = partial(
+    get_snnet_lr_decay_rate,
+    num_layers=(12, 24),  # paper Sec. 5.4: DeiT3-S and DeiT3-L depths
+    lr_decay_rates=(0.7, 0.8),  # paper Sec. 5.4: "the same layer decay rate as the baselines" (detectron2 ViTDet)
+)
 
 snnet = dict(
-    ros_step_gflops=10.0,  # ROS FLOPs bin width (paper: 10 GFLOPs for dense prediction)
-    sampler_seed=0,
-    ls_init_images=100,  # LS init of the stitching layers before the first iteration (0: skip)
-    flops_input_size=(1024, 1024),  # input size of the GFLOPs column and of ROS
-    eval_stitches="0,1",  # stitches evaluated by train.eval_period during training (the anchors)
+    ros_step_gflops=10.0,  # upstream depth_estimation/depth/apis/train.py flops_step=10 (ROS bin width)
+    sampler_seed=0,  # project: ROS draws are a pure function of (seed, iteration)
+    ls_init_images=100,  # paper Sec. 5.1 / A.2: 100 images for LS init of the stitching layers (0: skip)
+    flops_input_size=(1024, 1024),  # detectron2 ViTDet: 1024x1024 input (GFLOPs column and ROS bins)
+    eval_stitches="0,1",  # project: the anchors are evaluated every train.eval_period during training
 )
