@@ -61,7 +61,8 @@ def spread(ids_by_cost: List[int], count: int) -> List[int]:
 def build_detector(image_size: int) -> torch.nn.Module:
     cfg = LazyConfig.load(CONFIG)
     for vit in (cfg.model.backbone.net.fast, cfg.model.backbone.net.slow):
-        vit.pretrained, vit.img_size = None, image_size
+        vit.pretrained = None  # random weights; the position tables stay at 224, as in the recipe
+    cfg.model.backbone.net.img_size = image_size  # global rel-pos tables for this input size
     cfg.model.backbone.square_pad = image_size
     return instantiate(cfg.model)
 

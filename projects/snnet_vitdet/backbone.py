@@ -146,14 +146,14 @@ def global_block_indexes(depth: int, num_global: int = 4) -> List[int]:
 
 
 def prepare_vitdet(vits: Sequence[VisionTransformer], window_size: int, num_global: int,
-                   use_rel_pos: bool = True) -> TokenGrid:
+                   use_rel_pos: bool = True, img_size: Optional[int] = None) -> TokenGrid:
     """Make timm ViTs ViTDet backbones, in place; returns the grid tracker they share.
 
     Every block's attention becomes a ``ViTDetAttention``: windowed (``window_size``) but in the
     ``num_global`` global blocks (``window_size <= 0``: global attention everywhere), with zero-initialised
-    relative position tables if ``use_rel_pos`` (global ones sized for the ViT's configured patch grid,
-    as detectron2 sizes them for ``img_size // patch_size``). The final norm and classifier, which a
-    detector never runs, are dropped (so that no parameter goes without gradient under DDP).
+    relative position tables if ``use_rel_pos`` (global ones sized for the ``img_size // patch_size`` grid
+    as detectron2 sizes them; ``None``: the grid the ViT was built for). The final norm and classifier, which
+    a detector never runs, are dropped (so that no parameter goes without gradient under DDP).
     """
     grid = TokenGrid()
     for vit in vits:
@@ -162,7 +162,10 @@ def prepare_vitdet(vits: Sequence[VisionTransformer], window_size: int, num_glob
         vit.norm, vit.fc_norm, vit.head = nn.Identity(), nn.Identity(), nn.Identity()
         vit.patch_embed.register_forward_hook(grid)
         global_ids = set(global_block_indexes(len(vit.blocks), num_global)) if window_size > 0 else None
-        patch_grid = tuple(int(s) for s in vit.patch_embed.grid_size)
+        if img_size is None:
+            patch_grid = tuple(int(s) for s in vit.patch_embed.grid_size)
+        else:
+            patch_grid = (img_size // int(vit.patch_embed.patch_size[0]),) * 2
         for i, block in enumerate(vit.blocks):
             windowed = global_ids is not None and i not in global_ids
             block.attn = ViTDetAttention(block.attn, window_size if windowed else 0, grid, use_rel_pos, patch_grid)
@@ -191,15 +194,18 @@ class ViTDetBackbone(_SingleFeatureBackbone):
         window_size: window attention size (ViTDet: 14).
         num_global: evenly spaced global-attention blocks (ViTDet: 4).
         use_rel_pos: decomposed relative position bias in every block (ViTDet: True), zero-initialised.
+        img_size: input side the global blocks' relative position tables are sized for (ViTDet: 1024);
+            ``None``: the size ``vit`` was built for. The absolute position table stays at ``vit``'s own grid
+            (e.g. 224 for DeiT3, as detectron2's ``pretrain_img_size``) and is resampled per forward.
         out_feature: name of the output feature.
 
     ``forward``: images ``(B, 3, H, W)`` (multiples of the patch size) -> ``{out_feature: (B, C, H/16, W/16)}``.
     """
 
     def __init__(self, vit: VisionTransformer, window_size: int = 14, num_global: int = 4,
-                 use_rel_pos: bool = True, out_feature: str = "last_feat"):
+                 use_rel_pos: bool = True, img_size: Optional[int] = None, out_feature: str = "last_feat"):
         super().__init__(out_feature, int(vit.embed_dim), int(vit.patch_embed.patch_size[0]))
-        prepare_vitdet([vit], window_size, num_global, use_rel_pos)
+        prepare_vitdet([vit], window_size, num_global, use_rel_pos, img_size)
         self.vit = vit
 
     def forward(self, x: torch.Tensor) -> Dict[str, torch.Tensor]:
@@ -219,6 +225,7 @@ class StitchedViTDetBackbone(_SingleFeatureBackbone):
         window_size, num_global: ViTDet attention pattern, applied to each anchor with its own depth.
         use_rel_pos: decomposed relative position bias in every block of both anchors, each block its own
             zero-initialised tables (ViTDet: True).
+        img_size: input side the global relative position tables are sized for (as ``ViTDetBackbone``).
         out_feature: name of the output feature.
 
     ``forward``: images ``(B, 3, H, W)`` -> ``{out_feature: (B, C_large, H/16, W/16)}`` for the selected
@@ -228,8 +235,8 @@ class StitchedViTDetBackbone(_SingleFeatureBackbone):
 
     def __init__(self, fast: VisionTransformer, slow: VisionTransformer, lora_rank: int = 16,
                  lora_alpha: float = 1.0, window_size: int = 14, num_global: int = 4, use_rel_pos: bool = True,
-                 out_feature: str = "last_feat"):
-        prepare_vitdet([fast, slow], window_size, num_global, use_rel_pos)
+                 img_size: Optional[int] = None, out_feature: str = "last_feat"):
+        prepare_vitdet([fast, slow], window_size, num_global, use_rel_pos, img_size)
         snnet = StitchedViT(fast, slow, lora_rank=lora_rank, lora_alpha=lora_alpha,
                             out_indices=(len(slow.blocks) - 1,))
         super().__init__(out_feature, snnet.out_channels, snnet.patch_size)

@@ -20,6 +20,7 @@ model.backbone.net = L(StitchedViTDetBackbone)(
     window_size=14,  # detectron2 ViTDet common/models/mask_rcnn_vitdet.py
     num_global=4,  # detectron2 ViTDet: global blocks 2, 5, 8, 11 of S and 5, 11, 17, 23 of L
     use_rel_pos=True,  # detectron2 ViTDet common/models/mask_rcnn_vitdet.py; each block its own zero-init tables
+    img_size=1024,  # detectron2 ViTDet common/models/mask_rcnn_vitdet.py: global rel-pos tables for a 64x64 grid
     out_feature="last_feat",  # detectron2 ViTDet common/models/mask_rcnn_vitdet.py
 )
 

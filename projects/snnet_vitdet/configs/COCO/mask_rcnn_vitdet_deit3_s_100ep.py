@@ -25,7 +25,7 @@ model = model_zoo.get_config("common/models/mask_rcnn_vitdet.py").model  # detec
 model.backbone.net = L(ViTDetBackbone)(
     vit=L(build_anchor)(
         model_name="deit3_small_patch16_224",  # paper Sec. 5.4: DeiT3-S anchor
-        img_size=1024,  # detectron2 ViTDet common/models/mask_rcnn_vitdet.py: img_size 1024 (abs pos resampled)
+        img_size=224,  # detectron2 ViTDet pretrain_img_size 224: 14x14 abs pos table, resized per forward
         pretrained="checkpoints/deit_3_small_224_21k.pth",  # upstream depth_estimation configs: DeiT3 IN-21k weights
         class_token=False,  # detectron2 ViTDet: no cls token in the detector (pretrain_use_cls_token drops it)
         drop_path_rate=0.1,  # detectron2 ViTDet mask_rcnn_vitdet_b_100ep.py (ViT-B, 12 blocks): 0.1
@@ -33,6 +33,7 @@ model.backbone.net = L(ViTDetBackbone)(
     window_size=14,  # detectron2 ViTDet common/models/mask_rcnn_vitdet.py
     num_global=4,  # detectron2 ViTDet common/models/mask_rcnn_vitdet.py: global blocks 2, 5, 8, 11
     use_rel_pos=True,  # detectron2 ViTDet common/models/mask_rcnn_vitdet.py; zero-initialised (DeiT3 has none)
+    img_size=1024,  # detectron2 ViTDet common/models/mask_rcnn_vitdet.py: global rel-pos tables for a 64x64 grid
     out_feature="last_feat",  # detectron2 ViTDet common/models/mask_rcnn_vitdet.py
 )
 

@@ -32,6 +32,7 @@ for anchor, (dim, depth, heads) in (("fast", (64, 4, 2)), ("slow", (128, 8, 4)))
                init_values=0.1)  # LayerScale: DeiT3's 1e-6 suits fine-tuning, not a few minutes from scratch
 model.backbone.net.lora_rank = 8
 model.backbone.net.window_size = 4  # 8x8 token grid -> 2x2 windows
+model.backbone.net.img_size = image_size  # global rel-pos tables for the 8x8 grid
 model.backbone.net.num_global = 2  # blocks 1, 3 of the small anchor; 3, 7 of the large one
 
 # --- detector: thin pyramid and heads, anchors for 128 px images
