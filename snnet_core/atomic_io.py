@@ -3,10 +3,13 @@
 under the process umask (0644 with umask 022), not ``mkstemp``'s owner-only 0600."""
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import glob
 import json
 import os
 import tempfile
-from typing import Any, Callable, IO
+from typing import Any, Callable, IO, Iterator, List
 
 
 def _current_umask() -> int:
@@ -35,3 +38,40 @@ def write_atomic(path: str, write: Callable[[IO], None], binary: bool = False) -
 
 def write_json_atomic(path: str, data: Any) -> None:
     write_atomic(path, lambda f: json.dump(data, f, indent=1))
+
+
+def temporaries_of(path: str) -> List[str]:
+    """The temporary files ``write_atomic(path, ...)`` creates (``<path>.<random>.tmp``) that exist now."""
+    return sorted(glob.glob(glob.escape(path) + ".*.tmp"))
+
+
+def remove_stale_temporaries(path: str) -> List[str]:
+    """Delete the temporaries a killed ``write_atomic(path, ...)`` left behind; returns the removed paths.
+
+    Call it where no other process writes ``path`` (e.g. a run's own checkpoint, at its start on rank 0).
+    """
+    removed = []
+    for tmp in temporaries_of(path):
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(tmp)
+            removed.append(tmp)
+    return removed
+
+
+@contextlib.contextmanager
+def file_lock(path: str) -> Iterator[None]:
+    """Hold an exclusive advisory lock (``fcntl.flock``) on ``<path>.lock`` for the ``with`` block.
+
+    Processes that read-modify-write one file (e.g. two evaluators sharing a results file) take it around the
+    read and the write, so neither loses the other's update. The lock file is left in place (removing it would
+    let a third process lock a new inode while the second still holds the old one).
+    """
+    lock_path = path + ".lock"
+    os.makedirs(os.path.dirname(os.path.abspath(lock_path)), exist_ok=True)
+    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        os.close(fd)

@@ -151,3 +151,39 @@ def test_atomic_writes_get_the_usual_file_mode(tmp_path, umask, mode):
     finally:
         os.umask(previous)
     assert stat.S_IMODE(os.stat(tmp_path / "results.json").st_mode) == mode
+
+
+def test_stale_temporaries_of_a_killed_write_are_found_and_removed(tmp_path):
+    from snnet_core.atomic_io import remove_stale_temporaries, temporaries_of, write_atomic
+
+    path = str(tmp_path / "checkpoint_last.pth")
+    with pytest.raises(KeyboardInterrupt):  # stands for a kill between mkstemp and the rename...
+        write_atomic(path, lambda f: (_ for _ in ()).throw(KeyboardInterrupt))
+    (tmp_path / "checkpoint_last.pth.abc123.tmp").write_bytes(b"half")  # ...which leaves this behind
+    (tmp_path / "other.pth.abc123.tmp").write_bytes(b"not ours")
+    assert temporaries_of(path) == [str(tmp_path / "checkpoint_last.pth.abc123.tmp")]
+    assert remove_stale_temporaries(path) == [str(tmp_path / "checkpoint_last.pth.abc123.tmp")]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["other.pth.abc123.tmp"]
+
+
+def _append_under_lock(args):
+    import time
+
+    from snnet_core.atomic_io import file_lock, write_json_atomic
+
+    path, value = args
+    for _ in range(20):
+        with file_lock(path):
+            data = json.load(open(path)) if os.path.exists(path) else []
+            time.sleep(0.001)  # widen the read-modify-write window
+            write_json_atomic(path, data + [value])
+    return value
+
+
+def test_file_lock_serialises_read_modify_write(tmp_path):
+    import multiprocessing as mp
+
+    path = str(tmp_path / "results.json")
+    with mp.get_context("spawn").Pool(2) as pool:
+        pool.map(_append_under_lock, [(path, 0), (path, 1)])
+    assert sorted(json.loads((tmp_path / "results.json").read_text())) == [0] * 20 + [1] * 20
