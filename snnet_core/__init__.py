@@ -5,6 +5,7 @@ from .checkpoint import load_snnet, save_snnet
 from .export import ExportedStitch, export_stitch
 from .flops import FlopsTable, build_flops_table, count_gflops
 from .ls_init import ls_init_stitching_layers
+from .prefix_trie import classify_stitches, prefix_sharing_cost, run_stitches
 from .report import evaluate_stitches, load_results, select_stitches, write_report
 from .route import RouteOutput, tokens_to_map
 from .sampling import ResourceConstrainedSampler, UniformSampler, flops_bins

@@ -1,0 +1,119 @@
+"""Evaluate many stitches on one batch while running each shared route prefix once.
+
+Stitches of one SN-Net share long prefixes: every FS stitch starts with ``S[0:k]``, every SF and SFS stitch with
+``L[0:b]``, and the anchors contain those prefixes too. ``run_stitches`` arranges the requested stitches' plans
+(``StitchedViT.plan``) in a trie keyed by what each step runs (the embedding anchor, then each block or
+stitching layer) and walks it depth first: every trie node, patch embedding included, runs once per batch, and
+only the activations on the current root-to-node path are held (one per trie level). A stitch's outputs are
+computed by the same modules, in the same order, on the same inputs as ``net(images, stitch_id)``, so they are
+equal (bit for bit on deterministic kernels; in train mode stochastic layers such as drop path draw in another
+order).
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple
+
+import torch
+import torch.nn as nn
+
+from .route import RouteOutput, RoutePlan, Tap, classify, embed_images
+from .snnet import StitchedViT
+
+
+@dataclasses.dataclass
+class _Node:
+    """One step of a route: ``module`` applied to the parent's activation (the root's children embed images)."""
+
+    name: str
+    module: nn.Module
+    taps: List[Tap] = dataclasses.field(default_factory=list)
+    children: Dict[str, "_Node"] = dataclasses.field(default_factory=dict)
+    ends: List[Tuple[int, RoutePlan]] = dataclasses.field(default_factory=list)  # stitches whose route ends here
+
+
+def _embed_name(plan: RoutePlan, net: StitchedViT) -> str:
+    return f"anchors.{0 if plan.embed is net.anchors[0] else 1}.embed"
+
+
+def build_trie(net: StitchedViT, stitch_ids: Sequence[int]) -> _Node:
+    """The prefix trie of the routes of ``stitch_ids`` (validated; each id once)."""
+    if len(set(stitch_ids)) != len(stitch_ids):
+        raise ValueError(f"stitch ids must be distinct, got {list(stitch_ids)}")
+    root = _Node("", nn.Identity())
+    for sid in stitch_ids:
+        plan = net.plan(sid)
+        node = root.children.setdefault(_embed_name(plan, net), _Node(_embed_name(plan, net), plan.embed))
+        for position, (name, layer) in enumerate(zip(plan.layer_names, plan.layers)):
+            if name not in node.children:
+                node.children[name] = _Node(name, layer, list(plan.taps.get(position, ())))
+            node = node.children[name]
+        node.ends.append((net.space[sid].id, plan))
+    return root
+
+
+def run_stitches(
+    net: StitchedViT, images: torch.Tensor, stitch_ids: Optional[Sequence[int]] = None, with_features: bool = True
+) -> Iterator[Tuple[int, RouteOutput]]:
+    """Yield ``(stitch_id, RouteOutput)`` for every stitch of ``stitch_ids`` (default: the whole space) on
+    ``images`` ``(B, 3, H, W)``, sharing every route prefix (see the module docstring).
+
+    Stitches come in depth-first trie order, not in the order asked. Each ``RouteOutput`` is the same as
+    ``net(images, stitch_id, with_features)`` would give. Under ``torch.no_grad()`` memory stays at one
+    activation per trie level (plus the dense features of the current path).
+    """
+    ids = net.space.ids if stitch_ids is None else list(stitch_ids)
+    root = build_trie(net, ids)
+    num_stages = len(net.out_indices)
+    for embed_node in root.children.values():
+        x, grid = embed_images(embed_node.module, images)
+        prefix = int(embed_node.module.num_prefix_tokens)
+        yield from _walk(embed_node, x, [None] * num_stages, grid, prefix, with_features)
+
+
+def _walk(node: _Node, x: torch.Tensor, features: List[Optional[torch.Tensor]], grid: Tuple[int, int],
+          prefix: int, with_features: bool) -> Iterator[Tuple[int, RouteOutput]]:
+    for child in node.children.values():
+        y = child.module(x)
+        child_features = features
+        if with_features and child.taps:
+            child_features = list(features)
+            for tap in child.taps:
+                child_features[tap.stage] = y if tap.projection is None else tap.projection(y)
+        for sid, _ in child.ends:
+            if with_features and any(f is None for f in child_features):
+                raise RuntimeError(f"route of stitch {sid} did not cross every dense stage")
+            yield sid, RouteOutput(y, list(child_features) if with_features else [], grid, prefix)
+        yield from _walk(child, y, child_features, grid, prefix, with_features)
+
+
+def classify_stitches(
+    net: StitchedViT, images: torch.Tensor, stitch_ids: Optional[Sequence[int]] = None
+) -> Iterator[Tuple[int, torch.Tensor]]:
+    """Yield ``(stitch_id, logits (B, num_classes))`` as ``net.classify`` gives, sharing route prefixes."""
+    finish = {sid: net.plan(sid).finish for sid in (net.space.ids if stitch_ids is None else stitch_ids)}
+    for sid, out in run_stitches(net, images, list(finish), with_features=False):
+        yield sid, classify(finish[sid], out.tokens)
+
+
+def prefix_sharing_cost(
+    net: StitchedViT, cost: Callable[[str], float], stitch_ids: Optional[Sequence[int]] = None
+) -> Tuple[float, float]:
+    """``(shared, naive)`` cost of running ``stitch_ids`` once each: with every trie node once, and stitch by
+    stitch. ``cost(name)`` gives a step's cost from its name (``anchors.A.embed``, ``anchors.A.blocks.i``,
+    ``stitch_s2l.k``; dense-feature projections are not counted)."""
+    ids = net.space.ids if stitch_ids is None else list(stitch_ids)
+    shared = 0.0
+
+    def visit(node: _Node) -> None:
+        nonlocal shared
+        for child in node.children.values():
+            shared += cost(child.name)
+            visit(child)
+
+    visit(build_trie(net, ids))
+    naive = 0.0
+    for sid in ids:
+        plan = net.plan(sid)
+        naive += cost(_embed_name(plan, net)) + sum(cost(name) for name in plan.layer_names)
+    return shared, naive
