@@ -5,8 +5,11 @@
    480x640, under glibc's default allocator settings and with a fixed mmap threshold (which returns freed
    large blocks to the OS, so RSS follows live memory).
 3. FLOPs table: build time of the 134-stitch table, and the cached second call.
+4. Shared route prefixes (``run_stitches``): backbone GFLOPs executed to evaluate all 134 stitches once with
+   every shared prefix run once / stitch by stitch (fvcore per-module counts at 480x640), and the wall time of
+   both on one batch.
 
-    python benchmarks/bench_core.py [--quick] [--threads N] [--only overhead|memory|flops]
+    python benchmarks/bench_core.py [--quick] [--threads N] [--only overhead|memory|flops|prefix]
 """
 from __future__ import annotations
 
@@ -23,20 +26,23 @@ from typing import List, Tuple
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from snnet_core import StitchedViT, build_anchor, build_flops_table, ls_init_stitching_layers  # noqa: E402
+from snnet_core import (StitchedViT, build_anchor, build_flops_table, count_gflops,  # noqa: E402
+                        ls_init_stitching_layers, prefix_sharing_cost, run_stitches)
 from snnet_core.route import embed_images  # noqa: E402
 
 FAST, SLOW = "deit3_small_patch16_224", "deit3_large_patch16_224"
 
 
-def build_snnet(size: Tuple[int, int], lora_rank: int = 16) -> StitchedViT:
+def build_snnet(lora_rank: int = 16) -> StitchedViT:
+    """DeiT3-S/L SN-Net, random weights, position tables at 224 (resampled to any input, as in training)."""
     torch.manual_seed(0)
-    return StitchedViT(build_anchor(FAST, img_size=size), build_anchor(SLOW, img_size=size), lora_rank=lora_rank).eval()
+    return StitchedViT(build_anchor(FAST), build_anchor(SLOW), lora_rank=lora_rank,
+                       out_indices=(4, 11, 17, 23)).eval()
 
 
 @torch.no_grad()
 def stitching_overhead(repeats: int, batch: int) -> None:
-    net = build_snnet((224, 224))
+    net = build_snnet()
     x = torch.randn(batch, 3, 224, 224)
     print(f"\n[1] stitching overhead, DeiT3-S/L at 224, batch {batch}, median of {repeats} (LoRA rank 16, unmerged)")
     print(f"{'stitch':<34} {'stitched ms':>12} {'blocks only ms':>15} {'ratio':>7}")
@@ -81,7 +87,7 @@ def _rss_bytes() -> int:
 
 def ls_memory_child(num_images: int, height: int, width: int) -> None:
     """Run in a subprocess: print the RSS growth during LS init over the resident model."""
-    net = build_snnet((height, width))
+    net = build_snnet()
     gen = torch.Generator().manual_seed(0)
     batch = 5
 
@@ -133,7 +139,7 @@ def ls_memory(sizes: List[Tuple[int, int]], counts: Tuple[int, int], allocators:
 
 
 def flops_table_timing() -> None:
-    net = build_snnet((224, 224))
+    net = build_snnet()
     with tempfile.TemporaryDirectory() as cache:
         start = time.perf_counter()
         build_flops_table(net, (224, 224), mode="classify", cache_dir=cache)
@@ -145,12 +151,47 @@ def flops_table_timing() -> None:
           f"{second * 1e3:.1f} ms (ratio {first / second:.0f}x)")
 
 
+@torch.no_grad()
+def prefix_sharing(size: Tuple[int, int], time_size: Tuple[int, int], repeats: int) -> None:
+    net = build_snnet()
+    x = torch.randn(1, 3, *size)
+    tokens = {a: embed_images(anchor, x)[0] for a, anchor in enumerate(net.anchors)}
+    cost = {f"anchors.{a}.embed": count_gflops(anchor.patch_embed, (x,)) for a, anchor in enumerate(net.anchors)}
+    cost.update({f"anchors.{a}.blocks": count_gflops(anchor.blocks[0], (tokens[a],))
+                 for a, anchor in enumerate(net.anchors)})
+    cost["stitch_s2l"] = count_gflops(net.stitch_s2l[0].merged(), (tokens[0],))
+    cost["stitch_l2s"] = count_gflops(net.stitch_l2s[0].merged(), (tokens[1],))
+    shared, naive = prefix_sharing_cost(net, lambda name: cost[name if name.endswith("embed") else name.rsplit(".", 1)[0]])
+    print(f"\n[4] shared route prefixes, all {len(net.space)} stitches of DeiT3-S/L")
+    print(f"backbone GFLOPs at {size[0]}x{size[1]}: {shared:.0f} with sharing / {naive:.0f} stitch by stitch "
+          f"= {shared / naive:.3f} (target <= 0.40)")
+    x = torch.randn(1, 3, *time_size)
+
+    def each():
+        for sid in net.space.ids:
+            net(x, sid)
+
+    def together():
+        for _ in run_stitches(net, x):
+            pass
+
+    times = {each: [], together: []}
+    for _ in range(repeats):  # interleaved
+        for fn in times:
+            start = time.perf_counter()
+            fn()
+            times[fn].append(time.perf_counter() - start)
+    t_each, t_together = statistics.median(times[each]), statistics.median(times[together])
+    print(f"wall time at {time_size[0]}x{time_size[1]}, batch 1, dense features, median of {repeats}: "
+          f"{t_together:.1f} s shared / {t_each:.1f} s stitch by stitch = {t_together / t_each:.3f}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true",
                         help="fewer repeats; LS memory at 224 with the fixed mmap threshold only")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
-    parser.add_argument("--only", choices=["overhead", "memory", "flops"], help="run one benchmark")
+    parser.add_argument("--only", choices=["overhead", "memory", "flops", "prefix"], help="run one benchmark")
     parser.add_argument("--ls-child", nargs=3, type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.threads:
@@ -168,6 +209,8 @@ def main() -> None:
             ls_memory([(224, 224), (480, 640)], (10, 100), list(ALLOCATORS))
     if args.only in (None, "flops"):
         flops_table_timing()
+    if args.only in (None, "prefix"):
+        prefix_sharing((480, 640), (224, 224), repeats=1 if args.quick else 3)
 
 
 if __name__ == "__main__":
