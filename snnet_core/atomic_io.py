@@ -1,15 +1,22 @@
 """Atomic file writes: a reader (or a resumed job) never sees a half-written file, and concurrent writers
 (e.g. DDP ranks sharing a cache directory) each write their own temporary file. Files get the usual mode
-under the process umask (0644 with umask 022), not ``mkstemp``'s owner-only 0600."""
+under the process umask (0644 with umask 022), not ``mkstemp``'s owner-only 0600. A write that fails (full
+disk, file-size limit) leaves the previous file as it was and raises ``AtomicWriteError`` naming the file.
+JSON is written strictly (RFC 8259): a non-finite float becomes ``null``, never a bare ``NaN``."""
 from __future__ import annotations
 
 import contextlib
 import fcntl
 import glob
 import json
+import math
 import os
 import tempfile
 from typing import Any, Callable, IO, Iterator, List
+
+
+class AtomicWriteError(OSError):
+    """Writing a file failed (e.g. no space left, file-size limit); the previous version of the file is intact."""
 
 
 def _current_umask() -> int:
@@ -19,25 +26,51 @@ def _current_umask() -> int:
 
 
 def write_atomic(path: str, write: Callable[[IO], None], binary: bool = False) -> None:
-    """Call ``write(file)`` on a temporary file beside ``path``, flush it to disk, then rename it over ``path``."""
+    """Call ``write(file)`` on a temporary file beside ``path``, flush it to disk, then rename it over ``path``.
+
+    Raises ``AtomicWriteError`` (an ``OSError``) naming ``path`` when the file system refuses the write (an
+    ``OSError``, or the ``RuntimeError`` that ``torch.save`` turns it into, e.g. ``inline_container.cc ...
+    unexpected pos``); ``path`` itself is then untouched and the temporary file removed. Other exceptions (and
+    interrupts) propagate unchanged, also after removing the temporary file.
+    """
     directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=os.path.basename(path) + ".", suffix=".tmp")
+    tmp = None
     try:
+        os.makedirs(directory, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=directory, prefix=os.path.basename(path) + ".", suffix=".tmp")
         with os.fdopen(fd, "wb" if binary else "w") as f:
             write(f)
             f.flush()
             os.fsync(f.fileno())
         os.chmod(tmp, 0o666 & ~_current_umask())
         os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    except BaseException as exc:
+        if tmp is not None:
+            with contextlib.suppress(OSError):
+                os.remove(tmp)
+        if isinstance(exc, (OSError, RuntimeError)) and not isinstance(exc, AtomicWriteError):
+            kept = "the previous file is intact" if os.path.exists(path) else "no file was written"
+            raise AtomicWriteError(
+                f"writing {path} failed ({type(exc).__name__}: {exc}); {kept}. Check the free space (df) and the "
+                f"file-size limit (ulimit -f) of {directory}, then run again"
+            ) from exc
         raise
 
 
+def strict_json(data: Any) -> Any:
+    """``data`` with every non-finite float (NaN, inf) replaced by ``None``, so that it is valid JSON."""
+    if isinstance(data, float):
+        return data if math.isfinite(data) else None
+    if isinstance(data, dict):
+        return {k: strict_json(v) for k, v in data.items()}
+    if isinstance(data, (list, tuple)):
+        return [strict_json(v) for v in data]
+    return data
+
+
 def write_json_atomic(path: str, data: Any) -> None:
-    write_atomic(path, lambda f: json.dump(data, f, indent=1))
+    """Write ``data`` as strict JSON (non-finite floats as ``null``), atomically."""
+    write_atomic(path, lambda f: json.dump(strict_json(data), f, indent=1, allow_nan=False))
 
 
 def temporaries_of(path: str) -> List[str]:

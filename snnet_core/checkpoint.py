@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import pickle
 from typing import Any, Dict, Optional
 
 import torch
@@ -19,6 +20,27 @@ def save_snnet(path: str, snnet: StitchedViT, extra: Optional[Dict[str, Any]] = 
     write_atomic(path, lambda f: torch.save(state, f), binary=True)
 
 
+def describe_load_error(path: str, exc: BaseException) -> str:
+    """Why ``torch.load(path, weights_only=True)`` failed, in words: refused objects, or a truncated/corrupt file.
+
+    torch's own message for a refused object advises ``weights_only=False``, which would run the file's code;
+    this one keeps only the sentence naming what was refused.
+    """
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    if isinstance(exc, pickle.UnpicklingError):
+        refused = [line.split(". ")[0] for line in lines if "global" in line.lower()]
+        if refused:
+            return (f"{path!r} holds Python objects that a weights-only load refuses ({refused[0]}); it was not "
+                    "loaded, as unpickling them could run code. Use a checkpoint of tensors and plain containers")
+        lines = [line for line in lines if "unsupported" in line.lower()]
+    if isinstance(exc, (EOFError, RuntimeError, pickle.UnpicklingError)):
+        size = os.path.getsize(path) if os.path.exists(path) else 0
+        detail = lines[0].split(". ")[0] if lines else "unexpected end of file"
+        return (f"{path!r} is truncated or corrupt ({size} bytes; {type(exc).__name__}: {detail}); it is not a "
+                "complete torch checkpoint. Write it again, or use an earlier checkpoint")
+    return f"could not read {path!r} ({type(exc).__name__}: {exc})"
+
+
 def read_tagged_checkpoint(
     path: str, fmt: str, what: str, map_location: str | torch.device = "cpu"
 ) -> Dict[str, Any]:
@@ -28,7 +50,7 @@ def read_tagged_checkpoint(
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:
-        raise RuntimeError(f"could not read {what} {path!r} ({type(exc).__name__}: {exc})") from exc
+        raise RuntimeError(f"could not read {what}: {describe_load_error(path, exc)}") from exc
     if not isinstance(state, dict) or state.get("format") != fmt:
         raise RuntimeError(f"{path!r} is not an {what} (no '{fmt}' format tag)")
     return state

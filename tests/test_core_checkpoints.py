@@ -82,10 +82,34 @@ def test_snnet_checkpoint_errors(tmp_path):
     with pytest.raises(FileNotFoundError, match="does not exist"):
         load_snnet(str(tmp_path / "nope.pth"), tiny_snnet())
     truncated = tmp_path / "truncated.pth"
-    truncated.write_bytes(path.read_bytes()[:100])
-    with pytest.raises(RuntimeError, match="could not read SN-Net checkpoint"):
-        load_snnet(str(truncated), tiny_snnet(lora_rank=4))
+    for size in (0, 100, path.stat().st_size // 2):  # e.g. a write killed or cut short by a full disk
+        truncated.write_bytes(path.read_bytes()[:size])
+        with pytest.raises(RuntimeError, match=f"could not read SN-Net checkpoint: '{truncated}' is truncated or "
+                                               f"corrupt \\({size} bytes"):
+            load_snnet(str(truncated), tiny_snnet(lora_rank=4))
     foreign = tmp_path / "foreign.pth"
     torch.save({"model": {}}, foreign)
     with pytest.raises(RuntimeError, match="not an SN-Net checkpoint"):
         load_snnet(str(foreign), tiny_snnet())
+
+
+class _RunsCode:
+    """Unpickling this creates a file: the proof that a load executed the checkpoint's code."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def test_a_malicious_checkpoint_is_refused_without_running_its_code(tmp_path):
+    marker = tmp_path / "pwned"
+    evil = tmp_path / "evil.pth"
+    state = {"format": "snnet-v2", "config": {}, "model": {}, "payload": _RunsCode(str(marker))}
+    torch.save(state, evil)
+    with pytest.raises(RuntimeError, match="holds Python objects that a weights-only load refuses .*GLOBAL io.open") \
+            as info:
+        load_snnet(str(evil), tiny_snnet())
+    assert not marker.exists()
+    assert "weights_only=False" not in str(info.value) and "`weights_only` set to `False`" not in str(info.value)
