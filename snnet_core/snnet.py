@@ -83,7 +83,8 @@ class StitchedViT(nn.Module):
         return int(self.anchors[FAST].num_prefix_tokens)
 
     def set_stitch(self, stitch_id: int) -> Stitch:
-        """Select the stitch used by ``forward``; raises ``KeyError`` for an unknown id."""
+        """Select the stitch used by ``forward``; raises ``KeyError`` for an unknown id and ``TypeError`` for a
+        value that is not an integer id (``True``, ``3.0``, ``"3"``)."""
         stitch = self.space[stitch_id]
         self.stitch_id = stitch.id
         return stitch

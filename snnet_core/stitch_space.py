@@ -16,7 +16,11 @@ types (e.g. the SN-Netv1 space, FS only) keeps every stitch's id.
 from __future__ import annotations
 
 import dataclasses
-from typing import Dict, Iterable, List, Sequence, Tuple
+import logging
+import operator
+from typing import Any, Dict, Iterable, List, Sequence, Tuple
+
+logger = logging.getLogger(__name__)
 
 FAST, SLOW = 0, 1
 ROUTE_TYPES = ("anchor", "FS", "SF", "FSF", "SFS")
@@ -166,17 +170,21 @@ class StitchSpace:
     def __iter__(self):
         return iter(self._stitches.values())
 
-    def __contains__(self, stitch_id: int) -> bool:
-        return stitch_id in self._stitches
+    def __contains__(self, stitch_id: Any) -> bool:
+        try:
+            return as_stitch_id(stitch_id) in self._stitches
+        except TypeError:
+            return False
 
     @property
     def ids(self) -> List[int]:
         return list(self._stitches)
 
     def __getitem__(self, stitch_id: int) -> Stitch:
+        """The stitch with id ``stitch_id`` (an integer; ``TypeError`` for a bool, float or string)."""
         try:
-            return self._stitches[int(stitch_id)]
-        except (KeyError, ValueError, TypeError):
+            return self._stitches[as_stitch_id(stitch_id)]
+        except KeyError:
             raise KeyError(
                 f"unknown stitch id {stitch_id!r}: this space ({'/'.join(map(str, self.depths))} blocks, "
                 f"routes {', '.join(self.route_types)}) has {len(self)} stitches with ids "
@@ -194,14 +202,41 @@ class StitchSpace:
         return counts
 
     def parse_selection(self, selection: str) -> List[int]:
-        """Parse ``"all"`` or ``"ID[,ID...]"`` into stitch ids, validating each id."""
-        selection = selection.strip()
-        if selection == "all":
+        """Parse ``"all"`` or ``"ID[,ID...]"`` into stitch ids, validating each id.
+
+        A selection naming no stitch (``""``, ``","``) is an error. A repeated id is evaluated once: the
+        duplicates are dropped with a warning (the intent is clear, and evaluating a stitch twice only costs).
+        """
+        text = selection.strip()
+        if text == "all":
             return self.ids
-        try:
-            ids = [int(tok) for tok in selection.split(",") if tok.strip()]
-        except ValueError:
-            raise ValueError(f"stitch selection must be 'all', 'pareto' or comma-separated ids, got {selection!r}")
+        tokens = [tok.strip() for tok in text.split(",") if tok.strip()]
+        if not tokens:
+            raise ValueError(f"stitch selection {selection!r} names no stitch: give 'all', 'pareto' or "
+                             f"comma-separated ids such as '0,1,5' (ids {self.ids[0]}..{self.ids[-1]})")
+        bad = [tok for tok in tokens if not tok.lstrip("-").isdigit()]
+        if bad:
+            raise ValueError(f"stitch selection must be 'all', 'pareto' or comma-separated integer ids, got "
+                             f"{selection!r} ({', '.join(map(repr, bad))} is not an integer)")
+        ids = [int(tok) for tok in tokens]
         for i in ids:
             self[i]  # raises a KeyError naming the valid range
-        return ids
+        unique = list(dict.fromkeys(ids))
+        if len(unique) < len(ids):
+            repeated = sorted({i for i in ids if ids.count(i) > 1})
+            logger.warning("stitch selection %r repeats %s: each stitch is evaluated once", selection, repeated)
+        return unique
+
+
+def as_stitch_id(value: Any) -> int:
+    """``value`` as a stitch id: any integer (``int``, numpy integer, integer 0-d tensor), but not a bool.
+
+    Raises ``TypeError`` for a bool (``True`` would silently be stitch 1), a float, a string or anything else.
+    """
+    if isinstance(value, bool) or "bool" in str(getattr(value, "dtype", "")):  # numpy / torch bools too
+        raise TypeError(f"stitch id {value!r} is a bool, not an integer id; pass the id as an int")
+    try:
+        return operator.index(value)
+    except TypeError:
+        raise TypeError(f"stitch id {value!r} ({type(value).__name__}) is not an integer; pass the id as an int "
+                        "(parse strings with StitchSpace.parse_selection)") from None

@@ -1,5 +1,6 @@
 """Stitch space: counts, routes, positions and ids for 12/24, 12/12, 24/24 and the SN-Netv1 subset."""
 import pytest
+import torch
 
 from snnet_core import StitchSpace, map_out_indices_to_fast
 from snnet_core.stitch_space import FAST, SLOW, paired_large_blocks
@@ -94,3 +95,35 @@ def test_every_route_crosses_every_dense_stage_exactly_once(depths):
             for stage, b in enumerate(idx):
                 hits[stage] += seg.start <= b < seg.end
         assert hits == [1] * len(out), st.route
+
+
+def test_selections_naming_no_stitch_or_repeating_one(caplog):
+    space = StitchSpace(4, 8)
+    for empty in (",", "", " , ,"):
+        with pytest.raises(ValueError, match="names no stitch"):
+            space.parse_selection(empty)
+    with pytest.raises(ValueError, match=r"'3.0' is not an integer"):
+        space.parse_selection("1,3.0")
+    assert space.parse_selection("3,3,3") == [3]
+    assert "repeats [3]: each stitch is evaluated once" in caplog.text
+    assert space.parse_selection("5, 2,5,0") == [5, 2, 0]
+
+
+def test_only_integers_are_stitch_ids():
+    """``True == 1`` in Python: a bool must not silently select the slow anchor; nor may 3.0 or "3" pass."""
+    import numpy as np
+
+    from tests.conftest import tiny_snnet
+
+    space = StitchSpace(4, 8)
+    for bad in (True, False, np.bool_(True), 1.0, "1", None):
+        with pytest.raises(TypeError, match="stitch id"):
+            space[bad]
+        assert bad not in space
+    assert space[np.int64(3)] == space[3] and 3 in space
+    net = tiny_snnet()
+    with pytest.raises(TypeError, match="is a bool"):
+        net.set_stitch(True)
+    with pytest.raises(TypeError, match="is a bool"):
+        net(torch.zeros(1, 3, 32, 32), stitch_id=True)
+    assert net.set_stitch(torch.tensor(2)).id == 2 and net.stitch_id == 2
