@@ -50,7 +50,9 @@ def ls_init_stitching_layers(
     bar = tqdm(total=num_images, desc="LS init of stitching layers", unit="img", disable=not progress)
     for images in batches:
         images = images[: num_images - seen].to(device)
+        _check_finite_images(images, seen)
         for name, x, y in calibration_pairs(snnet, images):
+            _check_finite_features(snnet, name, x, y, seen)
             accumulators[name].update(x, y)
         seen += images.shape[0]
         bar.update(images.shape[0])
@@ -70,6 +72,37 @@ def ls_init_stitching_layers(
         errors[name] = acc.mean_squared_error(weight, bias)
     snnet.train(was_training)
     return errors
+
+
+def _check_finite_images(images: torch.Tensor, first_index: int) -> None:
+    """Raise, naming the images, if a calibration batch ``(B, 3, H, W)`` holds NaN or inf values."""
+    bad = ~torch.isfinite(images.flatten(1)).all(dim=1)
+    if bad.any():
+        indices = [first_index + int(i) for i in torch.nonzero(bad).flatten()]
+        raise ValueError(
+            f"LS init: calibration images {indices[:10]} (counted from 0 over the loader) hold NaN or inf values; "
+            "they would make every stitching layer NaN. Check the calibration data (decoding, normalisation, "
+            "division by a zero std) and drop or repair these images"
+        )
+
+
+def _check_finite_features(snnet: StitchedViT, name: str, x: torch.Tensor, y: torch.Tensor, first_index: int) -> None:
+    """Raise, naming the stitching layer, if its calibration features ``(B, N, D)`` are not finite."""
+    for what, features in (("input", x), ("target", y)):
+        if not torch.isfinite(features).all():
+            raise FloatingPointError(
+                f"LS init of stitching layer {name} ({_describe_layer(snnet, name)}): the {what} features of "
+                f"calibration images {first_index}..{first_index + features.shape[0] - 1} are NaN or inf although "
+                "the images are finite; check the anchors' weights (a NaN/inf parameter) and the images' range"
+            )
+
+
+def _describe_layer(snnet: StitchedViT, name: str) -> str:
+    """``"fast block 2 -> slow block 5"`` for ``stitch_s2l.2`` (the blocks whose features the layer maps)."""
+    direction, position = name.split("_")[1].split(".")
+    k = int(position)
+    fast, slow = f"fast block {k}", f"slow block {snnet.space.pairs[k]}"
+    return f"{fast} -> {slow}" if direction == "s2l" else f"{slow} -> {fast}"
 
 
 def reconstruction_error(layer: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:

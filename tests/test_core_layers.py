@@ -105,6 +105,27 @@ def test_ls_init_with_empty_loader_fails():
         ls_init_stitching_layers(tiny_snnet(), [], num_images=4, progress=False)
 
 
+def test_ls_init_refuses_non_finite_calibration_images_and_features():
+    """NaN calibration images used to give NaN stitching weights without a word."""
+    net = tiny_snnet(lora_rank=0).eval()
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    images = torch.randn(6, 3, 32, 32)
+    images[4, 1, 7, 7] = float("nan")
+    with pytest.raises(ValueError, match=r"calibration images \[4\] .* hold NaN or inf values"):
+        ls_init_stitching_layers(net, images.split(2), num_images=6, progress=False)
+    images[4, 1, 7, 7] = float("inf")
+    with pytest.raises(ValueError, match=r"calibration images \[4\]"):
+        ls_init_stitching_layers(net, images.split(2), num_images=6, progress=False)
+    with torch.no_grad():  # finite images, but an anchor block produces inf: the first layer fed by it is named
+        net.anchors[1].blocks[3].mlp.fc2.bias.fill_(float("inf"))
+    with pytest.raises(FloatingPointError, match=r"stitching layer stitch_s2l.1 \(fast block 1 -> slow block 3\): "
+                                                 r"the target features of calibration images 0..1 are NaN or inf"):
+        ls_init_stitching_layers(net, torch.randn(6, 3, 32, 32).split(2), num_images=6, progress=False)
+    for name, value in net.state_dict().items():  # nothing was loaded into the stitching layers
+        if name.startswith("stitch_"):
+            assert torch.equal(value, before[name]), name
+
+
 def test_lora_starts_at_ls_solution_and_merges_exactly():
     torch.manual_seed(0)
     layer = StitchingLayer(16, 24, rank=4)
