@@ -15,6 +15,7 @@ import dataclasses
 import hashlib
 import json
 import logging
+import math
 import os
 import time
 from typing import Any, Dict, Optional, Sequence, Tuple
@@ -31,7 +32,7 @@ from .stitch_space import FAST, SLOW
 from .stitching_layers import StitchingLayer
 
 logger = logging.getLogger(__name__)
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: the cache carries a checksum of its content
 
 
 def _sdpa_flop_jit(inputs: Sequence[Any], outputs: Sequence[Any]) -> int:
@@ -109,7 +110,8 @@ class FlopsTable:
     head_params_m: float = 0.0
 
     def to_json(self) -> Dict[str, Any]:
-        return {
+        """The cache file's content: the table, ``version`` and a ``checksum`` of the rest."""
+        data = {
             "version": CACHE_VERSION,
             "gflops": {str(k): v for k, v in self.gflops.items()},
             "params_m": {str(k): v for k, v in self.params_m.items()},
@@ -117,6 +119,7 @@ class FlopsTable:
             "head_gflops": self.head_gflops,
             "head_params_m": self.head_params_m,
         }
+        return dict(data, checksum=_checksum(data))
 
     @classmethod
     def from_json(cls, data: Dict[str, Any]) -> "FlopsTable":
@@ -127,6 +130,70 @@ class FlopsTable:
             head_gflops=float(data["head_gflops"]),
             head_params_m=float(data["head_params_m"]),
         )
+
+
+def _checksum(data: Dict[str, Any]) -> str:
+    """sha256 of a cache's content without its ``checksum`` field (floats round-trip JSON exactly)."""
+    content = {k: v for k, v in data.items() if k != "checksum"}
+    return hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()
+
+
+def _is_positive_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value > 0
+
+
+def _cache_problem(data: Any, stitch_ids: Sequence[int], input_size: Tuple[int, int], head_gflops: float,
+                  head_params_m: float) -> Optional[str]:
+    """Why a FLOPs cache's parsed JSON cannot be used for this table (``None`` if it can).
+
+    It must be a dict with exactly the fields ``to_json`` writes, one finite positive GFLOPs and parameter
+    count for every stitch id of the space and no other, the requested input size and head cost, and a
+    checksum that matches (an edited value is recounted rather than trusted).
+    """
+    if not isinstance(data, dict):
+        return f"holds a JSON {type(data).__name__}, not a FLOPs table"
+    if data.get("version") != CACHE_VERSION:
+        return f"has format version {data.get('version')!r}, not {CACHE_VERSION}"
+    fields = {"version", "gflops", "params_m", "input_size", "head_gflops", "head_params_m", "checksum"}
+    if set(data) != fields:
+        return f"has the fields {sorted(data)}, not {sorted(fields)}"
+    ids = {str(i) for i in stitch_ids}
+    for column in ("gflops", "params_m"):
+        values = data[column]
+        if not isinstance(values, dict):
+            return f"has {column} as a JSON {type(values).__name__}, not a mapping of stitch ids"
+        missing, extra = sorted(ids - set(values), key=int), sorted(set(values) - ids)
+        if missing or extra:
+            return (f"has {column} of other stitches than this space's (missing: {missing[:10]}, "
+                    f"not in it: {extra[:10]})")
+        bad = sorted((k for k, v in values.items() if not _is_positive_number(v)), key=int)
+        if bad:
+            return f"has {column} that are not finite positive numbers for stitches {bad[:10]}"
+    if data["input_size"] != list(input_size):
+        return f"was counted at input size {data['input_size']}, not {list(input_size)}"
+    for field, expected in (("head_gflops", head_gflops), ("head_params_m", head_params_m)):
+        value = data[field]
+        if not isinstance(value, (int, float)) or not math.isclose(value, expected, rel_tol=1e-9, abs_tol=1e-12):
+            return f"has {field}={value!r}, not this head's {expected!r}"
+    if data["checksum"] != _checksum(data):
+        return "does not match its checksum (it was edited after it was written)"
+    return None
+
+
+def _read_cache(path: str, snnet: StitchedViT, input_size: Tuple[int, int], head_gflops: float,
+                head_params: int) -> Optional[FlopsTable]:
+    """The table cached at ``path`` if it is intact and fits ``snnet``; ``None`` (warning why) if not."""
+    try:
+        with open(path) as f:
+            data = json.load(f)
+    except (OSError, ValueError) as exc:  # ValueError: JSONDecodeError, UnicodeDecodeError
+        problem = f"is unreadable ({type(exc).__name__}: {exc})"
+    else:
+        problem = _cache_problem(data, snnet.space.ids, input_size, head_gflops, head_params / 1e6)
+    if problem is not None:
+        logger.warning("FLOPs cache %s %s: recounting and rewriting it", path, problem)
+        return None
+    return FlopsTable.from_json(data)
 
 
 def _module_params(module: nn.Module) -> int:
@@ -186,7 +253,10 @@ def build_flops_table(
         head_gflops / head_params: constant task-head cost added to every stitch.
         head_key: names the head in the cache key (e.g. ``"dpt-256"``); tables for different heads,
             anchors, input sizes or modes never share a cache entry.
-        cache_dir: where to cache the table as JSON (``None``: no cache).
+        cache_dir: where to cache the table as JSON (``None``: no cache). A cache that is unreadable, edited
+            or does not fit this SN-Net (``_cache_problem``) is recounted and rewritten, with a warning.
+
+    Raises ``AtomicWriteError`` naming the cache file if it cannot be written (e.g. the disk is full).
     """
     if mode not in ("features", "classify"):
         raise ValueError(f"mode must be 'features' or 'classify', got {mode!r}")
@@ -195,13 +265,9 @@ def build_flops_table(
     if cache_dir is not None:
         path = os.path.join(cache_dir, f"flops_{cache_key(snnet, input_size, mode, head_key)}.json")
         if os.path.isfile(path):
-            try:
-                with open(path) as f:
-                    table = FlopsTable.from_json(json.load(f))
-                if set(table.gflops) >= set(snnet.space.ids):
-                    return table
-            except (ValueError, KeyError, json.JSONDecodeError) as exc:
-                logger.warning("ignoring unreadable FLOPs cache %s (%s); recounting", path, exc)
+            table = _read_cache(path, snnet, input_size, head_gflops, head_params)
+            if table is not None:
+                return table
     start = time.perf_counter()
     with_head = mode == "classify"
     device = next(snnet.parameters()).device

@@ -199,3 +199,41 @@ def test_table_follows_the_anchors_input_channels():
     table = build_flops_table(net, (32, 32), mode="features")
     direct = count_gflops(_Run(export_stitch(net, 7), "features"), (torch.zeros(1, 1, 32, 32),))
     assert table.gflops[7] == pytest.approx(direct, rel=1e-9)
+
+
+def _tamper_cases():
+    """(description, edit of the cache's parsed JSON) -> the edited cache must be recounted, not used."""
+    def edit_value(d):
+        d["gflops"]["3"] *= 0.5  # plausible, but not what the model costs
+    return [
+        ("a JSON list", lambda d: [d]),
+        ("a stitch removed", lambda d: d["gflops"].pop("3") and d),
+        ("a foreign stitch", lambda d: d["params_m"].update({"999": 1.0}) or d),
+        ("NaN stored as null", lambda d: d["gflops"].update({"2": None}) or d),
+        ("a negative count", lambda d: d["params_m"].update({"2": -1.0}) or d),
+        ("a string count", lambda d: d["gflops"].update({"2": "1.5"}) or d),
+        ("another head cost", lambda d: d.update(head_gflops=d["head_gflops"] + 1.0) or d),
+        ("an edited value", lambda d: edit_value(d) or d),
+        ("a missing field", lambda d: d.pop("checksum") and d),
+        ("an old format", lambda d: d.update(version=1) or d),
+    ]
+
+
+@pytest.mark.parametrize("case", range(len(_tamper_cases())))
+def test_a_tampered_flops_cache_is_recounted_with_a_warning(tmp_path, monkeypatch, caplog, case):
+    import json
+
+    what, tamper = _tamper_cases()[case]
+    net = tiny_snnet()
+    first = build_flops_table(net, (32, 32), cache_dir=str(tmp_path), head_gflops=0.5, head_key="h")
+    (cache,) = tmp_path.glob("flops_*.json")
+    intact = cache.read_text()
+    cache.write_text(json.dumps(tamper(json.loads(intact))))
+    traces = []
+    real = flops_module.flop_counter
+    monkeypatch.setattr(flops_module, "flop_counter", lambda *a: traces.append(1) or real(*a))
+    again = build_flops_table(net, (32, 32), cache_dir=str(tmp_path), head_gflops=0.5, head_key="h")
+    assert traces == [1], f"{what}: the cache was used as is"
+    assert again.gflops == first.gflops and again.params_m == first.params_m
+    assert f"FLOPs cache {cache} " in caplog.text and "recounting and rewriting it" in caplog.text
+    assert cache.read_text() == intact  # rewritten: the next run reads it without recounting
