@@ -1,40 +1,124 @@
 """Per-stitch evaluation loop and report (JSON, CSV, Markdown, PNG plot with the Pareto frontier).
 
-``evaluate_stitches`` calls a task's ``evaluate(stitch_id) -> {metric: value}`` for every chosen stitch,
-writes each result to ``stitch_results.json`` as soon as it is done (an interrupted run resumes without
-redoing finished stitches), then writes the table and plot.
+``evaluate_stitches`` calls a task's ``evaluate(stitch_id) -> {metric: value}`` for every chosen stitch and
+merges each result into ``stitch_results.json`` as soon as it is done: under a lock on the file it re-reads
+it, adds the row and rewrites it atomically. So an interrupted run resumes without redoing finished stitches,
+and evaluators sharing an output directory (e.g. disjoint ``--stitch`` lists) keep each other's rows. The
+table and plot are written from the merged results.
+
+The results file is strict JSON::
+
+    {"run_key": str, "task": str | null, "primary_metric": str, "higher_is_better": bool,
+     "stitches": {"<id>": {"id", "type", "route", "gflops", "params_m", <metric>: float | null, ...}}}
+
+A metric that came out NaN or inf is stored as ``null`` (with a warning) and the stitch is left off the
+frontier. ``task`` (e.g. ``"depth"``, ``"detection"``) lets ``select_stitches`` refuse another task's results.
 """
 from __future__ import annotations
 
 import csv
 import json
+import logging
+import math
 import os
 from typing import Callable, Dict, List, Mapping, Optional, Sequence
 
 from tqdm import tqdm
 
-from .atomic_io import write_json_atomic
+from .atomic_io import file_lock, remove_stale_temporaries, write_atomic, write_json_atomic
 from .flops import FlopsTable
-from .selection import pareto_frontier
+from .selection import has_finite_value, pareto_frontier
 from .stitch_space import StitchSpace
 
+logger = logging.getLogger(__name__)
+
 RESULTS_FILE = "stitch_results.json"
+FIXED_COLUMNS = ("id", "type", "route", "gflops", "params_m")
+_RECORD_FIELDS = ("run_key", "primary_metric", "higher_is_better", "stitches")
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def metric_names(record: Mapping) -> List[str]:
+    """The metric columns of a results record, in the order the rows first name them."""
+    names: Dict[str, None] = {}
+    for row in record["stitches"].values():
+        names.update((k, None) for k in row if k not in FIXED_COLUMNS)
+    return list(names)
+
+
+def check_results(record, source: str) -> None:
+    """Raise ``ValueError`` naming ``source`` (a file) if ``record`` is not a well-formed results record.
+
+    Every row needs the fixed columns, a number or ``null`` for every metric any row has (the primary metric
+    included), and the id it is filed under.
+    """
+    what = f"{source} is not a per-stitch results file ({RESULTS_FILE} written by snnet_core.evaluate_stitches)"
+    if not isinstance(record, dict):
+        raise ValueError(f"{what}: it holds a JSON {type(record).__name__}")
+    missing = [k for k in _RECORD_FIELDS if k not in record]
+    if missing or not isinstance(record["stitches"], dict):
+        hint = ("; it looks like a stitch_report.json, give the stitch_results.json beside it"
+                if isinstance(record.get("stitches"), list) else "")
+        raise ValueError(f"{what}: it lacks {missing or ['a stitches mapping']}{hint}")
+    fix = "delete that stitch's row to evaluate it again, or start a new output directory"
+    for key, row in record["stitches"].items():
+        if not isinstance(row, dict) or any(c not in row for c in FIXED_COLUMNS):
+            raise ValueError(f"{source}: the row of stitch {key} lacks some of the columns {list(FIXED_COLUMNS)} "
+                             f"(the file was edited or is damaged); {fix}")
+        if not (_is_number(row["id"]) and str(row["id"]) == key):
+            raise ValueError(f"{source}: the row filed under stitch {key!r} has id {row['id']!r}; {fix}")
+    if not record["stitches"]:
+        return
+    primary = record["primary_metric"]
+    for name in dict.fromkeys([primary, *metric_names(record)]):
+        for key, row in record["stitches"].items():
+            if name not in row:
+                which = "the primary metric" if name == primary else "a metric other stitches have"
+                raise ValueError(f"{source}: stitch {key} has no {name!r} ({which}): the file was edited or mixes "
+                                 f"evaluations of different metrics; {fix}")
+            if not (row[name] is None or _is_number(row[name])):
+                raise ValueError(f"{source}: stitch {key} has {name}={row[name]!r}, not a number or null; {fix}")
+    for key, row in record["stitches"].items():
+        if not all(_is_number(row[c]) for c in ("gflops", "params_m")):
+            raise ValueError(f"{source}: stitch {key} has gflops={row['gflops']!r}, params_m={row['params_m']!r}, "
+                             f"not numbers; {fix}")
+
+
+def read_results(path: str) -> Dict[str, dict]:
+    """A results file, checked (``check_results``); ``RuntimeError`` if it is not valid JSON."""
+    try:
+        with open(path) as f:
+            record = json.load(f)
+    except json.JSONDecodeError as exc:
+        raise RuntimeError(f"{path} is not valid JSON ({exc}); move it away to start the evaluation afresh") from exc
+    check_results(record, path)
+    return record
 
 
 def load_results(output_dir: str) -> Dict[str, dict]:
-    """The results file of a previous (possibly interrupted) run, or an empty record."""
+    """The results file of a previous (possibly interrupted) run in ``output_dir``, or an empty record."""
     path = os.path.join(output_dir, RESULTS_FILE)
-    if not os.path.isfile(path):
-        return {}
-    try:
-        with open(path) as f:
-            return json.load(f)
-    except json.JSONDecodeError as exc:
-        raise RuntimeError(f"{path} is not valid JSON ({exc}); move it away to start the evaluation afresh") from exc
+    return read_results(path) if os.path.isfile(path) else {}
 
 
-def select_stitches(selection: str, space: StitchSpace, pareto_source: Optional[str] = None) -> List[int]:
-    """Resolve ``all``, ``ID[,ID...]`` or ``pareto`` (frontier of a previous report's results file)."""
+def select_stitches(
+    selection: str,
+    space: StitchSpace,
+    pareto_source: Optional[str] = None,
+    task: Optional[str] = None,
+    metric: Optional[str] = None,
+    higher_is_better: Optional[bool] = None,
+) -> List[int]:
+    """Resolve ``all``, ``ID[,ID...]`` or ``pareto`` (frontier of a previous evaluation's results file).
+
+    Args:
+        task: the caller's task; a ``pareto_source`` written for another task is refused.
+        metric, higher_is_better: the frontier's metric (default: the file's primary metric and its direction);
+            every row must have it, so another task's file (with other metrics) is refused as well.
+    """
     if selection.strip() != "pareto":
         return space.parse_selection(selection)
     if pareto_source is None or not os.path.isfile(pareto_source):
@@ -42,12 +126,72 @@ def select_stitches(selection: str, space: StitchSpace, pareto_source: Optional[
             f"--stitch pareto needs the results of a previous per-stitch evaluation ({RESULTS_FILE}); "
             f"not found at {pareto_source!r}. Run with --stitch all first (e.g. on a validation subset)."
         )
-    with open(pareto_source) as f:
-        record = json.load(f)
+    record = read_results(pareto_source)
+    if task is not None and record.get("task") not in (None, task):
+        raise ValueError(
+            f"{pareto_source} holds the per-stitch results of a {record['task']!r} evaluation (metrics "
+            f"{metric_names(record)}), not of {task!r}: give --stitch pareto the {RESULTS_FILE} of a {task} evaluation"
+        )
+    if metric is None or metric == record["primary_metric"]:
+        metric = record["primary_metric"]
+        higher_is_better = record["higher_is_better"] if higher_is_better is None else higher_is_better
+    elif higher_is_better is None:
+        raise ValueError(f"select_stitches(metric={metric!r}) needs higher_is_better: {pareto_source} ranks by "
+                         f"{record['primary_metric']!r}")
     rows = record["stitches"]
-    primary, hib = record["primary_metric"], record["higher_is_better"]
-    return pareto_frontier({int(k): r["gflops"] for k, r in rows.items()},
-                           {int(k): r[primary] for k, r in rows.items()}, hib)
+    lacking = [k for k, r in rows.items() if metric not in r]
+    if lacking:
+        raise ValueError(
+            f"{pareto_source}: stitch {lacking[0]} has no {metric!r} (its metrics: {metric_names(record)}); "
+            f"it holds results of another task or metric set: give the {RESULTS_FILE} of an evaluation with {metric!r}"
+        )
+    foreign = [k for k in rows if int(k) not in space]
+    if foreign:
+        raise ValueError(f"{pareto_source} holds stitches {foreign[:10]} that this stitch space "
+                         f"({'/'.join(map(str, space.depths))} blocks, {len(space)} stitches) lacks: it was written "
+                         "for another SN-Net")
+    unranked = sorted((int(k) for k, r in rows.items() if not has_finite_value(r[metric])))
+    if unranked:
+        logger.warning("%s: stitches %s have no finite %r and are left out of the Pareto selection",
+                       pareto_source, unranked, metric)
+    frontier = pareto_frontier({int(k): r["gflops"] for k, r in rows.items()},
+                               {int(k): r[metric] for k, r in rows.items()}, higher_is_better)
+    if not frontier:
+        raise ValueError(f"{pareto_source} holds no stitch with a finite {metric!r}: nothing to select. "
+                         "Run with --stitch all first")
+    return frontier
+
+
+def _metric_value(stitch_id: int, name: str, value) -> Optional[float]:
+    """``value`` as a float, or ``None`` (with a warning) if it is missing, NaN or inf."""
+    number = None if value is None else float(value)
+    if number is None or not math.isfinite(number):
+        logger.warning("stitch %d: %s is %s; stored as null and left off the frontier", stitch_id, name, value)
+        return None
+    return number
+
+
+def _open_record(path: str, run_key: str, task: Optional[str], primary_metric: str,
+                 higher_is_better: bool) -> Dict:
+    """The current results in ``path`` (or a new record) for this run; call it under ``file_lock(path)``.
+
+    Results of another ``run_key`` (another model, or other evaluation options) or another ``task`` are never
+    mixed in: a file holding them is an error. The primary metric and its direction become this call's (the
+    rows are measurements of the same run), so every row must have that metric.
+    """
+    record = read_results(path) if os.path.isfile(path) else {}
+    if not record:
+        return {"run_key": run_key, "task": task, "primary_metric": primary_metric,
+                "higher_is_better": higher_is_better, "stitches": {}}
+    stored_task = record.get("task")
+    if record["run_key"] != run_key or (task is not None and stored_task not in (None, task)):
+        raise RuntimeError(
+            f"{path} holds results of another run ({record['run_key']!r}, task {stored_task!r}; this one is "
+            f"{run_key!r}, task {task!r}); choose a new output directory"
+        )
+    record.update(task=task or stored_task, primary_metric=primary_metric, higher_is_better=higher_is_better)
+    check_results(record, path)
+    return record
 
 
 def evaluate_stitches(
@@ -61,68 +205,90 @@ def evaluate_stitches(
     run_key: str = "",
     title: str = "SN-Net stitches",
     progress: bool = True,
+    task: Optional[str] = None,
+    resume: bool = True,
 ) -> Dict[str, dict]:
-    """Evaluate stitches, resumably, and write the report.
+    """Evaluate stitches, resumably, merging into a shared results file, and write the report.
 
     Args:
-        evaluate: ``stitch id -> {metric name: value}``.
-        stitch_ids: stitches to evaluate.
+        evaluate: ``stitch id -> {metric name: value}``; NaN/inf values are stored as ``null``.
+        stitch_ids: stitches to evaluate (a repeated id is evaluated once).
         space, flops: the SN-Net's stitch space and FLOPs table (GFLOPs/params columns).
         output_dir: where ``stitch_results.json``, ``stitch_report.{csv,md,png}`` go.
         primary_metric: metric of the Pareto frontier and the plot; ``higher_is_better`` its direction.
-        run_key: identifies the model being evaluated (e.g. checkpoint path and iteration). Resuming into
-            a directory written for another ``run_key`` is refused rather than mixing results.
+        run_key: identifies the model and the evaluation options. A results file written for another
+            ``run_key`` (or ``task``) is refused (``RuntimeError``), at the start or when it appears mid-run.
+        task: names the task in the results file (``select_stitches`` refuses another task's results).
+        resume: skip the stitches the results file already holds. Pass ``False`` where the caller has chosen
+            the stitches still to do itself (e.g. broadcast to DDP ranks, which must all evaluate the same ones).
 
     Returns:
-        the results record ``{"stitches": {id: row}, ...}``.
+        the merged results record ``{"stitches": {id: row}, ...}`` (rows of every evaluator of the file).
     """
-    os.makedirs(output_dir, exist_ok=True)
-    record = load_results(output_dir)
-    if record and record.get("run_key") != run_key:
-        raise RuntimeError(
-            f"{os.path.join(output_dir, RESULTS_FILE)} holds results of another run "
-            f"({record.get('run_key')!r}, this one is {run_key!r}); choose a new output directory"
-        )
-    record = record or {"run_key": run_key, "primary_metric": primary_metric,
-                        "higher_is_better": higher_is_better, "stitches": {}}
-    rows: Dict[str, dict] = record["stitches"]
-    todo = [int(s) for s in stitch_ids if str(int(s)) not in rows]
+    path = os.path.join(output_dir, RESULTS_FILE)
+    ids = list(dict.fromkeys(space[s].id for s in stitch_ids))  # validates every id before any evaluation
+    with file_lock(path):
+        remove_stale_temporaries(path)  # of a killed write; every writer of the file holds this lock
+        record = _open_record(path, run_key, task, primary_metric, higher_is_better)
+    todo = [s for s in ids if not (resume and str(s) in record["stitches"])]
     for sid in tqdm(todo, desc="evaluating stitches", unit="stitch", disable=not progress):
         stitch = space[sid]
-        metrics = {k: float(v) for k, v in evaluate(sid).items()}
+        metrics = {k: _metric_value(sid, k, v) for k, v in evaluate(sid).items()}
         if primary_metric not in metrics:
             raise KeyError(f"evaluate({sid}) returned {sorted(metrics)} without the primary metric {primary_metric!r}")
-        rows[str(sid)] = {"id": sid, "type": stitch.kind, "route": stitch.route,
-                          "gflops": flops.gflops[sid], "params_m": flops.params_m[sid], **metrics}
-        write_json_atomic(os.path.join(output_dir, RESULTS_FILE), record)
-    write_report(record, output_dir, title)
+        row = {"id": sid, "type": stitch.kind, "route": stitch.route,
+               "gflops": flops.gflops[sid], "params_m": flops.params_m[sid], **metrics}
+        with file_lock(path):
+            record = _open_record(path, run_key, task, primary_metric, higher_is_better)
+            known = metric_names(record)
+            if known and set(known) != set(metrics):
+                raise RuntimeError(f"evaluate({sid}) returned the metrics {sorted(metrics)}, but {path} holds rows "
+                                   f"with {sorted(known)}; evaluate into a new output directory")
+            record["stitches"][str(sid)] = row
+            write_json_atomic(path, record)
+    with file_lock(path):  # the report of everything merged so far; the lock orders concurrent reports
+        record = _open_record(path, run_key, task, primary_metric, higher_is_better)
+        write_report(record, output_dir, title)
     return record
 
 
 def write_report(record: Mapping, output_dir: str, title: str = "SN-Net stitches") -> List[int]:
-    """Write CSV, Markdown and PNG from a results record; returns the Pareto-frontier ids."""
+    """Write CSV, Markdown and PNG from a results record (atomically); returns the Pareto-frontier ids.
+
+    Stitches without a finite primary metric are listed (empty CSV cell, ``n/a`` in the table), named in a note
+    of the Markdown report, and left off the frontier and the plot.
+    """
+    check_results(record, f"the results record of {output_dir}")
     rows = {int(k): v for k, v in record["stitches"].items()}
     primary, hib = record["primary_metric"], record["higher_is_better"]
-    frontier = pareto_frontier({k: r["gflops"] for k, r in rows.items()},
-                               {k: r[primary] for k, r in rows.items()}, hib)
-    fixed = ["id", "type", "route", "gflops", "params_m"]
-    metric_names = [k for k in next(iter(rows.values()), {}) if k not in fixed] if rows else []
+    frontier = pareto_frontier({k: r["gflops"] for k, r in rows.items()}, {k: r[primary] for k, r in rows.items()},
+                               hib)
+    names = metric_names(record)
     ordered = sorted(rows.values(), key=lambda r: (r["gflops"], r["id"]))
     on_front = set(frontier)
-    with open(os.path.join(output_dir, "stitch_report.csv"), "w", newline="") as f:
+    unranked = [r["id"] for r in ordered if not has_finite_value(r[primary])]
+
+    def write_csv(f) -> None:
         writer = csv.writer(f)
-        writer.writerow(fixed + metric_names + ["on_frontier"])
+        writer.writerow(list(FIXED_COLUMNS) + names + ["on_frontier"])
         for r in ordered:
-            writer.writerow([r[k] for k in fixed + metric_names] + [r["id"] in on_front])
-    with open(os.path.join(output_dir, "stitch_report.md"), "w") as f:
+            writer.writerow([r[k] for k in list(FIXED_COLUMNS) + names] + [r["id"] in on_front])
+
+    def write_markdown(f) -> None:
         f.write(f"# {title}\n\n{len(rows)} stitches; Pareto frontier on `{primary}` "
                 f"({'higher' if hib else 'lower'} is better) marked with *.\n\n")
-        header = ["id", "type", "route", "GFLOPs", "params (M)"] + metric_names + ["frontier"]
+        if unranked:
+            f.write(f"No finite `{primary}` (NaN/inf when evaluated, stored as null), left off the frontier: "
+                    f"stitches {', '.join(map(str, unranked))}.\n\n")
+        header = ["id", "type", "route", "GFLOPs", "params (M)"] + names + ["frontier"]
         f.write("| " + " | ".join(header) + " |\n|" + "---|" * len(header) + "\n")
         for r in ordered:
             cells = [str(r["id"]), r["type"], f"`{r['route']}`", f"{r['gflops']:.4g}", f"{r['params_m']:.1f}"]
-            cells += [f"{r[m]:.4g}" for m in metric_names] + ["*" if r["id"] in on_front else ""]
+            cells += ["n/a" if r[m] is None else f"{r[m]:.4g}" for m in names] + ["*" if r["id"] in on_front else ""]
             f.write("| " + " | ".join(cells) + " |\n")
+
+    write_atomic(os.path.join(output_dir, "stitch_report.csv"), write_csv)  # POSIX text mode keeps csv's \r\n
+    write_atomic(os.path.join(output_dir, "stitch_report.md"), write_markdown)
     if rows:
         plot_metric_vs_gflops(rows, frontier, primary, os.path.join(output_dir, "stitch_report.png"), title)
     return frontier
@@ -130,21 +296,26 @@ def write_report(record: Mapping, output_dir: str, title: str = "SN-Net stitches
 
 def plot_metric_vs_gflops(rows: Mapping[int, Mapping], frontier: Sequence[int], metric: str, path: str,
                           title: str) -> None:
-    """Scatter of ``metric`` vs GFLOPs coloured by route type, frontier line, anchors as stars."""
+    """Scatter of ``metric`` vs GFLOPs coloured by route type, frontier line, anchors as stars (PNG, atomic).
+
+    Rows without a finite ``metric`` are not drawn.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    ranked = [r for r in rows.values() if has_finite_value(r[metric])]
     fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
     colours = {"FS": "tab:blue", "SF": "tab:orange", "FSF": "tab:green", "SFS": "tab:purple"}
     for kind, colour in colours.items():
-        pts = [(r["gflops"], r[metric]) for r in rows.values() if r["type"] == kind]
+        pts = [(r["gflops"], r[metric]) for r in ranked if r["type"] == kind]
         if pts:
             ax.scatter(*zip(*pts), s=14, alpha=0.7, color=colour, label=kind)
     front = [(rows[i]["gflops"], rows[i][metric]) for i in frontier]
-    ax.plot(*zip(*front), color="black", lw=1.2, label="Pareto frontier")
-    anchors = [(r["gflops"], r[metric]) for r in rows.values() if r["type"] == "anchor"]
+    if front:
+        ax.plot(*zip(*front), color="black", lw=1.2, label="Pareto frontier")
+    anchors = [(r["gflops"], r[metric]) for r in ranked if r["type"] == "anchor"]
     if anchors:
         ax.scatter(*zip(*anchors), marker="*", s=220, color="gold", edgecolor="black", zorder=5, label="anchors")
     ax.set_xlabel("GFLOPs")
@@ -153,5 +324,7 @@ def plot_metric_vs_gflops(rows: Mapping[int, Mapping], frontier: Sequence[int], 
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
+    try:
+        write_atomic(path, lambda f: fig.savefig(f, format="png"), binary=True)
+    finally:
+        plt.close(fig)

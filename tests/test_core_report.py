@@ -187,3 +187,140 @@ def test_file_lock_serialises_read_modify_write(tmp_path):
     with mp.get_context("spawn").Pool(2) as pool:
         pool.map(_append_under_lock, [(path, 0), (path, 1)])
     assert sorted(json.loads((tmp_path / "results.json").read_text())) == [0] * 20 + [1] * 20
+
+
+# --- reliability: merging, strict JSON, malformed and foreign results (issue #9) ---------------------------
+def test_evaluators_sharing_a_results_file_keep_each_others_rows(tmp_path):
+    """A second evaluator writes its stitches while the first is mid-run: both sides survive the merge."""
+    def first(sid):
+        if sid == 1:  # the other evaluator runs (and finishes) while this one evaluates stitch 1
+            evaluate_stitches(fake_metric, [3, 4], SPACE, table(), str(tmp_path), "acc", run_key="m1",
+                              progress=False)
+        return fake_metric(sid)
+
+    record = evaluate_stitches(first, [0, 1, 2], SPACE, table(), str(tmp_path), "acc", run_key="m1", progress=False)
+    assert sorted(map(int, record["stitches"])) == [0, 1, 2, 3, 4]
+    saved = json.loads((tmp_path / "stitch_results.json").read_text())
+    assert saved == record
+    with open(tmp_path / "stitch_report.csv") as f:
+        assert sorted(int(r["id"]) for r in csv.DictReader(f)) == [0, 1, 2, 3, 4]  # report of the merged results
+
+
+def test_results_of_another_run_appearing_mid_run_are_not_mixed(tmp_path):
+    """The run-key guard holds at every merge, not only at the start: a file replaced by another run's results
+    (e.g. someone evaluated another model into the directory) makes this run stop, and the file stays theirs."""
+    other = tmp_path / "other"
+
+    def evaluate(sid):
+        if sid == 1:
+            evaluate_stitches(fake_metric, [5], SPACE, table(), str(other), "acc", run_key="model-B", progress=False)
+            (other / "stitch_results.json").replace(tmp_path / "stitch_results.json")
+        return fake_metric(sid)
+
+    with pytest.raises(RuntimeError, match="another run .*'model-B'"):
+        evaluate_stitches(evaluate, [0, 1, 2], SPACE, table(), str(tmp_path), "acc", run_key="model-A",
+                          progress=False)
+    saved = json.loads((tmp_path / "stitch_results.json").read_text())
+    assert saved["run_key"] == "model-B" and list(saved["stitches"]) == ["5"]
+
+
+def test_non_finite_metrics_are_written_as_null_and_left_off_the_frontier(tmp_path, caplog):
+    def evaluate(sid):
+        metrics = fake_metric(sid)
+        if sid == 1:  # the slow anchor: the best stitch, were its NaN compared
+            metrics["acc"] = float("nan")
+        if sid == 2:
+            metrics["loss"] = float("inf")
+        return metrics
+
+    record = evaluate_stitches(evaluate, SPACE.ids, SPACE, table(), str(tmp_path), "acc", progress=False)
+    text = (tmp_path / "stitch_results.json").read_text()
+    assert "NaN" not in text and "Infinity" not in text
+    strict = json.loads(text, parse_constant=lambda c: pytest.fail(f"non-standard JSON constant {c}"))
+    assert strict == record and strict["stitches"]["1"]["acc"] is None and strict["stitches"]["2"]["loss"] is None
+    assert "stitch 1: acc is nan; stored as null" in caplog.text
+    with open(tmp_path / "stitch_report.csv") as f:
+        rows = {int(r["id"]): r for r in csv.DictReader(f)}
+    assert rows[1]["acc"] == "" and rows[1]["on_frontier"] == "False"
+    md = (tmp_path / "stitch_report.md").read_text()
+    assert "left off the frontier: stitches 1." in md and "| n/a |" in md
+    finite = {s: fake_metric(s)["acc"] for s in SPACE.ids if s != 1}
+    assert select_stitches("pareto", SPACE, str(tmp_path / "stitch_results.json")) == \
+        pareto_frontier(table().gflops, finite)
+
+
+def test_a_row_missing_a_metric_is_a_clear_error(tmp_path):
+    evaluate_stitches(fake_metric, [0, 1, 2, 3], SPACE, table(), str(tmp_path), "acc", run_key="m1", progress=False)
+    path = tmp_path / "stitch_results.json"
+    record = json.loads(path.read_text())
+    del record["stitches"]["3"]["loss"]  # a hand-edited file
+    path.write_text(json.dumps(record))
+    with pytest.raises(ValueError, match=r"stitch_results.json: stitch 3 has no 'loss' \(a metric other stitches"):
+        evaluate_stitches(fake_metric, [4], SPACE, table(), str(tmp_path), "acc", run_key="m1", progress=False)
+    with pytest.raises(ValueError, match=r"stitch_results.json: stitch 3 has no 'loss'"):
+        select_stitches("pareto", SPACE, str(path))
+    del record["stitches"]["0"]["acc"]
+    path.write_text(json.dumps(record))
+    with pytest.raises(ValueError, match=r"stitch 0 has no 'acc' \(the primary metric\)"):
+        select_stitches("pareto", SPACE, str(path))
+    evaluate_stitches(fake_metric, [0, 1], SPACE, table(), str(tmp_path / "ok"), "acc", progress=False)
+    with pytest.raises(ValueError, match=r"stitch_results.json: stitch 0 has no 'rmse' \(its metrics: \['acc', 'loss'"):
+        select_stitches("pareto", SPACE, str(tmp_path / "ok" / "stitch_results.json"), metric="rmse",
+                        higher_is_better=False)
+    with pytest.raises(RuntimeError, match=r"returned the metrics \['acc'\], but .* holds rows with \['acc', 'loss'\]"):
+        evaluate_stitches(lambda s: {"acc": 1.0}, [2], SPACE, table(), str(tmp_path / "ok"), "acc", progress=False)
+
+
+def test_another_tasks_results_are_refused_as_pareto_source(tmp_path):
+    depth, detection = tmp_path / "depth", tmp_path / "detection"
+    evaluate_stitches(lambda s: {"a1": 0.5 + 0.01 * s, "rmse": 1.0}, SPACE.ids, SPACE, table(), str(depth), "a1",
+                      task="depth", progress=False)
+    evaluate_stitches(lambda s: {"bbox_AP": 30.0 + s, "segm_AP": 25.0}, SPACE.ids, SPACE, table(), str(detection),
+                      "bbox_AP", task="detection", progress=False)
+    detection_results = str(detection / "stitch_results.json")
+    with pytest.raises(ValueError, match=r"detection/stitch_results.json holds the per-stitch results of a "
+                                         r"'detection' evaluation .*not of 'depth'"):
+        select_stitches("pareto", SPACE, detection_results, task="depth")
+    assert select_stitches("pareto", SPACE, str(depth / "stitch_results.json"), task="depth")
+    # a file of a version without the task field: the metric the caller ranks by tells them apart
+    record = json.loads((detection / "stitch_results.json").read_text())
+    del record["task"]
+    (detection / "stitch_results.json").write_text(json.dumps(record))
+    with pytest.raises(ValueError, match=r"stitch 0 has no 'a1' \(its metrics: \['bbox_AP', 'segm_AP'\]\)"):
+        select_stitches("pareto", SPACE, detection_results, task="depth", metric="a1", higher_is_better=True)
+    # detection's stitch_report.json (rows as a list) is not a results file
+    (tmp_path / "stitch_report.json").write_text(json.dumps({"title": "t", "run_key": "", "stitches": [{"id": 0}]}))
+    with pytest.raises(ValueError, match="not a per-stitch results file .*looks like a stitch_report.json"):
+        select_stitches("pareto", SPACE, str(tmp_path / "stitch_report.json"))
+    # results of a bigger SN-Net
+    evaluate_stitches(lambda s: {"acc": 1.0}, [40], StitchSpace(12, 24), FlopsTable({40: 9.0}, {40: 1.0}, (32, 32)),
+                      str(tmp_path / "big"), "acc", progress=False)
+    with pytest.raises(ValueError, match=r"holds stitches \['40'\] that this stitch space \(4/8 blocks"):
+        select_stitches("pareto", SPACE, str(tmp_path / "big" / "stitch_results.json"))
+    # an evaluation of another task into the same directory
+    with pytest.raises(RuntimeError, match="another run"):
+        evaluate_stitches(fake_metric, [0], SPACE, table(), str(depth), "acc", task="detection", progress=False)
+
+
+def test_repeated_ids_are_evaluated_once_and_bad_ids_fail_before_any_evaluation(tmp_path):
+    calls = []
+
+    def counting(sid):
+        calls.append(sid)
+        return fake_metric(sid)
+
+    evaluate_stitches(counting, [3, 3, 3, 0], SPACE, table(), str(tmp_path), "acc", progress=False)
+    assert calls == [3, 0]
+    for bad, error in ((True, TypeError), (2.0, TypeError), (999, KeyError)):
+        with pytest.raises(error, match="stitch id"):
+            evaluate_stitches(counting, [4, bad], SPACE, table(), str(tmp_path / "bad"), "acc", progress=False)
+    assert calls == [3, 0]
+
+
+def test_resume_false_evaluates_every_given_stitch(tmp_path):
+    """DDP callers broadcast the stitches to do and pass resume=False, so rank 0 evaluates exactly those."""
+    evaluate_stitches(fake_metric, [0, 1], SPACE, table(), str(tmp_path), "acc", progress=False)
+    calls = []
+    record = evaluate_stitches(lambda s: calls.append(s) or fake_metric(s), [1, 2], SPACE, table(), str(tmp_path),
+                               "acc", progress=False, resume=False)
+    assert calls == [1, 2] and sorted(map(int, record["stitches"])) == [0, 1, 2]
