@@ -12,7 +12,7 @@ import torch
 from datasets.make_synthetic_nyu import make_synthetic_nyu, render_frame
 from projects.snnet_dpt.loss import SILogLoss
 from projects.snnet_dpt.metrics import DepthMetricAccumulator
-from projects.snnet_dpt.nyu import NYUv2Labeled, NYUv2Sync, build_nyu_split
+from projects.snnet_dpt.nyu import NYUv2Labeled, NYUv2Sync, build_nyu_split, check_depth_values, shared_frames
 from projects.snnet_dpt.transforms import DepthDataset, TrainAugmentation
 
 H, W = 48, 64  # asymmetric on purpose: a transposed axis changes the shape
@@ -235,6 +235,64 @@ def test_sync_reader_errors(tmp_path, synthetic):
         build_nyu_split("kitti", root, "train")
     with pytest.raises(ValueError, match="depth_source='filled' needs layout 'mat'"):
         build_nyu_split("sync", root, "test", depth_source="filled")
+
+
+def test_float_images_and_non_finite_depth_in_the_mat_are_refused_with_file_and_frame(labeled_root, tmp_path):
+    root, images, raw, _ = labeled_root
+    float_images = [im.astype(np.float64) / 255 for im in images]  # what a hand-converted file may hold
+    with h5py.File(tmp_path / "float.mat", "w") as f:
+        f["images"] = np.stack([im.transpose(2, 1, 0) for im in float_images])
+        f["rawDepths"] = np.stack([d.T for d in raw])
+    with pytest.raises(ValueError, match=r"float\.mat.*'images' is float64, expected uint8 \(0-255\)"):
+        NYUv2Labeled(str(tmp_path / "float.mat"), str(root / "splits.mat"), "train")
+    with h5py.File(root / "nyu_depth_v2_labeled.mat", "r+") as f:
+        f["rawDepths"][2, 10, 5] = np.inf  # frame 3 (1-based), the second training frame
+    frames = build_nyu_split("mat", str(root), "train")
+    frames.read(0)
+    with pytest.raises(ValueError, match=r"frame 3 \(1-based\) of 'rawDepths' holds 1 non-finite values"):
+        frames.read(1)
+
+
+def test_depth_in_another_unit_or_without_measurement_is_refused(synthetic, tmp_path):
+    root, _ = synthetic
+    frames = build_nyu_split("mat", root, "train")
+    check_depth_values(frames, max_depth=10.0)  # metres: accepted
+    loaded = [frames.read(i) for i in range(len(frames))]
+
+    class Scaled:
+        source = "scaled.mat"
+
+        def __init__(self, scale):
+            self.scale = scale
+
+        def __len__(self):
+            return len(loaded)
+
+        def read(self, i):
+            return loaded[i][0], loaded[i][1] * self.scale
+
+    with pytest.raises(ValueError, match=r"scaled.mat, frames \[1, 2, 3, 4, 5, 6\].*median depth \d+ is above "
+                                         r"model.max_depth=10.0 m; the depth looks like millimetres"):
+        check_depth_values(Scaled(1000.0), max_depth=10.0)
+    with pytest.raises(ValueError, match=r"below 0.1 m; the depth looks like metres written where millimetres"):
+        check_depth_values(Scaled(1e-3), max_depth=10.0)
+    with pytest.raises(ValueError, match=r"the depth is 0 \(no measurement\) everywhere"):
+        check_depth_values(Scaled(0.0), max_depth=10.0)
+
+
+def test_overlapping_splits_are_found_in_both_layouts(synthetic, tmp_path):
+    root, _ = synthetic
+    for layout in ("mat", "sync"):
+        assert shared_frames(build_nyu_split(layout, root, "train"), build_nyu_split(layout, root, "test")) == []
+    scipy.io.savemat(tmp_path / "splits.mat", {"trainNdxs": np.array([[1.0], [2.0], [3.0]]),
+                                               "testNdxs": np.array([[3.0], [4.0]])})
+    mat = os.path.join(root, "nyu_depth_v2_labeled.mat")
+    shared = shared_frames(NYUv2Labeled(mat, str(tmp_path / "splits.mat"), "train"),
+                           NYUv2Labeled(mat, str(tmp_path / "splits.mat"), "test"))
+    assert shared == [f"{os.path.realpath(mat)}:3"]
+    train_list = os.path.join(root, "nyudepthv2_train_files_with_gt.txt")
+    sync_train = build_nyu_split("sync", root, "train")
+    assert len(shared_frames(sync_train, NYUv2Sync(os.path.join(root, "sync"), train_list))) == len(sync_train)
 
 
 def test_train_augmentation_keeps_image_and_depth_aligned():

@@ -12,12 +12,13 @@ import tokenize
 
 import numpy as np
 import pytest
+import scipy.io
 import torch
 import yaml
 
 import projects.snnet_dpt.engine as engine
 import projects.snnet_dpt.train as train_cli
-from datasets.make_synthetic_nyu import make_synthetic_nyu
+from datasets.make_synthetic_nyu import make_synthetic_nyu, write_labeled_mat, write_splits_mat
 from projects.snnet_dpt.export import load_exported_model
 from projects.snnet_dpt.model import build_model
 from projects.snnet_dpt.nyu import build_nyu_split
@@ -145,7 +146,7 @@ def test_stitch_report_is_resumable_after_an_interruption(data_root, tmp_path, m
     calls.clear()
     pareto = train_cli.main(cli_args(data_root, out, "--eval-only", "--stitch", "pareto", opts=["test.flip=false"]))
     assert calls == [] and 1 <= len(pareto["report"]["stitches"]) == NUM_STITCHES
-    with pytest.raises(RuntimeError, match="another run"):  # flip changes the run key
+    with pytest.raises(RuntimeError, match="another model or setting .flip False there vs True now"):
         train_cli.main(cli_args(data_root, out, "--eval-only", "--stitch", "0"))
 
 
@@ -169,7 +170,7 @@ def test_two_process_ddp_trains_the_same_stitch_on_both_ranks(data_root, tmp_pat
     with open(out / "stitch_eval" / "stitch_results.json") as f:
         assert sorted(json.load(f)["stitches"]) == ["0", "1"]
     exported = load_exported_model(str(out / "stitch_7_dpt.pth"))
-    trained = build_model(engine.read_checkpoint_spec(str(out / "checkpoint_last.pth"))).eval()
+    trained = build_model(engine.read_checkpoint_header(str(out / "checkpoint_last.pth"))["spec"]).eval()
     engine.load_checkpoint(str(out / "checkpoint_last.pth"), trained)
     trained.backbone.set_stitch(7)
     image, _ = DepthDataset(build_nyu_split("sync", data_root, "test"))[0]
@@ -343,3 +344,154 @@ def test_every_config_value_names_its_source(path):
     assert len(values) > 15
     missing = [f"line {line}: {what}" for line, what in values if not SOURCE.search(comments.get(line, ""))]
     assert not missing, f"{path}: values without a source comment: {missing}"
+
+
+# ---------------------------------------------------------------------------------------------------- reliability
+def file_states(directory):
+    """{relative path: bytes} of every file under ``directory``."""
+    states = {}
+    for root, _, names in os.walk(directory):
+        for name in names:
+            path = os.path.join(root, name)
+            with open(path, "rb") as f:
+                states[os.path.relpath(path, directory)] = f.read()
+    return states
+
+
+def test_a_second_training_never_touches_the_run_in_its_output_dir(data_root, tmp_path):
+    out = tmp_path / "run"
+    train_cli.main(cli_args(data_root, out, "--stitch", "0", opts=["train.epochs=1"]))
+    first = file_states(out)
+    assert {"checkpoint_last.pth", "config.yaml", "train_log.rank0.jsonl",
+            "stitch_eval/stitch_results.json"} <= set(first)
+    with pytest.raises(FileExistsError, match=r"already holds a run \(checkpoint_last.pth, config.yaml.*--resume.*"
+                                              r"--overwrite.*another train.output_dir"):
+        train_cli.main(cli_args(data_root, out, "--stitch", "0", opts=["train.epochs=1", "train.seed=1"]))
+    assert file_states(out) == first  # checkpoint, log, config and report untouched
+    # --overwrite replaces the run: one history in the log, a report of the new model only
+    result = train_cli.main(cli_args(data_root, out, "--overwrite", "--stitch", "1", opts=["train.epochs=1",
+                                                                                           "train.seed=1"]))
+    assert [r["iter"] for r in read_log(out) if "loss" in r] == list(range(8))
+    assert sorted(result["report"]["stitches"]) == ["1"]
+    with open(out / "config.yaml") as f:
+        assert yaml.safe_load(f)["train"]["seed"] == 1
+    with pytest.raises(FileNotFoundError, match=r"--resume: checkpoint .*nothing.pth.* does not exist.*--overwrite"):
+        train_cli.main(cli_args(data_root, out, "--resume", "--stitch", "none",
+                                opts=["train.epochs=1", f"train.checkpoint={tmp_path / 'nothing.pth'}"]))
+
+
+def test_report_is_keyed_on_the_checkpoint_content_and_the_metric_settings(data_root, tmp_path):
+    for seed in (0, 1):
+        train_cli.main(cli_args(data_root, tmp_path / f"model{seed}", "--stitch", "none",
+                                opts=["train.epochs=1", f"train.seed={seed}"]))
+    shared = tmp_path / "shared_eval"
+    ckpt = tmp_path / "evaluated.pth"  # one path, two models in turn: the path does not identify the weights
+    os.link(tmp_path / "model0" / "checkpoint_last.pth", ckpt)
+
+    def evaluate(*flags, opts=()):
+        return train_cli.main(cli_args(data_root, tmp_path / "eval_out", "--eval-only", *flags,
+                                       opts=[f"train.checkpoint={ckpt}", f"test.eval_dir={shared}", *opts]))
+
+    first = evaluate("--stitch", "0")["report"]
+    assert re.fullmatch(r"weights=sha256:[0-9a-f]{16}\|test_set=.*nyu_depth_v2_labeled.mat \(rawDepths.*\|images=4"
+                        r"\|eval_size=64x80\|eigen_crop=6,63,5,75\|flip=True\|amp=False", first["run_key"])
+    os.remove(ckpt)
+    os.link(tmp_path / "model1" / "checkpoint_last.pth", ckpt)
+    with pytest.raises(RuntimeError, match=r"another model or setting \(weights sha256:\w+ there vs sha256:\w+ now\)"):
+        evaluate("--stitch", "1")
+    for setting, differs in (("test.max_images=2", "images 4 there vs 2 now"), ("dataloader.depth_source=filled",
+                                                                               "test_set .*depths")):
+        with pytest.raises(RuntimeError, match=differs):
+            evaluate("--stitch", "1", opts=[setting])
+    with open(shared / "stitch_results.json") as f:
+        assert json.load(f) == json.loads(json.dumps(first))  # the first model's report, untouched
+    real_load = train_cli.load_checkpoint
+
+    def replaced_while_read(path, *a, **k):  # a training run renames a new checkpoint over the evaluated one
+        os.remove(ckpt)
+        os.link(tmp_path / "model0" / "checkpoint_last.pth", ckpt)
+        return real_load(path, *a, **k)
+
+    os.remove(ckpt)
+    os.link(tmp_path / "model1" / "checkpoint_last.pth", ckpt)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(train_cli, "load_checkpoint", replaced_while_read)
+        with pytest.raises(RuntimeError, match="evaluated.pth' was replaced while it was read"):
+            evaluate("--stitch", "0", opts=[f"test.eval_dir={tmp_path / 'other_eval'}"])
+    # a training run refuses, before training, to evaluate into a directory holding another model's report
+    with pytest.raises(FileExistsError, match="stitch_results.json holds the per-stitch report of another model"):
+        train_cli.main(cli_args(data_root, tmp_path / "model2", "--stitch", "0",
+                                opts=["train.epochs=1", f"test.eval_dir={shared}"]))
+    assert not os.path.exists(tmp_path / "model2" / "checkpoint_last.pth")
+
+
+@pytest.mark.parametrize("override, error, message", [
+    ("test.max_images=0", ValueError, r"test.max_images=0 is not valid: expected None \(every test frame\)"),
+    ("optimizer.lr=-1e-4", ValueError, r"optimizer.lr=-0.0001 is not valid: expected a finite number > 0"),
+    ("optimizer.lr=0", ValueError, r"optimizer.lr=0 is not valid"),
+    ("optimizer.lr=nan", ValueError, r"optimizer.lr=nan is not valid"),
+    ("train.epochs=0", ValueError, r"train.epochs=0 is not valid: expected an integer >= 1"),
+    ("model.anchors=[resnet18,resnet18]", ValueError, r"model.anchors\[0\]='resnet18' is a timm ResNet, not a "
+                                                      r"VisionTransformer"),
+    ("model.anchors=[deit3_tiny,deit3_large_patch16_224]", ValueError, "'deit3_tiny' is not a timm model name"),
+])
+def test_settings_that_would_train_or_evaluate_something_else_fail_first(data_root, tmp_path, override, error,
+                                                                          message):
+    with pytest.raises(error, match=message):
+        train_cli.main(cli_args(data_root, tmp_path / "out", opts=[override]))
+    assert not os.path.exists(tmp_path / "out")
+
+
+def test_overlapping_splits_and_depth_in_millimetres_fail_before_training(data_root, tmp_path):
+    overlapping = tmp_path / "overlapping"
+    overlapping.mkdir()
+    os.symlink(os.path.join(data_root, "nyu_depth_v2_labeled.mat"), overlapping / "nyu_depth_v2_labeled.mat")
+    splits = scipy.io.loadmat(os.path.join(data_root, "splits.mat"))
+    scipy.io.savemat(overlapping / "splits.mat",
+                     {"trainNdxs": splits["trainNdxs"], "testNdxs": splits["trainNdxs"][:3]})
+    with pytest.raises(ValueError, match=r"3 of the 3 test frames are training frames too .*overlap"):
+        train_cli.main(cli_args(str(overlapping), tmp_path / "a"))
+    millimetres = tmp_path / "millimetres"
+    frames = build_nyu_split("mat", data_root, "train")
+    loaded = [frames.read(i) for i in range(len(frames))]
+    write_labeled_mat(str(millimetres / "nyu_depth_v2_labeled.mat"), [(im, d * 1000) for im, d in loaded],
+                      [d * 1000 for _, d in loaded])
+    write_splits_mat(str(millimetres / "splits.mat"), range(12), range(12, 16))
+    with pytest.raises(ValueError, match=r"median depth \d+ is above model.max_depth=10.0 m; .*millimetres"):
+        train_cli.main(cli_args(str(millimetres), tmp_path / "b"))
+    assert not os.path.exists(tmp_path / "a") and not os.path.exists(tmp_path / "b")
+
+
+def test_non_finite_loss_names_the_iteration_the_stitch_and_what_to_check(data_root, tmp_path, monkeypatch):
+    real_item = DepthDataset.__getitem__
+
+    def inf_depth(self, i):
+        image, depth = real_item(self, i)
+        return image, depth.masked_fill(depth > 3, float("inf"))
+
+    monkeypatch.setattr(DepthDataset, "__getitem__", inf_depth)
+    with pytest.raises(FloatingPointError, match=r"loss is (inf|nan) at epoch 0, iteration 0 \(stitch \d+, .*\): the "
+                                                 r"ground-truth depth of this batch holds inf/NaN"):
+        train_cli.main(cli_args(data_root, tmp_path / "a", "--stitch", "none", opts=["train.ls_init_images=0"]))
+    monkeypatch.setattr(DepthDataset, "__getitem__", real_item)
+    real_forward = train_cli.DPTDepthModel.forward
+    monkeypatch.setattr(train_cli.DPTDepthModel, "forward",
+                        lambda self, images: real_forward(self, images) * float("nan"))
+    with pytest.raises(FloatingPointError, match=r"iteration 0 .*the prediction is not finite .*lower optimizer.lr"):
+        train_cli.main(cli_args(data_root, tmp_path / "b", "--stitch", "none", opts=["train.ls_init_images=0"]))
+
+
+def test_eval_only_names_a_truncated_checkpoint_and_says_it_ignores_pretrained(data_root, tmp_path, caplog):
+    out = tmp_path / "run"
+    train_cli.main(cli_args(data_root, out, "--stitch", "none", opts=["train.epochs=1"]))
+    with open(out / "checkpoint_last.pth", "rb") as f:
+        data = f.read()
+    truncated = tmp_path / "truncated.pth"
+    truncated.write_bytes(data[: len(data) // 2])
+    with pytest.raises(RuntimeError, match=r"truncated.pth.* is truncated or corrupt"):
+        train_cli.main(cli_args(data_root, out, "--eval-only", "--stitch", "0", opts=[f"train.checkpoint={truncated}"]))
+    missing = [str(tmp_path / "gone_small.pth"), str(tmp_path / "gone_large.pth")]
+    result = train_cli.main(cli_args(data_root, out, "--eval-only", "--stitch", "0",
+                                     opts=[f"model.pretrained=[{missing[0]},{missing[1]}]"]))
+    assert sorted(result["report"]["stitches"]) == ["0"]
+    assert "gone_small.pth" in caplog.text and "it is not read: with --eval-only every weight comes from" in caplog.text

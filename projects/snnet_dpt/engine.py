@@ -5,11 +5,13 @@ Exact resume: a checkpoint is written after every epoch with the model, optimize
 AMP scaler and sampler state. Everything random is a function of (seed, epoch, ...): the data order
 (``DistributedSampler``), each frame's augmentation (``DepthDataset``), the stitch of each iteration (the
 engine's sampler) and torch's generator (re-seeded every epoch, for stochastic depth), so a run resumed
-from epoch ``e`` trains exactly as the uninterrupted run from epoch ``e`` on.
+from epoch ``e`` trains exactly as the uninterrupted run from epoch ``e`` on; its log is first cut back to the
+checkpoint (``truncate_log``), so that it describes one history.
 """
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import logging
 import os
@@ -22,7 +24,10 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from snnet_core import FlopsTable, ResourceConstrainedSampler, evaluate_stitches, load_snnet, save_snnet
+from snnet_core.atomic_io import write_atomic
+from snnet_core.checkpoint import describe_load_error
 from snnet_core.report import RESULTS_FILE, load_results
+from snnet_core.stitch_space import Stitch
 
 from .distributed import DistContext, broadcast_object
 from .loss import SILogLoss
@@ -157,13 +162,14 @@ def train_one_epoch(
 ) -> Dict[str, float]:
     """One epoch; each iteration trains the stitch ``sampler.sample(iteration)`` (the same on every rank).
 
-    Appends one JSON line per iteration (stitch, loss, learning rate per group) to ``log_path``. Returns
+    Appends one JSON line per iteration (stitch, loss, learning rate per group) to ``log_path``, line-buffered (a
+    line is in the file as soon as its step is done). Returns
     ``{"iteration": next iteration, "mean_loss": ...}``.
     """
     model.train()
     params = [p for g in optimizer.param_groups for p in g["params"]]
     losses = []
-    with open(log_path, "a") as log:
+    with open(log_path, "a", buffering=1) as log:
         for images, depths in tqdm(loader, desc=f"epoch {epoch}", unit="it", disable=not ctx.is_main, leave=False):
             stitch_id = sampler.sample(iteration)
             model.backbone.set_stitch(stitch_id)
@@ -173,7 +179,8 @@ def train_one_epoch(
                 pred = ddp_model(images)
             loss = loss_fn(pred.float(), depths, iteration)
             if not torch.isfinite(loss):
-                raise FloatingPointError(f"loss is {loss.item()} at iteration {iteration} (stitch {stitch_id})")
+                raise FloatingPointError(non_finite_loss_message(loss, pred, depths, epoch, iteration,
+                                                                 model.backbone.space[stitch_id]))
             lrs = {g["name"]: g["lr"] for g in optimizer.param_groups}  # this step's learning rates
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
@@ -188,6 +195,21 @@ def train_one_epoch(
                                   "lr": lrs}) + "\n")
             iteration += 1
     return {"iteration": iteration, "mean_loss": float(np.mean(losses))}
+
+
+def non_finite_loss_message(loss: torch.Tensor, pred: torch.Tensor, depths: torch.Tensor, epoch: int,
+                            iteration: int, stitch: Stitch) -> str:
+    """Where a non-finite loss happened and what to check: the batch's ground truth or the model's prediction."""
+    where = (f"loss is {loss.item()} at epoch {epoch}, iteration {iteration} (stitch {stitch.id}, "
+             f"{stitch.route}): ")
+    if not torch.isfinite(depths).all():
+        return where + ("the ground-truth depth of this batch holds inf/NaN; depth must be finite metres (0 where "
+                        "unknown): check the depth files under dataloader.root")
+    if not torch.isfinite(pred).all():
+        return where + ("the prediction is not finite (training diverged): lower optimizer.lr, keep "
+                        "optimizer.clip_grad > 0 or set train.amp=false, then continue from the last checkpoint "
+                        "with --resume")
+    return where + "prediction and ground truth are finite; check the loss settings (train.loss_warmup_iters)"
 
 
 @torch.no_grad()
@@ -209,6 +231,22 @@ def evaluate(model: DPTDepthModel, loader: Iterable, ctx: DistContext, flip: boo
         acc.update(pred, depths.to(ctx.device))
     acc.all_reduce(ctx.device)
     return acc.compute()
+
+
+def _key_parts(run_key: str) -> Dict[str, str]:
+    return dict(part.split("=", 1) for part in run_key.split("|") if "=" in part)
+
+
+def report_conflict(output_dir: str, run_key: str) -> Optional[str]:
+    """Why the per-stitch results in ``output_dir`` cannot take rows of the evaluation ``run_key`` (they are of
+    another model or setting: the parts of the two keys that differ), or None if they can."""
+    record = load_results(output_dir)
+    if not record or record.get("run_key") == run_key:
+        return None
+    there, now = _key_parts(record.get("run_key") or ""), _key_parts(run_key)
+    differing = [f"{k} {there.get(k)} there vs {v} now" for k, v in now.items() if there.get(k) != v]
+    return (f"{os.path.join(output_dir, RESULTS_FILE)} holds the per-stitch report of another model or setting "
+            f"({'; '.join(differing)}): set test.eval_dir to a new directory, or move that report away")
 
 
 def evaluate_stitch_report(
@@ -241,11 +279,9 @@ def evaluate_stitch_report(
         return evaluate_stitches(evaluate_one, stitch_ids, **report_args)
     error, todo = None, []
     if ctx.is_main:
-        record = load_results(output_dir)
-        if record and record.get("run_key") != run_key:
-            error = f"{os.path.join(output_dir, RESULTS_FILE)} holds results of another run; choose a new --eval-dir"
-        else:
-            todo = [int(s) for s in stitch_ids if str(int(s)) not in record.get("stitches", {})]
+        error = report_conflict(output_dir, run_key)
+        done = load_results(output_dir).get("stitches", {})
+        todo = [int(s) for s in stitch_ids if str(int(s)) not in done]
     error, todo = broadcast_object(ctx, (error, todo))
     if error:
         raise RuntimeError(error)
@@ -267,14 +303,53 @@ def save_checkpoint(path: str, model: DPTDepthModel, spec: ModelSpec, recipe: Tr
     })
 
 
-def read_checkpoint_spec(path: str) -> ModelSpec:
-    """The ``ModelSpec`` stored in a training checkpoint (memory-mapped read: the weights are not loaded)."""
+def read_checkpoint_header(path: str) -> Dict[str, Any]:
+    """``{"spec": ModelSpec, "recipe", "epoch", "iteration"}`` of a training checkpoint, read memory-mapped (the
+    weights are not loaded): a missing, truncated or foreign file fails here, before any compute."""
     if not os.path.isfile(path):
         raise FileNotFoundError(f"checkpoint {path!r} does not exist")
-    state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    if "spec" not in state:
-        raise RuntimeError(f"{path!r} is not a checkpoint of projects/snnet_dpt/train.py (no model spec)")
-    return ModelSpec.from_dict(state["spec"])
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception as exc:
+        raise RuntimeError(f"could not read the checkpoint: {describe_load_error(path, exc)}") from exc
+    missing = [k for k in ("spec", "recipe", "epoch", "iteration") if not isinstance(state, dict) or k not in state]
+    if missing:
+        raise RuntimeError(f"{path!r} is not a checkpoint of projects/snnet_dpt/train.py (no {missing})")
+    return {"spec": ModelSpec.from_dict(state["spec"]), "recipe": state["recipe"], "epoch": int(state["epoch"]),
+            "iteration": int(state["iteration"])}
+
+
+def file_sha256(path: str) -> str:
+    """Hex SHA-256 of a file's bytes (read in 1 MiB blocks)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def truncate_log(path: str, epochs_done: int) -> int:
+    """Cut a training log back to a checkpoint taken after ``epochs_done`` epochs, atomically, so that a resumed
+    run appends to one history: lines of later epochs (those of the interrupted epoch) and a last line cut short
+    by a kill are dropped. Returns the number of lines dropped."""
+    if not os.path.isfile(path):
+        return 0
+    with open(path) as f:
+        lines = f.readlines()
+    kept = []
+    for number, line in enumerate(lines, 1):
+        try:
+            epoch = json.loads(line)["epoch"]
+        except (json.JSONDecodeError, KeyError, TypeError) as exc:
+            if number == len(lines):  # written when the run was killed
+                break
+            raise ValueError(f"{path}:{number} is not a line of the training log ({exc}); move the log away to "
+                             "resume") from exc
+        if epoch < epochs_done:
+            kept.append(line if line.endswith("\n") else line + "\n")
+    if kept != lines:
+        write_atomic(path, lambda f: f.writelines(kept))
+    return len(lines) - len(kept)
 
 
 def load_checkpoint(path: str, model: DPTDepthModel, map_location: torch.device | str = "cpu") -> Dict[str, Any]:
@@ -286,9 +361,10 @@ def load_checkpoint(path: str, model: DPTDepthModel, map_location: torch.device 
     return state
 
 
-def check_resumable(state: Dict[str, Any], spec: ModelSpec, recipe: TrainRecipe) -> None:
-    """Refuse to resume a run with another architecture or optimisation recipe (the schedule would differ)."""
-    saved_spec, saved_recipe = state["spec"], state["recipe"]
+def check_resumable(header: Dict[str, Any], spec: ModelSpec, recipe: TrainRecipe) -> None:
+    """Refuse to resume a run with another architecture or optimisation recipe (the schedule would differ);
+    ``header``: ``read_checkpoint_header`` of the checkpoint."""
+    saved_spec, saved_recipe = header["spec"].to_dict(), header["recipe"]
     diffs = [f"{k}: checkpoint {saved_spec.get(k)} vs now {v}" for k, v in spec.to_dict().items()
              if saved_spec.get(k) != v]
     diffs += [f"{k}: checkpoint {saved_recipe.get(k)} vs now {v}" for k, v in recipe.to_dict().items()

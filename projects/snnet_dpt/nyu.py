@@ -14,6 +14,9 @@
   depth PNG uint16 in millimetres.
 
 Both give ``image`` ``(H, W, 3)`` uint8 RGB and ``depth`` ``(H, W)`` float32 metres (0 = no measurement).
+Input that would train or evaluate silently wrong is refused with the file and the fix: float images in the
+``.mat`` (``images`` must be uint8), non-finite depth (checked on every frame read), depth in another unit or
+empty (``check_depth_values``, on a sample of each split) and overlapping train/test splits (``shared_frames``).
 """
 from __future__ import annotations
 
@@ -36,6 +39,8 @@ SYNC_TEST_LIST = "nyudepthv2_test_files_with_gt.txt"
 SYNC_DEPTH_SCALE = 1000.0  # uint16 millimetres -> metres
 # depth_source -> dataset of the labeled .mat holding that ground truth
 DEPTH_SOURCES = {"raw": "rawDepths", "filled": "depths"}
+MIN_MEDIAN_DEPTH = 0.1  # metres: no NYUv2 room has half its pixels closer (Kinect range 0.5-10 m)
+DEPTH_CHECK_FRAMES = 8  # frames per split read by check_depth_values
 
 Frame = Tuple[np.ndarray, np.ndarray]
 
@@ -115,20 +120,32 @@ class NYUv2Labeled:
                         f"{LABELED_MAT} with 'images' (N, 3, 640, 480) uint8 and {self.depth_key!r} (N, 640, 480)"
                         + _other_source_hint(depth_source, missing))
                 images, depths = f["images"].shape, f[self.depth_key].shape
+                image_dtype = f["images"].dtype
         except OSError as exc:
             raise ValueError(f"{mat_path!r} is not a MATLAB v7.3 (HDF5) file ({exc}); the official "
                              f"{LABELED_MAT} is v7.3") from exc
         if len(images) != 4 or images[1] != 3 or len(depths) != 3 or images[0] != depths[0] or images[2:] != depths[1:]:
             raise ValueError(f"{mat_path!r}: 'images' {images} and {self.depth_key!r} {depths} do not have the "
                              "layout (N, 3, W, H) and (N, W, H) of the official file")
+        if image_dtype != np.uint8:
+            raise ValueError(f"{mat_path!r}: 'images' is {image_dtype}, expected uint8 (0-255) as in the official "
+                             f"{LABELED_MAT}; the model would see a float image in [0, 1] as almost black. Convert "
+                             "it, e.g. np.round(images * 255).astype(np.uint8)")
         self.num_frames = int(images[0])
         self.size = (int(images[3]), int(images[2]))  # (H, W)
         self.indices = read_split_indices(splits_path, split, self.num_frames)
+        self.source = (f"{os.path.abspath(mat_path)} ({self.depth_key}, {SPLIT_KEYS[split]} of "
+                       f"{os.path.abspath(splits_path)})")
         self._file = None
         logger.info("%s: %d %s frames, ground truth from %r", mat_path, len(self.indices), split, self.depth_key)
 
     def __len__(self) -> int:
         return len(self.indices)
+
+    def frame_keys(self) -> List[str]:
+        """One key per frame that names it across splits (the labeled file and the frame number)."""
+        path = os.path.realpath(self.mat_path)
+        return [f"{path}:{int(j) + 1}" for j in self.indices]
 
     def _h5(self):
         if self._file is None:  # opened on first use in each process
@@ -146,6 +163,11 @@ class NYUv2Labeled:
         j = int(self.indices[i])
         image = np.ascontiguousarray(f["images"][j].transpose(2, 1, 0))  # (3, W, H) -> (H, W, 3)
         depth = np.ascontiguousarray(f[self.depth_key][j].T, dtype=np.float32)  # (W, H) -> (H, W)
+        bad = int(np.size(depth) - np.isfinite(depth).sum())
+        if bad:
+            raise ValueError(f"{self.mat_path!r}: frame {j + 1} (1-based) of {self.depth_key!r} holds {bad} non-finite "
+                             "values (inf/NaN); depth must be finite metres with 0 where unknown. Repair the file "
+                             "(e.g. set those pixels to 0)")
         return image, depth
 
 
@@ -157,6 +179,8 @@ class NYUv2Sync:
         if not os.path.isdir(image_root):
             raise FileNotFoundError(f"NYUv2 image folder {image_root!r} does not exist (see datasets/prepare_nyu.md)")
         self.image_root, self.list_file = image_root, list_file
+        self.source = os.path.abspath(list_file)
+        self.entries: List[str] = []  # rgb paths as listed (no leading /): a frame's name across splits
         self.items: List[Tuple[str, str]] = []
         skipped = 0
         with open(list_file) as f:
@@ -170,6 +194,7 @@ class NYUv2Sync:
                 if fields[1] == "None":  # frames without ground truth in some published lists
                     skipped += 1
                     continue
+                self.entries.append(fields[0].lstrip("/"))
                 self.items.append(tuple(os.path.join(image_root, p.lstrip("/")) for p in fields[:2]))
         if not self.items:
             raise ValueError(f"{list_file!r} lists no frame with ground truth")
@@ -183,6 +208,10 @@ class NYUv2Sync:
     def __len__(self) -> int:
         return len(self.items)
 
+    def frame_keys(self) -> List[str]:
+        """One key per frame that names it across splits (its rgb path as the list gives it)."""
+        return list(self.entries)
+
     def read(self, i: int) -> Frame:
         rgb_path, depth_path = self.items[i]
         bgr = cv2.imread(rgb_path, cv2.IMREAD_COLOR)
@@ -195,6 +224,32 @@ class NYUv2Sync:
         if depth.shape != bgr.shape[:2]:
             raise ValueError(f"{rgb_path!r} is {bgr.shape[:2]} but its depth {depth_path!r} is {depth.shape}")
         return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB), depth.astype(np.float32) / SYNC_DEPTH_SCALE
+
+
+def check_depth_values(frames: Union[NYUv2Labeled, NYUv2Sync], max_depth: float,
+                       num_frames: int = DEPTH_CHECK_FRAMES) -> None:
+    """Refuse ground truth in another unit than metres, or without any measurement, judged on ``num_frames``
+    frames spread over the split: depth in millimetres (median far above ``max_depth``), metres written where
+    millimetres belong (median below 0.1 m) and an all-zero depth would otherwise train the whole schedule and
+    fail (or mislead) only at evaluation."""
+    picked = sorted({int(round(i)) for i in np.linspace(0, len(frames) - 1, min(num_frames, len(frames)))})
+    valid = np.concatenate([depth[depth > 0] for depth in (frames.read(i)[1] for i in picked)])
+    where = f"{frames.source}, frames {[i + 1 for i in picked]} of the split"
+    if valid.size == 0:
+        raise ValueError(f"{where}: the depth is 0 (no measurement) everywhere; nothing could be trained or "
+                         "evaluated. Check that the depth files hold the ground truth (datasets/prepare_nyu.md)")
+    median = float(np.median(valid))
+    if median > max_depth:
+        raise ValueError(f"{where}: median depth {median:.4g} is above model.max_depth={max_depth} m; the depth "
+                         "looks like millimetres: the labeled .mat holds metres (divide by 1000)")
+    if median < MIN_MEDIAN_DEPTH:
+        raise ValueError(f"{where}: median depth {median:.4g} m is below {MIN_MEDIAN_DEPTH} m; the depth looks "
+                         "like metres written where millimetres belong (sync depth PNGs are uint16 millimetres)")
+
+
+def shared_frames(train: Union[NYUv2Labeled, NYUv2Sync], test: Union[NYUv2Labeled, NYUv2Sync]) -> List[str]:
+    """Keys of the frames that are in both splits (empty for disjoint splits)."""
+    return sorted(set(train.frame_keys()) & set(test.frame_keys()))
 
 
 def build_nyu_split(layout: str, data_root: str, split: str, list_file: Optional[str] = None,

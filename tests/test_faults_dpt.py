@@ -1,0 +1,161 @@
+"""Faults of the depth CLI (projects/snnet_dpt/train.py) on the tiny synthetic config, each in a real child process:
+SIGKILL during training, during a checkpoint write and during the per-stitch evaluation, then a resume; a full disk
+(RLIMIT_FSIZE) during a checkpoint save. Nothing is lost and the resumed run ends where an uninterrupted one does."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+
+import projects.snnet_dpt.train as train_cli
+from snnet_core.atomic_io import temporaries_of
+from tests import test_dpt_train
+from tests.test_dpt_train import NUM_STITCHES, cli_args, read_log
+
+data_root = test_dpt_train.data_root  # the module's synthetic NYUv2 fixture
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+EPOCHS = ["train.epochs=2"]  # 8 iterations per epoch (16 frames, batch 2)
+
+# a child process runs the CLI after ``hook`` (the fault) is installed
+CHILD = """
+import io, os, resource, signal, sys
+sys.path.insert(0, {repo!r})
+import torch
+torch.set_num_threads(1)
+import projects.snnet_dpt.engine as engine
+import projects.snnet_dpt.train as train_cli
+from projects.snnet_dpt.loss import SILogLoss
+{hook}
+train_cli.main({argv!r})
+"""
+
+KILL_AT_ITERATION_11 = """
+real_forward = SILogLoss.forward
+def forward(self, pred, gt, iteration):
+    if iteration == 11:  # in the second epoch, after its first checkpoint
+        os.kill(os.getpid(), signal.SIGKILL)
+    return real_forward(self, pred, gt, iteration)
+SILogLoss.forward = forward
+"""
+
+KILL_IN_SECOND_CHECKPOINT_WRITE = """
+real_save = torch.save
+def half_then_killed(obj, f, *args, **kwargs):
+    if isinstance(obj, dict) and obj.get("epoch") == 2:  # write half of the second checkpoint, then die
+        buffer = io.BytesIO()
+        real_save(obj, buffer, *args, **kwargs)
+        f.write(buffer.getvalue()[: buffer.tell() // 2])
+        f.flush()
+        os.kill(os.getpid(), signal.SIGKILL)
+    return real_save(obj, f, *args, **kwargs)
+torch.save = half_then_killed
+"""
+
+KILL_AFTER_FIVE_STITCHES = """
+real_evaluate, done = engine.evaluate, []
+def evaluate(*args, **kwargs):
+    if len(done) == 5:
+        os.kill(os.getpid(), signal.SIGKILL)
+    done.append(1)
+    return real_evaluate(*args, **kwargs)
+engine.evaluate = evaluate
+"""
+
+DISK_FULL_AT_SECOND_CHECKPOINT = """
+real_save_checkpoint = train_cli.save_checkpoint
+def save_checkpoint(path, *args):
+    if args[-2] == 2:  # epoch: the disk fills before the second checkpoint (1 MiB per file from now on)
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # the write fails with EFBIG instead of killing
+        resource.setrlimit(resource.RLIMIT_FSIZE, (1 << 20, 1 << 20))
+    return real_save_checkpoint(path, *args)
+train_cli.save_checkpoint = save_checkpoint
+"""
+
+
+def run_child(hook, argv):
+    code = CHILD.format(repo=REPO, hook=textwrap.dedent(hook), argv=[str(a) for a in argv])
+    env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", MPLBACKEND="Agg")
+    return subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True,
+                          timeout=300)
+
+
+@pytest.fixture(scope="module")
+def straight(data_root, tmp_path_factory):
+    """An uninterrupted 2-epoch run and its report of every stitch."""
+    out = tmp_path_factory.mktemp("straight")
+    train_cli.main(cli_args(data_root, out, "--stitch", "all", opts=EPOCHS))
+    with open(out / "stitch_eval" / "stitch_results.json") as f:
+        report = json.load(f)
+    return {"dir": out, "checkpoint": out / "checkpoint_last.pth", "log": read_log(out), "report": report}
+
+
+def assert_same_checkpoint(path_a, path_b):
+    a, b = (torch.load(p, weights_only=True) for p in (path_a, path_b))
+    assert a["epoch"] == b["epoch"] == 2 and a["iteration"] == b["iteration"] == 16
+    for part in ("model", "head"):
+        assert a[part].keys() == b[part].keys()
+        for key, value in a[part].items():
+            assert torch.equal(value, b[part][key]), key
+    for key, value in a["optimizer"]["state"].items():
+        assert torch.equal(value["exp_avg_sq"], b["optimizer"]["state"][key]["exp_avg_sq"])
+
+
+def test_sigkill_during_training_then_resume_ends_as_the_uninterrupted_run(data_root, straight, tmp_path):
+    out = tmp_path / "killed"
+    killed = run_child(KILL_AT_ITERATION_11, cli_args(data_root, out, "--stitch", "none", opts=EPOCHS))
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
+    assert train_cli.read_checkpoint_header(str(out / "checkpoint_last.pth"))["epoch"] == 1
+    assert [r["iter"] for r in read_log(out) if "loss" in r][-3:] == [8, 9, 10]  # the killed epoch's first steps
+    with pytest.raises(FileExistsError, match="--resume"):  # a plain rerun would overwrite the killed run
+        train_cli.main(cli_args(data_root, out, "--stitch", "none", opts=EPOCHS))
+    train_cli.main(cli_args(data_root, out, "--resume", "--stitch", "none", opts=EPOCHS))
+    assert_same_checkpoint(straight["checkpoint"], out / "checkpoint_last.pth")
+    assert read_log(out) == straight["log"]  # one history: the killed epoch's lines were dropped, then redone
+
+
+def test_sigkill_during_a_checkpoint_write_then_resume_from_the_previous_one(data_root, straight, tmp_path):
+    out = tmp_path / "killed"
+    killed = run_child(KILL_IN_SECOND_CHECKPOINT_WRITE, cli_args(data_root, out, "--stitch", "none", opts=EPOCHS))
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
+    checkpoint = str(out / "checkpoint_last.pth")
+    assert len(temporaries_of(checkpoint)) == 1  # the half-written second checkpoint
+    assert train_cli.read_checkpoint_header(checkpoint)["epoch"] == 1  # the first one, intact
+    train_cli.main(cli_args(data_root, out, "--resume", "--stitch", "none", opts=EPOCHS))
+    assert temporaries_of(checkpoint) == []  # removed at the start of the resumed run
+    assert_same_checkpoint(straight["checkpoint"], checkpoint)
+    assert read_log(out) == straight["log"]
+
+
+def test_sigkill_during_the_per_stitch_evaluation_then_resume_loses_no_stitch(data_root, straight, tmp_path):
+    eval_dir = tmp_path / "eval"
+    argv = cli_args(data_root, tmp_path / "out", "--eval-only", "--stitch", "all",
+                    opts=[f"train.checkpoint={straight['checkpoint']}", f"test.eval_dir={eval_dir}"])
+    killed = run_child(KILL_AFTER_FIVE_STITCHES, argv)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
+    with open(eval_dir / "stitch_results.json") as f:
+        partial = json.load(f)
+    assert len(partial["stitches"]) == 5 and partial["run_key"] == straight["report"]["run_key"]
+    record = train_cli.main(argv)["report"]
+    assert len(record["stitches"]) == NUM_STITCHES
+    for key, row in partial["stitches"].items():
+        assert record["stitches"][key] == row  # kept, not redone
+    # every stitch has the metrics of the uninterrupted evaluation of the same checkpoint
+    assert json.loads(json.dumps(record["stitches"])) == straight["report"]["stitches"]
+
+
+def test_full_disk_during_a_checkpoint_save_names_the_file_and_keeps_the_previous_one(data_root, tmp_path):
+    out = tmp_path / "full"
+    failed = run_child(DISK_FULL_AT_SECOND_CHECKPOINT, cli_args(data_root, out, "--stitch", "none", opts=EPOCHS))
+    assert failed.returncode == 1, failed.stderr[-2000:]
+    checkpoint = str(out / "checkpoint_last.pth")
+    last_line = failed.stderr.strip().splitlines()[-1]
+    assert checkpoint in last_line and "previous file is intact" in last_line and "free space" in last_line, last_line
+    assert train_cli.read_checkpoint_header(checkpoint)["epoch"] == 1
+    assert temporaries_of(checkpoint) == []
+    train_cli.main(cli_args(data_root, out, "--resume", "--stitch", "none", opts=EPOCHS))  # space again: continue
+    assert train_cli.read_checkpoint_header(checkpoint)["epoch"] == 2
