@@ -46,15 +46,23 @@ $(D2_STAMP): $(DEPS_STAMP)
 test: install
 	$(PY) -m pytest -q tests
 
+# Both projects on built-in synthetic data: depth (tiny DPT SN-Net, ~1 min) then detection (tiny Mask R-CNN
+# ViTDet SN-Net, ~5 min); each ends with its per-stitch report.
 demo: install
 	set -e; export OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1}; \
+	$(PY) datasets/make_synthetic_nyu.py --output data/nyu_synthetic --train 40 --test 10 --size 128 160; \
+	rm -rf output/dpt_demo; \
+	$(PY) projects/snnet_dpt/train.py --config-file projects/snnet_dpt/configs/synthetic/dpt_snnetv2_tiny.py \
+	  --export-stitch 5; \
 	cfg=projects/snnet_vitdet/configs/synthetic/mask_rcnn_snnetv2_tiny.py; out=output/snnet_vitdet_tiny; \
 	$(PY) -m datasets.make_synthetic_coco --output output/synthetic_coco; \
 	rm -rf $$out; \
 	$(PY) projects/snnet_vitdet/train_net.py --config-file $$cfg train.output_dir=$$out; \
 	$(PY) projects/snnet_vitdet/train_net.py --config-file $$cfg --eval-only --stitch all \
 	  train.output_dir=$$out train.init_checkpoint=$$out/model_final.pth; \
-	cat $$out/stitch_report_synthetic_shapes_val/stitch_report.md
+	cat output/dpt_demo/stitch_eval/stitch_report.md $$out/stitch_report_synthetic_shapes_val/stitch_report.md; \
+	echo; echo "depth report:     output/dpt_demo/stitch_eval/stitch_report.{md,csv,png} (exported stitch 5: output/dpt_demo/stitch_5_dpt.pth)"; \
+	echo "detection report: $$out/stitch_report_synthetic_shapes_val/stitch_report.{md,csv,png}"
 
 bench: install
 	set -e; for script in benchmarks/bench_*.py; do echo "== $$script"; $(PY) $$script; done
