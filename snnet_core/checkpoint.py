@@ -3,12 +3,14 @@ from __future__ import annotations
 
 import os
 import pickle
-from typing import Any, Dict, Optional
+from typing import TYPE_CHECKING, Any, Dict, Optional
 
 import torch
 
 from .atomic_io import write_atomic
-from .snnet import StitchedViT
+
+if TYPE_CHECKING:  # annotations only: anchors.py can import this module's readers without an import cycle
+    from .snnet import StitchedViT
 
 FORMAT = "snnet-v2"
 
