@@ -2,6 +2,7 @@
 resume, per-stitch report), ground truth scores AP 100 through the report path, resumable report,
 2-process gloo launch, clear errors."""
 import glob
+import itertools
 import json
 import os
 import subprocess
@@ -24,7 +25,7 @@ from projects.snnet_vitdet import train_net
 from projects.snnet_vitdet.backbone import StitchedViTDetBackbone, ViTDetBackbone
 from projects.snnet_vitdet.data import register_coco_json_datasets
 from projects.snnet_vitdet.evaluation import detector_flops_table, stitch_report
-from projects.snnet_vitdet.training import StitchSamplingHook
+from projects.snnet_vitdet.training import StitchSamplingHook, StrictDetectionCheckpointer
 from snnet_core import FlopsTable, ResourceConstrainedSampler, build_anchor
 
 REPO = os.path.join(os.path.dirname(__file__), "..")
@@ -125,9 +126,17 @@ def test_train_net_ls_init_ros_resume_and_stitch_report(synthetic, tmp_path, mon
     assert rows["1"]["gflops"] > rows["13"]["gflops"] > rows["0"]["gflops"] > 0
     with open(os.path.join(report, "stitch_report.json")) as f:
         assert {"on_frontier_bbox", "on_frontier_segm"} <= set(json.load(f)["stitches"][0])
-    # pareto: the frontier of the results just written
-    record = run_main("--eval-only", "--stitch", "pareto", *tiny_opts(synthetic, out, trained))
-    assert sorted(record["stitches"]) == ["0", "1", "13"]
+    # pareto: the frontier of a results file (AP made finite: 6 iterations from scratch may detect nothing)
+    with open(os.path.join(report, "stitch_results.json")) as f:
+        results = json.load(f)
+    for stitch, ap in (("0", 10.0), ("1", 30.0), ("13", 5.0)):  # 13 costs more than 0 and scores less
+        results["stitches"][stitch]["bbox_AP"] = ap
+    source = os.path.join(str(tmp_path), "results.json")
+    with open(source, "w") as f:
+        json.dump(results, f)
+    record = run_main("--eval-only", "--stitch", "pareto", "--pareto-from", source,
+                      "--report-dir", os.path.join(str(tmp_path), "pareto"), *tiny_opts(synthetic, out, trained))
+    assert sorted(record["stitches"]) == ["0", "1"]
 
 
 def test_two_process_gloo_launch_trains_the_same_stitches(synthetic, tmp_path):
@@ -269,3 +278,79 @@ def test_checkpoint_of_another_architecture_and_unknown_stitch_are_clear_errors(
         run_main("--eval-only", "--stitch", "0,99", *tiny_opts(synthetic, tmp_path, saved))
     with pytest.raises(FileNotFoundError, match="--stitch pareto needs"):
         run_main("--eval-only", "--stitch", "pareto", *tiny_opts(synthetic, tmp_path, saved))
+
+
+def test_training_over_an_existing_run_is_refused_and_leaves_it_untouched(synthetic, tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    files = {"last_checkpoint": b"model_final.pth", "model_final.pth": b"weights",
+             "metrics.json": b'{"iteration": 0}\n', "log.txt": b"first run\n"}
+    for name, content in files.items():
+        (run / name).write_bytes(content)
+    with pytest.raises(FileExistsError, match=r"already holds a training run \(last_checkpoint, metrics.json, "
+                                              r"model_final.pth\): pass --resume .* another train.output_dir"):
+        run_main(*tiny_opts(synthetic, str(run)))
+    assert {p.name: p.read_bytes() for p in run.iterdir()} == files
+
+
+def test_flags_after_the_overrides_are_a_clear_error(synthetic, tmp_path):
+    with pytest.raises(ValueError, match=r"\['--eval-only'\] come after the key=value overrides: put flags before"):
+        run_main(*tiny_opts(synthetic, tmp_path), "--eval-only")
+
+
+def test_coco_json_problems_are_clear_errors(synthetic, tmp_path):
+    with open(os.path.join(synthetic, "annotations", "instances_train.json")) as f:
+        coco = json.load(f)
+    bad = {
+        "truncated": (json.dumps(coco)[:500], r"truncated.json' is not valid JSON .* truncated or corrupt"),
+        "repeated": (json.dumps(dict(coco, images=coco["images"] + coco["images"][:2])),
+                     r"repeated.json' lists 2 image id\(s\) more than once \(e.g. \[1, 2\]\)"),
+        "undeclared": (json.dumps(dict(coco, categories=coco["categories"][:2])),
+                       r"undeclared.json' has annotations of category ids \[3, 4, 5\]"),
+    }
+    for name, (text, message) in bad.items():
+        path = tmp_path / f"{name}.json"
+        path.write_text(text)
+        register_coco_json_datasets({f"bad_{name}": {"json_file": str(path), "image_root": synthetic + "/train"}})
+        with pytest.raises(ValueError, match=message):
+            DatasetCatalog.get(f"bad_{name}")
+    assert [c["id"] for c in coco["categories"]] == [1, 2, 3, 4, 5] and coco["images"][0]["id"] == 1  # as named above
+
+
+def test_more_categories_than_classes_is_an_error(synthetic, tmp_path):
+    cfg = tiny_cfg(synthetic, tmp_path, "model.roi_heads.num_classes=3")  # the synthetic set has 5
+    with pytest.raises(ValueError, match=r"'synthetic_shapes_train' has 5 categories .*num_classes=3: set "
+                                         r"model.roi_heads.num_classes=5"):
+        train_net.build_train_loader(cfg, seed=0, start_iter=0)
+    with pytest.raises(ValueError, match=r"'synthetic_shapes_val' has 5 categories"):
+        train_net.do_test(cfg, instantiate(cfg.model), stitch_ids=[0])
+
+
+def test_eval_of_a_truncated_checkpoint_names_the_file(synthetic, tmp_path):
+    cfg = tiny_cfg(synthetic, tmp_path)
+    StrictDetectionCheckpointer(instantiate(cfg.model), save_dir=str(tmp_path)).save("tiny")
+    path = tmp_path / "tiny.pth"
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    with pytest.raises(RuntimeError, match=r"checkpoint .*tiny.pth is truncated or corrupt"):
+        run_main("--eval-only", *tiny_opts(synthetic, tmp_path, f"train.init_checkpoint={path}"))
+
+
+def test_train_loader_resumes_at_any_iteration_with_the_same_batches(synthetic, tmp_path):
+    cfg = tiny_cfg(synthetic, tmp_path)
+
+    def batches(start_iter, count, num_workers=0):
+        cfg.dataloader.train.num_workers = num_workers
+        loader = train_net.build_train_loader(cfg, seed=3, start_iter=start_iter)
+        return [[(d["file_name"], d["image"], d["instances"].gt_boxes.tensor) for d in batch]
+                for batch in itertools.islice(loader, count)]
+
+    def same(a, b):
+        return all(x[0] == y[0] and torch.equal(x[1], y[1]) and torch.equal(x[2], y[2])
+                   for p, q in zip(a, b) for x, y in zip(p, q))
+
+    torch.manual_seed(0)
+    uninterrupted = batches(0, 12)  # 1.5 epochs of 16 images in batches of 2
+    assert len({d[0] for d in itertools.chain(*uninterrupted)}) == 16  # a shuffled stream over the 16 images
+    torch.manual_seed(1)  # the global RNGs play no part
+    assert same(batches(5, 7), uninterrupted[5:]) and same(batches(9, 3), uninterrupted[9:])
+    assert same(batches(5, 4, num_workers=2), uninterrupted[5:9])

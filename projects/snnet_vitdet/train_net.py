@@ -15,6 +15,9 @@ The anchor baselines (``mask_rcnn_vitdet_deit3_{s,l}_100ep.py``) train and evalu
 """
 from __future__ import annotations
 
+import glob
+import hashlib
+import json
 import logging
 import os
 from typing import Dict, List, Optional
@@ -35,12 +38,20 @@ from detectron2.engine import (
 from detectron2.engine.defaults import create_ddp_model
 from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
+from detectron2.utils.registry import locate
 from omegaconf import OmegaConf
 
 from projects.snnet_vitdet.comm_utils import destroy_process_groups, run_on_main
-from projects.snnet_vitdet.data import check_dataset_files, dataset_names, register_coco_json_datasets
+from projects.snnet_vitdet.data import (
+    build_resumable_train_loader,
+    check_dataset_files,
+    check_num_classes,
+    dataset_names,
+    register_coco_json_datasets,
+)
 from projects.snnet_vitdet.evaluation import detector_flops_table, evaluate_model, stitch_report
 from projects.snnet_vitdet.training import (
+    IterationSeedHook,
     StitchSamplingHook,
     StrictDetectionCheckpointer,
     ls_init_detector,
@@ -81,10 +92,89 @@ def build_calibration_loader(cfg):
     ))
 
 
+def build_test_loader(cfg):
+    """``dataloader.test``, after checking its categories against the model's classes."""
+    loader = instantiate(cfg.dataloader.test)
+    check_num_classes(dataset_names(cfg.dataloader.test), cfg.model.roi_heads.num_classes)
+    return loader
+
+
+def build_train_loader(cfg, seed: int, start_iter: int):
+    """``dataloader.train`` from iteration ``start_iter`` on. With ``build_resumable_train_loader`` (the
+    recipes' loader) batch ``i`` is a pure function of ``(seed, i)``, so ``--resume`` is exact."""
+    loader_cfg = cfg.dataloader.train
+    target = loader_cfg._target_
+    if (locate(target) if isinstance(target, str) else target) is build_resumable_train_loader:
+        loader_cfg.update(seed=seed, start_iter=start_iter)
+    else:
+        logger.warning("dataloader.train is not build_resumable_train_loader: a resumed run will not see the "
+                       "data of an uninterrupted one")
+    loader = instantiate(loader_cfg)
+    check_num_classes(dataset_names(loader_cfg), cfg.model.roi_heads.num_classes)
+    return loader
+
+
+def training_seed(cfg) -> int:
+    """``train.seed``, or (``train.seed < 0``) a random seed shared by all ranks."""
+    return cfg.train.seed if cfg.train.get("seed", -1) >= 0 else comm.shared_random_seed()
+
+
+def check_output_dir(output_dir: str, resume: bool) -> None:
+    """Refuse to start a training run over another one (its checkpoints and logs would be overwritten
+    or mixed with this run's) unless it is resumed."""
+    found = sorted(n for n in ("last_checkpoint", "metrics.json") if os.path.exists(os.path.join(output_dir, n)))
+    found += sorted(os.path.basename(p) for p in glob.glob(os.path.join(glob.escape(output_dir), "model_*.pth")))
+    if found and not resume:
+        raise FileExistsError(f"train.output_dir {output_dir!r} already holds a training run ({', '.join(found[:4])}): "
+                              "pass --resume to continue it, or choose another train.output_dir "
+                              "(or delete that directory to start over)")
+
+
+def trim_metrics(output_dir: str, start_iter: int) -> None:
+    """Drop the ``metrics.json`` lines of iterations at or after ``start_iter`` (logged by a run that was
+    killed after its last checkpoint), so that the resumed log describes one history.
+
+    Truncated in place (one ``truncate`` call), not rewritten: detectron2's ``JSONWriter`` already holds the
+    file open for appending.
+    """
+    path = os.path.join(output_dir, "metrics.json")
+    if not os.path.isfile(path):
+        return
+    offset, dropped = 0, 0
+    with open(path, "rb") as f:
+        for line in f:
+            if line.strip() and json.loads(line).get("iteration", -1) >= start_iter:
+                dropped = sum(1 for rest in f if rest.strip()) + 1
+                break
+            offset += len(line)
+    if dropped:
+        os.truncate(path, offset)
+        logger.info("metrics.json: dropped %d line(s) logged after the checkpoint of iteration %d", dropped,
+                    start_iter - 1)
+
+
+def check_flags_before_overrides(opts: List[str]) -> None:
+    """detectron2's parser takes everything after the first ``key=value`` as overrides: a flag there would
+    reach the config parser (a lexer error) instead of argparse."""
+    flags = [o for o in opts if o.startswith("-")]
+    if flags:
+        raise ValueError(f"{flags} come after the key=value overrides: put flags before overrides, e.g. "
+                         "train_net.py --config-file FILE --eval-only --stitch all train.init_checkpoint=PATH")
+
+
+def file_digest(path: str) -> str:
+    """The first 16 hex digits of the file's sha256 (identifies a checkpoint by content)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 24), b""):
+            digest.update(block)
+    return digest.hexdigest()[:16]
+
+
 def do_test(cfg, model: torch.nn.Module, stitch_ids: Optional[List[int]] = None) -> Dict:
     """COCO metrics on ``dataloader.test``: of the model (baselines) or of each of ``stitch_ids``
     (default ``snnet.eval_stitches``) as ``{"stitch<id>": {...}}``."""
-    loader = instantiate(cfg.dataloader.test)
+    loader = build_test_loader(cfg)
     evaluator = instantiate(cfg.dataloader.evaluator)
     backbone = stitched_backbone(model)
     if backbone is None:
@@ -100,12 +190,15 @@ def do_test(cfg, model: torch.nn.Module, stitch_ids: Optional[List[int]] = None)
 
 
 def do_train(args, cfg) -> None:
-    """detectron2's LazyConfig training loop plus LS init and per-iteration ROS stitch sampling."""
+    """detectron2's LazyConfig training loop plus LS init and per-iteration ROS stitch sampling.
+
+    Resumable exactly: RNGs seeded per iteration (``IterationSeedHook``), data a function of the iteration
+    (``build_train_loader``), checkpoints written atomically with the trainer state.
+    """
     model = build_model(cfg)
     on_gpu = next(model.parameters()).device.type == "cuda"
     cfg.optimizer.params.model = model
     optim = instantiate(cfg.optimizer)
-    train_loader = instantiate(cfg.dataloader.train)
 
     ddp = dict(cfg.train.ddp)
     if not on_gpu:  # gloo on CPU: no device ids, no fp16 gradient compression
@@ -114,8 +207,9 @@ def do_train(args, cfg) -> None:
     amp = cfg.train.amp.enabled and on_gpu
     if cfg.train.amp.enabled and not on_gpu:
         logger.info("AMP is for GPU training: training in fp32 on %s", cfg.train.device)
-    trainer = (AMPTrainer if amp else SimpleTrainer)(model, train_loader, optim)
+    trainer = (AMPTrainer if amp else SimpleTrainer)(model, None, optim)  # data loader: once start_iter is known
     checkpointer = StrictDetectionCheckpointer(model, cfg.train.output_dir, trainer=trainer)
+    seeding = IterationSeedHook(training_seed(cfg))
 
     backbone = stitched_backbone(model)
     sampling = None
@@ -128,6 +222,7 @@ def do_train(args, cfg) -> None:
         sampling = StitchSamplingHook(backbone, sampler, cfg.train.output_dir)
     trainer.register_hooks([
         hooks.IterationTimer(),
+        seeding,
         sampling,
         hooks.LRScheduler(scheduler=instantiate(cfg.lr_multiplier)),
         hooks.PeriodicCheckpointer(checkpointer, **cfg.train.checkpointer) if comm.is_main_process() else None,
@@ -136,9 +231,19 @@ def do_train(args, cfg) -> None:
         if comm.is_main_process() else None,
     ])
 
-    checkpointer.resume_or_load(cfg.train.init_checkpoint, resume=args.resume)
+    if comm.is_main_process():
+        checkpointer.remove_stale_temporaries()
     resumed = args.resume and checkpointer.has_checkpoint()
+    checkpointer.resume_or_load(cfg.train.init_checkpoint, resume=args.resume)  # trainer state and seed too
     start_iter = trainer.iter + 1 if resumed else 0
+    if resumed and start_iter >= cfg.train.max_iter:
+        if not os.path.isfile(os.path.join(cfg.train.output_dir, "model_final.pth")) and comm.is_main_process():
+            logger.info("training had ended at iteration %d but model_final.pth is missing: writing it", trainer.iter)
+            checkpointer.save("model_final", iteration=trainer.iter)
+        return
+    if resumed and comm.is_main_process():
+        trim_metrics(cfg.train.output_dir, start_iter)
+    trainer.data_loader = build_train_loader(cfg, seeding.seed, start_iter)
     if backbone is not None and not resumed and cfg.snnet.ls_init_images > 0:
         ls_init_detector(model, build_calibration_loader(cfg), cfg.snnet.ls_init_images)
     trainer.train(start_iter, cfg.train.max_iter)
@@ -153,10 +258,9 @@ def do_stitch_report(args, cfg, model: torch.nn.Module, iteration: Optional[int]
     stitch_ids = run_on_main(lambda: select_stitches(args.stitch, backbone.space, pareto_from))
     table = shared_flops_table(cfg, model)
     weights = cfg.train.init_checkpoint
-    written = f"@{int(os.path.getmtime(weights))}" if os.path.isfile(weights) else ""
-    run_key = (f"{os.path.abspath(weights)}{written}@iter{iteration}|{'+'.join(test_names)}"
-               f"|{table.input_size[0]}x{table.input_size[1]}")
-    return stitch_report(model, backbone.set_stitch, instantiate(cfg.dataloader.test),
+    content = run_on_main(lambda: f"sha256:{file_digest(weights)}" if os.path.isfile(weights) else weights)
+    run_key = f"{content}@iter{iteration}|{'+'.join(test_names)}|{table.input_size[0]}x{table.input_size[1]}"
+    return stitch_report(model, backbone.set_stitch, build_test_loader(cfg),
                          instantiate(cfg.dataloader.evaluator), stitch_ids, backbone.space, table, report_dir,
                          run_key)
 
@@ -172,8 +276,11 @@ def load_weights(model: torch.nn.Module, path: str) -> Optional[int]:
 
 
 def setup(args):
+    check_flags_before_overrides(args.opts)
     cfg = LazyConfig.load(args.config_file)
     cfg = LazyConfig.apply_overrides(cfg, args.opts)
+    if not args.eval_only:
+        check_output_dir(cfg.train.output_dir, args.resume)
     default_setup(cfg, args)
     for name in ("projects.snnet_vitdet", "snnet_core"):  # the project's and the engine's loggers
         setup_logger(cfg.train.output_dir, distributed_rank=comm.get_rank(), name=name,

@@ -1,10 +1,12 @@
-"""Training pieces for the stitched ViTDet: strict checkpoint loading, LS init of the stitching layers from
-training images, and the per-iteration resource-constrained stitch sampling hook."""
+"""Training pieces for the stitched ViTDet: safe, strict and atomic checkpoints, LS init of the stitching layers
+from training images, the per-iteration resource-constrained stitch sampling hook and per-iteration seeding."""
 from __future__ import annotations
 
+import glob
 import logging
 import os
-from typing import Iterable, Iterator, List
+import pickle
+from typing import Any, Dict, Iterable, Iterator, List
 
 import torch
 import torch.distributed as dist
@@ -15,9 +17,11 @@ from detectron2.modeling import GeneralizedRCNN
 from detectron2.utils import comm
 
 from snnet_core import ResourceConstrainedSampler, ls_init_stitching_layers
-from snnet_core.atomic_io import write_json_atomic
+from snnet_core.atomic_io import remove_stale_temporaries, write_atomic, write_json_atomic
+from snnet_core.safe_pickle import load_safe_pickle
 
 from .backbone import StitchedViTDetBackbone
+from .data import seed_rngs
 
 logger = logging.getLogger(__name__)
 
@@ -34,12 +38,39 @@ def stitched_backbone(model: nn.Module) -> StitchedViTDetBackbone | None:
 
 
 class StrictDetectionCheckpointer(DetectionCheckpointer):
-    """``DetectionCheckpointer`` that refuses a checkpoint not written for this architecture.
+    """``DetectionCheckpointer`` that refuses a checkpoint not written for this architecture, reads files
+    without executing them and writes them atomically.
 
-    detectron2 only logs missing, unexpected or mis-shaped weights and carries on with a partly random
-    model; here any of them is an error naming the first offenders (e.g. an SN-Net checkpoint of another
-    anchor pair, a baseline's checkpoint for the stitched model, a 12-block model for a 24-block one).
+    - detectron2 only logs missing, unexpected or mis-shaped weights and carries on with a partly random
+      model; here any of them is an error naming the first offenders (e.g. an SN-Net checkpoint of another
+      anchor pair, a baseline's checkpoint for the stitched model, a 12-block model for a 24-block one).
+    - ``.pth`` files are read with ``torch.load(weights_only=True)``, model-zoo ``.pkl`` files with
+      ``snnet_core.safe_pickle`` (numpy arrays and plain containers only): a checkpoint can't run code.
+      A truncated or corrupt file is an error naming it.
+    - ``save`` writes ``<name>.pth`` and ``last_checkpoint`` to temporary files renamed into place, so a
+      killed or failed write (e.g. a full disk) leaves the previous checkpoints intact; a failed write is an
+      ``OSError`` naming the file. ``last_checkpoint`` may only name a ``.pth`` file inside ``save_dir``.
     """
+
+    LAST_CHECKPOINT = "last_checkpoint"
+
+    def _load_file(self, filename: str) -> Dict[str, Any]:
+        if filename.endswith(".pkl"):
+            return model_zoo_checkpoint(load_safe_pickle(filename))
+        if filename.endswith(".pyth"):
+            raise ValueError(f"{filename}: pycls .pyth checkpoints are not supported; convert it to a .pth "
+                             "state dict ({'model': {name: tensor}})")
+        return super()._load_file(filename)  # -> _torch_load, plus detectron2's URL query handling
+
+    def _torch_load(self, filename: str) -> Dict[str, Any]:
+        try:
+            return torch.load(filename, map_location="cpu", weights_only=True)
+        except pickle.UnpicklingError as exc:
+            raise RuntimeError(f"refusing to load checkpoint {filename}: it holds objects other than tensors and "
+                               f"plain containers, which could run code ({exc})") from exc
+        except (RuntimeError, EOFError, OSError) as exc:
+            raise RuntimeError(f"checkpoint {filename} is truncated or corrupt ({exc}); use an intact checkpoint "
+                               "(with --resume: point last_checkpoint at an earlier model_*.pth of the run)") from exc
 
     def _load_model(self, checkpoint):
         incompatible = super()._load_model(checkpoint)
@@ -55,6 +86,64 @@ class StrictDetectionCheckpointer(DetectionCheckpointer):
             raise RuntimeError("the checkpoint was written for another architecture than this config's model: "
                                + "; ".join(problems))
         return incompatible
+
+    def get_checkpoint_file(self) -> str:
+        """The checkpoint ``last_checkpoint`` names; it must be an existing ``.pth`` file in ``save_dir``."""
+        tag = os.path.join(self.save_dir, self.LAST_CHECKPOINT)
+        with open(tag) as f:
+            name = f.read().strip()
+        if os.path.basename(name) != name or not name.endswith(".pth") or name.startswith("."):
+            raise ValueError(f"{tag} names {name!r}, not a .pth file of this directory; write the name of one of "
+                             f"its checkpoints (e.g. model_final.pth) into it, or delete it to start afresh")
+        path = os.path.join(self.save_dir, name)
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"{tag} names {name!r}, which does not exist in {self.save_dir}; write the name "
+                                    "of an existing model_*.pth into it")
+        return path
+
+    def save(self, name: str, **kwargs: Any) -> None:
+        """Atomically write the model, the checkpointables and ``kwargs`` to ``save_dir/<name>.pth``."""
+        if not self.save_dir or not self.save_to_disk:
+            return
+        data = {"model": self.model.state_dict(), **{k: v.state_dict() for k, v in self.checkpointables.items()},
+                **kwargs}
+        path = os.path.join(self.save_dir, f"{name}.pth")
+        self.logger.info("Saving checkpoint to %s", path)
+        try:
+            write_atomic(path, lambda f: torch.save(data, f), binary=True)
+        except (OSError, RuntimeError) as exc:  # e.g. a full disk; atomic_io names the OS error
+            last = self.get_checkpoint_file() if self.has_checkpoint() else "none yet"
+            raise OSError(f"could not save checkpoint {path}: {exc}. The previous checkpoints are intact: once "
+                          f"the disk has room, --resume continues from the last one ({last})") from exc
+        self.tag_last_checkpoint(os.path.basename(path))
+
+    def tag_last_checkpoint(self, last_filename_basename: str) -> None:
+        write_atomic(os.path.join(self.save_dir, self.LAST_CHECKPOINT), lambda f: f.write(last_filename_basename))
+
+    def remove_stale_temporaries(self) -> List[str]:
+        """Delete the temporaries of checkpoint writes killed in ``save_dir`` (``*.pth.*.tmp``,
+        ``last_checkpoint.*.tmp``); call on the process that writes the checkpoints, before training."""
+        pattern = os.path.join(glob.escape(self.save_dir), "*.tmp")
+        targets = {tmp.rsplit(".", 2)[0] for tmp in glob.glob(pattern)}
+        removed = [tmp for target in sorted(targets)
+                   if target.endswith(".pth") or os.path.basename(target) == self.LAST_CHECKPOINT
+                   for tmp in remove_stale_temporaries(target)]
+        if removed:
+            self.logger.info("removed %d temporary file(s) of killed checkpoint writes: %s", len(removed), removed)
+        return removed
+
+
+def model_zoo_checkpoint(data: Any) -> Dict[str, Any]:
+    """detectron2's reading of a model-zoo ``.pkl`` (``DetectionCheckpointer._load_file``): its own layout
+    ``{"model", "__author__"}`` as is, a Caffe2/Detectron file (``{"blobs": ...}`` or ``{name: ndarray}``,
+    momenta dropped) as ``{"model", "__author__": "Caffe2", "matching_heuristics": True}``."""
+    if not isinstance(data, dict):
+        raise ValueError(f"a model-zoo .pkl holds a dict, not a {type(data).__name__}")
+    if "model" in data and "__author__" in data:
+        return data
+    blobs = data.get("blobs", data)
+    return {"model": {k: v for k, v in blobs.items() if not k.endswith("_momentum")}, "__author__": "Caffe2",
+            "matching_heuristics": True}
 
 
 def calibration_images(model: GeneralizedRCNN, data_loader: Iterable[List[dict]]) -> Iterator[torch.Tensor]:
@@ -119,3 +208,27 @@ class StitchSamplingHook(HookBase):
                                      "sampler": self.sampler.state_dict(), "stitches": self.history})
             logger.info("%d iterations trained the same stitches on %d rank(s); schedule in %s",
                         len(self.history), len(histories), path)
+
+
+class IterationSeedHook(HookBase):
+    """Seeds python, numpy and torch (CPU and CUDA) before every iteration from ``(seed, rank, iteration)``.
+
+    The random draws of an iteration (drop path, RPN/ROI sampling) then depend on nothing that happened
+    before it, so a run resumed from a checkpoint draws what the uninterrupted run drew. ``seed`` is saved
+    in the trainer state (``hooks.IterationSeedHook``), so a resumed run keeps its first run's seed even
+    when that one was random (``train.seed=-1``).
+    """
+
+    def __init__(self, seed: int):
+        self.seed = int(seed)
+
+    def before_step(self) -> None:
+        seed_rngs(self.seed, comm.get_rank(), self.trainer.iter)
+
+    def state_dict(self) -> Dict[str, int]:
+        return {"seed": self.seed}
+
+    def load_state_dict(self, state: Dict[str, int]) -> None:
+        if int(state["seed"]) != self.seed:
+            logger.info("resumed run: training seed %d of the checkpoint (this config's: %d)", state["seed"], self.seed)
+        self.seed = int(state["seed"])

@@ -4,8 +4,11 @@ import detectron2.data.transforms as T
 from detectron2 import model_zoo
 from detectron2.config import LazyCall as L
 
+from projects.snnet_vitdet.data import build_resumable_train_loader
+
 image_size = 1024  # detectron2 ViTDet coco_loader_lsj.py
 dataloader = model_zoo.get_config("common/data/coco.py").dataloader  # detectron2 ViTDet coco_loader_lsj.py
+dataloader.train._target_ = build_resumable_train_loader  # project: batch i = f(seed, i), for an exact --resume
 dataloader.train.mapper.augmentations = [  # detectron2 ViTDet coco_loader_lsj.py: LSJ
     L(T.RandomFlip)(horizontal=True),  # detectron2 ViTDet coco_loader_lsj.py (flip first)
     L(T.ResizeScale)(min_scale=0.1, max_scale=2.0, target_height=image_size, target_width=image_size),  # detectron2
