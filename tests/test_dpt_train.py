@@ -23,6 +23,7 @@ from projects.snnet_dpt.export import load_exported_model
 from projects.snnet_dpt.model import build_model
 from projects.snnet_dpt.nyu import build_nyu_split
 from projects.snnet_dpt.transforms import NYU_CROP, DepthDataset, TrainAugmentation
+from snnet_core import evaluate_stitches
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIGS = os.path.join(REPO, "projects", "snnet_dpt", "configs")
@@ -495,3 +496,26 @@ def test_eval_only_names_a_truncated_checkpoint_and_says_it_ignores_pretrained(d
                                      opts=[f"model.pretrained=[{missing[0]},{missing[1]}]"]))
     assert sorted(result["report"]["stitches"]) == ["0"]
     assert "gone_small.pth" in caplog.text and "it is not read: with --eval-only every weight comes from" in caplog.text
+
+
+def test_stitch_selections_that_evaluate_nothing_twice_or_another_tasks_frontier_are_refused(data_root, tmp_path):
+    out = tmp_path / "run"
+    train_cli.main(cli_args(data_root, out, "--stitch", "none", opts=["train.epochs=1"]))
+    with pytest.raises(ValueError, match="names no stitch"):
+        train_cli.main(cli_args(data_root, out, "--eval-only", "--stitch", ","))
+    calls = []
+    real_evaluate = engine.evaluate
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(engine, "evaluate", lambda model, *a, **k: (calls.append(model.backbone.stitch_id),
+                                                                    real_evaluate(model, *a, **k))[1])
+        record = train_cli.main(cli_args(data_root, out, "--eval-only", "--stitch", "3,3,3"))["report"]
+    assert calls == [3] and sorted(record["stitches"]) == ["3"] and record["task"] == "depth"
+    detection = tmp_path / "detection"  # a detection report of the same stitch space
+    model = build_model(train_cli.model_spec(train_cli.load_config(TINY, [])))
+    flops = train_cli.depth_flops_table(model, (64, 80))
+    evaluate_stitches(lambda sid: {"bbox_AP": float(sid)}, [0, 1], model.backbone.space, flops, str(detection),
+                      "bbox_AP", task="detection", progress=False)
+    with pytest.raises(ValueError, match="of a 'detection' evaluation .*not of 'depth'"):
+        train_cli.main(cli_args(data_root, out, "--eval-only", "--stitch", "pareto",
+                                opts=[f"test.pareto_source={detection / 'stitch_results.json'}",
+                                      f"test.eval_dir={tmp_path / 'pareto'}"]))

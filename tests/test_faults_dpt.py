@@ -159,3 +159,21 @@ def test_full_disk_during_a_checkpoint_save_names_the_file_and_keeps_the_previou
     assert temporaries_of(checkpoint) == []
     train_cli.main(cli_args(data_root, out, "--resume", "--stitch", "none", opts=EPOCHS))  # space again: continue
     assert train_cli.read_checkpoint_header(checkpoint)["epoch"] == 2
+
+
+def test_two_concurrent_evaluations_with_disjoint_stitches_keep_both_sides(data_root, straight, tmp_path):
+    eval_dir = tmp_path / "eval"
+    env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", MPLBACKEND="Agg")
+    children = [subprocess.Popen(
+        [sys.executable, os.path.join(REPO, "projects", "snnet_dpt", "train.py"),
+         *cli_args(data_root, tmp_path / f"out{k}", "--eval-only", "--stitch", stitches,
+                   opts=[f"train.checkpoint={straight['checkpoint']}", f"test.eval_dir={eval_dir}"])],
+        cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        for k, stitches in enumerate(("0,2,4", "1,3,5"))]
+    for child in children:
+        output = child.communicate(timeout=300)[0]
+        assert child.returncode == 0, output[-2000:]
+    with open(eval_dir / "stitch_results.json") as f:
+        merged = json.load(f)["stitches"]
+    # both sides, each as the uninterrupted evaluation of every stitch computed it
+    assert merged == {k: straight["report"]["stitches"][k] for k in map(str, range(6))}

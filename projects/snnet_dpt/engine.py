@@ -36,6 +36,7 @@ from .model import DPTDepthModel, ModelSpec
 
 logger = logging.getLogger(__name__)
 CHECKPOINT_NAME = "checkpoint_last.pth"
+TASK = "depth"  # the task tag of the per-stitch results files (another task's results are refused)
 
 
 @dataclasses.dataclass
@@ -273,20 +274,20 @@ def evaluate_stitch_report(
         return evaluate(model, loader, ctx, flip, amp)
 
     report_args = dict(space=snnet.space, flops=flops, output_dir=output_dir, primary_metric=primary_metric,
-                       higher_is_better=primary_metric in HIGHER_IS_BETTER, run_key=run_key,
+                       higher_is_better=primary_metric in HIGHER_IS_BETTER, run_key=run_key, task=TASK,
                        title=f"SN-Netv2 DPT on NYUv2 at {flops.input_size[0]}x{flops.input_size[1]}")
     if not ctx.enabled:
         return evaluate_stitches(evaluate_one, stitch_ids, **report_args)
     error, todo = None, []
     if ctx.is_main:
         error = report_conflict(output_dir, run_key)
-        done = load_results(output_dir).get("stitches", {})
+        done = {} if error else load_results(output_dir).get("stitches", {})
         todo = [int(s) for s in stitch_ids if str(int(s)) not in done]
     error, todo = broadcast_object(ctx, (error, todo))
     if error:
         raise RuntimeError(error)
-    if ctx.is_main:
-        return evaluate_stitches(evaluate_one, stitch_ids, **report_args)
+    if ctx.is_main:  # exactly the broadcast stitches, whatever another evaluator merges meanwhile
+        return evaluate_stitches(evaluate_one, todo, resume=False, **report_args)
     for stitch_id in todo:
         evaluate_one(stitch_id)
     return None

@@ -38,13 +38,13 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
 
 from projects.snnet_dpt.distributed import DistContext, barrier, broadcast_object, cleanup, init_distributed
 from projects.snnet_dpt.engine import (
-    CHECKPOINT_NAME, TrainRecipe, build_optimizer, build_scheduler, check_resumable, epoch_seed,
+    CHECKPOINT_NAME, TASK, TrainRecipe, build_optimizer, build_scheduler, check_resumable, epoch_seed,
     evaluate_stitch_report, file_sha256, load_checkpoint, param_checksum, read_checkpoint_header, report_conflict,
     save_checkpoint, train_one_epoch, truncate_log, wrap_ddp,
 )
 from projects.snnet_dpt.export import save_exported_stitch
 from projects.snnet_dpt.loss import SILogLoss
-from projects.snnet_dpt.metrics import METRIC_NAMES, eigen_crop_box
+from projects.snnet_dpt.metrics import HIGHER_IS_BETTER, METRIC_NAMES, eigen_crop_box
 from projects.snnet_dpt.model import DPTDepthModel, ModelSpec, build_model, check_anchor_names, depth_flops_table
 from projects.snnet_dpt.nyu import build_nyu_split, check_depth_values, shared_frames
 from projects.snnet_dpt.transforms import DepthDataset, TrainAugmentation
@@ -379,7 +379,9 @@ def run(cfg: Dict[str, Any], args: argparse.Namespace, ctx: DistContext) -> Dict
     stitch_ids: List[int] = []
     if test_frames is not None:  # resolved up front: a bad selection fails before training
         pareto_source = test_cfg["pareto_source"] or os.path.join(eval_dir, RESULTS_FILE)
-        stitch_ids = select_stitches(args.stitch, space, pareto_source=pareto_source)
+        stitch_ids = select_stitches(args.stitch, space, pareto_source=pareto_source, task=TASK,
+                                     metric=test_cfg["primary_metric"],
+                                     higher_is_better=test_cfg["primary_metric"] in HIGHER_IS_BETTER)
     if args.export_stitch is not None:
         space[args.export_stitch]  # raises a KeyError naming the valid ids before any training
     barrier(ctx)  # every rank has looked at the directories before rank 0 writes into them
