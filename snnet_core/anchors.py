@@ -15,6 +15,8 @@ import torch.nn as nn
 from timm.layers import Mlp
 from timm.models.vision_transformer import VisionTransformer, checkpoint_filter_fn
 
+from .checkpoint import describe_load_error
+
 ImageSize = Union[int, Tuple[int, int], Sequence[int]]
 
 
@@ -84,7 +86,7 @@ def read_state_dict(path: str) -> Dict[str, torch.Tensor]:
             return load_file(path, device="cpu")
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # corrupt / truncated / not a checkpoint
-        raise RuntimeError(f"could not read checkpoint {path!r} ({type(exc).__name__}: {exc})") from exc
+        raise RuntimeError(f"could not read checkpoint: {describe_load_error(path, exc)}") from exc
 
 
 def load_anchor_checkpoint(model: VisionTransformer, path: str) -> None:

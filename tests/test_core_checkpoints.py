@@ -113,3 +113,17 @@ def test_a_malicious_checkpoint_is_refused_without_running_its_code(tmp_path):
         load_snnet(str(evil), tiny_snnet())
     assert not marker.exists()
     assert "weights_only=False" not in str(info.value) and "`weights_only` set to `False`" not in str(info.value)
+
+
+def test_a_malicious_anchor_checkpoint_is_refused_without_running_its_code(tmp_path):
+    from snnet_core import read_state_dict
+
+    marker = tmp_path / "pwned"
+    evil = tmp_path / "deit_3_small_224_21k.pth"
+    torch.save({"model": {}, "payload": _RunsCode(str(marker))}, evil)
+    with pytest.raises(RuntimeError, match="could not read checkpoint: .*weights-only load refuses") as info:
+        read_state_dict(str(evil))
+    assert not marker.exists() and "weights_only=False" not in str(info.value)
+    (tmp_path / "truncated.pth").write_bytes(evil.read_bytes()[:100])
+    with pytest.raises(RuntimeError, match="truncated.pth.*truncated or corrupt"):
+        read_state_dict(str(tmp_path / "truncated.pth"))
