@@ -32,6 +32,7 @@ logger = logging.getLogger(__name__)
 
 COCO_METRICS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
 TASKS = ("bbox", "segm")
+RESULTS_TASK = "detection"  # tags results files: another task's report is refused as a pareto source
 PRIMARY_METRIC = "bbox_AP"
 
 
@@ -169,7 +170,8 @@ def stitch_report(
         for stitch_id in todo:
             evaluate(stitch_id)
         return {}
-    record = evaluate_stitches(evaluate, todo, space, flops, output_dir, PRIMARY_METRIC, True, run_key, title)
+    record = evaluate_stitches(evaluate, todo, space, flops, output_dir, PRIMARY_METRIC, True, run_key, title,
+                               task=RESULTS_TASK, resume=False)  # todo: worked out above, the same list on every rank
     write_frontier_summary(record, output_dir, title)
     return record
 

@@ -49,7 +49,7 @@ from projects.snnet_vitdet.data import (
     dataset_names,
     register_coco_json_datasets,
 )
-from projects.snnet_vitdet.evaluation import detector_flops_table, evaluate_model, stitch_report
+from projects.snnet_vitdet.evaluation import RESULTS_TASK, detector_flops_table, evaluate_model, stitch_report
 from projects.snnet_vitdet.training import (
     IterationSeedHook,
     StitchSamplingHook,
@@ -255,7 +255,7 @@ def do_stitch_report(args, cfg, model: torch.nn.Module, iteration: Optional[int]
     test_names = dataset_names(cfg.dataloader.test)
     report_dir = args.report_dir or os.path.join(cfg.train.output_dir, "stitch_report_" + "+".join(test_names))
     pareto_from = args.pareto_from or os.path.join(report_dir, "stitch_results.json")
-    stitch_ids = run_on_main(lambda: select_stitches(args.stitch, backbone.space, pareto_from))
+    stitch_ids = run_on_main(lambda: select_stitches(args.stitch, backbone.space, pareto_from, task=RESULTS_TASK))
     table = shared_flops_table(cfg, model)
     weights = cfg.train.init_checkpoint
     content = run_on_main(lambda: f"sha256:{file_digest(weights)}" if os.path.isfile(weights) else weights)
