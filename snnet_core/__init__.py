@@ -4,11 +4,13 @@ from .anchors import build_anchor, check_anchor_pair, load_anchor_checkpoint, re
 from .checkpoint import load_snnet, save_snnet
 from .export import ExportedStitch, export_stitch
 from .flops import FlopsTable, build_flops_table, count_gflops
+from .latency import LATENCY_COLUMN, Latency, StitchLatencies, measure_latency, time_stitches, write_latency_info
 from .ls_init import ls_init_stitching_layers
 from .prefix_trie import classify_stitches, prefix_sharing_cost, run_stitches
 from .report import evaluate_stitches, load_results, select_stitches, write_report
 from .route import RouteOutput, tokens_to_map
 from .sampling import ResourceConstrainedSampler, UniformSampler, flops_bins
+from .select import choose_stitch
 from .selection import best_under_budget, pareto_frontier
 from .snnet import StitchedViT
 from .stitch_space import FAST, ROUTE_TYPES, SLOW, Stitch, StitchSpace, map_out_indices_to_fast
