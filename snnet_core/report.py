@@ -1,7 +1,8 @@
 """Per-stitch evaluation loop and report (JSON, CSV, Markdown, PNG plot with the Pareto frontier).
 
-``evaluate_stitches`` calls a task's ``evaluate(stitch_id) -> {metric: value}`` for every chosen stitch and
-merges each result into ``stitch_results.json`` as soon as it is done: under a lock on the file it re-reads
+``evaluate_stitches`` calls a task's ``evaluate(stitch_id) -> {metric: value}`` for every chosen stitch (or
+``evaluate_stitch_groups`` a task's ``evaluate_group([id, ...]) -> {id: {metric: value}}`` for each group of
+stitches evaluated together) and merges each result into ``stitch_results.json`` as soon as it is done: under a lock on the file it re-reads
 it, adds the row and rewrites it atomically. So an interrupted run resumes without redoing finished stitches,
 and evaluators sharing an output directory (e.g. disjoint ``--stitch`` lists) keep each other's rows. The
 table and plot are written from the merged results.
@@ -208,7 +209,7 @@ def evaluate_stitches(
     task: Optional[str] = None,
     resume: bool = True,
 ) -> Dict[str, dict]:
-    """Evaluate stitches, resumably, merging into a shared results file, and write the report.
+    """Evaluate stitches one by one, resumably, merging into a shared results file, and write the report.
 
     Args:
         evaluate: ``stitch id -> {metric name: value}``; NaN/inf values are stored as ``null``.
@@ -225,31 +226,82 @@ def evaluate_stitches(
     Returns:
         the merged results record ``{"stitches": {id: row}, ...}`` (rows of every evaluator of the file).
     """
+    return evaluate_stitch_groups(
+        lambda ids: {ids[0]: evaluate(ids[0])}, [[s] for s in stitch_ids], space, flops, output_dir, primary_metric,
+        higher_is_better, run_key, title, progress, task, resume,
+    )
+
+
+def evaluate_stitch_groups(
+    evaluate_group: Callable[[List[int]], Mapping[int, Mapping[str, float]]],
+    groups: Sequence[Sequence[int]],
+    space: StitchSpace,
+    flops: FlopsTable,
+    output_dir: str,
+    primary_metric: str,
+    higher_is_better: bool = True,
+    run_key: str = "",
+    title: str = "SN-Net stitches",
+    progress: bool = True,
+    task: Optional[str] = None,
+    resume: bool = True,
+) -> Dict[str, dict]:
+    """``evaluate_stitches`` for an ``evaluate_group`` that evaluates several stitches together (e.g. in one pass
+    over the data with ``run_stitches``): each group's rows are merged as ``evaluate_stitches`` merges one row,
+    all at once when the group is done, so an interrupted run loses at most the group in progress.
+
+    Args:
+        evaluate_group: ``[stitch id, ...] -> {stitch id: {metric name: value}}`` for exactly the ids given.
+        groups: the stitches to evaluate, in groups (an id repeated anywhere is evaluated once, in its first
+            group). With ``resume``, the stitches the results file holds are dropped from their group and a group
+            left empty is skipped. Other arguments: as ``evaluate_stitches``.
+    """
     path = os.path.join(output_dir, RESULTS_FILE)
-    ids = list(dict.fromkeys(space[s].id for s in stitch_ids))  # validates every id before any evaluation
+    seen: Dict[int, None] = {}
+    todo_groups = []
+    for group in groups:
+        ids = [space[s].id for s in group]  # validates every id before any evaluation
+        todo_groups.append([s for s in dict.fromkeys(ids) if s not in seen])
+        seen.update(dict.fromkeys(ids))
     with file_lock(path):
         remove_stale_temporaries(path)  # of a killed write; every writer of the file holds this lock
         record = _open_record(path, run_key, task, primary_metric, higher_is_better)
-    todo = [s for s in ids if not (resume and str(s) in record["stitches"])]
-    for sid in tqdm(todo, desc="evaluating stitches", unit="stitch", disable=not progress):
-        stitch = space[sid]
-        metrics = {k: _metric_value(sid, k, v) for k, v in evaluate(sid).items()}
-        if primary_metric not in metrics:
-            raise KeyError(f"evaluate({sid}) returned {sorted(metrics)} without the primary metric {primary_metric!r}")
-        row = {"id": sid, "type": stitch.kind, "route": stitch.route,
-               "gflops": flops.gflops[sid], "params_m": flops.params_m[sid], **metrics}
+    todo_groups = [g for g in ([s for s in group if not (resume and str(s) in record["stitches"])]
+                               for group in todo_groups) if g]
+    bar = tqdm(total=sum(map(len, todo_groups)), desc="evaluating stitches", unit="stitch", disable=not progress)
+    for group in todo_groups:
+        results = evaluate_group(list(group))
+        if set(results) != set(group):
+            raise KeyError(f"evaluate_group({group}) returned the stitches {sorted(results)}: it must return exactly "
+                           "the stitches it is given")
+        rows = [_result_row(space, flops, sid, results[sid], primary_metric) for sid in group]
         with file_lock(path):
             record = _open_record(path, run_key, task, primary_metric, higher_is_better)
-            known = metric_names(record)
-            if known and set(known) != set(metrics):
-                raise RuntimeError(f"evaluate({sid}) returned the metrics {sorted(metrics)}, but {path} holds rows "
-                                   f"with {sorted(known)}; evaluate into a new output directory")
-            record["stitches"][str(sid)] = row
+            for row in rows:
+                known = metric_names(record)
+                metrics = [k for k in row if k not in FIXED_COLUMNS]
+                if known and set(known) != set(metrics):
+                    raise RuntimeError(f"evaluate({row['id']}) returned the metrics {sorted(metrics)}, but {path} "
+                                       f"holds rows with {sorted(known)}; evaluate into a new output directory")
+                record["stitches"][str(row["id"])] = row
             write_json_atomic(path, record)
+        bar.update(len(group))
+    bar.close()
     with file_lock(path):  # the report of everything merged so far; the lock orders concurrent reports
         record = _open_record(path, run_key, task, primary_metric, higher_is_better)
         write_report(record, output_dir, title)
     return record
+
+
+def _result_row(space: StitchSpace, flops: FlopsTable, sid: int, values: Mapping[str, float],
+                primary_metric: str) -> Dict:
+    """The results-file row of stitch ``sid`` with metrics ``values`` (NaN/inf as ``None``)."""
+    stitch = space[sid]
+    metrics = {k: _metric_value(sid, k, v) for k, v in values.items()}
+    if primary_metric not in metrics:
+        raise KeyError(f"evaluate({sid}) returned {sorted(metrics)} without the primary metric {primary_metric!r}")
+    return {"id": sid, "type": stitch.kind, "route": stitch.route,
+            "gflops": flops.gflops[sid], "params_m": flops.params_m[sid], **metrics}
 
 
 def write_report(record: Mapping, output_dir: str, title: str = "SN-Net stitches") -> List[int]:

@@ -6,6 +6,7 @@ import os
 import pytest
 
 from snnet_core import FlopsTable, StitchSpace, evaluate_stitches, pareto_frontier, select_stitches
+from snnet_core.report import evaluate_stitch_groups
 
 SPACE = StitchSpace(4, 8)
 
@@ -324,3 +325,36 @@ def test_resume_false_evaluates_every_given_stitch(tmp_path):
     record = evaluate_stitches(lambda s: calls.append(s) or fake_metric(s), [1, 2], SPACE, table(), str(tmp_path),
                                "acc", progress=False, resume=False)
     assert calls == [1, 2] and sorted(map(int, record["stitches"])) == [0, 1, 2]
+
+
+def test_groups_merge_the_rows_of_the_one_by_one_loop_and_an_interruption_loses_one_group(tmp_path):
+    one_by_one = evaluate_stitches(fake_metric, SPACE.ids, SPACE, table(), str(tmp_path / "each"), "acc",
+                                   run_key="m1", progress=False)
+    groups = [[0, 1, 2, 3], [4, 5, 6], [7, 8, 9, 10, 11], [12, 13]]
+    calls, written = [], []
+
+    def flaky_group(ids):
+        if len(calls) == 2:
+            written.append(json.loads((tmp_path / "grouped" / "stitch_results.json").read_text()))
+            raise KeyboardInterrupt  # killed during the third group
+        calls.append(ids)
+        return {sid: fake_metric(sid) for sid in ids}
+
+    with pytest.raises(KeyboardInterrupt):
+        evaluate_stitch_groups(flaky_group, groups, SPACE, table(), str(tmp_path / "grouped"), "acc", run_key="m1",
+                               progress=False)
+    assert sorted(map(int, written[0]["stitches"])) == list(range(7))  # the two finished groups, flushed each
+    calls.clear()
+    record = evaluate_stitch_groups(lambda ids: calls.append(ids) or {s: fake_metric(s) for s in ids},
+                                    [*groups, [0, 13, 3]], SPACE, table(), str(tmp_path / "grouped"), "acc",
+                                    run_key="m1", progress=False)
+    assert calls == [[7, 8, 9, 10, 11], [12, 13]]  # finished groups and repeated ids are not redone
+    assert record == one_by_one
+    for name in ("stitch_report.csv", "stitch_report.md"):
+        assert (tmp_path / "grouped" / name).read_text() == (tmp_path / "each" / name).read_text()
+    with pytest.raises(KeyError, match=r"evaluate_group\(\[2\]\) returned the stitches \[1, 2\]"):
+        evaluate_stitch_groups(lambda ids: {s: fake_metric(s) for s in (1, 2)}, [[2]], SPACE, table(),
+                               str(tmp_path / "bad"), "acc", progress=False)
+    with pytest.raises(KeyError, match="unknown stitch id 999"):
+        evaluate_stitch_groups(lambda ids: 1 / 0, [[1], [999]], SPACE, table(), str(tmp_path / "bad"), "acc",
+                               progress=False)
