@@ -2,10 +2,10 @@
 
 ``evaluate_stitches`` calls a task's ``evaluate(stitch_id) -> {metric: value}`` for every chosen stitch (or
 ``evaluate_stitch_groups`` a task's ``evaluate_group([id, ...]) -> {id: {metric: value}}`` for each group of
-stitches evaluated together) and merges each result into ``stitch_results.json`` as soon as it is done: under a lock on the file it re-reads
-it, adds the row and rewrites it atomically. So an interrupted run resumes without redoing finished stitches,
-and evaluators sharing an output directory (e.g. disjoint ``--stitch`` lists) keep each other's rows. The
-table and plot are written from the merged results.
+stitches evaluated together) and merges each result into ``stitch_results.json`` as soon as it is done: under a
+lock on the file it re-reads it, adds the row(s) and rewrites it atomically. So an interrupted run resumes
+without redoing finished stitches, and evaluators sharing an output directory (e.g. disjoint ``--stitch``
+lists) keep each other's rows. The table and plot are written from the merged results.
 
 The results file is strict JSON::
 
