@@ -6,6 +6,7 @@ the anchor is built for and is resampled to each input's grid at run time (``snn
 """
 from __future__ import annotations
 
+import json
 import os
 from typing import Any, Dict, Mapping, Optional, Sequence, Tuple, Union
 
@@ -18,6 +19,7 @@ from timm.models.vision_transformer import VisionTransformer, checkpoint_filter_
 from .checkpoint import describe_load_error
 
 ImageSize = Union[int, Tuple[int, int], Sequence[int]]
+BUILD_ATTR = "snnet_build"  # attribute of an anchor holding how build_anchor made it (see anchor_build)
 
 
 def _pair(size: ImageSize) -> Tuple[int, int]:
@@ -50,6 +52,9 @@ def build_anchor(
         class_token: keep the cls token (needed for DPT readout; ViTDet drops it).
         drop_path_rate: stochastic depth rate.
         **overrides: other ``VisionTransformer`` arguments (e.g. ``depth=4, embed_dim=32`` for tiny tests).
+
+    The arguments (all but ``pretrained``) are recorded on the model (``anchor_build``) so that a checkpoint
+    can rebuild it (``snnet_core.checkpoint.load_snnet(path)``).
     """
     if model_name not in timm.list_models():
         raise ValueError(f"unknown timm model {model_name!r}")
@@ -67,9 +72,29 @@ def build_anchor(
     )
     if not isinstance(model, VisionTransformer):
         raise TypeError(f"{model_name!r} is a {type(model).__name__}, not a timm VisionTransformer")
+    build = dict(model_name=model_name, img_size=list(_pair(img_size)), num_classes=num_classes,
+                 class_token=class_token, drop_path_rate=drop_path_rate, **overrides)
+    setattr(model, BUILD_ATTR, build if _json_safe(build) else None)
     if pretrained is not None:
         load_anchor_checkpoint(model, pretrained)
     return model
+
+
+def _json_safe(value: Any) -> bool:
+    """Whether ``value`` is made of JSON types only (strings, finite numbers, bools, None, lists, dicts)."""
+    try:
+        json.dumps(value, allow_nan=False)
+    except (TypeError, ValueError):
+        return False
+    return True
+
+
+def anchor_build(model: VisionTransformer) -> Optional[Dict[str, Any]]:
+    """The ``build_anchor`` keyword arguments (without ``pretrained``) that made ``model``, JSON-safe, e.g.
+    ``{"model_name": "deit3_small_patch16_224", "img_size": [224, 224], ..., "depth": 4}``; ``None`` for a model
+    built otherwise or with an override JSON cannot hold (e.g. a ``norm_layer`` class)."""
+    build = getattr(model, BUILD_ATTR, None)
+    return dict(build) if build is not None else None
 
 
 def read_state_dict(path: str) -> Dict[str, torch.Tensor]:

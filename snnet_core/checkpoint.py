@@ -1,13 +1,16 @@
-"""Save/load a whole SN-Net (anchors + stitching layers) with its architecture, safely (weights only)."""
+"""Save/load a whole SN-Net (anchors + stitching layers) with its architecture, safely (weights only), and the
+recipe of one exported stitch's route, from which the projects rebuild a deployed stitch without its SN-Net."""
 from __future__ import annotations
 
 import os
 import pickle
-from typing import TYPE_CHECKING, Any, Dict, Optional
+from typing import TYPE_CHECKING, Any, Dict, List, Mapping, Optional, Union, overload
 
 import torch
+import torch.nn as nn
 
 from .atomic_io import write_atomic
+from .route import RoutePlan, Tap
 
 if TYPE_CHECKING:  # annotations only: anchors.py can import this module's readers without an import cycle
     from .snnet import StitchedViT
@@ -58,17 +61,125 @@ def read_tagged_checkpoint(
     return state
 
 
-def load_snnet(path: str, snnet: StitchedViT, map_location: str | torch.device = "cpu") -> Dict[str, Any]:
-    """Load a checkpoint written by ``save_snnet`` into ``snnet``; returns the whole checkpoint dict.
+def architecture(config: Dict[str, Any]) -> Dict[str, Any]:
+    """The part of ``StitchedViT.config()`` two SN-Nets must share for one's weights to load into the other
+    (everything but how the anchors were built: a drop-path rate or a resampled position table size need not
+    match, the signatures and shapes must)."""
+    from .snnet import ANCHOR_BUILDS
 
-    Raises ``FileNotFoundError`` for a missing file, ``RuntimeError`` for a corrupt one or one written
-    for another architecture (naming the difference).
+    return {k: v for k, v in config.items() if k != ANCHOR_BUILDS}
+
+
+def load_snnet_state(state: Dict[str, Any], snnet: StitchedViT, path: str) -> None:
+    """Load the ``save_snnet`` checkpoint dict ``state`` (read from ``path``) into ``snnet``, strictly; a
+    ``RuntimeError`` names what differs when ``snnet`` has another architecture."""
+    expected, saved = architecture(snnet.config()), architecture(state["config"])
+    if saved != expected:
+        diff = [k for k in dict.fromkeys([*expected, *saved]) if saved.get(k) != expected.get(k)]
+        raise RuntimeError(f"checkpoint {path!r} was saved for another SN-Net architecture: "
+                           + "; ".join(f"{k}: checkpoint {saved.get(k)} vs model {expected.get(k)}" for k in diff))
+    snnet.load_state_dict(state["model"])
+
+
+@overload
+def load_snnet(path: str, snnet: None = None, map_location: str | torch.device = "cpu") -> StitchedViT: ...
+
+
+@overload
+def load_snnet(path: str, snnet: StitchedViT, map_location: str | torch.device = "cpu") -> Dict[str, Any]: ...
+
+
+def load_snnet(path: str, snnet: Optional[StitchedViT] = None, map_location: str | torch.device = "cpu"
+               ) -> Union[StitchedViT, Dict[str, Any]]:
+    """Read a checkpoint written by ``save_snnet``.
+
+    - ``load_snnet(path, net)`` loads it into ``net`` (strict: same architecture, every weight) and returns the
+      whole checkpoint dict (``extra`` entries included).
+    - ``load_snnet(path)`` builds the SN-Net from the architecture stored in the checkpoint
+      (``StitchedViT.from_config``: anchors by their ``build_anchor`` arguments, no pretrained file read), loads
+      the weights and returns it in eval mode, on ``map_location``, ready for ``set_stitch``.
+
+    Raises ``FileNotFoundError`` for a missing file, ``RuntimeError`` for a corrupt one, one written for another
+    architecture (naming the difference) or one whose anchors cannot be rebuilt from it (naming the fix).
     """
     state = read_tagged_checkpoint(path, FORMAT, "SN-Net checkpoint", map_location)
-    expected = snnet.config()
-    if state["config"] != expected:
-        diff = {k: (state["config"].get(k), v) for k, v in expected.items() if state["config"].get(k) != v}
-        raise RuntimeError(f"checkpoint {path!r} was saved for another SN-Net architecture: "
-                           + "; ".join(f"{k}: checkpoint {a} vs model {b}" for k, (a, b) in diff.items()))
-    snnet.load_state_dict(state["model"])
-    return state
+    if snnet is not None:
+        load_snnet_state(state, snnet, path)
+        return state
+    from .snnet import StitchedViT
+
+    try:
+        net = StitchedViT.from_config(state["config"])
+    except ValueError as exc:
+        raise RuntimeError(f"cannot rebuild the SN-Net of {path!r}: {exc}") from exc
+    try:
+        net.load_state_dict(state["model"])
+    except RuntimeError as exc:  # e.g. anchors a project changed after building them (ViTDet attention)
+        raise RuntimeError(f"the SN-Net rebuilt from {path!r} does not hold its weights ({str(exc)[:300]}): its "
+                           "anchors were changed after build_anchor (by a project's model code); build the model "
+                           "with that project's code and pass it, load_snnet(path, net)") from exc
+    return net.to(map_location).eval()
+
+
+# --- one exported stitch, rebuilt without its SN-Net ---------------------------------------------------------
+def route_recipe(snnet: StitchedViT, stitch_id: int) -> Dict[str, Any]:
+    """Primitives describing what stitch ``stitch_id`` runs: enough, with its anchors' architecture, to rebuild
+    its modules (``plan_from_recipe``) and load the weights of ``export_stitch(snnet, stitch_id)``."""
+    stitch = snnet.space[stitch_id]
+    plan = snnet.plan(stitch_id)
+    return {
+        "id": stitch.id, "route": stitch.route, "kind": stitch.kind,
+        "embed_anchor": stitch.first_anchor, "finish_anchor": stitch.last_anchor,
+        "layer_names": list(plan.layer_names),
+        "taps": [[pos, t.stage, t.projection_name] for pos, ts in sorted(plan.taps.items()) for t in ts],
+        "num_stages": plan.num_stages,
+        "embed_dims": list(snnet.embed_dims),
+    }
+
+
+def recipe_anchors(recipe: Dict[str, Any]) -> List[int]:
+    """The anchors (0 fast, 1 slow) whose modules the recipe's route uses."""
+    used = {recipe["embed_anchor"], recipe["finish_anchor"]}
+    used |= {int(name.split(".")[1]) for name in recipe["layer_names"] if name.startswith("anchors.")}
+    return sorted(used)
+
+
+def plan_from_recipe(recipe: Dict[str, Any], anchors: Mapping[int, nn.Module]) -> RoutePlan:
+    """The ``RoutePlan`` of a ``route_recipe`` over ``anchors`` (``{anchor index: full-depth anchor}``, as built
+    for the SN-Net, e.g. on the meta device): its blocks are taken by name, its stitching layers are new
+    ``nn.Linear`` (merged layers). ``ExportedStitch(plan, ...)`` then copies only what the route runs."""
+    fast_dim, slow_dim = recipe["embed_dims"]
+    linears: Dict[str, nn.Module] = {}
+
+    def module(name: str) -> nn.Module:
+        kind, index = name.rsplit(".", 1)
+        if name.startswith("anchors."):
+            return anchors[int(kind.split(".")[1])].blocks[int(index)]
+        if name not in linears:  # stitch_s2l.k / stitch_l2s.k
+            s2l = kind == "stitch_s2l"
+            linears[name] = nn.Linear(fast_dim if s2l else slow_dim, slow_dim if s2l else fast_dim)
+        return linears[name]
+
+    taps: Dict[int, List[Tap]] = {}
+    for pos, stage, projection_name in recipe["taps"]:
+        projection = module(projection_name) if projection_name else None
+        taps.setdefault(int(pos), []).append(Tap(int(stage), projection, projection_name))
+    return RoutePlan(anchors[recipe["embed_anchor"]], [module(n) for n in recipe["layer_names"]],
+                     list(recipe["layer_names"]), taps, anchors[recipe["finish_anchor"]], int(recipe["num_stages"]))
+
+
+def materialize(module: nn.Module, device: str | torch.device = "cpu") -> nn.Module:
+    """Move a module built on the meta device to ``device`` with zero weights (to be loaded from a checkpoint).
+
+    Raises ``ValueError`` if it holds buffers a checkpoint does not carry (non-persistent ones), which would
+    stay zero.
+    """
+    persistent = set(module.state_dict())
+    lost = [name for name, _ in module.named_buffers() if name not in persistent]
+    if lost:
+        raise ValueError(f"{type(module).__name__} has non-persistent buffers {lost[:3]} that no checkpoint holds")
+    module.to_empty(device=device)
+    with torch.no_grad():
+        for tensor in module.state_dict().values():
+            tensor.zero_()
+    return module

@@ -7,10 +7,12 @@ import torch
 import torch.nn as nn
 from timm.models.vision_transformer import VisionTransformer
 
-from .anchors import anchor_signature, check_anchor_pair, use_upstream_layer_math
+from .anchors import anchor_build, anchor_signature, build_anchor, check_anchor_pair, use_upstream_layer_math
 from .route import RouteOutput, RoutePlan, Tap, classify, embed_images, run_plan
 from .stitch_space import FAST, ROUTE_TYPES, SLOW, Stitch, StitchSpace, map_out_indices_to_fast
 from .stitching_layers import StitchingLayer
+
+ANCHOR_BUILDS = "anchor_builds"  # config() key: how to rebuild each anchor; not part of the architecture check
 
 
 class StitchedViT(nn.Module):
@@ -99,7 +101,12 @@ class StitchedViT(nn.Module):
         return (self.stitch_s2l if direction == "s2l" else self.stitch_l2s)[position]
 
     def config(self) -> Dict[str, Any]:
-        """Architecture description stored in checkpoints and used to key caches."""
+        """Architecture description stored in checkpoints and used to key caches.
+
+        ``anchors`` (each anchor's signature) and the constructor's arguments describe the architecture;
+        ``anchor_builds`` says how to build each anchor again (``build_anchor``'s arguments, ``None`` for an anchor
+        made otherwise), which ``from_config`` (and so ``load_snnet(path)``) needs.
+        """
         return {
             "anchors": [anchor_signature(a) for a in self.anchors],
             "lora_rank": self.lora_rank,
@@ -107,7 +114,32 @@ class StitchedViT(nn.Module):
             "out_indices": list(self.out_indices),
             "route_types": list(self.space.route_types),
             "upstream_layers": self.upstream_layers,
+            ANCHOR_BUILDS: [anchor_build(a) for a in self.anchors],
         }
+
+    @classmethod
+    def from_config(cls, config: Dict[str, Any]) -> "StitchedViT":
+        """A new SN-Net (random weights) of the architecture ``config()`` describes.
+
+        Raises ``ValueError`` when an anchor was not built by ``build_anchor`` with JSON-safe arguments (or the
+        config predates ``anchor_builds``), or when a rebuilt anchor does not match its recorded signature.
+        """
+        builds = config.get(ANCHOR_BUILDS) or [None, None]
+        if any(build is None for build in builds):
+            which = [name for name, build in zip(("fast", "slow"), builds) if build is None]
+            raise ValueError(f"the SN-Net config does not say how to build its {' and '.join(which)} anchor (built "
+                             "without snnet_core.build_anchor, with an override JSON cannot hold, or saved before "
+                             "anchor builds were recorded): build the SN-Net yourself and pass it, "
+                             "load_snnet(path, net)")
+        anchors = [build_anchor(**build) for build in builds]
+        for anchor, signature, build in zip(anchors, config["anchors"], builds):
+            if anchor_signature(anchor) != signature:
+                raise ValueError(f"build_anchor({build}) gives {anchor_signature(anchor)}, not the recorded "
+                                 f"anchor {signature} (another timm version?): build the SN-Net yourself and pass "
+                                 "it, load_snnet(path, net)")
+        return cls(*anchors, lora_rank=config["lora_rank"], out_indices=config["out_indices"],
+                   route_types=config["route_types"], lora_alpha=config["lora_alpha"],
+                   upstream_layers=config["upstream_layers"])
 
     # ----------------------------------------------------------------------------------------------
     def plan(self, stitch_id: Optional[int] = None) -> RoutePlan:

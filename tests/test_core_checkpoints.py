@@ -127,3 +127,54 @@ def test_a_malicious_anchor_checkpoint_is_refused_without_running_its_code(tmp_p
     (tmp_path / "truncated.pth").write_bytes(evil.read_bytes()[:100])
     with pytest.raises(RuntimeError, match="truncated.pth.*truncated or corrupt"):
         read_state_dict(str(tmp_path / "truncated.pth"))
+
+
+def test_load_snnet_without_a_model_rebuilds_it_from_the_checkpoint(tmp_path):
+    net = tiny_snnet(lora_rank=4, route_types=("anchor", "FS", "SF"), lora_alpha=2.0).eval()
+    with torch.no_grad():
+        for layer in net.stitch_s2l:
+            layer.lora_up.normal_()
+    path = tmp_path / "snnet.pth"
+    save_snnet(str(path), net)
+    loaded = load_snnet(str(path))
+    assert not loaded.training and loaded.config() == net.config()
+    assert loaded.config()["anchor_builds"][1]["depth"] == 8
+    x = torch.randn(2, 3, 32, 48)
+    for sid in (0, 1, 3, 6):
+        loaded.set_stitch(sid)
+        out, expected = loaded(x), net(x, stitch_id=sid)
+        torch.testing.assert_close(out.tokens, expected.tokens, rtol=0, atol=0)
+        for a, b in zip(out.features, expected.features):
+            torch.testing.assert_close(a, b, rtol=0, atol=0)
+    with pytest.raises(KeyError):
+        loaded.set_stitch(8)  # an FSF id: not in this SN-Net's space
+
+
+def test_load_snnet_without_a_model_says_when_the_anchors_cannot_be_rebuilt(tmp_path):
+    from timm.models.vision_transformer import VisionTransformer
+
+    from snnet_core import StitchedViT
+
+    torch.manual_seed(0)
+    fast = VisionTransformer(img_size=32, patch_size=16, embed_dim=32, depth=4, num_heads=2, num_classes=0)
+    slow = build_anchor(NAME, img_size=32, embed_dim=48, depth=8, num_heads=3)
+    net = StitchedViT(fast, slow)
+    assert net.config()["anchor_builds"][0] is None
+    path = tmp_path / "handmade.pth"
+    save_snnet(str(path), net)
+    with pytest.raises(RuntimeError, match="cannot rebuild the SN-Net of .*handmade.pth.*fast anchor.*"
+                                           "load_snnet\\(path, net\\)"):
+        load_snnet(str(path))
+    load_snnet(str(path), net)  # with the model: strict, as before
+
+
+def test_a_checkpoint_without_anchor_builds_still_loads_into_a_model(tmp_path):
+    net = tiny_snnet(lora_rank=4)
+    path = tmp_path / "old.pth"
+    save_snnet(str(path), net)
+    state = torch.load(path, weights_only=True)
+    del state["config"]["anchor_builds"]  # written before the builds were recorded
+    torch.save(state, path)
+    load_snnet(str(path), tiny_snnet(lora_rank=4, seed=3))
+    with pytest.raises(RuntimeError, match="does not say how to build its fast and slow anchor"):
+        load_snnet(str(path))

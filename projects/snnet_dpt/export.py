@@ -1,25 +1,29 @@
-"""A deployable single stitch: DPT head + the stitch's modules (LoRA merged), saved and loaded without the SN-Net.
+"""A deployable single stitch: DPT head + the stitch's modules (LoRA merged), saved and loaded without the SN-Net;
+and ``load_depth_model``, the one call from any depth checkpoint (SN-Net or exported stitch) to a model.
 
-The file (``weights_only``-safe) holds the ``ModelSpec``, a recipe of the stitch's route (its layer names,
-dense-feature taps and first/last anchor) and the weights of the exported model. ``load_exported_model``
-rebuilds exactly the deployed modules: each used block from a 1-block timm template of its anchor, the
-stitching layers as plain ``nn.Linear``; the SN-Net (both anchors' 36 blocks and 23 stitching layers for
-DeiT3-S/L) is never built.
+The file of an exported stitch (``weights_only``-safe) holds the ``ModelSpec``, a recipe of the stitch's route
+(``snnet_core.checkpoint.route_recipe``: its layer names, dense-feature taps and first/last anchor) and the weights
+of the exported model. ``load_exported_model`` rebuilds exactly the deployed modules: the anchors are built on the
+meta device (no memory), the route's blocks copied out of them and materialised, the stitching layers as plain
+``nn.Linear``; the SN-Net (both anchors' 36 blocks and 23 stitching layers for DeiT3-S/L) is never built.
 """
 from __future__ import annotations
 
 import copy
-from typing import Any, Dict, List
+import os
+from typing import Any, Dict, Optional
 
 import torch
-import torch.nn as nn
 
 from snnet_core import ExportedStitch, StitchedViT, export_stitch
 from snnet_core.atomic_io import write_atomic
-from snnet_core.checkpoint import read_tagged_checkpoint
-from snnet_core.route import RoutePlan, Tap
+from snnet_core.checkpoint import FORMAT as SNNET_FORMAT
+from snnet_core.checkpoint import (
+    describe_load_error, load_snnet_state, materialize, plan_from_recipe, read_tagged_checkpoint, recipe_anchors,
+    route_recipe,
+)
 
-from .model import DPTDepthModel, ModelSpec
+from .model import DPTDepthModel, ModelSpec, build_model
 
 FORMAT = "snnet-dpt-stitch-v1"
 
@@ -31,20 +35,6 @@ def export_depth_model(model: DPTDepthModel, stitch_id: int) -> DPTDepthModel:
     return exported.train(model.training)
 
 
-def route_recipe(snnet: StitchedViT, stitch_id: int) -> Dict[str, Any]:
-    """Primitives describing what stitch ``stitch_id`` runs (enough to rebuild its modules)."""
-    stitch = snnet.space[stitch_id]
-    plan = snnet.plan(stitch_id)
-    return {
-        "id": stitch.id, "route": stitch.route, "kind": stitch.kind,
-        "embed_anchor": stitch.first_anchor, "finish_anchor": stitch.last_anchor,
-        "layer_names": list(plan.layer_names),
-        "taps": [[pos, t.stage, t.projection_name] for pos, ts in sorted(plan.taps.items()) for t in ts],
-        "num_stages": plan.num_stages,
-        "embed_dims": list(snnet.embed_dims),
-    }
-
-
 def save_exported_stitch(path: str, model: DPTDepthModel, spec: ModelSpec, stitch_id: int) -> DPTDepthModel:
     """Export stitch ``stitch_id`` of the SN-Net ``model`` to ``path``; returns the exported model."""
     exported = export_depth_model(model, stitch_id)
@@ -54,42 +44,65 @@ def save_exported_stitch(path: str, model: DPTDepthModel, spec: ModelSpec, stitc
     return exported
 
 
-def _rebuild_plan(spec: ModelSpec, recipe: Dict[str, Any]) -> RoutePlan:
-    """Fresh (random) modules with the structure of the recipe's route."""
-    used = {recipe["embed_anchor"], recipe["finish_anchor"]}
-    used |= {int(name.split(".")[1]) for name in recipe["layer_names"] if name.startswith("anchors.")}
-    anchors, templates = {}, {}
-    for a in sorted(used):
-        anchor = spec.build_anchor(a, depth=1, drop_path_rate=0.0)
-        templates[a], anchor.blocks = anchor.blocks[0], nn.Sequential()
-        anchors[a] = anchor
-    dims = recipe["embed_dims"]  # (fast, slow)
-    modules: Dict[str, nn.Module] = {}
-
-    def module(name: str) -> nn.Module:
-        if name not in modules:
-            if name.startswith("anchors."):
-                modules[name] = copy.deepcopy(templates[int(name.split(".")[1])])
-            else:  # stitch_s2l.k / stitch_l2s.k: merged stitching layer
-                s2l = name.startswith("stitch_s2l.")
-                modules[name] = nn.Linear(dims[0] if s2l else dims[1], dims[1] if s2l else dims[0])
-        return modules[name]
-
-    layers = [module(n) for n in recipe["layer_names"]]
-    taps: Dict[int, List[Tap]] = {}
-    for pos, stage, projection_name in recipe["taps"]:
-        projection = module(projection_name) if projection_name else None
-        taps.setdefault(int(pos), []).append(Tap(int(stage), projection, projection_name))
-    return RoutePlan(anchors[recipe["embed_anchor"]], layers, list(recipe["layer_names"]), taps,
-                     anchors[recipe["finish_anchor"]], int(recipe["num_stages"]))
+def _exported_backbone(spec: ModelSpec, recipe: Dict[str, Any], map_location: str | torch.device) -> ExportedStitch:
+    """The recipe's stitch with zero weights: its anchors are built on the meta device (no memory, no
+    initialisation), only the route's modules are copied out and materialised."""
+    with torch.device("meta"):
+        anchors = {a: spec.build_anchor(a, drop_path_rate=0.0) for a in recipe_anchors(recipe)}
+        backbone = ExportedStitch(plan_from_recipe(recipe, anchors), recipe["id"], recipe["route"], recipe["kind"])
+    return materialize(backbone, map_location)
 
 
 def load_exported_model(path: str, map_location: str | torch.device = "cpu") -> DPTDepthModel:
     """Load a file written by ``save_exported_stitch`` as a ``DPTDepthModel`` (eval mode)."""
-    state = read_tagged_checkpoint(path, FORMAT, "exported SN-Net DPT stitch", map_location)
+    return _exported_model(read_tagged_checkpoint(path, FORMAT, "exported SN-Net DPT stitch", map_location),
+                           map_location)
+
+
+def _exported_model(state: Dict[str, Any], map_location: str | torch.device) -> DPTDepthModel:
     spec, recipe = ModelSpec.from_dict(state["spec"]), state["stitch"]
-    backbone = ExportedStitch(_rebuild_plan(spec, recipe), recipe["id"], recipe["route"], recipe["kind"])
+    backbone = _exported_backbone(spec, recipe, map_location)
     patch_size = int(backbone.embed_anchor.patch_embed.patch_size[0])
-    model = DPTDepthModel(backbone, spec.build_head(recipe["embed_dims"][1]), patch_size)
+    model = DPTDepthModel(backbone, spec.build_head(recipe["embed_dims"][1]), patch_size).to(map_location)
     model.load_state_dict(state["model"])
+    return model.eval()
+
+
+def load_depth_model(path: str, stitch_id: Optional[int] = None, map_location: str | torch.device = "cpu"
+                     ) -> DPTDepthModel:
+    """The depth model in a checkpoint file, ready for inference (eval mode, on ``map_location``).
+
+    - a training checkpoint of ``train.py`` (``<train.output_dir>/checkpoint.pth``): the whole SN-Net with its DPT
+      head, rebuilt from the ``ModelSpec`` stored in it (no anchor weights are read); ``stitch_id`` selects the
+      stitch ``forward`` runs (``model.backbone.set_stitch(id)`` changes it later; default: the slow anchor);
+    - an exported stitch (``train.py --export-stitch ID``, ``save_exported_stitch``): that stitch alone;
+      ``stitch_id``, if given, must be its id.
+
+    ``model(images (B, 3, H, W))`` -> metric depth ``(B, 1, H, W)`` in metres. Raises ``FileNotFoundError`` /
+    ``RuntimeError`` naming the file for a missing, corrupt or foreign one, ``KeyError`` for a stitch id the
+    model does not hold.
+    """
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"depth checkpoint {path!r} does not exist")
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True, mmap=True)
+    except Exception as exc:
+        raise RuntimeError(f"could not read the depth model: {describe_load_error(path, exc)}") from exc
+    kind = state.get("format") if isinstance(state, dict) else None
+    if kind == FORMAT:
+        model = _exported_model(state, map_location)
+        if stitch_id is not None and stitch_id != model.backbone.stitch_id:
+            raise KeyError(f"{path} is the exported stitch {model.backbone.stitch_id} ({model.backbone.route}), not "
+                           f"stitch {stitch_id}: export stitch {stitch_id} (train.py --eval-only --export-stitch "
+                           f"{stitch_id}) or load the SN-Net's training checkpoint")
+        return model
+    if kind != SNNET_FORMAT or "spec" not in state or "head" not in state:
+        raise RuntimeError(f"{path!r} is neither a training checkpoint of projects/snnet_dpt/train.py nor a stitch "
+                           "it exported (--export-stitch): pass <train.output_dir>/checkpoint.pth or "
+                           "<train.output_dir>/stitch_<ID>_dpt.pth")
+    model = build_model(ModelSpec.from_dict(state["spec"])).to(map_location)
+    load_snnet_state(state, model.backbone, path)
+    model.head.load_state_dict(state["head"])
+    if stitch_id is not None:
+        model.backbone.set_stitch(stitch_id)
     return model.eval()

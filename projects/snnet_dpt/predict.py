@@ -1,0 +1,163 @@
+#!/usr/bin/env python
+"""Depth of your own images from a trained SN-Net DPT (one stitch) or an exported stitch.
+
+    python projects/snnet_dpt/predict.py --checkpoint output/dpt_demo/checkpoint_last.pth --stitch 5 \\
+        --input photo.jpg more_photos/ --output output/dpt_predict
+    python projects/snnet_dpt/predict.py --checkpoint output/dpt_demo/stitch_5_dpt.pth --input photo.jpg
+
+For each image ``NAME.EXT`` it writes, into ``--output``:
+
+- ``NAME_depth.png``: the image beside its depth, colour-mapped, with a colour bar in metres;
+- ``NAME_depth.npy``: the raw prediction, ``(H, W)`` float32 metres at the image's own size.
+
+The image is read as RGB, resized to ``--size H W`` (default: its own size rounded to a multiple of the patch
+size), normalised as in training (mean = std = 127.5); the prediction (with the flip average of the evaluation
+unless ``--no-flip``) is resized back to the image's size (bilinear). ``--checkpoint`` is a training checkpoint
+(``<train.output_dir>/checkpoint_last.pth``; ``--stitch`` picks the stitch, default the large anchor) or a stitch
+exported by ``train.py --export-stitch ID``; ``python -m snnet_core.select REPORT --max-gflops G`` names the
+stitch for a budget.
+"""
+from __future__ import annotations
+
+import argparse
+import io
+import os
+from typing import List, Optional, Sequence, Tuple
+
+import cv2
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from projects.snnet_dpt.engine import flip_average
+from projects.snnet_dpt.export import load_depth_model
+from projects.snnet_dpt.model import DPTDepthModel
+from projects.snnet_dpt.transforms import PIXEL_MEAN, PIXEL_STD
+from snnet_core import StitchedViT
+from snnet_core.atomic_io import write_atomic
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
+
+
+def list_images(inputs: Sequence[str]) -> List[str]:
+    """Image files named by ``inputs`` (files, or folders whose image files are taken in sorted order)."""
+    paths: List[str] = []
+    for item in inputs:
+        if os.path.isdir(item):
+            found = sorted(os.path.join(item, n) for n in os.listdir(item) if n.lower().endswith(IMAGE_EXTENSIONS))
+            if not found:
+                raise FileNotFoundError(f"folder {item!r} holds no image ({', '.join(IMAGE_EXTENSIONS)})")
+            paths += found
+        elif os.path.isfile(item):
+            paths.append(item)
+        else:
+            raise FileNotFoundError(f"input {item!r} is neither an image file nor a folder")
+    return paths
+
+
+def read_rgb(path: str) -> np.ndarray:
+    """``(H, W, 3)`` uint8 RGB; ``ValueError`` naming the file if it is not an image OpenCV can decode."""
+    image = cv2.imread(path, cv2.IMREAD_COLOR)
+    if image is None:
+        raise ValueError(f"cannot read image {path!r}: not an image file OpenCV decodes (jpg, png, bmp, tiff, "
+                         "webp), or truncated; convert it or leave it out")
+    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+
+
+def input_size(image_hw: Tuple[int, int], patch_size: int, size: Optional[Sequence[int]]) -> Tuple[int, int]:
+    """The network's input ``(H, W)``: ``size``, or the image's rounded to the nearest multiple of the patch."""
+    if size is not None:
+        h, w = (int(s) for s in size)
+        if h % patch_size or w % patch_size or h <= 0 or w <= 0:
+            raise ValueError(f"--size {h} {w}: both must be positive multiples of the patch size {patch_size}")
+        return h, w
+    return tuple(max(patch_size, round(s / patch_size) * patch_size) for s in image_hw)
+
+
+@torch.no_grad()
+def predict_depth(model: DPTDepthModel, image: np.ndarray, size: Optional[Sequence[int]] = None,
+                  flip: bool = True) -> np.ndarray:
+    """Metric depth ``(H, W)`` float32 of an ``(H, W, 3)`` RGB uint8 ``image`` (the model's selected stitch)."""
+    device = next(model.parameters()).device
+    h, w = image.shape[:2]
+    net_h, net_w = input_size((h, w), model.patch_size, size)
+    resized = cv2.resize(image, (net_w, net_h), interpolation=cv2.INTER_LINEAR) if (net_h, net_w) != (h, w) else image
+    x = torch.from_numpy((resized.astype(np.float32) - PIXEL_MEAN) / PIXEL_STD).permute(2, 0, 1)[None].to(device)
+    pred = model(x)
+    if flip:
+        pred = flip_average(pred, model(x.flip(-1)))
+    pred = F.interpolate(pred.float(), size=(h, w), mode="bilinear", align_corners=False)
+    return pred[0, 0].cpu().numpy().astype(np.float32)
+
+
+def depth_figure(image: np.ndarray, depth: np.ndarray, title: str) -> bytes:
+    """PNG bytes: ``image`` beside ``depth`` colour-mapped (``magma_r``: near is bright) with a colour bar in m."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    h, w = depth.shape
+    fig, axes = plt.subplots(1, 2, figsize=(2 * 4.0 * w / max(h, w) + 1.2, 4.0 * h / max(h, w) + 0.6),
+                             gridspec_kw={"width_ratios": [1, 1.08]})
+    axes[0].imshow(image)
+    axes[0].set_title("image", fontsize=9)
+    shown = axes[1].imshow(depth, cmap="magma_r")
+    axes[1].set_title(title, fontsize=9)
+    fig.colorbar(shown, ax=axes[1], fraction=0.046, pad=0.03).set_label("depth (m)")
+    for ax in axes:
+        ax.axis("off")
+    fig.tight_layout()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=100)
+    plt.close(fig)
+    return buffer.getvalue()
+
+
+def describe(model: DPTDepthModel) -> str:
+    """``stitch 5 (S[0:2] -> L[4:8])`` for the stitch the model runs."""
+    backbone = model.backbone
+    route = backbone.space[backbone.stitch_id].route if isinstance(backbone, StitchedViT) else backbone.route
+    return f"stitch {backbone.stitch_id} ({route})"
+
+
+def run(checkpoint: str, inputs: Sequence[str], output_dir: str, stitch_id: Optional[int] = None,
+        size: Optional[Sequence[int]] = None, flip: bool = True, device: str = "cpu") -> List[str]:
+    """Predict every image of ``inputs``; returns the paths written (PNG and ``.npy`` per image)."""
+    images = list_images(inputs)  # bad paths fail before the model is loaded
+    model = load_depth_model(checkpoint, stitch_id, map_location=device)
+    title = f"depth, {describe(model)}"
+    written: List[str] = []
+    for path in images:
+        image = read_rgb(path)
+        depth = predict_depth(model, image, size, flip)
+        stem = os.path.join(output_dir, os.path.splitext(os.path.basename(path))[0] + "_depth")
+        write_atomic(stem + ".npy", lambda f: np.save(f, depth), binary=True)
+        png = depth_figure(image, depth, title)
+        write_atomic(stem + ".png", lambda f: f.write(png), binary=True)
+        written += [stem + ".png", stem + ".npy"]
+        print(f"{path}: {depth.min():.2f}-{depth.max():.2f} m -> {stem}.png, {stem}.npy")
+    return written
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--checkpoint", required=True, metavar="FILE",
+                   help="training checkpoint (checkpoint_last.pth) or exported stitch (stitch_<ID>_dpt.pth)")
+    p.add_argument("--input", nargs="+", required=True, metavar="PATH", help="image files or folders of images")
+    p.add_argument("--output", required=True, metavar="DIR", help="folder for NAME_depth.png and NAME_depth.npy")
+    p.add_argument("--stitch", type=int, metavar="ID", help="stitch of an SN-Net checkpoint (default: large anchor)")
+    p.add_argument("--size", type=int, nargs=2, metavar=("H", "W"),
+                   help="network input size (multiples of the patch size; default: the image's, rounded)")
+    p.add_argument("--no-flip", action="store_true", help="no flip averaging (half the compute)")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    return p
+
+
+def main(argv: Optional[Sequence[str]] = None) -> List[str]:
+    args = build_parser().parse_args(argv)
+    return run(args.checkpoint, args.input, args.output, args.stitch, args.size, not args.no_flip, args.device)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,135 @@
+"""Depth deployment: a checkpoint to a model in one call (``load_depth_model``), predictions on image files
+(``predict.py``) and export formats (``torch.export``, TorchScript tracing) of an exported stitch."""
+import glob
+import os
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from datasets.make_synthetic_nyu import make_synthetic_nyu
+from projects.snnet_dpt import predict
+from projects.snnet_dpt import train as train_cli
+from projects.snnet_dpt.engine import load_checkpoint, read_checkpoint_header
+from projects.snnet_dpt.export import load_depth_model
+from projects.snnet_dpt.model import build_model
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINY = os.path.join(REPO, "projects", "snnet_dpt", "configs", "synthetic", "dpt_snnetv2_tiny.py")
+EXPORTED = 3
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    """A 1-epoch run of the tiny config on 64x80 synthetic NYUv2, with stitch 3 exported."""
+    root = str(tmp_path_factory.mktemp("nyu"))
+    make_synthetic_nyu(root, num_train=8, num_test=2, size=(64, 80), seed=0)
+    out = tmp_path_factory.mktemp("run")
+    train_cli.main(["--config-file", TINY, "--stitch", "none", "--export-stitch", str(EXPORTED),
+                    f"dataloader.root={root}", "dataloader.eval_size=[64,80]",
+                    "dataloader.augmentation.crop_size=[48,64]", "train.batch_size=2", "train.epochs=1",
+                    "train.flops_step=0.002", "train.ls_init_images=4", "train.loss_warmup_iters=2",
+                    f"train.output_dir={out}"])
+    images = sorted(glob.glob(os.path.join(root, "**", "rgb_*.jpg"), recursive=True))[:2]
+    return {"checkpoint": str(out / "checkpoint_last.pth"), "exported": str(out / f"stitch_{EXPORTED}_dpt.pth"),
+            "images": images}
+
+
+def reference_model(checkpoint):
+    """The trained SN-Net as train.py's --eval-only builds it (ModelSpec from the header, then the weights)."""
+    model = build_model(read_checkpoint_header(checkpoint)["spec"])
+    load_checkpoint(checkpoint, model)
+    return model.eval()
+
+
+@torch.no_grad()
+def test_load_depth_model_gives_the_trained_sn_net_with_set_stitch(run):
+    reference = reference_model(run["checkpoint"])
+    model = load_depth_model(run["checkpoint"], stitch_id=EXPORTED)
+    assert not model.training and model.backbone.stitch_id == EXPORTED
+    x = torch.randn(1, 3, 64, 80)
+    for sid in (EXPORTED, 0, 1, 13):
+        model.backbone.set_stitch(sid)
+        reference.backbone.set_stitch(sid)
+        torch.testing.assert_close(model(x), reference(x), rtol=0, atol=0)
+    reference.backbone.set_stitch(0)
+    assert not torch.equal(model(x), reference(x))  # stitch 13 is not stitch 0: the comparison can fail
+    with pytest.raises(KeyError, match="unknown stitch id 99"):
+        load_depth_model(run["checkpoint"], stitch_id=99)
+
+
+@torch.no_grad()
+def test_load_depth_model_of_an_exported_stitch_equals_the_stitch_in_the_sn_net(run):
+    reference = reference_model(run["checkpoint"])
+    reference.backbone.set_stitch(EXPORTED)
+    model = load_depth_model(run["exported"])
+    assert model.backbone.stitch_id == EXPORTED and not hasattr(model.backbone, "space")
+    x = torch.randn(2, 3, 64, 80)
+    torch.testing.assert_close(model(x), reference(x), rtol=1e-5, atol=1e-5)  # LoRA merged: float rounding only
+    with pytest.raises(KeyError, match=f"is the exported stitch {EXPORTED} .*not stitch 5: export stitch 5"):
+        load_depth_model(run["exported"], stitch_id=5)
+
+
+def test_load_depth_model_refuses_other_files_naming_them(tmp_path):
+    with pytest.raises(FileNotFoundError, match="missing.pth"):
+        load_depth_model(str(tmp_path / "missing.pth"))
+    foreign = tmp_path / "foreign.pth"
+    torch.save({"model": {}}, foreign)
+    with pytest.raises(RuntimeError, match="foreign.pth.*neither a training checkpoint .* nor a stitch"):
+        load_depth_model(str(foreign))
+    (tmp_path / "cut.pth").write_bytes(foreign.read_bytes()[:40])
+    with pytest.raises(RuntimeError, match="cut.pth.*truncated or corrupt"):
+        load_depth_model(str(tmp_path / "cut.pth"))
+
+
+def test_predict_writes_a_depth_png_with_colour_bar_and_the_raw_depth(run, tmp_path):
+    out = tmp_path / "pred"
+    written = predict.main(["--checkpoint", run["checkpoint"], "--stitch", "5", "--input", *run["images"],
+                            "--output", str(out), "--no-flip"])
+    assert len(written) == 4
+    model = load_depth_model(run["checkpoint"], stitch_id=5)
+    for image_path in run["images"]:
+        stem = out / (os.path.splitext(os.path.basename(image_path))[0] + "_depth")
+        depth = np.load(str(stem) + ".npy")
+        image = predict.read_rgb(image_path)
+        assert depth.shape == image.shape[:2] and depth.dtype == np.float32
+        assert np.isfinite(depth).all() and depth.min() > 0  # metres
+        np.testing.assert_array_equal(depth, predict.predict_depth(model, image, flip=False))
+        png = cv2.imread(str(stem) + ".png")
+        assert png is not None and png.shape[1] > 2 * png.shape[0] * 0.9  # image, depth and its colour bar
+    # an exported stitch, a folder as input, flip averaging
+    folder = tmp_path / "images"
+    folder.mkdir()
+    for image_path in run["images"]:
+        os.link(image_path, folder / os.path.basename(image_path))
+    written = predict.main(["--checkpoint", run["exported"], "--input", str(folder), "--output", str(tmp_path / "e")])
+    assert sorted(os.path.basename(p) for p in written) == sorted(
+        os.path.splitext(os.path.basename(p))[0] + ext for p in run["images"] for ext in ("_depth.npy", "_depth.png"))
+
+
+def test_predict_names_an_unreadable_image_and_an_unknown_stitch(run, tmp_path):
+    broken = tmp_path / "broken.jpg"
+    broken.write_bytes(b"\xff\xd8 not really a jpeg")
+    with pytest.raises(ValueError, match="cannot read image .*broken.jpg"):
+        predict.main(["--checkpoint", run["exported"], "--input", str(broken), "--output", str(tmp_path / "o")])
+    with pytest.raises(FileNotFoundError, match="nowhere.png.*neither an image file nor a folder"):
+        predict.main(["--checkpoint", run["exported"], "--input", str(tmp_path / "nowhere.png"),
+                      "--output", str(tmp_path / "o")])
+    with pytest.raises(KeyError, match="unknown stitch id 14: .* ids 0..13"):
+        predict.main(["--checkpoint", run["checkpoint"], "--stitch", "14", "--input", *run["images"],
+                      "--output", str(tmp_path / "o")])
+    assert not (tmp_path / "o").exists()
+
+
+@torch.no_grad()
+def test_an_exported_stitch_goes_through_torch_export_and_tracing(run):
+    model = load_depth_model(run["exported"])
+    x = torch.randn(1, 3, 64, 80)
+    expected = model(x)
+    program = torch.export.export(model, (x,))
+    torch.testing.assert_close(program.module()(x), expected, rtol=1e-5, atol=1e-5)
+    other = torch.randn(1, 3, 64, 80)  # the program computes, not replays
+    torch.testing.assert_close(program.module()(other), model(other), rtol=1e-5, atol=1e-5)
+    traced = torch.jit.trace(model, (x,), check_trace=False)
+    torch.testing.assert_close(traced(other), model(other), rtol=1e-5, atol=1e-5)
