@@ -1,0 +1,184 @@
+"""Detection deployment: one stitch of an SN-Net detector exported as a standalone detectron2 model (its own
+LazyConfig, loadable without the SN-Net, same outputs), ``--export-stitch`` selections, the demo's drawings and
+export formats (``torch.export``, TorchScript tracing through detectron2's ``TracingAdapter``)."""
+import glob
+import os
+
+import cv2
+import numpy as np
+import pytest
+import torch
+from detectron2.checkpoint import DetectionCheckpointer
+from detectron2.config import LazyConfig, instantiate
+from detectron2.export import TracingAdapter
+
+from datasets.make_synthetic_coco import make_synthetic_coco
+from projects.snnet_vitdet import demo
+from projects.snnet_vitdet.backbone import StitchedViTDetBackbone
+from projects.snnet_vitdet.evaluation import RESULTS_TASK, detector_flops_table
+from projects.snnet_vitdet.export import StitchViTDetBackbone, export_detector, resolve_export_selection
+from snnet_core import evaluate_stitches
+from snnet_core.select import SelectionError
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINY = os.path.join(REPO, "projects", "snnet_vitdet", "configs", "synthetic", "mask_rcnn_snnetv2_tiny.py")
+
+
+def tiny_config(data_root):
+    cfg = LazyConfig.load(TINY)
+    cfg.datasets.root = str(data_root)
+    cfg.train.device = "cpu"
+    return cfg
+
+
+@pytest.fixture(scope="module")
+def snnet(tmp_path_factory):
+    """The tiny SN-Net detector with random weights made non-trivial (LoRA updates, relative position tables),
+    saved as train_net.py saves it; 4 synthetic validation images."""
+    root = tmp_path_factory.mktemp("coco")
+    make_synthetic_coco(str(root), num_train=2, num_val=4, image_size=128, seed=0)
+    cfg = tiny_config(root)
+    torch.manual_seed(0)
+    model = instantiate(cfg.model).eval()
+    with torch.no_grad():
+        for name, p in model.backbone.net.named_parameters():
+            if name.endswith(("lora_up", "rel_pos_h", "rel_pos_w")):
+                p.normal_(std=0.2)
+    out = tmp_path_factory.mktemp("run")
+    DetectionCheckpointer(model, str(out)).save("model_final")
+    images = sorted(glob.glob(os.path.join(root, "val", "*")))
+    return {"cfg": cfg, "model": model, "weights": str(out / "model_final.pth"), "out": out, "images": images}
+
+
+def load_exported(config_path):
+    """What a user does: the config, instantiate, DetectionCheckpointer -- nothing of the SN-Net."""
+    cfg = LazyConfig.load(config_path)
+    model = instantiate(cfg.model).eval()
+    DetectionCheckpointer(model).load(cfg.train.init_checkpoint)
+    return model
+
+
+def images_of(cfg, model, paths):
+    """The model's inputs for image files, as the demo makes them (the config's test-time resize)."""
+    predictor = demo.Predictor(cfg, model)
+    return [predictor.model_input(demo.read_input(p, predictor.input_format)) for p in paths]
+
+
+def assert_same_instances(a, b, atol=1e-4):
+    assert len(a) == len(b) > 0
+    torch.testing.assert_close(a.pred_boxes.tensor, b.pred_boxes.tensor, rtol=0, atol=atol)
+    torch.testing.assert_close(a.scores, b.scores, rtol=0, atol=atol)
+    assert torch.equal(a.pred_classes, b.pred_classes)
+    assert (a.pred_masks != b.pred_masks).float().mean() < 1e-3  # thresholded masks: a pixel may flip at 0.5
+
+
+@torch.no_grad()
+@pytest.mark.parametrize("stitch_id", [5, 0, 9])  # SF ending in the small anchor, the small anchor, FSF
+def test_an_exported_stitch_loads_without_the_sn_net_and_predicts_as_the_stitch_inside_it(snnet, stitch_id):
+    model = snnet["model"]
+    paths = export_detector(snnet["cfg"], model, stitch_id, str(snnet["out"]), source=snnet["weights"])
+    assert paths["config"] == str(snnet["out"] / f"stitch_{stitch_id}" / "config.yaml")
+    exported = load_exported(paths["config"])
+    net = exported.backbone.net
+    assert isinstance(net, StitchViTDetBackbone) and net.stitch_id == stitch_id
+    assert not any(isinstance(m, StitchedViTDetBackbone) for m in exported.modules())
+    assert net.output_shape() == model.backbone.net.output_shape()
+    route = model.backbone.net.space[stitch_id].route
+    assert net.stitch.route == route
+    assert sum(p.numel() for p in net.parameters()) < sum(p.numel() for p in model.backbone.net.parameters())
+    model.backbone.net.set_stitch(stitch_id)
+    inputs = images_of(snnet["cfg"], model, snnet["images"][:2])
+    for a, b in zip(model(inputs), exported(inputs)):
+        assert_same_instances(a["instances"], b["instances"])
+    model.backbone.net.set_stitch(1)  # another stitch predicts otherwise: the comparison can fail
+    other = model(inputs[:1])[0]["instances"]
+    assert not torch.allclose(other.scores[:5], exported(inputs[:1])[0]["instances"].scores[:5])
+
+
+def test_export_refuses_a_stitch_the_checkpoint_lacks_and_a_single_vit(snnet, tmp_path):
+    with pytest.raises(KeyError, match="cannot export stitch 14: the SN-Net of .*model_final.pth does not hold it "
+                                       ".*ids 0..13"):
+        export_detector(snnet["cfg"], snnet["model"], 14, str(tmp_path), source=snnet["weights"])
+    assert not os.listdir(tmp_path)
+    single = torch.nn.Module()
+    single.backbone = torch.nn.Module()
+    with pytest.raises(ValueError, match="single ViT: it is deployable as it is"):
+        export_detector(snnet["cfg"], single, 0, str(tmp_path))
+
+
+def test_export_selection_ids_pareto_and_best_under_gflops(snnet, tmp_path):
+    space = snnet["model"].backbone.net.space
+    assert resolve_export_selection("3,5", space) == [3, 5]
+    table = detector_flops_table(snnet["model"], (128, 128))
+    ap = {sid: float(sid % 5) for sid in space.ids}  # made-up AP: stitches 4 and 9 best
+    evaluate_stitches(lambda sid: {"bbox_AP": ap[sid]}, space.ids, space, table, str(tmp_path / "report"),
+                      primary_metric="bbox_AP", task=RESULTS_TASK, progress=False)
+    frontier = resolve_export_selection("pareto", space, str(tmp_path / "report"))
+    assert frontier and all(ap[s] == max(ap[t] for t in space.ids if table.gflops[t] <= table.gflops[s])
+                            for s in frontier)
+    budget = (table.gflops[4] + table.gflops[9]) / 2 if table.gflops[4] < table.gflops[9] else table.gflops[9]
+    (best,) = resolve_export_selection(f"best:{budget}", space, str(tmp_path / "report"))
+    assert ap[best] == 4 and table.gflops[best] <= budget
+    with pytest.raises(SelectionError, match="the cheapest"):
+        resolve_export_selection("best:0.0001", space, str(tmp_path / "report"))
+    with pytest.raises(ValueError, match="best:G with G a number"):
+        resolve_export_selection("best:fast", space, str(tmp_path / "report"))
+    with pytest.raises(KeyError, match="unknown stitch id 40"):
+        resolve_export_selection("40", space)
+
+
+def test_demo_draws_the_detections_of_a_stitch_and_of_an_exported_stitch(snnet, tmp_path):
+    args = ["--config-file", TINY, "--weights", snnet["weights"], "--input", *snnet["images"][:2],
+            "--confidence-threshold", "0", f"datasets.root={os.path.dirname(os.path.dirname(snnet['images'][0]))}"]
+    written = demo.main(args[:4] + ["--stitch", "5", "--output", str(tmp_path / "snnet")] + args[4:])
+    assert len(written) == 2
+    for path, image_path in zip(written, snnet["images"]):
+        drawn, original = cv2.imread(path), cv2.imread(image_path)
+        assert drawn.shape == original.shape and not (drawn == original).all()  # boxes were drawn on it
+    paths = export_detector(snnet["cfg"], snnet["model"], 5, str(tmp_path / "exp"))
+    exported = demo.main(["--config-file", paths["config"], "--input", os.path.dirname(snnet["images"][0]),
+                          "--output", str(tmp_path / "exported"), "--confidence-threshold", "0"])
+    assert len(exported) == 4
+    for a, b in zip(written, exported):  # the same stitch draws the same picture
+        assert np.abs(cv2.imread(a).astype(int) - cv2.imread(b).astype(int)).mean() < 1.0
+    table = detector_flops_table(snnet["model"], (128, 128))
+    budget = sorted(table.gflops.values())[3]
+    by_budget = demo.main(args[:4] + ["--max-gflops", str(budget), "--output", str(tmp_path / "budget")] + args[4:])
+    assert len(by_budget) == 2
+
+
+def test_demo_errors_name_the_image_the_stitch_and_the_budget(snnet, tmp_path):
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(b"\x89PNG\r\n\x1a\n but not a png")
+    base = ["--config-file", TINY, "--weights", snnet["weights"], "--output", str(tmp_path / "o")]
+    with pytest.raises(ValueError, match="cannot read image .*broken.png"):
+        demo.main(base + ["--input", str(broken)])
+    with pytest.raises(KeyError, match="unknown stitch id 20"):
+        demo.main(base + ["--stitch", "20", "--input", snnet["images"][0]])
+    with pytest.raises(ValueError, match="--max-gflops 1e-06: no stitch fits; the cheapest is stitch"):
+        demo.main(base + ["--max-gflops", "1e-6", "--input", snnet["images"][0]])
+    paths = export_detector(snnet["cfg"], snnet["model"], 5, str(tmp_path / "exp"))
+    with pytest.raises(ValueError, match="exported stitch 5: --stitch/--max-gflops choose among"):
+        demo.main(["--config-file", paths["config"], "--stitch", "3", "--input", snnet["images"][0],
+                   "--output", str(tmp_path / "o")])
+    assert not (tmp_path / "o").exists()
+
+
+@torch.no_grad()
+def test_an_exported_detector_goes_through_torch_export_and_tracing(snnet, tmp_path):
+    paths = export_detector(snnet["cfg"], snnet["model"], 5, str(tmp_path))
+    model = load_exported(paths["config"])
+    x = torch.randn(1, 3, 128, 128)
+    # torch.export: the backbone (the stitch + the simple feature pyramid), images -> p2..p6
+    program = torch.export.export(model.backbone, (x,))
+    other = torch.randn(1, 3, 128, 128)
+    expected = model.backbone(other)
+    for name, value in program.module()(other).items():
+        torch.testing.assert_close(value, expected[name], rtol=1e-5, atol=1e-5)
+    # TorchScript tracing of the whole Mask R-CNN through detectron2's TracingAdapter
+    inputs = [{"image": images_of(snnet["cfg"], model, snnet["images"][:1])[0]["image"]}]
+    adapter = TracingAdapter(model, inputs)
+    traced = torch.jit.trace(adapter, adapter.flattened_inputs, check_trace=False)
+    eager = model(inputs)[0]["instances"]
+    traced_outputs = adapter.outputs_schema(traced(*adapter.flattened_inputs))
+    assert_same_instances(traced_outputs[0]["instances"], eager)
