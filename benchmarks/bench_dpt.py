@@ -8,29 +8,39 @@
    for ``--latency-stitches`` stitches spread over the FLOPs range (``all``: every stitch; slow on CPU).
 3. Training step time of a stitch inside the SN-Net (ROS-sampled stitches; LoRA stitching layers, AdamW
    over the whole SN-Net) vs the same network trained alone (the exported stitch + DPT head), as a ratio.
+4. The ``--stitch all`` evaluation (``evaluate_stitch_report``, flip TTA, report files written) of one group
+   of ``--eval-stitches`` stitches on ``--eval-images`` fixed random 480x640 frames: wall time stitch by stitch /
+   as one group sharing route prefixes, run one after the other. The group is the one (of the engine's
+   route-order groups of that size) whose FLOPs ratio is closest to that of all 134 stitches in groups of
+   ``--group-size``; both predicted ratios are printed beside the measured one.
 
     python benchmarks/bench_dpt.py [--latency-stitches 8] [--repeats 3] [--train-size 224 288] \
-        [--sections [latency] [train]] [--output-dir output/bench_dpt]
+        [--eval-stitches 4] [--eval-images 2] [--group-size 17] \
+        [--sections [latency] [train] [eval]] [--output-dir output/bench_dpt]
 """
 from __future__ import annotations
 
 import argparse
 import csv
 import os
+import shutil
 import statistics
 import sys
 import time
-from typing import Callable, List, Sequence
+from typing import Callable, Dict, List, Sequence, Tuple
 
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from projects.snnet_dpt.engine import build_optimizer  # noqa: E402
+from projects.snnet_dpt.distributed import DistContext  # noqa: E402
+from projects.snnet_dpt.engine import build_optimizer, evaluate_stitch_report, stitch_groups  # noqa: E402
 from projects.snnet_dpt.export import export_depth_model  # noqa: E402
 from projects.snnet_dpt.loss import SILogLoss  # noqa: E402
 from projects.snnet_dpt.model import DPTDepthModel, ModelSpec, build_model, depth_flops_table  # noqa: E402
 from projects.snnet_dpt.train import DEFAULT_CONFIG, load_config, recipe_from_config  # noqa: E402
-from snnet_core import ResourceConstrainedSampler, build_flops_table  # noqa: E402
+from snnet_core import (ResourceConstrainedSampler, StitchedViT, build_flops_table, count_gflops,  # noqa: E402
+                        prefix_sharing_cost)
+from snnet_core.route import embed_images  # noqa: E402
 from snnet_core.atomic_io import write_atomic  # noqa: E402
 
 PAPER_SETR_512 = {"DeiT3-S": 32.0, "DeiT3-L": 363.0}  # Table 1 FLOPs (G), SETR naive head, 512x512
@@ -141,6 +151,64 @@ def training_section(model: DPTDepthModel, table, size, batch: int, samples: int
     print(f"median ratio SN-Net / alone: {statistics.median(ratios):.3f}")
 
 
+def route_step_gflops(snnet: StitchedViT, size: Tuple[int, int]) -> Callable[[str], float]:
+    """``cost(step name)`` for ``prefix_sharing_cost``: GFLOPs of an embedding, a block of each anchor, a
+    stitching layer (LoRA merged) at ``size``, counted by fvcore on one module of each kind."""
+    x = torch.zeros(1, 3, *size)
+    tokens = {a: embed_images(anchor, x)[0] for a, anchor in enumerate(snnet.anchors)}
+    cost = {f"anchors.{a}.embed": count_gflops(anchor.patch_embed, (x,)) for a, anchor in enumerate(snnet.anchors)}
+    cost.update({f"anchors.{a}.blocks": count_gflops(anchor.blocks[0], (tokens[a],))
+                 for a, anchor in enumerate(snnet.anchors)})
+    cost["stitch_s2l"] = count_gflops(snnet.stitch_s2l[0].merged(), (tokens[0],))
+    cost["stitch_l2s"] = count_gflops(snnet.stitch_l2s[0].merged(), (tokens[1],))
+    return lambda name: cost[name if name.endswith("embed") else name.rsplit(".", 1)[0]]
+
+
+def predicted_ratio(snnet: StitchedViT, step_cost: Callable[[str], float], head_gflops: float,
+                    groups: Sequence[Sequence[int]]) -> float:
+    """Backbone + head GFLOPs of evaluating ``groups`` with shared route prefixes / stitch by stitch (dense-feature
+    projections left out; the head runs once per stitch in both)."""
+    shared = naive = 0.0
+    for group in groups:
+        s, n = prefix_sharing_cost(snnet, step_cost, group)
+        shared, naive = shared + s + head_gflops * len(group), naive + n + head_gflops * len(group)
+    return shared / naive
+
+
+def evaluation_section(model: DPTDepthModel, table, count: int, images: int, group_size: int,
+                       output_dir: str) -> None:
+    snnet = model.backbone
+    step_cost = route_step_gflops(snnet, (480, 640))
+    everything = predicted_ratio(snnet, step_cost, table.head_gflops,
+                                 stitch_groups(snnet, snnet.space.ids, group_size))
+    candidates = [g for g in stitch_groups(snnet, snnet.space.ids, count) if len(g) == count]
+    predicted = {tuple(g): predicted_ratio(snnet, step_cost, table.head_gflops, [g]) for g in candidates}
+    chosen = list(min(predicted, key=lambda g: abs(predicted[g] - everything)))
+    print(f"\n[4] --stitch all evaluation (evaluate_stitch_report, flip TTA, batch 1), {images} random 480x640 frames, "
+          f"{torch.get_num_threads()} threads: the group of {count} stitches (route order, as the engine groups them) "
+          f"whose FLOPs ratio is closest to that of all {len(snnet.space)}: {chosen}")
+    generator = torch.Generator().manual_seed(0)
+    loader = [(torch.randn(1, 3, 480, 640, generator=generator),
+               torch.rand(1, 1, 480, 640, generator=generator) * 9 + 0.5) for _ in range(images)]
+    seconds: Dict[str, float] = {}
+    rows = {}
+    for mode, group in (("stitch by stitch", None), ("shared prefixes", len(chosen))):
+        eval_dir = os.path.join(output_dir, "eval_" + ("each" if group is None else "grouped"))
+        shutil.rmtree(eval_dir, ignore_errors=True)
+        start = time.perf_counter()
+        record = evaluate_stitch_report(model, loader, chosen, table, eval_dir, "bench", DistContext(), flip=True,
+                                        group_size=group)
+        seconds[mode] = time.perf_counter() - start
+        rows[mode] = record["stitches"]
+    print(f"wall time: {seconds['shared prefixes']:.1f} s with shared prefixes / {seconds['stitch by stitch']:.1f} s "
+          f"stitch by stitch = {seconds['shared prefixes'] / seconds['stitch by stitch']:.3f} "
+          f"(FLOPs predict {predicted[tuple(chosen)]:.3f}; target <= 0.5); same rows: "
+          f"{rows['shared prefixes'] == rows['stitch by stitch']}")
+    print(f"FLOPs predict {everything:.3f} for all {len(snnet.space)} stitches in groups of {group_size} "
+          f"(backbone shared; DPT head {table.head_gflops:.1f} G once per stitch in both; range over the groups of "
+          f"{count}: {min(predicted.values()):.3f} - {max(predicted.values()):.3f})")
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--latency-stitches", type=int, default=8, help="stitches to time (0: all 134)")
@@ -148,8 +216,11 @@ def main() -> None:
     p.add_argument("--train-size", type=int, nargs=2, default=(224, 288), metavar=("H", "W"))
     p.add_argument("--train-batch", type=int, default=2)
     p.add_argument("--train-stitches", type=int, default=3, help="ROS-sampled stitches to time in training")
+    p.add_argument("--eval-stitches", type=int, default=4, help="stitches of the timed --stitch all evaluation")
+    p.add_argument("--eval-images", type=int, default=2, help="480x640 frames of the --stitch all evaluation")
+    p.add_argument("--group-size", type=int, default=17, help="test.stitch_group_size of the FLOPs prediction")
     p.add_argument("--output-dir", default="output/bench_dpt")
-    p.add_argument("--sections", nargs="*", choices=("latency", "train"), default=("latency", "train"),
+    p.add_argument("--sections", nargs="*", choices=("latency", "train", "eval"), default=("latency", "train", "eval"),
                    help="timed sections to run after the FLOPs table (none: the FLOPs table only)")
     args = p.parse_args()
     os.makedirs(args.output_dir, exist_ok=True)
@@ -161,6 +232,8 @@ def main() -> None:
         latency_section(model, table, ids, args.latency_stitches, args.repeats)
     if "train" in args.sections:
         training_section(model, table, tuple(args.train_size), args.train_batch, args.train_stitches, args.repeats)
+    if "eval" in args.sections:
+        evaluation_section(model, table, args.eval_stitches, args.eval_images, args.group_size, args.output_dir)
     print(f"\nload average at the end {os.getloadavg()[0]:.1f}")
 
 

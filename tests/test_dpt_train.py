@@ -15,6 +15,7 @@ import pytest
 import scipy.io
 import torch
 import yaml
+from timm.layers import PatchEmbed
 
 import projects.snnet_dpt.engine as engine
 import projects.snnet_dpt.train as train_cli
@@ -128,7 +129,8 @@ def test_stitch_report_is_resumable_after_an_interruption(data_root, tmp_path, m
         return real_evaluate(model, *a, **k)
 
     monkeypatch.setattr(engine, "evaluate", interrupted_after_five)
-    eval_args = cli_args(data_root, out, "--eval-only", "--stitch", "all", opts=["test.flip=false"])
+    eval_args = cli_args(data_root, out, "--eval-only", "--stitch", "all",
+                         opts=["test.flip=false", "test.share_prefixes=false"])
     with pytest.raises(Interrupted):
         train_cli.main(eval_args)
     with open(out / "stitch_eval" / "stitch_results.json") as f:
@@ -145,10 +147,64 @@ def test_stitch_report_is_resumable_after_an_interruption(data_root, tmp_path, m
         assert len(f.readlines()) == NUM_STITCHES + 1
     # the Pareto frontier of this report, evaluated again: nothing new to compute
     calls.clear()
-    pareto = train_cli.main(cli_args(data_root, out, "--eval-only", "--stitch", "pareto", opts=["test.flip=false"]))
+    pareto = train_cli.main(cli_args(data_root, out, "--eval-only", "--stitch", "pareto",
+                                     opts=["test.flip=false", "test.share_prefixes=false"]))
     assert calls == [] and 1 <= len(pareto["report"]["stitches"]) == NUM_STITCHES
     with pytest.raises(RuntimeError, match="another model or setting .flip False there vs True now"):
         train_cli.main(cli_args(data_root, out, "--eval-only", "--stitch", "0"))
+
+
+@pytest.fixture(scope="module")
+def trained(data_root, tmp_path_factory):
+    """The checkpoint of a 1-epoch run of the tiny config."""
+    out = tmp_path_factory.mktemp("trained")
+    train_cli.main(cli_args(data_root, out, "--stitch", "none", opts=["train.epochs=1"]))
+    return out / "checkpoint_last.pth"
+
+
+def evaluate_cli(data_root, checkpoint, eval_dir, *opts, launcher=(), launcher_output=None):
+    """``--eval-only --stitch all`` of ``checkpoint`` into ``eval_dir``: in this process, or as a child under
+    ``launcher`` (e.g. torchrun; its stderr is appended to ``launcher_output``); returns the rows of
+    stitch_results.json."""
+    argv = cli_args(data_root, eval_dir.parent / "out", "--eval-only", "--stitch", "all",
+                    opts=[f"train.checkpoint={checkpoint}", f"test.eval_dir={eval_dir}", *opts])
+    if launcher:
+        env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", MPLBACKEND="Agg")
+        proc = subprocess.run([*launcher, os.path.join(REPO, "projects", "snnet_dpt", "train.py"), *argv], cwd=REPO,
+                              env=env, capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+        assert launcher_output is not None
+        launcher_output.append(proc.stderr)
+    else:
+        train_cli.main(argv)
+    with open(eval_dir / "stitch_results.json") as f:
+        return json.load(f)["stitches"]
+
+
+def test_grouped_evaluation_gives_the_rows_of_the_per_stitch_loop(data_root, trained, tmp_path, monkeypatch):
+    per_stitch = evaluate_cli(data_root, trained, tmp_path / "each", "test.share_prefixes=false")
+    assert len(per_stitch) == NUM_STITCHES
+    passes, embeds = [], []  # patch embeddings: per stitch 2 x 2 (batches x flip), grouped once per pass and anchor
+    real_predict, real_embed = train_cli.DPTDepthModel.predict_stitches, PatchEmbed.forward
+    monkeypatch.setattr(train_cli.DPTDepthModel, "predict_stitches",
+                        lambda self, images, ids: (passes.append(list(ids)), real_predict(self, images, ids))[1])
+    monkeypatch.setattr(PatchEmbed, "forward", lambda self, x: (embeds.append(1), real_embed(self, x))[1])
+    grouped = evaluate_cli(data_root, trained, tmp_path / "grouped", "test.stitch_group_size=5")
+    assert grouped == per_stitch  # float-equal, flip TTA included
+    assert [len(ids) for ids in passes] == [5] * 4 + [5] * 4 + [4] * 4  # 3 groups x 2 batches x (image, mirrored)
+    snnet = build_model(train_cli.model_spec(train_cli.load_config(TINY, []))).backbone
+    assert len(embeds) == sum(len({id(snnet.plan(s).embed) for s in ids}) for ids in passes) < NUM_STITCHES * 2 * 2
+
+
+def test_two_process_grouped_evaluation_deals_the_groups_and_gives_the_rows_of_one_process(data_root, trained,
+                                                                                          tmp_path):
+    one = evaluate_cli(data_root, trained, tmp_path / "one", "test.stitch_group_size=3")
+    output = []
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29733"]
+    two = evaluate_cli(data_root, trained, tmp_path / "two", "test.stitch_group_size=3", launcher=torchrun,
+                       launcher_output=output)
+    assert "14 stitches in 5 groups of up to 3, one pass over the test set each, in 3 rounds over 2" in output[0]
+    assert two == one  # each stitch computed by one rank exactly as by one process; rank 0 wrote every row
 
 
 def test_two_process_ddp_trains_the_same_stitch_on_both_ranks(data_root, tmp_path):
@@ -504,12 +560,13 @@ def test_stitch_selections_that_evaluate_nothing_twice_or_another_tasks_frontier
     with pytest.raises(ValueError, match="names no stitch"):
         train_cli.main(cli_args(data_root, out, "--eval-only", "--stitch", ","))
     calls = []
-    real_evaluate = engine.evaluate
+    real_evaluate_group = engine.evaluate_group
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(engine, "evaluate", lambda model, *a, **k: (calls.append(model.backbone.stitch_id),
-                                                                    real_evaluate(model, *a, **k))[1])
+        patch.setattr(engine, "evaluate_group", lambda model, loader, ids, *a: (calls.append(list(ids)),
+                                                                                real_evaluate_group(model, loader, ids,
+                                                                                                    *a))[1])
         record = train_cli.main(cli_args(data_root, out, "--eval-only", "--stitch", "3,3,3"))["report"]
-    assert calls == [3] and sorted(record["stitches"]) == ["3"] and record["task"] == "depth"
+    assert calls == [[3]] and sorted(record["stitches"]) == ["3"] and record["task"] == "depth"
     detection = tmp_path / "detection"  # a detection report of the same stitch space
     model = build_model(train_cli.model_spec(train_cli.load_config(TINY, [])))
     flops = train_cli.depth_flops_table(model, (64, 80))

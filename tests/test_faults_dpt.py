@@ -1,6 +1,7 @@
 """Faults of the depth CLI (projects/snnet_dpt/train.py) on the tiny synthetic config, each in a real child process:
-SIGKILL during training, during a checkpoint write and during the per-stitch evaluation, then a resume; a full disk
-(RLIMIT_FSIZE) during a checkpoint save. Nothing is lost and the resumed run ends where an uninterrupted one does."""
+SIGKILL during training, during a checkpoint write and during the per-stitch evaluation (stitch by stitch and in
+groups), then a resume; a full disk (RLIMIT_FSIZE) during a checkpoint save. Nothing is lost and the resumed run
+ends where an uninterrupted one does."""
 import json
 import os
 import signal
@@ -56,14 +57,14 @@ def half_then_killed(obj, f, *args, **kwargs):
 torch.save = half_then_killed
 """
 
-KILL_AFTER_FIVE_STITCHES = """
-real_evaluate, done = engine.evaluate, []
+KILL_IN_SIXTH_EVALUATION = """
+real_evaluate, done = engine.{function}, []
 def evaluate(*args, **kwargs):
-    if len(done) == 5:
+    if len(done) == 5:  # the sixth stitch (per-stitch loop) or the sixth group of stitches (grouped evaluation)
         os.kill(os.getpid(), signal.SIGKILL)
     done.append(1)
     return real_evaluate(*args, **kwargs)
-engine.evaluate = evaluate
+engine.{function} = evaluate
 """
 
 DISK_FULL_AT_SECOND_CHECKPOINT = """
@@ -131,15 +132,20 @@ def test_sigkill_during_a_checkpoint_write_then_resume_from_the_previous_one(dat
     assert read_log(out) == straight["log"]
 
 
-def test_sigkill_during_the_per_stitch_evaluation_then_resume_loses_no_stitch(data_root, straight, tmp_path):
+@pytest.mark.parametrize("function, setting, finished", [
+    ("evaluate", "test.share_prefixes=false", 5),  # 5 stitches written, the 6th lost
+    ("evaluate_group", "test.stitch_group_size=2", 10),  # groups of 2: 5 groups written, the 6th lost
+])
+def test_sigkill_during_the_per_stitch_evaluation_then_resume_loses_no_stitch(data_root, straight, tmp_path, function,
+                                                                              setting, finished):
     eval_dir = tmp_path / "eval"
     argv = cli_args(data_root, tmp_path / "out", "--eval-only", "--stitch", "all",
-                    opts=[f"train.checkpoint={straight['checkpoint']}", f"test.eval_dir={eval_dir}"])
-    killed = run_child(KILL_AFTER_FIVE_STITCHES, argv)
+                    opts=[f"train.checkpoint={straight['checkpoint']}", f"test.eval_dir={eval_dir}", setting])
+    killed = run_child(KILL_IN_SIXTH_EVALUATION.format(function=function), argv)
     assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
     with open(eval_dir / "stitch_results.json") as f:
         partial = json.load(f)
-    assert len(partial["stitches"]) == 5 and partial["run_key"] == straight["report"]["run_key"]
+    assert len(partial["stitches"]) == finished and partial["run_key"] == straight["report"]["run_key"]
     record = train_cli.main(argv)["report"]
     assert len(record["stitches"]) == NUM_STITCHES
     for key, row in partial["stitches"].items():

@@ -59,6 +59,15 @@ def broadcast_object(ctx: DistContext, obj: Any) -> Any:
     return box[0]
 
 
+def gather_objects(ctx: DistContext, obj: Any) -> List[Any]:
+    """``[obj of rank 0, obj of rank 1, ...]`` on every rank (picklable objects)."""
+    if not ctx.enabled:
+        return [obj]
+    gathered: List[Any] = [None] * ctx.world_size
+    dist.all_gather_object(gathered, obj)
+    return gathered
+
+
 def cleanup(ctx: DistContext) -> None:
     if ctx.enabled and dist.is_initialized():
         dist.destroy_process_group()

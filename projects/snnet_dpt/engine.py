@@ -1,5 +1,5 @@
 """Training and evaluation of the stitched DPT: optimizer, schedule, one epoch with ROS, checkpoints,
-per-stitch evaluation (DDP-aware).
+per-stitch evaluation (DDP-aware; stitch by stitch, or in groups that share route prefixes).
 
 Exact resume: a checkpoint is written after every epoch with the model, optimizer, OneCycle schedule,
 AMP scaler and sampler state. Everything random is a function of (seed, epoch, ...): the data order
@@ -26,10 +26,11 @@ from tqdm import tqdm
 from snnet_core import FlopsTable, ResourceConstrainedSampler, evaluate_stitches, load_snnet, save_snnet
 from snnet_core.atomic_io import write_atomic
 from snnet_core.checkpoint import describe_load_error
-from snnet_core.report import RESULTS_FILE, load_results
+from snnet_core.report import RESULTS_FILE, evaluate_stitch_groups, load_results
+from snnet_core.snnet import StitchedViT
 from snnet_core.stitch_space import Stitch
 
-from .distributed import DistContext, broadcast_object
+from .distributed import DistContext, broadcast_object, gather_objects
 from .loss import SILogLoss
 from .metrics import HIGHER_IS_BETTER, DepthMetricAccumulator
 from .model import DPTDepthModel, ModelSpec
@@ -213,6 +214,11 @@ def non_finite_loss_message(loss: torch.Tensor, pred: torch.Tensor, depths: torc
     return where + "prediction and ground truth are finite; check the loss settings (train.loss_warmup_iters)"
 
 
+def flip_average(pred: torch.Tensor, pred_of_mirrored: torch.Tensor) -> torch.Tensor:
+    """Flip TTA: the mean of ``pred`` and the mirrored prediction of the mirrored image, ``(B, 1, H, W)``."""
+    return (pred + pred_of_mirrored.flip(-1)) / 2
+
+
 @torch.no_grad()
 def evaluate(model: DPTDepthModel, loader: Iterable, ctx: DistContext, flip: bool = True,
              amp: bool = False) -> Dict[str, float]:
@@ -228,10 +234,50 @@ def evaluate(model: DPTDepthModel, loader: Iterable, ctx: DistContext, flip: boo
         with torch.autocast(ctx.device.type, dtype=torch.float16, enabled=amp):
             pred = model(images).float()
             if flip:
-                pred = (pred + model(images.flip(-1)).float().flip(-1)) / 2
+                pred = flip_average(pred, model(images.flip(-1)).float())
         acc.update(pred, depths.to(ctx.device))
     acc.all_reduce(ctx.device)
     return acc.compute()
+
+
+@torch.no_grad()
+def evaluate_group(model: DPTDepthModel, loader: Iterable, stitch_ids: Sequence[int], ctx: DistContext,
+                   flip: bool = True, amp: bool = False) -> Dict[int, Dict[str, float]]:
+    """``{stitch id: depth metrics}`` of every stitch of ``stitch_ids`` in one pass over ``loader``.
+
+    Each batch ``(B, 3, H, W)`` runs once through the trie of the stitches' routes (``predict_stitches``), and
+    with ``flip`` once more mirrored; each stitch's predictions and metrics are those ``evaluate`` computes for
+    it alone (same operations, same order). Between the two passes one prediction ``(B, 1, H, W)`` per stitch
+    is held. Not reduced over ranks: ``loader`` holds every test image.
+    """
+    model.eval()
+    head = model.head
+    accumulators = {sid: DepthMetricAccumulator(head.min_depth, head.max_depth) for sid in stitch_ids}
+    for images, depths in loader:
+        images = images.to(ctx.device, non_blocking=True)
+        with torch.autocast(ctx.device.type, dtype=torch.float16, enabled=amp):
+            preds = {sid: pred.float() for sid, pred in model.predict_stitches(images, stitch_ids)}
+            if flip:
+                for sid, pred in model.predict_stitches(images.flip(-1), stitch_ids):
+                    preds[sid] = flip_average(preds[sid], pred.float())
+        depths = depths.to(ctx.device)
+        for sid, acc in accumulators.items():
+            acc.update(preds[sid], depths)
+    return {sid: acc.compute() for sid, acc in accumulators.items()}
+
+
+def stitch_groups(snnet: StitchedViT, stitch_ids: Sequence[int], group_size: int) -> List[List[int]]:
+    """``stitch_ids`` sorted by route (embedding anchor, then the names of the layers run), so that stitches
+    sharing a route prefix are adjacent, cut into groups of ``group_size`` (the last one may be smaller)."""
+    if group_size < 1:
+        raise ValueError(f"group_size={group_size!r}: a group holds at least one stitch")
+
+    def route(sid: int) -> Tuple:
+        plan = snnet.plan(sid)
+        return (0 if plan.embed is snnet.anchors[0] else 1, *plan.layer_names)
+
+    ordered = sorted(stitch_ids, key=route)
+    return [ordered[i:i + group_size] for i in range(0, len(ordered), group_size)]
 
 
 def _key_parts(run_key: str) -> Dict[str, str]:
@@ -261,23 +307,26 @@ def evaluate_stitch_report(
     primary_metric: str = "a1",
     flip: bool = True,
     amp: bool = False,
+    group_size: Optional[int] = None,
 ) -> Optional[dict]:
-    """Evaluate stitches through the engine's resumable report loop (rank 0 writes; all ranks compute).
+    """Evaluate stitches into the engine's resumable report (rank 0 writes; all ranks compute).
 
-    With DDP every rank must evaluate the same stitches in the same order: rank 0 resolves which are
-    still to do (after an interruption) and broadcasts them. Returns the results record on rank 0.
+    Rank 0 resolves which stitches are still to do (after an interruption) and broadcasts them. Then
+
+    - ``group_size=None``: the per-stitch loop. Every rank evaluates every stitch on its shard of the test
+      images (``loader``), metrics summed over ranks; each stitch's row is written when it is done.
+    - ``group_size=N``: the grouped evaluation. The stitches, in route order, are cut into groups of ``N``
+      (``stitch_groups``); a group is evaluated in one pass over every test image (``loader``, not sharded)
+      sharing route prefixes (``evaluate_group``). With several ranks the groups are dealt out in rounds, one
+      group per rank, and rank 0 gathers and writes each round's rows: every stitch is computed by one process
+      exactly as one process alone computes it, and an interruption loses at most one round (one group per rank).
+
+    Returns the results record on rank 0.
     """
     snnet = model.backbone
-
-    def evaluate_one(stitch_id: int) -> Dict[str, float]:
-        snnet.set_stitch(stitch_id)
-        return evaluate(model, loader, ctx, flip, amp)
-
     report_args = dict(space=snnet.space, flops=flops, output_dir=output_dir, primary_metric=primary_metric,
                        higher_is_better=primary_metric in HIGHER_IS_BETTER, run_key=run_key, task=TASK,
-                       title=f"SN-Netv2 DPT on NYUv2 at {flops.input_size[0]}x{flops.input_size[1]}")
-    if not ctx.enabled:
-        return evaluate_stitches(evaluate_one, stitch_ids, **report_args)
+                       title=f"SN-Netv2 DPT on NYUv2 at {flops.input_size[0]}x{flops.input_size[1]}", resume=False)
     error, todo = None, []
     if ctx.is_main:
         error = report_conflict(output_dir, run_key)
@@ -286,10 +335,34 @@ def evaluate_stitch_report(
     error, todo = broadcast_object(ctx, (error, todo))
     if error:
         raise RuntimeError(error)
-    if ctx.is_main:  # exactly the broadcast stitches, whatever another evaluator merges meanwhile
-        return evaluate_stitches(evaluate_one, todo, resume=False, **report_args)
-    for stitch_id in todo:
-        evaluate_one(stitch_id)
+    if group_size is None:
+        def evaluate_one(stitch_id: int) -> Dict[str, float]:
+            snnet.set_stitch(stitch_id)
+            return evaluate(model, loader, ctx, flip, amp)
+
+        if ctx.is_main:  # exactly the broadcast stitches, whatever another evaluator merges meanwhile
+            return evaluate_stitches(evaluate_one, todo, **report_args)
+        for stitch_id in todo:
+            evaluate_one(stitch_id)
+        return None
+
+    groups = stitch_groups(snnet, todo, group_size)
+    rounds = {}  # the stitches of a round (rank 0 writes them together) -> the group of each rank
+    for start in range(0, len(groups), ctx.world_size):
+        dealt = groups[start:start + ctx.world_size]
+        rounds[tuple(sid for group in dealt for sid in group)] = dealt
+    logger.info("%d stitches in %d groups of up to %d, one pass over the test set each, in %d rounds over %d "
+                "process(es)", len(todo), len(groups), group_size, len(rounds), ctx.world_size)
+
+    def evaluate_round(stitches: Sequence[int]) -> Dict[int, Dict[str, float]]:
+        dealt = rounds[tuple(stitches)]
+        mine = evaluate_group(model, loader, dealt[ctx.rank], ctx, flip, amp) if ctx.rank < len(dealt) else {}
+        return {sid: metrics for results in gather_objects(ctx, mine) for sid, metrics in results.items()}
+
+    if ctx.is_main:
+        return evaluate_stitch_groups(evaluate_round, [list(stitches) for stitches in rounds], **report_args)
+    for stitches in rounds:
+        evaluate_round(stitches)
     return None
 
 

@@ -6,14 +6,14 @@ rank, dense-feature blocks, head sizes); it is stored in checkpoints and exporte
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import timm
 import torch
 import torch.nn as nn
 from timm.models.vision_transformer import VisionTransformer
 
-from snnet_core import FlopsTable, StitchedViT, build_anchor, build_flops_table, count_gflops
+from snnet_core import FlopsTable, StitchedViT, build_anchor, build_flops_table, count_gflops, run_stitches
 from snnet_core.anchors import use_upstream_layer_math
 
 from .head import DEFAULT_POST_PROCESS_CHANNELS, DPTHead
@@ -121,11 +121,22 @@ class DPTDepthModel(nn.Module):
         self.backbone, self.head, self.patch_size = backbone, head, int(patch_size)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
+        out = self.backbone(images)
+        return self.head(out.features, out.grid, out.num_prefix_tokens, self._image_size(images))
+
+    def predict_stitches(self, images: torch.Tensor, stitch_ids: Sequence[int]) -> Iterator[Tuple[int, torch.Tensor]]:
+        """``(stitch id, depth (B, 1, H, W))`` for every stitch of ``stitch_ids`` (``backbone`` a ``StitchedViT``),
+        in ``run_stitches`` order: each shared route prefix runs once; each depth map is the one ``forward`` gives
+        with that stitch selected (same modules on the same inputs)."""
+        image_size = self._image_size(images)
+        for stitch_id, out in run_stitches(self.backbone, images, stitch_ids):
+            yield stitch_id, self.head(out.features, out.grid, out.num_prefix_tokens, image_size)
+
+    def _image_size(self, images: torch.Tensor) -> Tuple[int, int]:
         h, w = images.shape[-2:]
         if h % self.patch_size or w % self.patch_size:
             raise ValueError(f"input {h}x{w} is not a multiple of the patch size {self.patch_size}")
-        out = self.backbone(images)
-        return self.head(out.features, out.grid, out.num_prefix_tokens, (h, w))
+        return h, w
 
 
 def build_model(spec: ModelSpec, pretrained: Sequence[Optional[str]] = (None, None)) -> DPTDepthModel:

@@ -9,7 +9,9 @@ The recipe is a detectron2 LazyConfig file (default: the paper's, ``configs/dpt_
     python projects/snnet_dpt/train.py --config-file projects/snnet_dpt/configs/synthetic/dpt_snnetv2_tiny.py
 
 After training (or with ``--eval-only``) the stitches chosen by ``--stitch`` are evaluated into a per-stitch
-report (``test.eval_dir``, default ``<train.output_dir>/stitch_eval``); ``--export-stitch ID`` writes a
+report (``test.eval_dir``, default ``<train.output_dir>/stitch_eval``), in groups of ``test.stitch_group_size``
+stitches that each take one pass over the test set with their route prefixes shared (``test.share_prefixes=false``:
+stitch by stitch; the numbers are the same); ``--export-stitch ID`` writes a
 standalone DPT model of one stitch. The resolved config of a training run is saved as
 ``<train.output_dir>/config.yaml``.
 
@@ -117,7 +119,9 @@ def check_settings(cfg: Dict[str, Any], training: bool) -> None:
     learning rate, no epoch, ``test.max_images=0``), before anything is read or computed."""
     rules = [("test.max_images", lambda v: v is None or _is_count(v, 1),
               "None (every test frame) or a number of frames >= 1"),
-             ("test.batch_size", lambda v: _is_count(v, 1), "an integer >= 1")]
+             ("test.batch_size", lambda v: _is_count(v, 1), "an integer >= 1"),
+             ("test.share_prefixes", lambda v: isinstance(v, bool), "true or false"),
+             ("test.stitch_group_size", lambda v: _is_count(v, 1), "an integer >= 1 (stitches per data pass)")]
     if training:
         rules += [("optimizer.lr", lambda v: _is_number(v) and v > 0, "a finite number > 0"),
                   ("optimizer.weight_decay", lambda v: _is_number(v) and v >= 0, "a finite number >= 0"),
@@ -233,10 +237,13 @@ def check_test_frames(frames, cfg: Dict[str, Any]) -> None:
 
 
 def build_test_loader(frames, cfg: Dict[str, Any], ctx: DistContext) -> DataLoader:
-    """This rank's shard (every ``world_size``-th frame, no padding) of the test frames."""
+    """The test frames ``evaluate_stitch_report`` needs on this rank: every frame for the grouped evaluation
+    (``test.share_prefixes``: ranks split the stitch groups), else this rank's shard (every ``world_size``-th
+    frame, no padding)."""
     dataset = DepthDataset(frames)
     count = min(len(dataset), cfg["test"]["max_images"] or len(dataset))
-    shard = Subset(dataset, list(range(ctx.rank, count, ctx.world_size)))
+    rank, step = (0, 1) if cfg["test"]["share_prefixes"] else (ctx.rank, ctx.world_size)
+    shard = Subset(dataset, list(range(rank, count, step)))
     return DataLoader(shard, cfg["test"]["batch_size"], shuffle=False, num_workers=cfg["dataloader"]["workers"],
                       pin_memory=ctx.device.type == "cuda")
 
@@ -408,9 +415,10 @@ def run(cfg: Dict[str, Any], args: argparse.Namespace, ctx: DistContext) -> Dict
                                "evaluate a copy of it")
         result = {"checkpoint": checkpoint, "iteration": int(state["iteration"])}
     if stitch_ids:
+        group_size = test_cfg["stitch_group_size"] if test_cfg["share_prefixes"] else None
         result["report"] = evaluate_stitch_report(model, build_test_loader(test_frames, cfg, ctx), stitch_ids, flops,
                                                   eval_dir, run_key, ctx, test_cfg["primary_metric"],
-                                                  test_cfg["flip"], amp)
+                                                  test_cfg["flip"], amp, group_size)
     if args.export_stitch is not None and ctx.is_main:
         path = os.path.join(output_dir, f"stitch_{args.export_stitch}_dpt.pth")
         save_exported_stitch(path, model, spec, args.export_stitch)

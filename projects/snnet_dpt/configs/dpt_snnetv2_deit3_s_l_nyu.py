@@ -95,4 +95,6 @@ test = dict(
     primary_metric="a1",  # project: metric of the Pareto frontier of the per-stitch report
     eval_dir=None,  # project: None = <train.output_dir>/stitch_eval
     pareto_source=None,  # project: results JSON of --stitch pareto; None = <eval_dir>/stitch_results.json
+    share_prefixes=True,  # project: stitch groups, one data pass each, shared route prefixes; False: stitch by stitch
+    stitch_group_size=17,  # project: 134 stitches -> 8 groups; an interruption loses at most one (one per rank)
 )
