@@ -8,10 +8,16 @@ depend on the weights). Uses ``configs/COCO/mask_rcnn_snnetv2_deit3_s_l_100ep.py
 2. CPU latency of the detector (batch 1, eval, median of ``--repeats``) for ``--latency-stitches``
    stitches spread over the FLOPs range, at ``--latency-size`` (1024 is minutes per DeiT3-L run on CPU).
 3. One training step (forward, backward, AdamW) of a stitch inside the SN-Net vs the same network trained
-   alone (the exported stitch, LoRA merged, with the same Mask R-CNN), at ``--train-size``, as a ratio.
+   alone (the exported stitch, LoRA merged, with the same Mask R-CNN), at ``--train-size``, as a ratio of
+   medians; the two alternate (ABBA...) so that load drifts on a shared machine hit both alike.
+4. Per-stitch COCO evaluation sharing route prefixes vs the per-stitch loop: backbone GFLOPs of all 134
+   stitches at ``--flops-size`` with sharing / without, per group size; and wall time of
+   ``evaluate_stitch_group`` (one pass, one COCOEvaluator per stitch) vs one ``inference_on_dataset`` per
+   stitch, for ``--eval-stitches`` consecutive stitches of the trie order on ``--eval-images`` synthetic
+   COCO-format images of ``--eval-size`` px (data loading, model, pycocotools evaluation all included).
 
     python benchmarks/bench_vitdet.py [--latency-stitches 5] [--latency-size 512] [--train-size 256] \
-        [--repeats 2] [--output-dir output/bench_vitdet]
+        [--repeats 4] [--eval-stitches 8] [--eval-images 4] [--eval-size 256] [--output-dir output/bench_vitdet]
 """
 from __future__ import annotations
 
@@ -29,12 +35,23 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from detectron2.config import LazyConfig, instantiate  # noqa: E402
+from detectron2.data import DatasetCatalog, DatasetMapper, build_detection_test_loader  # noqa: E402
+from detectron2.data import transforms as T  # noqa: E402
+from detectron2.evaluation import COCOEvaluator  # noqa: E402
 from detectron2.structures import BitMasks, Boxes, Instances  # noqa: E402
 from detectron2.utils.events import EventStorage  # noqa: E402
 
+from datasets.make_synthetic_coco import make_synthetic_coco  # noqa: E402
 from projects.snnet_vitdet.backbone import StitchedViTDetBackbone  # noqa: E402
-from projects.snnet_vitdet.evaluation import detector_flops_table  # noqa: E402
-from snnet_core import export_stitch  # noqa: E402
+from projects.snnet_vitdet.data import register_coco_json_datasets  # noqa: E402
+from projects.snnet_vitdet.evaluation import (  # noqa: E402
+    detector_flops_table,
+    evaluate_model,
+    evaluate_stitch_group,
+    stitch_groups,
+)
+from snnet_core import count_gflops, export_stitch, prefix_sharing_cost  # noqa: E402
+from snnet_core.route import embed_images  # noqa: E402
 
 CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
                       "projects", "snnet_vitdet", "configs", "COCO", "mask_rcnn_snnetv2_deit3_s_l_100ep.py")
@@ -136,7 +153,8 @@ def synthetic_batch(size: int) -> List[dict]:
              "height": size, "width": size}]
 
 
-def train_step_seconds(model, batch, repeats: int) -> float:
+def train_step(model, batch) -> Callable[[], None]:
+    """One training step of ``model`` on ``batch`` (forward, backward, AdamW), the same draws every call."""
     model.train()
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
 
@@ -148,11 +166,27 @@ def train_step_seconds(model, batch, repeats: int) -> float:
         loss.backward()
         optimizer.step()
 
-    return median_seconds(step, repeats)
+    return step
+
+
+def alternating_medians(fns: Dict[str, Callable[[], None]], repeats: int) -> Dict[str, float]:
+    """Median seconds of each function over ``repeats`` runs after a warm-up, run in alternating order
+    (A B, B A, A B, ...) so that a load change on a shared machine affects both alike."""
+    names = list(fns)
+    for name in names:
+        fns[name]()
+    times = {name: [] for name in names}
+    for r in range(repeats):
+        for name in names if r % 2 == 0 else names[::-1]:
+            start = time.perf_counter()
+            fns[name]()
+            times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(t) for name, t in times.items()}
 
 
 def training_section(table, size: int, repeats: int) -> dict:
-    print(f"\n[3] one training step at {size}x{size}: stitch inside the SN-Net vs the same network alone")
+    print(f"\n[3] one training step at {size}x{size}: stitch inside the SN-Net vs the same network alone "
+          f"(median of {repeats}, alternating)")
     model = build_detector(size)
     backbone = model.backbone.net
     ids = sorted(backbone.space.ids, key=lambda i: (table.gflops[i], i))
@@ -161,12 +195,89 @@ def training_section(table, size: int, repeats: int) -> dict:
     batch = synthetic_batch(size)
     alone = copy.deepcopy(model)
     alone.backbone.net = ExportedViTDetBackbone(backbone, sid)
-    snnet_s = train_step_seconds(model, batch, repeats)
-    alone_s = train_step_seconds(alone, batch, repeats)
+    seconds = alternating_medians({"snnet": train_step(model, batch), "alone": train_step(alone, batch)}, repeats)
+    snnet_s, alone_s = seconds["snnet"], seconds["alone"]
     print(f"  stitch {sid} ({backbone.space[sid].route}): SN-Net {snnet_s:.2f} s, alone {alone_s:.2f} s, "
           f"ratio {snnet_s / alone_s:.2f}")
     return {"id": sid, "route": backbone.space[sid].route, "snnet_s": snnet_s, "alone_s": alone_s,
             "ratio": snnet_s / alone_s}
+
+
+def backbone_step_gflops(backbone: StitchedViTDetBackbone, size: int) -> Callable[[str], float]:
+    """``cost(name)``: GFLOPs at ``size``x``size`` of a route step (``anchors.A.embed``, ``anchors.A.blocks.i``,
+    ``stitch_s2l.k``, ``stitch_l2s.k``), counted with fvcore once per kind (anchor x windowed/global block)."""
+    snnet = backbone.snnet
+    images = torch.zeros(1, 3, size, size)
+    tokens = [embed_images(anchor, images)[0] for anchor in snnet.anchors]  # also sets the windows' grid
+    embed = [count_gflops(anchor.patch_embed, (images,)) for anchor in snnet.anchors]
+    blocks: Dict[tuple, float] = {}
+
+    def block(a: int, i: int) -> float:
+        key = (a, snnet.anchors[a].blocks[i].attn.window_size)
+        if key not in blocks:
+            blocks[key] = count_gflops(snnet.anchors[a].blocks[i], (tokens[a],))
+        return blocks[key]
+
+    layers = {"stitch_s2l": count_gflops(snnet.stitch_s2l[0].merged(), (tokens[0],)),
+              "stitch_l2s": count_gflops(snnet.stitch_l2s[0].merged(), (tokens[1],))}
+
+    def cost(name: str) -> float:
+        parts = name.split(".")
+        if parts[0] in layers:
+            return layers[parts[0]]
+        return embed[int(parts[1])] if parts[2] == "embed" else block(int(parts[1]), int(parts[3]))
+
+    return cost
+
+
+def synthetic_test_loader(root: str, num_images: int, size: int):
+    """``num_images`` synthetic COCO-format shapes of ``size`` px (``datasets/make_synthetic_coco.py``, seed 0),
+    registered as ``bench_shapes_val``, through the test-time resize to ``size``."""
+    make_synthetic_coco(root, num_train=1, num_val=num_images, image_size=size, max_objects=3, seed=0)
+    register_coco_json_datasets({"bench_shapes_val": {"json_file": os.path.join(root, "annotations",
+                                                                                "instances_val.json"),
+                                                      "image_root": os.path.join(root, "val")}})
+    mapper = DatasetMapper(is_train=False, augmentations=[T.ResizeShortestEdge(size, size)], image_format="RGB")
+    return build_detection_test_loader(dataset=DatasetCatalog.get("bench_shapes_val"), mapper=mapper)
+
+
+def sharing_section(output_dir: str, flops_size: int, num_stitches: int, num_images: int, size: int) -> dict:
+    print("\n[4] per-stitch evaluation sharing route prefixes (DeiT3-S/L + Mask R-CNN, random weights)")
+    model = build_detector(flops_size).eval()
+    backbone = model.backbone.net
+    cost = backbone_step_gflops(backbone, flops_size)
+    ids = backbone.space.ids
+    by_group = {}
+    for group_size in (1, 4, 8, 16, 32, len(ids)):
+        groups = stitch_groups(model, ids, group_size)
+        shared = sum(prefix_sharing_cost(backbone.snnet, cost, g)[0] for g in groups)
+        by_group[group_size] = shared / prefix_sharing_cost(backbone.snnet, cost, ids)[1]
+    print(f"  backbone GFLOPs of all {len(ids)} stitches at {flops_size}x{flops_size}, shared / stitch by stitch, "
+          "by group size: " + ", ".join(f"{g}: {r:.3f}" for g, r in by_group.items()))
+
+    model = build_detector(size).eval()
+    model.roi_heads.box_predictor.test_score_thresh = 0.0  # random weights: keep the full detection budget
+    backbone = model.backbone.net
+    subset = stitch_groups(model, ids, num_stitches)[len(ids) // num_stitches // 2]  # one group mid-trie
+    loader = synthetic_test_loader(os.path.join(output_dir, "synthetic_coco"), num_images, size)
+    evaluator = COCOEvaluator("bench_shapes_val", tasks=("bbox", "segm"), use_fast_impl=False)
+    shared, naive = prefix_sharing_cost(backbone.snnet, backbone_step_gflops(backbone, size), subset)
+    predicted = shared / naive
+
+    def loop():
+        for sid in subset:
+            backbone.set_stitch(sid)
+            evaluate_model(model, loader, evaluator)
+
+    seconds = alternating_medians({"shared": lambda: evaluate_stitch_group(model, loader, evaluator, subset),
+                                   "loop": loop}, 1)
+    ratio = seconds["shared"] / seconds["loop"]
+    print(f"  wall time, stitches {subset} on {num_images} images of {size}x{size} (batch 1; loading, model, "
+          f"pycocotools): shared {seconds['shared']:.1f} s, per-stitch loop {seconds['loop']:.1f} s, "
+          f"ratio {ratio:.2f} (backbone GFLOPs ratio of these stitches {predicted:.2f})")
+    return {"gflops_ratio_by_group_size": by_group, "stitches": subset, "images": num_images, "size": size,
+            "shared_s": seconds["shared"], "loop_s": seconds["loop"], "wall_ratio": ratio,
+            "backbone_gflops_ratio": predicted}
 
 
 def main() -> None:
@@ -175,18 +286,26 @@ def main() -> None:
     parser.add_argument("--latency-stitches", type=int, default=5)
     parser.add_argument("--latency-size", type=int, default=512)
     parser.add_argument("--train-size", type=int, default=256)
-    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=4)
+    parser.add_argument("--eval-stitches", type=int, default=8)
+    parser.add_argument("--eval-images", type=int, default=4)
+    parser.add_argument("--eval-size", type=int, default=256)
+    parser.add_argument("--sections", default="1,2,3,4", help="which sections to run, e.g. 3,4")
     parser.add_argument("--output-dir", default="output/bench_vitdet")
     args = parser.parse_args()
     os.makedirs(args.output_dir, exist_ok=True)
     torch.manual_seed(0)
-    table = flops_section(build_detector(args.flops_size), args.output_dir, args.flops_size)
-    results = {
-        "gflops": {"size": args.flops_size, "min": min(table.gflops.values()), "max": max(table.gflops.values()),
-                   "head": table.head_gflops, "anchors": [table.gflops[0], table.gflops[1]]},
-        "latency": latency_section(table, args.latency_stitches, args.latency_size, args.repeats),
-        "training_step": training_section(table, args.train_size, args.repeats),
-    }
+    sections = {int(s) for s in args.sections.split(",")}
+    table = flops_section(build_detector(args.flops_size), args.output_dir, args.flops_size)  # cached after a run
+    results = {"gflops": {"size": args.flops_size, "min": min(table.gflops.values()), "max": max(table.gflops.values()),
+                          "head": table.head_gflops, "anchors": [table.gflops[0], table.gflops[1]]}}
+    if 2 in sections:
+        results["latency"] = latency_section(table, args.latency_stitches, args.latency_size, args.repeats)
+    if 3 in sections:
+        results["training_step"] = training_section(table, args.train_size, args.repeats)
+    if 4 in sections:
+        results["shared_prefix_evaluation"] = sharing_section(args.output_dir, args.flops_size, args.eval_stitches,
+                                                              args.eval_images, args.eval_size)
     with open(os.path.join(args.output_dir, "bench_vitdet.json"), "w") as f:
         json.dump(results, f, indent=1)
     print(f"\nresults in {args.output_dir}/bench_vitdet.json")

@@ -25,7 +25,8 @@ MAX_ITER, PERIOD = 8, 3  # checkpoints of iterations 2 and 5, model_final of ite
 
 # Runs train_net's CLI with a fault injected at a precise point: SIGKILL (no cleanup of any kind runs) at the
 # start of training iteration AT ("train"), halfway through writing the checkpoint of iteration AT ("save"),
-# or when the AT-th stitch of the per-stitch report starts ("eval"); "none" injects nothing.
+# or when the AT-th pass of the per-stitch report starts ("eval": a stitch of the per-stitch loop, or a group of
+# stitches sharing route prefixes); "none" injects nothing.
 FAULT_RUNNER = textwrap.dedent("""
     import io, os, signal, sys
     import torch
@@ -52,13 +53,16 @@ FAULT_RUNNER = textwrap.dedent("""
             save(obj, f, *args, **kwargs)
         torch.save = killing_save
     elif kind == "eval":
-        evaluate_model, started = evaluation.evaluate_model, []
-        def killing_evaluate_model(*args, **kwargs):
-            if len(started) == at:
-                kill()
-            started.append(1)
-            return evaluate_model(*args, **kwargs)
-        evaluation.evaluate_model = killing_evaluate_model
+        started = []
+        def killing(evaluate):
+            def evaluate_after_check(*args, **kwargs):
+                if len(started) == at:
+                    kill()
+                started.append(1)
+                return evaluate(*args, **kwargs)
+            return evaluate_after_check
+        evaluation.evaluate_model = killing(evaluation.evaluate_model)
+        evaluation.evaluate_stitch_group = killing(evaluation.evaluate_stitch_group)
     train_net.cli(sys.argv[3:])
 """)
 
@@ -140,22 +144,24 @@ def test_kill_during_checkpoint_write_resumes_from_the_previous_checkpoint(
     assert_same_weights(os.path.join(out, "model_final.pth"), os.path.join(uninterrupted, "model_final.pth"))
 
 
-def test_kill_during_stitch_evaluation_then_resume_loses_no_stitch(synthetic, uninterrupted, tmp_path):  # noqa: F811
+@pytest.mark.parametrize("mode, done", [("snnet.eval_share_prefixes=False", ["0"]),  # per-stitch loop
+                                        ("snnet.eval_group_size=2", ["0", "1"])])  # groups [0, 1], [13, 5]
+def test_kill_during_stitch_evaluation_then_resume_loses_no_stitch(
+        synthetic, uninterrupted, tmp_path, mode, done):  # noqa: F811
     report = str(tmp_path / "report")
-    argv = ("--eval-only", "--stitch", "0,1,13", "--report-dir", report,
-            *tiny_opts(synthetic, str(tmp_path), f"train.init_checkpoint={uninterrupted}/model_final.pth"))
-    killed = train_net(*argv, fault="eval", at=1)
+    argv = ("--eval-only", "--stitch", "0,1,13,5", "--report-dir", report,
+            *tiny_opts(synthetic, str(tmp_path), f"train.init_checkpoint={uninterrupted}/model_final.pth", mode))
+    killed = train_net(*argv, fault="eval", at=1)  # killed when the second pass starts
     assert killed.returncode == -9, killed.stderr[-3000:]
     with open(os.path.join(report, "stitch_results.json")) as f:
-        first = f.read()
-    assert '"0"' in first and '"1"' not in first
+        assert sorted(json.load(f)["stitches"]) == done
 
     resumed = train_net(*argv)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
-    assert "2 of 3 stitches to evaluate" in resumed.stdout + resumed.stderr
+    assert f"{4 - len(done)} of 4 stitches to evaluate" in resumed.stdout + resumed.stderr
     with open(os.path.join(report, "stitch_results.json")) as f:
         stitches = json.load(f)["stitches"]
-    assert sorted(stitches) == ["0", "1", "13"]
+    assert sorted(stitches) == ["0", "1", "13", "5"]
 
 
 # --- full disk ---------------------------------------------------------------------------------------

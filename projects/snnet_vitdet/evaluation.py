@@ -1,17 +1,29 @@
 """COCO per-stitch AP report: GFLOPs/params of every stitch with the Mask R-CNN head, and per-stitch
-bbox/segm COCO metrics (pycocotools) written resumably as JSON/CSV/Markdown/PNG by ``snnet_core``."""
+bbox/segm COCO metrics (pycocotools) written resumably as JSON/CSV/Markdown/PNG by ``snnet_core``.
+
+Stitches are evaluated in groups sharing route prefixes (``evaluate_stitch_group``): one pass over the test
+set per group runs every shared backbone prefix once per batch (``snnet_core.run_stitches``), then the
+pyramid and heads per stitch, into one COCO evaluator per stitch. ``stitch_report(group_size=None)`` keeps
+the per-stitch loop (one pass per stitch), which gives the same predictions and metrics.
+"""
 from __future__ import annotations
 
+import copy
+import hashlib
+import json
 import logging
 import os
-from typing import Callable, Dict, List, Mapping, Sequence, Tuple
+import time
+from contextlib import ExitStack
+from typing import Callable, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
 
 import torch
 import torch.nn as nn
-from detectron2.evaluation import DatasetEvaluator, inference_on_dataset, print_csv_format
+from detectron2.evaluation import DatasetEvaluator, inference_context, inference_on_dataset, print_csv_format
 from detectron2.modeling import GeneralizedRCNN
-from detectron2.structures import ImageList
+from detectron2.structures import ImageList, Instances
 from detectron2.utils import comm
+from detectron2.utils.logger import log_every_n_seconds
 
 from snnet_core import (
     FlopsTable,
@@ -19,11 +31,13 @@ from snnet_core import (
     build_flops_table,
     count_gflops,
     evaluate_stitches,
+    run_stitches,
     load_results,
     pareto_frontier,
 )
 from snnet_core.atomic_io import write_json_atomic
-from snnet_core.report import RESULTS_FILE, plot_metric_vs_gflops
+from snnet_core.prefix_trie import build_trie
+from snnet_core.report import RESULTS_FILE, evaluate_stitch_groups, plot_metric_vs_gflops
 
 from .backbone import StitchedViTDetBackbone
 from .comm_utils import run_on_main
@@ -39,13 +53,29 @@ PRIMARY_METRIC = "bbox_AP"
 class _FeatureSource(nn.Module):
     """Stands in for the ViT inside ``SimpleFeaturePyramid``: returns the feature it was handed."""
 
-    def __init__(self, name: str):
+    def __init__(self, name: str, feature: torch.Tensor):
         super().__init__()
         self.name = name
-        self.feature: torch.Tensor | None = None
+        self.feature = feature
 
     def forward(self, images: torch.Tensor) -> Dict[str, torch.Tensor]:
         return {self.name: self.feature}
+
+
+def head_inference(model: GeneralizedRCNN, images: ImageList, last_feat: torch.Tensor) -> List[Instances]:
+    """What ``model.inference`` does after its ViT, on a given ViT output: the pyramid (on ``last_feat``
+    ``(B, C, H/16, W/16)``), RPN and ROI heads -> one ``Instances`` per image, before rescaling to the input
+    size (``GeneralizedRCNN._postprocess``). ``images``: the preprocessed batch the feature came from."""
+    pyramid = model.backbone
+    net = pyramid.net
+    pyramid.net = _FeatureSource(pyramid.in_feature, last_feat)
+    try:
+        features = pyramid(images.tensor)
+        proposals, _ = model.proposal_generator(images, features, None)
+        instances, _ = model.roi_heads(images, features, proposals, None)
+    finally:
+        pyramid.net = net
+    return instances
 
 
 class _DetectorHead(nn.Module):
@@ -60,18 +90,8 @@ class _DetectorHead(nn.Module):
         self.input_size = input_size
 
     def forward(self, feature: torch.Tensor):
-        pyramid = self.model.backbone
-        net, source = pyramid.net, _FeatureSource(pyramid.in_feature)
-        source.feature = feature
-        pyramid.net = source
-        try:
-            images = ImageList(feature.new_zeros(1, 3, *self.input_size), [self.input_size])
-            features = pyramid(images.tensor)
-            proposals, _ = self.model.proposal_generator(images, features)
-            instances, _ = self.model.roi_heads(images, features, proposals)
-        finally:
-            pyramid.net = net
-        out = instances[0]
+        images = ImageList(feature.new_zeros(1, 3, *self.input_size), [self.input_size])
+        out = head_inference(self.model, images, feature)[0]
         return out.pred_boxes.tensor, out.scores, out.pred_masks
 
 
@@ -95,20 +115,76 @@ def detector_head_cost(model: GeneralizedRCNN, input_size: Tuple[int, int]) -> T
         gflops = count_gflops(probe, (feature.to(device),))
     finally:
         predictor.test_score_thresh = threshold
-    params = sum(p.numel() for p in model.parameters()) - sum(p.numel() for p in net.parameters())
+    return gflops, head_params(model)
+
+
+def head_params(model: GeneralizedRCNN) -> int:
+    """Parameters of everything after the ViT (pyramid, RPN, ROI heads)."""
+    return sum(p.numel() for p in model.parameters()) - sum(p.numel() for p in model.backbone.net.parameters())
+
+
+def head_signature(model: GeneralizedRCNN, input_size: Tuple[int, int]) -> str:
+    """A digest of everything the head's cost depends on: ``input_size``, the type, ``extra_repr`` and plain
+    settings (e.g. ``pre_nms_topk``, ``test_topk_per_image``) of every module after the ViT, and the names,
+    shapes and dtypes of their parameters and buffers. Weight values do not enter (they do not change the
+    count)."""
+    net = model.backbone.net
+    skip = {id(m) for m in net.modules()}
+    lines = [f"input_size={tuple(int(s) for s in input_size)}"]
+    for name, module in model.named_modules():
+        if id(module) in skip:
+            continue
+        settings = {k: v for k, v in vars(module).items()
+                    if not k.startswith("_") and k != "training" and isinstance(v, (bool, int, float, str, tuple,
+                                                                                     list, dict))}
+        lines.append(f"{name}: {type(module).__qualname__} {module.extra_repr()} {sorted(settings.items())!r}")
+        for kind, tensors in (("param", module.named_parameters(recurse=False)),
+                              ("buffer", module.named_buffers(recurse=False))):
+            lines += [f"  {kind} {n} {tuple(t.shape)} {t.dtype}" for n, t in tensors]
+    return hashlib.sha256("\n".join(lines).encode()).hexdigest()[:16]
+
+
+def cached_head_cost(model: GeneralizedRCNN, input_size: Tuple[int, int], cache_dir: Optional[str] = None
+                     ) -> Tuple[float, int]:
+    """``detector_head_cost``, cached in ``cache_dir/head_cost_<head_signature>.json``: a later start with
+    the same head and input size reads it instead of tracing the head again (tens of seconds at 1024).
+
+    A cache file that is unreadable or disagrees with the model (another signature, input size or
+    parameter count) is recounted and rewritten, with a warning naming it.
+    """
+    if cache_dir is None:
+        return detector_head_cost(model, input_size)
+    signature = head_signature(model, input_size)
+    path = os.path.join(cache_dir, f"head_cost_{signature}.json")
+    params = head_params(model)
+    expected = {"signature": signature, "input_size": [int(s) for s in input_size], "params": params}
+    if os.path.isfile(path):
+        try:
+            with open(path) as f:
+                entry = json.load(f)
+            stored = {k: entry.get(k) for k in expected}
+            if stored == expected and isinstance(entry.get("gflops"), float):
+                return entry["gflops"], params
+            problem = f"it holds {stored}, this head is {expected}"
+        except (OSError, ValueError, AttributeError) as exc:
+            problem = f"it is unreadable ({exc})"
+        logger.warning("head cost cache %s: %s; counting again and rewriting it", path, problem)
+    gflops, params = detector_head_cost(model, input_size)
+    write_json_atomic(path, dict(expected, gflops=float(gflops)))
     return gflops, params
 
 
 def detector_flops_table(model: GeneralizedRCNN, input_size: Tuple[int, int], cache_dir: str | None = None
                          ) -> FlopsTable:
-    """Per-stitch GFLOPs/params (M) of the whole detector at ``input_size``: stitched ViT + head."""
-    backbone = model.backbone.net
-    if not isinstance(backbone, StitchedViTDetBackbone):
-        raise TypeError(f"the model's backbone is a {type(backbone).__name__}, not a StitchedViTDetBackbone")
-    head_gflops, head_params = detector_head_cost(model, input_size)
-    logger.info("Mask R-CNN head at %dx%d: %.1f GFLOPs, %.2fM params", *input_size, head_gflops, head_params / 1e6)
-    head_key = f"vitdet-maskrcnn-p{head_params}-g{head_gflops:.6f}"
-    return build_flops_table(backbone.snnet, input_size, "features", head_gflops, head_params, head_key, cache_dir)
+    """Per-stitch GFLOPs/params (M) of the whole detector at ``input_size``: stitched ViT + head.
+
+    With ``cache_dir`` both the backbone table and the head's cost are cached, so a later start counts
+    nothing (well under a second)."""
+    backbone = stitched_detector_backbone(model)
+    gflops, params = cached_head_cost(model, input_size, cache_dir)
+    logger.info("Mask R-CNN head at %dx%d: %.1f GFLOPs, %.2fM params", *input_size, gflops, params / 1e6)
+    head_key = f"vitdet-maskrcnn-p{params}-g{gflops:.6f}"
+    return build_flops_table(backbone.snnet, input_size, "features", gflops, params, head_key, cache_dir)
 
 
 def flatten_coco_results(results: Mapping[str, Mapping[str, float]]) -> Dict[str, float]:
@@ -119,13 +195,88 @@ def flatten_coco_results(results: Mapping[str, Mapping[str, float]]) -> Dict[str
     return {f"{task}_{m}": float(results[task][m]) for task in TASKS for m in COCO_METRICS}
 
 
-def evaluate_model(model: nn.Module, data_loader, evaluator: DatasetEvaluator) -> Dict[str, float]:
-    """COCO bbox/segm summary metrics of ``model`` on ``data_loader`` (all ranks; ``{}`` off the main one)."""
-    results = inference_on_dataset(model, data_loader, evaluator)
+def summarize(results: Mapping[str, Mapping[str, float]]) -> Dict[str, float]:
+    """An evaluator's results printed (detectron2's CSV tables) and flattened (``flatten_coco_results``);
+    ``{}`` off the main process."""
     if not comm.is_main_process():
         return {}
     print_csv_format(results)
     return flatten_coco_results(results)
+
+
+def evaluate_model(model: nn.Module, data_loader, evaluator: DatasetEvaluator) -> Dict[str, float]:
+    """COCO bbox/segm summary metrics of ``model`` on ``data_loader`` (all ranks; ``{}`` off the main one)."""
+    return summarize(inference_on_dataset(model, data_loader, evaluator))
+
+
+def stitched_detector_backbone(model: GeneralizedRCNN) -> StitchedViTDetBackbone:
+    """The stitched ViT inside ``model`` (``TypeError`` for another backbone)."""
+    backbone = getattr(model.backbone, "net", None)
+    if not isinstance(backbone, StitchedViTDetBackbone):
+        raise TypeError(f"the model's backbone is a {type(backbone).__name__}, not a StitchedViTDetBackbone")
+    return backbone
+
+
+def stitch_predictions(model: GeneralizedRCNN, inputs: List[dict], stitch_ids: Sequence[int]
+                       ) -> Iterator[Tuple[int, List[dict]]]:
+    """Yield ``(stitch_id, outputs)`` for every stitch of ``stitch_ids``, ``outputs`` being what
+    ``model(inputs)`` returns at inference with that stitch selected (one ``{"instances": Instances}`` per
+    image, at its input size).
+
+    The batch is preprocessed once and the stitched ViT runs through ``snnet_core.run_stitches`` (every
+    shared route prefix once; stitches come in trie order), then the pyramid and heads per stitch. Call in
+    eval mode under ``torch.no_grad()``.
+    """
+    backbone = stitched_detector_backbone(model)
+    images = model.preprocess_image(inputs)
+    for stitch_id, route in run_stitches(backbone.snnet, images.tensor, stitch_ids):
+        instances = head_inference(model, images, route.feature_maps()[0])
+        yield stitch_id, GeneralizedRCNN._postprocess(instances, inputs, images.image_sizes)
+
+
+def stitch_groups(model: GeneralizedRCNN, stitch_ids: Sequence[int], group_size: int) -> List[List[int]]:
+    """``stitch_ids`` in depth-first order of their route-prefix trie, cut into groups of ``group_size``:
+    consecutive stitches share the longest prefixes, so each group keeps most of the sharing."""
+    if group_size < 1:
+        raise ValueError(f"the stitch group size must be >= 1, got {group_size}")
+    order: List[int] = []
+
+    def visit(node) -> None:
+        order.extend(stitch_id for stitch_id, _ in node.ends)
+        for child in node.children.values():
+            visit(child)
+
+    visit(build_trie(stitched_detector_backbone(model).snnet, list(stitch_ids)))
+    return [order[i:i + group_size] for i in range(0, len(order), group_size)]
+
+
+def evaluate_stitch_group(model: GeneralizedRCNN, data_loader, evaluator: DatasetEvaluator,
+                          stitch_ids: Sequence[int]) -> Dict[int, Dict[str, float]]:
+    """COCO metrics of every stitch of ``stitch_ids`` from one pass over ``data_loader``.
+
+    Each batch goes through ``stitch_predictions`` into a copy of ``evaluator`` per stitch (a shallow copy
+    after ``reset()``: the copies share the ground truth, each holds its own predictions; this is how
+    detectron2's ``COCOEvaluator`` resets). Runs on every rank under ``launch``: each rank predicts its
+    shard of the images and every evaluator gathers them to the main process, stitch by stitch in the
+    order of ``stitch_ids``. Returns ``{stitch_id: metrics}`` on the main process, ``{}`` elsewhere.
+
+    Memory: the held predictions of ``len(stitch_ids)`` stitches (see the project README).
+    """
+    evaluators = {}
+    for stitch_id in stitch_ids:
+        evaluators[stitch_id] = copy.copy(evaluator)
+        evaluators[stitch_id].reset()
+    total, start = len(data_loader), time.perf_counter()
+    with ExitStack() as stack:
+        stack.enter_context(inference_context(model))
+        stack.enter_context(torch.no_grad())
+        for index, inputs in enumerate(data_loader):
+            for stitch_id, outputs in stitch_predictions(model, inputs, stitch_ids):
+                evaluators[stitch_id].process(inputs, outputs)
+            log_every_n_seconds(logging.INFO, f"stitches {list(stitch_ids)}: batch {index + 1}/{total}, "
+                                f"{(time.perf_counter() - start) / (index + 1):.2f} s/batch", n=10, name=__name__)
+    metrics = {stitch_id: summarize(evaluators[stitch_id].evaluate()) for stitch_id in stitch_ids}
+    return metrics if comm.is_main_process() else {}
 
 
 def stitch_report(
@@ -139,12 +290,20 @@ def stitch_report(
     output_dir: str,
     run_key: str,
     title: str = "SN-Netv2 Mask R-CNN (ViTDet)",
+    group_size: Optional[int] = None,
 ) -> Dict[str, dict]:
     """Evaluate every stitch of ``stitch_ids`` (resumably) and write the per-stitch AP report.
 
-    Runs on every rank: ``model`` is evaluated data-parallel, the main process writes
-    ``stitch_results.json`` after each stitch, then ``stitch_report.{csv,md,png,json}`` and
-    ``stitch_report_segm.png``. Stitches already in ``output_dir`` (same ``run_key``) are skipped.
+    Runs on every rank: the images are split across ranks and gathered by the evaluators; the main
+    process merges each stitch's row into ``stitch_results.json`` as soon as it has it, then writes
+    ``stitch_report.{csv,md,png,json}`` and ``stitch_report_segm.png``. Stitches already in ``output_dir``
+    (same ``run_key``) are skipped.
+
+    Args:
+        group_size: ``None``: the per-stitch loop (``set_stitch``, then ``model`` over the test set, once per
+            stitch). ``N``: ``model`` is a ``GeneralizedRCNN`` with a ``StitchedViTDetBackbone``, evaluated
+            ``N`` stitches per pass sharing route prefixes (``stitch_groups``, ``evaluate_stitch_group``;
+            ``set_stitch`` is not used): the same metrics, each group's rows written when it is done.
 
     Returns the results record on the main process, ``{}`` elsewhere.
     """
@@ -161,17 +320,34 @@ def stitch_report(
     todo = run_on_main(pending)
     logger.info("per-stitch evaluation: %d of %d stitches to evaluate", len(todo), len(stitch_ids))
 
-    def evaluate(stitch_id: int) -> Dict[str, float]:
-        stitch = set_stitch(stitch_id)
-        logger.info("evaluating stitch %d (%s)", stitch_id, getattr(stitch, "route", stitch))
-        return evaluate_model(model, data_loader, evaluator)
+    if group_size is None:
+        def evaluate(stitch_id: int) -> Dict[str, float]:
+            stitch = set_stitch(stitch_id)
+            logger.info("evaluating stitch %d (%s)", stitch_id, getattr(stitch, "route", stitch))
+            return evaluate_model(model, data_loader, evaluator)
 
-    if not comm.is_main_process():
-        for stitch_id in todo:
-            evaluate(stitch_id)
-        return {}
-    record = evaluate_stitches(evaluate, todo, space, flops, output_dir, PRIMARY_METRIC, True, run_key, title,
-                               task=RESULTS_TASK, resume=False)  # todo: worked out above, the same list on every rank
+        if not comm.is_main_process():
+            for stitch_id in todo:
+                evaluate(stitch_id)
+            return {}
+        record = evaluate_stitches(evaluate, todo, space, flops, output_dir, PRIMARY_METRIC, True, run_key, title,
+                                   task=RESULTS_TASK, resume=False)  # todo: the same list on every rank
+    else:
+        groups = stitch_groups(model, todo, group_size)
+        logger.info("%d stitches in %d groups of up to %d sharing route prefixes", len(todo), len(groups),
+                    group_size)
+
+        def evaluate_group(stitch_ids: List[int]) -> Dict[int, Dict[str, float]]:
+            logger.info("evaluating stitches %s in one pass: %s", stitch_ids,
+                        ", ".join(space[s].route for s in stitch_ids))
+            return evaluate_stitch_group(model, data_loader, evaluator, stitch_ids)
+
+        if not comm.is_main_process():
+            for group in groups:
+                evaluate_group(group)
+            return {}
+        record = evaluate_stitch_groups(evaluate_group, groups, space, flops, output_dir, PRIMARY_METRIC, True,
+                                        run_key, title, task=RESULTS_TASK, resume=False)
     write_frontier_summary(record, output_dir, title)
     return record
 

@@ -260,9 +260,10 @@ def do_stitch_report(args, cfg, model: torch.nn.Module, iteration: Optional[int]
     weights = cfg.train.init_checkpoint
     content = run_on_main(lambda: f"sha256:{file_digest(weights)}" if os.path.isfile(weights) else weights)
     run_key = f"{content}@iter{iteration}|{'+'.join(test_names)}|{table.input_size[0]}x{table.input_size[1]}"
+    group_size = cfg.snnet.eval_group_size if cfg.snnet.eval_share_prefixes else None
     return stitch_report(model, backbone.set_stitch, build_test_loader(cfg),
                          instantiate(cfg.dataloader.evaluator), stitch_ids, backbone.space, table, report_dir,
-                         run_key)
+                         run_key, group_size=group_size)
 
 
 def load_weights(model: torch.nn.Module, path: str) -> Optional[int]:
