@@ -182,3 +182,24 @@ def test_an_exported_detector_goes_through_torch_export_and_tracing(snnet, tmp_p
     eager = model(inputs)[0]["instances"]
     traced_outputs = adapter.outputs_schema(traced(*adapter.flattened_inputs))
     assert_same_instances(traced_outputs[0]["instances"], eager)
+
+
+def test_train_net_exports_a_stitch_and_the_config_key_selects_one(snnet, tmp_path):
+    """``train_net.py --eval-only --export-stitch ID`` writes the standalone detector (no code); the config key
+    ``model.backbone.net.stitch_id`` builds an SN-Net whose forward runs that stitch."""
+    from projects.snnet_vitdet import train_net
+
+    args = train_net.build_argument_parser().parse_args([
+        "--config-file", TINY, "--eval-only", "--export-stitch", "5",
+        f"datasets.root={snnet['cfg'].datasets.root}", "train.device=cpu",
+        f"train.output_dir={tmp_path}", f"train.init_checkpoint={snnet['weights']}"])
+    assert args.stitch is None
+    train_net.main(args)
+    exported = load_exported(str(tmp_path / "stitch_5" / "config.yaml"))
+    assert isinstance(exported.backbone.net, StitchViTDetBackbone)
+    cfg = tiny_config(snnet["cfg"].datasets.root)
+    cfg.model.backbone.net.stitch_id = 5
+    assert instantiate(cfg.model).backbone.net.stitch_id == 5
+    with pytest.raises(ValueError, match="--eval-only"):
+        train_net.main(train_net.build_argument_parser().parse_args(
+            ["--config-file", TINY, "--export-stitch", "5", f"train.output_dir={tmp_path / 'train'}"]))

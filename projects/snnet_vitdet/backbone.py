@@ -227,6 +227,8 @@ class StitchedViTDetBackbone(_SingleFeatureBackbone):
             zero-initialised tables (ViTDet: True).
         img_size: input side the global relative position tables are sized for (as ``ViTDetBackbone``).
         out_feature: name of the output feature.
+        stitch_id: the stitch ``forward`` runs (default: the large anchor); the config key
+            ``model.backbone.net.stitch_id=ID`` evaluates one stitch with ``--eval-only`` and no code.
 
     ``forward``: images ``(B, 3, H, W)`` -> ``{out_feature: (B, C_large, H/16, W/16)}`` for the selected
     stitch (``set_stitch``). A stitch ending in the small anchor maps its last block through the
@@ -235,12 +237,14 @@ class StitchedViTDetBackbone(_SingleFeatureBackbone):
 
     def __init__(self, fast: VisionTransformer, slow: VisionTransformer, lora_rank: int = 16,
                  lora_alpha: float = 1.0, window_size: int = 14, num_global: int = 4, use_rel_pos: bool = True,
-                 img_size: Optional[int] = None, out_feature: str = "last_feat"):
+                 img_size: Optional[int] = None, out_feature: str = "last_feat", stitch_id: Optional[int] = None):
         prepare_vitdet([fast, slow], window_size, num_global, use_rel_pos, img_size)
         snnet = StitchedViT(fast, slow, lora_rank=lora_rank, lora_alpha=lora_alpha,
                             out_indices=(len(slow.blocks) - 1,))
         super().__init__(out_feature, snnet.out_channels, snnet.patch_size)
         self.snnet = snnet
+        if stitch_id is not None:
+            self.set_stitch(stitch_id)
 
     @property
     def space(self) -> StitchSpace:

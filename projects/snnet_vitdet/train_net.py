@@ -50,6 +50,7 @@ from projects.snnet_vitdet.data import (
     register_coco_json_datasets,
 )
 from projects.snnet_vitdet.evaluation import RESULTS_TASK, detector_flops_table, evaluate_model, stitch_report
+from projects.snnet_vitdet.export import export_detector, resolve_export_selection
 from projects.snnet_vitdet.training import (
     IterationSeedHook,
     StitchSamplingHook,
@@ -249,11 +250,32 @@ def do_train(args, cfg) -> None:
     trainer.train(start_iter, cfg.train.max_iter)
 
 
+def report_dir_of(args, cfg) -> str:
+    """The per-stitch report directory: ``--report-dir`` or ``OUTPUT_DIR/stitch_report_<test datasets>``."""
+    return args.report_dir or os.path.join(cfg.train.output_dir,
+                                           "stitch_report_" + "+".join(dataset_names(cfg.dataloader.test)))
+
+
+def do_export(args, cfg, model: torch.nn.Module) -> List[Dict[str, str]]:
+    """``--export-stitch ID[,ID]|pareto|best:G``: standalone detectors under ``OUTPUT_DIR/stitch_<ID>/``."""
+    backbone = stitched_backbone(model)
+    if backbone is None:
+        raise ValueError("--export-stitch needs an SN-Net detector (a StitchedViTDetBackbone); this config has one ViT")
+    ids = run_on_main(lambda: resolve_export_selection(args.export_stitch, backbone.space, report_dir_of(args, cfg)))
+    written = []
+    if comm.is_main_process():
+        for sid in ids:
+            paths = export_detector(cfg, model, sid, cfg.train.output_dir, source=cfg.train.init_checkpoint)
+            logger.info("exported stitch %d (%s): %s", sid, backbone.space[sid].route, paths)
+            written.append(paths)
+    return written
+
+
 def do_stitch_report(args, cfg, model: torch.nn.Module, iteration: Optional[int]) -> Dict:
     """``--eval-only`` on the stitched model: the resumable COCO per-stitch AP report."""
     backbone = stitched_backbone(model)
     test_names = dataset_names(cfg.dataloader.test)
-    report_dir = args.report_dir or os.path.join(cfg.train.output_dir, "stitch_report_" + "+".join(test_names))
+    report_dir = report_dir_of(args, cfg)
     pareto_from = args.pareto_from or os.path.join(report_dir, "stitch_results.json")
     stitch_ids = run_on_main(lambda: select_stitches(args.stitch, backbone.space, pareto_from, task=RESULTS_TASK))
     table = shared_flops_table(cfg, model)
@@ -297,11 +319,17 @@ def main(args) -> Optional[Dict]:
     if args.eval_only:
         model = build_model(cfg)
         iteration = load_weights(model, cfg.train.init_checkpoint)
-        if stitched_backbone(model) is not None:
-            return do_stitch_report(args, cfg, model, iteration)
-        return do_test(cfg, model)
-    if args.stitch is not None:
-        raise ValueError("--stitch selects the stitches of the --eval-only report")
+        report = None
+        if stitched_backbone(model) is not None and args.stitch is not None:
+            report = do_stitch_report(args, cfg, model, iteration)
+        if args.export_stitch is not None:
+            do_export(args, cfg, model)  # after the report, so pareto / best:G can read it
+        if stitched_backbone(model) is None:
+            return do_test(cfg, model)
+        return report
+    if args.stitch is not None or args.export_stitch is not None:
+        raise ValueError("--stitch and --export-stitch act on a trained model: add --eval-only and "
+                         "train.init_checkpoint=PATH")
     do_train(args, cfg)
     return None
 
@@ -324,12 +352,15 @@ def build_argument_parser():
                              "(default: the report directory's)")
     parser.add_argument("--report-dir", default=None,
                         help="per-stitch report directory (default: OUTPUT_DIR/stitch_report_<test dataset>)")
+    parser.add_argument("--export-stitch", default=None, metavar="ID[,ID]|pareto|best:G",
+                        help="with --eval-only: write OUTPUT_DIR/stitch_<ID>/{model_final.pth,config.yaml}, a "
+                             "standalone detector of that stitch (pareto / best:G read the per-stitch report)")
     return parser
 
 
 def cli(argv: Optional[List[str]] = None) -> None:
     args = build_argument_parser().parse_args(argv)
-    if args.eval_only and args.stitch is None:
+    if args.eval_only and args.stitch is None and args.export_stitch is None:
         args.stitch = "all"
     launch(launched_main, args.num_gpus, num_machines=args.num_machines, machine_rank=args.machine_rank,
            dist_url=args.dist_url, args=(args,))

@@ -22,6 +22,7 @@ model.backbone.net = L(StitchedViTDetBackbone)(
     use_rel_pos=True,  # detectron2 ViTDet common/models/mask_rcnn_vitdet.py; each block its own zero-init tables
     img_size=1024,  # detectron2 ViTDet common/models/mask_rcnn_vitdet.py: global rel-pos tables for a 64x64 grid
     out_feature="last_feat",  # detectron2 ViTDet common/models/mask_rcnn_vitdet.py
+    stitch_id=None,  # project: the stitch forward runs (None: the large anchor); e.g. for --eval-only of one stitch
 )
 
 train.ddp.find_unused_parameters = True  # project: only the modules of the sampled stitch get gradients
