@@ -54,15 +54,21 @@ demo: install
 	rm -rf output/dpt_demo; \
 	$(PY) projects/snnet_dpt/train.py --config-file projects/snnet_dpt/configs/synthetic/dpt_snnetv2_tiny.py \
 	  --export-stitch 5; \
+	$(PY) projects/snnet_dpt/predict.py --checkpoint output/dpt_demo/stitch_5_dpt.pth --output output/dpt_demo/predict \
+	  --input data/nyu_synthetic/official_splits/test/synthetic_room_0000/rgb_00002.jpg; \
 	cfg=projects/snnet_vitdet/configs/synthetic/mask_rcnn_snnetv2_tiny.py; out=output/snnet_vitdet_tiny; \
 	$(PY) -m datasets.make_synthetic_coco --output output/synthetic_coco; \
 	rm -rf $$out; \
 	$(PY) projects/snnet_vitdet/train_net.py --config-file $$cfg train.output_dir=$$out; \
 	$(PY) projects/snnet_vitdet/train_net.py --config-file $$cfg --eval-only --stitch all \
 	  train.output_dir=$$out train.init_checkpoint=$$out/model_final.pth; \
+	$(PY) projects/snnet_vitdet/demo.py --config-file $$cfg --weights $$out/model_final.pth --stitch 5 \
+	  --input output/synthetic_coco/val/000001.png --output $$out/demo; \
 	cat output/dpt_demo/stitch_eval/stitch_report.md $$out/stitch_report_synthetic_shapes_val/stitch_report.md; \
 	echo; echo "depth report:     output/dpt_demo/stitch_eval/stitch_report.{md,csv,png} (exported stitch 5: output/dpt_demo/stitch_5_dpt.pth)"; \
-	echo "detection report: $$out/stitch_report_synthetic_shapes_val/stitch_report.{md,csv,png}"
+	echo "depth prediction: output/dpt_demo/predict/rgb_00002_depth.{png,npy}"; \
+	echo "detection report: $$out/stitch_report_synthetic_shapes_val/stitch_report.{md,csv,png}"; \
+	echo "detection demo:   $$out/demo/000001.png"
 
 bench: install
 	set -e; for script in benchmarks/bench_*.py; do echo "== $$script"; $(PY) $$script; done

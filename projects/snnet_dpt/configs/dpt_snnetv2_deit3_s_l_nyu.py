@@ -8,8 +8,8 @@
 model = dict(
     anchors=("deit3_small_patch16_224", "deit3_large_patch16_224"),  # paper Sec. 5.3: DeiT3-S/L (timm names)
     pretrained=(  # upstream: deit_3_{small,large}_224_21k (ImageNet-21k pre-trained DeiT3)
-        "ckpt/deit_3_small_224_21k.pth",  # project: local path, the official DeiT3 release's file name
-        "ckpt/deit_3_large_224_21k.pth",  # project: local path, the official DeiT3 release's file name
+        "checkpoints/deit_3_small_224_21k.pth",  # project: local path, the official DeiT3 release's file name
+        "checkpoints/deit_3_large_224_21k.pth",  # project: local path, the official DeiT3 release's file name
     ),
     anchor_overrides=({}, {}),  # project: extra timm VisionTransformer arguments per anchor (none)
     pos_embed_size=(224, 224),  # upstream deit3.py img_size=224: 14x14 table, resized at every forward
