@@ -1,0 +1,63 @@
+"""The README's commands run as written: every ``python ...`` line of the shell blocks of README.md and the
+project READMEs that needs neither real data, weights, GPUs nor a long training (see ``SKIP``) is run, in README
+order, with this test's interpreter, in a scratch directory that links the repository's code folders (so the
+commands' ``output/`` and ``data/`` land there). A command that no longer exists or fails, fails CI."""
+import os
+import re
+import shlex
+import subprocess
+import sys
+
+import pytest
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+READMES = ("README.md", "projects/snnet_dpt/README.md", "projects/snnet_vitdet/README.md")
+CODE = ("snnet_core", "projects", "datasets", "benchmarks")
+# real datasets or weights, several GPUs/processes, a CPU run of minutes, or a placeholder argument
+SKIP = re.compile(r"torchrun|--num-gpus|dataloader\.root=data/nyu\b|configs/COCO|checkpoints/deit|REPORT|\.\.\.|"
+                  r"output/snnet_vitdet_tiny|img\.jpg|photo\.jpg|benchmarks/|pytest|--resume|--eval-only")
+
+
+def readme_commands():
+    """``(readme, env, args)`` for each runnable ``python`` line (continuations joined, comments dropped); a
+    command quoted by several READMEs is run once (a second training into one output directory is refused)."""
+    commands, seen = [], set()
+    for readme in READMES:
+        with open(os.path.join(REPO, readme)) as f:
+            text = f.read()
+        for block in re.findall(r"```(?:bash|sh)\n(.*?)```", text, re.S):
+            for line in block.replace("\\\n", " ").splitlines():
+                line = line.split(" #")[0].strip()
+                words = shlex.split(line) if line else []
+                env = [w for w in words if re.fullmatch(r"[A-Z_]+=\S*", w)]
+                rest = words[len(env):]
+                if rest[:1] == ["python"] and not SKIP.search(line) and tuple(rest) not in seen:
+                    seen.add(tuple(rest))
+                    commands.append((readme, env, rest[1:]))
+    return commands
+
+
+COMMANDS = readme_commands()
+
+
+@pytest.fixture(scope="module")
+def scratch(tmp_path_factory):
+    root = tmp_path_factory.mktemp("readme")
+    for name in CODE:
+        os.symlink(os.path.join(REPO, name), root / name)
+    return root
+
+
+def test_the_readmes_have_runnable_commands():
+    names = " ".join(" ".join(args) for _, _, args in COMMANDS)
+    for expected in ("--help", "snnet_core.select", "snnet_core.stitch_table", "dpt_snnetv2_tiny.py",
+                     "make_synthetic_nyu.py", "predict.py"):
+        assert expected in names, expected
+
+
+@pytest.mark.parametrize("readme, env, args", COMMANDS, ids=[" ".join(a)[:80] for _, _, a in COMMANDS])
+def test_readme_command_runs_as_written(scratch, readme, env, args):
+    environ = dict(os.environ, **dict(e.split("=", 1) for e in env))
+    done = subprocess.run([sys.executable, *args], cwd=scratch, env=environ, capture_output=True, text=True,
+                          timeout=600)
+    assert done.returncode == 0, f"{readme}: python {' '.join(args)}\n{done.stdout[-2000:]}\n{done.stderr[-3000:]}"
