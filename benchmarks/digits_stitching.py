@@ -94,7 +94,8 @@ class StudyConfig:
         snnet_evals: times every stitch is scored during SN-Net training (its learning curve).
         batch_size: images per iteration, for anchors and SN-Nets.
         lora_rank: rank of LoRA SL.
-        ros_bins: ROS bin width ``t`` is the FLOPs range of the two-way space divided by ``ros_bins - 1``.
+        ros_step: ROS bin width ``t`` as a fraction of the two-way space's FLOPs range (0.1 puts each group of
+            stitches with the same number of slow blocks in a bin of its own: 5 bins here).
         calib_images: noisy train images solving the least-squares initialisation (paper: 100).
         test_size: fraction of the 1797 digits held out for test.
     """
@@ -109,7 +110,7 @@ class StudyConfig:
     snnet_evals: int = 4
     batch_size: int = 64
     lora_rank: int = 4
-    ros_bins: int = 5
+    ros_step: float = 0.1
     calib_images: int = 100
     test_size: float = 0.25
 
@@ -304,11 +305,11 @@ def stitch_accuracies(net: StitchedViT, data: NoisyDigits, batch_size: int = 102
 
 
 def make_sampler(net: StitchedViT, table: FlopsTable, arm: Arm, study: StudyConfig, seed: int) -> UniformSampler:
-    """ROS with bins ``t`` = the two-way space's FLOPs range / ``(ros_bins - 1)``, or uniform sampling."""
+    """ROS with bins of width ``t`` = ``ros_step`` x the two-way space's FLOPs range, or uniform sampling."""
     gflops = {sid: table.gflops[sid] for sid in net.space.ids}
     if arm.sampler == "uniform":
         return UniformSampler(list(gflops), seed)
-    step = (max(table.gflops.values()) - min(table.gflops.values())) / (study.ros_bins - 1)
+    step = (max(table.gflops.values()) - min(table.gflops.values())) * study.ros_step
     return ResourceConstrainedSampler(gflops, step, seed)
 
 

@@ -27,7 +27,7 @@ def _load_benchmark():
 ds = _load_benchmark()
 STUDY = ds.StudyConfig(fast=ds.AnchorConfig(embed_dim=8, depth=3, num_heads=2, epochs=6),
                        slow=ds.AnchorConfig(embed_dim=16, depth=3, num_heads=2, epochs=6),
-                       test_draws=1, snnet_iterations=40, snnet_evals=2, batch_size=64, ros_bins=3)
+                       test_draws=1, snnet_iterations=40, snnet_evals=2, batch_size=64)
 SEEDS = (0, 1)
 
 
