@@ -75,8 +75,9 @@ def spread(ids_by_cost: List[int], count: int) -> List[int]:
     return sorted({ids_by_cost[round(i * step)] for i in range(count)}, key=ids_by_cost.index)
 
 
-def build_detector(image_size: int) -> torch.nn.Module:
+def build_detector(image_size: int, num_classes: int = 80) -> torch.nn.Module:
     cfg = LazyConfig.load(CONFIG)
+    cfg.model.roi_heads.num_classes = num_classes
     for vit in (cfg.model.backbone.net.fast, cfg.model.backbone.net.slow):
         vit.pretrained = None  # random weights; the position tables stay at 224, as in the recipe
     cfg.model.backbone.net.img_size = image_size  # global rel-pos tables for this input size
@@ -255,7 +256,7 @@ def sharing_section(output_dir: str, flops_size: int, num_stitches: int, num_ima
     print(f"  backbone GFLOPs of all {len(ids)} stitches at {flops_size}x{flops_size}, shared / stitch by stitch, "
           "by group size: " + ", ".join(f"{g}: {r:.3f}" for g, r in by_group.items()))
 
-    model = build_detector(size).eval()
+    model = build_detector(size, num_classes=5).eval()  # the synthetic shapes' 5 classes
     model.roi_heads.box_predictor.test_score_thresh = 0.0  # random weights: keep the full detection budget
     backbone = model.backbone.net
     subset = stitch_groups(model, ids, num_stitches)[len(ids) // num_stitches // 2]  # one group mid-trie
