@@ -22,9 +22,15 @@ Usage: ``python datasets/make_synthetic_nyu.py --output data/nyu_synthetic --tra
 """
 from __future__ import annotations
 
+import os
+import sys
+
+# run as a script, the repository's packages (snnet_core, projects, datasets) are imported from the
+# checkout: only snnet_core is installed, so that `projects`/`datasets` shadow nothing elsewhere
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
 import argparse
 import io
-import os
 import time
 from typing import Dict, List, Sequence, Tuple
 

@@ -61,3 +61,18 @@ def test_readme_command_runs_as_written(scratch, readme, env, args):
     done = subprocess.run([sys.executable, *args], cwd=scratch, env=environ, capture_output=True, text=True,
                           timeout=600)
     assert done.returncode == 0, f"{readme}: python {' '.join(args)}\n{done.stdout[-2000:]}\n{done.stderr[-3000:]}"
+
+
+def test_only_the_engine_is_installed(tmp_path):
+    """Outside the checkout, ``snnet_core`` imports and the generic names ``projects``/``datasets`` are not ours
+    (pip install -e . installs the engine only; the scripts run from the checkout)."""
+    probe = ("import importlib.util, os, snnet_core\n"
+             "print(os.path.dirname(snnet_core.__file__))\n"
+             "for name in ('projects', 'datasets'):\n"
+             "    spec = importlib.util.find_spec(name)\n"
+             "    print(name, None if spec is None else spec.origin)\n")
+    done = subprocess.run([sys.executable, "-c", probe], cwd=tmp_path, capture_output=True, text=True, check=True)
+    lines = done.stdout.splitlines()
+    assert lines[0] == os.path.join(REPO, "snnet_core")
+    for line in lines[1:]:
+        assert REPO not in line, line

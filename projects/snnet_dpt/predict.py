@@ -19,9 +19,15 @@ stitch for a budget.
 """
 from __future__ import annotations
 
+import os
+import sys
+
+# run as a script, the repository's packages (snnet_core, projects, datasets) are imported from the
+# checkout: only snnet_core is installed, so that `projects`/`datasets` shadow nothing elsewhere
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+
 import argparse
 import io
-import os
 from typing import List, Optional, Sequence, Tuple
 
 import cv2

@@ -23,12 +23,18 @@ another model or setting are never merged into it.
 """
 from __future__ import annotations
 
+import os
+import sys
+
+# run as a script, the repository's packages (snnet_core, projects, datasets) are imported from the
+# checkout: only snnet_core is installed, so that `projects`/`datasets` shadow nothing elsewhere
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+
 import argparse
 import glob
 import json
 import logging
 import math
-import os
 from typing import Any, Dict, List, Optional, Sequence
 
 import numpy as np

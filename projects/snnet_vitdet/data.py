@@ -1,8 +1,8 @@
 """Datasets: detectron2's builtin COCO-2017 and COCO-format JSON + image folders named in the config.
 
 Builtin ``coco_2017_train`` / ``coco_2017_val`` are registered by detectron2 itself under
-``$DETECTRON2_DATASETS/coco`` (default ``./datasets/coco``). Any other COCO-format dataset is declared in
-the config and registered by name before the loaders are built::
+``$DETECTRON2_DATASETS/coco`` (``train_net.py`` sets the default to ``./data``). Any other COCO-format dataset is
+declared in the config and registered by name before the loaders are built::
 
     datasets = dict(coco_json=dict(
         my_train=dict(json_file="/data/my/annotations/train.json", image_root="/data/my/train"),
@@ -101,7 +101,7 @@ def check_dataset_files(names: Union[str, Iterable[str]]) -> None:
         meta = MetadataCatalog.get(name)
         hint = ("" if meta.get("snnet_registered", False) else
                 f" (builtin datasets live under $DETECTRON2_DATASETS, now "
-                f"{os.environ.get('DETECTRON2_DATASETS', 'datasets')!r})")
+                f"{os.environ.get('DETECTRON2_DATASETS', 'data')!r})")
         json_file, image_root = meta.get("json_file", None), meta.get("image_root", None)
         if json_file is not None and not os.path.isfile(json_file):
             raise FileNotFoundError(f"dataset {name!r}: annotation file {json_file!r} does not exist{hint}")

@@ -18,10 +18,16 @@ detectron2 reads them and resized by the config's test-time augmentation (``data
 """
 from __future__ import annotations
 
+import os
+import sys
+
+# run as a script, the repository's packages (snnet_core, projects, datasets) are imported from the
+# checkout: only snnet_core is installed, so that `projects`/`datasets` shadow nothing elsewhere
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+
 import argparse
 import json
 import logging
-import os
 from typing import Any, Dict, List, Optional, Sequence
 
 import cv2

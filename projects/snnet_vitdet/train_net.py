@@ -15,11 +15,20 @@ The anchor baselines (``mask_rcnn_vitdet_deit3_{s,l}_100ep.py``) train and evalu
 """
 from __future__ import annotations
 
+import os
+import sys
+
+# run as a script, the repository's packages (snnet_core, projects, datasets) are imported from the
+# checkout: only snnet_core is installed, so that `projects`/`datasets` shadow nothing elsewhere
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+# detectron2's builtin datasets (coco_2017_*) live under $DETECTRON2_DATASETS; its default, ./datasets, is this
+# repository's generator package, so real data goes to ./data (as for NYUv2) unless the variable is set
+os.environ.setdefault("DETECTRON2_DATASETS", "data")
+
 import glob
 import hashlib
 import json
 import logging
-import os
 from typing import Dict, List, Optional
 
 import torch
