@@ -35,6 +35,7 @@ logger = logging.getLogger(__name__)
 
 RESULTS_FILE = "stitch_results.json"
 FIXED_COLUMNS = ("id", "type", "route", "gflops", "params_m")
+LATENCY_PLOT = "stitch_report_latency.png"  # written when the rows have latency_ms (snnet_core.latency)
 _RECORD_FIELDS = ("run_key", "primary_metric", "higher_is_better", "stitches")
 
 
@@ -215,7 +216,8 @@ def evaluate_stitches(
         evaluate: ``stitch id -> {metric name: value}``; NaN/inf values are stored as ``null``.
         stitch_ids: stitches to evaluate (a repeated id is evaluated once).
         space, flops: the SN-Net's stitch space and FLOPs table (GFLOPs/params columns).
-        output_dir: where ``stitch_results.json``, ``stitch_report.{csv,md,png}`` go.
+        output_dir: where ``stitch_results.json``, ``stitch_report.{csv,md,png}`` (and, with a ``latency_ms``
+            column, ``stitch_report_latency.png``) go.
         primary_metric: metric of the Pareto frontier and the plot; ``higher_is_better`` its direction.
         run_key: identifies the model and the evaluation options. A results file written for another
             ``run_key`` (or ``task``) is refused (``RuntimeError``), at the start or when it appears mid-run.
@@ -307,6 +309,9 @@ def _result_row(space: StitchSpace, flops: FlopsTable, sid: int, values: Mapping
 def write_report(record: Mapping, output_dir: str, title: str = "SN-Net stitches") -> List[int]:
     """Write CSV, Markdown and PNG from a results record (atomically); returns the Pareto-frontier ids.
 
+    Rows with a ``latency_ms`` column (``snnet_core.latency``) also get ``stitch_report_latency.png``: the same
+    plot against latency, with the frontier on latency.
+
     Stitches without a finite primary metric are listed (empty CSV cell, ``n/a`` in the table), named in a note
     of the Markdown report, and left off the frontier and the plot.
     """
@@ -343,12 +348,21 @@ def write_report(record: Mapping, output_dir: str, title: str = "SN-Net stitches
     write_atomic(os.path.join(output_dir, "stitch_report.md"), write_markdown)
     if rows:
         plot_metric_vs_gflops(rows, frontier, primary, os.path.join(output_dir, "stitch_report.png"), title)
+    from .latency import LATENCY_COLUMN  # snnet_core.latency imports this module
+
+    timed = {k: r for k, r in rows.items() if has_finite_value(r.get(LATENCY_COLUMN))}
+    if timed:  # stitches timed with --measure-latency: the same plot against latency
+        latency_front = pareto_frontier({k: r[LATENCY_COLUMN] for k, r in timed.items()},
+                                        {k: r[primary] for k, r in timed.items()}, hib)
+        plot_metric_vs_gflops(timed, latency_front, primary, os.path.join(output_dir, LATENCY_PLOT), title,
+                              cost=LATENCY_COLUMN, cost_label="latency (ms)")
     return frontier
 
 
 def plot_metric_vs_gflops(rows: Mapping[int, Mapping], frontier: Sequence[int], metric: str, path: str,
-                          title: str) -> None:
-    """Scatter of ``metric`` vs GFLOPs coloured by route type, frontier line, anchors as stars (PNG, atomic).
+                          title: str, cost: str = "gflops", cost_label: str = "GFLOPs") -> None:
+    """Scatter of ``metric`` vs GFLOPs (or another ``cost`` column, e.g. ``latency_ms``, the x axis named
+    ``cost_label``) coloured by route type, frontier line, anchors as stars (PNG, atomic).
 
     Rows without a finite ``metric`` are not drawn.
     """
@@ -361,16 +375,16 @@ def plot_metric_vs_gflops(rows: Mapping[int, Mapping], frontier: Sequence[int], 
     fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
     colours = {"FS": "tab:blue", "SF": "tab:orange", "FSF": "tab:green", "SFS": "tab:purple"}
     for kind, colour in colours.items():
-        pts = [(r["gflops"], r[metric]) for r in ranked if r["type"] == kind]
+        pts = [(r[cost], r[metric]) for r in ranked if r["type"] == kind]
         if pts:
             ax.scatter(*zip(*pts), s=14, alpha=0.7, color=colour, label=kind)
-    front = [(rows[i]["gflops"], rows[i][metric]) for i in frontier]
+    front = [(rows[i][cost], rows[i][metric]) for i in frontier]
     if front:
         ax.plot(*zip(*front), color="black", lw=1.2, label="Pareto frontier")
-    anchors = [(r["gflops"], r[metric]) for r in ranked if r["type"] == "anchor"]
+    anchors = [(r[cost], r[metric]) for r in ranked if r["type"] == "anchor"]
     if anchors:
         ax.scatter(*zip(*anchors), marker="*", s=220, color="gold", edgecolor="black", zorder=5, label="anchors")
-    ax.set_xlabel("GFLOPs")
+    ax.set_xlabel(cost_label)
     ax.set_ylabel(metric)
     ax.set_title(title)
     ax.grid(alpha=0.3)

@@ -8,6 +8,7 @@ the per-stitch loop (one pass per stitch), which gives the same predictions and 
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import hashlib
 import json
@@ -26,6 +27,7 @@ from detectron2.utils import comm
 from detectron2.utils.logger import log_every_n_seconds
 
 from snnet_core import (
+    ExportedStitch,
     FlopsTable,
     StitchSpace,
     build_flops_table,
@@ -36,6 +38,8 @@ from snnet_core import (
     pareto_frontier,
 )
 from snnet_core.atomic_io import write_json_atomic
+from snnet_core.latency import LATENCY_COLUMN, time_stitches
+from snnet_core.latency_options import LatencyOptions
 from snnet_core.prefix_trie import build_trie
 from snnet_core.report import RESULTS_FILE, evaluate_stitch_groups, plot_metric_vs_gflops
 
@@ -105,17 +109,25 @@ def detector_head_cost(model: GeneralizedRCNN, input_size: Tuple[int, int]) -> T
     net = model.backbone.net
     stride = net.output_shape()[model.backbone.in_feature].stride
     channels = net.output_shape()[model.backbone.in_feature].channels
-    predictor = model.roi_heads.box_predictor
-    threshold, predictor.test_score_thresh = predictor.test_score_thresh, 0.0
-    try:
+    with all_detections(model):
         generator = torch.Generator().manual_seed(0)
         feature = torch.randn(1, channels, input_size[0] // stride, input_size[1] // stride, generator=generator)
         device = next(model.parameters()).device
         probe = _DetectorHead(model, input_size).train(model.training)  # count_gflops restores this mode
         gflops = count_gflops(probe, (feature.to(device),))
+    return gflops, head_params(model)
+
+
+@contextlib.contextmanager
+def all_detections(model: GeneralizedRCNN) -> Iterator[None]:
+    """The box score threshold at 0 inside the block: the ROI heads keep the full detection budget
+    (``test_topk_per_image``) for the mask head, the worst case of a real image."""
+    predictor = model.roi_heads.box_predictor
+    threshold, predictor.test_score_thresh = predictor.test_score_thresh, 0.0
+    try:
+        yield
     finally:
         predictor.test_score_thresh = threshold
-    return gflops, head_params(model)
 
 
 def head_params(model: GeneralizedRCNN) -> int:
@@ -234,6 +246,37 @@ def stitch_predictions(model: GeneralizedRCNN, inputs: List[dict], stitch_ids: S
         yield stitch_id, GeneralizedRCNN._postprocess(instances, inputs, images.image_sizes)
 
 
+def deployed_detector(model: GeneralizedRCNN, stitch: ExportedStitch) -> Callable[[List[dict]], List[dict]]:
+    """Stitch ``stitch`` (``snnet_core.export_stitch`` of ``model``'s SN-Net) deployed as a detector: what the
+    exported detector of ``export.export_detector`` computes (its ``StitchViTDetBackbone`` runs the exported
+    stitch), built in memory around ``model``'s pyramid and heads. Call it in eval mode under ``no_grad``."""
+    def detect(inputs: List[dict]) -> List[dict]:
+        images = model.preprocess_image(inputs)
+        instances = head_inference(model, images, stitch(images.tensor).feature_maps()[0])
+        return GeneralizedRCNN._postprocess(instances, inputs, images.image_sizes)
+
+    return detect
+
+
+def time_detector_stitches(model: GeneralizedRCNN, stitch_ids: Sequence[int], options: LatencyOptions
+                           ) -> Dict[int, float]:
+    """Median milliseconds of ``model(inputs)`` for each stitch deployed alone (``deployed_detector``) on a batch
+    of ``options.batch`` random images of ``options.size``, on ``options.device``.
+
+    Timed at the full detection budget (``all_detections``), as the GFLOPs are counted: random images would
+    otherwise give the mask head few boxes and understate a real image's latency.
+    """
+    height, width = options.size
+    generator = torch.Generator().manual_seed(0)
+    inputs = [{"image": torch.randint(0, 256, (3, height, width), generator=generator, dtype=torch.uint8)
+               .to(options.device), "height": height, "width": width} for _ in range(options.batch)]
+    with inference_context(model), all_detections(model):
+        timed = time_stitches(stitched_detector_backbone(model).snnet, stitch_ids, [inputs],
+                              lambda stitch: deployed_detector(model, stitch), options.warmup, options.runs,
+                              options.amp, options.device)
+    return timed.ms
+
+
 def stitch_groups(model: GeneralizedRCNN, stitch_ids: Sequence[int], group_size: int) -> List[List[int]]:
     """``stitch_ids`` in depth-first order of their route-prefix trie, cut into groups of ``group_size``:
     consecutive stitches share the longest prefixes, so each group keeps most of the sharing."""
@@ -291,6 +334,7 @@ def stitch_report(
     run_key: str,
     title: str = "SN-Netv2 Mask R-CNN (ViTDet)",
     group_size: Optional[int] = None,
+    latency: Optional[LatencyOptions] = None,
 ) -> Dict[str, dict]:
     """Evaluate every stitch of ``stitch_ids`` (resumably) and write the per-stitch AP report.
 
@@ -304,6 +348,9 @@ def stitch_report(
             stitch). ``N``: ``model`` is a ``GeneralizedRCNN`` with a ``StitchedViTDetBackbone``, evaluated
             ``N`` stitches per pass sharing route prefixes (``stitch_groups``, ``evaluate_stitch_group``;
             ``set_stitch`` is not used): the same metrics, each group's rows written when it is done.
+        latency: time each stitch as deployed (``time_detector_stitches``, on the main process only, after its
+            group's evaluation) into the ``latency_ms`` column. ``model`` must then be a ``GeneralizedRCNN``
+            with a ``StitchedViTDetBackbone``, and ``run_key`` should end with ``latency.run_key()``.
 
     Returns the results record on the main process, ``{}`` elsewhere.
     """
@@ -317,6 +364,13 @@ def stitch_report(
         done = set(record.get("stitches", {})) if record else set()
         return [int(s) for s in stitch_ids if str(int(s)) not in done]
 
+    def timed(metrics: Dict[int, Dict[str, float]]) -> Dict[int, Dict[str, float]]:
+        """``metrics`` with each stitch's ``latency_ms`` (on the main process, with ``latency``)."""
+        if latency is None or not comm.is_main_process():
+            return metrics
+        ms = time_detector_stitches(model, list(metrics), latency)
+        return {stitch_id: {**values, LATENCY_COLUMN: ms[stitch_id]} for stitch_id, values in metrics.items()}
+
     todo = run_on_main(pending)
     logger.info("per-stitch evaluation: %d of %d stitches to evaluate", len(todo), len(stitch_ids))
 
@@ -324,7 +378,7 @@ def stitch_report(
         def evaluate(stitch_id: int) -> Dict[str, float]:
             stitch = set_stitch(stitch_id)
             logger.info("evaluating stitch %d (%s)", stitch_id, getattr(stitch, "route", stitch))
-            return evaluate_model(model, data_loader, evaluator)
+            return timed({stitch_id: evaluate_model(model, data_loader, evaluator)})[stitch_id]
 
         if not comm.is_main_process():
             for stitch_id in todo:
@@ -340,7 +394,7 @@ def stitch_report(
         def evaluate_group(stitch_ids: List[int]) -> Dict[int, Dict[str, float]]:
             logger.info("evaluating stitches %s in one pass: %s", stitch_ids,
                         ", ".join(space[s].route for s in stitch_ids))
-            return evaluate_stitch_group(model, data_loader, evaluator, stitch_ids)
+            return timed(evaluate_stitch_group(model, data_loader, evaluator, stitch_ids))
 
         if not comm.is_main_process():
             for group in groups:

@@ -11,6 +11,9 @@ Per-stitch COCO AP report of a trained model (``--stitch all``, ``pareto`` or id
     python projects/snnet_vitdet/train_net.py --num-gpus 8 --eval-only --stitch all \\
         --config-file ... train.init_checkpoint=output/model_final.pth
 
+``--measure-latency`` (with ``--latency-batch N``, ``--latency-size H W``, ``--latency-amp``) adds each stitch's
+latency as deployed, on this device, to that report (``python -m snnet_core.select REPORT --max-latency-ms MS``).
+
 The anchor baselines (``mask_rcnn_vitdet_deit3_{s,l}_100ep.py``) train and evaluate the same way.
 """
 from __future__ import annotations
@@ -68,7 +71,9 @@ from projects.snnet_vitdet.training import (
     stitched_backbone,
     unwrap,
 )
-from snnet_core import FlopsTable, ResourceConstrainedSampler, select_stitches
+from snnet_core import FlopsTable, ResourceConstrainedSampler, load_results, select_stitches
+from snnet_core.latency import write_latency_info
+from snnet_core.latency_options import add_latency_arguments, latency_options
 
 logger = logging.getLogger("projects.snnet_vitdet.train_net")
 
@@ -291,10 +296,18 @@ def do_stitch_report(args, cfg, model: torch.nn.Module, iteration: Optional[int]
     weights = cfg.train.init_checkpoint
     content = run_on_main(lambda: f"sha256:{file_digest(weights)}" if os.path.isfile(weights) else weights)
     run_key = f"{content}@iter{iteration}|{'+'.join(test_names)}|{table.input_size[0]}x{table.input_size[1]}"
+    latency = latency_options(args, next(model.parameters()).device, backbone.snnet.patch_size, table.input_size,
+                              cfg.train.amp.enabled)
+    if latency is not None:
+        run_key += latency.run_key()
     group_size = cfg.snnet.eval_group_size if cfg.snnet.eval_share_prefixes else None
-    return stitch_report(model, backbone.set_stitch, build_test_loader(cfg),
-                         instantiate(cfg.dataloader.evaluator), stitch_ids, backbone.space, table, report_dir,
-                         run_key, group_size=group_size)
+    record = stitch_report(model, backbone.set_stitch, build_test_loader(cfg),
+                           instantiate(cfg.dataloader.evaluator), stitch_ids, backbone.space, table, report_dir,
+                           run_key, group_size=group_size, latency=latency)
+    if latency is not None and comm.is_main_process():
+        write_latency_info(report_dir, latency.info())
+        record = load_results(report_dir)
+    return record
 
 
 def load_weights(model: torch.nn.Module, path: str) -> Optional[int]:
@@ -329,6 +342,9 @@ def main(args) -> Optional[Dict]:
         model = build_model(cfg)
         iteration = load_weights(model, cfg.train.init_checkpoint)
         report = None
+        if args.measure_latency and (stitched_backbone(model) is None or args.stitch is None):
+            raise ValueError("--measure-latency times the stitches of the per-stitch report: it needs an SN-Net "
+                             "detector (a StitchedViTDetBackbone) and --stitch all|pareto|ID[,ID]")
         if stitched_backbone(model) is not None and args.stitch is not None:
             report = do_stitch_report(args, cfg, model, iteration)
         if args.export_stitch is not None:
@@ -336,9 +352,9 @@ def main(args) -> Optional[Dict]:
         if stitched_backbone(model) is None:
             return do_test(cfg, model)
         return report
-    if args.stitch is not None or args.export_stitch is not None:
-        raise ValueError("--stitch and --export-stitch act on a trained model: add --eval-only and "
-                         "train.init_checkpoint=PATH")
+    if args.stitch is not None or args.export_stitch is not None or args.measure_latency:
+        raise ValueError("--stitch, --export-stitch and --measure-latency act on a trained model: add --eval-only "
+                         "and train.init_checkpoint=PATH")
     do_train(args, cfg)
     return None
 
@@ -364,6 +380,7 @@ def build_argument_parser():
     parser.add_argument("--export-stitch", default=None, metavar="ID[,ID]|pareto|best:G",
                         help="with --eval-only: write OUTPUT_DIR/stitch_<ID>/{model_final.pth,config.yaml}, a "
                              "standalone detector of that stitch (pareto / best:G read the per-stitch report)")
+    add_latency_arguments(parser)
     return parser
 
 
