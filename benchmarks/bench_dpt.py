@@ -9,13 +9,14 @@
 3. Training step time of a stitch inside the SN-Net (ROS-sampled stitches; LoRA stitching layers, AdamW
    over the whole SN-Net) vs the same network trained alone (the exported stitch + DPT head), as a ratio.
 4. The ``--stitch all`` evaluation (``evaluate_stitch_report``, flip TTA, report files written) of one group
-   of ``--eval-stitches`` stitches on ``--eval-images`` fixed random 480x640 frames: wall time stitch by stitch /
-   as one group sharing route prefixes, run one after the other. The group is the one (of the engine's
-   route-order groups of that size) whose FLOPs ratio is closest to that of all 134 stitches in groups of
-   ``--group-size``; both predicted ratios are printed beside the measured one.
+   of ``--eval-stitches`` stitches on ``--eval-images`` fixed random 480x640 frames: mean wall time stitch by
+   stitch / as one group sharing route prefixes over ``--eval-repeats`` runs each (A B B A), and this process's
+   CPU time (steadier on a shared machine). The group is the one (of the engine's route-order groups of that
+   size) whose FLOPs ratio is closest to that of all 134 stitches in groups of ``--group-size``; both predicted
+   ratios are printed beside the measured ones.
 
     python benchmarks/bench_dpt.py [--latency-stitches 8] [--repeats 3] [--train-size 224 288] \
-        [--eval-stitches 4] [--eval-images 2] [--group-size 17] \
+        [--eval-stitches 4] [--eval-images 1] [--eval-repeats 2] [--group-size 17] \
         [--sections [latency] [train] [eval]] [--output-dir output/bench_dpt]
 """
 from __future__ import annotations
@@ -164,25 +165,47 @@ def route_step_gflops(snnet: StitchedViT, size: Tuple[int, int]) -> Callable[[st
     return lambda name: cost[name if name.endswith("embed") else name.rsplit(".", 1)[0]]
 
 
-def predicted_ratio(snnet: StitchedViT, step_cost: Callable[[str], float], head_gflops: float,
-                    groups: Sequence[Sequence[int]]) -> float:
-    """Backbone + head GFLOPs of evaluating ``groups`` with shared route prefixes / stitch by stitch (dense-feature
-    projections left out; the head runs once per stitch in both)."""
+class _StageProbe(torch.nn.Module):
+    """``forward(tokens)``: the head's reassembly of one stage on a fixed grid, for an fvcore trace."""
+
+    def __init__(self, model: DPTDepthModel, stage: int, grid: Tuple[int, int]):
+        super().__init__()
+        self.head, self.stage, self.grid = model.head, stage, grid
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        return self.head.reassemble_stage(self.stage, tokens, self.grid, 1)
+
+
+def predicted_ratio(model: DPTDepthModel, step_cost: Callable[[str], float], head_gflops: float,
+                    stage_gflops: Sequence[float], groups: Sequence[Sequence[int]]) -> float:
+    """Backbone + head GFLOPs of evaluating ``groups`` with shared route prefixes / stitch by stitch: the grouped
+    evaluation runs each trie node once per group and reassembles each distinct dense feature of a group once
+    (``stage_gflops`` per stage), the rest of the head once per stitch; dense-feature projections are left out."""
+    snnet = model.backbone
     shared = naive = 0.0
     for group in groups:
-        s, n = prefix_sharing_cost(snnet, step_cost, group)
-        shared, naive = shared + s + head_gflops * len(group), naive + n + head_gflops * len(group)
+        backbone_shared, backbone_naive = prefix_sharing_cost(snnet, step_cost, group)
+        features = {(id(plan.embed), tuple(plan.layer_names[:position + 1]), tap.stage)
+                    for plan in map(snnet.plan, group) for position, taps in plan.taps.items() for tap in taps}
+        shared += backbone_shared + (head_gflops - sum(stage_gflops)) * len(group) + sum(
+            stage_gflops[stage] for *_, stage in features)
+        naive += backbone_naive + head_gflops * len(group)
     return shared / naive
 
 
-def evaluation_section(model: DPTDepthModel, table, count: int, images: int, group_size: int,
+def evaluation_section(model: DPTDepthModel, table, count: int, images: int, group_size: int, repeats: int,
                        output_dir: str) -> None:
     snnet = model.backbone
     step_cost = route_step_gflops(snnet, (480, 640))
-    everything = predicted_ratio(snnet, step_cost, table.head_gflops,
+    grid = (480 // snnet.patch_size, 640 // snnet.patch_size)
+    tokens = torch.zeros(1, 1 + grid[0] * grid[1], model.head.in_channels)
+    stage_gflops = [count_gflops(_StageProbe(model, stage, grid), (tokens,))
+                    for stage in range(len(model.head.reassemble))]
+    everything = predicted_ratio(model, step_cost, table.head_gflops, stage_gflops,
                                  stitch_groups(snnet, snnet.space.ids, group_size))
     candidates = [g for g in stitch_groups(snnet, snnet.space.ids, count) if len(g) == count]
-    predicted = {tuple(g): predicted_ratio(snnet, step_cost, table.head_gflops, [g]) for g in candidates}
+    predicted = {tuple(g): predicted_ratio(model, step_cost, table.head_gflops, stage_gflops, [g])
+                 for g in candidates}
     chosen = list(min(predicted, key=lambda g: abs(predicted[g] - everything)))
     print(f"\n[4] --stitch all evaluation (evaluate_stitch_report, flip TTA, batch 1), {images} random 480x640 frames, "
           f"{torch.get_num_threads()} threads: the group of {count} stitches (route order, as the engine groups them) "
@@ -190,23 +213,32 @@ def evaluation_section(model: DPTDepthModel, table, count: int, images: int, gro
     generator = torch.Generator().manual_seed(0)
     loader = [(torch.randn(1, 3, 480, 640, generator=generator),
                torch.rand(1, 1, 480, 640, generator=generator) * 9 + 0.5) for _ in range(images)]
-    seconds: Dict[str, float] = {}
+    modes = {"stitch by stitch": None, "shared prefixes": len(chosen)}
+    clocks = {"wall": time.perf_counter, "CPU": time.process_time}  # CPU: this process, less sensitive to others
+    seconds: Dict[Tuple[str, str], List[float]] = {(mode, clock): [] for mode in modes for clock in clocks}
     rows = {}
-    for mode, group in (("stitch by stitch", None), ("shared prefixes", len(chosen))):
-        eval_dir = os.path.join(output_dir, "eval_" + ("each" if group is None else "grouped"))
-        shutil.rmtree(eval_dir, ignore_errors=True)
-        start = time.perf_counter()
-        record = evaluate_stitch_report(model, loader, chosen, table, eval_dir, "bench", DistContext(), flip=True,
-                                        group_size=group)
-        seconds[mode] = time.perf_counter() - start
-        rows[mode] = record["stitches"]
-    print(f"wall time: {seconds['shared prefixes']:.1f} s with shared prefixes / {seconds['stitch by stitch']:.1f} s "
-          f"stitch by stitch = {seconds['shared prefixes'] / seconds['stitch by stitch']:.3f} "
-          f"(FLOPs predict {predicted[tuple(chosen)]:.3f}; target <= 0.5); same rows: "
+    for repeat in range(repeats):  # A B B A ...: a drift of the machine's load affects both modes alike
+        for mode in (list(modes) if repeat % 2 == 0 else list(modes)[::-1]):
+            eval_dir = os.path.join(output_dir, "eval_" + ("each" if modes[mode] is None else "grouped"))
+            shutil.rmtree(eval_dir, ignore_errors=True)
+            start = {clock: read() for clock, read in clocks.items()}
+            record = evaluate_stitch_report(model, loader, chosen, table, eval_dir, "bench", DistContext(), flip=True,
+                                            group_size=modes[mode])
+            for clock, read in clocks.items():
+                seconds[mode, clock].append(read() - start[clock])
+            rows[mode] = record["stitches"]
+    for clock in clocks:
+        shared, each = (statistics.mean(seconds[mode, clock]) for mode in ("shared prefixes", "stitch by stitch"))
+        runs = "; ".join(f"{mode} {', '.join(f'{t:.1f}' for t in seconds[mode, clock])}" for mode in modes)
+        print(f"{clock} time: {shared:.1f} s with shared prefixes / {each:.1f} s stitch by stitch = "
+              f"{shared / each:.3f} (runs: {runs})")
+    print(f"FLOPs predict {predicted[tuple(chosen)]:.3f} for this group (target <= 0.5); same rows in both modes: "
           f"{rows['shared prefixes'] == rows['stitch by stitch']}")
-    print(f"FLOPs predict {everything:.3f} for all {len(snnet.space)} stitches in groups of {group_size} "
-          f"(backbone shared; DPT head {table.head_gflops:.1f} G once per stitch in both; range over the groups of "
-          f"{count}: {min(predicted.values()):.3f} - {max(predicted.values()):.3f})")
+    print(f"FLOPs predict {everything:.3f} for all {len(snnet.space)} stitches in groups of {group_size}, "
+          f"{predicted_ratio(model, step_cost, table.head_gflops, stage_gflops, [snnet.space.ids]):.3f} as one group "
+          f"(backbone prefixes and the head's reassembly ({sum(stage_gflops):.1f} G) of a shared feature run once, "
+          f"the rest of the DPT head ({table.head_gflops - sum(stage_gflops):.1f} G) once per stitch; range over the "
+          f"groups of {count}: {min(predicted.values()):.3f} - {max(predicted.values()):.3f})")
 
 
 def main() -> None:
@@ -217,7 +249,8 @@ def main() -> None:
     p.add_argument("--train-batch", type=int, default=2)
     p.add_argument("--train-stitches", type=int, default=3, help="ROS-sampled stitches to time in training")
     p.add_argument("--eval-stitches", type=int, default=4, help="stitches of the timed --stitch all evaluation")
-    p.add_argument("--eval-images", type=int, default=2, help="480x640 frames of the --stitch all evaluation")
+    p.add_argument("--eval-images", type=int, default=1, help="480x640 frames of the --stitch all evaluation")
+    p.add_argument("--eval-repeats", type=int, default=2, help="timed runs of each mode, in the order A B B A ...")
     p.add_argument("--group-size", type=int, default=17, help="test.stitch_group_size of the FLOPs prediction")
     p.add_argument("--output-dir", default="output/bench_dpt")
     p.add_argument("--sections", nargs="*", choices=("latency", "train", "eval"), default=("latency", "train", "eval"),
@@ -233,7 +266,8 @@ def main() -> None:
     if "train" in args.sections:
         training_section(model, table, tuple(args.train_size), args.train_batch, args.train_stitches, args.repeats)
     if "eval" in args.sections:
-        evaluation_section(model, table, args.eval_stitches, args.eval_images, args.group_size, args.output_dir)
+        evaluation_section(model, table, args.eval_stitches, args.eval_images, args.group_size, args.eval_repeats,
+                           args.output_dir)
     print(f"\nload average at the end {os.getloadavg()[0]:.1f}")
 
 

@@ -18,9 +18,11 @@ import yaml
 from timm.layers import PatchEmbed
 
 import projects.snnet_dpt.engine as engine
+import projects.snnet_dpt.model as model_module
 import projects.snnet_dpt.train as train_cli
 from datasets.make_synthetic_nyu import make_synthetic_nyu, write_labeled_mat, write_splits_mat
 from projects.snnet_dpt.export import load_exported_model
+from projects.snnet_dpt.head import Reassemble
 from projects.snnet_dpt.model import build_model
 from projects.snnet_dpt.nyu import build_nyu_split
 from projects.snnet_dpt.transforms import NYU_CROP, DepthDataset, TrainAugmentation
@@ -184,16 +186,35 @@ def evaluate_cli(data_root, checkpoint, eval_dir, *opts, launcher=(), launcher_o
 def test_grouped_evaluation_gives_the_rows_of_the_per_stitch_loop(data_root, trained, tmp_path, monkeypatch):
     per_stitch = evaluate_cli(data_root, trained, tmp_path / "each", "test.share_prefixes=false")
     assert len(per_stitch) == NUM_STITCHES
-    passes, embeds = [], []  # patch embeddings: per stitch 2 x 2 (batches x flip), grouped once per pass and anchor
-    real_predict, real_embed = train_cli.DPTDepthModel.predict_stitches, PatchEmbed.forward
-    monkeypatch.setattr(train_cli.DPTDepthModel, "predict_stitches",
-                        lambda self, images, ids: (passes.append(list(ids)), real_predict(self, images, ids))[1])
-    monkeypatch.setattr(PatchEmbed, "forward", lambda self, x: (embeds.append(1), real_embed(self, x))[1])
+    trie_passes = []  # per run_stitches call: the stitch ids asked, the dense features of each stitch in its order
+    embeds, reassembles = [], []  # True for each patch embedding / head reassembly run inside a trie pass
+    in_pass = [False]
+    real_run_stitches, real_embed, real_reassemble = model_module.run_stitches, PatchEmbed.forward, Reassemble.forward
+
+    def recording_run_stitches(net, images, ids):
+        trie_passes.append((list(ids), []))
+        in_pass[0] = True
+        for stitch_id, out in real_run_stitches(net, images, ids):
+            trie_passes[-1][1].append(out.features)
+            yield stitch_id, out
+        in_pass[0] = False
+
+    monkeypatch.setattr(model_module, "run_stitches", recording_run_stitches)
+    monkeypatch.setattr(PatchEmbed, "forward", lambda self, x: (embeds.append(in_pass[0]), real_embed(self, x))[1])
+    monkeypatch.setattr(Reassemble, "forward",
+                        lambda self, *a: (reassembles.append(in_pass[0]), real_reassemble(self, *a))[1])
     grouped = evaluate_cli(data_root, trained, tmp_path / "grouped", "test.stitch_group_size=5")
     assert grouped == per_stitch  # float-equal, flip TTA included
-    assert [len(ids) for ids in passes] == [5] * 4 + [5] * 4 + [4] * 4  # 3 groups x 2 batches x (image, mirrored)
+    # 3 groups x 2 batches x (image, mirrored); the per-stitch loop runs 14 x 2 x 2 embeddings and 4 x as many
+    # reassemblies
+    assert [len(ids) for ids, _ in trie_passes] == [5] * 4 + [5] * 4 + [4] * 4
     snnet = build_model(train_cli.model_spec(train_cli.load_config(TINY, []))).backbone
-    assert len(embeds) == sum(len({id(snnet.plan(s).embed) for s in ids}) for ids in passes) < NUM_STITCHES * 2 * 2
+    # the patch embedding runs once per pass and anchor
+    assert sum(embeds) == sum(len({id(snnet.plan(s).embed) for s in ids}) for ids, _ in trie_passes) < 14 * 2 * 2
+    # a dense feature is reassembled once for the stitches that receive it one after another
+    changes = sum(previous is None or feature is not previous[stage] for _, features in trie_passes
+                  for previous, current in zip([None] + features, features) for stage, feature in enumerate(current))
+    assert sum(reassembles) == changes < 14 * 2 * 2 * 4
 
 
 def test_two_process_grouped_evaluation_deals_the_groups_and_gives_the_rows_of_one_process(data_root, trained,

@@ -24,7 +24,7 @@ patch size but is not the toolbox's function there.
 """
 from __future__ import annotations
 
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, Optional, Sequence, Tuple
 
 import torch
 import torch.nn as nn
@@ -207,15 +207,21 @@ class DPTHead(nn.Module):
         """
         if len(features) != len(self.reassemble):
             raise ValueError(f"DPT head expects {len(self.reassemble)} features, got {len(features)}")
+        maps = [self.reassemble_stage(stage, f, grid, num_prefix_tokens) for stage, f in enumerate(features)]
+        return self.fuse(maps, image_size)
+
+    def reassemble_stage(self, stage: int, tokens: torch.Tensor, grid: Tuple[int, int],
+                         num_prefix_tokens: int) -> torch.Tensor:
+        """Steps 1-2 for one stage: token feature ``(B, P + h*w, C)`` -> ``(B, features, h*f, w*f)``, ``f`` the
+        stage's resampling factor. It depends on that feature alone, so stitches sharing it can share the map."""
         if num_prefix_tokens < 1:
             raise ValueError("readout 'project' needs a cls token: build the anchors with class_token=True")
-        maps: List[torch.Tensor] = [
-            rn(reassemble(f, grid, num_prefix_tokens))
-            for f, reassemble, rn in zip(features, self.reassemble, self.layer_rn)
-        ]
-        # coarsest first: fuse stage 4 -> 1, each output at the next finer stage's size
+        return self.layer_rn[stage](self.reassemble[stage](tokens, grid, num_prefix_tokens))
+
+    def fuse(self, maps: Sequence[torch.Tensor], image_size: Tuple[int, int]) -> torch.Tensor:
+        """Steps 3-5: the 4 reassembled maps (``reassemble_stage``) -> depth ``(B, 1, H, W)``."""
         x = None
-        for stage in reversed(range(len(maps))):
+        for stage in reversed(range(len(maps))):  # coarsest first, each output at the next finer stage's size
             target = maps[stage - 1].shape[-2:] if stage > 0 else tuple(2 * s for s in maps[0].shape[-2:])
             x = self.fusion[stage](maps[stage] if x is None else x, None if x is None else maps[stage], target)
         return self.output(self.project(x), image_size)

@@ -121,16 +121,25 @@ class DPTDepthModel(nn.Module):
         self.backbone, self.head, self.patch_size = backbone, head, int(patch_size)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
+        image_size = self._image_size(images)
         out = self.backbone(images)
-        return self.head(out.features, out.grid, out.num_prefix_tokens, self._image_size(images))
+        return self.head(out.features, out.grid, out.num_prefix_tokens, image_size)
 
     def predict_stitches(self, images: torch.Tensor, stitch_ids: Sequence[int]) -> Iterator[Tuple[int, torch.Tensor]]:
         """``(stitch id, depth (B, 1, H, W))`` for every stitch of ``stitch_ids`` (``backbone`` a ``StitchedViT``),
-        in ``run_stitches`` order: each shared route prefix runs once; each depth map is the one ``forward`` gives
-        with that stitch selected (same modules on the same inputs)."""
+        in ``run_stitches`` order: each shared route prefix runs once, and so does the head's reassembly of a
+        dense feature that stitches share (``run_stitches`` hands them the same tensor); each depth map is the one
+        ``forward`` gives with that stitch selected (same modules on the same inputs)."""
         image_size = self._image_size(images)
+        # per stage: (the last feature reassembled, its map); stitches sharing a feature come one after another
+        reassembled: List[Tuple[Optional[torch.Tensor], Optional[torch.Tensor]]] = [(None, None)] * len(
+            self.head.reassemble)
         for stitch_id, out in run_stitches(self.backbone, images, stitch_ids):
-            yield stitch_id, self.head(out.features, out.grid, out.num_prefix_tokens, image_size)
+            for stage, feature in enumerate(out.features):
+                if reassembled[stage][0] is not feature:
+                    reassembled[stage] = (feature, self.head.reassemble_stage(stage, feature, out.grid,
+                                                                              out.num_prefix_tokens))
+            yield stitch_id, self.head.fuse([m for _, m in reassembled], image_size)
 
     def _image_size(self, images: torch.Tensor) -> Tuple[int, int]:
         h, w = images.shape[-2:]
