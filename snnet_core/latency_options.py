@@ -60,14 +60,22 @@ class LatencyOptions:
         """The suffix of the report's run key: rows timed on another device or setting never mix."""
         return "|latency:" + json.dumps(self.info(), sort_keys=True)
 
+    def check_size(self, patch_size: int) -> None:
+        """``ValueError`` naming ``--latency-size`` unless the size is a multiple of the model's ``patch_size``."""
+        if any(s % patch_size for s in self.size):
+            fit = " ".join(str(-(-s // patch_size) * patch_size) for s in self.size)  # rounded up
+            raise ValueError(f"--latency-size {self.size[0]} {self.size[1]}: height and width must be multiples of "
+                             f"the patch size {patch_size}, e.g. --latency-size {fit}")
 
-def latency_options(args: argparse.Namespace, device: torch.device, patch_size: int, default_size: Sequence[int],
-                    run_amp: bool) -> Optional[LatencyOptions]:
+
+def latency_options(args: argparse.Namespace, device: torch.device, patch_size: Optional[int],
+                    default_size: Sequence[int], run_amp: bool) -> Optional[LatencyOptions]:
     """The ``LatencyOptions`` of ``args`` (``None`` without ``--measure-latency``), checked.
 
     Args:
         device: where the model runs (and is timed).
-        patch_size: the SN-Net's patch size; ``--latency-size`` must be a multiple of it.
+        patch_size: the SN-Net's patch size; ``--latency-size`` must be a multiple of it. ``None`` (the model is
+            not built yet) leaves that check to ``LatencyOptions.check_size``.
         default_size: the size without ``--latency-size`` (the report's GFLOPs input size).
         run_amp: whether the run uses AMP; ``--latency-amp`` defaults to it on a GPU.
 
@@ -86,13 +94,14 @@ def latency_options(args: argparse.Namespace, device: torch.device, patch_size: 
         if value < least:
             raise ValueError(f"{flag} {value}: give a number >= {least}")
     size = tuple(int(s) for s in (args.latency_size or default_size))
-    if any(s <= 0 or s % patch_size for s in size):
-        fit = " ".join(str(max(patch_size, round(s / patch_size) * patch_size)) for s in size)
-        raise ValueError(f"--latency-size {size[0]} {size[1]}: height and width must be positive multiples of the "
-                         f"patch size {patch_size}, e.g. --latency-size {fit}")
+    if any(s <= 0 for s in size):
+        raise ValueError(f"--latency-size {size[0]} {size[1]}: give a positive height and width")
     device = torch.device(device)
     amp = run_amp and device.type == "cuda" if args.latency_amp is None else args.latency_amp
     if amp and device.type != "cuda":
         raise ValueError(f"--latency-amp times CUDA autocast, but the model runs on {device}: drop --latency-amp, "
                          "or run on a GPU")
-    return LatencyOptions(batch, size, amp, warmup, runs, device)
+    options = LatencyOptions(batch, size, amp, warmup, runs, device)
+    if patch_size is not None:
+        options.check_size(patch_size)
+    return options

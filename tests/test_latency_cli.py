@@ -13,6 +13,8 @@ from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.config import LazyConfig, instantiate
 
 from datasets.make_synthetic_coco import make_synthetic_coco
+from datasets.make_synthetic_nyu import make_synthetic_nyu
+from projects.snnet_dpt import train as dpt_train
 from projects.snnet_vitdet import train_net
 from projects.snnet_vitdet.evaluation import deployed_detector
 from snnet_core import export_stitch, select
@@ -51,7 +53,7 @@ def assert_timed_report(report_dir, stitch_ids, device, batch, size):
     info = record[LATENCY_KEY]
     assert info["device"] == device_name(device) and info["batch"] == batch and info["input_size"] == list(size)
     assert info["amp"] is False and info["runs"] == 3 and info["warmup"] == 1
-    assert "|latency:" in record["run_key"]
+    assert json.dumps(info, sort_keys=True) in record["run_key"]  # rows timed otherwise never mix in
     assert LATENCY_COLUMN in header and f"| {LATENCY_COLUMN} |" in markdown
     assert os.path.getsize(os.path.join(report_dir, LATENCY_PLOT)) > 0
 
@@ -85,7 +87,7 @@ def test_latency_options_defaults_and_errors():
                                            "32"), cpu, 16, (128, 96), run_amp=False)
     assert (options.batch, options.size) == (4, (64, 32))
     assert options.run_key().startswith("|latency:") and options.info()["device"] == device_name(cpu)
-    with pytest.raises(ValueError, match=r"multiples of the patch size 16, e\.g\. --latency-size 96 128"):
+    with pytest.raises(ValueError, match=r"multiples of the patch size 16, e\.g\. --latency-size 112 128"):
         latency_options(latency_args("--measure-latency", "--latency-size", "100", "128"), cpu, 16, (128, 128), False)
     with pytest.raises(ValueError, match="add --measure-latency"):
         latency_options(latency_args("--latency-batch", "2"), cpu, 16, (128, 128), False)
@@ -160,3 +162,50 @@ def test_detection_latency_errors(detector, tmp_path):
     with pytest.raises(ValueError, match="--measure-latency act on a trained model: add --eval-only"):
         train_net.main(train_net.build_argument_parser().parse_args(
             ["--config-file", TINY, "--measure-latency", f"train.output_dir={tmp_path / 'train'}"]))
+
+
+# --- depth -------------------------------------------------------------------------------------------
+DPT_TINY = os.path.join(REPO, "projects", "snnet_dpt", "configs", "synthetic", "dpt_snnetv2_tiny.py")
+
+
+@pytest.fixture(scope="module")
+def nyu_root(tmp_path_factory):
+    root = str(tmp_path_factory.mktemp("nyu_synth"))
+    make_synthetic_nyu(root, num_train=8, num_test=2, size=(64, 80), seed=0)
+    return root
+
+
+def run_depth(nyu_root, output_dir, *flags, opts=()):
+    """train.py on the tiny config at 64x80 (1 epoch when training), flags before the overrides."""
+    return dpt_train.main(["--config-file", DPT_TINY, *flags, f"dataloader.root={nyu_root}",
+                           "dataloader.eval_size=[64,80]", "dataloader.augmentation.crop_size=[48,64]",
+                           "train.batch_size=2", "train.epochs=1", "train.ls_init_images=2",
+                           "train.loss_warmup_iters=2", f"train.output_dir={output_dir}", *opts])
+
+
+def test_depth_training_and_eval_only_measure_latency_per_stitch(nyu_root, tmp_path):
+    out = tmp_path / "run"
+    result = run_depth(nyu_root, out, "--stitch", "0,5", "--measure-latency", *FAST_TIMING)  # after training
+    assert result["report"][LATENCY_KEY]["input_size"] == [64, 80]  # default: the evaluation (GFLOPs) size
+    assert_timed_report(str(out / "stitch_eval"), [0, 5], "cpu", 1, (64, 80))
+
+    checkpoint = f"train.checkpoint={out / 'checkpoint_last.pth'}"
+    for share in ("true", "false"):  # grouped and per-stitch evaluation
+        eval_dir = tmp_path / f"timed_{share}"
+        run_depth(nyu_root, out, "--eval-only", "--stitch", "0,5,9,13", "--measure-latency", "--latency-batch", "2",
+                  "--latency-size", "32", "48", *FAST_TIMING,
+                  opts=[checkpoint, f"test.eval_dir={eval_dir}", f"test.share_prefixes={share}"])
+        assert_timed_report(str(eval_dir), [0, 5, 9, 13], "cpu", 2, (32, 48))
+
+    plain = tmp_path / "plain"
+    run_depth(nyu_root, out, "--eval-only", "--stitch", "0,13", opts=[checkpoint, f"test.eval_dir={plain}"])
+    assert_untimed_report(str(plain))
+    with pytest.raises(RuntimeError, match=r"another model or setting \(latency None there vs"):
+        run_depth(nyu_root, out, "--eval-only", "--stitch", "0", "--measure-latency", *FAST_TIMING,
+                  opts=[checkpoint, f"test.eval_dir={plain}"])
+    with pytest.raises(ValueError, match="multiples of the patch size 16, e.g. --latency-size 64 80"):
+        run_depth(nyu_root, out, "--eval-only", "--stitch", "0", "--measure-latency", "--latency-size", "60", "72",
+                  opts=[checkpoint, f"test.eval_dir={tmp_path / 'never'}"])
+    assert not (tmp_path / "never").exists()
+    with pytest.raises(ValueError, match="not none"):
+        run_depth(nyu_root, tmp_path / "none", "--stitch", "none", "--measure-latency")

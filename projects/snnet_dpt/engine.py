@@ -26,6 +26,8 @@ from tqdm import tqdm
 from snnet_core import FlopsTable, ResourceConstrainedSampler, evaluate_stitches, load_snnet, save_snnet
 from snnet_core.atomic_io import write_atomic
 from snnet_core.checkpoint import describe_load_error
+from snnet_core.latency import LATENCY_COLUMN, time_stitches
+from snnet_core.latency_options import LatencyOptions
 from snnet_core.report import RESULTS_FILE, evaluate_stitch_groups, load_results
 from snnet_core.snnet import StitchedViT
 from snnet_core.stitch_space import Stitch
@@ -266,6 +268,19 @@ def evaluate_group(model: DPTDepthModel, loader: Iterable, stitch_ids: Sequence[
     return {sid: acc.compute() for sid, acc in accumulators.items()}
 
 
+def time_depth_stitches(model: DPTDepthModel, stitch_ids: Sequence[int], options: LatencyOptions) -> Dict[int, float]:
+    """Median milliseconds of one forward of each stitch deployed alone (the exported stitch under ``model``'s DPT
+    head, as ``export.export_depth_model`` builds it; one forward, no flip averaging) on ``options.batch`` random
+    images of ``options.size``, on ``options.device``."""
+    generator = torch.Generator().manual_seed(0)
+    images = torch.randn(options.batch, 3, *options.size, generator=generator).to(options.device)
+    model.eval()
+    timed = time_stitches(model.backbone, stitch_ids, images,
+                          lambda route: DPTDepthModel(route, model.head, model.patch_size), options.warmup,
+                          options.runs, options.amp, options.device)
+    return timed.ms
+
+
 def stitch_groups(snnet: StitchedViT, stitch_ids: Sequence[int], group_size: int) -> List[List[int]]:
     """``stitch_ids`` sorted by route (embedding anchor, then the names of the layers run), so that stitches
     sharing a route prefix are adjacent, cut into groups of ``group_size`` (the last one may be smaller)."""
@@ -308,6 +323,7 @@ def evaluate_stitch_report(
     flip: bool = True,
     amp: bool = False,
     group_size: Optional[int] = None,
+    latency: Optional[LatencyOptions] = None,
 ) -> Optional[dict]:
     """Evaluate stitches into the engine's resumable report (rank 0 writes; all ranks compute).
 
@@ -320,6 +336,9 @@ def evaluate_stitch_report(
       sharing route prefixes (``evaluate_group``). With several ranks the groups are dealt out in rounds, one
       group per rank, and rank 0 gathers and writes each round's rows: every stitch is computed by one process
       exactly as one process alone computes it, and an interruption loses at most one round (one group per rank).
+
+    With ``latency``, rank 0 times every stitch as deployed (``time_depth_stitches``) once its metrics are in, into
+    the ``latency_ms`` column; ``run_key`` should name the latency settings.
 
     Returns the results record on rank 0.
     """
@@ -335,10 +354,18 @@ def evaluate_stitch_report(
     error, todo = broadcast_object(ctx, (error, todo))
     if error:
         raise RuntimeError(error)
+
+    def timed(metrics: Dict[int, Dict[str, float]]) -> Dict[int, Dict[str, float]]:
+        """``metrics`` with each stitch's ``latency_ms`` (on rank 0, with ``latency``)."""
+        if latency is None or not ctx.is_main:
+            return metrics
+        ms = time_depth_stitches(model, list(metrics), latency)
+        return {sid: {**values, LATENCY_COLUMN: ms[sid]} for sid, values in metrics.items()}
+
     if group_size is None:
         def evaluate_one(stitch_id: int) -> Dict[str, float]:
             snnet.set_stitch(stitch_id)
-            return evaluate(model, loader, ctx, flip, amp)
+            return timed({stitch_id: evaluate(model, loader, ctx, flip, amp)})[stitch_id]
 
         if ctx.is_main:  # exactly the broadcast stitches, whatever another evaluator merges meanwhile
             return evaluate_stitches(evaluate_one, todo, **report_args)
@@ -357,7 +384,7 @@ def evaluate_stitch_report(
     def evaluate_round(stitches: Sequence[int]) -> Dict[int, Dict[str, float]]:
         dealt = rounds[tuple(stitches)]
         mine = evaluate_group(model, loader, dealt[ctx.rank], ctx, flip, amp) if ctx.rank < len(dealt) else {}
-        return {sid: metrics for results in gather_objects(ctx, mine) for sid, metrics in results.items()}
+        return timed({sid: metrics for results in gather_objects(ctx, mine) for sid, metrics in results.items()})
 
     if ctx.is_main:
         return evaluate_stitch_groups(evaluate_round, [list(stitches) for stitches in rounds], **report_args)

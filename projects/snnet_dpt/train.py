@@ -11,7 +11,9 @@ The recipe is a detectron2 LazyConfig file (default: the paper's, ``configs/dpt_
 After training (or with ``--eval-only``) the stitches chosen by ``--stitch`` are evaluated into a per-stitch
 report (``test.eval_dir``, default ``<train.output_dir>/stitch_eval``), in groups of ``test.stitch_group_size``
 stitches that each take one pass over the test set with their route prefixes shared (``test.share_prefixes=false``:
-stitch by stitch; the numbers are the same); ``--export-stitch ID`` writes a
+stitch by stitch; the numbers are the same); ``--measure-latency`` (with ``--latency-batch N``,
+``--latency-size H W``, ``--latency-amp``) adds each stitch's latency as deployed, on this device, to that report
+(``python -m snnet_core.select REPORT --max-latency-ms MS``); ``--export-stitch ID`` writes a
 standalone DPT model of one stitch. The resolved config of a training run is saved as
 ``<train.output_dir>/config.yaml``.
 
@@ -56,8 +58,10 @@ from projects.snnet_dpt.metrics import HIGHER_IS_BETTER, METRIC_NAMES, eigen_cro
 from projects.snnet_dpt.model import DPTDepthModel, ModelSpec, build_model, check_anchor_names, depth_flops_table
 from projects.snnet_dpt.nyu import build_nyu_split, check_depth_values, shared_frames
 from projects.snnet_dpt.transforms import DepthDataset, TrainAugmentation
-from snnet_core import ResourceConstrainedSampler, ls_init_stitching_layers, select_stitches
+from snnet_core import ResourceConstrainedSampler, load_results, ls_init_stitching_layers, select_stitches
 from snnet_core.atomic_io import remove_stale_temporaries, write_atomic
+from snnet_core.latency import write_latency_info
+from snnet_core.latency_options import LatencyOptions, add_latency_arguments, latency_options
 from snnet_core.report import RESULTS_FILE
 
 logger = logging.getLogger("snnet_dpt")
@@ -87,6 +91,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
                            f"logs, {CONFIG_NAME}, exported stitches and {EVAL_DIR_NAME}/ report first")
     p.add_argument("--stitch", default="all", help="stitches to evaluate: all | ID[,ID...] | pareto | none")
     p.add_argument("--export-stitch", type=int, metavar="ID", help="write <output_dir>/stitch_<ID>_dpt.pth")
+    add_latency_arguments(p)
     p.add_argument("opts", nargs=argparse.REMAINDER, metavar="KEY=VALUE",
                    help="config overrides, e.g. train.output_dir=output/x optimizer.lr=1e-5")
     return p.parse_args(argv)
@@ -222,9 +227,11 @@ def check_splits(train_frames, test_frames) -> None:
                          f"{test_frames.source} overlap. Use the official disjoint splits (datasets/prepare_nyu.md)")
 
 
-def report_key(checkpoint: str, cfg: Dict[str, Any], test_frames, amp: bool) -> str:
+def report_key(checkpoint: str, cfg: Dict[str, Any], test_frames, amp: bool,
+               latency: Optional[LatencyOptions] = None) -> str:
     """Identity of a per-stitch report: the checkpoint's bytes and every setting that changes a metric (test
-    frames and ground truth, number of images, evaluation size, Eigen crop, flip, fp16)."""
+    frames and ground truth, number of images, evaluation size, Eigen crop, flip, fp16), and with ``latency``
+    how the stitches are timed (device, batch, size, AMP, runs)."""
     data, test = cfg["dataloader"], cfg["test"]
     height, width = data["eval_size"]
     parts = {
@@ -232,6 +239,8 @@ def report_key(checkpoint: str, cfg: Dict[str, Any], test_frames, amp: bool) -> 
         "images": min(len(test_frames), test["max_images"] or len(test_frames)), "eval_size": f"{height}x{width}",
         "eigen_crop": ",".join(map(str, eigen_crop_box(height, width))), "flip": test["flip"], "amp": amp,
     }
+    if latency is not None:
+        parts["latency"] = json.dumps(latency.info(), sort_keys=True)
     return "|".join(f"{k}={v}" for k, v in parts.items())
 
 
@@ -354,6 +363,10 @@ def run(cfg: Dict[str, Any], args: argparse.Namespace, ctx: DistContext) -> Dict
     # everything that can be checked without compute is checked first: settings, output directory, checkpoint,
     # data files and values, report directory
     check_settings(cfg, training)
+    latency = latency_options(args, ctx.device, None, cfg["dataloader"]["eval_size"], cfg["train"]["amp"])
+    if latency is not None and args.stitch == "none":
+        raise ValueError("--measure-latency times the stitches of the per-stitch report: give --stitch "
+                         "all|pareto|ID[,ID...], not none")
     if test_cfg["primary_metric"] not in METRIC_NAMES:
         raise ValueError(f"test.primary_metric={test_cfg['primary_metric']!r}: choose one of {METRIC_NAMES}")
     recipe = recipe_from_config(cfg, ctx.world_size) if training else None
@@ -375,13 +388,16 @@ def run(cfg: Dict[str, Any], args: argparse.Namespace, ctx: DistContext) -> Dict
             check_report_dir(eval_dir, replaced, header, recipe)
         else:
             checkpoint_id = _file_identity(checkpoint)
-            run_key = broadcast_object(ctx, report_key(checkpoint, cfg, test_frames, amp) if ctx.is_main else None)
+            run_key = broadcast_object(ctx, report_key(checkpoint, cfg, test_frames, amp, latency)
+                                       if ctx.is_main else None)
             conflict = report_conflict(eval_dir, run_key) if ctx.is_main else None
             if conflict:
                 raise RuntimeError(conflict)
     torch.manual_seed(cfg["train"]["seed"])
     pretrained = cfg["model"]["pretrained"]
     model = build_model(spec, pretrained if fresh else (None, None)).to(ctx.device)
+    if latency is not None:  # before any training: a --latency-size the model cannot take fails now
+        latency.check_size(model.patch_size)
     if fresh and not all(pretrained):
         logger.warning("model.pretrained holds no checkpoint for some anchor: it starts from random weights")
     missing = [path for path in pretrained if path and not os.path.isfile(path)]
@@ -412,7 +428,7 @@ def run(cfg: Dict[str, Any], args: argparse.Namespace, ctx: DistContext) -> Dict
     if training:
         result = train(model, spec, cfg, recipe, train_frames, ctx, flops, resume_path)
         if stitch_ids:
-            run_key = broadcast_object(ctx, report_key(result["checkpoint"], cfg, test_frames, amp)
+            run_key = broadcast_object(ctx, report_key(result["checkpoint"], cfg, test_frames, amp, latency)
                                        if ctx.is_main else None)
     else:
         state = load_checkpoint(checkpoint, model, ctx.device)
@@ -424,7 +440,10 @@ def run(cfg: Dict[str, Any], args: argparse.Namespace, ctx: DistContext) -> Dict
         group_size = test_cfg["stitch_group_size"] if test_cfg["share_prefixes"] else None
         result["report"] = evaluate_stitch_report(model, build_test_loader(test_frames, cfg, ctx), stitch_ids, flops,
                                                   eval_dir, run_key, ctx, test_cfg["primary_metric"],
-                                                  test_cfg["flip"], amp, group_size)
+                                                  test_cfg["flip"], amp, group_size, latency)
+        if latency is not None and ctx.is_main:
+            write_latency_info(eval_dir, latency.info())
+            result["report"] = load_results(eval_dir)
     if args.export_stitch is not None and ctx.is_main:
         path = os.path.join(output_dir, f"stitch_{args.export_stitch}_dpt.pth")
         save_exported_stitch(path, model, spec, args.export_stitch)
