@@ -48,9 +48,9 @@ from projects.snnet_vitdet.evaluation import (  # noqa: E402
     detector_flops_table,
     evaluate_model,
     evaluate_stitch_group,
-    stitch_groups,
 )
 from snnet_core import count_gflops, export_stitch, prefix_sharing_cost  # noqa: E402
+from snnet_core.prefix_trie import stitch_groups  # noqa: E402
 from snnet_core.route import embed_images  # noqa: E402
 
 CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
@@ -250,7 +250,7 @@ def sharing_section(output_dir: str, flops_size: int, num_stitches: int, num_ima
     ids = backbone.space.ids
     by_group = {}
     for group_size in (1, 4, 8, 16, 32, len(ids)):
-        groups = stitch_groups(model, ids, group_size)
+        groups = stitch_groups(backbone.snnet, ids, group_size)
         shared = sum(prefix_sharing_cost(backbone.snnet, cost, g)[0] for g in groups)
         by_group[group_size] = shared / prefix_sharing_cost(backbone.snnet, cost, ids)[1]
     print(f"  backbone GFLOPs of all {len(ids)} stitches at {flops_size}x{flops_size}, shared / stitch by stitch, "
@@ -259,7 +259,7 @@ def sharing_section(output_dir: str, flops_size: int, num_stitches: int, num_ima
     model = build_detector(size, num_classes=5).eval()  # the synthetic shapes' 5 classes
     model.roi_heads.box_predictor.test_score_thresh = 0.0  # random weights: keep the full detection budget
     backbone = model.backbone.net
-    subset = stitch_groups(model, ids, num_stitches)[len(ids) // num_stitches // 2]  # one group mid-trie
+    subset = stitch_groups(backbone.snnet, ids, num_stitches)[len(ids) // num_stitches // 2]  # one group mid-trie
     loader = synthetic_test_loader(os.path.join(output_dir, "synthetic_coco"), num_images, size)
     evaluator = COCOEvaluator("bench_shapes_val", tasks=("bbox", "segm"), use_fast_impl=False)
     shared, naive = prefix_sharing_cost(backbone.snnet, backbone_step_gflops(backbone, size), subset)

@@ -117,3 +117,20 @@ def prefix_sharing_cost(
         plan = net.plan(sid)
         naive += cost(_embed_name(plan, net)) + sum(cost(name) for name in plan.layer_names)
     return shared, naive
+
+
+def stitch_groups(net: StitchedViT, stitch_ids: Sequence[int], group_size: int) -> List[List[int]]:
+    """``stitch_ids`` in depth-first order of their route-prefix trie, cut into groups of ``group_size`` (the
+    last may be smaller): consecutive stitches share the longest prefixes, so each group keeps most of the
+    sharing while a group's results can be flushed (and an interruption loses at most one group)."""
+    if group_size < 1:
+        raise ValueError(f"the stitch group size must be >= 1, got {group_size}")
+    order: List[int] = []
+
+    def visit(node: _Node) -> None:
+        order.extend(sid for sid, _ in node.ends)
+        for child in node.children.values():
+            visit(child)
+
+    visit(build_trie(net, list(stitch_ids)))
+    return [order[i:i + group_size] for i in range(0, len(order), group_size)]

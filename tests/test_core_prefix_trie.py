@@ -85,3 +85,16 @@ def test_deit3_s_l_shared_prefix_backbone_cost_is_about_a_third():
     shared, naive = prefix_sharing_cost(net, lambda name: block.get(name.rsplit(".", 1)[0], 0.0))
     assert naive == pytest.approx(sum(0.38 * s.num_blocks()[0] + 2.57 * s.num_blocks()[1] for s in net.space))
     assert shared / naive == pytest.approx(0.3706, abs=1e-3)
+
+
+def test_stitch_groups_cut_the_trie_order():
+    net = tiny_snnet().eval()
+    from snnet_core.prefix_trie import stitch_groups
+
+    groups = stitch_groups(net, net.space.ids, 4)
+    assert [len(g) for g in groups] == [4, 4, 4, 2]
+    with torch.no_grad():
+        trie_order = [sid for sid, _ in run_stitches(net, torch.zeros(1, 3, 32, 32), with_features=False)]
+    assert [sid for g in groups for sid in g] == trie_order
+    with pytest.raises(ValueError, match="group size must be >= 1"):
+        stitch_groups(net, net.space.ids, 0)

@@ -27,9 +27,9 @@ from snnet_core import FlopsTable, ResourceConstrainedSampler, evaluate_stitches
 from snnet_core.atomic_io import write_atomic
 from snnet_core.checkpoint import describe_load_error
 from snnet_core.latency import LATENCY_COLUMN, time_stitches
+from snnet_core.prefix_trie import stitch_groups
 from snnet_core.latency_options import LatencyOptions
 from snnet_core.report import RESULTS_FILE, evaluate_stitch_groups, load_results
-from snnet_core.snnet import StitchedViT
 from snnet_core.stitch_space import Stitch
 
 from .distributed import DistContext, broadcast_object, gather_objects
@@ -279,20 +279,6 @@ def time_depth_stitches(model: DPTDepthModel, stitch_ids: Sequence[int], options
                           lambda route: DPTDepthModel(route, model.head, model.patch_size), options.warmup,
                           options.runs, options.amp, options.device)
     return timed.ms
-
-
-def stitch_groups(snnet: StitchedViT, stitch_ids: Sequence[int], group_size: int) -> List[List[int]]:
-    """``stitch_ids`` sorted by route (embedding anchor, then the names of the layers run), so that stitches
-    sharing a route prefix are adjacent, cut into groups of ``group_size`` (the last one may be smaller)."""
-    if group_size < 1:
-        raise ValueError(f"group_size={group_size!r}: a group holds at least one stitch")
-
-    def route(sid: int) -> Tuple:
-        plan = snnet.plan(sid)
-        return (0 if plan.embed is snnet.anchors[0] else 1, *plan.layer_names)
-
-    ordered = sorted(stitch_ids, key=route)
-    return [ordered[i:i + group_size] for i in range(0, len(ordered), group_size)]
 
 
 def _key_parts(run_key: str) -> Dict[str, str]:

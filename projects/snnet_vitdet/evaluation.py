@@ -40,7 +40,7 @@ from snnet_core import (
 from snnet_core.atomic_io import write_json_atomic
 from snnet_core.latency import LATENCY_COLUMN, time_stitches
 from snnet_core.latency_options import LatencyOptions
-from snnet_core.prefix_trie import build_trie
+from snnet_core.prefix_trie import stitch_groups
 from snnet_core.report import RESULTS_FILE, evaluate_stitch_groups, plot_metric_vs_gflops
 
 from .backbone import StitchedViTDetBackbone
@@ -277,22 +277,6 @@ def time_detector_stitches(model: GeneralizedRCNN, stitch_ids: Sequence[int], op
     return timed.ms
 
 
-def stitch_groups(model: GeneralizedRCNN, stitch_ids: Sequence[int], group_size: int) -> List[List[int]]:
-    """``stitch_ids`` in depth-first order of their route-prefix trie, cut into groups of ``group_size``:
-    consecutive stitches share the longest prefixes, so each group keeps most of the sharing."""
-    if group_size < 1:
-        raise ValueError(f"the stitch group size must be >= 1, got {group_size}")
-    order: List[int] = []
-
-    def visit(node) -> None:
-        order.extend(stitch_id for stitch_id, _ in node.ends)
-        for child in node.children.values():
-            visit(child)
-
-    visit(build_trie(stitched_detector_backbone(model).snnet, list(stitch_ids)))
-    return [order[i:i + group_size] for i in range(0, len(order), group_size)]
-
-
 def evaluate_stitch_group(model: GeneralizedRCNN, data_loader, evaluator: DatasetEvaluator,
                           stitch_ids: Sequence[int]) -> Dict[int, Dict[str, float]]:
     """COCO metrics of every stitch of ``stitch_ids`` from one pass over ``data_loader``.
@@ -387,7 +371,7 @@ def stitch_report(
         record = evaluate_stitches(evaluate, todo, space, flops, output_dir, PRIMARY_METRIC, True, run_key, title,
                                    task=RESULTS_TASK, resume=False)  # todo: the same list on every rank
     else:
-        groups = stitch_groups(model, todo, group_size)
+        groups = stitch_groups(stitched_detector_backbone(model).snnet, todo, group_size)
         logger.info("%d stitches in %d groups of up to %d sharing route prefixes", len(todo), len(groups),
                     group_size)
 
