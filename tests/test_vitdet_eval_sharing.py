@@ -16,7 +16,6 @@ from projects.snnet_vitdet import evaluation
 from projects.snnet_vitdet.evaluation import detector_flops_table, stitch_predictions, stitch_report
 from projects.snnet_vitdet.training import StrictDetectionCheckpointer
 from snnet_core import FlopsTable, run_stitches
-from snnet_core.prefix_trie import stitch_groups
 from tests.test_vitdet_train import REPO, TINY, run_main, synthetic, tiny_cfg, tiny_opts  # noqa: F401 (fixture)
 
 SELF_GT = "self_gt_val"
@@ -89,18 +88,6 @@ def test_shared_prefix_predictions_equal_each_stitch_forward(setup):
                     a, b = got.get(field), want.get(field)
                     a, b = (a.tensor, b.tensor) if field == "pred_boxes" else (a, b)
                     assert torch.equal(a, b), (stitch_id, field)
-
-
-def test_stitch_groups_cut_the_trie_order(setup):
-    _, model, _, _ = setup
-    snnet = model.backbone.net.snnet
-    groups = stitch_groups(snnet, snnet.space.ids, 4)
-    assert [len(g) for g in groups] == [4, 4, 4, 2]
-    with torch.no_grad():  # the order run_stitches evaluates them in
-        trie_order = [sid for sid, _ in run_stitches(snnet, torch.zeros(1, 3, 32, 32), with_features=False)]
-    assert [sid for g in groups for sid in g] == trie_order
-    with pytest.raises(ValueError, match="group size must be >= 1"):
-        stitch_groups(snnet, snnet.space.ids, 0)
 
 
 def test_grouped_report_equals_the_per_stitch_loop(setup, tmp_path):
