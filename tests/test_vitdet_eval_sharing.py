@@ -15,7 +15,7 @@ from detectron2.config import instantiate
 from projects.snnet_vitdet import evaluation
 from projects.snnet_vitdet.evaluation import detector_flops_table, stitch_predictions, stitch_report
 from projects.snnet_vitdet.training import StrictDetectionCheckpointer
-from snnet_core import FlopsTable, run_stitches
+from snnet_core import FlopsTable
 from tests.test_vitdet_train import REPO, TINY, run_main, synthetic, tiny_cfg, tiny_opts  # noqa: F401 (fixture)
 
 SELF_GT = "self_gt_val"
