@@ -22,7 +22,7 @@ how many Pareto-frontier stitches lie above the line joining the anchors, and th
 accuracy-budget curve (best network under a FLOPs budget, averaged over budgets from the small to the large
 anchor) against what the two separately trained anchors alone give. Verdicts are printed with their numbers.
 
-Run ``python benchmarks/digits_stitching.py`` (one thread; about 30 minutes). It writes
+Run ``python benchmarks/digits_stitching.py`` (19 minutes on one thread of a shared 2-core machine). It writes
 ``benchmarks/results/digits/{summary.json,summary.md,frontier.png}``. The fast version is
 ``tests/test_digits_stitching.py``, which runs these functions with tiny settings.
 """
