@@ -63,12 +63,12 @@ demo: install
 	$(PY) projects/snnet_vitdet/train_net.py --config-file $$cfg --eval-only --stitch all \
 	  train.output_dir=$$out train.init_checkpoint=$$out/model_final.pth; \
 	$(PY) projects/snnet_vitdet/demo.py --config-file $$cfg --weights $$out/model_final.pth --stitch 5 \
-	  --input output/synthetic_coco/val/000001.png --output $$out/demo; \
+	  --input output/synthetic_coco/val/000002.png --confidence-threshold 0.3 --output $$out/demo; \
 	cat output/dpt_demo/stitch_eval/stitch_report.md $$out/stitch_report_synthetic_shapes_val/stitch_report.md; \
 	echo; echo "depth report:     output/dpt_demo/stitch_eval/stitch_report.{md,csv,png} (exported stitch 5: output/dpt_demo/stitch_5_dpt.pth)"; \
 	echo "depth prediction: output/dpt_demo/predict/rgb_00002_depth.{png,npy}"; \
 	echo "detection report: $$out/stitch_report_synthetic_shapes_val/stitch_report.{md,csv,png}"; \
-	echo "detection demo:   $$out/demo/000001.png"
+	echo "detection demo:   $$out/demo/000002.png"
 
 bench: install
 	set -e; for script in benchmarks/bench_*.py; do echo "== $$script"; $(PY) $$script; done
