@@ -41,25 +41,7 @@ from projects.snnet_dpt.model import DPTDepthModel
 from projects.snnet_dpt.transforms import PIXEL_MEAN, PIXEL_STD
 from snnet_core import StitchedViT
 from snnet_core.atomic_io import write_atomic
-
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
-
-
-def list_images(inputs: Sequence[str]) -> List[str]:
-    """Image files named by ``inputs`` (files, or folders whose image files are taken in sorted order)."""
-    paths: List[str] = []
-    for item in inputs:
-        if os.path.isdir(item):
-            found = sorted(os.path.join(item, n) for n in os.listdir(item) if n.lower().endswith(IMAGE_EXTENSIONS))
-            if not found:
-                raise FileNotFoundError(f"folder {item!r} holds no image ({', '.join(IMAGE_EXTENSIONS)})")
-            paths += found
-        elif os.path.isfile(item):
-            paths.append(item)
-        else:
-            raise FileNotFoundError(f"input {item!r} is neither an image file nor a folder")
-    return paths
-
+from snnet_core.images import list_images
 
 def read_rgb(path: str) -> np.ndarray:
     """``(H, W, 3)`` uint8 RGB; ``ValueError`` naming the file if it is not an image OpenCV can decode."""

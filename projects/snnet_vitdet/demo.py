@@ -46,28 +46,10 @@ from projects.snnet_vitdet.export import StitchViTDetBackbone
 from projects.snnet_vitdet.training import StrictDetectionCheckpointer, stitched_backbone
 from snnet_core import best_under_budget
 from snnet_core.atomic_io import write_atomic
+from snnet_core.images import list_images
 from snnet_core.select import choose_stitch, read_report
 
 logger = logging.getLogger("projects.snnet_vitdet.demo")
-
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
-
-
-def list_images(inputs: Sequence[str]) -> List[str]:
-    """Image files named by ``inputs`` (files, or folders whose image files are taken in sorted order)."""
-    paths: List[str] = []
-    for item in inputs:
-        if os.path.isdir(item):
-            found = sorted(os.path.join(item, n) for n in os.listdir(item) if n.lower().endswith(IMAGE_EXTENSIONS))
-            if not found:
-                raise FileNotFoundError(f"folder {item!r} holds no image ({', '.join(IMAGE_EXTENSIONS)})")
-            paths += found
-        elif os.path.isfile(item):
-            paths.append(item)
-        else:
-            raise FileNotFoundError(f"input {item!r} is neither an image file nor a folder")
-    return paths
-
 
 def read_input(path: str, fmt: str) -> np.ndarray:
     """``(H, W, 3)`` uint8 in the model's ``fmt`` (``"RGB"``/``"BGR"``); ``ValueError`` naming an unreadable file."""
