@@ -334,6 +334,9 @@ def setup(args):
 
 
 def main(args) -> Optional[Dict]:
+    if not args.eval_only and (args.stitch is not None or args.export_stitch is not None or args.measure_latency):
+        raise ValueError("--stitch, --export-stitch and --measure-latency act on a trained model: add --eval-only "
+                         "and train.init_checkpoint=PATH")
     cfg = setup(args)
     register_coco_json_datasets(cfg.get("datasets", {}).get("coco_json", {}))
     check_dataset_files(dataset_names(cfg.dataloader.test) + ([] if args.eval_only else
@@ -352,9 +355,6 @@ def main(args) -> Optional[Dict]:
         if stitched_backbone(model) is None:
             return do_test(cfg, model)
         return report
-    if args.stitch is not None or args.export_stitch is not None or args.measure_latency:
-        raise ValueError("--stitch, --export-stitch and --measure-latency act on a trained model: add --eval-only "
-                         "and train.init_checkpoint=PATH")
     do_train(args, cfg)
     return None
 
