@@ -292,6 +292,8 @@ def evaluate_stitch_groups(
     with file_lock(path):  # the report of everything merged so far; the lock orders concurrent reports
         record = _open_record(path, run_key, task, primary_metric, higher_is_better)
         write_report(record, output_dir, title)
+    logger.info("per-stitch report of %d stitches: %s (%s, stitch_report.csv/.md/.png)", len(record["stitches"]),
+                output_dir, RESULTS_FILE)
     return record
 
 
@@ -381,6 +383,8 @@ def plot_metric_vs_gflops(rows: Mapping[int, Mapping], frontier: Sequence[int], 
     front = [(rows[i][cost], rows[i][metric]) for i in frontier]
     if front:
         ax.plot(*zip(*front), color="black", lw=1.2, label="Pareto frontier")
+        for i, point in zip(frontier, front):  # frontier stitches by id, to read off the plot
+            ax.annotate(str(i), point, xytext=(3, 3), textcoords="offset points", fontsize=7)
     anchors = [(r[cost], r[metric]) for r in ranked if r["type"] == "anchor"]
     if anchors:
         ax.scatter(*zip(*anchors), marker="*", s=220, color="gold", edgecolor="black", zorder=5, label="anchors")

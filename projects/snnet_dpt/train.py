@@ -423,7 +423,7 @@ def run(cfg: Dict[str, Any], args: argparse.Namespace, ctx: DistContext) -> Dict
     barrier(ctx)
     if not ctx.is_main:
         flops = depth_flops_table(model, eval_size, cache_dir=output_dir)
-    logger.info("%d stitches, %.1f-%.1f GFLOPs at %dx%d (DPT head %.1f GFLOPs)", len(space), min(flops.gflops.values()),
+    logger.info("%d stitches, %.4g-%.4g GFLOPs at %dx%d (DPT head %.4g GFLOPs)", len(space), min(flops.gflops.values()),
                 max(flops.gflops.values()), *eval_size, flops.head_gflops)
     if training:
         result = train(model, spec, cfg, recipe, train_frames, ctx, flops, resume_path)

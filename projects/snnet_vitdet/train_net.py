@@ -303,7 +303,8 @@ def do_stitch_report(args, cfg, model: torch.nn.Module, iteration: Optional[int]
     group_size = cfg.snnet.eval_group_size if cfg.snnet.eval_share_prefixes else None
     record = stitch_report(model, backbone.set_stitch, build_test_loader(cfg),
                            instantiate(cfg.dataloader.evaluator), stitch_ids, backbone.space, table, report_dir,
-                           run_key, group_size=group_size, latency=latency)
+                           run_key, group_size=group_size, latency=latency,
+                           title=f"SN-Netv2 Mask R-CNN (ViTDet), GFLOPs at {table.input_size[0]}x{table.input_size[1]}")
     if latency is not None and comm.is_main_process():
         write_latency_info(report_dir, latency.info())
         record = load_results(report_dir)
