@@ -1,5 +1,8 @@
 """SN-Netv2 stitching engine: stitch space, stitching layers (LS init, LoRA SL), stitched ViT forward with
 dense features, FLOPs table, ROS sampler, selection/export, per-stitch evaluation and report."""
+import warnings
+
+warnings.filterwarnings("ignore", message="`torch.jit.script` is deprecated", category=FutureWarning)  # fvcore
 from .anchors import build_anchor, check_anchor_pair, load_anchor_checkpoint, read_state_dict
 from .checkpoint import load_snnet, save_snnet
 from .export import ExportedStitch, export_stitch

@@ -20,10 +20,12 @@ from __future__ import annotations
 
 import os
 import sys
+import warnings
 
 # run as a script, the repository's packages (snnet_core, projects, datasets) are imported from the
 # checkout: only snnet_core is installed, so that `projects`/`datasets` shadow nothing elsewhere
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+warnings.filterwarnings("ignore", message="`torch.jit.script` is deprecated", category=FutureWarning)  # fvcore
 
 import argparse
 import json

@@ -20,10 +20,12 @@ from __future__ import annotations
 
 import os
 import sys
+import warnings
 
 # run as a script, the repository's packages (snnet_core, projects, datasets) are imported from the
 # checkout: only snnet_core is installed, so that `projects`/`datasets` shadow nothing elsewhere
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+warnings.filterwarnings("ignore", message="`torch.jit.script` is deprecated", category=FutureWarning)  # fvcore
 # detectron2's builtin datasets (coco_2017_*) live under $DETECTRON2_DATASETS; its default, ./datasets, is this
 # repository's generator package, so real data goes to ./data (as for NYUv2) unless the variable is set
 os.environ.setdefault("DETECTRON2_DATASETS", "data")
