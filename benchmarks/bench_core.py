@@ -26,8 +26,9 @@ from typing import List, Tuple
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from snnet_core import (StitchedViT, build_anchor, build_flops_table, count_gflops,  # noqa: E402
-                        ls_init_stitching_layers, prefix_sharing_cost, run_stitches)
+from snnet_core import (StitchedViT, build_anchor, build_flops_table, ls_init_stitching_layers,  # noqa: E402
+                        prefix_sharing_cost, run_stitches)
+from snnet_core.prefix_trie import route_step_gflops  # noqa: E402
 from snnet_core.route import embed_images  # noqa: E402
 
 FAST, SLOW = "deit3_small_patch16_224", "deit3_large_patch16_224"
@@ -154,14 +155,7 @@ def flops_table_timing() -> None:
 @torch.no_grad()
 def prefix_sharing(size: Tuple[int, int], time_size: Tuple[int, int], repeats: int) -> None:
     net = build_snnet()
-    x = torch.randn(1, 3, *size)
-    tokens = {a: embed_images(anchor, x)[0] for a, anchor in enumerate(net.anchors)}
-    cost = {f"anchors.{a}.embed": count_gflops(anchor.patch_embed, (x,)) for a, anchor in enumerate(net.anchors)}
-    cost.update({f"anchors.{a}.blocks": count_gflops(anchor.blocks[0], (tokens[a],))
-                 for a, anchor in enumerate(net.anchors)})
-    cost["stitch_s2l"] = count_gflops(net.stitch_s2l[0].merged(), (tokens[0],))
-    cost["stitch_l2s"] = count_gflops(net.stitch_l2s[0].merged(), (tokens[1],))
-    shared, naive = prefix_sharing_cost(net, lambda name: cost[name if name.endswith("embed") else name.rsplit(".", 1)[0]])
+    shared, naive = prefix_sharing_cost(net, route_step_gflops(net, size))
     print(f"\n[4] shared route prefixes, all {len(net.space)} stitches of DeiT3-S/L")
     print(f"backbone GFLOPs at {size[0]}x{size[1]}: {shared:.0f} with sharing / {naive:.0f} stitch by stitch "
           f"= {shared / naive:.3f} (target <= 0.40)")

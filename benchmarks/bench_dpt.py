@@ -35,14 +35,13 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from projects.snnet_dpt.distributed import DistContext  # noqa: E402
 from projects.snnet_dpt.engine import build_optimizer, evaluate_stitch_report  # noqa: E402
-from snnet_core.prefix_trie import stitch_groups  # noqa: E402
+from snnet_core.prefix_trie import route_step_gflops, stitch_groups  # noqa: E402
 from projects.snnet_dpt.export import export_depth_model  # noqa: E402
 from projects.snnet_dpt.loss import SILogLoss  # noqa: E402
 from projects.snnet_dpt.model import DPTDepthModel, ModelSpec, build_model, depth_flops_table  # noqa: E402
 from projects.snnet_dpt.train import DEFAULT_CONFIG, load_config, recipe_from_config  # noqa: E402
-from snnet_core import (ResourceConstrainedSampler, StitchedViT, build_flops_table, count_gflops,  # noqa: E402
+from snnet_core import (ResourceConstrainedSampler, build_flops_table, count_gflops,  # noqa: E402
                         prefix_sharing_cost)
-from snnet_core.route import embed_images  # noqa: E402
 from snnet_core.atomic_io import write_atomic  # noqa: E402
 
 PAPER_SETR_512 = {"DeiT3-S": 32.0, "DeiT3-L": 363.0}  # Table 1 FLOPs (G), SETR naive head, 512x512
@@ -151,19 +150,6 @@ def training_section(model: DPTDepthModel, table, size, batch: int, samples: int
         print(f"{sid:>4} {stitch.kind:<6} {stitch.route:<32} {table.gflops[sid]:>14.1f} {inside:>9.2f} "
               f"{alone:>8.2f} {ratios[-1]:>6.3f}")
     print(f"median ratio SN-Net / alone: {statistics.median(ratios):.3f}")
-
-
-def route_step_gflops(snnet: StitchedViT, size: Tuple[int, int]) -> Callable[[str], float]:
-    """``cost(step name)`` for ``prefix_sharing_cost``: GFLOPs of an embedding, a block of each anchor, a
-    stitching layer (LoRA merged) at ``size``, counted by fvcore on one module of each kind."""
-    x = torch.zeros(1, 3, *size)
-    tokens = {a: embed_images(anchor, x)[0] for a, anchor in enumerate(snnet.anchors)}
-    cost = {f"anchors.{a}.embed": count_gflops(anchor.patch_embed, (x,)) for a, anchor in enumerate(snnet.anchors)}
-    cost.update({f"anchors.{a}.blocks": count_gflops(anchor.blocks[0], (tokens[a],))
-                 for a, anchor in enumerate(snnet.anchors)})
-    cost["stitch_s2l"] = count_gflops(snnet.stitch_s2l[0].merged(), (tokens[0],))
-    cost["stitch_l2s"] = count_gflops(snnet.stitch_l2s[0].merged(), (tokens[1],))
-    return lambda name: cost[name if name.endswith("embed") else name.rsplit(".", 1)[0]]
 
 
 class _StageProbe(torch.nn.Module):

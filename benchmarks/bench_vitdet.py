@@ -49,9 +49,8 @@ from projects.snnet_vitdet.evaluation import (  # noqa: E402
     evaluate_model,
     evaluate_stitch_group,
 )
-from snnet_core import count_gflops, export_stitch, prefix_sharing_cost  # noqa: E402
-from snnet_core.prefix_trie import stitch_groups  # noqa: E402
-from snnet_core.route import embed_images  # noqa: E402
+from snnet_core import export_stitch, prefix_sharing_cost  # noqa: E402
+from snnet_core.prefix_trie import route_step_gflops, stitch_groups  # noqa: E402
 
 CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
                       "projects", "snnet_vitdet", "configs", "COCO", "mask_rcnn_snnetv2_deit3_s_l_100ep.py")
@@ -205,31 +204,9 @@ def training_section(table, size: int, repeats: int) -> dict:
 
 
 def backbone_step_gflops(backbone: StitchedViTDetBackbone, size: int) -> Callable[[str], float]:
-    """``cost(name)``: GFLOPs at ``size``x``size`` of a route step (``anchors.A.embed``, ``anchors.A.blocks.i``,
-    ``stitch_s2l.k``, ``stitch_l2s.k``), counted with fvcore once per kind (anchor x windowed/global block)."""
+    """``cost(route step name)`` at ``size``x``size`` (``route_step_gflops``), windowed and global blocks apart."""
     snnet = backbone.snnet
-    images = torch.zeros(1, 3, size, size)
-    tokens = [embed_images(anchor, images)[0] for anchor in snnet.anchors]  # also sets the windows' grid
-    embed = [count_gflops(anchor.patch_embed, (images,)) for anchor in snnet.anchors]
-    blocks: Dict[tuple, float] = {}
-
-    def block(a: int, i: int) -> float:
-        key = (a, snnet.anchors[a].blocks[i].attn.window_size)
-        if key not in blocks:
-            blocks[key] = count_gflops(snnet.anchors[a].blocks[i], (tokens[a],))
-        return blocks[key]
-
-    layers = {"stitch_s2l": count_gflops(snnet.stitch_s2l[0].merged(), (tokens[0],)),
-              "stitch_l2s": count_gflops(snnet.stitch_l2s[0].merged(), (tokens[1],))}
-
-    def cost(name: str) -> float:
-        parts = name.split(".")
-        if parts[0] in layers:
-            return layers[parts[0]]
-        return embed[int(parts[1])] if parts[2] == "embed" else block(int(parts[1]), int(parts[3]))
-
-    return cost
-
+    return route_step_gflops(snnet, (size, size), lambda a, i: snnet.anchors[a].blocks[i].attn.window_size)
 
 def synthetic_test_loader(root: str, num_images: int, size: int):
     """``num_images`` synthetic COCO-format shapes of ``size`` px (``datasets/make_synthetic_coco.py``, seed 0),

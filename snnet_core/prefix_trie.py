@@ -12,11 +12,12 @@ order).
 from __future__ import annotations
 
 import dataclasses
-from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, Hashable, Iterator, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn as nn
 
+from .flops import count_gflops
 from .route import RouteOutput, RoutePlan, Tap, classify, embed_images
 from .snnet import StitchedViT
 
@@ -117,6 +118,35 @@ def prefix_sharing_cost(
         plan = net.plan(sid)
         naive += cost(_embed_name(plan, net)) + sum(cost(name) for name in plan.layer_names)
     return shared, naive
+
+
+def route_step_gflops(
+    net: StitchedViT, size: Tuple[int, int], block_kind: Callable[[int, int], Hashable] = lambda anchor, index: 0
+) -> Callable[[str], float]:
+    """``cost(step name)`` for ``prefix_sharing_cost``: fvcore GFLOPs at input ``size`` of an embedding, a block
+    and a stitching layer (LoRA merged). Blocks are counted once per anchor and ``block_kind(anchor, index)``
+    (default: all blocks of an anchor cost the same; e.g. ViTDet keys windowed and global blocks apart)."""
+    images = torch.zeros(1, 3, *size)
+    tokens = [embed_images(anchor, images)[0] for anchor in net.anchors]
+    embed = [count_gflops(anchor.patch_embed, (images,)) for anchor in net.anchors]
+    layers = {"stitch_s2l": count_gflops(net.stitch_s2l[0].merged(), (tokens[0],)),
+              "stitch_l2s": count_gflops(net.stitch_l2s[0].merged(), (tokens[1],))}
+    blocks: Dict[Tuple[int, Hashable], float] = {}
+
+    def cost(name: str) -> float:
+        parts = name.split(".")
+        if parts[0] in layers:
+            return layers[parts[0]]
+        anchor = int(parts[1])
+        if parts[2] == "embed":
+            return embed[anchor]
+        index = int(parts[3])
+        key = (anchor, block_kind(anchor, index))
+        if key not in blocks:
+            blocks[key] = count_gflops(net.anchors[anchor].blocks[index], (tokens[anchor],))
+        return blocks[key]
+
+    return cost
 
 
 def stitch_groups(net: StitchedViT, stitch_ids: Sequence[int], group_size: int) -> List[List[int]]:

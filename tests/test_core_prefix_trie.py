@@ -6,6 +6,7 @@ import torch
 
 from snnet_core import StitchedViT, build_anchor
 from snnet_core.prefix_trie import build_trie, classify_stitches, prefix_sharing_cost, run_stitches
+from snnet_core.route import embed_images
 from tests.conftest import tiny_snnet
 
 
@@ -98,3 +99,23 @@ def test_stitch_groups_cut_the_trie_order():
     assert [sid for g in groups for sid in g] == trie_order
     with pytest.raises(ValueError, match="group size must be >= 1"):
         stitch_groups(net, net.space.ids, 0)
+
+
+def test_route_step_gflops_counts_each_kind_of_step_once(monkeypatch):
+    import snnet_core.prefix_trie as prefix_trie
+    from snnet_core import count_gflops
+    from snnet_core.prefix_trie import route_step_gflops
+
+    net = tiny_snnet().eval()
+    x = torch.zeros(1, 3, 48, 32)
+    tokens = [embed_images(anchor, x)[0] for anchor in net.anchors]
+    counted = []
+    monkeypatch.setattr(prefix_trie, "count_gflops", lambda m, i: counted.append(m) or count_gflops(m, i))
+    cost = route_step_gflops(net, (48, 32), block_kind=lambda anchor, index: index % 2)
+    assert cost("anchors.1.embed") == count_gflops(net.anchors[1].patch_embed, (x,))
+    assert cost("stitch_l2s.3") == count_gflops(net.stitch_l2s[0].merged(), (tokens[1],))
+    assert cost("anchors.0.blocks.2") == count_gflops(net.anchors[0].blocks[2], (tokens[0],)) > 0
+    before = len(counted)
+    cost("anchors.0.blocks.0"), cost("anchors.0.blocks.3"), cost("anchors.0.blocks.1")
+    assert len(counted) == before + 1  # blocks 0 and 2 share a kind; 1 and 3 are counted once
+
