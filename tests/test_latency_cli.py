@@ -21,6 +21,7 @@ from snnet_core import export_stitch, select
 from snnet_core.latency import LATENCY_COLUMN, LATENCY_KEY, device_name
 from snnet_core.latency_options import add_latency_arguments, latency_options
 from snnet_core.report import LATENCY_PLOT, RESULTS_FILE
+from tests.test_dpt_train import cli_args as depth_cli_args
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = os.path.join(REPO, "projects", "snnet_vitdet", "configs", "synthetic", "mask_rcnn_snnetv2_tiny.py")
@@ -165,7 +166,6 @@ def test_detection_latency_errors(detector, tmp_path):
 
 
 # --- depth -------------------------------------------------------------------------------------------
-DPT_TINY = os.path.join(REPO, "projects", "snnet_dpt", "configs", "synthetic", "dpt_snnetv2_tiny.py")
 
 
 @pytest.fixture(scope="module")
@@ -176,11 +176,9 @@ def nyu_root(tmp_path_factory):
 
 
 def run_depth(nyu_root, output_dir, *flags, opts=()):
-    """train.py on the tiny config at 64x80 (1 epoch when training), flags before the overrides."""
-    return dpt_train.main(["--config-file", DPT_TINY, *flags, f"dataloader.root={nyu_root}",
-                           "dataloader.eval_size=[64,80]", "dataloader.augmentation.crop_size=[48,64]",
-                           "train.batch_size=2", "train.epochs=1", "train.ls_init_images=2",
-                           "train.loss_warmup_iters=2", f"train.output_dir={output_dir}", *opts])
+    """train.py on the tiny config at 64x80 (``test_dpt_train.cli_args``), 1 epoch when training."""
+    return dpt_train.main(depth_cli_args(nyu_root, output_dir, *flags, opts=[
+        "train.epochs=1", "train.ls_init_images=2", "train.loss_warmup_iters=2", *opts]))
 
 
 def test_depth_training_and_eval_only_measure_latency_per_stitch(nyu_root, tmp_path):
