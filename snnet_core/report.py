@@ -25,6 +25,7 @@ import os
 from typing import Callable, Dict, List, Mapping, Optional, Sequence
 
 from tqdm import tqdm
+from tqdm.contrib.logging import logging_redirect_tqdm
 
 from .atomic_io import file_lock, remove_stale_temporaries, write_atomic, write_json_atomic
 from .flops import FlopsTable
@@ -271,30 +272,59 @@ def evaluate_stitch_groups(
     todo_groups = [g for g in ([s for s in group if not (resume and str(s) in record["stitches"])]
                                for group in todo_groups) if g]
     bar = tqdm(total=sum(map(len, todo_groups)), desc="evaluating stitches", unit="stitch", disable=not progress)
-    for group in todo_groups:
-        results = evaluate_group(list(group))
-        if set(results) != set(group):
-            raise KeyError(f"evaluate_group({group}) returned the stitches {sorted(results)}: it must return exactly "
-                           "the stitches it is given")
-        rows = [_result_row(space, flops, sid, results[sid], primary_metric) for sid in group]
-        with file_lock(path):
-            record = _open_record(path, run_key, task, primary_metric, higher_is_better)
-            for row in rows:
-                known = metric_names(record)
-                metrics = [k for k in row if k not in FIXED_COLUMNS]
-                if known and set(known) != set(metrics):
-                    raise RuntimeError(f"evaluate({row['id']}) returned the metrics {sorted(metrics)}, but {path} "
-                                       f"holds rows with {sorted(known)}; evaluate into a new output directory")
-                record["stitches"][str(row["id"])] = row
-            write_json_atomic(path, record)
-        bar.update(len(group))
+    with logging_redirect_tqdm([logging.root, logging.getLogger("snnet_core")]):  # per-stitch lines above the bar
+        for group in todo_groups:
+            _evaluate_and_merge(evaluate_group, group, space, flops, path, run_key, task, primary_metric,
+                                higher_is_better)
+            bar.update(len(group))
     bar.close()
     with file_lock(path):  # the report of everything merged so far; the lock orders concurrent reports
         record = _open_record(path, run_key, task, primary_metric, higher_is_better)
-        write_report(record, output_dir, title)
+        frontier = write_report(record, output_dir, title)
+    for line in frontier_lines(record, frontier):
+        logger.info(line)
     logger.info("per-stitch report of %d stitches: %s (%s, stitch_report.csv/.md/.png)", len(record["stitches"]),
                 output_dir, RESULTS_FILE)
     return record
+
+
+def _evaluate_and_merge(evaluate_group, group: List[int], space: StitchSpace, flops: FlopsTable, path: str,
+                        run_key: str, task: Optional[str], primary_metric: str, higher_is_better: bool) -> None:
+    """Evaluate one group, merge its rows into the results file under its lock and log a line per stitch."""
+    results = evaluate_group(list(group))
+    if set(results) != set(group):
+        raise KeyError(f"evaluate_group({group}) returned the stitches {sorted(results)}: it must return exactly "
+                       "the stitches it is given")
+    rows = [_result_row(space, flops, sid, results[sid], primary_metric) for sid in group]
+    with file_lock(path):
+        record = _open_record(path, run_key, task, primary_metric, higher_is_better)
+        for row in rows:
+            known = metric_names(record)
+            metrics = [k for k in row if k not in FIXED_COLUMNS]
+            if known and set(known) != set(metrics):
+                raise RuntimeError(f"evaluate({row['id']}) returned the metrics {sorted(metrics)}, but {path} "
+                                   f"holds rows with {sorted(known)}; evaluate into a new output directory")
+            record["stitches"][str(row["id"])] = row
+        write_json_atomic(path, record)
+    for row in rows:
+        logger.info("stitch %s", row_summary(row, primary_metric))
+
+
+def row_summary(row: Mapping, primary_metric: str, extra_metrics: int = 3) -> str:
+    """One line for a results row: id, route type, route, GFLOPs, the primary metric and up to
+    ``extra_metrics`` more, e.g. ``5 SF L[0:2] -> S[1:4] | 0.268 GFLOPs | a1 0.692, a2 0.913, ...``."""
+    names = [primary_metric] + [k for k in row if k not in FIXED_COLUMNS and k != primary_metric][:extra_metrics]
+    values = ", ".join(f"{k} {'n/a' if row[k] is None else format(row[k], '.4g')}" for k in names)
+    return f"{row['id']:>3} {row['type']:<6} {row['route']:<28} | {row['gflops']:.4g} GFLOPs | {values}"
+
+
+def frontier_lines(record: Mapping, frontier: Sequence[int]) -> List[str]:
+    """The Pareto frontier of a results record as log lines: a heading, then one ``row_summary`` per stitch on
+    the frontier, cheapest first."""
+    primary, rows = record["primary_metric"], record["stitches"]
+    lines = [f"Pareto frontier on {primary} ({len(frontier)} of {len(rows)} stitches, cheapest first):"]
+    ordered = sorted((rows[str(i)] for i in frontier), key=lambda r: (r["gflops"], r["id"]))
+    return lines + ["  " + row_summary(r, primary) for r in ordered]
 
 
 def _result_row(space: StitchSpace, flops: FlopsTable, sid: int, values: Mapping[str, float],

@@ -358,3 +358,20 @@ def test_groups_merge_the_rows_of_the_one_by_one_loop_and_an_interruption_loses_
     with pytest.raises(KeyError, match="unknown stitch id 999"):
         evaluate_stitch_groups(lambda ids: 1 / 0, [[1], [999]], SPACE, table(), str(tmp_path / "bad"), "acc",
                                progress=False)
+
+
+def test_console_gets_one_line_per_stitch_then_the_frontier(tmp_path, caplog):
+    caplog.set_level("INFO", logger="snnet_core")
+    record = evaluate_stitch_groups(lambda ids: {s: fake_metric(s) for s in ids}, [[0, 5, 9], [1]], SPACE, table(),
+                                    str(tmp_path), "acc", run_key="m1", progress=False)
+    lines = [r.getMessage() for r in caplog.records if r.name == "snnet_core.report"]
+    per_stitch = [line for line in lines if line.startswith("stitch ")]
+    assert len(per_stitch) == 4
+    row = record["stitches"]["5"]
+    assert per_stitch[1] == (f"stitch   5 {row['type']:<6} {row['route']:<28} | {row['gflops']:.4g} GFLOPs | "
+                             f"acc {row['acc']:.4g}, loss {row['loss']:.4g}")
+    frontier = pareto_frontier({s: record["stitches"][str(s)]["gflops"] for s in (0, 1, 5, 9)},
+                               {s: record["stitches"][str(s)]["acc"] for s in (0, 1, 5, 9)})
+    heading = lines.index(f"Pareto frontier on acc ({len(frontier)} of 4 stitches, cheapest first):")
+    listed = [int(line.split()[0]) for line in lines[heading + 1:heading + 1 + len(frontier)]]
+    assert listed == sorted(frontier, key=lambda s: record["stitches"][str(s)]["gflops"])

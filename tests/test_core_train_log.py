@@ -1,0 +1,36 @@
+"""Training-log helpers shared by both projects: loss names per route type, metrics.json trimming on resume."""
+import json
+
+import pytest
+
+from snnet_core import StitchSpace
+from snnet_core.train_log import route_loss_name, trim_metrics_log
+
+
+def test_every_route_type_and_each_anchor_gets_its_own_loss_curve():
+    space = StitchSpace(4, 8)
+    names = {space[s].kind if space[s].kind != "anchor" else s: route_loss_name(space[s]) for s in space.ids}
+    assert names[0] == "route_loss/fast_anchor" and names[1] == "route_loss/slow_anchor"
+    assert {names[k] for k in ("FS", "SF", "FSF", "SFS")} == {f"route_loss/{k}" for k in ("FS", "SF", "FSF", "SFS")}
+
+
+def write_log(path, iterations, tail=b""):
+    path.write_bytes(b"".join(json.dumps({"iteration": i, "loss": 0.5}).encode() + b"\n" for i in iterations) + tail)
+
+
+def test_trim_drops_lines_at_and_after_the_resume_iteration(tmp_path):
+    log = tmp_path / "metrics.json"
+    write_log(log, [9, 19, 29, 39])
+    assert trim_metrics_log(str(log), 20) == 2
+    assert [json.loads(line)["iteration"] for line in log.read_text().splitlines()] == [9, 19]
+    assert trim_metrics_log(str(log), 20) == 0 and trim_metrics_log(str(tmp_path / "absent.json"), 0) == 0
+
+
+def test_trim_drops_a_last_line_cut_by_a_kill_and_refuses_damage_before_it(tmp_path):
+    log = tmp_path / "metrics.json"
+    write_log(log, [9, 19], tail=b'{"iteration": 29, "lo')
+    assert trim_metrics_log(str(log), 100) == 1
+    assert log.read_text().count("\n") == 2 and log.read_text().endswith("\n")
+    write_log(log, [9], tail=b"garbage\n" + json.dumps({"iteration": 19}).encode() + b"\n")
+    with pytest.raises(ValueError, match=r"metrics.json:2 is not a line of a metrics log"):
+        trim_metrics_log(str(log), 100)
