@@ -38,8 +38,9 @@ from dataclasses import dataclass
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from .latency import LATENCY_COLUMN, LATENCY_KEY
-from .report import RESULTS_FILE, metric_names, read_results
+from .report import RESULTS_FILE, metric_names, read_results, select_stitches
 from .selection import best_under_budget, has_finite_value, pareto_frontier
+from .stitch_space import StitchSpace
 
 HIGHER_IS_BETTER = frozenset({"a1", "a2", "a3"})
 LOWER_IS_BETTER = frozenset({"abs_rel", "sq_rel", "rmse", "rmse_log", "log10", "silog"})
@@ -164,6 +165,33 @@ def choose_stitch(
         raise SelectionError(_nothing_fits(source, rows, cost, values, metric, cost_column, budget)) from exc
     return Choice(source, record.get("task"), len(rows), metric, higher, cost_column, budget, rows[best],
                   [rows[k] for k in pareto_frontier(cost, values, higher)], record.get(LATENCY_KEY))
+
+
+def resolve_export_selection(selection: str, space: StitchSpace, report: Optional[str] = None,
+                             task: Optional[str] = None) -> List[int]:
+    """Stitch ids of a project's ``--export-stitch``: ``ID[,ID...]``, ``pareto`` (the Pareto frontier of the
+    per-stitch report ``report``, a directory or its results file) or ``best:G`` (the best stitch of ``report``
+    within G GFLOPs, as ``python -m snnet_core.select REPORT --max-gflops G`` chooses it). A report of another
+    ``task`` is refused."""
+    selection = selection.strip()
+    results = os.path.join(report, RESULTS_FILE) if report and os.path.isdir(report) else report
+    if selection.startswith("best:"):
+        try:
+            budget = float(selection[len("best:"):])
+        except ValueError:
+            raise ValueError(f"--export-stitch {selection!r}: give best:G with G a number of GFLOPs, e.g. "
+                             "best:500") from None
+        if report is None:
+            raise ValueError(f"--export-stitch {selection}: needs the per-stitch report to choose from "
+                             "(--eval-only --stitch all writes it)")
+        source, record = read_report(report)
+        if task is not None and record.get("task") not in (None, task):
+            raise SelectionError(f"{source} is a {record['task']} report, not a {task} one: give the report of "
+                                 "this model's per-stitch evaluation")
+        chosen = int(choose_stitch(record, source, max_gflops=budget).chosen["id"])
+        space[chosen]  # a report of another SN-Net may name a stitch this one lacks: KeyError naming the ids
+        return [chosen]
+    return select_stitches(selection, space, pareto_source=results, task=task)
 
 
 def _nothing_fits(source: str, rows: Mapping[int, Mapping], cost: Mapping[int, float],

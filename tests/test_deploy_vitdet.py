@@ -16,7 +16,8 @@ from datasets.make_synthetic_coco import make_synthetic_coco
 from projects.snnet_vitdet import demo
 from projects.snnet_vitdet.backbone import StitchedViTDetBackbone
 from projects.snnet_vitdet.evaluation import RESULTS_TASK, detector_flops_table
-from projects.snnet_vitdet.export import StitchViTDetBackbone, export_detector, resolve_export_selection
+from projects.snnet_vitdet.export import StitchViTDetBackbone, export_detector
+from snnet_core.select import resolve_export_selection
 from snnet_core import evaluate_stitches
 from snnet_core.select import SelectionError
 
@@ -125,6 +126,8 @@ def test_export_selection_ids_pareto_and_best_under_gflops(snnet, tmp_path):
         resolve_export_selection("best:fast", space, str(tmp_path / "report"))
     with pytest.raises(KeyError, match="unknown stitch id 40"):
         resolve_export_selection("40", space)
+    with pytest.raises(SelectionError, match="is a detection report, not a depth one"):
+        resolve_export_selection("best:1e9", space, str(tmp_path / "report"), task="depth")
 
 
 def test_demo_draws_the_detections_of_a_stitch_and_of_an_exported_stitch(snnet, tmp_path):

@@ -15,7 +15,7 @@
 
   and ``train_net.py --eval-only --config-file .../config.yaml`` evaluates it as a plain detector.
 
-``resolve_export_selection("ID[,ID]|pareto|best:G", ...)`` turns ``--export-stitch``'s value into stitch ids.
+``snnet_core.select.resolve_export_selection`` turns ``--export-stitch``'s value into stitch ids.
 """
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ import copy
 import inspect
 import os
 import tempfile
-from typing import Any, Dict, List, Mapping, Optional, Sequence
+from typing import Any, Dict, Mapping, Optional, Sequence
 
 import torch
 import torch.nn as nn
@@ -32,18 +32,15 @@ from detectron2.config import LazyConfig, instantiate
 from detectron2.modeling import Backbone, ShapeSpec
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from snnet_core import ExportedStitch, StitchSpace, build_anchor, export_stitch, select_stitches
+from snnet_core import ExportedStitch, build_anchor, export_stitch
 from snnet_core.anchors import anchor_build
 from snnet_core.atomic_io import write_atomic
 from snnet_core.checkpoint import materialize, plan_from_recipe, recipe_anchors, route_recipe
-from snnet_core.report import RESULTS_FILE
-from snnet_core.select import SelectionError, choose_stitch, read_report
 
 from .backbone import StitchedViTDetBackbone, prepare_vitdet
-from .evaluation import RESULTS_TASK
 from .training import stitched_backbone
 
-__all__ = ["StitchViTDetBackbone", "export_detector", "exported_config", "resolve_export_selection",
+__all__ = ["StitchViTDetBackbone", "export_detector", "exported_config",
            "WEIGHTS_NAME", "CONFIG_NAME"]
 
 WEIGHTS_NAME = "model_final.pth"
@@ -176,28 +173,3 @@ def export_detector(cfg: DictConfig, model: nn.Module, stitch_id: int, output_di
     write_atomic(weights, lambda f: torch.save(payload, f), binary=True)
     _save_config(new_cfg, config_path)
     return {"config": config_path, "weights": weights}
-
-
-def resolve_export_selection(selection: str, space: StitchSpace, report: Optional[str] = None) -> List[int]:
-    """Stitch ids of ``--export-stitch``: ``ID[,ID...]``, ``pareto`` (the Pareto frontier of the per-stitch report
-    ``report``, a directory or its results file) or ``best:G`` (the best stitch of ``report`` within G GFLOPs,
-    as ``python -m snnet_core.select REPORT --max-gflops G`` chooses it)."""
-    selection = selection.strip()
-    results = os.path.join(report, RESULTS_FILE) if report and os.path.isdir(report) else report
-    if selection.startswith("best:"):
-        try:
-            budget = float(selection[len("best:"):])
-        except ValueError:
-            raise ValueError(f"--export-stitch {selection!r}: give best:G with G a number of GFLOPs, e.g. "
-                             "best:500") from None
-        if report is None:
-            raise ValueError(f"--export-stitch {selection}: needs the per-stitch report to choose from "
-                             "(--eval-only --stitch all writes it)")
-        source, record = read_report(report)
-        if record.get("task") not in (None, RESULTS_TASK):
-            raise SelectionError(f"{source} is a {record['task']} report, not a detection one: give the report of "
-                                 "this detector's per-stitch evaluation")
-        chosen = int(choose_stitch(record, source, max_gflops=budget).chosen["id"])
-        space[chosen]  # a report of another SN-Net may name a stitch this one lacks: KeyError naming the ids
-        return [chosen]
-    return select_stitches(selection, space, pareto_source=results, task=RESULTS_TASK)

@@ -64,7 +64,7 @@ from projects.snnet_vitdet.data import (
     register_coco_json_datasets,
 )
 from projects.snnet_vitdet.evaluation import RESULTS_TASK, detector_flops_table, evaluate_model, stitch_report
-from projects.snnet_vitdet.export import export_detector, resolve_export_selection
+from projects.snnet_vitdet.export import export_detector
 from projects.snnet_vitdet.training import (
     IterationSeedHook,
     StitchSamplingHook,
@@ -76,6 +76,7 @@ from projects.snnet_vitdet.training import (
 from snnet_core import FlopsTable, ResourceConstrainedSampler, load_results, select_stitches
 from snnet_core.latency import write_latency_info
 from snnet_core.latency_options import add_latency_arguments, latency_options
+from snnet_core.select import resolve_export_selection
 
 logger = logging.getLogger("projects.snnet_vitdet.train_net")
 
@@ -277,7 +278,8 @@ def do_export(args, cfg, model: torch.nn.Module) -> List[Dict[str, str]]:
     backbone = stitched_backbone(model)
     if backbone is None:
         raise ValueError("--export-stitch needs an SN-Net detector (a StitchedViTDetBackbone); this config has one ViT")
-    ids = run_on_main(lambda: resolve_export_selection(args.export_stitch, backbone.space, report_dir_of(args, cfg)))
+    ids = run_on_main(lambda: resolve_export_selection(args.export_stitch, backbone.space, report_dir_of(args, cfg),
+                                                               task=RESULTS_TASK))
     written = []
     if comm.is_main_process():
         for sid in ids:

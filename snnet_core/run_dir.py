@@ -1,0 +1,68 @@
+"""The output directory of a training run, laid out alike in both projects (detectron2's layout).
+
+::
+
+    <train.output_dir>/
+        config.yaml                      resolved config of the run
+        log.txt                          the full log (console lines and everything the console leaves out)
+        metrics.json                     one JSON line per logged iteration (losses per route type, lr, ...)
+        events.out.tfevents.*            the same scalars for TensorBoard
+        last_checkpoint                  name of the newest checkpoint (what --resume continues from)
+        model_<iteration>.pth            periodic checkpoints; model_final.pth at the end
+        stitch_schedule_from_<it>.json   the stitch each iteration trained
+        stitch_report_<test set>/        per-stitch report (--eval-only --stitch ...; --report-dir elsewhere)
+        stitch_<ID>/                     an exported stitch (--export-stitch ID)
+        flops_cache/                     per-stitch FLOPs tables (keyed by the model; kept by --overwrite)
+
+``check_output_dir`` refuses to train into a directory that holds a run unless ``--resume`` continues it or
+``--overwrite`` replaces it; ``clear_run`` deletes what ``--overwrite`` replaces.
+"""
+from __future__ import annotations
+
+import glob
+import os
+import shutil
+from typing import List
+
+# a directory holds a run when one of these exists (config.yaml and log.txt alone are left by a start that
+# failed its checks, and do not count)
+RUN_MARKERS = ("last_checkpoint", "metrics.json", "model_*.pth", os.path.join("stitch_report_*", "stitch_results.json"))
+# what --overwrite deletes: everything a run writes but the FLOPs cache
+RUN_FILES = ("last_checkpoint", "metrics.json", "model_*.pth", "config.yaml", "log.txt*", "events.out.tfevents.*",
+             "stitch_*")  # stitch_*: the schedules, the per-stitch reports and the exported stitches
+
+
+def _matches(output_dir: str, patterns) -> List[str]:
+    found = {path for pattern in patterns for path in glob.glob(os.path.join(glob.escape(output_dir), pattern))}
+    return sorted(found)
+
+
+def previous_run(output_dir: str) -> List[str]:
+    """The files in ``output_dir`` that show a training run was there (``RUN_MARKERS``), as relative paths."""
+    return [os.path.relpath(p, output_dir) for p in _matches(output_dir, RUN_MARKERS)]
+
+
+def check_output_dir(output_dir: str, resume: bool, overwrite: bool) -> List[str]:
+    """Where a training run may write: a directory without a run, or one whose run is continued (``resume``) or
+    replaced (``overwrite``). Returns the paths ``clear_run`` deletes for ``overwrite`` (else ``[]``).
+
+    Raises ``FileExistsError`` naming the run's files and the three ways on, and ``ValueError`` for both flags.
+    """
+    if resume and overwrite:
+        raise ValueError("--resume continues the run in train.output_dir and --overwrite replaces it: give one")
+    found = previous_run(output_dir)
+    if found and not (resume or overwrite):
+        shown = ", ".join(found[:5]) + (", ..." if len(found) > 5 else "")
+        raise FileExistsError(f"train.output_dir {output_dir!r} already holds a training run ({shown}): pass --resume "
+                              "to continue it, --overwrite to replace it (deletes its checkpoints, logs, reports and "
+                              "exported stitches), or choose another train.output_dir")
+    return _matches(output_dir, RUN_FILES) if overwrite else []
+
+
+def clear_run(paths: List[str]) -> None:
+    """Delete what ``check_output_dir(..., overwrite=True)`` returned (files and report/export directories)."""
+    for path in paths:
+        if os.path.isdir(path) and not os.path.islink(path):
+            shutil.rmtree(path)
+        elif os.path.lexists(path):
+            os.remove(path)

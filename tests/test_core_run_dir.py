@@ -1,0 +1,42 @@
+"""The shared output-directory guard: a run is continued (--resume) or replaced (--overwrite), never mixed into."""
+import os
+
+import pytest
+
+from snnet_core.run_dir import check_output_dir, clear_run, previous_run
+
+
+def make_run(out):
+    for name in ("last_checkpoint", "model_0000009.pth", "metrics.json", "config.yaml", "log.txt",
+                 "events.out.tfevents.1.host", "stitch_schedule_from_0.json", "stitch_report_val/stitch_results.json",
+                 "stitch_5/model_final.pth", "flops_cache/table.json"):
+        path = out / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("x")
+
+
+def test_an_empty_or_failed_start_directory_is_free(tmp_path):
+    assert check_output_dir(str(tmp_path / "absent"), resume=False, overwrite=False) == []
+    (tmp_path / "config.yaml").write_text("x")  # left by a start that failed its checks
+    (tmp_path / "log.txt").write_text("x")
+    assert previous_run(str(tmp_path)) == [] and check_output_dir(str(tmp_path), False, False) == []
+
+
+def test_a_run_is_refused_unless_resumed_or_overwritten(tmp_path):
+    make_run(tmp_path)
+    with pytest.raises(FileExistsError, match=r"already holds a training run \(last_checkpoint, metrics.json, "
+                                              r"model_0000009.pth, stitch_report_val/stitch_results.json\): pass "
+                                              r"--resume .* --overwrite"):
+        check_output_dir(str(tmp_path), resume=False, overwrite=False)
+    assert check_output_dir(str(tmp_path), resume=True, overwrite=False) == []
+    with pytest.raises(ValueError, match="give one"):
+        check_output_dir(str(tmp_path), resume=True, overwrite=True)
+
+
+def test_overwrite_deletes_the_run_and_keeps_the_flops_cache(tmp_path):
+    make_run(tmp_path)
+    (tmp_path / "notes.md").write_text("mine")
+    clear_run(check_output_dir(str(tmp_path), resume=False, overwrite=True))
+    left = sorted(os.path.relpath(os.path.join(d, f), tmp_path) for d, _, fs in os.walk(tmp_path) for f in fs)
+    assert left == ["flops_cache/table.json", "notes.md"]
+    assert check_output_dir(str(tmp_path), resume=False, overwrite=False) == []
