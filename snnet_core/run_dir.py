@@ -24,6 +24,8 @@ import os
 import shutil
 from typing import List
 
+from .atomic_io import write_atomic
+
 # a directory holds a run when one of these exists (config.yaml and log.txt alone are left by a start that
 # failed its checks, and do not count)
 RUN_MARKERS = ("last_checkpoint", "metrics.json", "model_*.pth", os.path.join("stitch_report_*", "stitch_results.json"))
@@ -66,3 +68,33 @@ def clear_run(paths: List[str]) -> None:
             shutil.rmtree(path)
         elif os.path.lexists(path):
             os.remove(path)
+
+
+LAST_CHECKPOINT = "last_checkpoint"
+
+
+def tag_last_checkpoint(output_dir: str, filename: str) -> None:
+    """Write ``output_dir/last_checkpoint`` naming ``filename`` (a ``.pth`` of ``output_dir``), atomically."""
+    write_atomic(os.path.join(output_dir, LAST_CHECKPOINT), lambda f: f.write(os.path.basename(filename)))
+
+
+def last_checkpoint(output_dir: str) -> str:
+    """The checkpoint ``output_dir/last_checkpoint`` names, as a path.
+
+    The name must be an existing ``.pth`` file of ``output_dir`` itself (not a path elsewhere, not hidden): a
+    tampered or stale tag is an error naming the tag file and the fix, never a read of another file.
+    Raises ``FileNotFoundError`` if there is no tag.
+    """
+    tag = os.path.join(output_dir, LAST_CHECKPOINT)
+    if not os.path.isfile(tag):
+        raise FileNotFoundError(f"{tag} does not exist: {output_dir!r} holds no checkpoint of a training run")
+    with open(tag) as f:
+        name = f.read().strip()
+    if os.path.basename(name) != name or not name.endswith(".pth") or name.startswith("."):
+        raise ValueError(f"{tag} names {name!r}, not a .pth file of this directory; write the name of one of "
+                         f"its checkpoints (e.g. model_final.pth) into it, or delete it to start afresh")
+    path = os.path.join(output_dir, name)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{tag} names {name!r}, which does not exist in {output_dir}; write the name of an "
+                                "existing model_*.pth into it")
+    return path

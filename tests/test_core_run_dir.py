@@ -40,3 +40,19 @@ def test_overwrite_deletes_the_run_and_keeps_the_flops_cache(tmp_path):
     left = sorted(os.path.relpath(os.path.join(d, f), tmp_path) for d, _, fs in os.walk(tmp_path) for f in fs)
     assert left == ["flops_cache/table.json", "notes.md"]
     assert check_output_dir(str(tmp_path), resume=False, overwrite=False) == []
+
+
+def test_last_checkpoint_names_only_a_checkpoint_of_its_directory(tmp_path):
+    from snnet_core.run_dir import last_checkpoint, tag_last_checkpoint
+
+    with pytest.raises(FileNotFoundError, match="holds no checkpoint"):
+        last_checkpoint(str(tmp_path))
+    (tmp_path / "model_0000009.pth").write_bytes(b"x")
+    tag_last_checkpoint(str(tmp_path), str(tmp_path / "model_0000009.pth"))
+    assert (tmp_path / "last_checkpoint").read_text() == "model_0000009.pth"
+    assert last_checkpoint(str(tmp_path)) == str(tmp_path / "model_0000009.pth")
+    for name, error in (("../elsewhere.pth", ValueError), (".hidden.pth", ValueError), ("notes.txt", ValueError),
+                        ("model_final.pth", FileNotFoundError)):
+        (tmp_path / "last_checkpoint").write_text(name)
+        with pytest.raises(error, match=r"last_checkpoint names"):
+            last_checkpoint(str(tmp_path))
