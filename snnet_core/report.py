@@ -22,6 +22,7 @@ import json
 import logging
 import math
 import os
+import sys
 from typing import Callable, Dict, List, Mapping, Optional, Sequence
 
 from tqdm import tqdm
@@ -272,7 +273,7 @@ def evaluate_stitch_groups(
     todo_groups = [g for g in ([s for s in group if not (resume and str(s) in record["stitches"])]
                                for group in todo_groups) if g]
     bar = tqdm(total=sum(map(len, todo_groups)), desc="evaluating stitches", unit="stitch", disable=not progress)
-    with logging_redirect_tqdm([logging.root, logging.getLogger("snnet_core")]):  # per-stitch lines above the bar
+    with logging_redirect_tqdm(_console_loggers()):  # log lines print above the progress bar
         for group in todo_groups:
             _evaluate_and_merge(evaluate_group, group, space, flops, path, run_key, task, primary_metric,
                                 higher_is_better)
@@ -286,6 +287,15 @@ def evaluate_stitch_groups(
     logger.info("per-stitch report of %d stitches: %s (%s, stitch_report.csv/.md/.png)", len(record["stitches"]),
                 output_dir, RESULTS_FILE)
     return record
+
+
+def _console_loggers() -> List[logging.Logger]:
+    """The loggers with a handler writing to the console (stdout/stderr), for ``logging_redirect_tqdm``: it would
+    give any other logger a console handler of its own, printing its messages twice where they propagate."""
+    candidates = [logging.root] + [lg for lg in logging.Logger.manager.loggerDict.values()
+                                   if isinstance(lg, logging.Logger)]
+    return [lg for lg in candidates if any(isinstance(h, logging.StreamHandler) and
+                                           getattr(h, "stream", None) in (sys.stdout, sys.stderr) for h in lg.handlers)]
 
 
 def _evaluate_and_merge(evaluate_group, group: List[int], space: StitchSpace, flops: FlopsTable, path: str,
