@@ -375,3 +375,24 @@ def test_console_gets_one_line_per_stitch_then_the_frontier(tmp_path, caplog):
     heading = lines.index(f"Pareto frontier on acc ({len(frontier)} of 4 stitches, cheapest first):")
     listed = [int(line.split()[0]) for line in lines[heading + 1:heading + 1 + len(frontier)]]
     assert listed == sorted(frontier, key=lambda s: record["stitches"][str(s)]["gflops"])
+
+
+def test_each_log_line_reaches_the_console_once_while_the_progress_bar_runs(tmp_path, capsys):
+    import logging
+    import sys
+
+    handler = logging.StreamHandler(sys.stdout)  # as logging.basicConfig(stream=sys.stdout) sets up
+    handler.setFormatter(logging.Formatter("%(name)s: %(message)s"))
+    root, core = logging.getLogger(), logging.getLogger("snnet_core")
+    level = root.level
+    root.addHandler(handler)
+    root.setLevel(logging.INFO)
+    try:
+        evaluate_stitches(fake_metric, [0, 1, 5], SPACE, table(), str(tmp_path), "acc", run_key="m1")
+    finally:
+        root.removeHandler(handler)
+        root.setLevel(level)
+    assert core.handlers == [] and root.handlers.count(handler) == 0  # nothing left behind
+    out = capsys.readouterr().out.splitlines()
+    assert sum(line.startswith("snnet_core.report: stitch ") for line in out) == 3
+    assert sum("Pareto frontier on acc" in line for line in out) == 1
