@@ -393,6 +393,8 @@ def test_each_log_line_reaches_the_console_once_while_the_progress_bar_runs(tmp_
         root.removeHandler(handler)
         root.setLevel(level)
     assert core.handlers == [] and root.handlers.count(handler) == 0  # nothing left behind
-    out = capsys.readouterr().out.splitlines()
+    captured = capsys.readouterr()
+    out = (captured.out + captured.err).splitlines()
+    assert sum("stitch   5 SF " in line for line in out) == 1
     assert sum(line.startswith("snnet_core.report: stitch ") for line in out) == 3
     assert sum("Pareto frontier on acc" in line for line in out) == 1
