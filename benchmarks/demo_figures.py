@@ -12,7 +12,7 @@ The first seed is then run ``--repeat`` more times to measure same-seed repeatab
     python benchmarks/demo_figures.py                      # seeds 0,1,2 + one repeat of seed 0: ~4 x 6 min
 
 Writes ``--output``/detection_figures.json (per run: seed, overrides, each stitch's bbox/segm AP, the anchors'
-AP, the min-max over the stitches, a digest of the trained weights, wall times; the environment) and
+AP, the min-max over the stitches, a digest of the trained weights, wall times, torch, CPU and git commit) and
 ``--output``/detection_figures.md (the table the README's figures come from), and prints the README comment
 that ``tests/test_demo_figures.py`` checks against the JSON.
 """
@@ -144,13 +144,14 @@ def run_demo(output_dir: str, data_root: str, seed: int, default: Tuple[int, int
         shutil.rmtree(output_dir)  # as `make demo`'s rm -rf: the run is made afresh
     os.makedirs(output_dir)
     overrides = seed_overrides(seed, default)
+    env = environment()  # before the run: the commit whose code it runs
     train, evaluate = demo_commands(output_dir, data_root, overrides)
     train_s = run_logged(train, os.path.join(output_dir, "console_train.txt"), f"training (seed {seed})")
     eval_s = run_logged(evaluate, os.path.join(output_dir, "console_eval.txt"), f"evaluation (seed {seed})")
     return {"seed": seed, "overrides": overrides, "output_dir": os.path.relpath(output_dir, REPO),
             **summarize(os.path.join(output_dir, RESULTS)),
             "weights_sha256": weights_digest(os.path.join(output_dir, "model_final.pth")),
-            "train_s": round(train_s, 1), "eval_s": round(eval_s, 1)}
+            "train_s": round(train_s, 1), "eval_s": round(eval_s, 1), "environment": env}
 
 
 def cpu_model() -> str:
@@ -217,10 +218,13 @@ def parse_readme_comment(text: str) -> Optional[Tuple[int, Dict[str, Dict[str, s
 
 def markdown(record: Dict) -> str:
     """The table of ``detection_figures.md``."""
-    env, runs = record["environment"], record["runs"]
+    runs = record["runs"]
+    envs = [r["environment"] for r in runs]
+    commits = sorted({e["git_commit"][:12] + (" (code paths modified)" if e["dirty"] else "") for e in envs})
+    versions = sorted({f"torch {e['torch']}, {e['cpu']}" for e in envs})
     lines = ["# Detection demo figures (`make demo`, tiny SN-Netv2 Mask R-CNN, synthetic shapes)", "",
-             f"torch {env['torch']}, {env['cpu']}, OMP_NUM_THREADS=1, commit {env['git_commit'][:12]}"
-             + (" (code paths modified)" if env["dirty"] else "") + "; written by `benchmarks/demo_figures.py`.", "",
+             f"{'; '.join(versions)}, OMP_NUM_THREADS=1, commit {', '.join(commits)}; written by "
+             "`benchmarks/demo_figures.py`.", "",
              "| run | seed | bbox AP fast / slow | bbox AP 14 stitches | segm AP fast / slow | segm AP 14 stitches "
              "| train + eval (s) |", "|---|---|---|---|---|---|---|"]
     for run in runs:
@@ -283,7 +287,7 @@ def main(argv: Optional[List[str]] = None) -> Dict:
     repeats = [{"name": r["name"], "of": first["name"], "equal_figures": same_figures(r, first),
                 "equal_weights": r["weights_sha256"] == first["weights_sha256"]} for r in runs[len(seeds):]]
     record = {"config": CONFIG, "config_default_seeds": {"train.seed": default[0], "snnet.sampler_seed": default[1]},
-              "seeds": seeds, "environment": environment(), "runs": runs, "repeats": repeats,
+              "seeds": seeds, "runs": runs, "repeats": repeats,
               "seed_spread": seed_spread(runs[:len(seeds)]),
               "readme_comment": readme_comment(first)}
     os.makedirs(args.output, exist_ok=True)
