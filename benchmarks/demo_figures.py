@@ -167,14 +167,15 @@ def cpu_model() -> str:
 
 
 def environment() -> Dict:
-    """What the figures depend on besides the code: torch version, CPU, threads, and the code's commit (``dirty``:
-    the code paths the demo runs differ from that commit)."""
+    """What the figures depend on besides the code: torch version, CPU (model and the SIMD level torch's kernels
+    dispatch to), threads, and the code's commit (``dirty``: the code paths the demo runs differ from it)."""
     import torch
 
     def git(*args: str) -> str:
         return subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True, check=True).stdout.strip()
 
     return {"torch": torch.__version__, "python": platform.python_version(), "cpu": cpu_model(),
+            "cpu_capability": torch.backends.cpu.get_cpu_capability(),
             "omp_num_threads": 1, "git_commit": git("rev-parse", "HEAD"),
             "dirty": bool(git("status", "--porcelain", "--", "snnet_core", "projects/snnet_vitdet", "datasets"))}
 
