@@ -213,8 +213,8 @@ def parse_readme_comment(text: str) -> Optional[Tuple[int, Dict[str, Dict[str, s
     if match is None:
         return None
     groups = match.groups()[1:]  # per metric: its name, fast, slow, stitches min, stitches max
-    return int(match["seed"]), {groups[i]: dict(zip(("fast", "slow", "stitches_min", "stitches_max"), groups[i + 1:i + 5]))
-                                for i in range(0, len(groups), 5)}
+    keys = ("fast", "slow", "stitches_min", "stitches_max")
+    return int(match["seed"]), {groups[i]: dict(zip(keys, groups[i + 1:i + 5])) for i in range(0, len(groups), 5)}
 
 
 def markdown(record: Dict) -> str:
@@ -222,7 +222,7 @@ def markdown(record: Dict) -> str:
     runs = record["runs"]
     envs = [r["environment"] for r in runs]
     commits = sorted({e["git_commit"][:12] + (" (code paths modified)" if e["dirty"] else "") for e in envs})
-    versions = sorted({f"torch {e['torch']}, {e['cpu']}" for e in envs})
+    versions = sorted({f"torch {e['torch']}, {e['cpu']} ({e['cpu_capability']})" for e in envs})
     lines = ["# Detection demo figures (`make demo`, tiny SN-Netv2 Mask R-CNN, synthetic shapes)", "",
              f"{'; '.join(versions)}, OMP_NUM_THREADS=1, commit {', '.join(commits)}; written by "
              "`benchmarks/demo_figures.py`.", "",
@@ -246,9 +246,11 @@ def markdown(record: Dict) -> str:
                  f"min {rng('segm_AP', 'stitches_min')}, max {rng('segm_AP', 'stitches_max')} | |")
     lines.append("")
     for rep in record["repeats"]:
-        lines.append(f"- {rep['name']} vs {rep['of']}: every stitch's AP {'equal' if rep['equal_figures'] else 'DIFFERENT'}"
-                     f", weights {'bit-identical' if rep['equal_weights'] else 'DIFFERENT'}.")
-    lines += ["", "README comment (checked by `tests/test_demo_figures.py`):", "", "    " + record["readme_comment"], ""]
+        lines.append(f"- {rep['name']} vs {rep['of']}: every stitch's AP "
+                     f"{'equal' if rep['equal_figures'] else 'DIFFERENT'}, weights "
+                     f"{'bit-identical' if rep['equal_weights'] else 'DIFFERENT'}.")
+    lines += ["", "README comment (checked by `tests/test_demo_figures.py`):", "",
+              "    " + record["readme_comment"], ""]
     return "\n".join(lines)
 
 
@@ -271,7 +273,8 @@ def main(argv: Optional[List[str]] = None) -> Dict:
     print(f"synthetic data -> {data_root}", flush=True)
     make_dataset(data_root, work_dir)
 
-    plan = [(f"seed{s}", s) for s in seeds] + [(f"seed{seeds[0]}_repeat{i}", seeds[0]) for i in range(1, args.repeat + 1)]
+    plan = [(f"seed{s}", s) for s in seeds]
+    plan += [(f"seed{seeds[0]}_repeat{i}", seeds[0]) for i in range(1, args.repeat + 1)]
     runs = []
     for n, (name, seed) in enumerate(plan, 1):
         out = os.path.join(work_dir, name)

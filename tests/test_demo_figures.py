@@ -86,7 +86,8 @@ def test_results_record_what_the_figures_depend_on(figures):
     assert figures["config_default_seeds"] == {"train.seed": 0, "snnet.sampler_seed": 0}
     assert sorted(r["seed"] for r in figures["runs"][:len(figures["seeds"])]) == [0, 1, 2]
     for run in figures["runs"]:
-        assert {"torch", "cpu", "cpu_capability", "git_commit"} <= set(run["environment"]) and run["environment"]["omp_num_threads"] == 1
+        env = run["environment"]
+        assert {"torch", "cpu", "cpu_capability", "git_commit"} <= set(env) and env["omp_num_threads"] == 1
         assert run["num_stitches"] == len(run["stitches"]) == 14
         for metric in df.METRICS:
             values = [s[metric] for s in run["stitches"].values()]
@@ -100,10 +101,10 @@ def test_results_record_what_the_figures_depend_on(figures):
 def test_seed0_demo_gives_the_stated_figures(figures, tmp_path):
     """Train + evaluate the seed-0 demo as `make demo` does and compare with the stored seed-0 run.
 
-    On the machine type the figures were measured on (same torch version, CPU model and SIMD level) the comparison is exact:
-    the benchmark's same-seed repeat came out bit-identical there (weights and every stitch's AP; asserted below
-    from the stored repeat). Elsewhere (another CPU's float kernels) each anchor's AP and the stitches' min/max
-    must lie within the spread the three seeds showed for that figure.
+    On the machine type the figures were measured on (same torch version, CPU model and SIMD level) the
+    comparison is exact: the benchmark's same-seed repeat came out bit-identical there (weights and every
+    stitch's AP; asserted below from the stored repeat). Elsewhere (another CPU's float kernels) each anchor's AP
+    and the stitches' min/max must lie within the spread the three seeds showed for that figure.
     """
     stored = seed0_run(figures)
     default = df.config_seeds()
@@ -112,9 +113,7 @@ def test_seed0_demo_gives_the_stated_figures(figures, tmp_path):
     df.make_dataset(data_root, str(tmp_path))
     run = df.run_demo(str(tmp_path / "seed0"), data_root, 0, default)
 
-    env = df.environment()
-    machine = ("torch", "cpu", "cpu_capability")
-    same_machine = all(env[k] == stored["environment"][k] for k in machine)
+    same_machine = all(run["environment"][k] == stored["environment"][k] for k in ("torch", "cpu", "cpu_capability"))
     if same_machine:
         assert figures["repeats"] and all(r["equal_figures"] and r["equal_weights"] for r in figures["repeats"])
         assert run["weights_sha256"] == stored["weights_sha256"], f"the seed-0 demo trains other weights: {REGENERATE}"
