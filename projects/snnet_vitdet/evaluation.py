@@ -45,6 +45,7 @@ from snnet_core.report import RESULTS_FILE, evaluate_stitch_groups, plot_metric_
 
 from .backbone import StitchedViTDetBackbone
 from .comm_utils import run_on_main
+from .console import stitch_evaluation_output
 
 logger = logging.getLogger(__name__)
 
@@ -325,7 +326,9 @@ def stitch_report(
     Runs on every rank: the images are split across ranks and gathered by the evaluators; the main
     process merges each stitch's row into ``stitch_results.json`` as soon as it has it, then writes
     ``stitch_report.{csv,md,png,json}`` and ``stitch_report_segm.png``. Stitches already in ``output_dir``
-    (same ``run_key``) are skipped.
+    (same ``run_key``) are skipped. The console shows one line per stitch, a progress bar and the Pareto
+    frontier; detectron2's and pycocotools' output of each evaluation goes to the log file only
+    (``console.stitch_evaluation_output``).
 
     Args:
         group_size: ``None``: the per-stitch loop (``set_stitch``, then ``model`` over the test set, once per
@@ -360,9 +363,10 @@ def stitch_report(
 
     if group_size is None:
         def evaluate(stitch_id: int) -> Dict[str, float]:
-            stitch = set_stitch(stitch_id)
-            logger.info("evaluating stitch %d (%s)", stitch_id, getattr(stitch, "route", stitch))
-            return timed({stitch_id: evaluate_model(model, data_loader, evaluator)})[stitch_id]
+            with stitch_evaluation_output():
+                stitch = set_stitch(stitch_id)
+                logger.info("evaluating stitch %d (%s)", stitch_id, getattr(stitch, "route", stitch))
+                return timed({stitch_id: evaluate_model(model, data_loader, evaluator)})[stitch_id]
 
         if not comm.is_main_process():
             for stitch_id in todo:
@@ -376,9 +380,10 @@ def stitch_report(
                     group_size)
 
         def evaluate_group(stitch_ids: List[int]) -> Dict[int, Dict[str, float]]:
-            logger.info("evaluating stitches %s in one pass: %s", stitch_ids,
-                        ", ".join(space[s].route for s in stitch_ids))
-            return timed(evaluate_stitch_group(model, data_loader, evaluator, stitch_ids))
+            with stitch_evaluation_output():
+                logger.info("evaluating stitches %s in one pass: %s", stitch_ids,
+                            ", ".join(space[s].route for s in stitch_ids))
+                return timed(evaluate_stitch_group(model, data_loader, evaluator, stitch_ids))
 
         if not comm.is_main_process():
             for group in groups:

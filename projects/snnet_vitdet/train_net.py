@@ -30,12 +30,11 @@ warnings.filterwarnings("ignore", message="`torch.jit.script` is deprecated", ca
 # repository's generator package, so real data goes to ./data (as for NYUv2) unless the variable is set
 os.environ.setdefault("DETECTRON2_DATASETS", "data")
 
-import glob
 import hashlib
-import json
 import logging
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Sequence, Tuple
 
+import detectron2.data.transforms as T
 import torch
 from detectron2.config import LazyCall as L
 from detectron2.config import LazyConfig, instantiate
@@ -51,11 +50,11 @@ from detectron2.engine import (
 )
 from detectron2.engine.defaults import create_ddp_model
 from detectron2.utils import comm
-from detectron2.utils.logger import setup_logger
 from detectron2.utils.registry import locate
 from omegaconf import OmegaConf
 
 from projects.snnet_vitdet.comm_utils import destroy_process_groups, run_on_main
+from projects.snnet_vitdet.console import LOG_FILE_ONLY, explain_missing_compiled_ops, setup_run_logging
 from projects.snnet_vitdet.data import (
     build_resumable_train_loader,
     check_dataset_files,
@@ -76,9 +75,13 @@ from projects.snnet_vitdet.training import (
 from snnet_core import FlopsTable, ResourceConstrainedSampler, load_results, select_stitches
 from snnet_core.latency import write_latency_info
 from snnet_core.latency_options import add_latency_arguments, latency_options
+from snnet_core.run_dir import check_output_dir, clear_run, last_checkpoint
 from snnet_core.select import resolve_export_selection
+from snnet_core.train_log import trim_metrics_log
 
 logger = logging.getLogger("projects.snnet_vitdet.train_net")
+
+EVAL_INPUT_SIZE = "eval_input_size"  # checkpoint entry: snnet.flops_input_size (H, W) of the training run
 
 
 def build_device(cfg) -> torch.device:
@@ -88,9 +91,20 @@ def build_device(cfg) -> torch.device:
     return device
 
 
+def model_summary(model: torch.nn.Module) -> str:
+    """One line: the detector's class, its backbone (with the number of stitches of an SN-Net) and parameters."""
+    backbone = stitched_backbone(model)
+    net = backbone if backbone is not None else getattr(unwrap(model).backbone, "net", unwrap(model).backbone)
+    stitches = f" ({len(backbone.space)} stitches)" if backbone is not None else ""
+    params = sum(p.numel() for p in model.parameters())
+    return f"{type(unwrap(model)).__name__} with a {type(net).__name__}{stitches}, {params / 1e6:.2f}M parameters"
+
+
 def build_model(cfg) -> torch.nn.Module:
+    """``cfg.model`` on ``train.device``; its module tree goes to log.txt, a one-line summary to the console."""
     model = instantiate(cfg.model)
-    logger.info("Model:\n%s", model)
+    logger.info("Model:\n%s", model, extra=LOG_FILE_ONLY)
+    logger.info("model: %s (module tree in log.txt)", model_summary(model))
     return model.to(build_device(cfg))
 
 
@@ -135,40 +149,6 @@ def build_train_loader(cfg, seed: int, start_iter: int):
 def training_seed(cfg) -> int:
     """``train.seed``, or (``train.seed < 0``) a random seed shared by all ranks."""
     return cfg.train.seed if cfg.train.get("seed", -1) >= 0 else comm.shared_random_seed()
-
-
-def check_output_dir(output_dir: str, resume: bool) -> None:
-    """Refuse to start a training run over another one (its checkpoints and logs would be overwritten
-    or mixed with this run's) unless it is resumed."""
-    found = sorted(n for n in ("last_checkpoint", "metrics.json") if os.path.exists(os.path.join(output_dir, n)))
-    found += sorted(os.path.basename(p) for p in glob.glob(os.path.join(glob.escape(output_dir), "model_*.pth")))
-    if found and not resume:
-        raise FileExistsError(f"train.output_dir {output_dir!r} already holds a training run ({', '.join(found[:4])}): "
-                              "pass --resume to continue it, or choose another train.output_dir "
-                              "(or delete that directory to start over)")
-
-
-def trim_metrics(output_dir: str, start_iter: int) -> None:
-    """Drop the ``metrics.json`` lines of iterations at or after ``start_iter`` (logged by a run that was
-    killed after its last checkpoint), so that the resumed log describes one history.
-
-    Truncated in place (one ``truncate`` call), not rewritten: detectron2's ``JSONWriter`` already holds the
-    file open for appending.
-    """
-    path = os.path.join(output_dir, "metrics.json")
-    if not os.path.isfile(path):
-        return
-    offset, dropped = 0, 0
-    with open(path, "rb") as f:
-        for line in f:
-            if line.strip() and json.loads(line).get("iteration", -1) >= start_iter:
-                dropped = sum(1 for rest in f if rest.strip()) + 1
-                break
-            offset += len(line)
-    if dropped:
-        os.truncate(path, offset)
-        logger.info("metrics.json: dropped %d line(s) logged after the checkpoint of iteration %d", dropped,
-                    start_iter - 1)
 
 
 def check_flags_before_overrides(opts: List[str]) -> None:
@@ -226,7 +206,8 @@ def do_train(args, cfg) -> None:
     if cfg.train.amp.enabled and not on_gpu:
         logger.info("AMP is for GPU training: training in fp32 on %s", cfg.train.device)
     trainer = (AMPTrainer if amp else SimpleTrainer)(model, None, optim)  # data loader: once start_iter is known
-    checkpointer = StrictDetectionCheckpointer(model, cfg.train.output_dir, trainer=trainer)
+    extras = {} if cfg.get("snnet") is None else {EVAL_INPUT_SIZE: [int(s) for s in cfg.snnet.flops_input_size]}
+    checkpointer = StrictDetectionCheckpointer(model, cfg.train.output_dir, trainer=trainer, extras=extras)
     seeding = IterationSeedHook(training_seed(cfg))
 
     backbone = stitched_backbone(model)
@@ -260,7 +241,7 @@ def do_train(args, cfg) -> None:
             checkpointer.save("model_final", iteration=trainer.iter)
         return
     if resumed and comm.is_main_process():
-        trim_metrics(cfg.train.output_dir, start_iter)
+        trim_metrics_log(os.path.join(cfg.train.output_dir, "metrics.json"), start_iter)
     trainer.data_loader = build_train_loader(cfg, seeding.seed, start_iter)
     if backbone is not None and not resumed and cfg.snnet.ls_init_images > 0:
         ls_init_detector(model, build_calibration_loader(cfg), cfg.snnet.ls_init_images)
@@ -315,46 +296,117 @@ def do_stitch_report(args, cfg, model: torch.nn.Module, iteration: Optional[int]
     return record
 
 
-def load_weights(model: torch.nn.Module, path: str) -> Optional[int]:
-    """Load a trained detector strictly; returns its training iteration if recorded."""
-    if not path:
-        raise ValueError("--eval-only needs the weights to evaluate: pass train.init_checkpoint=PATH")
+def eval_checkpoint(cfg) -> str:
+    """The weights ``--eval-only`` evaluates: ``train.init_checkpoint``, else the checkpoint ``last_checkpoint`` of
+    ``train.output_dir`` names (then also set as ``train.init_checkpoint``)."""
+    if cfg.train.init_checkpoint:
+        return cfg.train.init_checkpoint
+    try:
+        path = last_checkpoint(cfg.train.output_dir)
+    except FileNotFoundError as exc:
+        raise FileNotFoundError(f"--eval-only needs the weights to evaluate: pass train.init_checkpoint=PATH, or the "
+                                f"train.output_dir of a training run ({exc})") from exc
+    logger.info("evaluating %s, the checkpoint %s names", path, os.path.join(cfg.train.output_dir, "last_checkpoint"))
+    cfg.train.init_checkpoint = path
+    return path
+
+
+def load_weights(model: torch.nn.Module, path: str) -> Dict:
+    """Load a trained detector strictly; returns the checkpoint's other entries (``iteration``,
+    ``EVAL_INPUT_SIZE``, ... where recorded)."""
     if "://" not in path and not os.path.isfile(path):
         raise FileNotFoundError(f"checkpoint {path!r} (train.init_checkpoint) does not exist")
-    extra = StrictDetectionCheckpointer(model).load(path)
-    return extra.get("iteration")
+    return StrictDetectionCheckpointer(model).load(path)
 
 
-def setup(args):
+def overrides_eval_input_size(opts: Sequence[str]) -> bool:
+    """Whether the command line's ``key=value`` overrides set ``snnet.flops_input_size``."""
+    return any(o.split("=", 1)[0].lstrip("+~").startswith("snnet.flops_input_size") for o in opts)
+
+
+def eval_input_size(configured: Sequence[int], recorded: Optional[Sequence[int]], overridden: bool,
+                    checkpoint: str) -> Tuple[Tuple[int, int], str]:
+    """The ``(H, W)`` an ``--eval-only`` run evaluates at and where it comes from (``"command line"``,
+    ``"checkpoint"`` or ``"config"``).
+
+    ``configured``: ``snnet.flops_input_size`` after the overrides; ``recorded``: the checkpoint's
+    ``EVAL_INPUT_SIZE`` (``None`` for a checkpoint without it); ``overridden``: the command line set
+    ``snnet.flops_input_size``. The command line wins over the checkpoint (a warning names both when they
+    differ), the checkpoint over the config.
+    """
+    configured = (int(configured[0]), int(configured[1]))
+    if recorded is None:
+        return configured, "command line" if overridden else "config"
+    recorded = (int(recorded[0]), int(recorded[1]))
+    if overridden:
+        if recorded != configured:
+            logger.warning("evaluating at %dx%d (snnet.flops_input_size on the command line), not at %dx%d, the "
+                           "eval input size %s was trained with", *configured, *recorded, checkpoint)
+        return configured, "command line"
+    if recorded != configured:
+        logger.info("evaluating at %dx%d, the eval input size %s was trained with (the config says %dx%d)",
+                    *recorded, checkpoint, *configured)
+    return recorded, "checkpoint"
+
+
+def set_eval_input_size(cfg, size: Tuple[int, int]) -> None:
+    """Evaluate at ``size`` ``(H, W)``: ``snnet.flops_input_size`` (GFLOPs column) and the test mapper's
+    ``ResizeShortestEdge`` (short edge ``min(size)``, long edge at most ``max(size)``)."""
+    cfg.snnet.flops_input_size = [int(size[0]), int(size[1])]
+    for augmentation in cfg.dataloader.test.mapper.augmentations:
+        target = augmentation.get("_target_")
+        target = locate(target) if isinstance(target, str) else target
+        if isinstance(target, type) and issubclass(target, T.ResizeShortestEdge):
+            augmentation.short_edge_length, augmentation.max_size = min(size), max(size)
+
+
+def load_config(args):
+    """The config file with the command line's ``key=value`` overrides."""
     check_flags_before_overrides(args.opts)
-    cfg = LazyConfig.load(args.config_file)
-    cfg = LazyConfig.apply_overrides(cfg, args.opts)
-    if not args.eval_only:
-        check_output_dir(cfg.train.output_dir, args.resume)
+    return LazyConfig.apply_overrides(LazyConfig.load(args.config_file), args.opts)
+
+
+def setup(cfg, args) -> None:
+    """detectron2's ``default_setup`` (config.yaml, log.txt, seeds) with the console / log.txt split of
+    ``console.py``."""
+    setup_run_logging(cfg.train.output_dir)
     default_setup(cfg, args)
-    for name in ("projects.snnet_vitdet", "snnet_core"):  # the project's and the engine's loggers
-        setup_logger(cfg.train.output_dir, distributed_rank=comm.get_rank(), name=name,
-                     abbrev_name=name.split(".")[-1])
-    return cfg
+    explain_missing_compiled_ops()
 
 
 def main(args) -> Optional[Dict]:
     if not args.eval_only and (args.stitch is not None or args.export_stitch is not None or args.measure_latency):
         raise ValueError("--stitch, --export-stitch and --measure-latency act on a trained model: add --eval-only "
-                         "and train.init_checkpoint=PATH")
-    cfg = setup(args)
+                         "(evaluates train.init_checkpoint, default: the last checkpoint of train.output_dir)")
+    if args.eval_only and args.overwrite:
+        raise ValueError("--overwrite replaces the training run in train.output_dir: it does not go with --eval-only")
+    cfg = load_config(args)
+    replaced = [] if args.eval_only else check_output_dir(cfg.train.output_dir, args.resume, args.overwrite)
     register_coco_json_datasets(cfg.get("datasets", {}).get("coco_json", {}))
     check_dataset_files(dataset_names(cfg.dataloader.test) + ([] if args.eval_only else
                                                                dataset_names(cfg.dataloader.train)))
+    if replaced and comm.is_main_process():
+        clear_run(replaced)  # every check has passed; before log.txt is opened again
+    comm.synchronize()
+    setup(cfg, args)
+    if replaced:
+        logger.warning("--overwrite: deleted the previous run's %s",
+                       ", ".join(os.path.relpath(p, cfg.train.output_dir) for p in replaced))
     if args.eval_only:
         model = build_model(cfg)
-        iteration = load_weights(model, cfg.train.init_checkpoint)
+        checkpoint = eval_checkpoint(cfg)
+        extras = load_weights(model, checkpoint)
         report = None
         if args.measure_latency and (stitched_backbone(model) is None or args.stitch is None):
             raise ValueError("--measure-latency times the stitches of the per-stitch report: it needs an SN-Net "
                              "detector (a StitchedViTDetBackbone) and --stitch all|pareto|ID[,ID]")
+        if stitched_backbone(model) is not None:
+            size, source = eval_input_size(cfg.snnet.flops_input_size, extras.get(EVAL_INPUT_SIZE),
+                                           overrides_eval_input_size(args.opts), checkpoint)
+            if source != "config":
+                set_eval_input_size(cfg, size)
         if stitched_backbone(model) is not None and args.stitch is not None:
-            report = do_stitch_report(args, cfg, model, iteration)
+            report = do_stitch_report(args, cfg, model, extras.get("iteration"))
         if args.export_stitch is not None:
             do_export(args, cfg, model)  # after the report, so pareto / best:G can read it
         if stitched_backbone(model) is None:
@@ -375,6 +427,9 @@ def launched_main(args) -> Optional[Dict]:
 
 def build_argument_parser():
     parser = default_argument_parser(epilog=__doc__)
+    parser.add_argument("--overwrite", action="store_true",
+                        help="train afresh into a train.output_dir that holds a run: deletes its checkpoints, logs, "
+                             "reports and exported stitches (keeps flops_cache/)")
     parser.add_argument("--stitch", default=None,
                         help="with --eval-only: stitches to evaluate, 'all' (default), 'pareto' or ids '0,1,5'")
     parser.add_argument("--pareto-from", default=None,

@@ -6,7 +6,7 @@ import glob
 import logging
 import os
 import pickle
-from typing import Any, Dict, Iterable, Iterator, List
+from typing import Any, Dict, Iterable, Iterator, List, Mapping, Optional
 
 import torch
 import torch.distributed as dist
@@ -18,6 +18,8 @@ from detectron2.utils import comm
 
 from snnet_core import ResourceConstrainedSampler, ls_init_stitching_layers
 from snnet_core.atomic_io import remove_stale_temporaries, write_atomic, write_json_atomic
+from snnet_core.run_dir import LAST_CHECKPOINT, last_checkpoint, tag_last_checkpoint
+from snnet_core.train_log import route_loss_name
 from snnet_core.safe_pickle import load_safe_pickle
 
 from .backbone import StitchedViTDetBackbone
@@ -47,12 +49,20 @@ class StrictDetectionCheckpointer(DetectionCheckpointer):
     - ``.pth`` files are read with ``torch.load(weights_only=True)``, model-zoo ``.pkl`` files with
       ``snnet_core.safe_pickle`` (numpy arrays and plain containers only): a checkpoint can't run code.
       A truncated or corrupt file is an error naming it.
-    - ``save`` writes ``<name>.pth`` and ``last_checkpoint`` to temporary files renamed into place, so a
-      killed or failed write (e.g. a full disk) leaves the previous checkpoints intact; a failed write is an
-      ``OSError`` naming the file. ``last_checkpoint`` may only name a ``.pth`` file inside ``save_dir``.
+    - ``save`` writes ``<name>.pth`` (with ``extras``) and ``last_checkpoint`` to temporary files renamed into
+      place, so a killed or failed write (e.g. a full disk) leaves the previous checkpoints intact; a failed
+      write is an ``OSError`` naming the file. ``last_checkpoint`` may only name a ``.pth`` file inside
+      ``save_dir`` (``snnet_core.run_dir``, the layout both projects share).
     """
 
-    LAST_CHECKPOINT = "last_checkpoint"
+    LAST_CHECKPOINT = LAST_CHECKPOINT
+
+    def __init__(self, model: nn.Module, save_dir: str = "", *, extras: Optional[Mapping[str, Any]] = None,
+                 **checkpointables: Any):
+        """``extras``: plain values written into every checkpoint beside the weights (e.g. the eval input
+        size), returned by ``load`` with the other extras."""
+        super().__init__(model, save_dir, **checkpointables)
+        self.extras = dict(extras or {})
 
     def _load_file(self, filename: str) -> Dict[str, Any]:
         if filename.endswith(".pkl"):
@@ -89,24 +99,14 @@ class StrictDetectionCheckpointer(DetectionCheckpointer):
 
     def get_checkpoint_file(self) -> str:
         """The checkpoint ``last_checkpoint`` names; it must be an existing ``.pth`` file in ``save_dir``."""
-        tag = os.path.join(self.save_dir, self.LAST_CHECKPOINT)
-        with open(tag) as f:
-            name = f.read().strip()
-        if os.path.basename(name) != name or not name.endswith(".pth") or name.startswith("."):
-            raise ValueError(f"{tag} names {name!r}, not a .pth file of this directory; write the name of one of "
-                             f"its checkpoints (e.g. model_final.pth) into it, or delete it to start afresh")
-        path = os.path.join(self.save_dir, name)
-        if not os.path.isfile(path):
-            raise FileNotFoundError(f"{tag} names {name!r}, which does not exist in {self.save_dir}; write the name "
-                                    "of an existing model_*.pth into it")
-        return path
+        return last_checkpoint(self.save_dir)
 
     def save(self, name: str, **kwargs: Any) -> None:
         """Atomically write the model, the checkpointables and ``kwargs`` to ``save_dir/<name>.pth``."""
         if not self.save_dir or not self.save_to_disk:
             return
         data = {"model": self.model.state_dict(), **{k: v.state_dict() for k, v in self.checkpointables.items()},
-                **kwargs}
+                **self.extras, **kwargs}
         path = os.path.join(self.save_dir, f"{name}.pth")
         self.logger.info("Saving checkpoint to %s", path)
         try:
@@ -118,7 +118,7 @@ class StrictDetectionCheckpointer(DetectionCheckpointer):
         self.tag_last_checkpoint(os.path.basename(path))
 
     def tag_last_checkpoint(self, last_filename_basename: str) -> None:
-        write_atomic(os.path.join(self.save_dir, self.LAST_CHECKPOINT), lambda f: f.write(last_filename_basename))
+        tag_last_checkpoint(self.save_dir, last_filename_basename)
 
     def remove_stale_temporaries(self) -> List[str]:
         """Delete the temporaries of checkpoint writes killed in ``save_dir`` (``*.pth.*.tmp``,
@@ -173,8 +173,10 @@ class StitchSamplingHook(HookBase):
     """Selects the stitch of every iteration with ROS (a pure function of the iteration: the same on every
     rank without communication, and the same sequence after ``--resume``).
 
-    The stitch id is logged as ``stitch_id``; at the end of training the ranks' sequences are compared
-    (an error if they differ) and the sequence is written to ``stitch_schedule_from_<start>.json``.
+    Each iteration's ``total_loss`` is also logged under the stitch's route type or anchor
+    (``snnet_core.train_log.route_loss_name``: ``route_loss/FS``, ``route_loss/fast_anchor``, ...), one curve each
+    in ``metrics.json``, TensorBoard and the console's metric lines. At the end of training the ranks' sequences
+    are compared (an error if they differ) and the sequence is written to ``stitch_schedule_from_<start>.json``.
     """
 
     def __init__(self, backbone: StitchedViTDetBackbone, sampler: ResourceConstrainedSampler, output_dir: str):
@@ -192,7 +194,14 @@ class StitchSamplingHook(HookBase):
         stitch_id = self.sampler.sample(self.trainer.iter)
         self.backbone.set_stitch(stitch_id)
         self.history.append(stitch_id)
-        self.trainer.storage.put_scalar("stitch_id", stitch_id, smoothing_hint=False)
+
+    def after_step(self) -> None:
+        """``total_loss`` (put by the trainer on the main process, averaged over the ranks) under the name of
+        the iteration's stitch, unsmoothed: a route's curve has a point at each iteration that trained it."""
+        latest = self.trainer.storage.latest().get("total_loss")
+        if latest is not None and latest[1] == self.trainer.iter:
+            self.trainer.storage.put_scalar(route_loss_name(self.backbone.space[self.history[-1]]), latest[0],
+                                            smoothing_hint=False)
 
     def after_train(self) -> None:
         if self.trainer.iter + 1 < self.trainer.max_iter:  # training failed: other ranks may be gone

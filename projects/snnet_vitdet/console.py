@@ -1,0 +1,151 @@
+"""What ``train_net.py`` shows on the console and what only goes to ``OUTPUT_DIR/log.txt``.
+
+The console tells the short story; ``log.txt`` keeps everything (detectron2's ``setup_logger`` gives each
+configured logger a console handler and a file handler, so a record is kept off the console by a filter on the
+console handlers only):
+
+- for the whole run (``setup_run_logging``): detectron2's environment report (with its line on
+  ``detectron2._C``, which this installation lacks by design; ``setup_run_logging`` says once, in its own
+  words, why that does not matter), the config file's source (``config.yaml`` holds the resolved config)
+  and every record logged with ``extra=LOG_FILE_ONLY`` (e.g. the model's module tree);
+- while a stitch is evaluated (``stitch_evaluation_output``): everything detectron2 and this project log below
+  WARNING (inference progress and timing, COCOEvaluator's tables, ``print_csv_format``) and the raw prints of
+  pycocotools (COCOeval's summaries), which are captured into the log file. The engine's one line per stitch,
+  its progress bar and its Pareto frontier stay on the console.
+"""
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import io
+import logging
+import sys
+from typing import Iterator, List
+
+from detectron2.utils import comm
+from detectron2.utils.logger import setup_logger
+from tqdm.contrib.logging import logging_redirect_tqdm
+
+logger = logging.getLogger(__name__)
+
+LOG_FILE_ONLY = {"console": False}  # ``logger.info(..., extra=LOG_FILE_ONLY)``: the record goes to log.txt only
+PROJECT_LOGGERS = ("projects.snnet_vitdet", "snnet_core")  # configured beside detectron2's own loggers
+# upstream records that are long and the same on every run: log.txt only
+UPSTREAM_FILE_ONLY = (("detectron2", "Environment info:"), ("detectron2", "Contents of args.config_file="))
+# loggers whose records below WARNING are detail while a stitch is evaluated (the engine, snnet_core, is not)
+EVALUATION_DETAIL = ("detectron2", "fvcore", "projects.snnet_vitdet")
+STDOUT_LOGGER = "projects.snnet_vitdet.stdout"  # prints captured during a stitch's evaluation (pycocotools)
+
+
+def _is_console(handler: logging.Handler) -> bool:
+    """A handler writing to the terminal (detectron2's log file handler is a ``StreamHandler`` too)."""
+    return isinstance(handler, logging.StreamHandler) and handler.stream in (sys.stdout, sys.stderr)
+
+
+def _loggers() -> List[logging.Logger]:
+    return [logging.root] + [lg for lg in logging.Logger.manager.loggerDict.values() if isinstance(lg, logging.Logger)]
+
+
+def _console_handlers() -> List[logging.Handler]:
+    handlers = {id(h): h for lg in _loggers() for h in lg.handlers if _is_console(h)}
+    return list(handlers.values())
+
+
+def _under(name: str, prefixes) -> bool:
+    return any(name == p or name.startswith(p + ".") for p in prefixes)
+
+
+class RunConsoleFilter(logging.Filter):
+    """Drops the run-long log-file-only records (see the module docstring) from a console handler."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not getattr(record, "console", True):
+            return False
+        return not any(record.name == name and str(record.msg).startswith(start)
+                       for name, start in UPSTREAM_FILE_ONLY)
+
+
+class EvaluationConsoleFilter(logging.Filter):
+    """Drops the records below WARNING of ``EVALUATION_DETAIL`` loggers from a console handler."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno >= logging.WARNING or not _under(record.name, EVALUATION_DETAIL)
+
+
+RUN_CONSOLE_FILTER = RunConsoleFilter()
+
+
+def setup_run_logging(output_dir: str) -> None:
+    """Configure detectron2's, fvcore's and this project's loggers (console on the main process, ``log.txt`` or
+    ``log.txt.rank<N>``) with ``RUN_CONSOLE_FILTER`` on their console handlers. Call before
+    ``detectron2.engine.default_setup``, then ``explain_missing_compiled_ops`` after it.
+
+    The two detectron2 calls are the very calls ``default_setup`` makes: ``setup_logger`` is ``lru_cache``d, so
+    ``default_setup`` gets these loggers back (filter included) instead of adding handlers that would print its
+    environment report on the console (``tests/test_vitdet_train.py`` checks both).
+    """
+    rank = comm.get_rank()
+    setup_logger(output_dir, distributed_rank=rank, name="fvcore")
+    setup_logger(output_dir, distributed_rank=rank)
+    for name in PROJECT_LOGGERS:
+        setup_logger(output_dir, distributed_rank=rank, name=name, abbrev_name=name.split(".")[-1])
+    for handler in _console_handlers():
+        handler.addFilter(RUN_CONSOLE_FILTER)  # a filter is added once per handler
+
+
+def explain_missing_compiled_ops() -> None:
+    """One line on the console when detectron2 lacks its compiled ops (its environment report in ``log.txt``
+    says ``detectron2._C not built correctly`` on every run)."""
+    if importlib.util.find_spec("detectron2._C") is None:
+        logger.info("detectron2 runs without its compiled ops (detectron2._C, reported 'not built' in log.txt): "
+                    "nothing here needs them; COCO metrics come from pycocotools")
+
+
+class _LinesToLog(io.TextIOBase):
+    """A text stream that logs every complete line written to it (INFO, ``STDOUT_LOGGER``)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._logger = logging.getLogger(STDOUT_LOGGER)
+        self._pending = ""
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, text: str) -> int:
+        lines = (self._pending + text).split("\n")
+        self._pending = lines.pop()
+        for line in lines:
+            self._logger.info(line)
+        return len(text)
+
+    def flush(self) -> None:
+        if self._pending:
+            self._logger.info(self._pending)
+            self._pending = ""
+
+
+@contextlib.contextmanager
+def stitch_evaluation_output() -> Iterator[None]:
+    """Inside the block, detectron2's and this project's detail (``EVALUATION_DETAIL``, below WARNING) and
+    everything printed to ``sys.stdout`` go to the log file only; warnings still reach the console, written
+    above a progress bar (``tqdm.write``).
+
+    Enter it around each stitch's (or group's) evaluation, inside the engine's loop: the loop's own console
+    lines (``snnet_core.report``) are logged between the blocks. Nested in the engine's
+    ``logging_redirect_tqdm``, it must not replace ``sys.stdout`` before that is entered (tqdm recognises the
+    console handlers by their stream being ``sys.stdout``).
+    """
+    redirected = [lg for lg in _loggers() if any(_is_console(h) for h in lg.handlers)]
+    detail = EvaluationConsoleFilter()
+    stream = _LinesToLog()
+    with logging_redirect_tqdm(redirected):  # temporary console handlers (tqdm.write), filters copied
+        for handler in _console_handlers():
+            handler.addFilter(detail)
+        try:
+            with contextlib.redirect_stdout(stream):
+                yield
+        finally:
+            stream.flush()
+            for handler in _console_handlers():
+                handler.removeFilter(detail)
