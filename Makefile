@@ -54,7 +54,7 @@ demo: install
 	rm -rf output/dpt_demo; \
 	$(PY) projects/snnet_dpt/train.py --config-file projects/snnet_dpt/configs/synthetic/dpt_snnetv2_tiny.py \
 	  --export-stitch 5; \
-	$(PY) projects/snnet_dpt/predict.py --checkpoint output/dpt_demo/stitch_5_dpt.pth --output output/dpt_demo/predict \
+	$(PY) projects/snnet_dpt/demo.py --weights output/dpt_demo/stitch_5/model_final.pth --output output/dpt_demo/demo \
 	  --input data/nyu_synthetic/official_splits/test/synthetic_room_0000/rgb_00002.jpg; \
 	cfg=projects/snnet_vitdet/configs/synthetic/mask_rcnn_snnetv2_tiny.py; out=output/snnet_vitdet_tiny; \
 	$(PY) -m datasets.make_synthetic_coco --output output/synthetic_coco; \
@@ -64,9 +64,11 @@ demo: install
 	  train.output_dir=$$out train.init_checkpoint=$$out/model_final.pth; \
 	$(PY) projects/snnet_vitdet/demo.py --config-file $$cfg --weights $$out/model_final.pth --stitch 5 \
 	  --input output/synthetic_coco/val/000002.png --confidence-threshold 0.3 --output $$out/demo; \
-	cat output/dpt_demo/stitch_eval/stitch_report.md $$out/stitch_report_synthetic_shapes_val/stitch_report.md; \
-	echo; echo "depth report:     output/dpt_demo/stitch_eval/stitch_report.{md,csv,png} (exported stitch 5: output/dpt_demo/stitch_5_dpt.pth)"; \
-	echo "depth prediction: output/dpt_demo/predict/rgb_00002_depth.{png,npy}"; \
+	dpt=output/dpt_demo; \
+	cat $$dpt/stitch_report_nyuv2_synthetic_test/stitch_report.md $$out/stitch_report_synthetic_shapes_val/stitch_report.md; \
+	echo; echo "depth training:   $$dpt/{log.txt,metrics.json,model_final.pth} (tensorboard --logdir $$dpt)"; \
+	echo "depth report:     $$dpt/stitch_report_nyuv2_synthetic_test/stitch_report.{md,csv,png} (exported stitch 5: $$dpt/stitch_5/model_final.pth)"; \
+	echo "depth demo:       $$dpt/demo/rgb_00002_depth.{png,npy}"; \
 	echo "detection report: $$out/stitch_report_synthetic_shapes_val/stitch_report.{md,csv,png}"; \
 	echo "detection demo:   $$out/demo/000002.png"
 

@@ -1,5 +1,5 @@
 """Depth deployment: a checkpoint to a model in one call (``load_depth_model``), predictions on image files
-(``predict.py``) and export formats (``torch.export``, TorchScript tracing) of an exported stitch."""
+(``demo.py``) and export formats (``torch.export``, TorchScript tracing) of an exported stitch."""
 import glob
 import os
 
@@ -9,11 +9,12 @@ import pytest
 import torch
 
 from datasets.make_synthetic_nyu import make_synthetic_nyu
-from projects.snnet_dpt import predict
+from projects.snnet_dpt import demo
 from projects.snnet_dpt import train as train_cli
-from projects.snnet_dpt.engine import load_checkpoint, read_checkpoint_header
+from projects.snnet_dpt.training import load_checkpoint, read_checkpoint_header
 from projects.snnet_dpt.export import load_depth_model
 from projects.snnet_dpt.model import build_model
+from snnet_core.select import SelectionError, choose_stitch, read_report
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = os.path.join(REPO, "projects", "snnet_dpt", "configs", "synthetic", "dpt_snnetv2_tiny.py")
@@ -32,8 +33,8 @@ def run(tmp_path_factory):
                     "train.flops_step=0.002", "train.ls_init_images=4", "train.loss_warmup_iters=2",
                     f"train.output_dir={out}"])
     images = sorted(glob.glob(os.path.join(root, "**", "rgb_*.jpg"), recursive=True))[:2]
-    return {"checkpoint": str(out / "checkpoint_last.pth"), "exported": str(out / f"stitch_{EXPORTED}_dpt.pth"),
-            "images": images}
+    return {"checkpoint": str(out / "model_final.pth"), "exported": str(out / f"stitch_{EXPORTED}" / "model_final.pth"),
+            "images": images, "root": root, "out": out}
 
 
 def reference_model(checkpoint):
@@ -83,19 +84,19 @@ def test_load_depth_model_refuses_other_files_naming_them(tmp_path):
         load_depth_model(str(tmp_path / "cut.pth"))
 
 
-def test_predict_writes_a_depth_png_with_colour_bar_and_the_raw_depth(run, tmp_path):
+def test_demo_writes_a_depth_png_with_colour_bar_and_the_raw_depth(run, tmp_path):
     out = tmp_path / "pred"
-    written = predict.main(["--checkpoint", run["checkpoint"], "--stitch", "5", "--input", *run["images"],
+    written = demo.main(["--weights", run["checkpoint"], "--stitch", "5", "--input", *run["images"],
                             "--output", str(out), "--no-flip"])
     assert len(written) == 4
     model = load_depth_model(run["checkpoint"], stitch_id=5)
     for image_path in run["images"]:
         stem = out / (os.path.splitext(os.path.basename(image_path))[0] + "_depth")
         depth = np.load(str(stem) + ".npy")
-        image = predict.read_rgb(image_path)
+        image = demo.read_rgb(image_path)
         assert depth.shape == image.shape[:2] and depth.dtype == np.float32
         assert np.isfinite(depth).all() and depth.min() > 0  # metres
-        np.testing.assert_array_equal(depth, predict.predict_depth(model, image, flip=False))
+        np.testing.assert_array_equal(depth, demo.predict_depth(model, image, flip=False))
         png = cv2.imread(str(stem) + ".png")
         assert png is not None and png.shape[1] > 2 * png.shape[0] * 0.9  # image, depth and its colour bar
     # an exported stitch, a folder as input, flip averaging
@@ -103,21 +104,21 @@ def test_predict_writes_a_depth_png_with_colour_bar_and_the_raw_depth(run, tmp_p
     folder.mkdir()
     for image_path in run["images"]:
         os.link(image_path, folder / os.path.basename(image_path))
-    written = predict.main(["--checkpoint", run["exported"], "--input", str(folder), "--output", str(tmp_path / "e")])
+    written = demo.main(["--weights", run["exported"], "--input", str(folder), "--output", str(tmp_path / "e")])
     assert sorted(os.path.basename(p) for p in written) == sorted(
         os.path.splitext(os.path.basename(p))[0] + ext for p in run["images"] for ext in ("_depth.npy", "_depth.png"))
 
 
-def test_predict_names_an_unreadable_image_and_an_unknown_stitch(run, tmp_path):
+def test_demo_names_an_unreadable_image_and_an_unknown_stitch(run, tmp_path):
     broken = tmp_path / "broken.jpg"
     broken.write_bytes(b"\xff\xd8 not really a jpeg")
     with pytest.raises(ValueError, match="cannot read image .*broken.jpg"):
-        predict.main(["--checkpoint", run["exported"], "--input", str(broken), "--output", str(tmp_path / "o")])
+        demo.main(["--weights", run["exported"], "--input", str(broken), "--output", str(tmp_path / "o")])
     with pytest.raises(FileNotFoundError, match="nowhere.png.*neither an image file nor a folder"):
-        predict.main(["--checkpoint", run["exported"], "--input", str(tmp_path / "nowhere.png"),
+        demo.main(["--weights", run["exported"], "--input", str(tmp_path / "nowhere.png"),
                       "--output", str(tmp_path / "o")])
     with pytest.raises(KeyError, match="unknown stitch id 14: .* ids 0..13"):
-        predict.main(["--checkpoint", run["checkpoint"], "--stitch", "14", "--input", *run["images"],
+        demo.main(["--weights", run["checkpoint"], "--stitch", "14", "--input", *run["images"],
                       "--output", str(tmp_path / "o")])
     assert not (tmp_path / "o").exists()
 
@@ -133,3 +134,28 @@ def test_an_exported_stitch_goes_through_torch_export_and_tracing(run):
     torch.testing.assert_close(program.module()(other), model(other), rtol=1e-5, atol=1e-5)
     traced = torch.jit.trace(model, (x,), check_trace=False)
     torch.testing.assert_close(traced(other), model(other), rtol=1e-5, atol=1e-5)
+
+
+def test_demo_runs_the_best_stitch_of_a_report_within_a_gflops_budget(run, tmp_path):
+    report = tmp_path / "report"
+    train_cli.main(["--config-file", TINY, "--eval-only", "--stitch", "all", "--report-dir", str(report),
+                    f"dataloader.root={run['root']}", "dataloader.eval_size=[64,80]",
+                    f"train.output_dir={run['out']}"])
+    source, record = read_report(str(report))
+    budget = sorted(r["gflops"] for r in record["stitches"].values())[5]
+    best = int(choose_stitch(record, source, max_gflops=budget).chosen["id"])
+    written = demo.main(["--weights", run["checkpoint"], "--max-gflops", str(budget), "--report", str(report),
+                         "--input", run["images"][0], "--output", str(tmp_path / "d"), "--no-flip"])
+    model = load_depth_model(run["checkpoint"], stitch_id=best)
+    expected = demo.predict_depth(model, demo.read_rgb(run["images"][0]), flip=False)
+    np.testing.assert_array_equal(np.load(written[1]), expected)
+    model.backbone.set_stitch(0 if best else 1)  # another stitch predicts otherwise: the comparison can fail
+    other = demo.predict_depth(model, demo.read_rgb(run["images"][0]), flip=False)
+    assert not np.array_equal(np.load(written[1]), other)
+    with pytest.raises(ValueError, match="--max-gflops G needs --report REPORT"):
+        demo.main(["--weights", run["checkpoint"], "--max-gflops", "1", "--input", run["images"][0],
+                   "--output", str(tmp_path / "x")])
+    with pytest.raises(SelectionError, match="no stitch"):
+        demo.main(["--weights", run["checkpoint"], "--max-gflops", "0.001", "--report", str(report),
+                   "--input", run["images"][0], "--output", str(tmp_path / "x")])
+    assert not (tmp_path / "x").exists()

@@ -1,6 +1,8 @@
 """projects/snnet_dpt/train.py end to end on a tiny synthetic NYUv2 (the tiny config + command-line overrides):
-training, exact resume, the per-stitch report (interrupted and resumed), a 2-process gloo DDP run, clear
-errors; and the recipe: mmcv-style parameter groups, OneCycle, gradient clipping, NYU border crop, configs."""
+training, the output layout (detectron2's: log.txt, metrics.json, TensorBoard, model_*.pth, last_checkpoint),
+exact resume, the per-stitch report (interrupted and resumed, --report-dir, --pareto-from), exports, a 2-process
+gloo DDP run, clear errors; and the recipe: mmcv-style parameter groups, OneCycle, gradient clipping, NYU border
+crop, configs."""
 import ast
 import io
 import json
@@ -17,9 +19,10 @@ import torch
 import yaml
 from timm.layers import PatchEmbed
 
-import projects.snnet_dpt.engine as engine
+import projects.snnet_dpt.evaluation as evaluation
 import projects.snnet_dpt.model as model_module
 import projects.snnet_dpt.train as train_cli
+import projects.snnet_dpt.training as training
 from datasets.make_synthetic_nyu import make_synthetic_nyu, write_labeled_mat, write_splits_mat
 from projects.snnet_dpt.export import load_exported_model
 from projects.snnet_dpt.head import Reassemble
@@ -27,12 +30,16 @@ from projects.snnet_dpt.model import build_model
 from projects.snnet_dpt.nyu import build_nyu_split
 from projects.snnet_dpt.transforms import NYU_CROP, DepthDataset, TrainAugmentation
 from snnet_core import evaluate_stitches
+from snnet_core.select import SelectionError, choose_stitch, read_report
+from snnet_core.selection import pareto_frontier
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIGS = os.path.join(REPO, "projects", "snnet_dpt", "configs")
 PAPER = os.path.join(CONFIGS, "dpt_snnetv2_deit3_s_l_nyu.py")
 TINY = os.path.join(CONFIGS, "synthetic", "dpt_snnetv2_tiny.py")
 NUM_STITCHES = 14  # 4-block / 8-block anchors
+REPORT = "stitch_report_nyuv2_synthetic_test"  # the tiny config's report directory under train.output_dir
+TIMING = {"time", "data_time", "eta_seconds"}  # the metrics.json keys that measure time, not training
 
 
 class Interrupted(Exception):
@@ -47,16 +54,29 @@ def data_root(tmp_path_factory):
 
 
 def cli_args(data_root, output_dir, *flags, opts=()):
-    """Flags, then the tiny config's overrides for 64x80 frames, then ``opts`` (later overrides win)."""
-    return ["--config-file", TINY, *flags, f"dataloader.root={data_root}", "dataloader.eval_size=[64,80]",
+    """Flags, then the tiny config's overrides for 64x80 frames (metrics logged every iteration), then ``opts``
+    (later overrides win)."""
+    return ["--config-file", TINY, *map(str, flags), f"dataloader.root={data_root}", "dataloader.eval_size=[64,80]",
             "dataloader.augmentation.crop_size=[48,64]", "train.batch_size=2",
-            "train.flops_step=0.002", "train.ls_init_images=4", "train.loss_warmup_iters=4",
+            "train.flops_step=0.002", "train.ls_init_images=4", "train.loss_warmup_iters=4", "train.log_period=1",
             f"train.output_dir={output_dir}", *opts]
 
 
-def read_log(output_dir, rank=0):
-    with open(os.path.join(output_dir, f"train_log.rank{rank}.jsonl")) as f:
+def read_metrics(output_dir):
+    """The lines of ``<output_dir>/metrics.json``."""
+    with open(os.path.join(output_dir, "metrics.json")) as f:
         return [json.loads(line) for line in f]
+
+
+def training_history(output_dir):
+    """metrics.json without the timing keys: what a resumed run must log exactly as the uninterrupted one."""
+    return [{k: v for k, v in line.items() if k not in TIMING} for line in read_metrics(output_dir)]
+
+
+def route_of(step):
+    """The ``route_loss/...`` key of one iteration's metrics (exactly one: the stitch trained then)."""
+    (key,) = [k for k in step if k.startswith("route_loss/")]
+    return key
 
 
 def test_training_reduces_the_loss_and_writes_the_report(data_root, tmp_path, monkeypatch):
@@ -66,19 +86,20 @@ def test_training_reduces_the_loss_and_writes_the_report(data_root, tmp_path, mo
                         lambda params, max_norm, *a, **k: (clip_norms.append(max_norm), real_clip(params, max_norm))[1])
     out = tmp_path / "run"
     result = train_cli.main(cli_args(data_root, out, "--stitch", "0,1,5", opts=["train.epochs=4"]))
-    steps = [r for r in read_log(out) if "loss" in r]
-    assert len(steps) == 4 * 8 and result["iteration"] == 32
+    steps = [r for r in read_metrics(out) if "total_loss" in r]
+    assert [r["iteration"] for r in steps] == list(range(4 * 8)) and result["iteration"] == 32
     assert clip_norms == [35.0] * 32  # the paper config's clip value (upstream max_norm=35) reaches every step
-    assert len({r["stitch"] for r in steps}) > 3  # ROS draws many stitches
-    first = sum(r["loss"] for r in steps[4:10]) / 6  # right after the 4 warm-up iterations
-    last = sum(r["loss"] for r in steps[-6:]) / 6
+    assert all(r[route_of(r)] == r["total_loss"] for r in steps)  # the step's loss, filed under its route type
+    assert len({route_of(r) for r in steps}) > 3  # ROS draws many route types
+    first = sum(r["total_loss"] for r in steps[4:10]) / 6  # right after the 4 warm-up iterations
+    last = sum(r["total_loss"] for r in steps[-6:]) / 6
     assert last < 0.6 * first, (first, last)
     rows = result["report"]["stitches"]
     assert sorted(int(k) for k in rows) == [0, 1, 5]
     assert all(0 <= rows[k]["a1"] <= 1 and 0 < rows[k]["abs_rel"] < 2 for k in rows), rows
     assert max(rows[k]["a1"] for k in rows) > 0.3, rows  # 32 steps over 14 stitches: not every stitch is good yet
     for name in ("stitch_results.json", "stitch_report.csv", "stitch_report.md", "stitch_report.png"):
-        assert os.path.isfile(out / "stitch_eval" / name)
+        assert os.path.isfile(out / REPORT / name)
     with open(out / "config.yaml") as f:  # the resolved recipe, overrides included
         saved = yaml.safe_load(f)
     assert saved["train"]["epochs"] == 4 and saved["dataloader"]["root"] == data_root
@@ -88,17 +109,18 @@ def test_training_reduces_the_loss_and_writes_the_report(data_root, tmp_path, mo
 def test_resume_is_exact_and_refuses_other_settings(data_root, tmp_path, monkeypatch):
     opts = ["dataloader.layout=sync", "train.epochs=2", "model.drop_path=[0.1,0.1]"]
     train_cli.main(cli_args(data_root, tmp_path / "straight", "--stitch", "none", opts=opts))
-    real_epoch = train_cli.train_one_epoch
+    real_epoch = training.train_one_epoch
 
     def stop_in_second_epoch(*a, **k):
         if a[10] == 1:  # epoch
             raise Interrupted
         return real_epoch(*a, **k)
 
-    monkeypatch.setattr(train_cli, "train_one_epoch", stop_in_second_epoch)
+    monkeypatch.setattr(training, "train_one_epoch", stop_in_second_epoch)
     with pytest.raises(Interrupted):
         train_cli.main(cli_args(data_root, tmp_path / "resumed", "--stitch", "none", opts=opts))
-    monkeypatch.setattr(train_cli, "train_one_epoch", real_epoch)
+    monkeypatch.setattr(training, "train_one_epoch", real_epoch)
+    assert (tmp_path / "resumed" / "last_checkpoint").read_text() == "model_0000007.pth"
     with pytest.raises(ValueError, match="cannot resume.*lr: checkpoint 0.0005 vs now 0.001"):
         train_cli.main(cli_args(data_root, tmp_path / "resumed", "--stitch", "none", "--resume",
                                 opts=[*opts, "optimizer.lr=1e-3"]))
@@ -106,8 +128,8 @@ def test_resume_is_exact_and_refuses_other_settings(data_root, tmp_path, monkeyp
         train_cli.main(cli_args(data_root, tmp_path / "resumed", "--stitch", "none", "--resume",
                                 opts=[*opts, "optimizer.clip_grad=1.0"]))
     train_cli.main(cli_args(data_root, tmp_path / "resumed", "--stitch", "none", "--resume", opts=opts))
-    a = torch.load(tmp_path / "straight" / "checkpoint_last.pth", weights_only=True)
-    b = torch.load(tmp_path / "resumed" / "checkpoint_last.pth", weights_only=True)
+    a = torch.load(tmp_path / "straight" / "model_final.pth", weights_only=True)
+    b = torch.load(tmp_path / "resumed" / "model_final.pth", weights_only=True)
     assert a["iteration"] == b["iteration"] == 16 and a["epoch"] == b["epoch"] == 2
     for part in ("model", "head"):
         for key, value in a[part].items():
@@ -115,14 +137,14 @@ def test_resume_is_exact_and_refuses_other_settings(data_root, tmp_path, monkeyp
     for key, value in a["optimizer"]["state"].items():
         assert torch.equal(value["exp_avg"], b["optimizer"]["state"][key]["exp_avg"])
     assert a["scheduler"]["last_epoch"] == b["scheduler"]["last_epoch"] == 16
-    assert [r for r in read_log(tmp_path / "straight")] == [r for r in read_log(tmp_path / "resumed")]
+    assert training_history(tmp_path / "straight") == training_history(tmp_path / "resumed")
 
 
 def test_stitch_report_is_resumable_after_an_interruption(data_root, tmp_path, monkeypatch):
     out = tmp_path / "run"
     train_cli.main(cli_args(data_root, out, "--stitch", "none", opts=["train.epochs=1"]))
     calls = []
-    real_evaluate = engine.evaluate
+    real_evaluate = evaluation.evaluate
 
     def interrupted_after_five(model, *a, **k):
         if len(calls) == 5:
@@ -130,22 +152,22 @@ def test_stitch_report_is_resumable_after_an_interruption(data_root, tmp_path, m
         calls.append(model.backbone.stitch_id)
         return real_evaluate(model, *a, **k)
 
-    monkeypatch.setattr(engine, "evaluate", interrupted_after_five)
+    monkeypatch.setattr(evaluation, "evaluate", interrupted_after_five)
     eval_args = cli_args(data_root, out, "--eval-only", "--stitch", "all",
                          opts=["test.flip=false", "test.share_prefixes=false"])
     with pytest.raises(Interrupted):
         train_cli.main(eval_args)
-    with open(out / "stitch_eval" / "stitch_results.json") as f:
+    with open(out / REPORT / "stitch_results.json") as f:
         partial = json.load(f)["stitches"]
     assert sorted(int(k) for k in partial) == sorted(calls)
     calls.clear()
-    monkeypatch.setattr(engine, "evaluate", lambda model, *a, **k: (calls.append(model.backbone.stitch_id),
-                                                                      real_evaluate(model, *a, **k))[1])
+    monkeypatch.setattr(evaluation, "evaluate", lambda model, *a, **k: (calls.append(model.backbone.stitch_id),
+                                                                          real_evaluate(model, *a, **k))[1])
     record = train_cli.main(eval_args)["report"]
     assert len(record["stitches"]) == NUM_STITCHES and len(calls) == NUM_STITCHES - 5
     for k, row in partial.items():
         assert record["stitches"][k] == row  # finished stitches are not redone
-    with open(out / "stitch_eval" / "stitch_report.csv") as f:
+    with open(out / REPORT / "stitch_report.csv") as f:
         assert len(f.readlines()) == NUM_STITCHES + 1
     # the Pareto frontier of this report, evaluated again: nothing new to compute
     calls.clear()
@@ -161,22 +183,23 @@ def trained(data_root, tmp_path_factory):
     """The checkpoint of a 1-epoch run of the tiny config."""
     out = tmp_path_factory.mktemp("trained")
     train_cli.main(cli_args(data_root, out, "--stitch", "none", opts=["train.epochs=1"]))
-    return out / "checkpoint_last.pth"
+    return out / "model_final.pth"
 
 
 def evaluate_cli(data_root, checkpoint, eval_dir, *opts, launcher=(), launcher_output=None):
     """``--eval-only --stitch all`` of ``checkpoint`` into ``eval_dir``: in this process, or as a child under
     ``launcher`` (e.g. torchrun; its stderr is appended to ``launcher_output``); returns the rows of
     stitch_results.json."""
-    argv = cli_args(data_root, eval_dir.parent / "out", "--eval-only", "--stitch", "all",
-                    opts=[f"train.checkpoint={checkpoint}", f"test.eval_dir={eval_dir}", *opts])
+    argv = cli_args(data_root, eval_dir.parent / "out", "--eval-only", "--stitch", "all", "--report-dir", eval_dir,
+                    opts=[f"train.init_checkpoint={checkpoint}", *opts])
     if launcher:
         env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", MPLBACKEND="Agg")
-        proc = subprocess.run([*launcher, os.path.join(REPO, "projects", "snnet_dpt", "train.py"), *argv], cwd=REPO,
-                              env=env, capture_output=True, text=True, timeout=300)
+        script = os.path.join(REPO, "projects", "snnet_dpt", "train.py")
+        proc = subprocess.run([*launcher, script, *map(str, argv)], cwd=REPO, env=env, capture_output=True, text=True,
+                              timeout=300)
         assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
         assert launcher_output is not None
-        launcher_output.append(proc.stderr)
+        launcher_output.append(proc.stdout + proc.stderr)
     else:
         train_cli.main(argv)
     with open(eval_dir / "stitch_results.json") as f:
@@ -237,19 +260,21 @@ def test_two_process_ddp_trains_the_same_stitch_on_both_ranks(data_root, tmp_pat
     env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1")
     proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    logs = [read_log(out, rank) for rank in (0, 1)]
-    steps = [[r for r in log if "loss" in r] for log in logs]
-    assert len(steps[0]) == len(steps[1]) == 2 * 8 // 2  # 16 frames, 2 per rank per step
-    assert [r["stitch"] for r in steps[0]] == [r["stitch"] for r in steps[1]]
-    assert len({r["stitch"] for r in steps[0]}) > 2
-    assert any(a["loss"] != b["loss"] for a, b in zip(*steps))  # each rank saw its own frames
-    checksums = [[r["param_checksum"] for r in log if r.get("event") == "epoch_end"] for log in logs]
-    assert len(checksums[0]) == 2 and checksums[0] == checksums[1]  # replicas stay identical
-    with open(out / "stitch_eval" / "stitch_results.json") as f:
+    steps = [r for r in read_metrics(out) if "total_loss" in r]  # rank 0 writes metrics.json
+    assert [r["iteration"] for r in steps] == list(range(2 * 8 // 2))  # 16 frames, 2 per rank per step
+    assert len({route_of(r) for r in steps}) > 2
+    # every rank logs each epoch's mean loss, parameter checksum and stitch sequence (rank 1 into log.txt.rank1)
+    epoch_line = re.compile(r"epoch (\d)/2 \(iteration \d+\): mean loss ([\d.]+), parameter checksum (\S+), "
+                            r"stitch sequence (\w+)")
+    epochs = [epoch_line.findall((out / name).read_text()) for name in ("log.txt", "log.txt.rank1")]
+    assert [e[0] for e in epochs[0]] == [e[0] for e in epochs[1]] == ["1", "2"]
+    assert [e[2:] for e in epochs[0]] == [e[2:] for e in epochs[1]]  # same stitches, replicas stay identical
+    assert all(a[1] != b[1] for a, b in zip(*epochs))  # each rank saw its own frames
+    with open(out / REPORT / "stitch_results.json") as f:
         assert sorted(json.load(f)["stitches"]) == ["0", "1"]
-    exported = load_exported_model(str(out / "stitch_7_dpt.pth"))
-    trained = build_model(engine.read_checkpoint_header(str(out / "checkpoint_last.pth"))["spec"]).eval()
-    engine.load_checkpoint(str(out / "checkpoint_last.pth"), trained)
+    exported = load_exported_model(str(out / "stitch_7" / "model_final.pth"))
+    trained = build_model(training.read_checkpoint_header(str(out / "model_final.pth"))["spec"]).eval()
+    training.load_checkpoint(str(out / "model_final.pth"), trained)
     trained.backbone.set_stitch(7)
     image, _ = DepthDataset(build_nyu_split("sync", data_root, "test"))[0]
     with torch.no_grad():
@@ -269,8 +294,11 @@ def test_clear_errors_for_bad_inputs(data_root, tmp_path):
         train_cli.main(cli_args(data_root, tmp_path / "d", "--stitch", "pareto"))
     with pytest.raises(ValueError, match="dataloader.eval_size is 480x640"):
         train_cli.main(cli_args(data_root, tmp_path / "e", opts=["dataloader.eval_size=[480,640]"]))
-    with pytest.raises(FileNotFoundError, match="checkpoint"):
+    with pytest.raises(FileNotFoundError, match=r"--eval-only: .*last_checkpoint does not exist.*init_checkpoint"):
         train_cli.main(cli_args(data_root, tmp_path / "f", "--eval-only"))
+    with pytest.raises(ValueError, match="train.init_checkpoint='x.pth' is not valid: expected empty: it names the "
+                                         "checkpoint --eval-only evaluates"):
+        train_cli.main(cli_args(data_root, tmp_path / "f", opts=["train.init_checkpoint=x.pth"]))
     with pytest.raises(KeyError, match="no key 'optimizer.learning_rate'"):
         train_cli.main(cli_args(data_root, tmp_path / "g", opts=["optimizer.learning_rate=1e-3"]))
     with pytest.raises(ValueError, match="put the flags before the overrides"):
@@ -278,8 +306,9 @@ def test_clear_errors_for_bad_inputs(data_root, tmp_path):
     with pytest.raises(ValueError, match="train.batch_size=3 .* not divisible"):
         train_cli.recipe_from_config(train_cli.load_config(TINY, ["train.batch_size=3"]), world_size=2)
     with pytest.raises(ValueError, match=r"param_rules\['backbone'\] has unknown fields \['lr'\]"):
-        engine.param_groups(torch.nn.Linear(2, 2), 1e-3, 0.01, {"backbone": {"lr": 0.1}})
-    assert not os.path.exists(tmp_path / "a") and not os.path.exists(tmp_path / "g")  # nothing written
+        training.param_groups(torch.nn.Linear(2, 2), 1e-3, 0.01, {"backbone": {"lr": 0.1}})
+    for name in "abcdefgh":
+        assert not os.path.exists(tmp_path / name)  # nothing written
 
 
 def test_default_config_is_the_paper_recipe_and_fails_fast_without_data(tmp_path, monkeypatch):
@@ -300,6 +329,7 @@ def test_command_line_overrides_and_the_tiny_config(tmp_path):
     changed = {f"{s}.{k}" for s in paper for k in paper[s] if paper[s][k] != tiny[s][k]}
     assert changed == {"model.pretrained", "model.anchor_overrides", "model.out_indices", "model.features",
                        "model.post_process_channels", "dataloader.root", "dataloader.layout", "dataloader.eval_size",
+                       "dataloader.test_name",
                        "dataloader.augmentation", "dataloader.workers", "optimizer.lr", "train.output_dir",
                        "train.epochs", "train.batch_size", "train.loss_warmup_iters", "train.ls_init_images",
                        "train.flops_step"}
@@ -318,7 +348,7 @@ def test_parameter_groups_follow_upstream_mmcv_rules():
     cfg = train_cli.load_config(TINY, ["dataloader.eval_size=[32,32]"])
     model = build_model(train_cli.model_spec(cfg))
     recipe = train_cli.recipe_from_config(cfg)
-    groups = {g["name"]: g for g in engine.build_optimizer(model, recipe).param_groups}
+    groups = {g["name"]: g for g in training.build_optimizer(model, recipe).param_groups}
     group_of = {id(p): name for name, g in groups.items() for p in g["params"]}
     named = dict(model.named_parameters())
     lr, wd = recipe.lr, recipe.weight_decay
@@ -337,13 +367,13 @@ def test_parameter_groups_follow_upstream_mmcv_rules():
     assert setting("backbone.anchors.0.blocks.0.norm1.weight") == ("backbone", pytest.approx(0.1), 1.0)
     assert setting("head.output.conv3.bias") == ("default", 1.0, 1.0)
     assert id(named["backbone.stitch_s2l.0.weight"]) not in group_of  # frozen LS weight of LoRA SL
-    assert engine.match_param_rule("a.pos_embed.b", {"pos_embed": {}, "cls_token": {}, "a": {}}) == "pos_embed"
-    assert engine.match_param_rule("cls_token.pos_embed", {"pos_embed": {}, "cls_token": {}}) == "cls_token"
+    assert training.match_param_rule("a.pos_embed.b", {"pos_embed": {}, "cls_token": {}, "a": {}}) == "pos_embed"
+    assert training.match_param_rule("cls_token.pos_embed", {"pos_embed": {}, "cls_token": {}}) == "cls_token"
 
     def peak_lrs(shared):
         recipe.shared_max_lr = shared
-        optimizer = engine.build_optimizer(model, recipe)
-        engine.build_scheduler(optimizer, recipe, total_steps=10)
+        optimizer = training.build_optimizer(model, recipe)
+        training.build_scheduler(optimizer, recipe, total_steps=10)
         return {g["name"]: g["max_lr"] / lr for g in optimizer.param_groups}, optimizer
 
     # upstream: mmcv's OneCycle gives every group the scalar max_lr (lr_mult is overwritten)
@@ -358,7 +388,7 @@ def test_onecycle_momentum_cycles_beta1_as_mmcv():
     recipe = train_cli.recipe_from_config(train_cli.load_config(TINY, []))
     optimizer = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))], lr=recipe.lr, betas=recipe.betas)
     optimizer.param_groups[0]["name"] = "default"
-    scheduler = engine.build_scheduler(optimizer, recipe, total_steps=100)
+    scheduler = training.build_scheduler(optimizer, recipe, total_steps=100)
     lrs, beta1 = [], []
     for _ in range(100):
         lrs.append(optimizer.param_groups[0]["lr"])
@@ -440,22 +470,24 @@ def test_a_second_training_never_touches_the_run_in_its_output_dir(data_root, tm
     out = tmp_path / "run"
     train_cli.main(cli_args(data_root, out, "--stitch", "0", opts=["train.epochs=1"]))
     first = file_states(out)
-    assert {"checkpoint_last.pth", "config.yaml", "train_log.rank0.jsonl",
-            "stitch_eval/stitch_results.json"} <= set(first)
-    with pytest.raises(FileExistsError, match=r"already holds a run \(checkpoint_last.pth, config.yaml.*--resume.*"
-                                              r"--overwrite.*another train.output_dir"):
+    assert {"model_final.pth", "last_checkpoint", "config.yaml", "log.txt", "metrics.json",
+            f"{REPORT}/stitch_results.json"} <= set(first)
+    with pytest.raises(FileExistsError, match=r"already holds a training run \(last_checkpoint, metrics.json, "
+                                              r"model_final.pth.*--resume.*--overwrite.*another train.output_dir"):
         train_cli.main(cli_args(data_root, out, "--stitch", "0", opts=["train.epochs=1", "train.seed=1"]))
     assert file_states(out) == first  # checkpoint, log, config and report untouched
     # --overwrite replaces the run: one history in the log, a report of the new model only
     result = train_cli.main(cli_args(data_root, out, "--overwrite", "--stitch", "1", opts=["train.epochs=1",
                                                                                            "train.seed=1"]))
-    assert [r["iter"] for r in read_log(out) if "loss" in r] == list(range(8))
+    assert [r["iteration"] for r in read_metrics(out) if "total_loss" in r] == list(range(8))
     assert sorted(result["report"]["stitches"]) == ["1"]
     with open(out / "config.yaml") as f:
         assert yaml.safe_load(f)["train"]["seed"] == 1
-    with pytest.raises(FileNotFoundError, match=r"--resume: checkpoint .*nothing.pth.* does not exist.*--overwrite"):
-        train_cli.main(cli_args(data_root, out, "--resume", "--stitch", "none",
-                                opts=["train.epochs=1", f"train.checkpoint={tmp_path / 'nothing.pth'}"]))
+    with pytest.raises(FileNotFoundError, match=r"--resume: .*last_checkpoint does not exist.*start afresh"):
+        train_cli.main(cli_args(data_root, tmp_path / "empty", "--resume", "--stitch", "none"))
+    (out / "last_checkpoint").write_text("../elsewhere.pth")  # a tampered tag is refused, not followed
+    with pytest.raises(ValueError, match=r"--resume: .*last_checkpoint names '../elsewhere.pth', not a .pth file"):
+        train_cli.main(cli_args(data_root, out, "--resume", "--stitch", "none", opts=["train.seed=1"]))
 
 
 def test_report_is_keyed_on_the_checkpoint_content_and_the_metric_settings(data_root, tmp_path):
@@ -464,17 +496,17 @@ def test_report_is_keyed_on_the_checkpoint_content_and_the_metric_settings(data_
                                 opts=["train.epochs=1", f"train.seed={seed}"]))
     shared = tmp_path / "shared_eval"
     ckpt = tmp_path / "evaluated.pth"  # one path, two models in turn: the path does not identify the weights
-    os.link(tmp_path / "model0" / "checkpoint_last.pth", ckpt)
+    os.link(tmp_path / "model0" / "model_final.pth", ckpt)
 
-    def evaluate(*flags, opts=()):
-        return train_cli.main(cli_args(data_root, tmp_path / "eval_out", "--eval-only", *flags,
-                                       opts=[f"train.checkpoint={ckpt}", f"test.eval_dir={shared}", *opts]))
+    def evaluate(*flags, report=shared, opts=()):
+        return train_cli.main(cli_args(data_root, tmp_path / "eval_out", "--eval-only", "--report-dir", report, *flags,
+                                       opts=[f"train.init_checkpoint={ckpt}", *opts]))
 
     first = evaluate("--stitch", "0")["report"]
     assert re.fullmatch(r"weights=sha256:[0-9a-f]{16}\|test_set=.*nyu_depth_v2_labeled.mat \(rawDepths.*\|images=4"
                         r"\|eval_size=64x80\|eigen_crop=6,63,5,75\|flip=True\|amp=False", first["run_key"])
     os.remove(ckpt)
-    os.link(tmp_path / "model1" / "checkpoint_last.pth", ckpt)
+    os.link(tmp_path / "model1" / "model_final.pth", ckpt)
     with pytest.raises(RuntimeError, match=r"another model or setting \(weights sha256:\w+ there vs sha256:\w+ now\)"):
         evaluate("--stitch", "1")
     for setting, differs in (("test.max_images=2", "images 4 there vs 2 now"), ("dataloader.depth_source=filled",
@@ -487,20 +519,20 @@ def test_report_is_keyed_on_the_checkpoint_content_and_the_metric_settings(data_
 
     def replaced_while_read(path, *a, **k):  # a training run renames a new checkpoint over the evaluated one
         os.remove(ckpt)
-        os.link(tmp_path / "model0" / "checkpoint_last.pth", ckpt)
+        os.link(tmp_path / "model0" / "model_final.pth", ckpt)
         return real_load(path, *a, **k)
 
     os.remove(ckpt)
-    os.link(tmp_path / "model1" / "checkpoint_last.pth", ckpt)
+    os.link(tmp_path / "model1" / "model_final.pth", ckpt)
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(train_cli, "load_checkpoint", replaced_while_read)
         with pytest.raises(RuntimeError, match="evaluated.pth' was replaced while it was read"):
-            evaluate("--stitch", "0", opts=[f"test.eval_dir={tmp_path / 'other_eval'}"])
+            evaluate("--stitch", "0", report=tmp_path / "other_eval")
     # a training run refuses, before training, to evaluate into a directory holding another model's report
     with pytest.raises(FileExistsError, match="stitch_results.json holds the per-stitch report of another model"):
-        train_cli.main(cli_args(data_root, tmp_path / "model2", "--stitch", "0",
-                                opts=["train.epochs=1", f"test.eval_dir={shared}"]))
-    assert not os.path.exists(tmp_path / "model2" / "checkpoint_last.pth")
+        train_cli.main(cli_args(data_root, tmp_path / "model2", "--stitch", "0", "--report-dir", shared,
+                                opts=["train.epochs=1"]))
+    assert not os.path.exists(tmp_path / "model2")
 
 
 @pytest.mark.parametrize("override, error, message", [
@@ -552,27 +584,29 @@ def test_non_finite_loss_names_the_iteration_the_stitch_and_what_to_check(data_r
                                                  r"ground-truth depth of this batch holds inf/NaN"):
         train_cli.main(cli_args(data_root, tmp_path / "a", "--stitch", "none", opts=["train.ls_init_images=0"]))
     monkeypatch.setattr(DepthDataset, "__getitem__", real_item)
-    real_forward = train_cli.DPTDepthModel.forward
-    monkeypatch.setattr(train_cli.DPTDepthModel, "forward",
+    real_forward = model_module.DPTDepthModel.forward
+    monkeypatch.setattr(model_module.DPTDepthModel, "forward",
                         lambda self, images: real_forward(self, images) * float("nan"))
     with pytest.raises(FloatingPointError, match=r"iteration 0 .*the prediction is not finite .*lower optimizer.lr"):
         train_cli.main(cli_args(data_root, tmp_path / "b", "--stitch", "none", opts=["train.ls_init_images=0"]))
 
 
-def test_eval_only_names_a_truncated_checkpoint_and_says_it_ignores_pretrained(data_root, tmp_path, caplog):
+def test_eval_only_names_a_truncated_checkpoint_and_says_it_ignores_pretrained(data_root, tmp_path):
     out = tmp_path / "run"
     train_cli.main(cli_args(data_root, out, "--stitch", "none", opts=["train.epochs=1"]))
-    with open(out / "checkpoint_last.pth", "rb") as f:
+    with open(out / "model_final.pth", "rb") as f:
         data = f.read()
     truncated = tmp_path / "truncated.pth"
     truncated.write_bytes(data[: len(data) // 2])
     with pytest.raises(RuntimeError, match=r"truncated.pth.* is truncated or corrupt"):
-        train_cli.main(cli_args(data_root, out, "--eval-only", "--stitch", "0", opts=[f"train.checkpoint={truncated}"]))
+        train_cli.main(cli_args(data_root, out, "--eval-only", "--stitch", "0",
+                                opts=[f"train.init_checkpoint={truncated}"]))
     missing = [str(tmp_path / "gone_small.pth"), str(tmp_path / "gone_large.pth")]
     result = train_cli.main(cli_args(data_root, out, "--eval-only", "--stitch", "0",
                                      opts=[f"model.pretrained=[{missing[0]},{missing[1]}]"]))
     assert sorted(result["report"]["stitches"]) == ["0"]
-    assert "gone_small.pth" in caplog.text and "it is not read: with --eval-only every weight comes from" in caplog.text
+    log = (out / "log.txt").read_text()  # logged before the run's checks had passed, written to log.txt after
+    assert "gone_small.pth" in log and "it is not read: with --eval-only every weight comes from" in log
 
 
 def test_stitch_selections_that_evaluate_nothing_twice_or_another_tasks_frontier_are_refused(data_root, tmp_path):
@@ -581,9 +615,9 @@ def test_stitch_selections_that_evaluate_nothing_twice_or_another_tasks_frontier
     with pytest.raises(ValueError, match="names no stitch"):
         train_cli.main(cli_args(data_root, out, "--eval-only", "--stitch", ","))
     calls = []
-    real_evaluate_group = engine.evaluate_group
+    real_evaluate_group = evaluation.evaluate_group
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(engine, "evaluate_group", lambda model, loader, ids, *a: (calls.append(list(ids)),
+        patch.setattr(evaluation, "evaluate_group", lambda model, loader, ids, *a: (calls.append(list(ids)),
                                                                                 real_evaluate_group(model, loader, ids,
                                                                                                     *a))[1])
         record = train_cli.main(cli_args(data_root, out, "--eval-only", "--stitch", "3,3,3"))["report"]
@@ -594,6 +628,108 @@ def test_stitch_selections_that_evaluate_nothing_twice_or_another_tasks_frontier
     evaluate_stitches(lambda sid: {"bbox_AP": float(sid)}, [0, 1], model.backbone.space, flops, str(detection),
                       "bbox_AP", task="detection", progress=False)
     with pytest.raises(ValueError, match="of a 'detection' evaluation .*not of 'depth'"):
-        train_cli.main(cli_args(data_root, out, "--eval-only", "--stitch", "pareto",
-                                opts=[f"test.pareto_source={detection / 'stitch_results.json'}",
-                                      f"test.eval_dir={tmp_path / 'pareto'}"]))
+        train_cli.main(cli_args(data_root, out, "--eval-only", "--stitch", "pareto", "--pareto-from",
+                                detection / "stitch_results.json", "--report-dir", tmp_path / "pareto"))
+    with pytest.raises(SelectionError, match="is a detection report, not a depth one"):
+        train_cli.main(cli_args(data_root, out, "--eval-only", "--stitch", "none", "--report-dir", detection,
+                                "--export-stitch", "best:1"))
+
+
+# ---------------------------------------------------------------------------------------- layout, defaults, exports
+def test_training_writes_detectron2s_output_layout_and_keeps_max_to_keep_checkpoints(data_root, tmp_path):
+    out = tmp_path / "run"
+    train_cli.main(cli_args(data_root, out, "--stitch", "none",
+                            opts=["train.epochs=4", "train.log_period=3", "train.max_to_keep=2"]))
+    names = set(os.listdir(out))
+    assert {"config.yaml", "log.txt", "metrics.json", "last_checkpoint", "flops_cache"} <= names
+    assert len([n for n in names if n.startswith("events.out.tfevents.")]) == 1
+    # epochs of 8 iterations end at iterations 7, 15, 23, 31: the newest two periodic checkpoints and the final one
+    assert sorted(n for n in names if n.startswith("model_")) == ["model_0000015.pth", "model_0000023.pth",
+                                                                  "model_final.pth"]
+    assert (out / "last_checkpoint").read_text() == "model_final.pth"
+    headers = {n: training.read_checkpoint_header(str(out / n)) for n in ("model_0000015.pth", "model_final.pth")}
+    assert [(h["epoch"], h["iteration"], h["eval_size"]) for h in headers.values()] == [(2, 16, (64, 80)),
+                                                                                        (4, 32, (64, 80))]
+    metrics = read_metrics(out)
+    # every 3rd iteration, and the end of every epoch with its mean loss and parameter checksum
+    assert [r["iteration"] for r in metrics if "total_loss" in r] == sorted(
+        {i for i in range(32) if (i + 1) % 3 == 0} | {7, 15, 23, 31})
+    assert [r["iteration"] for r in metrics if "epoch/mean_silog" in r and "epoch/param_checksum" in r] == [
+        7, 15, 23, 31]
+    assert all("lr" in r and r[route_of(r)] == r["total_loss"] for r in metrics if "total_loss" in r)
+    routes = {k for r in metrics for k in r if k.startswith("route_loss/")}
+    assert len(routes) >= 3 and routes <= {f"route_loss/{t}" for t in ("fast_anchor", "slow_anchor", "FS", "SF",
+                                                                       "FSF", "SFS")}
+    assert not any("stitch" in k for r in metrics for k in r)  # no stitch-id curve
+    log = (out / "log.txt").read_text()
+    assert "epoch 4/4 (iteration 32): mean loss" in log and "total_loss: " in log  # detectron2's printer too
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(out))
+    events.Reload()
+    assert {"total_loss", "lr", "epoch/mean_silog"} | routes <= set(events.Tags()["scalars"])
+    with pytest.raises(ValueError, match=r"train.max_to_keep=0 is not valid"):
+        train_cli.main(cli_args(data_root, tmp_path / "x", opts=["train.max_to_keep=0"]))
+
+
+@pytest.fixture(scope="module")
+def nyu_128x160(tmp_path_factory):
+    """Synthetic NYUv2 at the tiny config's own size, 128x160."""
+    root = str(tmp_path_factory.mktemp("nyu_128x160"))
+    make_synthetic_nyu(root, num_train=8, num_test=2, size=(128, 160), seed=1)
+    return root
+
+
+def test_eval_only_evaluates_what_last_checkpoint_names_at_the_size_it_was_trained_at(data_root, nyu_128x160,
+                                                                                      tmp_path):
+    out = tmp_path / "run"
+    train_cli.main(cli_args(data_root, out, "--stitch", "none", opts=["train.epochs=2"]))
+
+    def evaluate(*flags, root=data_root, opts=()):
+        """--eval-only without dataloader.eval_size on the command line (the tiny config says 128x160)."""
+        argv = cli_args(root, out, "--eval-only", "--stitch", "0", *flags, opts=opts)
+        argv.remove("dataloader.eval_size=[64,80]")
+        return train_cli.main(argv)
+
+    result = evaluate()
+    assert result["checkpoint"] == str(out / "model_final.pth") and result["iteration"] == 16
+    assert "|eval_size=64x80|" in result["report"]["run_key"]  # the checkpoint's size, not the config's 128x160
+    assert "evaluating at 64x80, the dataloader.eval_size" in (out / "log.txt").read_text()
+    (out / "last_checkpoint").write_text("model_0000007.pth")
+    result = evaluate("--report-dir", tmp_path / "epoch1")
+    assert result["checkpoint"] == str(out / "model_0000007.pth") and result["iteration"] == 8
+    # the command line's size wins, with a warning naming both
+    result = evaluate("--report-dir", tmp_path / "big", root=nyu_128x160, opts=["dataloader.eval_size=[128,160]"])
+    assert "|eval_size=128x160|" in result["report"]["run_key"]
+    assert re.search(r"WARNING: evaluating at 128x160 \(dataloader.eval_size on the command line\), not at 64x80, "
+                     r"the size .*model_0000007.pth was trained at", (out / "log.txt").read_text())
+    # a checkpoint that does not record its size is evaluated at the config's
+    state = torch.load(out / "model_final.pth", weights_only=True)
+    del state["eval_size"]
+    torch.save(state, tmp_path / "older.pth")
+    with pytest.raises(ValueError, match="test frames are 64x80 but dataloader.eval_size is 128x160"):
+        evaluate(opts=[f"train.init_checkpoint={tmp_path / 'older.pth'}"])
+
+
+def test_pareto_from_report_dir_and_exports_of_the_frontier_and_of_a_budget(data_root, trained, tmp_path):
+    full = tmp_path / "full"
+    rows = evaluate_cli(data_root, trained, full)  # every stitch, into --report-dir full
+    frontier = sorted(pareto_frontier({int(k): r["gflops"] for k, r in rows.items()},
+                                      {int(k): r["a1"] for k, r in rows.items()}, True))
+    assert 1 <= len(frontier) < NUM_STITCHES
+    out = tmp_path / "out"
+    result = train_cli.main(cli_args(data_root, out, "--eval-only", "--stitch", "pareto", "--pareto-from",
+                                     full / "stitch_results.json", "--report-dir", tmp_path / "front",
+                                     "--export-stitch", "pareto", opts=[f"train.init_checkpoint={trained}"]))
+    assert sorted(int(k) for k in result["report"]["stitches"]) == frontier  # exactly full's frontier, into front/
+    assert result["export"] == [str(out / f"stitch_{sid}" / "model_final.pth") for sid in frontier]
+    budget = sorted(r["gflops"] for r in rows.values())[NUM_STITCHES // 2]
+    source, record = read_report(str(full))
+    best = int(choose_stitch(record, source, max_gflops=budget).chosen["id"])
+    result = train_cli.main(cli_args(data_root, out, "--eval-only", "--stitch", "none", "--report-dir", full,
+                                     "--export-stitch", f"best:{budget}", opts=[f"train.init_checkpoint={trained}"]))
+    assert result["export"] == [str(out / f"stitch_{best}" / "model_final.pth")]
+    assert load_exported_model(result["export"][0]).backbone.stitch_id == best
+    with pytest.raises(KeyError, match="unknown stitch id 99"):  # ids are checked before anything is computed
+        train_cli.main(cli_args(data_root, tmp_path / "never", "--stitch", "none", "--export-stitch", "3,99"))
+    assert not os.path.exists(tmp_path / "never")

@@ -13,9 +13,10 @@ import pytest
 import torch
 
 import projects.snnet_dpt.train as train_cli
+import projects.snnet_dpt.training as training
 from snnet_core.atomic_io import temporaries_of
 from tests import test_dpt_train
-from tests.test_dpt_train import NUM_STITCHES, cli_args, read_log
+from tests.test_dpt_train import NUM_STITCHES, REPORT, cli_args, read_metrics, training_history
 
 data_root = test_dpt_train.data_root  # the module's synthetic NYUv2 fixture
 
@@ -28,7 +29,8 @@ import io, os, resource, signal, sys
 sys.path.insert(0, {repo!r})
 import torch
 torch.set_num_threads(1)
-import projects.snnet_dpt.engine as engine
+import projects.snnet_dpt.evaluation as evaluation
+import projects.snnet_dpt.training as training
 import projects.snnet_dpt.train as train_cli
 from projects.snnet_dpt.loss import SILogLoss
 {hook}
@@ -58,23 +60,23 @@ torch.save = half_then_killed
 """
 
 KILL_IN_SIXTH_EVALUATION = """
-real_evaluate, done = engine.{function}, []
+real_evaluate, done = evaluation.{function}, []
 def evaluate(*args, **kwargs):
     if len(done) == 5:  # the sixth stitch (per-stitch loop) or the sixth group of stitches (grouped evaluation)
         os.kill(os.getpid(), signal.SIGKILL)
     done.append(1)
     return real_evaluate(*args, **kwargs)
-engine.{function} = evaluate
+evaluation.{function} = evaluate
 """
 
 DISK_FULL_AT_SECOND_CHECKPOINT = """
-real_save_checkpoint = train_cli.save_checkpoint
+real_save_checkpoint = training.save_checkpoint
 def save_checkpoint(path, *args):
-    if args[-2] == 2:  # epoch: the disk fills before the second checkpoint (1 MiB per file from now on)
+    if os.path.basename(path) == "model_final.pth":  # the disk fills before the second (1 MiB per file from now on)
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # the write fails with EFBIG instead of killing
         resource.setrlimit(resource.RLIMIT_FSIZE, (1 << 20, 1 << 20))
     return real_save_checkpoint(path, *args)
-train_cli.save_checkpoint = save_checkpoint
+training.save_checkpoint = save_checkpoint
 """
 
 
@@ -90,9 +92,9 @@ def straight(data_root, tmp_path_factory):
     """An uninterrupted 2-epoch run and its report of every stitch."""
     out = tmp_path_factory.mktemp("straight")
     train_cli.main(cli_args(data_root, out, "--stitch", "all", opts=EPOCHS))
-    with open(out / "stitch_eval" / "stitch_results.json") as f:
+    with open(out / REPORT / "stitch_results.json") as f:
         report = json.load(f)
-    return {"dir": out, "checkpoint": out / "checkpoint_last.pth", "log": read_log(out), "report": report}
+    return {"dir": out, "checkpoint": out / "model_final.pth", "history": training_history(out), "report": report}
 
 
 def assert_same_checkpoint(path_a, path_b):
@@ -110,26 +112,30 @@ def test_sigkill_during_training_then_resume_ends_as_the_uninterrupted_run(data_
     out = tmp_path / "killed"
     killed = run_child(KILL_AT_ITERATION_11, cli_args(data_root, out, "--stitch", "none", opts=EPOCHS))
     assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
-    assert train_cli.read_checkpoint_header(str(out / "checkpoint_last.pth"))["epoch"] == 1
-    assert [r["iter"] for r in read_log(out) if "loss" in r][-3:] == [8, 9, 10]  # the killed epoch's first steps
+    assert (out / "last_checkpoint").read_text() == "model_0000007.pth"
+    assert training.read_checkpoint_header(str(out / "model_0000007.pth"))["epoch"] == 1
+    # the killed epoch's first steps were logged
+    assert [r["iteration"] for r in read_metrics(out) if "total_loss" in r][-3:] == [8, 9, 10]
     with pytest.raises(FileExistsError, match="--resume"):  # a plain rerun would overwrite the killed run
         train_cli.main(cli_args(data_root, out, "--stitch", "none", opts=EPOCHS))
     train_cli.main(cli_args(data_root, out, "--resume", "--stitch", "none", opts=EPOCHS))
-    assert_same_checkpoint(straight["checkpoint"], out / "checkpoint_last.pth")
-    assert read_log(out) == straight["log"]  # one history: the killed epoch's lines were dropped, then redone
+    assert_same_checkpoint(straight["checkpoint"], out / "model_final.pth")
+    # one history: the killed epoch's lines were dropped from metrics.json, then logged again as the first time
+    assert training_history(out) == straight["history"]
 
 
 def test_sigkill_during_a_checkpoint_write_then_resume_from_the_previous_one(data_root, straight, tmp_path):
     out = tmp_path / "killed"
     killed = run_child(KILL_IN_SECOND_CHECKPOINT_WRITE, cli_args(data_root, out, "--stitch", "none", opts=EPOCHS))
     assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
-    checkpoint = str(out / "checkpoint_last.pth")
-    assert len(temporaries_of(checkpoint)) == 1  # the half-written second checkpoint
-    assert train_cli.read_checkpoint_header(checkpoint)["epoch"] == 1  # the first one, intact
+    final = str(out / "model_final.pth")
+    assert len(temporaries_of(final)) == 1 and not os.path.exists(final)  # the half-written second checkpoint
+    assert (out / "last_checkpoint").read_text() == "model_0000007.pth"  # the first one, named and intact
+    assert training.read_checkpoint_header(str(out / "model_0000007.pth"))["epoch"] == 1
     train_cli.main(cli_args(data_root, out, "--resume", "--stitch", "none", opts=EPOCHS))
-    assert temporaries_of(checkpoint) == []  # removed at the start of the resumed run
-    assert_same_checkpoint(straight["checkpoint"], checkpoint)
-    assert read_log(out) == straight["log"]
+    assert temporaries_of(final) == []  # removed at the start of the resumed run
+    assert_same_checkpoint(straight["checkpoint"], final)
+    assert training_history(out) == straight["history"]
 
 
 @pytest.mark.parametrize("function, setting, finished", [
@@ -139,8 +145,8 @@ def test_sigkill_during_a_checkpoint_write_then_resume_from_the_previous_one(dat
 def test_sigkill_during_the_per_stitch_evaluation_then_resume_loses_no_stitch(data_root, straight, tmp_path, function,
                                                                               setting, finished):
     eval_dir = tmp_path / "eval"
-    argv = cli_args(data_root, tmp_path / "out", "--eval-only", "--stitch", "all",
-                    opts=[f"train.checkpoint={straight['checkpoint']}", f"test.eval_dir={eval_dir}", setting])
+    argv = cli_args(data_root, tmp_path / "out", "--eval-only", "--stitch", "all", "--report-dir", eval_dir,
+                    opts=[f"train.init_checkpoint={straight['checkpoint']}", setting])
     killed = run_child(KILL_IN_SIXTH_EVALUATION.format(function=function), argv)
     assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
     with open(eval_dir / "stitch_results.json") as f:
@@ -158,13 +164,14 @@ def test_full_disk_during_a_checkpoint_save_names_the_file_and_keeps_the_previou
     out = tmp_path / "full"
     failed = run_child(DISK_FULL_AT_SECOND_CHECKPOINT, cli_args(data_root, out, "--stitch", "none", opts=EPOCHS))
     assert failed.returncode == 1, failed.stderr[-2000:]
-    checkpoint = str(out / "checkpoint_last.pth")
+    final = str(out / "model_final.pth")
     last_line = failed.stderr.strip().splitlines()[-1]
-    assert checkpoint in last_line and "previous file is intact" in last_line and "free space" in last_line, last_line
-    assert train_cli.read_checkpoint_header(checkpoint)["epoch"] == 1
-    assert temporaries_of(checkpoint) == []
+    assert final in last_line and "no file was written" in last_line and "free space" in last_line, last_line
+    assert (out / "last_checkpoint").read_text() == "model_0000007.pth"  # the previous checkpoint stays in use
+    assert training.read_checkpoint_header(str(out / "model_0000007.pth"))["epoch"] == 1
+    assert temporaries_of(final) == [] and not os.path.exists(final)
     train_cli.main(cli_args(data_root, out, "--resume", "--stitch", "none", opts=EPOCHS))  # space again: continue
-    assert train_cli.read_checkpoint_header(checkpoint)["epoch"] == 2
+    assert training.read_checkpoint_header(final)["epoch"] == 2
 
 
 def test_two_concurrent_evaluations_with_disjoint_stitches_keep_both_sides(data_root, straight, tmp_path):
@@ -172,8 +179,8 @@ def test_two_concurrent_evaluations_with_disjoint_stitches_keep_both_sides(data_
     env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", MPLBACKEND="Agg")
     children = [subprocess.Popen(
         [sys.executable, os.path.join(REPO, "projects", "snnet_dpt", "train.py"),
-         *cli_args(data_root, tmp_path / f"out{k}", "--eval-only", "--stitch", stitches,
-                   opts=[f"train.checkpoint={straight['checkpoint']}", f"test.eval_dir={eval_dir}"])],
+         *cli_args(data_root, tmp_path / f"out{k}", "--eval-only", "--stitch", stitches, "--report-dir", eval_dir,
+                   opts=[f"train.init_checkpoint={straight['checkpoint']}"])],
         cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         for k, stitches in enumerate(("0,2,4", "1,3,5"))]
     for child in children:

@@ -21,6 +21,7 @@ from snnet_core import export_stitch, select
 from snnet_core.latency import LATENCY_COLUMN, LATENCY_KEY, device_name
 from snnet_core.latency_options import add_latency_arguments, latency_options
 from snnet_core.report import LATENCY_PLOT, RESULTS_FILE
+from tests.test_dpt_train import REPORT as DEPTH_REPORT
 from tests.test_dpt_train import cli_args as depth_cli_args
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -185,25 +186,24 @@ def test_depth_training_and_eval_only_measure_latency_per_stitch(nyu_root, tmp_p
     out = tmp_path / "run"
     result = run_depth(nyu_root, out, "--stitch", "0,5", "--measure-latency", *FAST_TIMING)  # after training
     assert result["report"][LATENCY_KEY]["input_size"] == [64, 80]  # default: the evaluation (GFLOPs) size
-    assert_timed_report(str(out / "stitch_eval"), [0, 5], "cpu", 1, (64, 80))
+    assert_timed_report(str(out / DEPTH_REPORT), [0, 5], "cpu", 1, (64, 80))
 
-    checkpoint = f"train.checkpoint={out / 'checkpoint_last.pth'}"
-    for share in ("true", "false"):  # grouped and per-stitch evaluation
+    for share in ("true", "false"):  # grouped and per-stitch evaluation of the checkpoint last_checkpoint names
         eval_dir = tmp_path / f"timed_{share}"
-        run_depth(nyu_root, out, "--eval-only", "--stitch", "0,5,9,13", "--measure-latency", "--latency-batch", "2",
-                  "--latency-size", "32", "48", *FAST_TIMING,
-                  opts=[checkpoint, f"test.eval_dir={eval_dir}", f"test.share_prefixes={share}"])
+        run_depth(nyu_root, out, "--eval-only", "--stitch", "0,5,9,13", "--report-dir", str(eval_dir),
+                  "--measure-latency", "--latency-batch", "2", "--latency-size", "32", "48", *FAST_TIMING,
+                  opts=[f"test.share_prefixes={share}"])
         assert_timed_report(str(eval_dir), [0, 5, 9, 13], "cpu", 2, (32, 48))
 
     plain = tmp_path / "plain"
-    run_depth(nyu_root, out, "--eval-only", "--stitch", "0,13", opts=[checkpoint, f"test.eval_dir={plain}"])
+    run_depth(nyu_root, out, "--eval-only", "--stitch", "0,13", "--report-dir", str(plain))
     assert_untimed_report(str(plain))
     with pytest.raises(RuntimeError, match=r"another model or setting \(latency None there vs"):
-        run_depth(nyu_root, out, "--eval-only", "--stitch", "0", "--measure-latency", *FAST_TIMING,
-                  opts=[checkpoint, f"test.eval_dir={plain}"])
+        run_depth(nyu_root, out, "--eval-only", "--stitch", "0", "--report-dir", str(plain), "--measure-latency",
+                  *FAST_TIMING)
     with pytest.raises(ValueError, match="multiples of the patch size 16, e.g. --latency-size 64 80"):
-        run_depth(nyu_root, out, "--eval-only", "--stitch", "0", "--measure-latency", "--latency-size", "60", "72",
-                  opts=[checkpoint, f"test.eval_dir={tmp_path / 'never'}"])
+        run_depth(nyu_root, out, "--eval-only", "--stitch", "0", "--report-dir", str(tmp_path / "never"),
+                  "--measure-latency", "--latency-size", "60", "72")
     assert not (tmp_path / "never").exists()
     with pytest.raises(ValueError, match="not none"):
         run_depth(nyu_root, tmp_path / "none", "--stitch", "none", "--measure-latency")

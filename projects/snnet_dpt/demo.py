@@ -1,9 +1,13 @@
 #!/usr/bin/env python
-"""Depth of your own images from a trained SN-Net DPT (one stitch) or an exported stitch.
+"""Depth of your own images from a trained SN-Net DPT (one stitch, by id or by budget) or an exported stitch, with
+the flags of the detection demo (``projects/snnet_vitdet/demo.py``).
 
-    python projects/snnet_dpt/predict.py --checkpoint output/dpt_demo/checkpoint_last.pth --stitch 5 \\
-        --input photo.jpg more_photos/ --output output/dpt_predict
-    python projects/snnet_dpt/predict.py --checkpoint output/dpt_demo/stitch_5_dpt.pth --input photo.jpg
+    python projects/snnet_dpt/demo.py --weights output/dpt_demo/model_final.pth --stitch 5 \\
+        --input photo.jpg more_photos/ --output output/dpt_demo/demo
+    python projects/snnet_dpt/demo.py --weights output/dpt_demo/model_final.pth --max-gflops 0.27 \\
+        --report output/dpt_demo/stitch_report_nyuv2_synthetic_test --input photo.jpg --output output/dpt_demo/demo
+    python projects/snnet_dpt/demo.py --weights output/dpt_demo/stitch_5/model_final.pth --input photo.jpg \\
+        --output output/dpt_demo/demo
 
 For each image ``NAME.EXT`` it writes, into ``--output``:
 
@@ -12,10 +16,11 @@ For each image ``NAME.EXT`` it writes, into ``--output``:
 
 The image is read as RGB, resized to ``--size H W`` (default: its own size rounded to a multiple of the patch
 size), normalised as in training (mean = std = 127.5); the prediction (with the flip average of the evaluation
-unless ``--no-flip``) is resized back to the image's size (bilinear). ``--checkpoint`` is a training checkpoint
-(``<train.output_dir>/checkpoint_last.pth``; ``--stitch`` picks the stitch, default the large anchor) or a stitch
-exported by ``train.py --export-stitch ID``; ``python -m snnet_core.select REPORT --max-gflops G`` names the
-stitch for a budget.
+unless ``--no-flip``) is resized back to the image's size (bilinear). ``--weights`` is a training checkpoint
+(``<train.output_dir>/model_final.pth``; ``--stitch`` picks the stitch, default the large anchor; ``--max-gflops G``
+with ``--report`` the stitch with the best primary metric within G GFLOPs, as ``python -m snnet_core.select REPORT
+--max-gflops G`` chooses it) or a stitch exported by ``train.py --export-stitch ID``
+(``<train.output_dir>/stitch_<ID>/model_final.pth``).
 """
 from __future__ import annotations
 
@@ -35,13 +40,14 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from projects.snnet_dpt.engine import flip_average
+from projects.snnet_dpt.evaluation import flip_average
 from projects.snnet_dpt.export import load_depth_model
 from projects.snnet_dpt.model import DPTDepthModel
 from projects.snnet_dpt.transforms import PIXEL_MEAN, PIXEL_STD
 from snnet_core import StitchedViT
 from snnet_core.atomic_io import write_atomic
 from snnet_core.images import list_images
+from snnet_core.select import choose_stitch, read_report
 
 def read_rgb(path: str) -> np.ndarray:
     """``(H, W, 3)`` uint8 RGB; ``ValueError`` naming the file if it is not an image OpenCV can decode."""
@@ -109,11 +115,31 @@ def describe(model: DPTDepthModel) -> str:
     return f"stitch {backbone.stitch_id} ({route})"
 
 
-def run(checkpoint: str, inputs: Sequence[str], output_dir: str, stitch_id: Optional[int] = None,
-        size: Optional[Sequence[int]] = None, flip: bool = True, device: str = "cpu") -> List[str]:
+def choose_demo_stitch(max_gflops: Optional[float], report: Optional[str]) -> Optional[int]:
+    """The stitch ``--max-gflops`` asks for: the best of the per-stitch ``report`` within ``max_gflops`` GFLOPs
+    (``None`` without a budget)."""
+    if max_gflops is None:
+        if report is not None:
+            raise ValueError("--report is read by --max-gflops: give a budget, or leave --report out")
+        return None
+    if report is None:
+        raise ValueError("--max-gflops G needs --report REPORT, the per-stitch report (train.py --eval-only --stitch "
+                         "all) whose GFLOPs and metric it ranks the stitches by")
+    source, record = read_report(report)
+    if record.get("task") not in (None, "depth"):
+        raise ValueError(f"{source} is a {record['task']} report, not a depth one: give the report of this model")
+    return int(choose_stitch(record, source, max_gflops=max_gflops).chosen["id"])
+
+
+def run(weights: str, inputs: Sequence[str], output_dir: str, stitch_id: Optional[int] = None,
+        size: Optional[Sequence[int]] = None, flip: bool = True, device: str = "cpu",
+        max_gflops: Optional[float] = None, report: Optional[str] = None) -> List[str]:
     """Predict every image of ``inputs``; returns the paths written (PNG and ``.npy`` per image)."""
+    if stitch_id is not None and max_gflops is not None:
+        raise ValueError("give --stitch or --max-gflops, not both")
     images = list_images(inputs)  # bad paths fail before the model is loaded
-    model = load_depth_model(checkpoint, stitch_id, map_location=device)
+    chosen = choose_demo_stitch(max_gflops, report)
+    model = load_depth_model(weights, stitch_id if chosen is None else chosen, map_location=device)
     title = f"depth, {describe(model)}"
     written: List[str] = []
     for path in images:
@@ -130,11 +156,15 @@ def run(checkpoint: str, inputs: Sequence[str], output_dir: str, stitch_id: Opti
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--checkpoint", required=True, metavar="FILE",
-                   help="training checkpoint (checkpoint_last.pth) or exported stitch (stitch_<ID>_dpt.pth)")
+    p.add_argument("--weights", required=True, metavar="FILE",
+                   help="training checkpoint (model_final.pth) or exported stitch (stitch_<ID>/model_final.pth)")
     p.add_argument("--input", nargs="+", required=True, metavar="PATH", help="image files or folders of images")
     p.add_argument("--output", required=True, metavar="DIR", help="folder for NAME_depth.png and NAME_depth.npy")
-    p.add_argument("--stitch", type=int, metavar="ID", help="stitch of an SN-Net checkpoint (default: large anchor)")
+    choice = p.add_mutually_exclusive_group()
+    choice.add_argument("--stitch", type=int, metavar="ID",
+                        help="stitch of an SN-Net checkpoint (default: large anchor)")
+    choice.add_argument("--max-gflops", type=float, metavar="G", help="the best stitch of --report within G GFLOPs")
+    p.add_argument("--report", metavar="DIR", help="per-stitch report for --max-gflops (ranks stitches by its metric)")
     p.add_argument("--size", type=int, nargs=2, metavar=("H", "W"),
                    help="network input size (multiples of the patch size; default: the image's, rounded)")
     p.add_argument("--no-flip", action="store_true", help="no flip averaging (half the compute)")
@@ -144,7 +174,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Optional[Sequence[str]] = None) -> List[str]:
     args = build_parser().parse_args(argv)
-    return run(args.checkpoint, args.input, args.output, args.stitch, args.size, not args.no_flip, args.device)
+    return run(args.weights, args.input, args.output, args.stitch, args.size, not args.no_flip, args.device,
+               args.max_gflops, args.report)
 
 
 if __name__ == "__main__":

@@ -72,10 +72,11 @@ def load_depth_model(path: str, stitch_id: Optional[int] = None, map_location: s
                      ) -> DPTDepthModel:
     """The depth model in a checkpoint file, ready for inference (eval mode, on ``map_location``).
 
-    - a training checkpoint of ``train.py`` (``<train.output_dir>/checkpoint.pth``): the whole SN-Net with its DPT
+    - a training checkpoint of ``train.py`` (``<train.output_dir>/model_final.pth``): the whole SN-Net with its DPT
       head, rebuilt from the ``ModelSpec`` stored in it (no anchor weights are read); ``stitch_id`` selects the
       stitch ``forward`` runs (``model.backbone.set_stitch(id)`` changes it later; default: the slow anchor);
-    - an exported stitch (``train.py --export-stitch ID``, ``save_exported_stitch``): that stitch alone;
+    - an exported stitch (``train.py --export-stitch ID``: ``<train.output_dir>/stitch_<ID>/model_final.pth``,
+      ``save_exported_stitch``): that stitch alone;
       ``stitch_id``, if given, must be its id.
 
     ``model(images (B, 3, H, W))`` -> metric depth ``(B, 1, H, W)`` in metres. Raises ``FileNotFoundError`` /
@@ -98,8 +99,8 @@ def load_depth_model(path: str, stitch_id: Optional[int] = None, map_location: s
         return model
     if kind != SNNET_FORMAT or "spec" not in state or "head" not in state:
         raise RuntimeError(f"{path!r} is neither a training checkpoint of projects/snnet_dpt/train.py nor a stitch "
-                           "it exported (--export-stitch): pass <train.output_dir>/checkpoint.pth or "
-                           "<train.output_dir>/stitch_<ID>_dpt.pth")
+                           "it exported (--export-stitch): pass <train.output_dir>/model_final.pth or "
+                           "<train.output_dir>/stitch_<ID>/model_final.pth")
     model = build_model(ModelSpec.from_dict(state["spec"])).to(map_location)
     load_snnet_state(state, model.backbone, path)
     model.head.load_state_dict(state["head"])

@@ -1,21 +1,31 @@
 #!/usr/bin/env python
-"""Train, evaluate and export SN-Netv2 + DPT for NYUv2 depth (paper Section 5.3).
+"""Train, evaluate and export SN-Netv2 + DPT for NYUv2 depth (paper Section 5.3), with the flags and output layout
+of detectron2 and of ``projects/snnet_vitdet/train_net.py``.
 
 The recipe is a detectron2 LazyConfig file (default: the paper's, ``configs/dpt_snnetv2_deit3_s_l_nyu.py``);
-``key=value`` arguments override its entries, as in detectron2:
+``key=value`` arguments after the flags override its entries:
 
     python projects/snnet_dpt/train.py --stitch all            # the paper recipe on data/nyu
     torchrun --nproc_per_node 4 projects/snnet_dpt/train.py train.output_dir=output/dpt_s_l
     python projects/snnet_dpt/train.py --config-file projects/snnet_dpt/configs/synthetic/dpt_snnetv2_tiny.py
+    python projects/snnet_dpt/train.py --config-file ... --eval-only --stitch all --export-stitch best:0.3
 
-After training (or with ``--eval-only``) the stitches chosen by ``--stitch`` are evaluated into a per-stitch
-report (``test.eval_dir``, default ``<train.output_dir>/stitch_eval``), in groups of ``test.stitch_group_size``
-stitches that each take one pass over the test set with their route prefixes shared (``test.share_prefixes=false``:
-stitch by stitch; the numbers are the same); ``--measure-latency`` (with ``--latency-batch N``,
-``--latency-size H W``, ``--latency-amp``) adds each stitch's latency as deployed, on this device, to that report
-(``python -m snnet_core.select REPORT --max-latency-ms MS``); ``--export-stitch ID`` writes a
-standalone DPT model of one stitch. The resolved config of a training run is saved as
-``<train.output_dir>/config.yaml``.
+A training run writes into ``train.output_dir`` (``snnet_core.run_dir`` describes the layout): ``config.yaml``,
+``log.txt`` (detectron2's logger: the console lines and more), ``metrics.json`` and a TensorBoard event file
+(``total_loss``, one ``route_loss/<route type or anchor>`` curve each, ``lr``, per epoch ``epoch/mean_silog``),
+``model_<iteration>.pth`` after each epoch (the newest ``train.max_to_keep``), ``model_final.pth`` and
+``last_checkpoint`` naming the newest; ``--resume`` continues from it, ``--overwrite`` replaces the run.
+
+After training, or with ``--eval-only`` (the checkpoint ``train.init_checkpoint``, default the one
+``last_checkpoint`` names, at the ``dataloader.eval_size`` recorded in it), the stitches chosen by ``--stitch`` are
+evaluated into a per-stitch report (``--report-dir``, default ``<train.output_dir>/stitch_report_<dataloader.
+test_name>``), in groups of ``test.stitch_group_size`` stitches that each take one pass over the test set with their
+route prefixes shared (``test.share_prefixes=false``: stitch by stitch; the numbers are the same).
+``--stitch pareto`` evaluates the Pareto frontier of ``--pareto-from`` (default: the report directory's results).
+``--measure-latency`` (with ``--latency-batch N``, ``--latency-size H W``, ``--latency-amp``) adds each stitch's
+latency as deployed, on this device, to that report (``python -m snnet_core.select REPORT --max-latency-ms MS``);
+``--export-stitch ID[,ID]|pareto|best:G`` writes standalone DPT models ``<train.output_dir>/stitch_<ID>/
+model_final.pth`` (``pareto`` and ``best:G`` choose from the report).
 
 Everything that can be checked without compute is checked before anything is written: settings, data files
 and values, the output directory (a run there is continued with ``--resume`` or replaced with ``--overwrite``,
@@ -33,46 +43,44 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 
 import argparse
+import contextlib
 import glob
 import json
 import logging
 import math
-from typing import Any, Dict, List, Optional, Sequence
+from logging.handlers import MemoryHandler
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
-import numpy as np
 import torch
 import yaml
 from detectron2.config import LazyConfig
+from detectron2.utils.logger import setup_logger
 from omegaconf import OmegaConf
-from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
+from torch.utils.data import DataLoader, Subset
 
 from projects.snnet_dpt.distributed import DistContext, barrier, broadcast_object, cleanup, init_distributed
-from projects.snnet_dpt.engine import (
-    CHECKPOINT_NAME, TASK, TrainRecipe, build_optimizer, build_scheduler, check_resumable, epoch_seed,
-    evaluate_stitch_report, file_sha256, load_checkpoint, param_checksum, read_checkpoint_header, report_conflict,
-    save_checkpoint, train_one_epoch, truncate_log, wrap_ddp,
-)
+from projects.snnet_dpt.evaluation import TASK, evaluate_stitch_report, file_sha256, report_conflict
 from projects.snnet_dpt.export import save_exported_stitch
-from projects.snnet_dpt.loss import SILogLoss
 from projects.snnet_dpt.metrics import HIGHER_IS_BETTER, METRIC_NAMES, eigen_crop_box
-from projects.snnet_dpt.model import DPTDepthModel, ModelSpec, build_model, check_anchor_names, depth_flops_table
+from projects.snnet_dpt.model import ModelSpec, build_model, check_anchor_names, depth_flops_table
 from projects.snnet_dpt.nyu import build_nyu_split, check_depth_values, shared_frames
-from projects.snnet_dpt.transforms import DepthDataset, TrainAugmentation
-from snnet_core import ResourceConstrainedSampler, load_results, ls_init_stitching_layers, select_stitches
-from snnet_core.atomic_io import remove_stale_temporaries, write_atomic
+from projects.snnet_dpt.training import (
+    TrainRecipe, check_resumable, load_checkpoint, read_checkpoint_header, train,
+)
+from projects.snnet_dpt.transforms import DepthDataset
+from snnet_core import load_results, select_stitches
+from snnet_core.atomic_io import temporaries_of, write_atomic
 from snnet_core.latency import write_latency_info
 from snnet_core.latency_options import LatencyOptions, add_latency_arguments, latency_options
 from snnet_core.report import RESULTS_FILE
+from snnet_core.run_dir import LAST_CHECKPOINT, check_output_dir, clear_run, last_checkpoint
+from snnet_core.select import resolve_export_selection
 
-logger = logging.getLogger("snnet_dpt")
+logger = logging.getLogger("projects.snnet_dpt.train")
 
 DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs", "dpt_snnetv2_deit3_s_l_nyu.py")
 CONFIG_NAME = "config.yaml"
-LOG_PATTERN = "train_log.rank{}.jsonl"
-EVAL_DIR_NAME = "stitch_eval"  # default test.eval_dir under train.output_dir
-# what a run leaves in train.output_dir (--overwrite deletes exactly these)
-RUN_FILES = (CHECKPOINT_NAME, CONFIG_NAME, LOG_PATTERN.format("*"), "stitch_*_dpt.pth",
-             os.path.join(EVAL_DIR_NAME, RESULTS_FILE), os.path.join(EVAL_DIR_NAME, "stitch_report.*"))
+LOGGERS = ("projects.snnet_dpt", "snnet_core", "detectron2")  # the project's, the engine's and detectron2's
 _ABSENT = object()
 
 
@@ -82,15 +90,25 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
                    help="LazyConfig recipe (default: the paper's, configs/dpt_snnetv2_deit3_s_l_nyu.py)")
     mode = p.add_mutually_exclusive_group()
     mode.add_argument("--eval-only", action="store_true",
-                      help="evaluate (and export) the checkpoint train.checkpoint (default <output_dir>/"
-                           f"{CHECKPOINT_NAME}); model.pretrained is not read")
+                      help="evaluate (and export) the checkpoint train.init_checkpoint (default: the one "
+                           f"<train.output_dir>/{LAST_CHECKPOINT} names); model.pretrained is not read")
     mode.add_argument("--resume", action="store_true",
-                      help="continue training from train.checkpoint (refused if the model or recipe changed)")
+                      help=f"continue training from the checkpoint <train.output_dir>/{LAST_CHECKPOINT} names "
+                           "(refused if the model or recipe changed)")
     mode.add_argument("--overwrite", action="store_true",
-                      help="train afresh into a train.output_dir that holds a run, deleting that run's checkpoint, "
-                           f"logs, {CONFIG_NAME}, exported stitches and {EVAL_DIR_NAME}/ report first")
-    p.add_argument("--stitch", default="all", help="stitches to evaluate: all | ID[,ID...] | pareto | none")
-    p.add_argument("--export-stitch", type=int, metavar="ID", help="write <output_dir>/stitch_<ID>_dpt.pth")
+                      help="train afresh into a train.output_dir that holds a run, deleting that run's checkpoints, "
+                           "logs, config, reports and exported stitches first")
+    p.add_argument("--stitch", default="all",
+                   help="stitches to evaluate (after training, or with --eval-only): all | ID[,ID...] | pareto | none")
+    p.add_argument("--report-dir", metavar="DIR",
+                   help="per-stitch report directory (default: "
+                        "<train.output_dir>/stitch_report_<dataloader.test_name>)")
+    p.add_argument("--pareto-from", metavar="FILE",
+                   help=f"{RESULTS_FILE} whose Pareto frontier --stitch pareto evaluates (default: the report "
+                        "directory's)")
+    p.add_argument("--export-stitch", metavar="ID[,ID]|pareto|best:G",
+                   help="write <train.output_dir>/stitch_<ID>/model_final.pth, a standalone DPT model of that stitch "
+                        "(pareto / best:G choose from the per-stitch report)")
     add_latency_arguments(p)
     p.add_argument("opts", nargs=argparse.REMAINDER, metavar="KEY=VALUE",
                    help="config overrides, e.g. train.output_dir=output/x optimizer.lr=1e-5")
@@ -132,7 +150,9 @@ def check_settings(cfg: Dict[str, Any], training: bool) -> None:
               "None (every test frame) or a number of frames >= 1"),
              ("test.batch_size", lambda v: _is_count(v, 1), "an integer >= 1"),
              ("test.share_prefixes", lambda v: isinstance(v, bool), "true or false"),
-             ("test.stitch_group_size", lambda v: _is_count(v, 1), "an integer >= 1 (stitches per data pass)")]
+             ("test.stitch_group_size", lambda v: _is_count(v, 1), "an integer >= 1 (stitches per data pass)"),
+             ("dataloader.test_name", lambda v: isinstance(v, str) and v.strip(".") != "" and "/" not in v,
+              "a name without '/' (it names the report directory stitch_report_<test_name>)")]
     if training:
         rules += [("optimizer.lr", lambda v: _is_number(v) and v > 0, "a finite number > 0"),
                   ("optimizer.weight_decay", lambda v: _is_number(v) and v >= 0, "a finite number >= 0"),
@@ -141,7 +161,12 @@ def check_settings(cfg: Dict[str, Any], training: bool) -> None:
                   ("train.batch_size", lambda v: _is_count(v, 1), "an integer >= 1"),
                   ("train.ls_init_images", lambda v: _is_count(v, 0), "an integer >= 0 (0: no LS init)"),
                   ("train.loss_warmup_iters", lambda v: _is_count(v, 0), "an integer >= 0"),
-                  ("train.flops_step", lambda v: _is_number(v) and v > 0, "a finite number of GFLOPs > 0")]
+                  ("train.flops_step", lambda v: _is_number(v) and v > 0, "a finite number of GFLOPs > 0"),
+                  ("train.log_period", lambda v: _is_count(v, 1), "an integer >= 1 (iterations between log lines)"),
+                  ("train.max_to_keep", lambda v: _is_count(v, 1), "an integer >= 1 (periodic checkpoints kept)"),
+                  ("train.init_checkpoint", lambda v: not v, "empty: it names the checkpoint --eval-only evaluates; "
+                   "training starts from model.pretrained, --resume continues from <train.output_dir>/"
+                   f"{LAST_CHECKPOINT}")]
     for key, valid, expected in rules:
         section, name = key.split(".")
         value = cfg[section][name]
@@ -170,9 +195,49 @@ def recipe_from_config(cfg: Dict[str, Any], world_size: int = 1) -> TrainRecipe:
     )
 
 
-def setup_logging(ctx: DistContext) -> None:
-    logging.basicConfig(level=logging.INFO if ctx.is_main else logging.WARNING,
-                        format=f"[%(asctime)s rank{ctx.rank}] %(name)s: %(message)s", datefmt="%H:%M:%S")
+
+@contextlib.contextmanager
+def run_logging(rank: int) -> Iterator[Callable[[str], None]]:
+    """detectron2's ``setup_logger`` for ``LOGGERS``: the console now (rank 0 only, as detectron2), and the log file
+    ``<dir>/log.txt`` (``log.txt.rank<R>`` on the other ranks) once the yielded function is called with ``dir``;
+    the lines logged before that call go to the file too (a run refused by its checks writes no file). On exit the
+    handlers are removed and the loggers' level and propagation restored, so ``main`` may run several times in one
+    process (tests, notebooks)."""
+    added: List[Tuple[logging.Logger, logging.Handler]] = []
+    early: Dict[str, MemoryHandler] = {}
+    saved = {name: (logging.getLogger(name).level, logging.getLogger(name).propagate) for name in LOGGERS}
+
+    def setup(name: str, output_dir: Optional[str]) -> List[logging.Handler]:
+        """The handlers ``setup_logger`` adds to logger ``name`` (uncached: one call, one set of handlers)."""
+        named = logging.getLogger(name)
+        before = list(named.handlers)
+        setup_logger.__wrapped__(output_dir, rank, name=name, configure_stdout=output_dir is None,
+                                 abbrev_name=None if name == "detectron2" else name.split(".")[-1])
+        new = [h for h in named.handlers if h not in before]
+        added.extend((named, h) for h in new)
+        return new
+
+    def to_file(output_dir: str) -> None:
+        for name in LOGGERS:
+            (file_handler,) = setup(name, output_dir)
+            buffer = early.pop(name)
+            buffer.setTarget(file_handler)
+            buffer.flush()
+            logging.getLogger(name).removeHandler(buffer)
+
+    for name in LOGGERS:
+        setup(name, None)
+        early[name] = MemoryHandler(capacity=100000, flushLevel=logging.CRITICAL + 1)
+        logging.getLogger(name).addHandler(early[name])
+        added.append((logging.getLogger(name), early[name]))
+    try:
+        yield to_file
+    finally:
+        for named, handler in added:
+            named.removeHandler(handler)
+        for name, (level, propagate) in saved.items():
+            logging.getLogger(name).setLevel(level)
+            logging.getLogger(name).propagate = propagate
 
 
 def save_config(cfg: Dict[str, Any], output_dir: str) -> None:
@@ -186,36 +251,34 @@ def nyu_frames(cfg: Dict[str, Any], split: str):
     return build_nyu_split(data["layout"], data["root"], split, data[f"{split}_list"], data["depth_source"])
 
 
-def previous_run_files(output_dir: str) -> List[str]:
-    """The files of a run already in ``output_dir`` (``RUN_FILES``)."""
-    return sorted(path for pattern in RUN_FILES for path in glob.glob(os.path.join(glob.escape(output_dir), pattern)))
+def tagged_checkpoint(output_dir: str, flag: str) -> str:
+    """The checkpoint ``<output_dir>/last_checkpoint`` names, for ``flag``; errors say how to go on."""
+    try:
+        return last_checkpoint(output_dir)
+    except (FileNotFoundError, ValueError) as exc:
+        fix = ("start afresh without --resume (with --overwrite if the directory holds a run)" if flag == "--resume"
+               else "pass train.init_checkpoint=PATH, or train.output_dir of a training run")
+        raise type(exc)(f"{flag}: {exc}. To go on: {fix}") from exc
 
 
-def check_output_dir(output_dir: str, args: argparse.Namespace, checkpoint: str) -> List[str]:
-    """Refuse to train into a directory that holds a run unless ``--resume`` or ``--overwrite`` says what to do
-    with it; returns the files ``--overwrite`` replaces."""
-    found = previous_run_files(output_dir)
-    if found and not (args.resume or args.overwrite):
-        shown = ", ".join(os.path.relpath(p, output_dir) for p in found[:6]) + (", ..." if len(found) > 6 else "")
-        raise FileExistsError(f"train.output_dir={output_dir!r} already holds a run ({shown}): pass --resume to "
-                              "continue it, --overwrite to replace it (deletes those files), or choose another "
-                              "train.output_dir")
-    if args.resume and not os.path.isfile(checkpoint):
-        raise FileNotFoundError(f"--resume: checkpoint {checkpoint!r} does not exist (a run stopped before its first "
-                                "epoch ended has none): start afresh with --overwrite, or set train.checkpoint")
-    return found if args.overwrite else []
+def report_dir_of(args: argparse.Namespace, cfg: Dict[str, Any]) -> str:
+    """The per-stitch report directory: ``--report-dir`` or ``<train.output_dir>/stitch_report_<test_name>``."""
+    default = os.path.join(cfg["train"]["output_dir"], "stitch_report_" + cfg["dataloader"]["test_name"])
+    return args.report_dir or default
 
 
-def check_report_dir(eval_dir: str, replaced: Sequence[str], header: Optional[Dict[str, Any]],
+def check_report_dir(report_dir: str, replaced: Sequence[str], header: Optional[Dict[str, Any]],
                      recipe: TrainRecipe) -> None:
-    """A training run may evaluate into ``eval_dir`` only if the report there (if any) will be its own: that of
-    the resumed checkpoint when no epoch is left to train (the checkpoint then stays as it is)."""
-    results = os.path.abspath(os.path.join(eval_dir, RESULTS_FILE))
+    """A training run may evaluate into ``report_dir`` only if the report there (if any) will be its own: that of
+    the resumed checkpoint when no epoch is left to train (the checkpoint then stays as it is), or one that
+    ``--overwrite`` deletes (``replaced``)."""
+    results = os.path.abspath(os.path.join(report_dir, RESULTS_FILE))
     finished = header is not None and header["epoch"] >= recipe.epochs
-    if os.path.isfile(results) and results not in {os.path.abspath(p) for p in replaced} and not finished:
+    deleted = any(results == p or results.startswith(p + os.sep) for p in map(os.path.abspath, replaced))
+    if os.path.isfile(results) and not deleted and not finished:
         raise FileExistsError(f"{results} holds the per-stitch report of another model, and this run trains a new "
-                              "one: set test.eval_dir to a new directory, move that report away, or pass "
-                              "--stitch none (then evaluate with --eval-only)")
+                              "one: give --report-dir a new directory, move that report away, or pass --stitch none "
+                              "(then evaluate with --eval-only)")
 
 
 def check_splits(train_frames, test_frames) -> None:
@@ -251,6 +314,22 @@ def check_test_frames(frames, cfg: Dict[str, Any]) -> None:
                          f"{eval_size[0]}x{eval_size[1]}")
 
 
+def use_checkpoint_eval_size(cfg: Dict[str, Any], header: Dict[str, Any], checkpoint: str, given: bool) -> None:
+    """``--eval-only`` evaluates at the ``dataloader.eval_size`` its checkpoint was trained with (recorded in it):
+    sets it in ``cfg`` unless the command line gave one (``given``; then a warning names both sizes). A
+    checkpoint without it (written before it was recorded) keeps the config's."""
+    saved, configured = header["eval_size"], tuple(cfg["dataloader"]["eval_size"])
+    if saved is None or tuple(saved) == configured:
+        return
+    if given:
+        logger.warning("evaluating at %dx%d (dataloader.eval_size on the command line), not at %dx%d, the size "
+                       "%s was trained at", *configured, *saved, checkpoint)
+    else:
+        logger.info("evaluating at %dx%d, the dataloader.eval_size %s was trained at (the config says %dx%d)",
+                    *saved, checkpoint, *configured)
+        cfg["dataloader"]["eval_size"] = list(saved)
+
+
 def build_test_loader(frames, cfg: Dict[str, Any], ctx: DistContext) -> DataLoader:
     """The test frames ``evaluate_stitch_report`` needs on this rank: every frame for the grouped evaluation
     (``test.share_prefixes``: ranks split the stitch groups), else this rank's shard (every ``world_size``-th
@@ -263,86 +342,19 @@ def build_test_loader(frames, cfg: Dict[str, Any], ctx: DistContext) -> DataLoad
                       pin_memory=ctx.device.type == "cuda")
 
 
-def ls_init(model: DPTDepthModel, train_set: Dataset, recipe: TrainRecipe, workers: int, ctx: DistContext) -> None:
-    """LS init of every stitching layer from ``recipe.ls_init_images`` training frames drawn at random (seeded),
-    as the training loader gives them (border crop, augmentation, random crop), as upstream does."""
-    count = min(recipe.ls_init_images, len(train_set))
-    chosen = np.random.default_rng([recipe.seed, count]).choice(len(train_set), count, replace=False)
-    loader = DataLoader(Subset(train_set, sorted(chosen.tolist())), batch_size=recipe.batch_size // ctx.world_size,
-                        shuffle=False, num_workers=workers)
-    errors = ls_init_stitching_layers(model.backbone, (images.to(ctx.device) for images, _ in loader),
-                                      num_images=count)
-    logger.info("LS init on %d training frames: mean squared error per stitching layer %s", count,
-                {k: round(v, 5) for k, v in sorted(errors.items())})
-
-
-def train(model: DPTDepthModel, spec: ModelSpec, cfg: Dict[str, Any], recipe: TrainRecipe, frames, ctx: DistContext,
-          flops, resume_path: Optional[str]) -> Dict[str, Any]:
-    """Train (or continue training) and return ``{"checkpoint", "iteration"}`` of the last checkpoint."""
-    output_dir, workers = cfg["train"]["output_dir"], cfg["dataloader"]["workers"]
-    train_set = DepthDataset(frames, TrainAugmentation(**recipe.augmentation), recipe.seed)
-    data_sampler = DistributedSampler(train_set, num_replicas=ctx.world_size, rank=ctx.rank, shuffle=True,
-                                      seed=recipe.seed, drop_last=True)
-    loader = DataLoader(train_set, recipe.batch_size // ctx.world_size, sampler=data_sampler, drop_last=True,
-                        num_workers=workers, pin_memory=ctx.device.type == "cuda")
-    if len(loader) == 0:
-        raise ValueError(f"the {len(train_set)} training frames give no full batch of train.batch_size="
-                         f"{recipe.batch_size}")
-    amp = ctx.device.type == "cuda" and recipe.amp
-    optimizer = build_optimizer(model, recipe)
-    scheduler = build_scheduler(optimizer, recipe, recipe.epochs * len(loader))
-    scaler = torch.amp.GradScaler(ctx.device.type, enabled=amp)
-    sampler = ResourceConstrainedSampler(flops.gflops, recipe.flops_step, recipe.seed)
-    logger.info("ROS: %d stitches in %d FLOPs bins of %g GFLOPs; optimizer groups %s", len(flops.gflops),
-                len(sampler.bins), recipe.flops_step,
-                {g["name"]: (len(g["params"]), g["lr"], g["weight_decay"]) for g in optimizer.param_groups})
-    start_epoch, iteration = 0, 0
-    log_path = os.path.join(output_dir, LOG_PATTERN.format(ctx.rank))
-    remove_stale_temporaries(log_path)
-    if resume_path:
-        state = load_checkpoint(resume_path, model, ctx.device)
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        scaler.load_state_dict(state["scaler"])
-        sampler.load_state_dict(state["sampler"])
-        start_epoch, iteration = int(state["epoch"]), int(state["iteration"])
-        dropped = truncate_log(log_path, start_epoch)
-        logger.info("resumed from %s after epoch %d (iteration %d)%s", resume_path, start_epoch, iteration,
-                    f"; dropped {dropped} log lines written after it" if dropped else "")
-    elif recipe.ls_init_images > 0 and ctx.is_main:  # DDP then broadcasts rank 0's weights
-        ls_init(model, train_set, recipe, workers, ctx)
-    ddp_model = wrap_ddp(model, ctx)
-    loss_fn = SILogLoss(warmup_iters=recipe.warmup_iters)
-    checkpoint = os.path.join(output_dir, CHECKPOINT_NAME)
-    for epoch in range(start_epoch, recipe.epochs):
-        data_sampler.set_epoch(epoch)
-        train_set.set_epoch(epoch)
-        torch.manual_seed(epoch_seed(recipe.seed, epoch, ctx.rank))
-        stats = train_one_epoch(model, ddp_model, loader, optimizer, scheduler, scaler, sampler, loss_fn, recipe,
-                                ctx, epoch, iteration, log_path, amp)
-        iteration = stats["iteration"]
-        with open(log_path, "a") as log:
-            log.write(json.dumps({"epoch": epoch, "iter": iteration, "event": "epoch_end",
-                                  "mean_loss": stats["mean_loss"], "param_checksum": param_checksum(model)}) + "\n")
-        logger.info("epoch %d/%d: mean loss %.4f (iteration %d)", epoch + 1, recipe.epochs, stats["mean_loss"],
-                    iteration)
-        if ctx.is_main:
-            save_checkpoint(checkpoint, model, spec, recipe, optimizer, scheduler, scaler, sampler, epoch + 1,
-                            iteration)
-        barrier(ctx)
-    return {"checkpoint": checkpoint, "iteration": iteration}
-
-
 def start_run_dir(cfg: Dict[str, Any], output_dir: str, replaced: Sequence[str]) -> None:
     """Rank 0, once every check has passed: delete what ``--overwrite`` replaces and the temporaries of killed
     writes of this run, then write ``config.yaml``."""
-    for path in replaced:
-        os.remove(path)
+    clear_run(list(replaced))
     if replaced:
-        logger.warning("--overwrite: deleted the previous run's %s", ", ".join(replaced))
-    for path in (os.path.join(output_dir, CHECKPOINT_NAME), os.path.join(output_dir, CONFIG_NAME)):
-        for tmp in remove_stale_temporaries(path):
-            logger.info("removed %s, left by a write that was killed", tmp)
+        logger.warning("--overwrite: deleted the previous run's %s",
+                       ", ".join(os.path.relpath(p, output_dir) for p in replaced))
+    stale = glob.glob(os.path.join(glob.escape(output_dir), "model_*.pth.*.tmp"))  # temporaries of checkpoints
+    for name in (LAST_CHECKPOINT, CONFIG_NAME):
+        stale += temporaries_of(os.path.join(output_dir, name))
+    for tmp in sorted(stale):
+        os.remove(tmp)
+        logger.info("removed %s, left by a write that was killed", tmp)
     save_config(cfg, output_dir)
 
 
@@ -352,17 +364,31 @@ def _file_identity(path: str) -> tuple:
     return st.st_ino, st.st_size, st.st_mtime_ns
 
 
-def run(cfg: Dict[str, Any], args: argparse.Namespace, ctx: DistContext) -> Dict[str, Any]:
+def _needs_report(export_selection: str) -> bool:
+    """Whether ``--export-stitch`` chooses from the per-stitch report (``pareto``, ``best:G``)."""
+    selection = export_selection.strip()
+    return selection == "pareto" or selection.startswith("best:")
+
+
+def run(cfg: Dict[str, Any], args: argparse.Namespace, ctx: DistContext,
+        log_to_file: Callable[[str], None] = lambda output_dir: None) -> Dict[str, Any]:
     output_dir, test_cfg = cfg["train"]["output_dir"], cfg["test"]
-    eval_dir = test_cfg["eval_dir"] or os.path.join(output_dir, EVAL_DIR_NAME)
     training = not args.eval_only
-    checkpoint = cfg["train"]["checkpoint"] or os.path.join(output_dir, CHECKPOINT_NAME)
-    resume_path = checkpoint if training and args.resume else None
-    fresh = training and not resume_path
     amp = ctx.device.type == "cuda" and cfg["train"]["amp"]
     # everything that can be checked without compute is checked first: settings, output directory, checkpoint,
     # data files and values, report directory
     check_settings(cfg, training)
+    replaced: List[str] = []
+    if training:
+        replaced = check_output_dir(output_dir, args.resume, args.overwrite)
+        checkpoint = tagged_checkpoint(output_dir, "--resume") if args.resume else None
+    else:
+        checkpoint = cfg["train"]["init_checkpoint"] or tagged_checkpoint(output_dir, "--eval-only")
+    resume_path = checkpoint if training else None
+    header = None if checkpoint is None else read_checkpoint_header(checkpoint)
+    if not training:
+        given = any(o.split("=", 1)[0].lstrip("+~") == "dataloader.eval_size" for o in args.opts)
+        use_checkpoint_eval_size(cfg, header, checkpoint, given)
     latency = latency_options(args, ctx.device, None, cfg["dataloader"]["eval_size"], cfg["train"]["amp"])
     if latency is not None and args.stitch == "none":
         raise ValueError("--measure-latency times the stitches of the per-stitch report: give --stitch "
@@ -370,8 +396,6 @@ def run(cfg: Dict[str, Any], args: argparse.Namespace, ctx: DistContext) -> Dict
     if test_cfg["primary_metric"] not in METRIC_NAMES:
         raise ValueError(f"test.primary_metric={test_cfg['primary_metric']!r}: choose one of {METRIC_NAMES}")
     recipe = recipe_from_config(cfg, ctx.world_size) if training else None
-    replaced = check_output_dir(output_dir, args, checkpoint) if training else []
-    header = None if fresh else read_checkpoint_header(checkpoint)
     spec = model_spec(cfg) if training else header["spec"]
     if resume_path:
         check_resumable(header, spec, recipe)
@@ -380,20 +404,22 @@ def run(cfg: Dict[str, Any], args: argparse.Namespace, ctx: DistContext) -> Dict
     for frames in (train_frames, test_frames):
         if frames is not None:
             check_depth_values(frames, spec.max_depth)
+    report_dir = report_dir_of(args, cfg)
     run_key = None
     if test_frames is not None:
         check_test_frames(test_frames, cfg)
         if training:
             check_splits(train_frames, test_frames)
-            check_report_dir(eval_dir, replaced, header, recipe)
+            check_report_dir(report_dir, replaced, header, recipe)
         else:
             checkpoint_id = _file_identity(checkpoint)
             run_key = broadcast_object(ctx, report_key(checkpoint, cfg, test_frames, amp, latency)
                                        if ctx.is_main else None)
-            conflict = report_conflict(eval_dir, run_key) if ctx.is_main else None
+            conflict = report_conflict(report_dir, run_key) if ctx.is_main else None
             if conflict:
                 raise RuntimeError(conflict)
     torch.manual_seed(cfg["train"]["seed"])
+    fresh = checkpoint is None
     pretrained = cfg["model"]["pretrained"]
     model = build_model(spec, pretrained if fresh else (None, None)).to(ctx.device)
     if latency is not None:  # before any training: a --latency-size the model cannot take fails now
@@ -407,22 +433,25 @@ def run(cfg: Dict[str, Any], args: argparse.Namespace, ctx: DistContext) -> Dict
     space = model.backbone.space
     stitch_ids: List[int] = []
     if test_frames is not None:  # resolved up front: a bad selection fails before training
-        pareto_source = test_cfg["pareto_source"] or os.path.join(eval_dir, RESULTS_FILE)
-        stitch_ids = select_stitches(args.stitch, space, pareto_source=pareto_source, task=TASK,
-                                     metric=test_cfg["primary_metric"],
+        stitch_ids = select_stitches(args.stitch, space, pareto_source=args.pareto_from or os.path.join(
+                                         report_dir, RESULTS_FILE), task=TASK, metric=test_cfg["primary_metric"],
                                      higher_is_better=test_cfg["primary_metric"] in HIGHER_IS_BETTER)
-    if args.export_stitch is not None:
-        space[args.export_stitch]  # raises a KeyError naming the valid ids before any training
+    export_ids = None
+    if args.export_stitch is not None and not _needs_report(args.export_stitch):  # ids: checked before training
+        export_ids = resolve_export_selection(args.export_stitch, space, task=TASK)
     barrier(ctx)  # every rank has looked at the directories before rank 0 writes into them
     os.makedirs(output_dir, exist_ok=True)
     if training and ctx.is_main:
         start_run_dir(cfg, output_dir, replaced)
+    barrier(ctx)
+    log_to_file(output_dir)
     eval_size = tuple(cfg["dataloader"]["eval_size"])
+    flops_cache = os.path.join(output_dir, "flops_cache")
     if ctx.is_main:  # rank 0 counts (and caches) the FLOPs table, the others read the cache
-        flops = depth_flops_table(model, eval_size, cache_dir=output_dir)
+        flops = depth_flops_table(model, eval_size, cache_dir=flops_cache)
     barrier(ctx)
     if not ctx.is_main:
-        flops = depth_flops_table(model, eval_size, cache_dir=output_dir)
+        flops = depth_flops_table(model, eval_size, cache_dir=flops_cache)
     logger.info("%d stitches, %.4g-%.4g GFLOPs at %dx%d (DPT head %.4g GFLOPs)", len(space), min(flops.gflops.values()),
                 max(flops.gflops.values()), *eval_size, flops.head_gflops)
     if training:
@@ -439,16 +468,20 @@ def run(cfg: Dict[str, Any], args: argparse.Namespace, ctx: DistContext) -> Dict
     if stitch_ids:
         group_size = test_cfg["stitch_group_size"] if test_cfg["share_prefixes"] else None
         result["report"] = evaluate_stitch_report(model, build_test_loader(test_frames, cfg, ctx), stitch_ids, flops,
-                                                  eval_dir, run_key, ctx, test_cfg["primary_metric"],
+                                                  report_dir, run_key, ctx, test_cfg["primary_metric"],
                                                   test_cfg["flip"], amp, group_size, latency)
         if latency is not None and ctx.is_main:
-            write_latency_info(eval_dir, latency.info())
-            result["report"] = load_results(eval_dir)
+            write_latency_info(report_dir, latency.info())
+            result["report"] = load_results(report_dir)
     if args.export_stitch is not None and ctx.is_main:
-        path = os.path.join(output_dir, f"stitch_{args.export_stitch}_dpt.pth")
-        save_exported_stitch(path, model, spec, args.export_stitch)
-        logger.info("exported stitch %d (%s) to %s", args.export_stitch, space[args.export_stitch].route, path)
-        result["export"] = path
+        if export_ids is None:  # pareto / best:G: from the report, written above if this run evaluated
+            export_ids = resolve_export_selection(args.export_stitch, space, report_dir, task=TASK)
+        result["export"] = []
+        for stitch_id in export_ids:
+            path = os.path.join(output_dir, f"stitch_{stitch_id}", "model_final.pth")
+            save_exported_stitch(path, model, spec, stitch_id)
+            logger.info("exported stitch %d (%s) to %s", stitch_id, space[stitch_id].route, path)
+            result["export"].append(path)
     return result
 
 
@@ -456,9 +489,9 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
     args = parse_args(argv)
     cfg = load_config(args.config_file, args.opts)
     ctx = init_distributed(cfg["train"]["device"])
-    setup_logging(ctx)
     try:
-        return run(cfg, args, ctx)
+        with run_logging(ctx.rank) as log_to_file:
+            return run(cfg, args, ctx, log_to_file)
     finally:
         cleanup(ctx)
 

@@ -1,12 +1,14 @@
-"""Training and evaluation of the stitched DPT: optimizer, schedule, one epoch with ROS, checkpoints,
-per-stitch evaluation (DDP-aware; stitch by stitch, or in groups that share route prefixes).
+"""Training of the stitched DPT: the recipe, AdamW groups, OneCycle schedule, the epoch loop with ROS, LS init,
+detectron2-style logging and checkpoints, exact resume.
 
-Exact resume: a checkpoint is written after every epoch with the model, optimizer, OneCycle schedule,
-AMP scaler and sampler state. Everything random is a function of (seed, epoch, ...): the data order
+Exact resume: after every epoch rank 0 writes a checkpoint with the model, optimizer, OneCycle schedule, AMP scaler
+and sampler state (``model_<iteration>.pth``, ``model_final.pth`` after the last epoch, named by
+``last_checkpoint``). Everything random is a function of (seed, epoch, ...): the data order
 (``DistributedSampler``), each frame's augmentation (``DepthDataset``), the stitch of each iteration (the
 engine's sampler) and torch's generator (re-seeded every epoch, for stochastic depth), so a run resumed
-from epoch ``e`` trains exactly as the uninterrupted run from epoch ``e`` on; its log is first cut back to the
-checkpoint (``truncate_log``), so that it describes one history.
+from epoch ``e`` trains exactly as the uninterrupted run from epoch ``e`` on. Its ``metrics.json`` is first cut
+back to the checkpoint (``snnet_core.train_log.trim_metrics_log``) and every scalar is logged unsmoothed, so the
+resumed log holds what the uninterrupted run logged: one history.
 """
 from __future__ import annotations
 
@@ -15,31 +17,33 @@ import hashlib
 import json
 import logging
 import os
+import re
+import time
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
 import torch.nn as nn
+from detectron2.engine.defaults import default_writers
+from detectron2.utils.events import EventStorage, EventWriter, get_event_storage
 from torch.nn.parallel import DistributedDataParallel
-from tqdm import tqdm
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
 
-from snnet_core import FlopsTable, ResourceConstrainedSampler, evaluate_stitches, load_snnet, save_snnet
-from snnet_core.atomic_io import write_atomic
+from snnet_core import FlopsTable, ResourceConstrainedSampler, load_snnet, ls_init_stitching_layers, save_snnet
 from snnet_core.checkpoint import describe_load_error
-from snnet_core.latency import LATENCY_COLUMN, time_stitches
-from snnet_core.prefix_trie import stitch_groups
-from snnet_core.latency_options import LatencyOptions
-from snnet_core.report import RESULTS_FILE, evaluate_stitch_groups, load_results
+from snnet_core.run_dir import tag_last_checkpoint
 from snnet_core.stitch_space import Stitch
+from snnet_core.train_log import route_loss_name, trim_metrics_log
 
-from .distributed import DistContext, broadcast_object, gather_objects
+from .distributed import DistContext, barrier
 from .loss import SILogLoss
-from .metrics import HIGHER_IS_BETTER, DepthMetricAccumulator
 from .model import DPTDepthModel, ModelSpec
+from .transforms import DepthDataset, TrainAugmentation
 
 logger = logging.getLogger(__name__)
-CHECKPOINT_NAME = "checkpoint_last.pth"
-TASK = "depth"  # the task tag of the per-stitch results files (another task's results are refused)
+FINAL_CHECKPOINT = "model_final.pth"
+PERIODIC_CHECKPOINT = re.compile(r"model_(\d{7})\.pth")  # detectron2's name: the index of the epoch's last iteration
+METRICS_FILE = "metrics.json"  # written by detectron2's JSONWriter
 
 
 @dataclasses.dataclass
@@ -161,44 +165,58 @@ def train_one_epoch(
     ctx: DistContext,
     epoch: int,
     iteration: int,
-    log_path: str,
     amp: bool,
-) -> Dict[str, float]:
+    writers: Sequence[EventWriter] = (),
+    log_period: int = 20,
+) -> Dict[str, Any]:
     """One epoch; each iteration trains the stitch ``sampler.sample(iteration)`` (the same on every rank).
 
-    Appends one JSON line per iteration (stitch, loss, learning rate per group) to ``log_path``, line-buffered (a
-    line is in the file as soon as its step is done). Returns
-    ``{"iteration": next iteration, "mean_loss": ...}``.
+    Each iteration puts into detectron2's current ``EventStorage`` (at ``storage.iter = iteration``): ``total_loss``
+    (this iteration's loss, that of one stitch), the same value under ``route_loss_name`` of the stitch
+    (``route_loss/FS``, ``route_loss/fast_anchor``, ...), ``lr`` (of the first parameter group, before this step),
+    ``time`` and ``data_time`` (seconds), unsmoothed: what ``writers`` write at an iteration does not depend on the
+    iterations this process ran before it. ``writers`` write after every ``log_period``-th iteration but the
+    epoch's last (the caller writes that one with the epoch's summary). Returns ``{"iteration": next iteration,
+    "mean_loss": mean over the epoch, "stitches": the stitch id of each iteration}``.
     """
     model.train()
     params = [p for g in optimizer.param_groups for p in g["params"]]
-    losses = []
-    with open(log_path, "a", buffering=1) as log:
-        for images, depths in tqdm(loader, desc=f"epoch {epoch}", unit="it", disable=not ctx.is_main, leave=False):
-            stitch_id = sampler.sample(iteration)
-            model.backbone.set_stitch(stitch_id)
-            images = images.to(ctx.device, non_blocking=True)
-            depths = depths.to(ctx.device, non_blocking=True)
-            with torch.autocast(ctx.device.type, dtype=torch.float16, enabled=amp):
-                pred = ddp_model(images)
-            loss = loss_fn(pred.float(), depths, iteration)
-            if not torch.isfinite(loss):
-                raise FloatingPointError(non_finite_loss_message(loss, pred, depths, epoch, iteration,
-                                                                 model.backbone.space[stitch_id]))
-            lrs = {g["name"]: g["lr"] for g in optimizer.param_groups}  # this step's learning rates
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            if recipe.clip_grad > 0:
-                scaler.unscale_(optimizer)
-                torch.nn.utils.clip_grad_norm_(params, recipe.clip_grad)
-            scaler.step(optimizer)
-            scaler.update()
-            scheduler.step()
-            losses.append(loss.item())
-            log.write(json.dumps({"epoch": epoch, "iter": iteration, "stitch": stitch_id, "loss": losses[-1],
-                                  "lr": lrs}) + "\n")
-            iteration += 1
-    return {"iteration": iteration, "mean_loss": float(np.mean(losses))}
+    storage = get_event_storage()
+    losses, stitches = [], []
+    last = len(loader) - 1
+    start = time.perf_counter()
+    for step, (images, depths) in enumerate(loader):
+        data_time = time.perf_counter() - start
+        stitch_id = sampler.sample(iteration)
+        model.backbone.set_stitch(stitch_id)
+        images = images.to(ctx.device, non_blocking=True)
+        depths = depths.to(ctx.device, non_blocking=True)
+        with torch.autocast(ctx.device.type, dtype=torch.float16, enabled=amp):
+            pred = ddp_model(images)
+        loss = loss_fn(pred.float(), depths, iteration)
+        stitch = model.backbone.space[stitch_id]
+        if not torch.isfinite(loss):
+            raise FloatingPointError(non_finite_loss_message(loss, pred, depths, epoch, iteration, stitch))
+        lr = optimizer.param_groups[0]["lr"]  # this step's learning rate
+        optimizer.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        if recipe.clip_grad > 0:
+            scaler.unscale_(optimizer)
+            torch.nn.utils.clip_grad_norm_(params, recipe.clip_grad)
+        scaler.step(optimizer)
+        scaler.update()
+        scheduler.step()
+        losses.append(loss.item())
+        stitches.append(stitch_id)
+        storage.iter = iteration
+        storage.put_scalars(**{"total_loss": losses[-1], route_loss_name(stitch): losses[-1], "lr": lr,
+                               "data_time": data_time, "time": time.perf_counter() - start}, smoothing_hint=False)
+        if (iteration + 1) % log_period == 0 and step < last:
+            for writer in writers:
+                writer.write()
+        iteration += 1
+        start = time.perf_counter()
+    return {"iteration": iteration, "mean_loss": float(np.mean(losses)), "stitches": stitches}
 
 
 def non_finite_loss_message(loss: torch.Tensor, pred: torch.Tensor, depths: torch.Tensor, epoch: int,
@@ -216,183 +234,137 @@ def non_finite_loss_message(loss: torch.Tensor, pred: torch.Tensor, depths: torc
     return where + "prediction and ground truth are finite; check the loss settings (train.loss_warmup_iters)"
 
 
-def flip_average(pred: torch.Tensor, pred_of_mirrored: torch.Tensor) -> torch.Tensor:
-    """Flip TTA: the mean of ``pred`` and the mirrored prediction of the mirrored image, ``(B, 1, H, W)``."""
-    return (pred + pred_of_mirrored.flip(-1)) / 2
+def ls_init(model: DPTDepthModel, train_set: Dataset, recipe: TrainRecipe, workers: int, ctx: DistContext) -> None:
+    """LS init of every stitching layer from ``recipe.ls_init_images`` training frames drawn at random (seeded),
+    as the training loader gives them (border crop, augmentation, random crop), as upstream does."""
+    count = min(recipe.ls_init_images, len(train_set))
+    chosen = np.random.default_rng([recipe.seed, count]).choice(len(train_set), count, replace=False)
+    loader = DataLoader(Subset(train_set, sorted(chosen.tolist())), batch_size=recipe.batch_size // ctx.world_size,
+                        shuffle=False, num_workers=workers)
+    errors = ls_init_stitching_layers(model.backbone, (images.to(ctx.device) for images, _ in loader),
+                                      num_images=count)
+    logger.info("LS init on %d training frames: mean squared error per stitching layer %s", count,
+                {k: round(v, 5) for k, v in sorted(errors.items())})
 
 
-@torch.no_grad()
-def evaluate(model: DPTDepthModel, loader: Iterable, ctx: DistContext, flip: bool = True,
-             amp: bool = False) -> Dict[str, float]:
-    """Depth metrics of ``model`` (its selected stitch) over ``loader`` (this rank's shard), reduced over ranks.
+def stitch_sequence_digest(stitches: Sequence[int]) -> str:
+    """First 12 hex digits of the SHA-256 of a sequence of stitch ids: equal on every DDP rank when the ranks
+    trained the same stitch at every iteration (each rank logs it at the end of an epoch)."""
+    return hashlib.sha256(json.dumps(list(stitches)).encode()).hexdigest()[:12]
 
-    ``flip``: average the prediction with that of the mirrored image.
+
+def train(model: DPTDepthModel, spec: ModelSpec, cfg: Dict[str, Any], recipe: TrainRecipe, frames, ctx: DistContext,
+          flops: FlopsTable, resume_path: Optional[str]) -> Dict[str, Any]:
+    """Train (or continue training from the checkpoint ``resume_path``) into ``cfg["train"]["output_dir"]``;
+    returns ``{"checkpoint": the last checkpoint, "iteration": iterations done}``.
+
+    Scalars go through detectron2's ``EventStorage`` to its ``default_writers`` on rank 0 (console printer,
+    ``metrics.json``, TensorBoard) every ``train.log_period`` iterations and at the end of each epoch, with the
+    epoch's ``epoch/mean_silog`` and ``epoch/param_checksum`` (float64 sum of every parameter). After each epoch
+    rank 0 writes ``model_<index of the epoch's last iteration, 7 digits>.pth`` (``model_final.pth`` after the last
+    epoch), names it in ``last_checkpoint`` and deletes the periodic checkpoints but the newest
+    ``train.max_to_keep``.
     """
-    model.eval()
-    head = model.head
-    acc = DepthMetricAccumulator(head.min_depth, head.max_depth)
-    for images, depths in loader:
-        images = images.to(ctx.device, non_blocking=True)
-        with torch.autocast(ctx.device.type, dtype=torch.float16, enabled=amp):
-            pred = model(images).float()
-            if flip:
-                pred = flip_average(pred, model(images.flip(-1)).float())
-        acc.update(pred, depths.to(ctx.device))
-    acc.all_reduce(ctx.device)
-    return acc.compute()
-
-
-@torch.no_grad()
-def evaluate_group(model: DPTDepthModel, loader: Iterable, stitch_ids: Sequence[int], ctx: DistContext,
-                   flip: bool = True, amp: bool = False) -> Dict[int, Dict[str, float]]:
-    """``{stitch id: depth metrics}`` of every stitch of ``stitch_ids`` in one pass over ``loader``.
-
-    Each batch ``(B, 3, H, W)`` runs once through the trie of the stitches' routes (``predict_stitches``), and
-    with ``flip`` once more mirrored; each stitch's predictions and metrics are those ``evaluate`` computes for
-    it alone (same operations, same order). Between the two passes one prediction ``(B, 1, H, W)`` per stitch
-    is held. Not reduced over ranks: ``loader`` holds every test image.
-    """
-    model.eval()
-    head = model.head
-    accumulators = {sid: DepthMetricAccumulator(head.min_depth, head.max_depth) for sid in stitch_ids}
-    for images, depths in loader:
-        images = images.to(ctx.device, non_blocking=True)
-        with torch.autocast(ctx.device.type, dtype=torch.float16, enabled=amp):
-            preds = {sid: pred.float() for sid, pred in model.predict_stitches(images, stitch_ids)}
-            if flip:
-                for sid, pred in model.predict_stitches(images.flip(-1), stitch_ids):
-                    preds[sid] = flip_average(preds[sid], pred.float())
-        depths = depths.to(ctx.device)
-        for sid, acc in accumulators.items():
-            acc.update(preds[sid], depths)
-    return {sid: acc.compute() for sid, acc in accumulators.items()}
-
-
-def time_depth_stitches(model: DPTDepthModel, stitch_ids: Sequence[int], options: LatencyOptions) -> Dict[int, float]:
-    """Median milliseconds of one forward of each stitch deployed alone (the exported stitch under ``model``'s DPT
-    head, as ``export.export_depth_model`` builds it; one forward, no flip averaging) on ``options.batch`` random
-    images of ``options.size``, on ``options.device``."""
-    generator = torch.Generator().manual_seed(0)
-    images = torch.randn(options.batch, 3, *options.size, generator=generator).to(options.device)
-    model.eval()
-    timed = time_stitches(model.backbone, stitch_ids, images,
-                          lambda route: DPTDepthModel(route, model.head, model.patch_size), options.warmup,
-                          options.runs, options.amp, options.device)
-    return timed.ms
-
-
-def _key_parts(run_key: str) -> Dict[str, str]:
-    return dict(part.split("=", 1) for part in run_key.split("|") if "=" in part)
-
-
-def report_conflict(output_dir: str, run_key: str) -> Optional[str]:
-    """Why the per-stitch results in ``output_dir`` cannot take rows of the evaluation ``run_key`` (they are of
-    another model or setting: the parts of the two keys that differ), or None if they can."""
-    record = load_results(output_dir)
-    if not record or record.get("run_key") == run_key:
-        return None
-    there, now = _key_parts(record.get("run_key") or ""), _key_parts(run_key)
-    differing = [f"{k} {there.get(k)} there vs {v} now" for k, v in now.items() if there.get(k) != v]
-    return (f"{os.path.join(output_dir, RESULTS_FILE)} holds the per-stitch report of another model or setting "
-            f"({'; '.join(differing)}): set test.eval_dir to a new directory, or move that report away")
-
-
-def evaluate_stitch_report(
-    model: DPTDepthModel,
-    loader: Iterable,
-    stitch_ids: Sequence[int],
-    flops: FlopsTable,
-    output_dir: str,
-    run_key: str,
-    ctx: DistContext,
-    primary_metric: str = "a1",
-    flip: bool = True,
-    amp: bool = False,
-    group_size: Optional[int] = None,
-    latency: Optional[LatencyOptions] = None,
-) -> Optional[dict]:
-    """Evaluate stitches into the engine's resumable report (rank 0 writes; all ranks compute).
-
-    Rank 0 resolves which stitches are still to do (after an interruption) and broadcasts them. Then
-
-    - ``group_size=None``: the per-stitch loop. Every rank evaluates every stitch on its shard of the test
-      images (``loader``), metrics summed over ranks; each stitch's row is written when it is done.
-    - ``group_size=N``: the grouped evaluation. The stitches, in route order, are cut into groups of ``N``
-      (``stitch_groups``); a group is evaluated in one pass over every test image (``loader``, not sharded)
-      sharing route prefixes (``evaluate_group``). With several ranks the groups are dealt out in rounds, one
-      group per rank, and rank 0 gathers and writes each round's rows: every stitch is computed by one process
-      exactly as one process alone computes it, and an interruption loses at most one round (one group per rank).
-
-    With ``latency``, rank 0 times every stitch as deployed (``time_depth_stitches``) once its metrics are in, into
-    the ``latency_ms`` column; ``run_key`` should name the latency settings.
-
-    Returns the results record on rank 0.
-    """
-    snnet = model.backbone
-    report_args = dict(space=snnet.space, flops=flops, output_dir=output_dir, primary_metric=primary_metric,
-                       higher_is_better=primary_metric in HIGHER_IS_BETTER, run_key=run_key, task=TASK,
-                       title=f"SN-Netv2 DPT on NYUv2 at {flops.input_size[0]}x{flops.input_size[1]}", resume=False)
-    error, todo = None, []
-    if ctx.is_main:
-        error = report_conflict(output_dir, run_key)
-        done = {} if error else load_results(output_dir).get("stitches", {})
-        todo = [int(s) for s in stitch_ids if str(int(s)) not in done]
-    error, todo = broadcast_object(ctx, (error, todo))
-    if error:
-        raise RuntimeError(error)
-
-    def timed(metrics: Dict[int, Dict[str, float]]) -> Dict[int, Dict[str, float]]:
-        """``metrics`` with each stitch's ``latency_ms`` (on rank 0, with ``latency``)."""
-        if latency is None or not ctx.is_main:
-            return metrics
-        ms = time_depth_stitches(model, list(metrics), latency)
-        return {sid: {**values, LATENCY_COLUMN: ms[sid]} for sid, values in metrics.items()}
-
-    if group_size is None:
-        def evaluate_one(stitch_id: int) -> Dict[str, float]:
-            snnet.set_stitch(stitch_id)
-            return timed({stitch_id: evaluate(model, loader, ctx, flip, amp)})[stitch_id]
-
-        if ctx.is_main:  # exactly the broadcast stitches, whatever another evaluator merges meanwhile
-            return evaluate_stitches(evaluate_one, todo, **report_args)
-        for stitch_id in todo:
-            evaluate_one(stitch_id)
-        return None
-
-    groups = stitch_groups(snnet, todo, group_size)
-    rounds = {}  # the stitches of a round (rank 0 writes them together) -> the group of each rank
-    for start in range(0, len(groups), ctx.world_size):
-        dealt = groups[start:start + ctx.world_size]
-        rounds[tuple(sid for group in dealt for sid in group)] = dealt
-    logger.info("%d stitches in %d groups of up to %d, one pass over the test set each, in %d rounds over %d "
-                "process(es)", len(todo), len(groups), group_size, len(rounds), ctx.world_size)
-
-    def evaluate_round(stitches: Sequence[int]) -> Dict[int, Dict[str, float]]:
-        dealt = rounds[tuple(stitches)]
-        mine = evaluate_group(model, loader, dealt[ctx.rank], ctx, flip, amp) if ctx.rank < len(dealt) else {}
-        return timed({sid: metrics for results in gather_objects(ctx, mine) for sid, metrics in results.items()})
-
-    if ctx.is_main:
-        return evaluate_stitch_groups(evaluate_round, [list(stitches) for stitches in rounds], **report_args)
-    for stitches in rounds:
-        evaluate_round(stitches)
-    return None
+    train_cfg, workers = cfg["train"], cfg["dataloader"]["workers"]
+    output_dir = train_cfg["output_dir"]
+    train_set = DepthDataset(frames, TrainAugmentation(**recipe.augmentation), recipe.seed)
+    data_sampler = DistributedSampler(train_set, num_replicas=ctx.world_size, rank=ctx.rank, shuffle=True,
+                                      seed=recipe.seed, drop_last=True)
+    loader = DataLoader(train_set, recipe.batch_size // ctx.world_size, sampler=data_sampler, drop_last=True,
+                        num_workers=workers, pin_memory=ctx.device.type == "cuda")
+    if len(loader) == 0:
+        raise ValueError(f"the {len(train_set)} training frames give no full batch of train.batch_size="
+                         f"{recipe.batch_size}")
+    amp = ctx.device.type == "cuda" and recipe.amp
+    optimizer = build_optimizer(model, recipe)
+    max_iter = recipe.epochs * len(loader)
+    scheduler = build_scheduler(optimizer, recipe, max_iter)
+    scaler = torch.amp.GradScaler(ctx.device.type, enabled=amp)
+    sampler = ResourceConstrainedSampler(flops.gflops, recipe.flops_step, recipe.seed)
+    logger.info("ROS: %d stitches in %d FLOPs bins of %g GFLOPs; optimizer groups %s", len(flops.gflops),
+                len(sampler.bins), recipe.flops_step,
+                {g["name"]: (len(g["params"]), g["lr"], g["weight_decay"]) for g in optimizer.param_groups})
+    start_epoch, iteration, checkpoint = 0, 0, resume_path
+    if resume_path:
+        state = load_checkpoint(resume_path, model, ctx.device)
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        scaler.load_state_dict(state["scaler"])
+        sampler.load_state_dict(state["sampler"])
+        start_epoch, iteration = int(state["epoch"]), int(state["iteration"])
+        if ctx.is_main:  # before the JSONWriter appends to it
+            trim_metrics_log(os.path.join(output_dir, METRICS_FILE), iteration)
+        logger.info("resumed from %s after epoch %d (iteration %d)", resume_path, start_epoch, iteration)
+    elif recipe.ls_init_images > 0 and ctx.is_main:  # DDP then broadcasts rank 0's weights
+        ls_init(model, train_set, recipe, workers, ctx)
+    ddp_model = wrap_ddp(model, ctx)
+    loss_fn = SILogLoss(warmup_iters=recipe.warmup_iters)
+    writers = default_writers(output_dir, max_iter) if ctx.is_main else []
+    try:
+        with EventStorage(iteration) as storage:
+            for epoch in range(start_epoch, recipe.epochs):
+                data_sampler.set_epoch(epoch)
+                train_set.set_epoch(epoch)
+                torch.manual_seed(epoch_seed(recipe.seed, epoch, ctx.rank))
+                stats = train_one_epoch(model, ddp_model, loader, optimizer, scheduler, scaler, sampler, loss_fn,
+                                        recipe, ctx, epoch, iteration, amp, writers, train_cfg["log_period"])
+                iteration = stats["iteration"]
+                checksum = param_checksum(model)
+                storage.iter = iteration - 1
+                storage.put_scalars(**{"epoch/mean_silog": stats["mean_loss"], "epoch/param_checksum": checksum},
+                                    smoothing_hint=False)
+                for writer in writers:
+                    writer.write()
+                logger.info("epoch %d/%d (iteration %d): mean loss %.4f, parameter checksum %.17g, stitch sequence "
+                            "%s", epoch + 1, recipe.epochs, iteration, stats["mean_loss"], checksum,
+                            stitch_sequence_digest(stats["stitches"]))
+                checkpoint = os.path.join(output_dir, checkpoint_name(iteration, epoch + 1 == recipe.epochs))
+                if ctx.is_main:
+                    save_checkpoint(checkpoint, model, spec, recipe, optimizer, scheduler, scaler, sampler, epoch + 1,
+                                    iteration, cfg["dataloader"]["eval_size"])
+                    tag_last_checkpoint(output_dir, checkpoint)
+                    for path in prune_checkpoints(output_dir, train_cfg["max_to_keep"]):
+                        logger.info("deleted %s (train.max_to_keep=%d)", path, train_cfg["max_to_keep"])
+                barrier(ctx)
+    finally:
+        for writer in writers:
+            writer.close()
+    return {"checkpoint": checkpoint, "iteration": iteration}
 
 
 # --------------------------------------------------------------------------------------------------
+def checkpoint_name(iteration: int, final: bool) -> str:
+    """detectron2's name of the checkpoint after ``iteration`` completed iterations: ``model_final.pth`` at the end
+    of training, else ``model_<iteration - 1, 7 digits>.pth`` (the index of the last iteration done)."""
+    return FINAL_CHECKPOINT if final else f"model_{iteration - 1:07d}.pth"
+
+
+def prune_checkpoints(output_dir: str, max_to_keep: int) -> List[str]:
+    """Delete the periodic checkpoints ``model_<7 digits>.pth`` of ``output_dir`` but the newest ``max_to_keep``
+    (``model_final.pth`` is never deleted); returns the deleted paths."""
+    periodic = sorted(name for name in os.listdir(output_dir) if PERIODIC_CHECKPOINT.fullmatch(name))
+    doomed = [os.path.join(output_dir, name) for name in periodic[:max(0, len(periodic) - max_to_keep)]]
+    for path in doomed:
+        os.remove(path)
+    return doomed
+
+
 def save_checkpoint(path: str, model: DPTDepthModel, spec: ModelSpec, recipe: TrainRecipe, optimizer, scheduler,
-                    scaler, sampler, epoch: int, iteration: int) -> None:
-    """Everything needed to resume after ``epoch`` (completed epochs) / ``iteration`` (completed steps)."""
+                    scaler, sampler, epoch: int, iteration: int, eval_size: Sequence[int]) -> None:
+    """Everything needed to resume after ``epoch`` (completed epochs) / ``iteration`` (completed steps), and the
+    evaluation size ``(H, W)`` of the run (``--eval-only`` evaluates at it)."""
     save_snnet(path, model.backbone, extra={
         "spec": spec.to_dict(), "recipe": recipe.to_dict(), "head": model.head.state_dict(),
         "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
         "sampler": sampler.state_dict(), "epoch": epoch, "iteration": iteration,
+        "eval_size": [int(s) for s in eval_size],
     })
 
 
 def read_checkpoint_header(path: str) -> Dict[str, Any]:
-    """``{"spec": ModelSpec, "recipe", "epoch", "iteration"}`` of a training checkpoint, read memory-mapped (the
-    weights are not loaded): a missing, truncated or foreign file fails here, before any compute."""
+    """``{"spec": ModelSpec, "recipe", "epoch", "iteration", "eval_size": (H, W) or None}`` of a training checkpoint,
+    read memory-mapped (the weights are not loaded): a missing, truncated or foreign file fails here, before any
+    compute. ``eval_size`` is None for a checkpoint written before it was recorded."""
     if not os.path.isfile(path):
         raise FileNotFoundError(f"checkpoint {path!r} does not exist")
     try:
@@ -402,41 +374,9 @@ def read_checkpoint_header(path: str) -> Dict[str, Any]:
     missing = [k for k in ("spec", "recipe", "epoch", "iteration") if not isinstance(state, dict) or k not in state]
     if missing:
         raise RuntimeError(f"{path!r} is not a checkpoint of projects/snnet_dpt/train.py (no {missing})")
+    eval_size = state.get("eval_size")
     return {"spec": ModelSpec.from_dict(state["spec"]), "recipe": state["recipe"], "epoch": int(state["epoch"]),
-            "iteration": int(state["iteration"])}
-
-
-def file_sha256(path: str) -> str:
-    """Hex SHA-256 of a file's bytes (read in 1 MiB blocks)."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def truncate_log(path: str, epochs_done: int) -> int:
-    """Cut a training log back to a checkpoint taken after ``epochs_done`` epochs, atomically, so that a resumed
-    run appends to one history: lines of later epochs (those of the interrupted epoch) and a last line cut short
-    by a kill are dropped. Returns the number of lines dropped."""
-    if not os.path.isfile(path):
-        return 0
-    with open(path) as f:
-        lines = f.readlines()
-    kept = []
-    for number, line in enumerate(lines, 1):
-        try:
-            epoch = json.loads(line)["epoch"]
-        except (json.JSONDecodeError, KeyError, TypeError) as exc:
-            if number == len(lines):  # written when the run was killed
-                break
-            raise ValueError(f"{path}:{number} is not a line of the training log ({exc}); move the log away to "
-                             "resume") from exc
-        if epoch < epochs_done:
-            kept.append(line if line.endswith("\n") else line + "\n")
-    if kept != lines:
-        write_atomic(path, lambda f: f.writelines(kept))
-    return len(lines) - len(kept)
+            "iteration": int(state["iteration"]), "eval_size": None if eval_size is None else tuple(eval_size)}
 
 
 def load_checkpoint(path: str, model: DPTDepthModel, map_location: torch.device | str = "cpu") -> Dict[str, Any]:

@@ -31,6 +31,7 @@ dataloader = dict(
     test_list=None,  # project: None = <root>/nyudepthv2_test_files_with_gt.txt (the BTS name)
     depth_source="raw",  # toolbox nyu.py: raw (not in-painted) depth; "filled" reads the .mat's depths
     eval_size=(480, 640),  # upstream snnetv2_dpt_deit3_s_l_nyu.py: test img_scale; FLOPs are counted here
+    test_name="nyuv2_test",  # project: names the report directory, <train.output_dir>/stitch_report_nyuv2_test
     augmentation=dict(  # upstream snnetv2_dpt_deit3_s_l_nyu.py train_pipeline, in its order
         border_crop=(45, 472, 43, 608),  # toolbox transforms.py NYUCrop: rows 45:472, cols 43:608 of 480x640
         rotate_prob=0.5,  # upstream: RandomRotate prob
@@ -76,8 +77,8 @@ lr_schedule = dict(  # upstream: lr_config and momentum_config policy='OneCycle'
 )
 
 train = dict(
-    output_dir="output/snnet_dpt",  # project: checkpoints, logs, config.yaml, stitch_eval/
-    checkpoint=None,  # project: checkpoint of --resume/--eval-only; None = <output_dir>/checkpoint_last.pth
+    output_dir="output/snnet_dpt",  # project: the layout of snnet_core/run_dir.py (checkpoints, logs, reports)
+    init_checkpoint="",  # project: detectron2's key; what --eval-only evaluates ("": <output_dir>/last_checkpoint)
     epochs=24,  # paper Sec. 5.3; upstream schedule_24x.py max_epochs=24
     batch_size=16,  # paper Sec. 5.3: total over 4 GPUs (upstream: 8 GPUs x 2)
     loss_warmup_iters=100,  # upstream: SigLoss warm_up=True, toolbox warm_iter default 100
@@ -86,6 +87,8 @@ train = dict(
     amp=False,  # upstream: fp32 (no fp16 config); True: fp16 autocast + GradScaler on GPUs
     seed=0,  # project: data order, augmentation, ROS draws and LS-init frames derive from it
     device="auto",  # project: cuda if available, else cpu
+    log_period=20,  # project: detectron2's default (configs/common/train.py): metrics.json/TensorBoard every 20 its
+    max_to_keep=2,  # project: disk: a DeiT3-S/L + DPT checkpoint with AdamW state is ~4 GB (model_final.pth kept)
 )
 
 test = dict(
@@ -93,8 +96,6 @@ test = dict(
     batch_size=2,  # project: per process (upstream 1); per-image metrics do not depend on it
     max_images=None,  # project: None = every test frame; N = the first N (quick sweeps)
     primary_metric="a1",  # project: metric of the Pareto frontier of the per-stitch report
-    eval_dir=None,  # project: None = <train.output_dir>/stitch_eval
-    pareto_source=None,  # project: results JSON of --stitch pareto; None = <eval_dir>/stitch_results.json
     share_prefixes=True,  # project: stitch groups, one data pass each, shared route prefixes; False: stitch by stitch
     stitch_group_size=17,  # project: 134 stitches -> 8 groups; an interruption loses at most one (one per rank)
 )

@@ -16,6 +16,7 @@ model.post_process_channels = (16, 32, 64, 128)  # project: small DPT reassemble
 dataloader.root = "data/nyu_synthetic"  # project: python datasets/make_synthetic_nyu.py --output data/nyu_synthetic
 dataloader.layout = "mat"  # project: the synthetic data holds both layouts
 dataloader.eval_size = (128, 160)  # project: make_synthetic_nyu.py --size 128 160
+dataloader.test_name = "nyuv2_synthetic_test"  # project: report in output/dpt_demo/stitch_report_nyuv2_synthetic_test
 dataloader.augmentation.crop_size = (112, 128)  # project: fits the 114x141 border crop of 128x160
 dataloader.workers = 0  # project: no loader processes on a 2-core CPU
 

@@ -1,0 +1,196 @@
+"""Evaluation of the stitched DPT: depth metrics of one stitch, of a group of stitches in one pass sharing route
+prefixes, latency of stitches as deployed, and the resumable per-stitch report (DDP-aware)."""
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+from typing import Dict, Iterable, Optional, Sequence
+
+import torch
+
+from snnet_core import FlopsTable, evaluate_stitches
+from snnet_core.latency import LATENCY_COLUMN, time_stitches
+from snnet_core.latency_options import LatencyOptions
+from snnet_core.prefix_trie import stitch_groups
+from snnet_core.report import RESULTS_FILE, evaluate_stitch_groups, load_results
+
+from .distributed import DistContext, broadcast_object, gather_objects
+from .metrics import HIGHER_IS_BETTER, DepthMetricAccumulator
+from .model import DPTDepthModel
+
+logger = logging.getLogger(__name__)
+TASK = "depth"  # the task tag of the per-stitch results files (another task's results are refused)
+
+
+def flip_average(pred: torch.Tensor, pred_of_mirrored: torch.Tensor) -> torch.Tensor:
+    """Flip TTA: the mean of ``pred`` and the mirrored prediction of the mirrored image, ``(B, 1, H, W)``."""
+    return (pred + pred_of_mirrored.flip(-1)) / 2
+
+
+@torch.no_grad()
+def evaluate(model: DPTDepthModel, loader: Iterable, ctx: DistContext, flip: bool = True,
+             amp: bool = False) -> Dict[str, float]:
+    """Depth metrics of ``model`` (its selected stitch) over ``loader`` (this rank's shard), reduced over ranks.
+
+    ``flip``: average the prediction with that of the mirrored image.
+    """
+    model.eval()
+    head = model.head
+    acc = DepthMetricAccumulator(head.min_depth, head.max_depth)
+    for images, depths in loader:
+        images = images.to(ctx.device, non_blocking=True)
+        with torch.autocast(ctx.device.type, dtype=torch.float16, enabled=amp):
+            pred = model(images).float()
+            if flip:
+                pred = flip_average(pred, model(images.flip(-1)).float())
+        acc.update(pred, depths.to(ctx.device))
+    acc.all_reduce(ctx.device)
+    return acc.compute()
+
+
+@torch.no_grad()
+def evaluate_group(model: DPTDepthModel, loader: Iterable, stitch_ids: Sequence[int], ctx: DistContext,
+                   flip: bool = True, amp: bool = False) -> Dict[int, Dict[str, float]]:
+    """``{stitch id: depth metrics}`` of every stitch of ``stitch_ids`` in one pass over ``loader``.
+
+    Each batch ``(B, 3, H, W)`` runs once through the trie of the stitches' routes (``predict_stitches``), and
+    with ``flip`` once more mirrored; each stitch's predictions and metrics are those ``evaluate`` computes for
+    it alone (same operations, same order). Between the two passes one prediction ``(B, 1, H, W)`` per stitch
+    is held. Not reduced over ranks: ``loader`` holds every test image.
+    """
+    model.eval()
+    head = model.head
+    accumulators = {sid: DepthMetricAccumulator(head.min_depth, head.max_depth) for sid in stitch_ids}
+    for images, depths in loader:
+        images = images.to(ctx.device, non_blocking=True)
+        with torch.autocast(ctx.device.type, dtype=torch.float16, enabled=amp):
+            preds = {sid: pred.float() for sid, pred in model.predict_stitches(images, stitch_ids)}
+            if flip:
+                for sid, pred in model.predict_stitches(images.flip(-1), stitch_ids):
+                    preds[sid] = flip_average(preds[sid], pred.float())
+        depths = depths.to(ctx.device)
+        for sid, acc in accumulators.items():
+            acc.update(preds[sid], depths)
+    return {sid: acc.compute() for sid, acc in accumulators.items()}
+
+
+def time_depth_stitches(model: DPTDepthModel, stitch_ids: Sequence[int], options: LatencyOptions) -> Dict[int, float]:
+    """Median milliseconds of one forward of each stitch deployed alone (the exported stitch under ``model``'s DPT
+    head, as ``export.export_depth_model`` builds it; one forward, no flip averaging) on ``options.batch`` random
+    images of ``options.size``, on ``options.device``."""
+    generator = torch.Generator().manual_seed(0)
+    images = torch.randn(options.batch, 3, *options.size, generator=generator).to(options.device)
+    model.eval()
+    timed = time_stitches(model.backbone, stitch_ids, images,
+                          lambda route: DPTDepthModel(route, model.head, model.patch_size), options.warmup,
+                          options.runs, options.amp, options.device)
+    return timed.ms
+
+
+def _key_parts(run_key: str) -> Dict[str, str]:
+    return dict(part.split("=", 1) for part in run_key.split("|") if "=" in part)
+
+
+def report_conflict(output_dir: str, run_key: str) -> Optional[str]:
+    """Why the per-stitch results in ``output_dir`` cannot take rows of the evaluation ``run_key`` (they are of
+    another model or setting: the parts of the two keys that differ), or None if they can."""
+    record = load_results(output_dir)
+    if not record or record.get("run_key") == run_key:
+        return None
+    there, now = _key_parts(record.get("run_key") or ""), _key_parts(run_key)
+    differing = [f"{k} {there.get(k)} there vs {v} now" for k, v in now.items() if there.get(k) != v]
+    return (f"{os.path.join(output_dir, RESULTS_FILE)} holds the per-stitch report of another model or setting "
+            f"({'; '.join(differing)}): give --report-dir a new directory, or move that report away")
+
+
+def evaluate_stitch_report(
+    model: DPTDepthModel,
+    loader: Iterable,
+    stitch_ids: Sequence[int],
+    flops: FlopsTable,
+    output_dir: str,
+    run_key: str,
+    ctx: DistContext,
+    primary_metric: str = "a1",
+    flip: bool = True,
+    amp: bool = False,
+    group_size: Optional[int] = None,
+    latency: Optional[LatencyOptions] = None,
+) -> Optional[dict]:
+    """Evaluate stitches into the engine's resumable report (rank 0 writes; all ranks compute).
+
+    Rank 0 resolves which stitches are still to do (after an interruption) and broadcasts them. Then
+
+    - ``group_size=None``: the per-stitch loop. Every rank evaluates every stitch on its shard of the test
+      images (``loader``), metrics summed over ranks; each stitch's row is written when it is done.
+    - ``group_size=N``: the grouped evaluation. The stitches, in route order, are cut into groups of ``N``
+      (``stitch_groups``); a group is evaluated in one pass over every test image (``loader``, not sharded)
+      sharing route prefixes (``evaluate_group``). With several ranks the groups are dealt out in rounds, one
+      group per rank, and rank 0 gathers and writes each round's rows: every stitch is computed by one process
+      exactly as one process alone computes it, and an interruption loses at most one round (one group per rank).
+
+    With ``latency``, rank 0 times every stitch as deployed (``time_depth_stitches``) once its metrics are in, into
+    the ``latency_ms`` column; ``run_key`` should name the latency settings.
+
+    Returns the results record on rank 0.
+    """
+    snnet = model.backbone
+    report_args = dict(space=snnet.space, flops=flops, output_dir=output_dir, primary_metric=primary_metric,
+                       higher_is_better=primary_metric in HIGHER_IS_BETTER, run_key=run_key, task=TASK,
+                       title=f"SN-Netv2 DPT on NYUv2 at {flops.input_size[0]}x{flops.input_size[1]}", resume=False)
+    error, todo = None, []
+    if ctx.is_main:
+        error = report_conflict(output_dir, run_key)
+        done = {} if error else load_results(output_dir).get("stitches", {})
+        todo = [int(s) for s in stitch_ids if str(int(s)) not in done]
+    error, todo = broadcast_object(ctx, (error, todo))
+    if error:
+        raise RuntimeError(error)
+
+    def timed(metrics: Dict[int, Dict[str, float]]) -> Dict[int, Dict[str, float]]:
+        """``metrics`` with each stitch's ``latency_ms`` (on rank 0, with ``latency``)."""
+        if latency is None or not ctx.is_main:
+            return metrics
+        ms = time_depth_stitches(model, list(metrics), latency)
+        return {sid: {**values, LATENCY_COLUMN: ms[sid]} for sid, values in metrics.items()}
+
+    if group_size is None:
+        def evaluate_one(stitch_id: int) -> Dict[str, float]:
+            snnet.set_stitch(stitch_id)
+            return timed({stitch_id: evaluate(model, loader, ctx, flip, amp)})[stitch_id]
+
+        if ctx.is_main:  # exactly the broadcast stitches, whatever another evaluator merges meanwhile
+            return evaluate_stitches(evaluate_one, todo, **report_args)
+        for stitch_id in todo:
+            evaluate_one(stitch_id)
+        return None
+
+    groups = stitch_groups(snnet, todo, group_size)
+    rounds = {}  # the stitches of a round (rank 0 writes them together) -> the group of each rank
+    for start in range(0, len(groups), ctx.world_size):
+        dealt = groups[start:start + ctx.world_size]
+        rounds[tuple(sid for group in dealt for sid in group)] = dealt
+    logger.info("%d stitches in %d groups of up to %d, one pass over the test set each, in %d rounds over %d "
+                "process(es)", len(todo), len(groups), group_size, len(rounds), ctx.world_size)
+
+    def evaluate_round(stitches: Sequence[int]) -> Dict[int, Dict[str, float]]:
+        dealt = rounds[tuple(stitches)]
+        mine = evaluate_group(model, loader, dealt[ctx.rank], ctx, flip, amp) if ctx.rank < len(dealt) else {}
+        return timed({sid: metrics for results in gather_objects(ctx, mine) for sid, metrics in results.items()})
+
+    if ctx.is_main:
+        return evaluate_stitch_groups(evaluate_round, [list(stitches) for stitches in rounds], **report_args)
+    for stitches in rounds:
+        evaluate_round(stitches)
+    return None
+
+
+def file_sha256(path: str) -> str:
+    """Hex SHA-256 of a file's bytes (read in 1 MiB blocks)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
