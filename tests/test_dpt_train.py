@@ -252,11 +252,12 @@ def test_two_process_grouped_evaluation_deals_the_groups_and_gives_the_rows_of_o
 
 
 def test_two_process_ddp_trains_the_same_stitch_on_both_ranks(data_root, tmp_path):
+    """Two processes started as detectron2 starts them (``--num-gpus 2``: ``launch``, gloo on CPU); the grouped
+    evaluation test above runs under torchrun."""
     out = tmp_path / "ddp"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29731",
-           os.path.join(REPO, "projects", "snnet_dpt", "train.py"),
-           *cli_args(data_root, out, "--stitch", "0,1", "--export-stitch", "7",
-                     opts=["train.epochs=2", "train.batch_size=4"])]
+    cmd = [sys.executable, os.path.join(REPO, "projects", "snnet_dpt", "train.py"),
+           *cli_args(data_root, out, "--num-gpus", "2", "--dist-url", "auto", "--stitch", "0,1", "--export-stitch",
+                     "7", opts=["train.epochs=2", "train.batch_size=4"])]
     env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1")
     proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
@@ -303,6 +304,8 @@ def test_clear_errors_for_bad_inputs(data_root, tmp_path):
         train_cli.main(cli_args(data_root, tmp_path / "g", opts=["optimizer.learning_rate=1e-3"]))
     with pytest.raises(ValueError, match="put the flags before the overrides"):
         train_cli.main(cli_args(data_root, tmp_path / "h", opts=["--eval-only"]))
+    with pytest.raises(ValueError, match="--eval-only evaluates a checkpoint and trains nothing: drop --resume"):
+        train_cli.main(cli_args(data_root, tmp_path / "h", "--eval-only", "--resume"))
     with pytest.raises(ValueError, match="train.batch_size=3 .* not divisible"):
         train_cli.recipe_from_config(train_cli.load_config(TINY, ["train.batch_size=3"]), world_size=2)
     with pytest.raises(ValueError, match=r"param_rules\['backbone'\] has unknown fields \['lr'\]"):

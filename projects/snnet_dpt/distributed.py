@@ -1,4 +1,5 @@
-"""torchrun / DDP process-group helpers (NCCL on GPUs, gloo on CPU; a single process needs no group)."""
+"""Process-group helpers for torchrun and detectron2's ``launch`` (NCCL on GPUs, gloo on CPU; a single process
+needs no group)."""
 from __future__ import annotations
 
 import dataclasses
@@ -7,6 +8,7 @@ from typing import Any, List
 
 import torch
 import torch.distributed as dist
+from detectron2.utils import comm
 
 
 @dataclasses.dataclass
@@ -28,15 +30,22 @@ class DistContext:
 
 
 def init_distributed(device: str = "auto") -> DistContext:
-    """Join the torchrun job described by ``RANK``/``WORLD_SIZE``/``LOCAL_RANK`` (if any) and pick the device.
+    """This process's place in the job, and its device: the process group detectron2's ``launch`` (``--num-gpus``)
+    started, or the torchrun job described by ``RANK``/``WORLD_SIZE``/``LOCAL_RANK`` (joined here), or one process.
 
     ``device``: ``auto`` (``cuda:LOCAL_RANK`` when CUDA is available, else CPU), ``cpu`` or ``cuda``.
     """
-    world_size = int(os.environ.get("WORLD_SIZE", "1"))
-    rank, local_rank = int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
+    if dist.is_initialized():  # started by launch
+        world_size, rank, local_rank = dist.get_world_size(), dist.get_rank(), comm.get_local_rank()
+    else:
+        world_size = int(os.environ.get("WORLD_SIZE", "1"))
+        rank, local_rank = int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
     use_cuda = torch.cuda.is_available() if device == "auto" else device == "cuda"
     if use_cuda and not torch.cuda.is_available():
         raise RuntimeError("--device cuda was asked for but CUDA is not available")
+    if not use_cuda and dist.is_initialized() and dist.get_backend() == "nccl":
+        raise RuntimeError("--num-gpus started GPU (NCCL) processes but train.device is cpu: train on the GPUs "
+                           "(train.device=auto), or start CPU processes with torchrun")
     if use_cuda:
         torch.cuda.set_device(local_rank)
     ctx = DistContext(rank, world_size, local_rank, torch.device(f"cuda:{local_rank}" if use_cuda else "cpu"))

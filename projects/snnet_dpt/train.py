@@ -6,7 +6,8 @@ The recipe is a detectron2 LazyConfig file (default: the paper's, ``configs/dpt_
 ``key=value`` arguments after the flags override its entries:
 
     python projects/snnet_dpt/train.py --stitch all            # the paper recipe on data/nyu
-    torchrun --nproc_per_node 4 projects/snnet_dpt/train.py train.output_dir=output/dpt_s_l
+    python projects/snnet_dpt/train.py --num-gpus 4 train.output_dir=output/dpt_s_l     # as detectron2 (launch)
+    torchrun --nproc_per_node 4 projects/snnet_dpt/train.py train.output_dir=output/dpt_s_l  # the same, torchrun
     python projects/snnet_dpt/train.py --config-file projects/snnet_dpt/configs/synthetic/dpt_snnetv2_tiny.py
     python projects/snnet_dpt/train.py --config-file ... --eval-only --stitch all --export-stitch best:0.3
 
@@ -37,10 +38,12 @@ from __future__ import annotations
 
 import os
 import sys
+import warnings
 
 # run as a script, the repository's packages (snnet_core, projects, datasets) are imported from the
 # checkout: only snnet_core is installed, so that `projects`/`datasets` shadow nothing elsewhere
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+warnings.filterwarnings("ignore", message="`torch.jit.script` is deprecated", category=FutureWarning)  # fvcore
 
 import argparse
 import contextlib
@@ -54,6 +57,7 @@ from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tupl
 import torch
 import yaml
 from detectron2.config import LazyConfig
+from detectron2.engine import default_argument_parser, launch
 from detectron2.utils.logger import setup_logger
 from omegaconf import OmegaConf
 from torch.utils.data import DataLoader, Subset
@@ -84,20 +88,15 @@ LOGGERS = ("projects.snnet_dpt", "snnet_core", "detectron2")  # the project's, t
 _ABSENT = object()
 
 
-def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--config-file", default=DEFAULT_CONFIG, metavar="FILE",
-                   help="LazyConfig recipe (default: the paper's, configs/dpt_snnetv2_deit3_s_l_nyu.py)")
-    mode = p.add_mutually_exclusive_group()
-    mode.add_argument("--eval-only", action="store_true",
-                      help="evaluate (and export) the checkpoint train.init_checkpoint (default: the one "
-                           f"<train.output_dir>/{LAST_CHECKPOINT} names); model.pretrained is not read")
-    mode.add_argument("--resume", action="store_true",
-                      help=f"continue training from the checkpoint <train.output_dir>/{LAST_CHECKPOINT} names "
-                           "(refused if the model or recipe changed)")
-    mode.add_argument("--overwrite", action="store_true",
-                      help="train afresh into a train.output_dir that holds a run, deleting that run's checkpoints, "
-                           "logs, config, reports and exported stitches first")
+def build_argument_parser() -> argparse.ArgumentParser:
+    """detectron2's ``default_argument_parser`` (``--config-file``, ``--eval-only``, ``--resume``, ``--num-gpus``,
+    ``--num-machines``, ``--machine-rank``, ``--dist-url``, ``KEY=VALUE`` overrides) with this project's flags, as
+    ``projects/snnet_vitdet/train_net.py`` builds it; ``--config-file`` defaults to the paper's recipe."""
+    p = default_argument_parser(epilog=__doc__)
+    p.set_defaults(config_file=DEFAULT_CONFIG)
+    p.add_argument("--overwrite", action="store_true",
+                   help="train afresh into a train.output_dir that holds a run, deleting that run's checkpoints, "
+                        "logs, config, reports and exported stitches first")
     p.add_argument("--stitch", default="all",
                    help="stitches to evaluate (after training, or with --eval-only): all | ID[,ID...] | pareto | none")
     p.add_argument("--report-dir", metavar="DIR",
@@ -110,9 +109,15 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
                    help="write <train.output_dir>/stitch_<ID>/model_final.pth, a standalone DPT model of that stitch "
                         "(pareto / best:G choose from the per-stitch report)")
     add_latency_arguments(p)
-    p.add_argument("opts", nargs=argparse.REMAINDER, metavar="KEY=VALUE",
-                   help="config overrides, e.g. train.output_dir=output/x optimizer.lr=1e-5")
-    return p.parse_args(argv)
+    return p
+
+
+def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
+    args = build_argument_parser().parse_args(argv)
+    given = [flag for flag, on in (("--resume", args.resume), ("--overwrite", args.overwrite)) if on]
+    if args.eval_only and given:
+        raise ValueError(f"--eval-only evaluates a checkpoint and trains nothing: drop {' and '.join(given)}")
+    return args
 
 
 def load_config(path: str, overrides: Sequence[str]) -> Dict[str, Any]:
@@ -485,8 +490,8 @@ def run(cfg: Dict[str, Any], args: argparse.Namespace, ctx: DistContext,
     return result
 
 
-def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
-    args = parse_args(argv)
+def run_process(args: argparse.Namespace) -> Dict[str, Any]:
+    """One process of the job: alone, one of torchrun's, or one that detectron2's ``launch`` started."""
     cfg = load_config(args.config_file, args.opts)
     ctx = init_distributed(cfg["train"]["device"])
     try:
@@ -496,5 +501,18 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
         cleanup(ctx)
 
 
+def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
+    """The command line in this process (or under torchrun); returns the run's result (checkpoint, report, export)."""
+    return run_process(parse_args(argv))
+
+
+def cli(argv: Optional[Sequence[str]] = None) -> None:
+    """The command line as detectron2 runs it: ``--num-gpus N`` processes per machine through ``launch``
+    (``--num-gpus 1``, the default, and torchrun's processes run in this process)."""
+    args = parse_args(argv)
+    launch(run_process, args.num_gpus, num_machines=args.num_machines, machine_rank=args.machine_rank,
+           dist_url=args.dist_url, args=(args,))
+
+
 if __name__ == "__main__":
-    main()
+    cli()
