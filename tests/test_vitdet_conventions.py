@@ -13,7 +13,7 @@ import pytest
 import torch
 from detectron2.config import instantiate
 
-from projects.snnet_vitdet import train_net
+from projects.snnet_vitdet import data, train_net
 from projects.snnet_vitdet.training import StrictDetectionCheckpointer
 from snnet_core.train_log import route_loss_name
 from tests.test_vitdet_train import REPO, TINY, run_main, synthetic, tiny_cfg, tiny_opts  # noqa: F401 (fixture)
@@ -152,3 +152,15 @@ def test_training_writes_route_losses_and_the_eval_size_and_overwrite_replaces_a
     for line, stitch in zip(lines, schedule):  # each iteration's loss under its stitch's route type / anchor
         assert [k for k in line if k.startswith("route_loss/")] == [route_loss_name(space[stitch])]
     assert lines[0][route_loss_name(space[schedule[0]])] == pytest.approx(lines[0]["total_loss"])
+
+
+def test_a_declared_coco_file_is_read_once_per_process(synthetic, tmp_path, monkeypatch):  # noqa: F811
+    reads = []
+    real = data.load_checked_coco_json
+    monkeypatch.setattr(data, "load_checked_coco_json", lambda *args: reads.append(args[2]) or real(*args))
+    cfg = tiny_cfg(synthetic, str(tmp_path))
+    data.register_coco_json_datasets({"read_once_train": dict(cfg.datasets.coco_json.synthetic_shapes_train)})
+    cfg.dataloader.train.dataset.names = "read_once_train"
+    train_net.build_train_loader(cfg, seed=0, start_iter=0)  # a training start: the training and LS init loaders
+    train_net.build_calibration_loader(cfg)
+    assert reads == ["read_once_train"]

@@ -61,8 +61,24 @@ def load_checked_coco_json(json_file: str, image_root: str, name: str) -> List[d
     return load_coco_json(json_file, image_root, name)
 
 
+class CheckedCocoJson:
+    """The ``DatasetCatalog`` loader of a declared COCO-format dataset: ``load_checked_coco_json`` on the first
+    call, the same list of dicts on later ones (a training start asks twice: the training and the LS init
+    loaders). detectron2's mappers copy each dict before changing it, so the list is never modified."""
+
+    def __init__(self, json_file: str, image_root: str, name: str):
+        self.json_file, self.image_root, self.name = json_file, image_root, name
+        self._dicts: Optional[List[dict]] = None
+
+    def __call__(self) -> List[dict]:
+        if self._dicts is None:
+            self._dicts = load_checked_coco_json(self.json_file, self.image_root, self.name)
+        return self._dicts
+
+
 def register_coco_json_datasets(specs: Mapping[str, Mapping[str, str]]) -> None:
-    """Register ``{name: {json_file, image_root}}`` as COCO instance datasets (idempotent).
+    """Register ``{name: {json_file, image_root}}`` as COCO instance datasets (idempotent), each read once
+    per process (``CheckedCocoJson``).
 
     A name registered earlier with other files is re-registered with the new ones; a builtin name
     cannot be redefined.
@@ -80,7 +96,7 @@ def register_coco_json_datasets(specs: Mapping[str, Mapping[str, str]]) -> None:
                 raise ValueError(f"dataset name {name!r} is already registered (builtin?); choose another name")
             DatasetCatalog.remove(name)
             MetadataCatalog.remove(name)
-        DatasetCatalog.register(name, lambda j=json_file, r=image_root, n=name: load_checked_coco_json(j, r, n))
+        DatasetCatalog.register(name, CheckedCocoJson(json_file, image_root, name))
         MetadataCatalog.get(name).set(json_file=json_file, image_root=image_root, evaluator_type="coco",
                                       snnet_registered=True)
         logger.info("registered COCO-format dataset %r: %s, %s", name, json_file, image_root)

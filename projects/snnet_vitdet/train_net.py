@@ -1,15 +1,24 @@
 #!/usr/bin/env python
 """SN-Netv2 ViTDet (Mask R-CNN) training and COCO per-stitch evaluation, detectron2 LazyConfig style.
 
-Training (LS init of the stitching layers before the first iteration, a ROS-sampled stitch per iteration)::
+Training (LS init of the stitching layers before the first iteration, a ROS-sampled stitch per iteration) into
+``train.output_dir`` (the layout of ``snnet_core.run_dir``; a run already there is continued with ``--resume`` or
+replaced with ``--overwrite``)::
 
     python projects/snnet_vitdet/train_net.py --num-gpus 8 \\
-        --config-file projects/snnet_vitdet/configs/COCO/mask_rcnn_snnetv2_deit3_s_l_100ep.py [--resume] [key=value ...]
+        --config-file projects/snnet_vitdet/configs/COCO/mask_rcnn_snnetv2_deit3_s_l_100ep.py \\
+        [--resume | --overwrite] train.output_dir=output/snnetv2_s_l [key=value ...]
 
-Per-stitch COCO AP report of a trained model (``--stitch all``, ``pareto`` or ids ``0,1,5``)::
+Per-stitch COCO AP report of a trained model (``--stitch all``, ``pareto`` or ids ``0,1,5``) into
+``OUTPUT_DIR/stitch_report_<test set>/``; the weights are ``train.init_checkpoint``, by default the checkpoint
+``OUTPUT_DIR/last_checkpoint`` names, evaluated at the input size recorded in it at training (a
+``snnet.flops_input_size=[H,W]`` override wins, with a warning)::
 
     python projects/snnet_vitdet/train_net.py --num-gpus 8 --eval-only --stitch all \\
-        --config-file ... train.init_checkpoint=output/model_final.pth
+        --config-file ... train.output_dir=output/snnetv2_s_l
+
+The console shows one line per stitch, a progress bar and the Pareto frontier; ``OUTPUT_DIR/log.txt`` also gets
+detectron2's COCO tables of every stitch, its environment report and the model's module tree (``console.py``).
 
 ``--measure-latency`` (with ``--latency-batch N``, ``--latency-size H W``, ``--latency-amp``) adds each stitch's
 latency as deployed, on this device, to that report (``python -m snnet_core.select REPORT --max-latency-ms MS``).
