@@ -52,7 +52,7 @@ def test_eval_console_has_a_line_per_stitch_and_log_txt_everything(synthetic, tm
     out = tmp_path / "run"
     # score threshold 0: the random detector predicts, so pycocotools evaluates and detectron2 prints its tables
     opts = tiny_opts(synthetic, str(out), "model.roi_heads.box_predictor.test_score_thresh=0.0")
-    save_checkpoint(tiny_cfg(synthetic, str(out)), out, eval_input_size=[128, 128])
+    save_checkpoint(tiny_cfg(synthetic, str(out)), out, eval_size=[128, 128])
     stitches = [0, 13, 1]
     env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", PYTHONPATH=REPO)
     proc = subprocess.run([sys.executable, os.path.join(REPO, "projects", "snnet_vitdet", "train_net.py"),
@@ -84,7 +84,7 @@ def test_eval_console_has_a_line_per_stitch_and_log_txt_everything(synthetic, tm
 
 def test_eval_input_size_comes_from_the_checkpoint_unless_the_command_line_sets_it(synthetic, tmp_path):  # noqa: F811
     cfg = tiny_cfg(synthetic, str(tmp_path))
-    recorded = save_checkpoint(cfg, tmp_path / "recorded", eval_input_size=[96, 96])
+    recorded = save_checkpoint(cfg, tmp_path / "recorded", eval_size=[96, 96])
     plain = save_checkpoint(cfg, tmp_path / "plain")
     runs = itertools.count()
 
@@ -141,7 +141,7 @@ def test_training_writes_route_losses_and_the_eval_size_and_overwrite_replaces_a
     with open(out / "log.txt") as f:
         assert "old log" not in f.read()
     checkpoint = torch.load(out / "model_final.pth", map_location="cpu", weights_only=True)
-    assert checkpoint["eval_input_size"] == [128, 128] and checkpoint["iteration"] == 2
+    assert checkpoint["eval_size"] == [128, 128] and checkpoint["iteration"] == 2
 
     with open(out / "metrics.json") as f:
         lines = [json.loads(line) for line in f]

@@ -90,7 +90,7 @@ from snnet_core.train_log import trim_metrics_log
 
 logger = logging.getLogger("projects.snnet_vitdet.train_net")
 
-EVAL_INPUT_SIZE = "eval_input_size"  # checkpoint entry: snnet.flops_input_size (H, W) of the training run
+EVAL_SIZE = "eval_size"  # checkpoint entry: snnet.flops_input_size (H, W) of the training run (as depth's)
 
 
 def build_device(cfg) -> torch.device:
@@ -215,7 +215,7 @@ def do_train(args, cfg) -> None:
     if cfg.train.amp.enabled and not on_gpu:
         logger.info("AMP is for GPU training: training in fp32 on %s", cfg.train.device)
     trainer = (AMPTrainer if amp else SimpleTrainer)(model, None, optim)  # data loader: once start_iter is known
-    extras = {} if cfg.get("snnet") is None else {EVAL_INPUT_SIZE: [int(s) for s in cfg.snnet.flops_input_size]}
+    extras = {} if cfg.get("snnet") is None else {EVAL_SIZE: [int(s) for s in cfg.snnet.flops_input_size]}
     checkpointer = StrictDetectionCheckpointer(model, cfg.train.output_dir, trainer=trainer, extras=extras)
     seeding = IterationSeedHook(training_seed(cfg))
 
@@ -322,7 +322,7 @@ def eval_checkpoint(cfg) -> str:
 
 def load_weights(model: torch.nn.Module, path: str) -> Dict:
     """Load a trained detector strictly; returns the checkpoint's other entries (``iteration``,
-    ``EVAL_INPUT_SIZE``, ... where recorded)."""
+    ``EVAL_SIZE``, ... where recorded)."""
     if "://" not in path and not os.path.isfile(path):
         raise FileNotFoundError(f"checkpoint {path!r} (train.init_checkpoint) does not exist")
     return StrictDetectionCheckpointer(model).load(path)
@@ -339,7 +339,7 @@ def eval_input_size(configured: Sequence[int], recorded: Optional[Sequence[int]]
     ``"checkpoint"`` or ``"config"``).
 
     ``configured``: ``snnet.flops_input_size`` after the overrides; ``recorded``: the checkpoint's
-    ``EVAL_INPUT_SIZE`` (``None`` for a checkpoint without it); ``overridden``: the command line set
+    ``EVAL_SIZE`` (``None`` for a checkpoint without it); ``overridden``: the command line set
     ``snnet.flops_input_size``. The command line wins over the checkpoint (a warning names both when they
     differ), the checkpoint over the config.
     """
@@ -410,7 +410,7 @@ def main(args) -> Optional[Dict]:
             raise ValueError("--measure-latency times the stitches of the per-stitch report: it needs an SN-Net "
                              "detector (a StitchedViTDetBackbone) and --stitch all|pareto|ID[,ID]")
         if stitched_backbone(model) is not None:
-            size, source = eval_input_size(cfg.snnet.flops_input_size, extras.get(EVAL_INPUT_SIZE),
+            size, source = eval_input_size(cfg.snnet.flops_input_size, extras.get(EVAL_SIZE),
                                            overrides_eval_input_size(args.opts), checkpoint)
             if source != "config":
                 set_eval_input_size(cfg, size)
