@@ -671,6 +671,10 @@ def test_training_writes_detectron2s_output_layout_and_keeps_max_to_keep_checkpo
     events = EventAccumulator(str(out))
     events.Reload()
     assert {"total_loss", "lr", "epoch/mean_silog"} | routes <= set(events.Tags()["scalars"])
+    # --resume of a finished run trains nothing and logs nothing more
+    train_cli.main(cli_args(data_root, out, "--resume", "--stitch", "none",
+                            opts=["train.epochs=4", "train.log_period=3", "train.max_to_keep=2"]))
+    assert read_metrics(out) == metrics and len([n for n in os.listdir(out) if n.startswith("events.")]) == 1
     with pytest.raises(ValueError, match=r"train.max_to_keep=0 is not valid"):
         train_cli.main(cli_args(data_root, tmp_path / "x", opts=["train.max_to_keep=0"]))
 

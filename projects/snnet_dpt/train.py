@@ -200,7 +200,6 @@ def recipe_from_config(cfg: Dict[str, Any], world_size: int = 1) -> TrainRecipe:
     )
 
 
-
 @contextlib.contextmanager
 def run_logging(rank: int) -> Iterator[Callable[[str], None]]:
     """detectron2's ``setup_logger`` for ``LOGGERS``: the console now (rank 0 only, as detectron2), and the log file
