@@ -544,6 +544,8 @@ def test_report_is_keyed_on_the_checkpoint_content_and_the_metric_settings(data_
     ("optimizer.lr=0", ValueError, r"optimizer.lr=0 is not valid"),
     ("optimizer.lr=nan", ValueError, r"optimizer.lr=nan is not valid"),
     ("train.epochs=0", ValueError, r"train.epochs=0 is not valid: expected an integer >= 1"),
+    ("train.log_period=0", ValueError, r"train.log_period=0 is not valid: expected an integer >= 1"),
+    ("dataloader.test_name=../x", ValueError, r"dataloader.test_name='../x' is not valid: expected a name without '/'"),
     ("model.anchors=[resnet18,resnet18]", ValueError, r"model.anchors\[0\]='resnet18' is a timm ResNet, not a "
                                                       r"VisionTransformer"),
     ("model.anchors=[deit3_tiny,deit3_large_patch16_224]", ValueError, "'deit3_tiny' is not a timm model name"),
