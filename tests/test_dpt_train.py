@@ -6,6 +6,7 @@ crop, configs."""
 import ast
 import io
 import json
+import logging
 import os
 import re
 import subprocess
@@ -643,8 +644,11 @@ def test_stitch_selections_that_evaluate_nothing_twice_or_another_tasks_frontier
 # ---------------------------------------------------------------------------------------- layout, defaults, exports
 def test_training_writes_detectron2s_output_layout_and_keeps_max_to_keep_checkpoints(data_root, tmp_path):
     out = tmp_path / "run"
+    loggers = [logging.getLogger(name) for name in ("projects.snnet_dpt", "snnet_core", "detectron2")]
+    before = [(lg.handlers[:], lg.level, lg.propagate) for lg in loggers]
     train_cli.main(cli_args(data_root, out, "--stitch", "none",
                             opts=["train.epochs=4", "train.log_period=3", "train.max_to_keep=2"]))
+    assert [(lg.handlers, lg.level, lg.propagate) for lg in loggers] == before  # main leaves logging as it was
     names = set(os.listdir(out))
     assert {"config.yaml", "log.txt", "metrics.json", "last_checkpoint", "flops_cache"} <= names
     assert len([n for n in names if n.startswith("events.out.tfevents.")]) == 1
