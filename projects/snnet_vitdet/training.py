@@ -19,8 +19,8 @@ from detectron2.utils import comm
 from snnet_core import ResourceConstrainedSampler, ls_init_stitching_layers
 from snnet_core.atomic_io import remove_stale_temporaries, write_atomic, write_json_atomic
 from snnet_core.run_dir import LAST_CHECKPOINT, last_checkpoint, tag_last_checkpoint
-from snnet_core.train_log import route_loss_name
 from snnet_core.safe_pickle import load_safe_pickle
+from snnet_core.train_log import route_loss_name
 
 from .backbone import StitchedViTDetBackbone
 from .data import seed_rngs
