@@ -48,10 +48,11 @@ class Records(logging.Handler):
         self.logger.removeHandler(self)
 
 
-def test_eval_console_has_a_line_per_stitch_and_log_txt_everything(synthetic, tmp_path):  # noqa: F811
+@pytest.mark.parametrize("mode", ["snnet.eval_share_prefixes=True", "snnet.eval_share_prefixes=False"])
+def test_eval_console_has_a_line_per_stitch_and_log_txt_everything(synthetic, tmp_path, mode):  # noqa: F811
     out = tmp_path / "run"
     # score threshold 0: the random detector predicts, so pycocotools evaluates and detectron2 prints its tables
-    opts = tiny_opts(synthetic, str(out), "model.roi_heads.box_predictor.test_score_thresh=0.0")
+    opts = tiny_opts(synthetic, str(out), "model.roi_heads.box_predictor.test_score_thresh=0.0", mode)
     save_checkpoint(tiny_cfg(synthetic, str(out)), out, eval_size=[128, 128])
     stitches = [0, 13, 1]
     env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", PYTHONPATH=REPO)
