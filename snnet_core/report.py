@@ -167,12 +167,26 @@ def select_stitches(
 
 
 def _metric_value(stitch_id: int, name: str, value) -> Optional[float]:
-    """``value`` as a float, or ``None`` (with a warning) if it is missing, NaN or inf."""
+    """``value`` as a float, or ``None`` if it is missing, NaN or inf (``_warn_non_finite`` says so once per run)."""
     number = None if value is None else float(value)
     if number is None or not math.isfinite(number):
-        logger.warning("stitch %d: %s is %s; stored as null and left off the frontier", stitch_id, name, value)
+        logger.debug("stitch %d: %s is %s; stored as null", stitch_id, name, value)
         return None
     return number
+
+
+def _warn_non_finite(rows: Sequence[Mapping], primary_metric: str) -> None:
+    """One warning per metric that came out NaN/inf (stored as null) for some of the evaluated ``rows``, naming
+    the stitches: e.g. COCO's APl on data without large objects is NaN for every stitch."""
+    stitches: Dict[str, List[int]] = {}
+    for row in rows:
+        for name, value in row.items():
+            if name not in FIXED_COLUMNS and value is None:
+                stitches.setdefault(name, []).append(row["id"])
+    for name, ids in stitches.items():
+        shown = ", ".join(map(str, ids[:20])) + (", ..." if len(ids) > 20 else "")
+        logger.warning("%s is NaN or inf for %d of the %d evaluated stitches (%s); stored as null%s", name, len(ids),
+                       len(rows), shown, ", left off the frontier" if name == primary_metric else "")
 
 
 def _open_record(path: str, run_key: str, task: Optional[str], primary_metric: str,
@@ -273,12 +287,14 @@ def evaluate_stitch_groups(
     todo_groups = [g for g in ([s for s in group if not (resume and str(s) in record["stitches"])]
                                for group in todo_groups) if g]
     bar = tqdm(total=sum(map(len, todo_groups)), desc="evaluating stitches", unit="stitch", disable=not progress)
+    evaluated: List[Dict] = []
     with logging_redirect_tqdm(_console_loggers()):  # log lines print above the progress bar
         for group in todo_groups:
-            _evaluate_and_merge(evaluate_group, group, space, flops, path, run_key, task, primary_metric,
-                                higher_is_better)
+            evaluated += _evaluate_and_merge(evaluate_group, group, space, flops, path, run_key, task, primary_metric,
+                                             higher_is_better)
             bar.update(len(group))
     bar.close()
+    _warn_non_finite(evaluated, primary_metric)
     with file_lock(path):  # the report of everything merged so far; the lock orders concurrent reports
         record = _open_record(path, run_key, task, primary_metric, higher_is_better)
         frontier = write_report(record, output_dir, title)
@@ -299,8 +315,10 @@ def _console_loggers() -> List[logging.Logger]:
 
 
 def _evaluate_and_merge(evaluate_group, group: List[int], space: StitchSpace, flops: FlopsTable, path: str,
-                        run_key: str, task: Optional[str], primary_metric: str, higher_is_better: bool) -> None:
-    """Evaluate one group, merge its rows into the results file under its lock and log a line per stitch."""
+                        run_key: str, task: Optional[str], primary_metric: str, higher_is_better: bool
+                        ) -> List[Dict]:
+    """Evaluate one group, merge its rows into the results file under its lock and log a line per stitch;
+    returns the rows."""
     results = evaluate_group(list(group))
     if set(results) != set(group):
         raise KeyError(f"evaluate_group({group}) returned the stitches {sorted(results)}: it must return exactly "
@@ -318,6 +336,7 @@ def _evaluate_and_merge(evaluate_group, group: List[int], space: StitchSpace, fl
         write_json_atomic(path, record)
     for row in rows:
         logger.info("stitch %s", row_summary(row, primary_metric))
+    return rows
 
 
 def row_summary(row: Mapping, primary_metric: str, extra_metrics: int = 3) -> str:

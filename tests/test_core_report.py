@@ -239,7 +239,10 @@ def test_non_finite_metrics_are_written_as_null_and_left_off_the_frontier(tmp_pa
     assert "NaN" not in text and "Infinity" not in text
     strict = json.loads(text, parse_constant=lambda c: pytest.fail(f"non-standard JSON constant {c}"))
     assert strict == record and strict["stitches"]["1"]["acc"] is None and strict["stitches"]["2"]["loss"] is None
-    assert "stitch 1: acc is nan; stored as null" in caplog.text
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert warnings == [f"acc is NaN or inf for 1 of the {len(SPACE)} evaluated stitches (1); stored as null, left "
+                        "off the frontier", f"loss is NaN or inf for 1 of the {len(SPACE)} evaluated stitches (2); "
+                        "stored as null"]
     with open(tmp_path / "stitch_report.csv") as f:
         rows = {int(r["id"]): r for r in csv.DictReader(f)}
     assert rows[1]["acc"] == "" and rows[1]["on_frontier"] == "False"
