@@ -91,6 +91,16 @@ def build_argument_parser() -> argparse.ArgumentParser:
     ``projects/snnet_vitdet/train_net.py`` builds it; ``--config-file`` defaults to the paper's recipe."""
     p = default_argument_parser(epilog=__doc__)
     p.set_defaults(config_file=DEFAULT_CONFIG)
+    what = {  # detectron2's help of its flags, in this project's terms
+        "config_file": "LazyConfig recipe (default: the paper's, configs/dpt_snnetv2_deit3_s_l_nyu.py)",
+        "resume": f"continue training from the checkpoint <train.output_dir>/{LAST_CHECKPOINT} names (refused if "
+                  "the model or recipe changed)",
+        "eval_only": "evaluate (and export) the checkpoint train.init_checkpoint (default: the one "
+                     f"<train.output_dir>/{LAST_CHECKPOINT} names) at the dataloader.eval_size recorded in it",
+        "opts": "config overrides, e.g. train.output_dir=output/x optimizer.lr=1e-5 (an unknown key is an error)",
+    }
+    for action in p._actions:  # argparse has no public setter for the help of an added flag
+        action.help = what.get(action.dest, action.help)
     p.add_argument("--overwrite", action="store_true",
                    help="train afresh into a train.output_dir that holds a run, deleting that run's checkpoints, "
                         "logs, config, reports and exported stitches first")
