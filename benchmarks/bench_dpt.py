@@ -34,7 +34,8 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from projects.snnet_dpt.distributed import DistContext  # noqa: E402
-from projects.snnet_dpt.engine import build_optimizer, evaluate_stitch_report  # noqa: E402
+from projects.snnet_dpt.evaluation import evaluate_stitch_report  # noqa: E402
+from projects.snnet_dpt.training import build_optimizer  # noqa: E402
 from snnet_core.prefix_trie import route_step_gflops, stitch_groups  # noqa: E402
 from projects.snnet_dpt.export import export_depth_model  # noqa: E402
 from projects.snnet_dpt.loss import SILogLoss  # noqa: E402

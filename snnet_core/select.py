@@ -4,7 +4,7 @@
 
     python -m snnet_core.select REPORT [--max-gflops G | --max-latency-ms MS] [--metric NAME] [--json]
 
-``REPORT`` is a per-stitch report directory of either project (e.g. ``output/dpt_demo/stitch_eval``) or the
+``REPORT`` is a per-stitch report directory of either project (e.g. ``output/dpt_demo/stitch_report_nyuv2_synthetic_test``) or the
 ``stitch_results.json`` in it (written by ``snnet_core.report.evaluate_stitches``). The command prints the stitch
 with the best metric whose cost fits the budget (id, route, metric, GFLOPs, latency, params) and the Pareto
 frontier of metric vs cost around it, the choice marked ``*``; ``--json`` prints one JSON object instead
