@@ -2,6 +2,7 @@
 project READMEs that needs neither real data, weights, GPUs nor a long training (see ``SKIP``) is run, in README
 order, with this test's interpreter, in a scratch directory that links the repository's code folders (so the
 commands' ``output/`` and ``data/`` land there). A command that no longer exists or fails, fails CI."""
+import json
 import os
 import re
 import shlex
@@ -78,3 +79,23 @@ def test_only_the_engine_is_installed(tmp_path):
     assert lines[0] == os.path.join(REPO, "snnet_core")
     for line in lines[1:]:
         assert REPO not in line, line
+
+
+def test_the_depth_demo_figures_the_readme_states_are_what_its_commands_gave(scratch):
+    """Runs after the README commands (same module, same scratch directory): the seeded depth demo's stated
+    per-epoch loss and the stitch ``snnet_core.select`` picks from its report are what the run just gave."""
+    with open(os.path.join(REPO, "README.md")) as f:
+        text = " ".join(f.read().split())
+    first, last = re.search(r"mean loss per epoch falls (\d+\.\d+) -> (\d+\.\d+)", text).groups()
+    sid, route, a1, gflops = re.search(r"On the demo above it picks stitch (\d+) \(`([^`]+)`, a1 ([\d.]+), "
+                                       r"([\d.]+) GFLOPs\)", text).groups()
+    out = scratch / "output" / "dpt_demo"
+    with open(out / "metrics.json") as f:
+        losses = [row["epoch/mean_silog"] for row in map(json.loads, f) if "epoch/mean_silog" in row]
+    assert (f"{losses[0]:.3f}", f"{losses[-1]:.3f}") == (first, last)
+    with open(out / "stitch_report_nyuv2_synthetic_test" / "stitch_results.json") as f:
+        rows = json.load(f)["stitches"]
+    budget = float(re.search(r"select \S+ --max-gflops ([\d.]+)", text).group(1))
+    fits = [r for r in rows.values() if r["gflops"] <= budget]
+    best = max(fits, key=lambda r: r["a1"])
+    assert (str(best["id"]), best["route"], f"{best['a1']:.3f}", f"{best['gflops']:.3f}") == (sid, route, a1, gflops)
