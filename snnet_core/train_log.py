@@ -5,13 +5,16 @@ loss next to an anchor's, so its value says little. ``route_loss_name`` files ea
 sampled stitch's route type (``FS``, ``SF``, ``FSF``, ``SFS``) or anchor (``fast_anchor``, ``slow_anchor``), so
 that ``metrics.json`` and TensorBoard hold one curve per route type and per anchor.
 
-``trim_metrics_log`` cuts a ``metrics.json`` back to a checkpoint before a resumed run appends to it.
+``training_writers`` gives detectron2's writers (console, ``metrics.json``, TensorBoard) for a run starting at an
+iteration: a resumed run cuts ``metrics.json`` back to its checkpoint (``trim_metrics_log``) and has TensorBoard
+purge the events the interrupted run logged after it, so both logs describe one history.
 """
 from __future__ import annotations
 
 import json
 import logging
 import os
+from typing import List
 
 from .stitch_space import FAST, Stitch
 
@@ -59,3 +62,21 @@ def trim_metrics_log(path: str, start_iter: int) -> int:
         logger.info("%s: dropped %d line(s) logged at or after iteration %d (after the checkpoint resumed from)",
                     path, dropped, start_iter)
     return dropped
+
+
+def training_writers(output_dir: str, max_iter: int, start_iter: int = 0) -> List:
+    """detectron2's ``default_writers`` (``CommonMetricPrinter``, ``JSONWriter`` on ``metrics.json``,
+    ``TensorboardXWriter``) for a training run that starts at iteration ``start_iter``; call it on the main process.
+
+    With ``start_iter > 0`` (a resumed run) ``metrics.json`` is first cut back (``trim_metrics_log``) and the
+    TensorBoard writer is opened with ``purge_step=start_iter``: TensorBoard then hides the events of earlier event
+    files at or after that step (those the interrupted run logged after its checkpoint) instead of drawing them
+    beside the resumed run's.
+    """
+    from detectron2.utils.events import CommonMetricPrinter, JSONWriter, TensorboardXWriter  # the projects' framework
+
+    metrics = os.path.join(output_dir, "metrics.json")
+    if start_iter > 0:
+        trim_metrics_log(metrics, start_iter)
+    return [CommonMetricPrinter(max_iter), JSONWriter(metrics),
+            TensorboardXWriter(output_dir, purge_step=start_iter if start_iter > 0 else None)]

@@ -122,6 +122,18 @@ def test_sigkill_during_training_then_resume_ends_as_the_uninterrupted_run(data_
     assert_same_checkpoint(straight["checkpoint"], out / "model_final.pth")
     # one history: the killed epoch's lines were dropped from metrics.json, then logged again as the first time
     assert training_history(out) == straight["history"]
+    # TensorBoard too: the killed run's events after the checkpoint are purged (two event files, one history)
+    assert len(list(out.glob("events.out.tfevents.*"))) == 2
+    assert tensorboard_scalars(out, "total_loss") == tensorboard_scalars(straight["dir"], "total_loss")
+
+
+def tensorboard_scalars(output_dir, tag):
+    """``[(step, value), ...]`` of ``tag`` as TensorBoard shows it (every event file of the directory, purges
+    applied)."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(output_dir), size_guidance={"scalars": 0}).Reload()
+    return [(e.step, e.value) for e in events.Scalars(tag)]
 
 
 def test_sigkill_during_a_checkpoint_write_then_resume_from_the_previous_one(data_root, straight, tmp_path):

@@ -7,8 +7,8 @@ and sampler state (``model_<iteration>.pth``, ``model_final.pth`` after the last
 (``DistributedSampler``), each frame's augmentation (``DepthDataset``), the stitch of each iteration (the
 engine's sampler) and torch's generator (re-seeded every epoch, for stochastic depth), so a run resumed
 from epoch ``e`` trains exactly as the uninterrupted run from epoch ``e`` on. Its ``metrics.json`` is first cut
-back to the checkpoint (``snnet_core.train_log.trim_metrics_log``) and every scalar is logged unsmoothed, so the
-resumed log holds what the uninterrupted run logged: one history.
+back to the checkpoint and TensorBoard's later events are purged (``snnet_core.train_log.training_writers``), and
+every scalar is logged unsmoothed, so the resumed log holds what the uninterrupted run logged: one history.
 """
 from __future__ import annotations
 
@@ -24,7 +24,6 @@ from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 import numpy as np
 import torch
 import torch.nn as nn
-from detectron2.engine.defaults import default_writers
 from detectron2.utils.events import EventStorage, EventWriter, get_event_storage
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
@@ -33,7 +32,7 @@ from snnet_core import FlopsTable, ResourceConstrainedSampler, load_snnet, ls_in
 from snnet_core.checkpoint import describe_load_error
 from snnet_core.run_dir import tag_last_checkpoint
 from snnet_core.stitch_space import Stitch
-from snnet_core.train_log import route_loss_name, trim_metrics_log
+from snnet_core.train_log import route_loss_name, training_writers
 
 from .distributed import DistContext, barrier
 from .loss import SILogLoss
@@ -43,7 +42,6 @@ from .transforms import DepthDataset, TrainAugmentation
 logger = logging.getLogger(__name__)
 FINAL_CHECKPOINT = "model_final.pth"
 PERIODIC_CHECKPOINT = re.compile(r"model_(\d{7})\.pth")  # detectron2's name: the index of the epoch's last iteration
-METRICS_FILE = "metrics.json"  # written by detectron2's JSONWriter
 
 
 @dataclasses.dataclass
@@ -258,7 +256,7 @@ def train(model: DPTDepthModel, spec: ModelSpec, cfg: Dict[str, Any], recipe: Tr
     """Train (or continue training from the checkpoint ``resume_path``) into ``cfg["train"]["output_dir"]``;
     returns ``{"checkpoint": the last checkpoint, "iteration": iterations done}``.
 
-    Scalars go through detectron2's ``EventStorage`` to its ``default_writers`` on rank 0 (console printer,
+    Scalars go through detectron2's ``EventStorage`` to its writers (``training_writers``) on rank 0 (console printer,
     ``metrics.json``, TensorBoard) every ``train.log_period`` iterations and at the end of each epoch, with the
     epoch's ``epoch/mean_silog`` and ``epoch/param_checksum`` (float64 sum of every parameter). After each epoch
     rank 0 writes ``model_<index of the epoch's last iteration, 7 digits>.pth`` (``model_final.pth`` after the last
@@ -292,14 +290,13 @@ def train(model: DPTDepthModel, spec: ModelSpec, cfg: Dict[str, Any], recipe: Tr
         scaler.load_state_dict(state["scaler"])
         sampler.load_state_dict(state["sampler"])
         start_epoch, iteration = int(state["epoch"]), int(state["iteration"])
-        if ctx.is_main:  # before the JSONWriter appends to it
-            trim_metrics_log(os.path.join(output_dir, METRICS_FILE), iteration)
         logger.info("resumed from %s after epoch %d (iteration %d)", resume_path, start_epoch, iteration)
     elif recipe.ls_init_images > 0 and ctx.is_main:  # DDP then broadcasts rank 0's weights
         ls_init(model, train_set, recipe, workers, ctx)
     ddp_model = wrap_ddp(model, ctx)
     loss_fn = SILogLoss(warmup_iters=recipe.warmup_iters)
-    writers = default_writers(output_dir, max_iter) if ctx.is_main else []
+    # a resumed run cuts metrics.json back to its checkpoint and purges TensorBoard's events after it
+    writers = training_writers(output_dir, max_iter, iteration) if ctx.is_main else []
     try:
         with EventStorage(iteration) as storage:
             for epoch in range(start_epoch, recipe.epochs):

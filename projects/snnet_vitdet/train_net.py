@@ -53,7 +53,6 @@ from detectron2.engine import (
     SimpleTrainer,
     default_argument_parser,
     default_setup,
-    default_writers,
     hooks,
     launch,
 )
@@ -86,7 +85,7 @@ from snnet_core.latency import write_latency_info
 from snnet_core.latency_options import add_latency_arguments, latency_options
 from snnet_core.run_dir import check_output_dir, clear_run, last_checkpoint
 from snnet_core.select import resolve_export_selection
-from snnet_core.train_log import trim_metrics_log
+from snnet_core.train_log import training_writers
 
 logger = logging.getLogger("projects.snnet_vitdet.train_net")
 
@@ -235,9 +234,7 @@ def do_train(args, cfg) -> None:
         hooks.LRScheduler(scheduler=instantiate(cfg.lr_multiplier)),
         hooks.PeriodicCheckpointer(checkpointer, **cfg.train.checkpointer) if comm.is_main_process() else None,
         hooks.EvalHook(cfg.train.eval_period, lambda: do_test(cfg, model)) if cfg.train.eval_period > 0 else None,
-        hooks.PeriodicWriter(default_writers(cfg.train.output_dir, cfg.train.max_iter), period=cfg.train.log_period)
-        if comm.is_main_process() else None,
-    ])
+    ])  # the writers come last, once the start iteration is known
 
     if comm.is_main_process():
         checkpointer.remove_stale_temporaries()
@@ -249,8 +246,9 @@ def do_train(args, cfg) -> None:
             logger.info("training had ended at iteration %d but model_final.pth is missing: writing it", trainer.iter)
             checkpointer.save("model_final", iteration=trainer.iter)
         return
-    if resumed and comm.is_main_process():
-        trim_metrics_log(os.path.join(cfg.train.output_dir, "metrics.json"), start_iter)
+    if comm.is_main_process():  # a resumed run cuts metrics.json back and purges TensorBoard's later events
+        writers = training_writers(cfg.train.output_dir, cfg.train.max_iter, start_iter)
+        trainer.register_hooks([hooks.PeriodicWriter(writers, period=cfg.train.log_period)])
     trainer.data_loader = build_train_loader(cfg, seeding.seed, start_iter)
     if backbone is not None and not resumed and cfg.snnet.ls_init_images > 0:
         ls_init_detector(model, build_calibration_loader(cfg), cfg.snnet.ls_init_images)
