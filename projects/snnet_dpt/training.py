@@ -279,9 +279,10 @@ def train(model: DPTDepthModel, spec: ModelSpec, cfg: Dict[str, Any], recipe: Tr
     scheduler = build_scheduler(optimizer, recipe, max_iter)
     scaler = torch.amp.GradScaler(ctx.device.type, enabled=amp)
     sampler = ResourceConstrainedSampler(flops.gflops, recipe.flops_step, recipe.seed)
-    logger.info("ROS: %d stitches in %d FLOPs bins of %g GFLOPs; optimizer groups %s", len(flops.gflops),
-                len(sampler.bins), recipe.flops_step,
-                {g["name"]: (len(g["params"]), g["lr"], g["weight_decay"]) for g in optimizer.param_groups})
+    logger.info("ROS: %d stitches in %d FLOPs bins of %g GFLOPs; optimizer groups (tensors, peak lr, weight decay): "
+                "%s", len(flops.gflops), len(sampler.bins), recipe.flops_step,
+                ", ".join(f"{g['name']} ({len(g['params'])}, {g['max_lr']:.3g}, {g['weight_decay']:.3g})"
+                          for g in optimizer.param_groups))  # max_lr: the OneCycle peak of the group
     start_epoch, iteration, checkpoint = 0, 0, resume_path
     if resume_path:
         state = load_checkpoint(resume_path, model, ctx.device)
