@@ -15,16 +15,20 @@
         flops_cache/                     per-stitch FLOPs tables (keyed by the model; kept by --overwrite)
 
 ``check_output_dir`` refuses to train into a directory that holds a run unless ``--resume`` continues it or
-``--overwrite`` replaces it; ``clear_run`` deletes what ``--overwrite`` replaces.
+``--overwrite`` replaces it; ``clear_run`` deletes what ``--overwrite`` replaces. ``last_checkpoint`` reads the tag
+``--resume`` and ``--eval-only`` follow, and ``eval_size_for_checkpoint`` the input size ``--eval-only`` evaluates at.
 """
 from __future__ import annotations
 
 import glob
+import logging
 import os
 import shutil
-from typing import List
+from typing import List, Optional, Sequence, Tuple
 
 from .atomic_io import write_atomic
+
+logger = logging.getLogger(__name__)
 
 # a directory holds a run when one of these exists (config.yaml and log.txt alone are left by a start that
 # failed its checks, and do not count)
@@ -98,3 +102,34 @@ def last_checkpoint(output_dir: str) -> str:
         raise FileNotFoundError(f"{tag} names {name!r}, which does not exist in {output_dir}; write the name of an "
                                 "existing model_*.pth into it")
     return path
+
+
+def command_line_sets(opts: Sequence[str], key: str) -> bool:
+    """Whether the ``key=value`` overrides ``opts`` set the config entry ``key`` (or an entry under it)."""
+    names = (o.split("=", 1)[0].lstrip("+~") for o in opts)
+    return any(name == key or name.startswith(key + ".") for name in names)
+
+
+def eval_size_for_checkpoint(configured: Sequence[int], recorded: Optional[Sequence[int]], overridden: bool,
+                             checkpoint: str, key: str) -> Tuple[Tuple[int, int], str]:
+    """The ``(H, W)`` an ``--eval-only`` run of ``checkpoint`` evaluates at, and where it comes from (``"command
+    line"``, ``"checkpoint"`` or ``"config"``).
+
+    ``configured``: the config entry ``key`` after the overrides; ``recorded``: the eval size the training run
+    stored in the checkpoint (``None`` for a checkpoint written before it was recorded); ``overridden``: the
+    command line set ``key`` (``command_line_sets``). The command line wins over the checkpoint (a warning names
+    both sizes when they differ), the checkpoint over the config (logged when they differ).
+    """
+    configured = (int(configured[0]), int(configured[1]))
+    if recorded is None:
+        return configured, "command line" if overridden else "config"
+    recorded = (int(recorded[0]), int(recorded[1]))
+    if overridden:
+        if recorded != configured:
+            logger.warning("evaluating at %dx%d (%s on the command line), not at %dx%d, the size %s was trained at",
+                           *configured, key, *recorded, checkpoint)
+        return configured, "command line"
+    if recorded != configured:
+        logger.info("evaluating at %dx%d, the %s %s was trained at (the config says %dx%d)", *recorded, key,
+                    checkpoint, *configured)
+    return recorded, "checkpoint"

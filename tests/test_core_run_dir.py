@@ -56,3 +56,21 @@ def test_last_checkpoint_names_only_a_checkpoint_of_its_directory(tmp_path):
         (tmp_path / "last_checkpoint").write_text(name)
         with pytest.raises(error, match=r"last_checkpoint names"):
             last_checkpoint(str(tmp_path))
+
+
+def test_eval_size_comes_from_the_command_line_then_the_checkpoint_then_the_config(caplog):
+    from snnet_core.run_dir import command_line_sets, eval_size_for_checkpoint
+
+    caplog.set_level("INFO", logger="snnet_core")
+    key = "snnet.flops_input_size"
+    assert eval_size_for_checkpoint((128, 128), None, False, "ckpt", key) == ((128, 128), "config")
+    assert eval_size_for_checkpoint((128, 128), [96, 96], False, "ckpt", key) == ((96, 96), "checkpoint")
+    assert eval_size_for_checkpoint((112, 112), [96, 96], True, "ckpt", key) == ((112, 112), "command line")
+    assert eval_size_for_checkpoint((112, 112), None, True, "ckpt", key) == ((112, 112), "command line")
+    assert [r.levelname for r in caplog.records] == ["INFO", "WARNING"]
+    assert caplog.records[1].getMessage() == ("evaluating at 112x112 (snnet.flops_input_size on the command line), "
+                                              "not at 96x96, the size ckpt was trained at")
+    assert command_line_sets(["train.device=cpu", "snnet.flops_input_size=[96,96]"], key)
+    assert command_line_sets(["dataloader.eval_size=[64,80]"], "dataloader.eval_size")
+    assert not command_line_sets(["snnet.ros_step_gflops=1", "train.device=cpu"], key)
+    assert not command_line_sets(["dataloader.eval_size_x=1"], "dataloader.eval_size")

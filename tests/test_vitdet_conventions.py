@@ -91,18 +91,18 @@ def test_eval_input_size_comes_from_the_checkpoint_unless_the_command_line_sets_
 
     def evaluate(weights, *extra):
         report = str(tmp_path / f"report_{next(runs)}")
-        with Records("projects.snnet_vitdet.train_net") as messages:
+        with Records("snnet_core.run_dir") as messages:  # snnet_core.run_dir.eval_size_for_checkpoint
             record = run_main("--eval-only", "--stitch", "0", "--report-dir", report,
                               *tiny_opts(synthetic, str(tmp_path), f"train.init_checkpoint={weights}", *extra))
         return record["run_key"].rsplit("|", 1)[1], messages
 
     size, messages = evaluate(recorded)
-    assert size == "96x96" and any("the eval input size" in m and "96x96" in m for _, m in messages)
+    assert size == "96x96" and any("the snnet.flops_input_size" in m and "96x96" in m for _, m in messages)
     size, messages = evaluate(recorded, "snnet.flops_input_size=[112,112]")
     assert size == "112x112"
     assert [m for level, m in messages if level == "WARNING"] == [
-        f"evaluating at 112x112 (snnet.flops_input_size on the command line), not at 96x96, the eval input size "
-        f"{recorded} was trained with"]
+        f"evaluating at 112x112 (snnet.flops_input_size on the command line), not at 96x96, the size "
+        f"{recorded} was trained at"]
     size, messages = evaluate(plain)  # a checkpoint without the entry: the config's
     assert size == "128x128" and not any(level == "WARNING" for level, _ in messages)
 
@@ -113,11 +113,6 @@ def test_eval_input_size_sets_the_gflops_size_and_the_test_resize(synthetic, tmp
     assert list(cfg.snnet.flops_input_size) == [96, 160]
     resize = instantiate(cfg.dataloader.test.mapper.augmentations[0])
     assert (resize.short_edge_length, resize.max_size) == ((96, 96), 160)
-    assert train_net.eval_input_size((128, 128), None, False, "ckpt") == ((128, 128), "config")
-    assert train_net.eval_input_size((128, 128), [96, 96], False, "ckpt") == ((96, 96), "checkpoint")
-    assert train_net.eval_input_size((112, 112), [96, 96], True, "ckpt") == ((112, 112), "command line")
-    assert train_net.overrides_eval_input_size(["train.device=cpu", "snnet.flops_input_size=[96,96]"])
-    assert not train_net.overrides_eval_input_size(["snnet.ros_step_gflops=1", "train.device=cpu"])
 
 
 def test_training_writes_route_losses_and_the_eval_size_and_overwrite_replaces_a_run(synthetic, tmp_path):  # noqa: F811

@@ -75,7 +75,9 @@ from snnet_core.atomic_io import temporaries_of, write_atomic
 from snnet_core.latency import write_latency_info
 from snnet_core.latency_options import LatencyOptions, add_latency_arguments, latency_options
 from snnet_core.report import RESULTS_FILE
-from snnet_core.run_dir import LAST_CHECKPOINT, check_output_dir, clear_run, last_checkpoint
+from snnet_core.run_dir import (
+    LAST_CHECKPOINT, check_output_dir, clear_run, command_line_sets, eval_size_for_checkpoint, last_checkpoint,
+)
 from snnet_core.select import resolve_export_selection
 
 logger = logging.getLogger("projects.snnet_dpt.train")
@@ -281,22 +283,6 @@ def check_test_frames(frames, cfg: Dict[str, Any]) -> None:
                          f"{eval_size[0]}x{eval_size[1]}")
 
 
-def use_checkpoint_eval_size(cfg: Dict[str, Any], header: Dict[str, Any], checkpoint: str, given: bool) -> None:
-    """``--eval-only`` evaluates at the ``dataloader.eval_size`` its checkpoint was trained with (recorded in it):
-    sets it in ``cfg`` unless the command line gave one (``given``; then a warning names both sizes). A
-    checkpoint without it (written before it was recorded) keeps the config's."""
-    saved, configured = header["eval_size"], tuple(cfg["dataloader"]["eval_size"])
-    if saved is None or tuple(saved) == configured:
-        return
-    if given:
-        logger.warning("evaluating at %dx%d (dataloader.eval_size on the command line), not at %dx%d, the size "
-                       "%s was trained at", *configured, *saved, checkpoint)
-    else:
-        logger.info("evaluating at %dx%d, the dataloader.eval_size %s was trained at (the config says %dx%d)",
-                    *saved, checkpoint, *configured)
-        cfg["dataloader"]["eval_size"] = list(saved)
-
-
 def build_test_loader(frames, cfg: Dict[str, Any], ctx: DistContext) -> DataLoader:
     """The test frames ``evaluate_stitch_report`` needs on this rank: every frame for the grouped evaluation
     (``test.share_prefixes``: ranks split the stitch groups), else this rank's shard (every ``world_size``-th
@@ -354,8 +340,10 @@ def run(cfg: Dict[str, Any], args: argparse.Namespace, ctx: DistContext,
     resume_path = checkpoint if training else None
     header = None if checkpoint is None else read_checkpoint_header(checkpoint)
     if not training:
-        given = any(o.split("=", 1)[0].lstrip("+~") == "dataloader.eval_size" for o in args.opts)
-        use_checkpoint_eval_size(cfg, header, checkpoint, given)
+        size, source = eval_size_for_checkpoint(cfg["dataloader"]["eval_size"], header["eval_size"],
+                                                command_line_sets(args.opts, "dataloader.eval_size"), checkpoint,
+                                                "dataloader.eval_size")
+        cfg["dataloader"]["eval_size"] = list(size)
     latency = latency_options(args, ctx.device, None, cfg["dataloader"]["eval_size"], cfg["train"]["amp"])
     if latency is not None and args.stitch == "none":
         raise ValueError("--measure-latency times the stitches of the per-stitch report: give --stitch "

@@ -41,7 +41,7 @@ os.environ.setdefault("DETECTRON2_DATASETS", "data")
 
 import hashlib
 import logging
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Tuple
 
 import detectron2.data.transforms as T
 import torch
@@ -83,7 +83,9 @@ from projects.snnet_vitdet.training import (
 from snnet_core import FlopsTable, ResourceConstrainedSampler, load_results, select_stitches
 from snnet_core.latency import write_latency_info
 from snnet_core.latency_options import add_latency_arguments, latency_options
-from snnet_core.run_dir import check_output_dir, clear_run, last_checkpoint
+from snnet_core.run_dir import (
+    check_output_dir, clear_run, command_line_sets, eval_size_for_checkpoint, last_checkpoint,
+)
 from snnet_core.select import resolve_export_selection
 from snnet_core.train_log import training_writers
 
@@ -326,36 +328,6 @@ def load_weights(model: torch.nn.Module, path: str) -> Dict:
     return StrictDetectionCheckpointer(model).load(path)
 
 
-def overrides_eval_input_size(opts: Sequence[str]) -> bool:
-    """Whether the command line's ``key=value`` overrides set ``snnet.flops_input_size``."""
-    return any(o.split("=", 1)[0].lstrip("+~").startswith("snnet.flops_input_size") for o in opts)
-
-
-def eval_input_size(configured: Sequence[int], recorded: Optional[Sequence[int]], overridden: bool,
-                    checkpoint: str) -> Tuple[Tuple[int, int], str]:
-    """The ``(H, W)`` an ``--eval-only`` run evaluates at and where it comes from (``"command line"``,
-    ``"checkpoint"`` or ``"config"``).
-
-    ``configured``: ``snnet.flops_input_size`` after the overrides; ``recorded``: the checkpoint's
-    ``EVAL_SIZE`` (``None`` for a checkpoint without it); ``overridden``: the command line set
-    ``snnet.flops_input_size``. The command line wins over the checkpoint (a warning names both when they
-    differ), the checkpoint over the config.
-    """
-    configured = (int(configured[0]), int(configured[1]))
-    if recorded is None:
-        return configured, "command line" if overridden else "config"
-    recorded = (int(recorded[0]), int(recorded[1]))
-    if overridden:
-        if recorded != configured:
-            logger.warning("evaluating at %dx%d (snnet.flops_input_size on the command line), not at %dx%d, the "
-                           "eval input size %s was trained with", *configured, *recorded, checkpoint)
-        return configured, "command line"
-    if recorded != configured:
-        logger.info("evaluating at %dx%d, the eval input size %s was trained with (the config says %dx%d)",
-                    *recorded, checkpoint, *configured)
-    return recorded, "checkpoint"
-
-
 def set_eval_input_size(cfg, size: Tuple[int, int]) -> None:
     """Evaluate at ``size`` ``(H, W)``: ``snnet.flops_input_size`` (GFLOPs column) and the test mapper's
     ``ResizeShortestEdge`` (short edge ``min(size)``, long edge at most ``max(size)``)."""
@@ -408,8 +380,9 @@ def main(args) -> Optional[Dict]:
             raise ValueError("--measure-latency times the stitches of the per-stitch report: it needs an SN-Net "
                              "detector (a StitchedViTDetBackbone) and --stitch all|pareto|ID[,ID]")
         if stitched_backbone(model) is not None:
-            size, source = eval_input_size(cfg.snnet.flops_input_size, extras.get(EVAL_SIZE),
-                                           overrides_eval_input_size(args.opts), checkpoint)
+            key = "snnet.flops_input_size"
+            size, source = eval_size_for_checkpoint(cfg.snnet.flops_input_size, extras.get(EVAL_SIZE),
+                                                    command_line_sets(args.opts, key), checkpoint, key)
             if source != "config":
                 set_eval_input_size(cfg, size)
         if stitched_backbone(model) is not None and args.stitch is not None:
