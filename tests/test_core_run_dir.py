@@ -74,3 +74,13 @@ def test_eval_size_comes_from_the_command_line_then_the_checkpoint_then_the_conf
     assert command_line_sets(["dataloader.eval_size=[64,80]"], "dataloader.eval_size")
     assert not command_line_sets(["snnet.ros_step_gflops=1", "train.device=cpu"], key)
     assert not command_line_sets(["dataloader.eval_size_x=1"], "dataloader.eval_size")
+
+
+def test_file_sha256_is_the_digest_of_the_file_bytes(tmp_path):
+    import hashlib
+
+    from snnet_core.atomic_io import file_sha256
+
+    data = os.urandom(3 << 20)  # more than one read block
+    (tmp_path / "w.pth").write_bytes(data)
+    assert file_sha256(str(tmp_path / "w.pth")) == hashlib.sha256(data).hexdigest()

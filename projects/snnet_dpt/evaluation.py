@@ -2,7 +2,6 @@
 prefixes, latency of stitches as deployed, and the resumable per-stitch report (DDP-aware)."""
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 from typing import Dict, Iterable, Optional, Sequence
@@ -184,13 +183,3 @@ def evaluate_stitch_report(
     for stitches in rounds:
         evaluate_round(stitches)
     return None
-
-
-def file_sha256(path: str) -> str:
-    """Hex SHA-256 of a file's bytes (read in 1 MiB blocks)."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-

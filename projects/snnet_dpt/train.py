@@ -61,7 +61,7 @@ from torch.utils.data import DataLoader, Subset
 
 from projects.snnet_dpt.console import run_logging
 from projects.snnet_dpt.distributed import DistContext, barrier, broadcast_object, cleanup, init_distributed
-from projects.snnet_dpt.evaluation import TASK, evaluate_stitch_report, file_sha256, report_conflict
+from projects.snnet_dpt.evaluation import TASK, evaluate_stitch_report, report_conflict
 from projects.snnet_dpt.export import save_exported_stitch
 from projects.snnet_dpt.metrics import HIGHER_IS_BETTER, METRIC_NAMES, eigen_crop_box
 from projects.snnet_dpt.model import ModelSpec, build_model, check_anchor_names, depth_flops_table
@@ -71,7 +71,7 @@ from projects.snnet_dpt.training import (
 )
 from projects.snnet_dpt.transforms import DepthDataset
 from snnet_core import load_results, select_stitches
-from snnet_core.atomic_io import temporaries_of, write_atomic
+from snnet_core.atomic_io import file_sha256, temporaries_of, write_atomic
 from snnet_core.latency import write_latency_info
 from snnet_core.latency_options import LatencyOptions, add_latency_arguments, latency_options
 from snnet_core.report import RESULTS_FILE

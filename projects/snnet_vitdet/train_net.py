@@ -39,7 +39,6 @@ warnings.filterwarnings("ignore", message="`torch.jit.script` is deprecated", ca
 # repository's generator package, so real data goes to ./data (as for NYUv2) unless the variable is set
 os.environ.setdefault("DETECTRON2_DATASETS", "data")
 
-import hashlib
 import logging
 from typing import Dict, List, Optional, Tuple
 
@@ -81,6 +80,7 @@ from projects.snnet_vitdet.training import (
     unwrap,
 )
 from snnet_core import FlopsTable, ResourceConstrainedSampler, load_results, select_stitches
+from snnet_core.atomic_io import file_sha256
 from snnet_core.latency import write_latency_info
 from snnet_core.latency_options import add_latency_arguments, latency_options
 from snnet_core.run_dir import (
@@ -168,15 +168,6 @@ def check_flags_before_overrides(opts: List[str]) -> None:
     if flags:
         raise ValueError(f"{flags} come after the key=value overrides: put flags before overrides, e.g. "
                          "train_net.py --config-file FILE --eval-only --stitch all train.init_checkpoint=PATH")
-
-
-def file_digest(path: str) -> str:
-    """The first 16 hex digits of the file's sha256 (identifies a checkpoint by content)."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 24), b""):
-            digest.update(block)
-    return digest.hexdigest()[:16]
 
 
 def do_test(cfg, model: torch.nn.Module, stitch_ids: Optional[List[int]] = None) -> Dict:
@@ -288,7 +279,7 @@ def do_stitch_report(args, cfg, model: torch.nn.Module, iteration: Optional[int]
     stitch_ids = run_on_main(lambda: select_stitches(args.stitch, backbone.space, pareto_from, task=RESULTS_TASK))
     table = shared_flops_table(cfg, model)
     weights = cfg.train.init_checkpoint
-    content = run_on_main(lambda: f"sha256:{file_digest(weights)}" if os.path.isfile(weights) else weights)
+    content = run_on_main(lambda: f"sha256:{file_sha256(weights)[:16]}" if os.path.isfile(weights) else weights)
     run_key = f"{content}@iter{iteration}|{'+'.join(test_names)}|{table.input_size[0]}x{table.input_size[1]}"
     latency = latency_options(args, next(model.parameters()).device, backbone.snnet.patch_size, table.input_size,
                               cfg.train.amp.enabled)
