@@ -288,7 +288,7 @@ def evaluate_stitch_groups(
                                for group in todo_groups) if g]
     bar = tqdm(total=sum(map(len, todo_groups)), desc="evaluating stitches", unit="stitch", disable=not progress)
     evaluated: List[Dict] = []
-    with logging_redirect_tqdm(_console_loggers()):  # log lines print above the progress bar
+    with logging_redirect_tqdm(console_loggers()):  # log lines print above the progress bar
         for group in todo_groups:
             evaluated += _evaluate_and_merge(evaluate_group, group, space, flops, path, run_key, task, primary_metric,
                                              higher_is_better)
@@ -305,13 +305,17 @@ def evaluate_stitch_groups(
     return record
 
 
-def _console_loggers() -> List[logging.Logger]:
-    """The loggers with a handler writing to the console (stdout/stderr), for ``logging_redirect_tqdm``: it would
-    give any other logger a console handler of its own, printing its messages twice where they propagate."""
+def is_console_handler(handler: logging.Handler) -> bool:
+    """A handler writing to the terminal (stdout/stderr; a log file's handler is a ``StreamHandler`` too)."""
+    return isinstance(handler, logging.StreamHandler) and getattr(handler, "stream", None) in (sys.stdout, sys.stderr)
+
+
+def console_loggers() -> List[logging.Logger]:
+    """The loggers with a console handler, for ``logging_redirect_tqdm``: it would give any other logger a console
+    handler of its own, printing its messages twice where they propagate."""
     candidates = [logging.root] + [lg for lg in logging.Logger.manager.loggerDict.values()
                                    if isinstance(lg, logging.Logger)]
-    return [lg for lg in candidates if any(isinstance(h, logging.StreamHandler) and
-                                           getattr(h, "stream", None) in (sys.stdout, sys.stderr) for h in lg.handlers)]
+    return [lg for lg in candidates if any(is_console_handler(h) for h in lg.handlers)]
 
 
 def _evaluate_and_merge(evaluate_group, group: List[int], space: StitchSpace, flops: FlopsTable, path: str,

@@ -19,12 +19,13 @@ import contextlib
 import importlib.util
 import io
 import logging
-import sys
 from typing import Iterator, List
 
 from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 from tqdm.contrib.logging import logging_redirect_tqdm
+
+from snnet_core.report import console_loggers, is_console_handler
 
 logger = logging.getLogger(__name__)
 
@@ -37,17 +38,8 @@ EVALUATION_DETAIL = ("detectron2", "fvcore", "projects.snnet_vitdet")
 STDOUT_LOGGER = "projects.snnet_vitdet.stdout"  # prints captured during a stitch's evaluation (pycocotools)
 
 
-def _is_console(handler: logging.Handler) -> bool:
-    """A handler writing to the terminal (detectron2's log file handler is a ``StreamHandler`` too)."""
-    return isinstance(handler, logging.StreamHandler) and handler.stream in (sys.stdout, sys.stderr)
-
-
-def _loggers() -> List[logging.Logger]:
-    return [logging.root] + [lg for lg in logging.Logger.manager.loggerDict.values() if isinstance(lg, logging.Logger)]
-
-
 def _console_handlers() -> List[logging.Handler]:
-    handlers = {id(h): h for lg in _loggers() for h in lg.handlers if _is_console(h)}
+    handlers = {id(h): h for lg in console_loggers() for h in lg.handlers if is_console_handler(h)}
     return list(handlers.values())
 
 
@@ -136,7 +128,7 @@ def stitch_evaluation_output() -> Iterator[None]:
     ``logging_redirect_tqdm``, it must not replace ``sys.stdout`` before that is entered (tqdm recognises the
     console handlers by their stream being ``sys.stdout``).
     """
-    redirected = [lg for lg in _loggers() if any(_is_console(h) for h in lg.handlers)]
+    redirected = console_loggers()
     detail = EvaluationConsoleFilter()
     stream = _LinesToLog()
     with logging_redirect_tqdm(redirected):  # temporary console handlers (tqdm.write), filters copied
