@@ -11,9 +11,11 @@ purge the events the interrupted run logged after it, so both logs describe one 
 """
 from __future__ import annotations
 
+import glob
 import json
 import logging
 import os
+import time
 from typing import List
 
 from .stitch_space import FAST, Stitch
@@ -71,12 +73,37 @@ def training_writers(output_dir: str, max_iter: int, start_iter: int = 0) -> Lis
     With ``start_iter > 0`` (a resumed run) ``metrics.json`` is first cut back (``trim_metrics_log``) and the
     TensorBoard writer is opened with ``purge_step=start_iter``: TensorBoard then hides the events of earlier event
     files at or after that step (those the interrupted run logged after its checkpoint) instead of drawing them
-    beside the resumed run's.
+    beside the resumed run's. The purge applies only to files read before the resumed run's, so the new event file
+    is made to sort after the earlier ones (``wait_for_a_later_event_file_name``).
     """
     from detectron2.utils.events import CommonMetricPrinter, JSONWriter, TensorboardXWriter  # the projects' framework
 
     metrics = os.path.join(output_dir, "metrics.json")
+    tensorboard = TensorboardXWriter(output_dir, purge_step=start_iter if start_iter > 0 else None)
     if start_iter > 0:
         trim_metrics_log(metrics, start_iter)
-    return [CommonMetricPrinter(max_iter), JSONWriter(metrics),
-            TensorboardXWriter(output_dir, purge_step=start_iter if start_iter > 0 else None)]
+        wait_for_a_later_event_file_name(output_dir)
+        tensorboard._writer  # opens the event file now, not at the first write (detectron2 opens it lazily)
+    return [CommonMetricPrinter(max_iter), JSONWriter(metrics), tensorboard]
+
+
+def wait_for_a_later_event_file_name(output_dir: str) -> None:
+    """Sleep until a TensorBoard event file created now in ``output_dir`` sorts after every one already there
+    (no wait almost always, at most two seconds).
+
+    TensorBoard reads a directory's event files in name order, and a name is
+    ``events.out.tfevents.<10-digit second>.<host>.<pid>.<n>``: a run resumed within the same second as the
+    interrupted run's file was opened would sort before it by process id, its purge would come first, and both
+    runs' steps would be drawn as one jumbled curve. A file stamped further ahead of the clock (a clock
+    set back) is not waited for.
+    """
+    seconds = [int(field) for field in (os.path.basename(path).split(".")[3] for path in
+                                        glob.glob(os.path.join(glob.escape(output_dir), "events.out.tfevents.*")))
+               if field.isdigit()]
+    newest = max(seconds, default=-1)
+    if newest + 1 - time.time() > 2:
+        logger.warning("%s holds a TensorBoard event file stamped %d, ahead of this machine's clock: TensorBoard may "
+                       "draw the resumed run before the interrupted one", output_dir, newest)
+        return
+    while int(time.time()) <= newest:
+        time.sleep(max(newest + 1 - time.time(), 0.01))

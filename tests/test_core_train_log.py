@@ -1,10 +1,11 @@
 """Training-log helpers shared by both projects: loss names per route type, metrics.json trimming on resume."""
 import json
+import time
 
 import pytest
 
 from snnet_core import StitchSpace
-from snnet_core.train_log import route_loss_name, trim_metrics_log
+from snnet_core.train_log import route_loss_name, training_writers, trim_metrics_log
 
 
 def test_every_route_type_and_each_anchor_gets_its_own_loss_curve():
@@ -34,3 +35,15 @@ def test_trim_drops_a_last_line_cut_by_a_kill_and_refuses_damage_before_it(tmp_p
     write_log(log, [9], tail=b"garbage\n" + json.dumps({"iteration": 19}).encode() + b"\n")
     with pytest.raises(ValueError, match=r"metrics.json:2 is not a line of a metrics log"):
         trim_metrics_log(str(log), 100)
+
+
+
+def test_a_resumed_run_event_file_sorts_after_one_opened_in_the_same_second_by_a_later_process(tmp_path):
+    """TensorBoard reads event files in name order; its purge of the interrupted run's steps needs the resumed
+    run's file read last, even when the interrupted run's file bears the same second and a larger process id."""
+    interrupted = f"events.out.tfevents.{int(time.time()) + 1:010d}.host.999999999.0"  # the next second, to be sure
+    (tmp_path / interrupted).write_bytes(b"")
+    writers = training_writers(str(tmp_path), max_iter=10, start_iter=5)
+    writers[-1].close()
+    names = sorted(path.name for path in tmp_path.glob("events.out.tfevents.*"))
+    assert len(names) == 2 and names[0] == interrupted
