@@ -107,12 +107,21 @@ def test_eval_input_size_comes_from_the_checkpoint_unless_the_command_line_sets_
     assert size == "128x128" and not any(level == "WARNING" for level, _ in messages)
 
 
-def test_eval_input_size_sets_the_gflops_size_and_the_test_resize(synthetic, tmp_path):  # noqa: F811
+def test_eval_input_size_sets_the_gflops_size_the_test_resize_and_the_square_padding(synthetic, tmp_path):  # noqa: F811
+    from detectron2.structures import ImageList
+
     cfg = tiny_cfg(synthetic, str(tmp_path))
-    train_net.set_eval_input_size(cfg, (96, 160))
+    model = instantiate(cfg.model)
+    assert model.backbone.padding_constraints["square_size"] == 128  # the tiny config trains at 128x128
+    train_net.set_eval_input_size(cfg, model, (96, 160))
     assert list(cfg.snnet.flops_input_size) == [96, 160]
     resize = instantiate(cfg.dataloader.test.mapper.augmentations[0])
     assert (resize.short_edge_length, resize.max_size) == ((96, 96), 160)
+    # the square follows: a 96x160 test image is padded to 160x160, not cut to 128 columns
+    assert cfg.model.backbone.square_pad == model.backbone.padding_constraints["square_size"] == 160
+    image = torch.rand(3, 96, 160)
+    padded = ImageList.from_tensors([image], padding_constraints=model.backbone.padding_constraints).tensor
+    assert padded.shape[-2:] == (160, 160) and torch.equal(padded[0, :, :96, :160], image)
 
 
 def test_training_writes_route_losses_and_the_eval_size_and_overwrite_replaces_a_run(synthetic, tmp_path):  # noqa: F811

@@ -319,15 +319,23 @@ def load_weights(model: torch.nn.Module, path: str) -> Dict:
     return StrictDetectionCheckpointer(model).load(path)
 
 
-def set_eval_input_size(cfg, size: Tuple[int, int]) -> None:
-    """Evaluate at ``size`` ``(H, W)``: ``snnet.flops_input_size`` (GFLOPs column) and the test mapper's
-    ``ResizeShortestEdge`` (short edge ``min(size)``, long edge at most ``max(size)``)."""
+def set_eval_input_size(cfg, model: torch.nn.Module, size: Tuple[int, int]) -> None:
+    """Evaluate at ``size`` ``(H, W)``: ``snnet.flops_input_size`` (GFLOPs column), the test mapper's
+    ``ResizeShortestEdge`` (short edge ``min(size)``, long edge at most ``max(size)``) and, where the backbone pads
+    images to a square (ViTDet's ``square_pad``), the square's side ``max(size)``, in the config and in ``model``.
+
+    A square kept at the training size would crop a larger image (detectron2's ``ImageList`` pads by a negative
+    amount) and run the backbone at the training size on a smaller one, while the GFLOPs column counts ``size``.
+    """
     cfg.snnet.flops_input_size = [int(size[0]), int(size[1])]
     for augmentation in cfg.dataloader.test.mapper.augmentations:
         target = augmentation.get("_target_")
         target = locate(target) if isinstance(target, str) else target
         if isinstance(target, type) and issubclass(target, T.ResizeShortestEdge):
             augmentation.short_edge_length, augmentation.max_size = min(size), max(size)
+    backbone = unwrap(model).backbone
+    if getattr(backbone, "_square_pad", 0) > 0:  # SimpleFeaturePyramid's padding_constraints read this attribute
+        backbone._square_pad = cfg.model.backbone.square_pad = int(max(size))
 
 
 def load_config(args):
@@ -375,7 +383,7 @@ def main(args) -> Optional[Dict]:
             size, source = eval_size_for_checkpoint(cfg.snnet.flops_input_size, extras.get(EVAL_SIZE),
                                                     command_line_sets(args.opts, key), checkpoint, key)
             if source != "config":
-                set_eval_input_size(cfg, size)
+                set_eval_input_size(cfg, model, size)
         if stitched_backbone(model) is not None and args.stitch is not None:
             report = do_stitch_report(args, cfg, model, extras.get("iteration"))
         if args.export_stitch is not None:
