@@ -82,6 +82,7 @@ def training_writers(output_dir: str, max_iter: int, start_iter: int = 0) -> Lis
     tensorboard = TensorboardXWriter(output_dir, purge_step=start_iter if start_iter > 0 else None)
     if start_iter > 0:
         trim_metrics_log(metrics, start_iter)
+    if 0 < start_iter < max_iter:  # a resumed run that logs more (one already finished opens no event file)
         wait_for_a_later_event_file_name(output_dir)
         tensorboard._writer  # opens the event file now, not at the first write (detectron2 opens it lazily)
     return [CommonMetricPrinter(max_iter), JSONWriter(metrics), tensorboard]
