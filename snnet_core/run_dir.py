@@ -66,10 +66,17 @@ def check_output_dir(output_dir: str, resume: bool, overwrite: bool) -> List[str
 
 
 def clear_run(paths: List[str]) -> None:
-    """Delete what ``check_output_dir(..., overwrite=True)`` returned (files and report/export directories)."""
+    """Delete what ``check_output_dir(..., overwrite=True)`` returned (files and report/export directories).
+
+    Log files (``log.txt*``) are emptied in place, not deleted: detectron2 keeps the stream it appends a log file's
+    lines to open for the life of the process (cached per file name), so a second run in one process (a notebook,
+    the tests) would otherwise log into the deleted file.
+    """
     for path in paths:
         if os.path.isdir(path) and not os.path.islink(path):
             shutil.rmtree(path)
+        elif os.path.basename(path).startswith("log.txt") and os.path.isfile(path) and not os.path.islink(path):
+            os.truncate(path, 0)
         elif os.path.lexists(path):
             os.remove(path)
 

@@ -36,10 +36,13 @@ def test_a_run_is_refused_unless_resumed_or_overwritten(tmp_path):
 def test_overwrite_deletes_the_run_and_keeps_the_flops_cache(tmp_path):
     make_run(tmp_path)
     (tmp_path / "notes.md").write_text("mine")
-    clear_run(check_output_dir(str(tmp_path), resume=False, overwrite=True))
-    left = sorted(os.path.relpath(os.path.join(d, f), tmp_path) for d, _, fs in os.walk(tmp_path) for f in fs)
-    assert left == ["flops_cache/table.json", "notes.md"]
-    assert check_output_dir(str(tmp_path), resume=False, overwrite=False) == []
+    with open(tmp_path / "log.txt", "a") as log:  # the stream detectron2 keeps open for the process's next run
+        clear_run(check_output_dir(str(tmp_path), resume=False, overwrite=True))
+        left = sorted(os.path.relpath(os.path.join(d, f), tmp_path) for d, _, fs in os.walk(tmp_path) for f in fs)
+        assert left == ["flops_cache/table.json", "log.txt", "notes.md"]
+        assert check_output_dir(str(tmp_path), resume=False, overwrite=False) == []
+        log.write("the next run\n")
+    assert (tmp_path / "log.txt").read_text() == "the next run\n"  # emptied in place, so still the file logged to
 
 
 def test_last_checkpoint_names_only_a_checkpoint_of_its_directory(tmp_path):

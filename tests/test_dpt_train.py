@@ -485,6 +485,8 @@ def test_a_second_training_never_touches_the_run_in_its_output_dir(data_root, tm
                                                                                            "train.seed=1"]))
     assert [r["iteration"] for r in read_metrics(out) if "total_loss" in r] == list(range(8))
     assert sorted(result["report"]["stitches"]) == ["1"]
+    log = (out / "log.txt").read_text()  # the second run's lines, in the file of the same name, in one process
+    assert re.search(r"stitch +1 ", log) and not re.search(r"stitch +0 ", log)
     with open(out / "config.yaml") as f:
         assert yaml.safe_load(f)["train"]["seed"] == 1
     with pytest.raises(FileNotFoundError, match=r"--resume: .*last_checkpoint does not exist.*start afresh"):

@@ -158,6 +158,11 @@ def test_training_writes_route_losses_and_the_eval_size_and_overwrite_replaces_a
         assert [k for k in line if k.startswith("route_loss/")] == [route_loss_name(space[stitch])]
     assert lines[0][route_loss_name(space[schedule[0]])] == pytest.approx(lines[0]["total_loss"])
 
+    run_main("--overwrite", *opts, "train.max_iter=2")  # again in this process: log.txt holds the second run only
+    with open(out / "log.txt") as f:
+        log = f.read()
+    assert log.count("Full config saved to") == 1 and "Starting training from iteration 0" in log
+
 
 def test_a_declared_coco_file_is_read_once_per_process(synthetic, tmp_path, monkeypatch):  # noqa: F811
     reads = []
