@@ -455,7 +455,10 @@ def plot_metric_vs_gflops(rows: Mapping[int, Mapping], frontier: Sequence[int], 
     ax.set_ylabel(metric)
     ax.set_title(title)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=8)
+    else:  # every row's metric is NaN (e.g. an AP over no ground truth)
+        ax.text(0.5, 0.5, f"no finite {metric}", transform=ax.transAxes, ha="center", va="center")
     fig.tight_layout()
     try:
         write_atomic(path, lambda f: fig.savefig(f, format="png"), binary=True)

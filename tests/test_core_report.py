@@ -253,6 +253,16 @@ def test_non_finite_metrics_are_written_as_null_and_left_off_the_frontier(tmp_pa
         pareto_frontier(table().gflops, finite)
 
 
+def test_a_report_whose_metric_is_nan_for_every_stitch_still_gets_its_plot_without_a_warning(tmp_path):
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # matplotlib warned "No artists with labels found to put in legend"
+        evaluate_stitches(lambda sid: {"acc": float("nan")}, SPACE.ids[:3], SPACE, table(), str(tmp_path), "acc",
+                          progress=False)
+    assert (tmp_path / "stitch_report.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
 def test_a_row_missing_a_metric_is_a_clear_error(tmp_path):
     evaluate_stitches(fake_metric, [0, 1, 2, 3], SPACE, table(), str(tmp_path), "acc", run_key="m1", progress=False)
     path = tmp_path / "stitch_results.json"
