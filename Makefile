@@ -40,7 +40,7 @@ $(D2_STAMP): $(DEPS_STAMP)
 	  unzip -q -o $$tmp/$(D2_WHEEL) 'detectron2/*' -x 'detectron2/_C*' -d $$site; \
 	  rm -rf $$tmp; echo "installed detectron2 (Python package of sal-detectron2==0.7.2, no _C)"; \
 	fi
-	$(PY) -c "import detectron2, detectron2.modeling.backbone.vit"
+	$(PY) -W 'ignore:`torch.jit.script` is deprecated:FutureWarning' -c "import detectron2, detectron2.modeling.backbone.vit"
 	touch $@
 
 test: install
