@@ -1,4 +1,5 @@
-"""Training-log helpers shared by both projects: loss names per route type, metrics.json trimming on resume."""
+"""Training-log helpers shared by both projects: loss names per route type, metrics.json trimming and the
+TensorBoard event file order on resume."""
 import json
 import time
 
@@ -35,7 +36,6 @@ def test_trim_drops_a_last_line_cut_by_a_kill_and_refuses_damage_before_it(tmp_p
     write_log(log, [9], tail=b"garbage\n" + json.dumps({"iteration": 19}).encode() + b"\n")
     with pytest.raises(ValueError, match=r"metrics.json:2 is not a line of a metrics log"):
         trim_metrics_log(str(log), 100)
-
 
 
 def test_a_resumed_run_event_file_sorts_after_one_opened_in_the_same_second_by_a_later_process(tmp_path):
