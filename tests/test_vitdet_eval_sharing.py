@@ -6,7 +6,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 
 import pytest
 import torch
@@ -166,9 +165,7 @@ def test_cached_flops_table_start_traces_nothing(setup, tmp_path, monkeypatch):
 
     monkeypatch.setattr(evaluation, "count_gflops", no_tracing)
     monkeypatch.setattr("snnet_core.flops.flop_counter", no_tracing)
-    start = time.perf_counter()
     second = detector_flops_table(model, (128, 128), cache)
-    assert time.perf_counter() - start < 1.0
     assert second.to_json() == first.to_json()
     model.roi_heads.box_predictor.test_topk_per_image = 10  # another head: its cost is counted again
     with pytest.raises(AssertionError, match="traced"):
