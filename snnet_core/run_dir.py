@@ -15,7 +15,8 @@
         flops_cache/                     per-stitch FLOPs tables (keyed by the model; kept by --overwrite)
 
 ``check_output_dir`` refuses to train into a directory that holds a run unless ``--resume`` continues it or
-``--overwrite`` replaces it; ``clear_run`` deletes what ``--overwrite`` replaces. ``last_checkpoint`` reads the tag
+``--overwrite`` replaces it; ``clear_run`` deletes what ``--overwrite`` replaces, ``remove_killed_writes`` what
+killed writes left. ``last_checkpoint`` reads the tag
 ``--resume`` and ``--eval-only`` follow, and ``eval_size_for_checkpoint`` the input size ``--eval-only`` evaluates at.
 """
 from __future__ import annotations
@@ -26,7 +27,7 @@ import os
 import shutil
 from typing import List, Optional, Sequence, Tuple
 
-from .atomic_io import write_atomic
+from .atomic_io import remove_stale_temporaries, write_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -82,6 +83,21 @@ def clear_run(paths: List[str]) -> None:
 
 
 LAST_CHECKPOINT = "last_checkpoint"
+
+
+def remove_killed_writes(output_dir: str) -> List[str]:
+    """Delete the temporaries (``<name>.<random>.tmp``) that killed atomic writes of a run's checkpoints
+    (``*.pth``), ``last_checkpoint`` and ``config.yaml`` left in ``output_dir``; returns the removed paths. Call it
+    on the process that writes them, before the run writes any.
+    """
+    targets = {tmp.rsplit(".", 2)[0] for tmp in glob.glob(os.path.join(glob.escape(output_dir), "*.tmp"))}
+    removed = [tmp for target in sorted(targets)
+               if target.endswith(".pth") or os.path.basename(target) in (LAST_CHECKPOINT, "config.yaml")
+               for tmp in remove_stale_temporaries(target)]
+    if removed:
+        logger.info("removed %d temporary file(s) of killed checkpoint writes (or config.yaml writes): %s",
+                    len(removed), removed)
+    return removed
 
 
 def tag_last_checkpoint(output_dir: str, filename: str) -> None:

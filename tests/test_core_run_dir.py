@@ -87,3 +87,14 @@ def test_file_sha256_is_the_digest_of_the_file_bytes(tmp_path):
     data = os.urandom(3 << 20)  # more than one read block
     (tmp_path / "w.pth").write_bytes(data)
     assert file_sha256(str(tmp_path / "w.pth")) == hashlib.sha256(data).hexdigest()
+
+
+def test_temporaries_of_killed_checkpoint_tag_and_config_writes_are_removed_and_nothing_else(tmp_path):
+    from snnet_core.run_dir import remove_killed_writes
+
+    killed = ["model_0000007.pth.k1.tmp", "model_final.pth.k2.tmp", "last_checkpoint.k3.tmp", "config.yaml.k4.tmp"]
+    kept = ["notes.md.k5.tmp", "metrics.json.k6.tmp", "model_final.pth"]
+    for name in killed + kept:
+        (tmp_path / name).write_text("x")
+    assert remove_killed_writes(str(tmp_path)) == sorted(str(tmp_path / n) for n in killed)
+    assert sorted(os.listdir(tmp_path)) == sorted(kept)

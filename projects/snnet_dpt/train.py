@@ -46,7 +46,6 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspa
 warnings.filterwarnings("ignore", message="`torch.jit.script` is deprecated", category=FutureWarning)  # fvcore
 
 import argparse
-import glob
 import json
 import logging
 import math
@@ -71,12 +70,13 @@ from projects.snnet_dpt.training import (
 )
 from projects.snnet_dpt.transforms import DepthDataset
 from snnet_core import load_results, select_stitches
-from snnet_core.atomic_io import file_sha256, temporaries_of, write_atomic
+from snnet_core.atomic_io import file_sha256, write_atomic
 from snnet_core.latency import write_latency_info
 from snnet_core.latency_options import LatencyOptions, add_latency_arguments, latency_options
 from snnet_core.report import RESULTS_FILE
 from snnet_core.run_dir import (
     LAST_CHECKPOINT, check_output_dir, clear_run, command_line_sets, eval_size_for_checkpoint, last_checkpoint,
+    remove_killed_writes,
 )
 from snnet_core.select import resolve_export_selection
 
@@ -302,12 +302,7 @@ def start_run_dir(cfg: Dict[str, Any], output_dir: str, replaced: Sequence[str])
     if replaced:
         logger.warning("--overwrite: deleted the previous run's %s",
                        ", ".join(os.path.relpath(p, output_dir) for p in replaced))
-    stale = glob.glob(os.path.join(glob.escape(output_dir), "model_*.pth.*.tmp"))  # temporaries of checkpoints
-    for name in (LAST_CHECKPOINT, CONFIG_NAME):
-        stale += temporaries_of(os.path.join(output_dir, name))
-    for tmp in sorted(stale):
-        os.remove(tmp)
-        logger.info("removed %s, left by a write that was killed", tmp)
+    remove_killed_writes(output_dir)
     save_config(cfg, output_dir)
 
 

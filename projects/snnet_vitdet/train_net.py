@@ -84,7 +84,7 @@ from snnet_core.atomic_io import file_sha256
 from snnet_core.latency import write_latency_info
 from snnet_core.latency_options import add_latency_arguments, latency_options
 from snnet_core.run_dir import (
-    check_output_dir, clear_run, command_line_sets, eval_size_for_checkpoint, last_checkpoint,
+    check_output_dir, clear_run, command_line_sets, eval_size_for_checkpoint, last_checkpoint, remove_killed_writes,
 )
 from snnet_core.select import resolve_export_selection
 from snnet_core.train_log import training_writers
@@ -230,7 +230,7 @@ def do_train(args, cfg) -> None:
     ])  # the writers come last, once the start iteration is known
 
     if comm.is_main_process():
-        checkpointer.remove_stale_temporaries()
+        remove_killed_writes(cfg.train.output_dir)
     resumed = args.resume and checkpointer.has_checkpoint()
     checkpointer.resume_or_load(cfg.train.init_checkpoint, resume=args.resume)  # trainer state and seed too
     start_iter = trainer.iter + 1 if resumed else 0
@@ -260,7 +260,7 @@ def do_export(args, cfg, model: torch.nn.Module) -> List[Dict[str, str]]:
     if backbone is None:
         raise ValueError("--export-stitch needs an SN-Net detector (a StitchedViTDetBackbone); this config has one ViT")
     ids = run_on_main(lambda: resolve_export_selection(args.export_stitch, backbone.space, report_dir_of(args, cfg),
-                                                               task=RESULTS_TASK))
+                                                       task=RESULTS_TASK))
     written = []
     if comm.is_main_process():
         for sid in ids:

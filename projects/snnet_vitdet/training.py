@@ -2,7 +2,6 @@
 from training images, the per-iteration resource-constrained stitch sampling hook and per-iteration seeding."""
 from __future__ import annotations
 
-import glob
 import logging
 import os
 import pickle
@@ -17,7 +16,7 @@ from detectron2.modeling import GeneralizedRCNN
 from detectron2.utils import comm
 
 from snnet_core import ResourceConstrainedSampler, ls_init_stitching_layers
-from snnet_core.atomic_io import remove_stale_temporaries, write_atomic, write_json_atomic
+from snnet_core.atomic_io import write_atomic, write_json_atomic
 from snnet_core.run_dir import LAST_CHECKPOINT, last_checkpoint, tag_last_checkpoint
 from snnet_core.safe_pickle import load_safe_pickle
 from snnet_core.train_log import route_loss_name
@@ -119,18 +118,6 @@ class StrictDetectionCheckpointer(DetectionCheckpointer):
 
     def tag_last_checkpoint(self, last_filename_basename: str) -> None:
         tag_last_checkpoint(self.save_dir, last_filename_basename)
-
-    def remove_stale_temporaries(self) -> List[str]:
-        """Delete the temporaries of checkpoint writes killed in ``save_dir`` (``*.pth.*.tmp``,
-        ``last_checkpoint.*.tmp``); call on the process that writes the checkpoints, before training."""
-        pattern = os.path.join(glob.escape(self.save_dir), "*.tmp")
-        targets = {tmp.rsplit(".", 2)[0] for tmp in glob.glob(pattern)}
-        removed = [tmp for target in sorted(targets)
-                   if target.endswith(".pth") or os.path.basename(target) == self.LAST_CHECKPOINT
-                   for tmp in remove_stale_temporaries(target)]
-        if removed:
-            self.logger.info("removed %d temporary file(s) of killed checkpoint writes: %s", len(removed), removed)
-        return removed
 
 
 def model_zoo_checkpoint(data: Any) -> Dict[str, Any]:
