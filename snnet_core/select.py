@@ -4,11 +4,11 @@
 
     python -m snnet_core.select REPORT [--max-gflops G | --max-latency-ms MS] [--metric NAME] [--json]
 
-``REPORT`` is a per-stitch report directory of either project (e.g. ``output/dpt_demo/stitch_report_nyuv2_synthetic_test``) or the
-``stitch_results.json`` in it (written by ``snnet_core.report.evaluate_stitches``). The command prints the stitch
-with the best metric whose cost fits the budget (id, route, metric, GFLOPs, latency, params) and the Pareto
-frontier of metric vs cost around it, the choice marked ``*``; ``--json`` prints one JSON object instead
-(``Choice.to_json``). Without a budget it picks the best stitch overall.
+``REPORT`` is a per-stitch report directory of either project (e.g.
+``output/dpt_demo/stitch_report_nyuv2_synthetic_test``) or the ``stitch_results.json`` in it (written by
+``snnet_core.report.evaluate_stitches``). The command prints the stitch with the best metric whose cost fits the
+budget (id, route, metric, GFLOPs, latency, params) and the Pareto frontier of metric vs cost around it, the choice
+marked ``*``; ``--json`` prints one JSON object instead (``Choice.to_json``). Without a budget it picks the best stitch overall.
 
 - The metric is the record's primary metric unless ``--metric`` names another of its columns. Its direction is
   the record's ``higher_is_better`` for the primary metric and otherwise known for the depth metrics (``a1``,
@@ -184,14 +184,21 @@ def resolve_export_selection(selection: str, space: StitchSpace, report: Optiona
         if report is None:
             raise ValueError(f"--export-stitch {selection}: needs the per-stitch report to choose from "
                              "(--eval-only --stitch all writes it)")
-        source, record = read_report(report)
-        if task is not None and record.get("task") not in (None, task):
-            raise SelectionError(f"{source} is a {record['task']} report, not a {task} one: give the report of "
-                                 "this model's per-stitch evaluation")
-        chosen = int(choose_stitch(record, source, max_gflops=budget).chosen["id"])
+        chosen = best_stitch_in_report(report, budget, task)
         space[chosen]  # a report of another SN-Net may name a stitch this one lacks: KeyError naming the ids
         return [chosen]
     return select_stitches(selection, space, pareto_source=results, task=task)
+
+
+def best_stitch_in_report(report: str, max_gflops: float, task: Optional[str] = None) -> int:
+    """The id of the stitch with the best primary metric within ``max_gflops`` GFLOPs in the per-stitch report
+    ``report`` (a directory or its results file), as ``python -m snnet_core.select REPORT --max-gflops G`` chooses
+    it. A report of another ``task`` is a ``SelectionError``."""
+    source, record = read_report(report)
+    if task is not None and record.get("task") not in (None, task):
+        raise SelectionError(f"{source} is a {record['task']} report, not a {task} one: give the report of "
+                             "this model's per-stitch evaluation")
+    return int(choose_stitch(record, source, max_gflops=max_gflops).chosen["id"])
 
 
 def _nothing_fits(source: str, rows: Mapping[int, Mapping], cost: Mapping[int, float],

@@ -1,6 +1,7 @@
 """Depth deployment: a checkpoint to a model in one call (``load_depth_model``), predictions on image files
 (``demo.py``) and export formats (``torch.export``, TorchScript tracing) of an exported stitch."""
 import glob
+import json
 import os
 
 import cv2
@@ -157,5 +158,11 @@ def test_demo_runs_the_best_stitch_of_a_report_within_a_gflops_budget(run, tmp_p
                    "--output", str(tmp_path / "x")])
     with pytest.raises(SelectionError, match="no stitch"):
         demo.main(["--weights", run["checkpoint"], "--max-gflops", "0.001", "--report", str(report),
+                   "--input", run["images"][0], "--output", str(tmp_path / "x")])
+    foreign = tmp_path / "detection_report" / "stitch_results.json"  # the same rows, filed as another task's
+    foreign.parent.mkdir()
+    foreign.write_text(json.dumps(dict(record, task="detection")))
+    with pytest.raises(SelectionError, match="is a detection report, not a depth one"):
+        demo.main(["--weights", run["checkpoint"], "--max-gflops", str(budget), "--report", str(foreign.parent),
                    "--input", run["images"][0], "--output", str(tmp_path / "x")])
     assert not (tmp_path / "x").exists()

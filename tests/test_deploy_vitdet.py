@@ -160,6 +160,12 @@ def test_demo_errors_name_the_image_the_stitch_and_the_budget(snnet, tmp_path):
         demo.main(base + ["--stitch", "20", "--input", snnet["images"][0]])
     with pytest.raises(ValueError, match="--max-gflops 1e-06: no stitch fits; the cheapest is stitch"):
         demo.main(base + ["--max-gflops", "1e-6", "--input", snnet["images"][0]])
+    space = snnet["model"].backbone.net.space
+    evaluate_stitches(lambda sid: {"a1": 0.5}, space.ids, space, detector_flops_table(snnet["model"], (128, 128)),
+                      str(tmp_path / "depth_report"), primary_metric="a1", task="depth", progress=False)
+    with pytest.raises(SelectionError, match="is a depth report, not a detection one"):
+        demo.main(base + ["--max-gflops", "1e9", "--report", str(tmp_path / "depth_report"),
+                          "--input", snnet["images"][0]])
     paths = export_detector(snnet["cfg"], snnet["model"], 5, str(tmp_path / "exp"))
     with pytest.raises(ValueError, match="exported stitch 5: --stitch/--max-gflops choose among"):
         demo.main(["--config-file", paths["config"], "--stitch", "3", "--input", snnet["images"][0],

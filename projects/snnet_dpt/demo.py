@@ -40,14 +40,14 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from projects.snnet_dpt.evaluation import flip_average
+from projects.snnet_dpt.evaluation import TASK, flip_average
 from projects.snnet_dpt.export import load_depth_model
 from projects.snnet_dpt.model import DPTDepthModel
 from projects.snnet_dpt.transforms import PIXEL_MEAN, PIXEL_STD
 from snnet_core import StitchedViT
 from snnet_core.atomic_io import write_atomic
 from snnet_core.images import list_images
-from snnet_core.select import choose_stitch, read_report
+from snnet_core.select import best_stitch_in_report
 
 def read_rgb(path: str) -> np.ndarray:
     """``(H, W, 3)`` uint8 RGB; ``ValueError`` naming the file if it is not an image OpenCV can decode."""
@@ -125,10 +125,7 @@ def choose_demo_stitch(max_gflops: Optional[float], report: Optional[str]) -> Op
     if report is None:
         raise ValueError("--max-gflops G needs --report REPORT, the per-stitch report (train.py --eval-only --stitch "
                          "all) whose GFLOPs and metric it ranks the stitches by")
-    source, record = read_report(report)
-    if record.get("task") not in (None, "depth"):
-        raise ValueError(f"{source} is a {record['task']} report, not a depth one: give the report of this model")
-    return int(choose_stitch(record, source, max_gflops=max_gflops).chosen["id"])
+    return best_stitch_in_report(report, max_gflops, task=TASK)
 
 
 def run(weights: str, inputs: Sequence[str], output_dir: str, stitch_id: Optional[int] = None,

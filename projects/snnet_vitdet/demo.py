@@ -43,13 +43,13 @@ from detectron2.utils.visualizer import ColorMode, Visualizer
 from omegaconf import DictConfig
 
 from projects.snnet_vitdet.data import dataset_names, register_coco_json_datasets
-from projects.snnet_vitdet.evaluation import detector_flops_table
+from projects.snnet_vitdet.evaluation import RESULTS_TASK, detector_flops_table
 from projects.snnet_vitdet.export import StitchViTDetBackbone
 from projects.snnet_vitdet.training import StrictDetectionCheckpointer, stitched_backbone
 from snnet_core import best_under_budget
 from snnet_core.atomic_io import write_atomic
 from snnet_core.images import list_images
-from snnet_core.select import choose_stitch, read_report
+from snnet_core.select import best_stitch_in_report
 
 logger = logging.getLogger("projects.snnet_vitdet.demo")
 
@@ -92,8 +92,7 @@ def choose_demo_stitch(cfg: DictConfig, model: torch.nn.Module, stitch: Optional
     if max_gflops is None:
         return backbone.set_stitch(stitch if stitch is not None else backbone.stitch_id).id
     if report is not None:
-        source, record = read_report(report)
-        chosen = int(choose_stitch(record, source, max_gflops=max_gflops).chosen["id"])
+        chosen = best_stitch_in_report(report, max_gflops, task=RESULTS_TASK)
     else:
         table = detector_flops_table(model, tuple(cfg.snnet.flops_input_size))
         try:
