@@ -1,7 +1,8 @@
-"""The README's commands run as written: every ``python ...`` line of the shell blocks of README.md and the
-project READMEs that needs neither real data, weights, GPUs nor a long training (see ``SKIP``) is run, in README
-order, with this test's interpreter, in a scratch directory that links the repository's code folders (so the
-commands' ``output/`` and ``data/`` land there). A command that no longer exists or fails, fails CI."""
+"""The documentation's commands run as written: every ``python ...`` line of the shell blocks of README.md, the
+project READMEs and docs/*.md that needs neither real data, weights, GPUs nor a long training (see ``SKIP``) is
+run, in that order, with this test's interpreter, in a scratch directory that links the repository's code folders
+(so the commands' ``output/`` and ``data/`` land there). A command that no longer exists or fails, fails CI."""
+import glob
 import json
 import os
 import re
@@ -12,7 +13,9 @@ import sys
 import pytest
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-READMES = ("README.md", "projects/snnet_dpt/README.md", "projects/snnet_vitdet/README.md")
+# README.md first: its CPU walk-through trains the tiny depth model that later commands read
+DOCS = ("README.md", "projects/snnet_dpt/README.md", "projects/snnet_vitdet/README.md",
+        *sorted(os.path.relpath(p, REPO) for p in glob.glob(os.path.join(REPO, "docs", "*.md"))))
 CODE = ("snnet_core", "projects", "datasets", "benchmarks")
 # real datasets or weights, several GPUs/processes, a CPU run of minutes, or a placeholder argument; --eval-only
 # of a model no README command trains (the tiny depth model is trained by the command before it)
@@ -21,13 +24,18 @@ SKIP = re.compile(r"torchrun|--num-gpus|dataloader\.root=data/nyu\b|configs/COCO
                   r"^(?!.*dpt_snnetv2_tiny\.py).*--eval-only")
 
 
-def readme_commands():
-    """``(readme, env, args)`` for each runnable ``python`` line (continuations joined, comments dropped); a
-    command quoted by several READMEs is run once (a second training into one output directory is refused)."""
+def docs_text(doc: str) -> str:
+    """The text of ``doc``, a repository-relative Markdown path."""
+    with open(os.path.join(REPO, doc)) as f:
+        return f.read()
+
+
+def readme_commands() -> list:
+    """``(doc, env, args)`` for each runnable ``python`` line (continuations joined, comments dropped); a
+    command quoted by several files is run once (a second training into one output directory is refused)."""
     commands, seen = [], set()
-    for readme in READMES:
-        with open(os.path.join(REPO, readme)) as f:
-            text = f.read()
+    for doc in DOCS:
+        text = docs_text(doc)
         for block in re.findall(r"```(?:bash|sh)\n(.*?)```", text, re.S):
             for line in block.replace("\\\n", " ").splitlines():
                 line = line.split(" #")[0].strip()
@@ -36,7 +44,7 @@ def readme_commands():
                 rest = words[len(env):]
                 if rest[:1] == ["python"] and not SKIP.search(line) and tuple(rest) not in seen:
                     seen.add(tuple(rest))
-                    commands.append((readme, env, rest[1:]))
+                    commands.append((doc, env, rest[1:]))
     return commands
 
 
@@ -83,9 +91,9 @@ def test_only_the_engine_is_installed(tmp_path):
 
 def test_the_depth_demo_figures_the_readme_states_are_what_its_commands_gave(scratch):
     """Runs after the README commands (same module, same scratch directory): the seeded depth demo's stated
-    per-epoch loss and the stitch ``snnet_core.select`` picks from its report are what the run just gave."""
-    with open(os.path.join(REPO, "README.md")) as f:
-        text = " ".join(f.read().split())
+    per-epoch loss and the stitch ``snnet_core.select`` picks from its report (stated first in README.md, or in
+    the files after it) are what the run just gave."""
+    text = " ".join(" ".join(docs_text(doc).split()) for doc in DOCS)
     first, last = re.search(r"mean loss per epoch falls (\d+\.\d+) -> (\d+\.\d+)", text).groups()
     sid, route, a1, gflops = re.search(r"On the demo above it picks stitch (\d+) \(`([^`]+)`, a1 ([\d.]+), "
                                        r"([\d.]+) GFLOPs\)", text).groups()
