@@ -16,9 +16,10 @@ import hashlib
 import json
 import logging
 import math
+import contextlib
 import os
 import time
-from typing import Any, Dict, Optional, Sequence, Tuple
+from typing import Any, Dict, Iterator, Optional, Sequence, Tuple
 
 import torch
 import torch.nn as nn
@@ -54,11 +55,21 @@ def flop_counter(model: nn.Module, inputs: Tuple[Any, ...]) -> FlopCountAnalysis
     return analysis
 
 
+@contextlib.contextmanager
+def rng_untouched(device: torch.device) -> Iterator[None]:
+    """Restore torch's CPU (and ``device``'s CUDA) random state on exit: counting FLOPs builds modules whose
+    initialisation draws numbers (``StitchingLayer.merged``), so without it a run that reads a cached table
+    would draw other weights, crops and stitches than one that counts it, under the same seed."""
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        yield
+
+
 def count_gflops(model: nn.Module, inputs: Tuple[Any, ...]) -> float:
-    """Total GFLOPs of ``model(*inputs)`` (eval mode, no grad)."""
+    """Total GFLOPs of ``model(*inputs)`` (eval mode, no grad; torch's random state is left as it was)."""
     was_training = model.training
     model.eval()
-    with torch.no_grad():
+    device = next(model.parameters(), torch.empty(0)).device
+    with torch.no_grad(), rng_untouched(device):
         total = flop_counter(model, inputs).total()
     model.train(was_training)
     return total / 1e9
@@ -256,6 +267,9 @@ def build_flops_table(
         cache_dir: where to cache the table as JSON (``None``: no cache). A cache that is unreadable, edited
             or does not fit this SN-Net (``_cache_problem``) is recounted and rewritten, with a warning.
 
+    Counting leaves torch's random state as it was, so a seeded run draws the same numbers whether it reads
+    the cache or counts the table.
+
     Raises ``AtomicWriteError`` naming the cache file if it cannot be written (e.g. the disk is full).
     """
     if mode not in ("features", "classify"):
@@ -272,10 +286,10 @@ def build_flops_table(
     with_head = mode == "classify"
     device = next(snnet.parameters()).device
     images = torch.zeros(1, snnet.anchors[FAST].patch_embed.proj.in_channels, *input_size, device=device)
-    probe = _ComponentProbe(snnet, with_head)
     was_training = snnet.training
     snnet.eval()
-    with torch.no_grad():
+    with torch.no_grad(), rng_untouched(device):
+        probe = _ComponentProbe(snnet, with_head)  # merged stitching layers: nn.Linear draws its init
         per_module = dict(flop_counter(probe, (images,)).by_module())
     snnet.train(was_training)
     gflops, params = {}, {}

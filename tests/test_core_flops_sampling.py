@@ -237,3 +237,16 @@ def test_a_tampered_flops_cache_is_recounted_with_a_warning(tmp_path, monkeypatc
     assert again.gflops == first.gflops and again.params_m == first.params_m
     assert f"FLOPs cache {cache} " in caplog.text and "recounting and rewriting it" in caplog.text
     assert cache.read_text() == intact  # rewritten: the next run reads it without recounting
+
+
+def test_counting_leaves_the_random_state_as_it_was(tmp_path):
+    """A cold table (counted) and a warm one (read from the cache) leave torch's RNG at the same state, so a
+    seeded training draws the same weights and stitches whether or not ``flops_cache/`` exists."""
+    net = tiny_snnet(img_size=64)
+    states = []
+    for _ in ("cold", "warm"):
+        torch.manual_seed(0)
+        build_flops_table(net, (48, 64), cache_dir=str(tmp_path))
+        states.append(torch.get_rng_state())
+    torch.manual_seed(0)
+    assert torch.equal(states[0], states[1]) and torch.equal(states[0], torch.get_rng_state())

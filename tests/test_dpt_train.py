@@ -9,6 +9,7 @@ import json
 import logging
 import os
 import re
+import shutil
 import subprocess
 import sys
 import tokenize
@@ -748,3 +749,17 @@ def test_pareto_from_report_dir_and_exports_of_the_frontier_and_of_a_budget(data
     with pytest.raises(KeyError, match="unknown stitch id 99"):  # ids are checked before anything is computed
         train_cli.main(cli_args(data_root, tmp_path / "never", "--stitch", "none", "--export-stitch", "3,99"))
     assert not os.path.exists(tmp_path / "never")
+
+
+def test_a_warm_flops_cache_trains_the_same_weights_as_a_cold_one(data_root, tmp_path):
+    """Counting the FLOPs table draws random numbers (merged stitching layers); reading it from flops_cache/ does
+    not: the same seed must give the same weights either way (--overwrite keeps the cache)."""
+    cold, warm = tmp_path / "cold", tmp_path / "warm"
+    for out in (cold, warm):
+        if out == warm:
+            shutil.copytree(cold / "flops_cache", warm / "flops_cache")
+        train_cli.main(cli_args(data_root, out, "--stitch", "none", opts=["train.epochs=1"]))
+    weights = [torch.load(out / "model_final.pth", map_location="cpu", weights_only=True)["model"]
+               for out in (cold, warm)]
+    differ = [k for k in weights[0] if not torch.equal(weights[0][k], weights[1][k])]
+    assert not differ, f"{len(differ)} of {len(weights[0])} tensors differ, e.g. {differ[:3]}"

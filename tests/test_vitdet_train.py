@@ -5,6 +5,7 @@ import glob
 import itertools
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -137,6 +138,19 @@ def test_train_net_ls_init_ros_resume_and_stitch_report(synthetic, tmp_path, mon
     record = run_main("--eval-only", "--stitch", "pareto", "--pareto-from", source,
                       "--report-dir", os.path.join(str(tmp_path), "pareto"), *tiny_opts(synthetic, out, trained))
     assert sorted(record["stitches"]) == ["0", "1"]
+
+
+def test_a_warm_flops_cache_trains_the_same_weights_as_a_cold_one(synthetic, tmp_path):
+    """Counting the FLOPs table draws random numbers (merged stitching layers); reading it from flops_cache/ does
+    not: --overwrite, which keeps the cache, must reproduce the run it replaces."""
+    cold, warm = tmp_path / "cold", tmp_path / "warm"
+    run_main(*tiny_opts(synthetic, str(cold), "train.max_iter=2"))
+    shutil.copytree(cold / "flops_cache", warm / "flops_cache")
+    run_main(*tiny_opts(synthetic, str(warm), "train.max_iter=2"))
+    weights = [torch.load(out / "model_final.pth", map_location="cpu", weights_only=True)["model"]
+               for out in (cold, warm)]
+    differ = [k for k in weights[0] if not torch.equal(weights[0][k], weights[1][k])]
+    assert not differ, f"{len(differ)} of {len(weights[0])} tensors differ, e.g. {differ[:3]}"
 
 
 def test_two_process_gloo_launch_trains_the_same_stitches(synthetic, tmp_path):
