@@ -1,19 +1,22 @@
 """Atomic file writes: a reader (or a resumed job) never sees a half-written file, and concurrent writers
 (e.g. DDP ranks sharing a cache directory) each write their own temporary file. Files get the usual mode
 under the process umask (0644 with umask 022), not ``mkstemp``'s owner-only 0600. A write that fails (full
-disk, file-size limit) leaves the previous file as it was and raises ``AtomicWriteError`` naming the file.
-JSON is written strictly (RFC 8259): a non-finite float becomes ``null``, never a bare ``NaN``."""
+disk, file-size limit) leaves the previous file as it was and raises ``AtomicWriteError`` naming the file;
+a path that is a directory, or below a file, is named as such. JSON is written strictly (RFC 8259): a
+non-finite float becomes ``null``, never a bare ``NaN``. ``file_lock`` is a ``filelock`` lock (flock on POSIX,
+``LockFileEx`` on Windows): it dies with its process, so a killed holder never blocks the next one."""
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import glob
 import hashlib
 import json
 import math
 import os
 import tempfile
-from typing import Any, Callable, IO, Iterator, List
+from typing import Any, Callable, IO, Iterator, List, Optional
+
+from filelock import FileLock
 
 
 class AtomicWriteError(OSError):
@@ -24,6 +27,23 @@ def _current_umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask
+
+
+def path_clash(path: str) -> Optional[str]:
+    """Why ``path`` cannot be written as a file, if the file system's layout is the reason: ``path`` is a
+    directory, or one of the folders above it is a file; ``None`` otherwise."""
+    if os.path.isdir(path):
+        return f"{path} is a directory, not a file: move it away, or write to another path"
+    folder = os.path.dirname(os.path.abspath(path))
+    while folder and not os.path.isdir(folder):
+        if os.path.lexists(folder):
+            return (f"{folder} is a file, not a directory, so {path} cannot be written below it: move that file "
+                    "away, or choose another directory")
+        parent = os.path.dirname(folder)
+        if parent == folder:
+            break
+        folder = parent
+    return None
 
 
 def write_atomic(path: str, write: Callable[[IO], None], binary: bool = False) -> None:
@@ -50,6 +70,9 @@ def write_atomic(path: str, write: Callable[[IO], None], binary: bool = False) -
             with contextlib.suppress(OSError):
                 os.remove(tmp)
         if isinstance(exc, (OSError, RuntimeError)) and not isinstance(exc, AtomicWriteError):
+            clash = path_clash(path)
+            if clash is not None:
+                raise AtomicWriteError(f"writing {path} failed: {clash}") from exc
             kept = "the previous file is intact" if os.path.exists(path) else "no file was written"
             raise AtomicWriteError(
                 f"writing {path} failed ({type(exc).__name__}: {exc}); {kept}. Check the free space (df) and the "
@@ -94,21 +117,20 @@ def remove_stale_temporaries(path: str) -> List[str]:
 
 @contextlib.contextmanager
 def file_lock(path: str) -> Iterator[None]:
-    """Hold an exclusive advisory lock (``fcntl.flock``) on ``<path>.lock`` for the ``with`` block.
+    """Hold an exclusive lock on ``<path>.lock`` (``filelock.FileLock``) for the ``with`` block, waiting for it.
 
     Processes that read-modify-write one file (e.g. two evaluators sharing a results file) take it around the
-    read and the write, so neither loses the other's update. The lock file is left in place (removing it would
-    let a third process lock a new inode while the second still holds the old one).
+    read and the write, so neither loses the other's update. The lock is released when its process dies (also
+    by SIGKILL). The lock file is left in place (removing it would let a third process lock a new inode while
+    the second still holds the old one). Raises ``AtomicWriteError`` naming a directory that is a file.
     """
     lock_path = path + ".lock"
+    clash = path_clash(lock_path)
+    if clash is not None:
+        raise AtomicWriteError(f"locking {path} failed: {clash}")
     os.makedirs(os.path.dirname(os.path.abspath(lock_path)), exist_ok=True)
-    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o666)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
+    with FileLock(lock_path):
         yield
-    finally:
-        fcntl.flock(fd, fcntl.LOCK_UN)
-        os.close(fd)
 
 
 def file_sha256(path: str) -> str:

@@ -13,21 +13,35 @@
         stitch_report_<test set>/        per-stitch report (--eval-only --stitch ...; --report-dir elsewhere)
         stitch_<ID>/                     an exported stitch (--export-stitch ID)
         flops_cache/                     per-stitch FLOPs tables (keyed by the model; kept by --overwrite)
+        run.lock, run.lock.json          held by the training run using the directory; the JSON names it
+        run.lock.eval-*                  held by each --eval-only run using it (and its .json)
 
-``check_output_dir`` refuses to train into a directory that holds a run unless ``--resume`` continues it or
-``--overwrite`` replaces it; ``clear_run`` deletes what ``--overwrite`` replaces, ``remove_killed_writes`` what
-killed writes left. ``last_checkpoint`` reads the tag
+``lock_run_dir`` holds the directory for a run's lifetime: a training run alone, ``--eval-only`` runs side by
+side (their reports merge) but never beside a training run; a second start is refused at once, naming the
+process that holds the directory. ``check_output_dir`` refuses to train into a directory that holds a run unless
+``--resume`` continues it or ``--overwrite`` replaces it; ``clear_run`` deletes what ``--overwrite`` replaces,
+``remove_killed_writes`` what killed writes left. ``last_checkpoint`` reads the tag
 ``--resume`` and ``--eval-only`` follow, and ``eval_size_for_checkpoint`` the input size ``--eval-only`` evaluates at.
 """
 from __future__ import annotations
 
+import contextlib
+import datetime
 import glob
+import json
 import logging
 import os
+import re
+import secrets
+import shlex
 import shutil
-from typing import List, Optional, Sequence, Tuple
+import socket
+import sys
+from typing import Iterator, List, Optional, Sequence, Tuple
 
-from .atomic_io import remove_stale_temporaries, write_atomic
+from filelock import FileLock, Timeout
+
+from .atomic_io import path_clash, remove_stale_temporaries, write_atomic, write_json_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -86,18 +100,135 @@ LAST_CHECKPOINT = "last_checkpoint"
 
 
 def remove_killed_writes(output_dir: str) -> List[str]:
-    """Delete the temporaries (``<name>.<random>.tmp``) that killed atomic writes of a run's checkpoints
-    (``*.pth``), ``last_checkpoint`` and ``config.yaml`` left in ``output_dir``; returns the removed paths. Call it
-    on the process that writes them, before the run writes any.
+    """Delete the temporaries (``<name>.<random>.tmp``) that killed atomic writes of a run left in ``output_dir``:
+    of its checkpoints (``*.pth``), ``last_checkpoint``, ``config.yaml`` and lock records (``run.lock*.json``),
+    of the FLOPs cache (``flops_cache/``) and of exported stitches and reports (``stitch_*/``); returns the
+    removed paths. Call it where no other process writes there: ``lock_run_dir`` does, when it holds the
+    directory alone.
     """
-    targets = {tmp.rsplit(".", 2)[0] for tmp in glob.glob(os.path.join(glob.escape(output_dir), "*.tmp"))}
-    removed = [tmp for target in sorted(targets)
-               if target.endswith(".pth") or os.path.basename(target) in (LAST_CHECKPOINT, "config.yaml")
+    def written_by_the_run(target: str) -> bool:
+        name, folder = os.path.basename(target), os.path.basename(os.path.dirname(target))
+        if os.path.dirname(target) != output_dir:
+            return folder == "flops_cache" or folder.startswith("stitch_")
+        return (name.endswith(".pth") or name in (LAST_CHECKPOINT, "config.yaml")
+                or (name.startswith(RUN_LOCK) and name.endswith(".json")))
+
+    output_dir = os.path.normpath(output_dir)
+    root = glob.escape(output_dir)
+    found = glob.glob(os.path.join(root, "*.tmp")) + glob.glob(os.path.join(root, "flops_cache", "*.tmp")) + \
+        glob.glob(os.path.join(root, "stitch_*", "*.tmp"))
+    targets = {tmp.rsplit(".", 2)[0] for tmp in found}
+    removed = [tmp for target in sorted(targets) if written_by_the_run(target)
                for tmp in remove_stale_temporaries(target)]
     if removed:
-        logger.info("removed %d temporary file(s) of killed checkpoint writes (or config.yaml writes): %s",
-                    len(removed), removed)
+        logger.info("removed %d temporary file(s) of killed writes (checkpoints, config.yaml, FLOPs cache, exports, "
+                    "reports): %s", len(removed), removed)
     return removed
+
+
+RUN_LOCK = "run.lock"  # a training run holds it for its lifetime; an --eval-only run while it starts
+_EVAL_SLOT = re.compile(re.escape(RUN_LOCK) + r"\.eval-\d+-[0-9a-f]{8}")  # one per --eval-only run: <pid>-<token>
+
+
+class RunDirInUseError(FileExistsError):
+    """Another process (a training run, or an ``--eval-only`` run beside a training start) uses the directory."""
+
+
+def _holder() -> dict:
+    return {"pid": os.getpid(), "host": socket.gethostname(),
+            "started": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
+            "command": shlex.join([sys.executable] + sys.argv)}
+
+
+def _describe_holder(lock_path: str, role: str) -> str:
+    try:
+        with open(lock_path + ".json") as f:
+            who = json.load(f)
+        return (f"{role} pid {who['pid']} on {who['host']}, started {who['started']}: {who['command']} "
+                f"(recorded in {lock_path}.json)")
+    except (OSError, ValueError, KeyError, TypeError):
+        return f"{role} that holds {lock_path} (starting: it has not recorded itself in {lock_path}.json yet)"
+
+
+def _try_lock(path: str) -> Optional[FileLock]:
+    lock = FileLock(path, timeout=0)
+    try:
+        lock.acquire()
+    except Timeout:
+        return None
+    return lock
+
+
+@contextlib.contextmanager
+def lock_run_dir(output_dir: str, evaluating: bool = False, hold: bool = True) -> Iterator[None]:
+    """Hold ``output_dir`` for the ``with`` block: a training run (``evaluating=False``) alone, ``--eval-only``
+    runs (``evaluating=True``) beside each other but not beside a training run. Call it first, before a run
+    reads or writes its directory; under DDP on rank 0 only (``hold`` false elsewhere: then it does nothing).
+
+    A process that holds the directory records its pid, host, start time and command line in
+    ``run.lock.json`` (training) or ``run.lock.eval-<id>.json``. The locks are ``filelock`` locks (flock /
+    ``LockFileEx``): they die with their process, so a killed run never blocks the next one. The process that
+    holds the directory alone removes the temporaries killed writes left (``remove_killed_writes``).
+
+    Raises ``RunDirInUseError`` (a ``FileExistsError``) naming the process that holds it, and
+    ``NotADirectoryError`` for an ``output_dir`` that is a file.
+    """
+    if not hold:
+        yield
+        return
+    clash = path_clash(os.path.join(output_dir, RUN_LOCK))
+    if clash is not None:
+        raise NotADirectoryError(f"train.output_dir: {clash}")
+    os.makedirs(output_dir, exist_ok=True)
+    gate_path = os.path.join(output_dir, RUN_LOCK)
+    fix = "wait for it to end (or stop it), or give train.output_dir another directory"
+    gate = _try_lock(gate_path)
+    if gate is None:
+        raise RunDirInUseError(f"train.output_dir {output_dir} is in use by another run, "
+                               f"{_describe_holder(gate_path, 'the process')}: {fix}")
+    slot = None
+    try:
+        with contextlib.suppress(FileNotFoundError):  # the record of a killed holder: nobody holds the gate now
+            os.remove(gate_path + ".json")
+        evaluators = []
+        slots = glob.glob(glob.escape(gate_path) + ".eval-*")
+        for path in sorted(p for p in slots if _EVAL_SLOT.fullmatch(os.path.basename(p))):
+            other = _try_lock(path)
+            if other is None:
+                evaluators.append(path)
+            else:  # left by a killed evaluation
+                other.release()
+                for stale in (path, path + ".json"):
+                    with contextlib.suppress(FileNotFoundError):
+                        os.remove(stale)
+        if evaluators and not evaluating:
+            raise RunDirInUseError(f"train.output_dir {output_dir} is in use by {len(evaluators)} --eval-only "
+                                   f"run(s), {_describe_holder(evaluators[0], 'the process')}: {fix}")
+        if not evaluators:
+            remove_killed_writes(output_dir)
+        if evaluating:
+            slot_path = f"{gate_path}.eval-{os.getpid()}-{secrets.token_hex(4)}"
+            slot = FileLock(slot_path, timeout=0)
+            slot.acquire()
+            write_json_atomic(slot_path + ".json", _holder())
+            gate.release()
+        else:
+            write_json_atomic(gate_path + ".json", _holder())
+    except BaseException:
+        if slot is not None:
+            slot.release()
+        gate.release()
+        raise
+    try:
+        yield
+    finally:
+        held = slot if evaluating else gate
+        with contextlib.suppress(OSError):
+            os.remove(held.lock_file + ".json")
+        held.release()
+        if evaluating:  # the gate's file stays: waiters of a lock share its inode
+            with contextlib.suppress(OSError):
+                os.remove(held.lock_file)
 
 
 def tag_last_checkpoint(output_dir: str, filename: str) -> None:

@@ -1,4 +1,6 @@
-"""The shared output-directory guard: a run is continued (--resume) or replaced (--overwrite), never mixed into."""
+"""The shared output-directory guard: a run is continued (--resume) or replaced (--overwrite), never mixed into;
+it is held by one training run (or by evaluations side by side), and a killed holder does not block the next."""
+import json
 import os
 
 import pytest
@@ -92,9 +94,84 @@ def test_file_sha256_is_the_digest_of_the_file_bytes(tmp_path):
 def test_temporaries_of_killed_checkpoint_tag_and_config_writes_are_removed_and_nothing_else(tmp_path):
     from snnet_core.run_dir import remove_killed_writes
 
-    killed = ["model_0000007.pth.k1.tmp", "model_final.pth.k2.tmp", "last_checkpoint.k3.tmp", "config.yaml.k4.tmp"]
-    kept = ["notes.md.k5.tmp", "metrics.json.k6.tmp", "model_final.pth"]
+    killed = ["model_0000007.pth.k1.tmp", "model_final.pth.k2.tmp", "last_checkpoint.k3.tmp", "config.yaml.k4.tmp",
+              "run.lock.json.k7.tmp", "flops_cache/flops_ab12.json.k8.tmp", "stitch_5/model_final.pth.k9.tmp",
+              "stitch_5/config.yaml.ka.tmp", "stitch_report_val/stitch_report.png.kb.tmp"]
+    kept = ["notes.md.k5.tmp", "metrics.json.k6.tmp", "model_final.pth", "mine/notes.md.kc.tmp"]
     for name in killed + kept:
+        (tmp_path / name).parent.mkdir(exist_ok=True)
         (tmp_path / name).write_text("x")
     assert remove_killed_writes(str(tmp_path)) == sorted(str(tmp_path / n) for n in killed)
-    assert sorted(os.listdir(tmp_path)) == sorted(kept)
+    left = sorted(os.path.relpath(os.path.join(d, f), tmp_path) for d, _, fs in os.walk(tmp_path) for f in fs)
+    assert left == sorted(kept)
+
+
+HOLD_RUN_DIR = """
+import sys, time
+sys.path.insert(0, {repo!r})
+from snnet_core.run_dir import lock_run_dir
+with lock_run_dir({out!r}, evaluating={evaluating}):
+    print("holding", flush=True)
+    time.sleep(120)
+"""
+
+
+def hold_in_child(out, evaluating=False):
+    """A child process holding ``out`` (as a training run, or an --eval-only one), once it says so."""
+    import subprocess
+    import sys
+
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    child = subprocess.Popen([sys.executable, "-c", HOLD_RUN_DIR.format(repo=repo, out=str(out), evaluating=evaluating),
+                              "train.output_dir=" + str(out)], stdout=subprocess.PIPE, text=True)
+    assert child.stdout.readline() == "holding\n"
+    return child
+
+
+def test_a_second_training_run_is_refused_at_once_naming_the_first(tmp_path):
+    from snnet_core.run_dir import RunDirInUseError, lock_run_dir
+
+    out = tmp_path / "run"
+    child = hold_in_child(out)
+    try:
+        for evaluating in (False, True):  # neither a training run nor an evaluation beside a training run
+            with pytest.raises(RunDirInUseError, match=rf"train.output_dir {out} is in use by another run, the "
+                                                       rf"process pid {child.pid} on .*, started .*: .*train.output_dir="
+                                                       rf"{out} \(recorded in .*run.lock.json\): wait for it to end"):
+                with lock_run_dir(str(out), evaluating=evaluating):
+                    pass
+    finally:
+        child.kill()
+        child.wait()
+    with lock_run_dir(str(out)):  # a killed holder (SIGKILL) leaves no lock behind
+        with open(out / "run.lock.json") as f:
+            assert json.load(f)["pid"] == os.getpid()
+    assert not (out / "run.lock.json").exists()
+
+
+def test_evaluations_share_the_directory_and_keep_a_training_run_out(tmp_path):
+    from snnet_core.run_dir import RunDirInUseError, lock_run_dir
+
+    out = tmp_path / "run"
+    child = hold_in_child(out, evaluating=True)
+    try:
+        with lock_run_dir(str(out), evaluating=True):  # a second evaluation beside it
+            pass
+        with pytest.raises(RunDirInUseError, match=rf"in use by 1 --eval-only run\(s\), the process pid {child.pid} "):
+            with lock_run_dir(str(out)):
+                pass
+    finally:
+        child.kill()
+        child.wait()
+    assert len([n for n in os.listdir(out) if n.startswith("run.lock.eval-")]) == 2  # the killed one's slot, record
+    with lock_run_dir(str(out)):  # the killed evaluation does not count
+        assert sorted(os.listdir(out)) == ["run.lock", "run.lock.json"]
+
+
+def test_the_run_dir_lock_names_an_output_dir_that_is_a_file(tmp_path):
+    from snnet_core.run_dir import lock_run_dir
+
+    (tmp_path / "out").write_text("x")
+    with pytest.raises(NotADirectoryError, match=rf"train.output_dir: {tmp_path / 'out'} is a file, not a directory"):
+        with lock_run_dir(str(tmp_path / "out" / "run")):
+            pass

@@ -180,3 +180,39 @@ def test_a_full_disk_keeps_every_previous_file_and_says_what_failed(tmp_path):
         assert "the previous file is intact" in errors[name] and "ulimit -f" in errors[name]
         assert (tmp_path / file).read_bytes() == before[name], f"the previous {name} file was damaged"
         assert temporaries_of(path) == []
+
+
+def test_a_directory_or_a_file_in_the_way_is_named_not_blamed_on_the_disk(tmp_path):
+    from snnet_core.atomic_io import AtomicWriteError, file_lock, write_json_atomic
+
+    (tmp_path / "report").mkdir()
+    with pytest.raises(AtomicWriteError, match=rf"{tmp_path / 'report'} is a directory, not a file: move it away"):
+        write_json_atomic(str(tmp_path / "report"), {})
+    (tmp_path / "out").write_text("mine")
+    for attempt in (lambda: write_json_atomic(str(tmp_path / "out" / "sub" / RESULTS_FILE), {}),
+                    lambda: file_lock(str(tmp_path / "out" / RESULTS_FILE)).__enter__()):
+        with pytest.raises(AtomicWriteError, match=rf"{tmp_path / 'out'} is a file, not a directory") as error:
+            attempt()
+        assert "ulimit" not in str(error.value) and "df" not in str(error.value)
+    assert (tmp_path / "out").read_text() == "mine"
+
+
+def test_the_engine_imports_no_fcntl():
+    """snnet_core's locks are filelock's (flock on POSIX, LockFileEx on Windows): no module of the engine imports
+    the POSIX-only fcntl, which would make it unimportable on Windows."""
+    import ast
+
+    import snnet_core
+
+    folder = os.path.dirname(snnet_core.__file__)
+    importers = []
+    for name in sorted(os.listdir(folder)):
+        if name.endswith(".py"):
+            with open(os.path.join(folder, name)) as f:
+                tree = ast.parse(f.read())
+            for node in ast.walk(tree):
+                modules = ([a.name for a in node.names] if isinstance(node, ast.Import)
+                           else [node.module] if isinstance(node, ast.ImportFrom) else [])
+                if "fcntl" in modules:
+                    importers.append(name)
+    assert importers == []
