@@ -25,11 +25,11 @@ import os
 import sys
 from typing import Callable, Dict, List, Mapping, Optional, Sequence
 
-from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 from .atomic_io import file_lock, remove_stale_temporaries, write_atomic, write_json_atomic
 from .flops import FlopsTable
+from .progress import evaluation_progress
 from .selection import has_finite_value, pareto_frontier
 from .stitch_space import StitchSpace
 
@@ -166,27 +166,33 @@ def select_stitches(
     return frontier
 
 
-def _metric_value(stitch_id: int, name: str, value) -> Optional[float]:
+def _metric_value(value) -> Optional[float]:
     """``value`` as a float, or ``None`` if it is missing, NaN or inf (``_warn_non_finite`` says so once per run)."""
     number = None if value is None else float(value)
-    if number is None or not math.isfinite(number):
-        logger.debug("stitch %d: %s is %s; stored as null", stitch_id, name, value)
-        return None
-    return number
+    return number if number is not None and math.isfinite(number) else None
 
 
-def _warn_non_finite(rows: Sequence[Mapping], primary_metric: str) -> None:
-    """One warning per metric that came out NaN/inf (stored as null) for some of the evaluated ``rows``, naming
-    the stitches: e.g. COCO's APl on data without large objects is NaN for every stitch."""
+def _warn_non_finite(rows: Sequence[Mapping], primary_metric: str, reasons: Mapping[str, str]) -> None:
+    """One warning for all the metrics that came out NaN/inf (stored as null) for some of the evaluated ``rows``:
+    the metrics with the same stitches and reason together, each group with its stitches and ``reasons[metric]``,
+    e.g. ``bbox_APl, segm_APl for all 14 evaluated stitches (<why COCO's APl is NaN>)``."""
     stitches: Dict[str, List[int]] = {}
     for row in rows:
         for name, value in row.items():
             if name not in FIXED_COLUMNS and value is None:
                 stitches.setdefault(name, []).append(row["id"])
+    groups: Dict[tuple, List[str]] = {}
     for name, ids in stitches.items():
+        groups.setdefault((tuple(ids), reasons.get(name)), []).append(name)
+    parts = []
+    for (ids, reason), names in groups.items():
         shown = ", ".join(map(str, ids[:20])) + (", ..." if len(ids) > 20 else "")
-        logger.warning("%s is NaN or inf for %d of the %d evaluated stitches (%s); stored as null%s", name, len(ids),
-                       len(rows), shown, ", left off the frontier" if name == primary_metric else "")
+        which = (f"all {len(rows)} evaluated stitches" if len(ids) == len(rows) else
+                 f"{len(ids)} of the {len(rows)} evaluated stitches ({shown})")
+        parts.append(f"{', '.join(names)} for {which}" + (f" ({reason})" if reason else "")
+                     + (", left off the frontier" if primary_metric in names else ""))
+    if parts:
+        logger.warning("NaN or inf metrics, stored as null: %s", "; ".join(parts))
 
 
 def _open_record(path: str, run_key: str, task: Optional[str], primary_metric: str,
@@ -225,6 +231,8 @@ def evaluate_stitches(
     progress: bool = True,
     task: Optional[str] = None,
     resume: bool = True,
+    images: Optional[int] = None,
+    non_finite_reasons: Optional[Mapping[str, str]] = None,
 ) -> Dict[str, dict]:
     """Evaluate stitches one by one, resumably, merging into a shared results file, and write the report.
 
@@ -240,13 +248,19 @@ def evaluate_stitches(
         task: names the task in the results file (``select_stitches`` refuses another task's results).
         resume: skip the stitches the results file already holds. Pass ``False`` where the caller has chosen
             the stitches still to do itself (e.g. broadcast to DDP ranks, which must all evaluate the same ones).
+        progress: show a progress bar. With ``images`` (the number of test images a stitch is evaluated on) it
+            counts ``images x stitches`` and ``evaluate`` moves it per batch (``snnet_core.progress.advance``);
+            without, it counts stitches.
+        non_finite_reasons: why a metric can come out NaN/inf (``{metric name: reason}``), said in the one warning
+            that names the metrics stored as ``null`` and their stitches (e.g. COCO's ``APl`` on a test set
+            without large objects).
 
     Returns:
         the merged results record ``{"stitches": {id: row}, ...}`` (rows of every evaluator of the file).
     """
     return evaluate_stitch_groups(
         lambda ids: {ids[0]: evaluate(ids[0])}, [[s] for s in stitch_ids], space, flops, output_dir, primary_metric,
-        higher_is_better, run_key, title, progress, task, resume,
+        higher_is_better, run_key, title, progress, task, resume, images, non_finite_reasons,
     )
 
 
@@ -263,6 +277,8 @@ def evaluate_stitch_groups(
     progress: bool = True,
     task: Optional[str] = None,
     resume: bool = True,
+    images: Optional[int] = None,
+    non_finite_reasons: Optional[Mapping[str, str]] = None,
 ) -> Dict[str, dict]:
     """``evaluate_stitches`` for an ``evaluate_group`` that evaluates several stitches together (e.g. in one pass
     over the data with ``run_stitches``): each group's rows are merged as ``evaluate_stitches`` merges one row,
@@ -272,7 +288,9 @@ def evaluate_stitch_groups(
         evaluate_group: ``[stitch id, ...] -> {stitch id: {metric name: value}}`` for exactly the ids given.
         groups: the stitches to evaluate, in groups (an id repeated anywhere is evaluated once, in its first
             group). With ``resume``, the stitches the results file holds are dropped from their group and a group
-            left empty is skipped. Other arguments: as ``evaluate_stitches``.
+            left empty is skipped. With ``images``, the progress bar moves per batch inside a group (as
+            ``evaluate_group`` calls ``snnet_core.progress.advance``) and stands at the group's share, ``images x
+            len(group)``, when it is done. Other arguments: as ``evaluate_stitches``.
     """
     path = os.path.join(output_dir, RESULTS_FILE)
     seen: Dict[int, None] = {}
@@ -286,15 +304,16 @@ def evaluate_stitch_groups(
         record = _open_record(path, run_key, task, primary_metric, higher_is_better)
     todo_groups = [g for g in ([s for s in group if not (resume and str(s) in record["stitches"])]
                                for group in todo_groups) if g]
-    bar = tqdm(total=sum(map(len, todo_groups)), desc="evaluating stitches", unit="stitch", disable=not progress)
     evaluated: List[Dict] = []
-    with logging_redirect_tqdm(console_loggers()):  # log lines print above the progress bar
+    # log lines print above the progress bar
+    with logging_redirect_tqdm(console_loggers()), \
+            evaluation_progress(sum(map(len, todo_groups)), images, progress) as bar:
         for group in todo_groups:
+            bar.start_group(len(group))
             evaluated += _evaluate_and_merge(evaluate_group, group, space, flops, path, run_key, task, primary_metric,
                                              higher_is_better)
-            bar.update(len(group))
-    bar.close()
-    _warn_non_finite(evaluated, primary_metric)
+            bar.end_group()
+    _warn_non_finite(evaluated, primary_metric, non_finite_reasons or {})
     with file_lock(path):  # the report of everything merged so far; the lock orders concurrent reports
         record = _open_record(path, run_key, task, primary_metric, higher_is_better)
         frontier = write_report(record, output_dir, title)
@@ -364,7 +383,7 @@ def _result_row(space: StitchSpace, flops: FlopsTable, sid: int, values: Mapping
                 primary_metric: str) -> Dict:
     """The results-file row of stitch ``sid`` with metrics ``values`` (NaN/inf as ``None``)."""
     stitch = space[sid]
-    metrics = {k: _metric_value(sid, k, v) for k, v in values.items()}
+    metrics = {k: _metric_value(v) for k, v in values.items()}
     if primary_metric not in metrics:
         raise KeyError(f"evaluate({sid}) returned {sorted(metrics)} without the primary metric {primary_metric!r}")
     return {"id": sid, "type": stitch.kind, "route": stitch.route,

@@ -240,9 +240,8 @@ def test_non_finite_metrics_are_written_as_null_and_left_off_the_frontier(tmp_pa
     strict = json.loads(text, parse_constant=lambda c: pytest.fail(f"non-standard JSON constant {c}"))
     assert strict == record and strict["stitches"]["1"]["acc"] is None and strict["stitches"]["2"]["loss"] is None
     warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
-    assert warnings == [f"acc is NaN or inf for 1 of the {len(SPACE)} evaluated stitches (1); stored as null, left "
-                        "off the frontier", f"loss is NaN or inf for 1 of the {len(SPACE)} evaluated stitches (2); "
-                        "stored as null"]
+    assert warnings == [f"NaN or inf metrics, stored as null: acc for 1 of the {len(SPACE)} evaluated stitches (1), "
+                        f"left off the frontier; loss for 1 of the {len(SPACE)} evaluated stitches (2)"]
     with open(tmp_path / "stitch_report.csv") as f:
         rows = {int(r["id"]): r for r in csv.DictReader(f)}
     assert rows[1]["acc"] == "" and rows[1]["on_frontier"] == "False"
@@ -251,6 +250,20 @@ def test_non_finite_metrics_are_written_as_null_and_left_off_the_frontier(tmp_pa
     finite = {s: fake_metric(s)["acc"] for s in SPACE.ids if s != 1}
     assert select_stitches("pareto", SPACE, str(tmp_path / "stitch_results.json")) == \
         pareto_frontier(table().gflops, finite)
+
+
+def test_metrics_nan_for_every_stitch_are_one_line_with_the_reason_and_no_line_per_stitch(tmp_path, caplog):
+    caplog.set_level("DEBUG", logger="snnet_core")  # detectron2's console handlers show DEBUG records
+
+    def evaluate(ids):  # as COCO on a test set without large objects: APl is NaN for every stitch
+        return {s: {"acc": 0.5, "bbox_APl": float("nan"), "segm_APl": float("nan")} for s in ids}
+
+    reasons = {"bbox_APl": "no large objects", "segm_APl": "no large objects"}
+    evaluate_stitch_groups(evaluate, [[0, 1], [5]], SPACE, table(), str(tmp_path), "acc", progress=False,
+                           non_finite_reasons=reasons)
+    nan_lines = [r.getMessage() for r in caplog.records if "null" in r.getMessage()]
+    assert nan_lines == ["NaN or inf metrics, stored as null: bbox_APl, segm_APl for all 3 evaluated stitches "
+                         "(no large objects)"]
 
 
 def test_a_report_whose_metric_is_nan_for_every_stitch_still_gets_its_plot_without_a_warning(tmp_path):
@@ -411,3 +424,35 @@ def test_each_log_line_reaches_the_console_once_while_the_progress_bar_runs(tmp_
     assert sum("stitch   5 SF " in line for line in out) == 1
     assert sum(line.startswith("snnet_core.report: stitch ") for line in out) == 3
     assert sum("Pareto frontier on acc" in line for line in out) == 1
+
+
+@pytest.mark.parametrize("per_batch, expected", [(2, [6, 6, 2, 2]),  # what a task's batch loop reports
+                                                 (3, [9, 3, 3, 1]),  # too much: capped at the group's share
+                                                 (0, [12, 4])])  # nothing: the group's share when it is done
+def test_the_bar_counts_images_x_stitches_and_moves_per_batch(tmp_path, monkeypatch, per_batch, expected):
+    from snnet_core import progress
+
+    bars = []
+
+    class Bar(progress.tqdm):  # records what the bar is told
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            self.updates = []
+            bars.append(self)
+
+        def update(self, n=1):
+            self.updates.append(n)
+            return super().update(n)
+
+    def evaluate(ids):  # 4 test images in batches of 2, every stitch of the group on each batch
+        for _ in range(2):
+            progress.advance(per_batch * len(ids))
+        return {s: fake_metric(s) for s in ids}
+
+    monkeypatch.setattr(progress, "tqdm", Bar)
+    evaluate_stitch_groups(evaluate, [[0, 5, 9], [1]], SPACE, table(), str(tmp_path), "acc", images=4)
+    (bar,) = bars
+    assert (bar.total, bar.n, bar.updates) == (16, 16, expected)
+    assert bar.desc.startswith("evaluating 4 stitches x 4 images")
+    progress.advance(5)  # outside an evaluation: nothing to move, no error
+    assert bar.updates == expected
