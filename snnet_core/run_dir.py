@@ -97,14 +97,31 @@ def clear_run(paths: List[str]) -> None:
 
 
 LAST_CHECKPOINT = "last_checkpoint"
+EXPORT_FILES = ("model_final.pth", "config.yaml")  # what an exported stitch's folder holds (config: detection)
+
+
+def export_dir(output_dir: str, stitch_id: int) -> str:
+    """``<output_dir>/stitch_<ID>``: where ``--export-stitch`` writes stitch ``stitch_id``."""
+    return os.path.join(output_dir, f"stitch_{stitch_id}")
+
+
+def check_export_targets(output_dir: str, stitch_ids: Sequence[int], overwrite: bool) -> None:
+    """Refuse to export over a stitch exported before (``FileExistsError`` naming it and the fix) unless
+    ``overwrite`` (``--overwrite``) replaces it. Call it before the export writes anything."""
+    existing = [os.path.join(export_dir(output_dir, sid), name) for sid in dict.fromkeys(stitch_ids)
+                for name in EXPORT_FILES if os.path.lexists(os.path.join(export_dir(output_dir, sid), name))]
+    if existing and not overwrite:
+        shown = ", ".join(existing[:4]) + (", ..." if len(existing) > 4 else "")
+        raise FileExistsError(f"--export-stitch would replace {shown}, exported before: pass --overwrite to replace "
+                              "it, or move it away (or export from another train.output_dir)")
 
 
 def remove_killed_writes(output_dir: str) -> List[str]:
     """Delete the temporaries (``<name>.<random>.tmp``) that killed atomic writes of a run left in ``output_dir``:
     of its checkpoints (``*.pth``), ``last_checkpoint``, ``config.yaml`` and lock records (``run.lock*.json``),
     of the FLOPs cache (``flops_cache/``) and of exported stitches and reports (``stitch_*/``); returns the
-    removed paths. Call it where no other process writes there: ``lock_run_dir`` does, when it holds the
-    directory alone.
+    removed paths. Call it where no other process writes there: on the training run's rank 0 (holding
+    ``lock_run_dir``), before it writes.
     """
     def written_by_the_run(target: str) -> bool:
         name, folder = os.path.basename(target), os.path.basename(os.path.dirname(target))
@@ -121,8 +138,8 @@ def remove_killed_writes(output_dir: str) -> List[str]:
     removed = [tmp for target in sorted(targets) if written_by_the_run(target)
                for tmp in remove_stale_temporaries(target)]
     if removed:
-        logger.info("removed %d temporary file(s) of killed writes (checkpoints, config.yaml, FLOPs cache, exports, "
-                    "reports): %s", len(removed), removed)
+        logger.info("removed %d temporary file(s) of killed checkpoint writes (or other writes of the run: "
+                    "config.yaml, FLOPs cache, exports, reports): %s", len(removed), removed)
     return removed
 
 
@@ -167,9 +184,9 @@ def lock_run_dir(output_dir: str, evaluating: bool = False, hold: bool = True) -
 
     A process that holds the directory records its pid, host, start time and command line in
     ``run.lock.json`` (training) or ``run.lock.eval-<id>.json``. The locks are ``filelock`` locks (flock /
-    ``LockFileEx``): they die with their process, so a killed run never blocks the next one. The process that
-    holds the directory alone removes the temporaries killed writes left (``remove_killed_writes``).
+    ``LockFileEx``): they die with their process, so a killed run never blocks the next one.
 
+    A directory it creates is removed again if the run leaves nothing in it (a start that fails its checks).
     Raises ``RunDirInUseError`` (a ``FileExistsError``) naming the process that holds it, and
     ``NotADirectoryError`` for an ``output_dir`` that is a file.
     """
@@ -179,6 +196,7 @@ def lock_run_dir(output_dir: str, evaluating: bool = False, hold: bool = True) -
     clash = path_clash(os.path.join(output_dir, RUN_LOCK))
     if clash is not None:
         raise NotADirectoryError(f"train.output_dir: {clash}")
+    created = not os.path.isdir(output_dir)
     os.makedirs(output_dir, exist_ok=True)
     gate_path = os.path.join(output_dir, RUN_LOCK)
     fix = "wait for it to end (or stop it), or give train.output_dir another directory"
@@ -204,8 +222,6 @@ def lock_run_dir(output_dir: str, evaluating: bool = False, hold: bool = True) -
         if evaluators and not evaluating:
             raise RunDirInUseError(f"train.output_dir {output_dir} is in use by {len(evaluators)} --eval-only "
                                    f"run(s), {_describe_holder(evaluators[0], 'the process')}: {fix}")
-        if not evaluators:
-            remove_killed_writes(output_dir)
         if evaluating:
             slot_path = f"{gate_path}.eval-{os.getpid()}-{secrets.token_hex(4)}"
             slot = FileLock(slot_path, timeout=0)
@@ -218,6 +234,7 @@ def lock_run_dir(output_dir: str, evaluating: bool = False, hold: bool = True) -
         if slot is not None:
             slot.release()
         gate.release()
+        _remove_if_unused(output_dir, created)
         raise
     try:
         yield
@@ -229,6 +246,15 @@ def lock_run_dir(output_dir: str, evaluating: bool = False, hold: bool = True) -
         if evaluating:  # the gate's file stays: waiters of a lock share its inode
             with contextlib.suppress(OSError):
                 os.remove(held.lock_file)
+        _remove_if_unused(output_dir, created)
+
+
+def _remove_if_unused(output_dir: str, created: bool) -> None:
+    """Remove the directory ``lock_run_dir`` created if the run wrote nothing into it (it failed a check)."""
+    with contextlib.suppress(OSError):
+        if created and os.listdir(output_dir) == [RUN_LOCK]:
+            os.remove(os.path.join(output_dir, RUN_LOCK))
+            os.rmdir(output_dir)
 
 
 def tag_last_checkpoint(output_dir: str, filename: str) -> None:

@@ -175,3 +175,15 @@ def test_the_run_dir_lock_names_an_output_dir_that_is_a_file(tmp_path):
     with pytest.raises(NotADirectoryError, match=rf"train.output_dir: {tmp_path / 'out'} is a file, not a directory"):
         with lock_run_dir(str(tmp_path / "out" / "run")):
             pass
+
+
+def test_a_directory_the_lock_created_is_removed_when_the_run_wrote_nothing(tmp_path):
+    from snnet_core.run_dir import lock_run_dir
+
+    with pytest.raises(ValueError):
+        with lock_run_dir(str(tmp_path / "new")):
+            raise ValueError("a check failed")
+    assert os.listdir(tmp_path) == []
+    with lock_run_dir(str(tmp_path / "new")):
+        (tmp_path / "new" / "config.yaml").write_text("x")
+    assert sorted(os.listdir(tmp_path / "new")) == ["config.yaml", "run.lock"]

@@ -742,8 +742,9 @@ def test_pareto_from_report_dir_and_exports_of_the_frontier_and_of_a_budget(data
     budget = sorted(r["gflops"] for r in rows.values())[NUM_STITCHES // 2]
     source, record = read_report(str(full))
     best = int(choose_stitch(record, source, max_gflops=budget).chosen["id"])
-    result = train_cli.main(cli_args(data_root, out, "--eval-only", "--stitch", "none", "--report-dir", full,
-                                     "--export-stitch", f"best:{budget}", opts=[f"train.init_checkpoint={trained}"]))
+    result = train_cli.main(cli_args(data_root, out, "--eval-only", "--overwrite", "--stitch", "none", "--report-dir",
+                                     full, "--export-stitch", f"best:{budget}",  # it may be on the frontier, exported
+                                     opts=[f"train.init_checkpoint={trained}"]))
     assert result["export"] == [str(out / f"stitch_{best}" / "model_final.pth")]
     assert load_exported_model(result["export"][0]).backbone.stitch_id == best
     with pytest.raises(KeyError, match="unknown stitch id 99"):  # ids are checked before anything is computed
@@ -763,3 +764,33 @@ def test_a_warm_flops_cache_trains_the_same_weights_as_a_cold_one(data_root, tmp
                for out in (cold, warm)]
     differ = [k for k in weights[0] if not torch.equal(weights[0][k], weights[1][k])]
     assert not differ, f"{len(differ)} of {len(weights[0])} tensors differ, e.g. {differ[:3]}"
+
+
+def test_a_directory_in_use_is_refused_and_an_export_is_never_overwritten(data_root, trained, tmp_path):
+    from snnet_core.run_dir import RunDirInUseError
+    from tests.test_core_run_dir import hold_in_child
+
+    out = tmp_path / "out"
+    child = hold_in_child(out)  # a training run holding out/
+    try:
+        for flags in (("--stitch", "none"), ("--eval-only", "--stitch", "0")):
+            with pytest.raises(RunDirInUseError, match=rf"in use by another run, the process pid {child.pid} on "):
+                train_cli.main(cli_args(data_root, out, *flags, opts=["train.epochs=1"]))
+    finally:
+        child.kill()
+        child.wait()
+    assert set(os.listdir(out)) == {"run.lock", "run.lock.json"}  # the refused runs wrote nothing
+    export = ("--eval-only", "--stitch", "none", "--export-stitch", "3")
+    opts = [f"train.init_checkpoint={trained}"]
+    (path,) = train_cli.main(cli_args(data_root, out, *export, opts=opts))["export"]
+    first = os.stat(path).st_ino
+    with pytest.raises(FileExistsError, match=rf"--export-stitch would replace {path}, exported before: pass "
+                                              "--overwrite to replace it, or move it away"):
+        train_cli.main(cli_args(data_root, out, *export, opts=opts))
+    assert os.stat(path).st_ino == first
+    assert train_cli.main(cli_args(data_root, out, "--overwrite", *export, opts=opts))["export"] == [path]
+    assert os.stat(path).st_ino != first  # replaced, as asked
+    with pytest.raises(FileNotFoundError, match=r"--export-stitch best:1 chooses from the per-stitch report, and "
+                                                r".*stitch_results.json does not exist \(this run evaluates no stitch"):
+        train_cli.main(cli_args(data_root, tmp_path / "fresh", "--stitch", "none", "--export-stitch", "best:1"))
+    assert not os.path.exists(tmp_path / "fresh")  # refused before training

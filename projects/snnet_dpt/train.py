@@ -75,8 +75,8 @@ from snnet_core.latency import write_latency_info
 from snnet_core.latency_options import LatencyOptions, add_latency_arguments, latency_options
 from snnet_core.report import RESULTS_FILE
 from snnet_core.run_dir import (
-    LAST_CHECKPOINT, check_output_dir, clear_run, command_line_sets, eval_size_for_checkpoint, last_checkpoint,
-    remove_killed_writes,
+    LAST_CHECKPOINT, check_export_targets, check_output_dir, clear_run, command_line_sets, eval_size_for_checkpoint,
+    export_dir, last_checkpoint, lock_run_dir, remove_killed_writes,
 )
 from snnet_core.select import resolve_export_selection
 
@@ -105,7 +105,8 @@ def build_argument_parser() -> argparse.ArgumentParser:
         action.help = what.get(action.dest, action.help)
     p.add_argument("--overwrite", action="store_true",
                    help="train afresh into a train.output_dir that holds a run, deleting that run's checkpoints, "
-                        "logs, config, reports and exported stitches first")
+                        "logs, config, reports and exported stitches first; with --eval-only --export-stitch: "
+                        "replace exported stitches that exist")
     p.add_argument("--stitch", default="all",
                    help="stitches to evaluate (after training, or with --eval-only): all | ID[,ID...] | pareto | none")
     p.add_argument("--report-dir", metavar="DIR",
@@ -123,7 +124,8 @@ def build_argument_parser() -> argparse.ArgumentParser:
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     args = build_argument_parser().parse_args(argv)
-    given = [flag for flag, on in (("--resume", args.resume), ("--overwrite", args.overwrite)) if on]
+    given = [flag for flag, on in (("--resume", args.resume),
+                                   ("--overwrite", args.overwrite and args.export_stitch is None)) if on]
     if args.eval_only and given:
         raise ValueError(f"--eval-only evaluates a checkpoint and trains nothing: drop {' and '.join(given)}")
     return args
@@ -389,6 +391,12 @@ def run(cfg: Dict[str, Any], args: argparse.Namespace, ctx: DistContext,
     export_ids = None
     if args.export_stitch is not None and not _needs_report(args.export_stitch):  # ids: checked before training
         export_ids = resolve_export_selection(args.export_stitch, space, task=TASK)
+        check_export_targets(output_dir, export_ids, args.overwrite)
+    elif args.export_stitch is not None and not stitch_ids and not os.path.isfile(os.path.join(report_dir,
+                                                                                              RESULTS_FILE)):
+        raise FileNotFoundError(f"--export-stitch {args.export_stitch} chooses from the per-stitch report, and "
+                                f"{os.path.join(report_dir, RESULTS_FILE)} does not exist (this run evaluates no "
+                                "stitch): give --stitch all (or pareto, IDs) to evaluate it first, or export IDs")
     barrier(ctx)  # every rank has looked at the directories before rank 0 writes into them
     os.makedirs(output_dir, exist_ok=True)
     if training and ctx.is_main:
@@ -426,9 +434,10 @@ def run(cfg: Dict[str, Any], args: argparse.Namespace, ctx: DistContext,
     if args.export_stitch is not None and ctx.is_main:
         if export_ids is None:  # pareto / best:G: from the report, written above if this run evaluated
             export_ids = resolve_export_selection(args.export_stitch, space, report_dir, task=TASK)
+            check_export_targets(output_dir, export_ids, args.overwrite)
         result["export"] = []
         for stitch_id in export_ids:
-            path = os.path.join(output_dir, f"stitch_{stitch_id}", "model_final.pth")
+            path = os.path.join(export_dir(output_dir, stitch_id), "model_final.pth")
             save_exported_stitch(path, model, spec, stitch_id)
             logger.info("exported stitch %d (%s) to %s", stitch_id, space[stitch_id].route, path)
             result["export"].append(path)
@@ -440,7 +449,8 @@ def run_process(args: argparse.Namespace) -> Dict[str, Any]:
     cfg = load_config(args.config_file, args.opts)
     ctx = init_distributed(cfg["train"]["device"])
     try:
-        with run_logging(ctx.rank) as log_to_file:
+        with run_logging(ctx.rank) as log_to_file, lock_run_dir(cfg["train"]["output_dir"], args.eval_only,
+                                                                ctx.is_main):
             return run(cfg, args, ctx, log_to_file)
     finally:
         cleanup(ctx)
