@@ -24,31 +24,47 @@ from snnet_core.report import read_results
 from .conftest import tiny_snnet
 
 
-class Counting(nn.Module):
-    """Counts its calls and whether each ran without autograd; call ``i`` sleeps ``sleeps[i]`` seconds."""
+class FakeClock:
+    """``time`` for ``snnet_core.latency`` that only ``sleep`` advances: timings exact however loaded the CPU."""
 
-    def __init__(self, inner=None, sleeps=()):
+    def __init__(self):
+        self.now = 0.0
+
+    def perf_counter(self):
+        return self.now
+
+    def sleep(self, seconds):
+        self.now += seconds
+
+
+class Counting(nn.Module):
+    """Counts its calls and whether each ran without autograd; call ``i`` sleeps ``sleeps[i]`` seconds (with
+    ``sleep``)."""
+
+    def __init__(self, inner=None, sleeps=(), sleep=time.sleep):
         super().__init__()
         self.inner = inner if inner is not None else nn.Linear(8, 8)
-        self.sleeps = list(sleeps)
+        self.sleeps, self.sleep = list(sleeps), sleep
         self.calls, self.inference = 0, []
 
     def forward(self, *args):
         if self.calls < len(self.sleeps):
-            time.sleep(self.sleeps[self.calls])
+            self.sleep(self.sleeps[self.calls])
         self.calls += 1
         self.inference.append(torch.is_inference_mode_enabled())
         return self.inner(*args)
 
 
-def test_warmup_and_runs_are_all_called_and_only_runs_are_timed():
-    model = Counting(sleeps=[0.1] * 3 + [0.004] * 5)  # slow warm-up (e.g. CUDA kernel selection), then 4 ms
+def test_warmup_and_runs_are_all_called_and_only_runs_are_timed(monkeypatch):
+    clock = FakeClock()  # a wall-clock bound would fail on a loaded machine
+    monkeypatch.setattr("snnet_core.latency.time", clock)
+    model = Counting(sleeps=[0.1] * 3 + [0.004] * 5, sleep=clock.sleep)  # slow warm-up (e.g. CUDA kernels), 4 ms
     lat = measure_latency(model, torch.randn(2, 8), warmup=3, runs=5)
     assert model.calls == 3 + 5 and all(model.inference)
     assert (lat.warmup, lat.runs, lat.amp) == (3, 5, False)
     values = [lat.min_ms, lat.q1_ms, lat.median_ms, lat.q3_ms, lat.max_ms]
     assert all(math.isfinite(v) and v > 0 for v in values) and values == sorted(values)
-    assert 4.0 <= lat.median_ms and lat.max_ms < 100.0  # it timed the 4 ms calls, not the 100 ms warm-up
+    assert values == pytest.approx([4.0] * 5)  # it timed the 4 ms calls, not the 100 ms warm-up
     assert lat.iqr_ms == lat.q3_ms - lat.q1_ms
     assert lat.device == device_name("cpu") and lat.to_dict()["median_ms"] == lat.median_ms
 
