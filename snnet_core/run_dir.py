@@ -13,8 +13,8 @@
         stitch_report_<test set>/        per-stitch report (--eval-only --stitch ...; --report-dir elsewhere)
         stitch_<ID>/                     an exported stitch (--export-stitch ID)
         flops_cache/                     per-stitch FLOPs tables (keyed by the model; kept by --overwrite)
-        run.lock, run.lock.json          held by the training run using the directory; the JSON names it
-        run.lock.eval-*                  held by each --eval-only run using it (and its .json)
+        run.lock, run.lock.json          while a training run uses the directory: its lock; the JSON names it
+        run.lock.eval-*                  the same for each --eval-only run using it
 
 ``lock_run_dir`` holds the directory for a run's lifetime: a training run alone, ``--eval-only`` runs side by
 side (their reports merge) but never beside a training run; a second start is refused at once, naming the
@@ -227,13 +227,13 @@ def lock_run_dir(output_dir: str, evaluating: bool = False, hold: bool = True) -
             slot = FileLock(slot_path, timeout=0)
             slot.acquire()
             write_json_atomic(slot_path + ".json", _holder())
-            gate.release()
+            _release(gate)
         else:
             write_json_atomic(gate_path + ".json", _holder())
     except BaseException:
         if slot is not None:
-            slot.release()
-        gate.release()
+            _release(slot)
+        _release(gate)
         _remove_if_unused(output_dir, created)
         raise
     try:
@@ -242,18 +242,21 @@ def lock_run_dir(output_dir: str, evaluating: bool = False, hold: bool = True) -
         held = slot if evaluating else gate
         with contextlib.suppress(OSError):
             os.remove(held.lock_file + ".json")
-        held.release()
-        if evaluating:  # the gate's file stays: waiters of a lock share its inode
-            with contextlib.suppress(OSError):
-                os.remove(held.lock_file)
+        _release(held)
         _remove_if_unused(output_dir, created)
+
+
+def _release(lock: FileLock) -> None:
+    """Release ``lock`` and delete its file (filelock retries a lock whose file was deleted while it waited)."""
+    lock.release()
+    with contextlib.suppress(OSError):
+        os.remove(lock.lock_file)
 
 
 def _remove_if_unused(output_dir: str, created: bool) -> None:
     """Remove the directory ``lock_run_dir`` created if the run wrote nothing into it (it failed a check)."""
     with contextlib.suppress(OSError):
-        if created and os.listdir(output_dir) == [RUN_LOCK]:
-            os.remove(os.path.join(output_dir, RUN_LOCK))
+        if created and not os.listdir(output_dir):
             os.rmdir(output_dir)
 
 

@@ -166,6 +166,7 @@ def test_evaluations_share_the_directory_and_keep_a_training_run_out(tmp_path):
     assert len([n for n in os.listdir(out) if n.startswith("run.lock.eval-")]) == 2  # the killed one's slot, record
     with lock_run_dir(str(out)):  # the killed evaluation does not count
         assert sorted(os.listdir(out)) == ["run.lock", "run.lock.json"]
+    assert os.listdir(out) == []  # no lock file is left behind
 
 
 def test_the_run_dir_lock_names_an_output_dir_that_is_a_file(tmp_path):
@@ -186,4 +187,4 @@ def test_a_directory_the_lock_created_is_removed_when_the_run_wrote_nothing(tmp_
     assert os.listdir(tmp_path) == []
     with lock_run_dir(str(tmp_path / "new")):
         (tmp_path / "new" / "config.yaml").write_text("x")
-    assert sorted(os.listdir(tmp_path / "new")) == ["config.yaml", "run.lock"]
+    assert os.listdir(tmp_path / "new") == ["config.yaml"]  # the lock's file goes with the run

@@ -204,6 +204,15 @@ def test_train_net_exports_a_stitch_and_the_config_key_selects_one(snnet, tmp_pa
         f"train.output_dir={tmp_path}", f"train.init_checkpoint={snnet['weights']}"])
     assert args.stitch is None
     train_net.main(args)
+    weights = tmp_path / "stitch_5" / "model_final.pth"
+    first = os.stat(weights).st_ino
+    with pytest.raises(FileExistsError, match=rf"--export-stitch would replace {weights}, .*exported before: pass "
+                                              "--overwrite to replace it"):
+        train_net.main(args)  # never over an earlier export
+    assert os.stat(weights).st_ino == first
+    args.overwrite = True
+    train_net.main(args)
+    assert os.stat(weights).st_ino != first
     exported = load_exported(str(tmp_path / "stitch_5" / "config.yaml"))
     assert isinstance(exported.backbone.net, StitchViTDetBackbone)
     cfg = tiny_config(snnet["cfg"].datasets.root)

@@ -307,6 +307,21 @@ def test_training_over_an_existing_run_is_refused_and_leaves_it_untouched(synthe
     assert {p.name: p.read_bytes() for p in run.iterdir()} == files
 
 
+def test_a_directory_a_training_run_holds_is_refused_naming_it(synthetic, tmp_path):
+    from snnet_core.run_dir import RunDirInUseError
+    from tests.test_core_run_dir import hold_in_child
+
+    child = hold_in_child(tmp_path / "run")
+    try:
+        for flags in ((), ("--eval-only", "--stitch", "0")):
+            with pytest.raises(RunDirInUseError, match=rf"in use by another run, the process pid {child.pid} on "):
+                run_main(*flags, *tiny_opts(synthetic, str(tmp_path / "run")))
+    finally:
+        child.kill()
+        child.wait()
+    assert set(os.listdir(tmp_path / "run")) == {"run.lock", "run.lock.json"}  # the refused runs wrote nothing
+
+
 def test_flags_after_the_overrides_are_a_clear_error(synthetic, tmp_path):
     with pytest.raises(ValueError, match=r"\['--eval-only'\] come after the key=value overrides: put flags before"):
         run_main(*tiny_opts(synthetic, tmp_path), "--eval-only")

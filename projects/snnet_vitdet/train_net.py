@@ -39,8 +39,9 @@ warnings.filterwarnings("ignore", message="`torch.jit.script` is deprecated", ca
 # repository's generator package, so real data goes to ./data (as for NYUv2) unless the variable is set
 os.environ.setdefault("DETECTRON2_DATASETS", "data")
 
+import contextlib
 import logging
-from typing import Dict, List, Optional, Tuple
+from typing import Callable, ContextManager, Dict, List, Optional, Tuple
 
 import detectron2.data.transforms as T
 import torch
@@ -84,7 +85,8 @@ from snnet_core.atomic_io import file_sha256
 from snnet_core.latency import write_latency_info
 from snnet_core.latency_options import add_latency_arguments, latency_options
 from snnet_core.run_dir import (
-    check_output_dir, clear_run, command_line_sets, eval_size_for_checkpoint, last_checkpoint, remove_killed_writes,
+    check_export_targets, check_output_dir, clear_run, command_line_sets, eval_size_for_checkpoint, last_checkpoint,
+    lock_run_dir, remove_killed_writes,
 )
 from snnet_core.select import resolve_export_selection
 from snnet_core.train_log import training_writers
@@ -261,6 +263,7 @@ def do_export(args, cfg, model: torch.nn.Module) -> List[Dict[str, str]]:
         raise ValueError("--export-stitch needs an SN-Net detector (a StitchedViTDetBackbone); this config has one ViT")
     ids = run_on_main(lambda: resolve_export_selection(args.export_stitch, backbone.space, report_dir_of(args, cfg),
                                                        task=RESULTS_TASK))
+    run_on_main(lambda: check_export_targets(cfg.train.output_dir, ids, args.overwrite))
     written = []
     if comm.is_main_process():
         for sid in ids:
@@ -353,12 +356,21 @@ def setup(cfg, args) -> None:
 
 
 def main(args) -> Optional[Dict]:
+    """Train (or ``--eval-only``: evaluate and export) as ``args`` say, holding ``train.output_dir`` (rank 0,
+    ``snnet_core.run_dir.lock_run_dir``) from the moment the config is read to the end."""
+    with contextlib.ExitStack() as held:
+        return run(args, held.enter_context)
+
+
+def run(args, hold: Callable[[ContextManager], object]) -> Optional[Dict]:
     if not args.eval_only and (args.stitch is not None or args.export_stitch is not None or args.measure_latency):
         raise ValueError("--stitch, --export-stitch and --measure-latency act on a trained model: add --eval-only "
                          "(evaluates train.init_checkpoint, default: the last checkpoint of train.output_dir)")
-    if args.eval_only and args.overwrite:
-        raise ValueError("--overwrite replaces the training run in train.output_dir: it does not go with --eval-only")
+    if args.eval_only and args.overwrite and args.export_stitch is None:
+        raise ValueError("--overwrite replaces the training run in train.output_dir (with --eval-only: exported "
+                         "stitches, with --export-stitch): it does not go with --eval-only alone")
     cfg = load_config(args)
+    hold(lock_run_dir(cfg.train.output_dir, args.eval_only, comm.is_main_process()))
     replaced = [] if args.eval_only else check_output_dir(cfg.train.output_dir, args.resume, args.overwrite)
     register_coco_json_datasets(cfg.get("datasets", {}).get("coco_json", {}))
     check_dataset_files(dataset_names(cfg.dataloader.test) + ([] if args.eval_only else
