@@ -14,7 +14,7 @@ number of ranks) still ends each group at the right count.
 from __future__ import annotations
 
 import contextlib
-from typing import Iterator, List, Optional
+from typing import Iterable, Iterator, List, Optional, Sized
 
 from tqdm import tqdm
 
@@ -74,3 +74,22 @@ def advance(evaluations: int) -> None:
     outside an evaluation (see the module docstring)."""
     if _ACTIVE:
         _ACTIVE[-1].advance(evaluations)
+
+
+class AdvancingLoader:
+    """``loader``'s batches (and its ``len``), moving the evaluation's bar by ``len(batch) * per_image`` when the
+    next batch is asked for: the progress of a loop that is not this project's (e.g. detectron2's
+    ``inference_on_dataset``). ``per_image``: the stitches each image is evaluated for, times the number of
+    processes sharing the test set (the bar counts every process's images; this one sees its shard)."""
+
+    def __init__(self, loader: Iterable[Sized], per_image: int = 1):
+        self.loader = loader
+        self.per_image = per_image
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def __iter__(self) -> Iterator:
+        for batch in self.loader:
+            yield batch
+            advance(len(batch) * self.per_image)

@@ -75,8 +75,14 @@ def test_eval_console_has_a_line_per_stitch_and_log_txt_everything(synthetic, tm
     for text in ("Environment info", "detectron2._C", "ViTDetAttention(", "Contents of args.config_file"):
         assert text in log, text
     assert "Environment info" not in console and "ViTDetAttention(" not in console
-    for notice in ("not built correctly", "pkg_resources is deprecated", "torch.meshgrid: in an upcoming release"):
+    for notice in ("not built correctly", "pkg_resources is deprecated", "torch.meshgrid: in an upcoming release",
+                   "No CUDA runtime is found", "is_fx_tracing will return true", "Command line arguments:"):
         assert notice not in console, notice
+    assert "Command line arguments: Namespace(" in log
+    # APl is NaN for every stitch (no large objects in the 128x128 images): one line says so, and why
+    (nan_line,) = [line for line in console.splitlines() if "null" in line]
+    assert "bbox_APl, segm_APl for all 3 evaluated stitches" in nan_line and "area > 96x96 px" in nan_line
+    assert "evaluating 3 stitches x 6 images" in console  # the bar counts images x stitches
     assert console.count("detectron2 runs without its compiled ops") == 1
     assert re.search(r"model: GeneralizedRCNN with a StitchedViTDetBackbone \(14 stitches\), [\d.]+M parameters",
                      console)

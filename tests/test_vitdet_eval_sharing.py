@@ -15,6 +15,7 @@ from projects.snnet_vitdet import evaluation
 from projects.snnet_vitdet.evaluation import detector_flops_table, stitch_predictions, stitch_report
 from projects.snnet_vitdet.training import StrictDetectionCheckpointer
 from snnet_core import FlopsTable
+from tests.test_core_report import progress_bars  # noqa: F401 (fixture)
 from tests.test_vitdet_train import REPO, TINY, run_main, synthetic, tiny_cfg, tiny_opts  # noqa: F401 (fixture)
 
 SELF_GT = "self_gt_val"
@@ -106,6 +107,20 @@ def test_grouped_report_equals_the_per_stitch_loop(setup, tmp_path):
     assert loop["0"]["bbox_AP"] == pytest.approx(100.0) and loop["0"]["segm_AP"] == pytest.approx(100.0)
     aps = [loop[str(s)]["bbox_AP"] for s in STITCHES]
     assert len(set(aps)) >= 4, aps  # stitches score differently: one evaluated into another's evaluator shows
+
+
+@pytest.mark.parametrize("group_size, per_batch", [(2, [2] * 6 + [1] * 6), (None, [1] * 18)])
+def test_the_report_bar_counts_images_x_stitches_and_moves_per_batch(setup, tmp_path, progress_bars, group_size,
+                                                                       per_batch):  # noqa: F811
+    cfg, model, _, _ = setup
+    backbone = model.backbone.net
+    flops = FlopsTable({i: float(i) for i in backbone.space.ids}, {i: 1.0 for i in backbone.space.ids}, (128, 128))
+    loader = instantiate(cfg.dataloader.test)  # 6 images, one per batch
+    stitch_report(model, backbone.set_stitch, loader, instantiate(cfg.dataloader.evaluator), [0, 13, 1],
+                  backbone.space, flops, str(tmp_path), "run", group_size=group_size)
+    (bar,) = progress_bars
+    assert bar.desc.startswith("evaluating 3 stitches x 6 images")
+    assert (bar.total, bar.updates) == (18, per_batch)  # grouped: stitches 0 and 13 in one pass, then 1
 
 
 def test_interrupted_grouped_report_keeps_finished_groups(setup, tmp_path, monkeypatch):

@@ -6,8 +6,9 @@ console handlers only):
 
 - for the whole run (``setup_run_logging``): detectron2's environment report (with its line on
   ``detectron2._C``, which this installation lacks by design; ``setup_run_logging`` says once, in its own
-  words, why that does not matter), the config file's source (``config.yaml`` holds the resolved config)
-  and every record logged with ``extra=LOG_FILE_ONLY`` (e.g. the model's module tree);
+  words, why that does not matter), its echo of the command line's argparse ``Namespace``, the config file's
+  source (``config.yaml`` holds the resolved config) and every record logged with ``extra=LOG_FILE_ONLY``
+  (e.g. the model's module tree);
 - while a stitch is evaluated (``stitch_evaluation_output``): everything detectron2 and this project log below
   WARNING (inference progress and timing, COCOEvaluator's tables, ``print_csv_format``) and the raw prints of
   pycocotools (COCOeval's summaries), which are captured into the log file. The engine's one line per stitch,
@@ -32,7 +33,8 @@ logger = logging.getLogger(__name__)
 LOG_FILE_ONLY = {"console": False}  # ``logger.info(..., extra=LOG_FILE_ONLY)``: the record goes to log.txt only
 PROJECT_LOGGERS = ("projects.snnet_vitdet", "snnet_core")  # configured beside detectron2's own loggers
 # upstream records that are long and the same on every run: log.txt only
-UPSTREAM_FILE_ONLY = (("detectron2", "Environment info:"), ("detectron2", "Contents of args.config_file="))
+UPSTREAM_FILE_ONLY = (("detectron2", "Environment info:"), ("detectron2", "Contents of args.config_file="),
+                      ("detectron2", "Command line arguments: "))
 # loggers whose records below WARNING are detail while a stitch is evaluated (the engine, snnet_core, is not)
 EVALUATION_DETAIL = ("detectron2", "fvcore", "projects.snnet_vitdet")
 STDOUT_LOGGER = "projects.snnet_vitdet.stdout"  # prints captured during a stitch's evaluation (pycocotools)

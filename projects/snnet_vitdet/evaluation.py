@@ -41,6 +41,7 @@ from snnet_core.atomic_io import write_json_atomic
 from snnet_core.latency import LATENCY_COLUMN, time_stitches
 from snnet_core.latency_options import LatencyOptions
 from snnet_core.prefix_trie import stitch_groups
+from snnet_core.progress import AdvancingLoader, advance
 from snnet_core.report import RESULTS_FILE, evaluate_stitch_groups, plot_metric_vs_gflops
 
 from .backbone import StitchedViTDetBackbone
@@ -53,6 +54,11 @@ COCO_METRICS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
 TASKS = ("bbox", "segm")
 RESULTS_TASK = "detection"  # tags results files: another task's report is refused as a pareto source
 PRIMARY_METRIC = "bbox_AP"
+# why pycocotools' summary comes out NaN (detectron2 also gives NaN for every metric of a model detecting nothing)
+_COCO_NAN = "NaN in COCO when the test set has no annotated object{} or nothing is detected"
+NON_FINITE_REASONS = {f"{task}_{metric}": _COCO_NAN.format(objects) for task in TASKS for metric, objects in
+                      (("AP", ""), ("AP50", ""), ("AP75", ""), ("APs", " of area < 32x32 px"),
+                       ("APm", " of area 32x32 to 96x96 px"), ("APl", " of area > 96x96 px"))}
 
 
 class _FeatureSource(nn.Module):
@@ -218,8 +224,16 @@ def summarize(results: Mapping[str, Mapping[str, float]]) -> Dict[str, float]:
 
 
 def evaluate_model(model: nn.Module, data_loader, evaluator: DatasetEvaluator) -> Dict[str, float]:
-    """COCO bbox/segm summary metrics of ``model`` on ``data_loader`` (all ranks; ``{}`` off the main one)."""
-    return summarize(inference_on_dataset(model, data_loader, evaluator))
+    """COCO bbox/segm summary metrics of ``model`` on ``data_loader`` (all ranks; ``{}`` off the main one); each
+    batch moves the per-stitch evaluation's progress bar (``snnet_core.progress``)."""
+    return summarize(inference_on_dataset(model, AdvancingLoader(data_loader, comm.get_world_size()), evaluator))
+
+
+def num_test_images(data_loader) -> Optional[int]:
+    """The number of images of a detectron2 test loader over all ranks (its dataset's length; ``None`` for a
+    loader without a dataset)."""
+    dataset = getattr(data_loader, "dataset", None)
+    return None if dataset is None else len(dataset)
 
 
 def stitched_detector_backbone(model: GeneralizedRCNN) -> StitchedViTDetBackbone:
@@ -301,6 +315,7 @@ def evaluate_stitch_group(model: GeneralizedRCNN, data_loader, evaluator: Datase
         for index, inputs in enumerate(data_loader):
             for stitch_id, outputs in stitch_predictions(model, inputs, stitch_ids):
                 evaluators[stitch_id].process(inputs, outputs)
+            advance(len(inputs) * len(stitch_ids) * comm.get_world_size())  # the report's bar counts every rank
             log_every_n_seconds(logging.INFO, f"stitches {list(stitch_ids)}: batch {index + 1}/{total}, "
                                 f"{(time.perf_counter() - start) / (index + 1):.2f} s/batch", n=10, name=__name__)
     metrics = {stitch_id: summarize(evaluators[stitch_id].evaluate()) for stitch_id in stitch_ids}
@@ -326,8 +341,9 @@ def stitch_report(
     Runs on every rank: the images are split across ranks and gathered by the evaluators; the main
     process merges each stitch's row into ``stitch_results.json`` as soon as it has it, then writes
     ``stitch_report.{csv,md,png,json}`` and ``stitch_report_segm.png``. Stitches already in ``output_dir``
-    (same ``run_key``) are skipped. The console shows one line per stitch, a progress bar and the Pareto
-    frontier; detectron2's and pycocotools' output of each evaluation goes to the log file only
+    (same ``run_key``) are skipped. The console shows one line per stitch, a progress bar over test images x
+    stitches that moves per batch, one line naming the metrics that came out NaN (``NON_FINITE_REASONS``) and the
+    Pareto frontier; detectron2's and pycocotools' output of each evaluation goes to the log file only
     (``console.stitch_evaluation_output``).
 
     Args:
@@ -373,7 +389,8 @@ def stitch_report(
                 evaluate(stitch_id)
             return {}
         record = evaluate_stitches(evaluate, todo, space, flops, output_dir, PRIMARY_METRIC, True, run_key, title,
-                                   task=RESULTS_TASK, resume=False)  # todo: the same list on every rank
+                                   task=RESULTS_TASK, resume=False,  # todo: the same list on every rank
+                                   images=num_test_images(data_loader), non_finite_reasons=NON_FINITE_REASONS)
     else:
         groups = stitch_groups(stitched_detector_backbone(model).snnet, todo, group_size)
         logger.info("%d stitches in %d groups of up to %d sharing route prefixes", len(todo), len(groups),
@@ -390,7 +407,8 @@ def stitch_report(
                 evaluate_group(group)
             return {}
         record = evaluate_stitch_groups(evaluate_group, groups, space, flops, output_dir, PRIMARY_METRIC, True,
-                                        run_key, title, task=RESULTS_TASK, resume=False)
+                                        run_key, title, task=RESULTS_TASK, resume=False,
+                                        images=num_test_images(data_loader), non_finite_reasons=NON_FINITE_REASONS)
     write_frontier_summary(record, output_dir, title)
     return record
 
