@@ -7,7 +7,6 @@ the anchor is built for and is resampled to each input's grid at run time (``snn
 from __future__ import annotations
 
 import json
-import os
 from typing import Any, Dict, Mapping, Optional, Sequence, Tuple, Union
 
 import timm
@@ -17,6 +16,7 @@ from timm.layers import Mlp
 from timm.models.vision_transformer import VisionTransformer, checkpoint_filter_fn
 
 from .checkpoint import describe_load_error
+from .file_claims import check_checkpoint_claims, check_checkpoint_path, state_bytes
 
 ImageSize = Union[int, Tuple[int, int], Sequence[int]]
 BUILD_ATTR = "snnet_build"  # attribute of an anchor holding how build_anchor made it (see anchor_build)
@@ -97,13 +97,14 @@ def anchor_build(model: VisionTransformer) -> Optional[Dict[str, Any]]:
     return dict(build) if build is not None else None
 
 
-def read_state_dict(path: str) -> Dict[str, torch.Tensor]:
-    """Read a checkpoint file (``.safetensors`` or a torch file) without unpickling arbitrary objects."""
-    if not os.path.isfile(path):
-        raise FileNotFoundError(
-            f"checkpoint {path!r} does not exist. Weights are never downloaded: put the file there "
-            "(timm .safetensors/.pth or the official DeiT3 .pth) or pass its path."
-        )
+def read_state_dict(path: str, expected_bytes: Optional[int] = None) -> Dict[str, torch.Tensor]:
+    """Read a checkpoint file (``.safetensors`` or a torch file) without unpickling arbitrary objects.
+
+    ``expected_bytes``: bytes of the model it is read for; a file claiming far more is refused before it is read
+    (``snnet_core.file_claims.check_checkpoint_claims``, a ``ValueError``)."""
+    check_checkpoint_path(path, "checkpoint", ". Weights are never downloaded: put the file there (timm "
+                          ".safetensors/.pth or the official DeiT3 .pth) or pass its path.")
+    check_checkpoint_claims(path, expected_bytes)
     try:
         if path.endswith(".safetensors"):
             from safetensors.torch import load_file
@@ -120,7 +121,7 @@ def load_anchor_checkpoint(model: VisionTransformer, path: str) -> None:
     The classifier is skipped when its shape differs (or the model has none) and the cls token is
     dropped for models built without one; any other missing or mismatched key is an error naming it.
     """
-    state = read_state_dict(path)
+    state = read_state_dict(path, state_bytes(model))
     if not isinstance(state, Mapping):
         raise RuntimeError(f"checkpoint {path!r} holds a {type(state).__name__}, not a state dict")
     state = checkpoint_filter_fn(dict(state), model, adapt_layer_scale=True)

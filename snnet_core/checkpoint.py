@@ -10,6 +10,7 @@ import torch
 import torch.nn as nn
 
 from .atomic_io import write_atomic
+from .file_claims import check_checkpoint_claims, check_checkpoint_path, state_bytes
 from .route import RoutePlan, Tap
 
 if TYPE_CHECKING:  # annotations only: anchors.py can import this module's readers without an import cycle
@@ -32,6 +33,9 @@ def describe_load_error(path: str, exc: BaseException) -> str:
     this one keeps only the sentence naming what was refused.
     """
     lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    if "torch.cuda.is_available() is False" in str(exc):  # map_location on a CUDA device, none present
+        return (f"{path!r} was to be loaded onto a CUDA device, but this machine has no GPU torch can use "
+                "(torch.cuda.is_available() is False); the file is not at fault. Run with --device cpu")
     if isinstance(exc, pickle.UnpicklingError):
         refused = [line.split(". ")[0] for line in lines if "global" in line.lower()]
         if refused:
@@ -47,11 +51,14 @@ def describe_load_error(path: str, exc: BaseException) -> str:
 
 
 def read_tagged_checkpoint(
-    path: str, fmt: str, what: str, map_location: str | torch.device = "cpu"
+    path: str, fmt: str, what: str, map_location: str | torch.device = "cpu", expected_bytes: Optional[int] = None
 ) -> Dict[str, Any]:
-    """``torch.load(weights_only=True)`` a dict carrying ``{'format': fmt}``, with errors naming ``what``."""
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"{what} {path!r} does not exist")
+    """``torch.load(weights_only=True)`` a dict carrying ``{'format': fmt}``, with errors naming ``what``.
+
+    ``expected_bytes``: bytes of the model it is read for; a file claiming far more is refused before it is read
+    (``snnet_core.file_claims.check_checkpoint_claims``)."""
+    check_checkpoint_path(path, what)
+    check_checkpoint_claims(path, expected_bytes, what)
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:
@@ -82,15 +89,17 @@ def load_snnet_state(state: Dict[str, Any], snnet: StitchedViT, path: str) -> No
 
 
 @overload
-def load_snnet(path: str, snnet: None = None, map_location: str | torch.device = "cpu") -> StitchedViT: ...
+def load_snnet(path: str, snnet: None = None, map_location: str | torch.device = "cpu",
+               expected_bytes: Optional[int] = None) -> StitchedViT: ...
 
 
 @overload
-def load_snnet(path: str, snnet: StitchedViT, map_location: str | torch.device = "cpu") -> Dict[str, Any]: ...
+def load_snnet(path: str, snnet: StitchedViT, map_location: str | torch.device = "cpu",
+               expected_bytes: Optional[int] = None) -> Dict[str, Any]: ...
 
 
-def load_snnet(path: str, snnet: Optional[StitchedViT] = None, map_location: str | torch.device = "cpu"
-               ) -> Union[StitchedViT, Dict[str, Any]]:
+def load_snnet(path: str, snnet: Optional[StitchedViT] = None, map_location: str | torch.device = "cpu",
+               expected_bytes: Optional[int] = None) -> Union[StitchedViT, Dict[str, Any]]:
     """Read a checkpoint written by ``save_snnet``.
 
     - ``load_snnet(path, net)`` loads it into ``net`` (strict: same architecture, every weight) and returns the
@@ -99,10 +108,18 @@ def load_snnet(path: str, snnet: Optional[StitchedViT] = None, map_location: str
       (``StitchedViT.from_config``: anchors by their ``build_anchor`` arguments, no pretrained file read), loads
       the weights and returns it in eval mode, on ``map_location``, ready for ``set_stitch``.
 
-    Raises ``FileNotFoundError`` for a missing file, ``RuntimeError`` for a corrupt one, one written for another
-    architecture (naming the difference) or one whose anchors cannot be rebuilt from it (naming the fix).
+    ``expected_bytes``: bytes of all the weights the file holds for its model (default: ``snnet``'s; pass more when
+    it also holds a task head). A file claiming several times more (``snnet_core.file_claims``; without ``snnet``:
+    more than it holds on disk, as a compressed crafted file does) is refused before it is read.
+
+    Raises ``FileNotFoundError`` for a missing file, ``IsADirectoryError`` for a directory (naming the file in it to
+    give), ``CheckpointClaimError`` (a ``ValueError``) for a file claiming far more data than the model holds,
+    ``RuntimeError`` for a corrupt one, one written for another architecture (naming the difference) or one whose
+    anchors cannot be rebuilt from it (naming the fix).
     """
-    state = read_tagged_checkpoint(path, FORMAT, "SN-Net checkpoint", map_location)
+    if expected_bytes is None and snnet is not None:
+        expected_bytes = state_bytes(snnet)
+    state = read_tagged_checkpoint(path, FORMAT, "SN-Net checkpoint", map_location, expected_bytes)
     if snnet is not None:
         load_snnet_state(state, snnet, path)
         return state

@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import os
 import pickle
-from typing import Any, BinaryIO, FrozenSet, Tuple
+from typing import Any, BinaryIO, FrozenSet, Optional, Tuple
+
+from .file_claims import check_checkpoint_claims
 
 __all__ = ["UnsafePickleError", "load_safe_pickle", "ALLOWED_GLOBALS"]
 
@@ -50,12 +52,16 @@ class _RestrictedUnpickler(pickle.Unpickler):
         raise UnsafePickleError(f"{self.source}: persistent ids are not allowed in a weights pickle ({pid!r})")
 
 
-def load_safe_pickle(path: str) -> Any:
+def load_safe_pickle(path: str, expected_bytes: Optional[int] = None) -> Any:
     """Unpickle ``path`` admitting only numpy arrays/dtypes/scalars and plain containers.
 
+    ``expected_bytes``: bytes of the model it is read for; a larger file (beyond ``snnet_core.file_claims``'
+    margin) is refused before it is read.
+
     Raises ``UnsafePickleError`` for any other global, ``ValueError`` (naming the file) for a truncated or
-    corrupt pickle.
+    corrupt pickle or one too large for the model (``CheckpointClaimError``).
     """
+    check_checkpoint_claims(path, expected_bytes, "weights pickle")
     with open(path, "rb") as f:
         try:
             return _RestrictedUnpickler(f, os.fspath(path)).load()

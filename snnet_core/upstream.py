@@ -18,7 +18,6 @@ import argparse
 import dataclasses
 import functools
 import math
-import os
 import re
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
@@ -26,6 +25,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .file_claims import check_checkpoint_claims, check_checkpoint_path, state_bytes
 from .snnet import StitchedViT
 from .stitch_space import FAST, SLOW, Link, Segment, StitchSpace
 
@@ -356,14 +356,15 @@ def load_upstream_checkpoint(path: str, net: StitchedViT, upstream_layers: bool 
             reproduces upstream's outputs.
 
     Returns the conversion report. Raises ``FileNotFoundError``, ``RuntimeError`` for an unreadable file
-    and ``ValueError`` naming the file and keys for a checkpoint that does not fit ``net``.
+    and ``ValueError`` naming the file and keys for a checkpoint that does not fit ``net`` or claiming far more
+    data than it holds (``snnet_core.file_claims``, checked before the file is read).
 
     The LoRA update is assumed unmerged, as upstream saves it while training (mmcv's CheckpointHook runs
     before evaluation); a file written in eval mode (e.g. mmcv ``save_best``) holds ``W + s B A`` as its
     weight and cannot be told apart.
     """
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"upstream checkpoint {path!r} does not exist")
+    check_checkpoint_path(path, "upstream checkpoint")
+    check_checkpoint_claims(path, state_bytes(net), "upstream checkpoint")
     try:
         with torch.serialization.safe_globals([argparse.Namespace]):
             checkpoint = torch.load(path, map_location="cpu", weights_only=True)

@@ -1,9 +1,16 @@
-"""Anchor weights from local files (timm / official DeiT3 formats) and whole-SN-Net checkpoints."""
+"""Anchor weights from local files (timm / official DeiT3 formats) and whole-SN-Net checkpoints; files claiming far
+more data than their model holds (compressed zips, directories given as files) are refused before they are read."""
+import os
+import re
+import zipfile
+
 import pytest
 import torch
 from safetensors.torch import save_file
 
-from snnet_core import build_anchor, load_snnet, save_snnet
+from snnet_core import build_anchor, load_snnet, read_state_dict, save_snnet
+from snnet_core.checkpoint import describe_load_error
+from snnet_core.file_claims import CheckpointClaimError
 from tests.conftest import TINY_FAST, tiny_snnet
 
 NAME = "deit3_small_patch16_224"
@@ -178,3 +185,78 @@ def test_a_checkpoint_without_anchor_builds_still_loads_into_a_model(tmp_path):
     load_snnet(str(path), tiny_snnet(lora_rank=4, seed=3))
     with pytest.raises(RuntimeError, match="does not say how to build its fast and slow anchor"):
         load_snnet(str(path))
+
+
+def deflate_bomb(source, target, claim=64 << 20):
+    """A copy of the torch zip checkpoint ``source`` whose largest storage entry is ``claim`` zero bytes,
+    deflate-compressed: about ``claim / 1000`` bytes on disk, ``claim`` bytes for ``torch.load`` to allocate."""
+    with zipfile.ZipFile(source) as src, zipfile.ZipFile(target, "w") as dst:
+        storages = [info for info in src.infolist() if re.search(r"/data/\d+$", info.filename)]
+        biggest = max(storages, key=lambda info: info.file_size)
+        for info in src.infolist():
+            if info is not biggest:
+                dst.writestr(info, src.read(info))
+                continue
+            entry = zipfile.ZipInfo(info.filename)
+            entry.compress_type = zipfile.ZIP_DEFLATED
+            with dst.open(entry, "w", force_zip64=True) as f:
+                for _ in range(claim >> 20):
+                    f.write(bytes(1 << 20))
+    return target
+
+
+@pytest.fixture
+def torch_load_forbidden(monkeypatch):
+    """``torch.load`` fails the test: a refused file must be refused before it is read."""
+    def read(*args, **kwargs):
+        raise AssertionError("torch.load was called on a file that should have been refused before reading")
+
+    monkeypatch.setattr(torch, "load", read)
+
+
+def test_a_compressed_checkpoint_claiming_far_more_than_the_model_is_refused_before_reading(tmp_path,
+                                                                                           torch_load_forbidden):
+    saved = tmp_path / "snnet.pth"
+    save_snnet(str(saved), tiny_snnet())
+    bomb = deflate_bomb(saved, tmp_path / "bomb.pth")
+    assert os.path.getsize(bomb) < os.path.getsize(saved) + (1 << 20)  # 64 MiB more claimed, < 1 MiB more on disk
+    with pytest.raises(CheckpointClaimError, match=r"SN-Net checkpoint '.*bomb.pth' claims 6[45] MiB of data .*more "
+                                                   r"than a checkpoint of this model can hold .*refused before"):
+        load_snnet(str(bomb), tiny_snnet())
+    # without a model (built from the file): no more than the file holds on disk
+    with pytest.raises(CheckpointClaimError, match=r"claims 6[45] MiB of data in [\d.]+ MiB on disk \(its zip entries "
+                                                   r"are compressed"):
+        load_snnet(str(bomb))
+    anchor = build_anchor(NAME, **TINY_FAST)
+    torch.save(anchor.state_dict(), tmp_path / "anchor.pth")
+    anchor_bomb = deflate_bomb(tmp_path / "anchor.pth", tmp_path / "anchor_bomb.pth")
+    with pytest.raises(CheckpointClaimError, match="anchor_bomb.pth' claims 6[45] MiB"):
+        build_anchor(NAME, pretrained=str(anchor_bomb), **TINY_FAST)
+    with pytest.raises(CheckpointClaimError, match="anchor_bomb.pth' claims 6[45] MiB"):
+        read_state_dict(str(anchor_bomb))
+
+
+def test_a_directory_given_as_checkpoint_names_the_file_to_give(tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    with pytest.raises(IsADirectoryError, match=r"'.*run' is a directory, not a checkpoint file: it holds no "
+                                                r"\.pth/\.pkl/\.safetensors file"):
+        load_snnet(str(run), tiny_snnet())
+    save_snnet(str(run / "model_0000009.pth"), tiny_snnet())
+    with pytest.raises(IsADirectoryError, match=r"give a file in it, e.g. '.*run/model_0000009.pth'"):
+        read_state_dict(str(run))
+    (run / "last_checkpoint").write_text("model_final.pth")
+    with pytest.raises(IsADirectoryError, match=r"give a file in it, e.g. '.*run/model_final.pth'"):
+        load_snnet(str(run))
+
+
+def test_a_cuda_load_without_a_gpu_says_so_and_not_that_the_file_is_corrupt(tmp_path):
+    path = tmp_path / "snnet.pth"
+    save_snnet(str(path), tiny_snnet())
+    exc = RuntimeError("Attempting to deserialize object on a CUDA device but torch.cuda.is_available() is False. "
+                       "If you are running on a CPU-only machine, please use torch.load with map_location=...")
+    message = describe_load_error(str(path), exc)
+    assert "no GPU" in message and "--device cpu" in message and "corrupt" not in message, message
+    if not torch.cuda.is_available():  # the real error on this machine
+        with pytest.raises(RuntimeError, match="no GPU torch can use.*not at fault"):
+            load_snnet(str(path), map_location="cuda")

@@ -12,7 +12,9 @@ from snnet_core.upstream import (
     stitch_id_from_upstream,
     upstream_stitch_id,
 )
+from snnet_core.file_claims import CheckpointClaimError
 from tests.conftest import TINY_FAST, TINY_SLOW, tiny_snnet
+from tests.test_core_checkpoints import deflate_bomb, torch_load_forbidden  # noqa: F401 (fixture)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -326,6 +328,18 @@ def test_conversion_errors(tmp_path):
         load_upstream_checkpoint(path, target_net())
     with pytest.raises(FileNotFoundError, match="missing.pth"):
         load_upstream_checkpoint(str(tmp_path / "missing.pth"), target_net())
+
+
+def test_a_compressed_upstream_checkpoint_claiming_far_more_than_the_net_is_refused_before_reading(
+        tmp_path, torch_load_forbidden):
+    path = tmp_path / "ckpt.pth"
+    torch.save(mmcv_checkpoint(upstream_state()), path)
+    bomb = deflate_bomb(path, tmp_path / "bomb.pth")
+    with pytest.raises(CheckpointClaimError, match=r"upstream checkpoint '.*bomb.pth' claims 6[45] MiB of data"):
+        load_upstream_checkpoint(str(bomb), target_net())
+    with pytest.raises(IsADirectoryError, match=r"upstream checkpoint '.*' is a directory.*give a file in it, e.g. "
+                                                r"'.*bomb.pth'"):
+        load_upstream_checkpoint(str(tmp_path), target_net())
 
 
 def test_stitch_table_has_upstream_ids(tmp_path):

@@ -10,7 +10,6 @@ meta device (no memory), the route's blocks copied out of them and materialised,
 from __future__ import annotations
 
 import copy
-import os
 from typing import Any, Dict, Optional
 
 import torch
@@ -22,6 +21,7 @@ from snnet_core.checkpoint import (
     describe_load_error, load_snnet_state, materialize, plan_from_recipe, read_tagged_checkpoint, recipe_anchors,
     route_recipe,
 )
+from snnet_core.file_claims import check_checkpoint_claims, check_checkpoint_path
 
 from .model import DPTDepthModel, ModelSpec, build_model
 
@@ -83,8 +83,8 @@ def load_depth_model(path: str, stitch_id: Optional[int] = None, map_location: s
     ``RuntimeError`` naming the file for a missing, corrupt or foreign one, ``KeyError`` for a stitch id the
     model does not hold.
     """
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"depth checkpoint {path!r} does not exist")
+    check_checkpoint_path(path, "depth checkpoint")
+    check_checkpoint_claims(path, None, "depth checkpoint")  # the model is built from it: no more than on disk
     try:
         state = torch.load(path, map_location=map_location, weights_only=True, mmap=True)
     except Exception as exc:

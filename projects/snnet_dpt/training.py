@@ -30,6 +30,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
 
 from snnet_core import FlopsTable, ResourceConstrainedSampler, load_snnet, ls_init_stitching_layers, save_snnet
 from snnet_core.checkpoint import describe_load_error
+from snnet_core.file_claims import check_checkpoint_claims, check_checkpoint_path, state_bytes
 from snnet_core.run_dir import tag_last_checkpoint
 from snnet_core.stitch_space import Stitch
 from snnet_core.train_log import route_loss_name, training_writers
@@ -363,8 +364,8 @@ def read_checkpoint_header(path: str) -> Dict[str, Any]:
     """``{"spec": ModelSpec, "recipe", "epoch", "iteration", "eval_size": (H, W) or None}`` of a training checkpoint,
     read memory-mapped (the weights are not loaded): a missing, truncated or foreign file fails here, before any
     compute. ``eval_size`` is None for a checkpoint written before it was recorded."""
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"checkpoint {path!r} does not exist")
+    check_checkpoint_path(path)
+    check_checkpoint_claims(path, None)  # read before the model is built: no more than it holds on disk
     try:
         state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except Exception as exc:
@@ -379,7 +380,8 @@ def read_checkpoint_header(path: str) -> Dict[str, Any]:
 
 def load_checkpoint(path: str, model: DPTDepthModel, map_location: torch.device | str = "cpu") -> Dict[str, Any]:
     """Load the weights of a training checkpoint into ``model``; returns the whole checkpoint."""
-    state = load_snnet(path, model.backbone, map_location=map_location)  # checks the SN-Net architecture
+    state = load_snnet(path, model.backbone, map_location=map_location,  # checks the SN-Net architecture
+                       expected_bytes=state_bytes(model))
     if "head" not in state:
         raise RuntimeError(f"{path!r} holds an SN-Net without a DPT head")
     model.head.load_state_dict(state["head"])

@@ -17,6 +17,7 @@ from detectron2.utils import comm
 
 from snnet_core import ResourceConstrainedSampler, ls_init_stitching_layers
 from snnet_core.atomic_io import write_atomic, write_json_atomic
+from snnet_core.file_claims import check_checkpoint_claims, check_key_count, state_bytes
 from snnet_core.run_dir import LAST_CHECKPOINT, last_checkpoint, tag_last_checkpoint
 from snnet_core.safe_pickle import load_safe_pickle
 from snnet_core.train_log import route_loss_name
@@ -47,7 +48,9 @@ class StrictDetectionCheckpointer(DetectionCheckpointer):
       anchor pair, a baseline's checkpoint for the stitched model, a 12-block model for a 24-block one).
     - ``.pth`` files are read with ``torch.load(weights_only=True)``, model-zoo ``.pkl`` files with
       ``snnet_core.safe_pickle`` (numpy arrays and plain containers only): a checkpoint can't run code.
-      A truncated or corrupt file is an error naming it.
+      A truncated or corrupt file is an error naming it, and so is one claiming several times the model's bytes or
+      entries (``snnet_core.file_claims``: a compressed crafted zip, a pickle of 300k keys), refused before it
+      is read or its names matched.
     - ``save`` writes ``<name>.pth`` (with ``extras``) and ``last_checkpoint`` to temporary files renamed into
       place, so a killed or failed write (e.g. a full disk) leaves the previous checkpoints intact; a failed
       write is an ``OSError`` naming the file. ``last_checkpoint`` may only name a ``.pth`` file inside
@@ -65,13 +68,19 @@ class StrictDetectionCheckpointer(DetectionCheckpointer):
 
     def _load_file(self, filename: str) -> Dict[str, Any]:
         if filename.endswith(".pkl"):
-            return model_zoo_checkpoint(load_safe_pickle(filename))
-        if filename.endswith(".pyth"):
+            checkpoint = model_zoo_checkpoint(load_safe_pickle(filename, state_bytes(self.model)))
+        elif filename.endswith(".pyth"):
             raise ValueError(f"{filename}: pycls .pyth checkpoints are not supported; convert it to a .pth "
                              "state dict ({'model': {name: tensor}})")
-        return super()._load_file(filename)  # -> _torch_load, plus detectron2's URL query handling
+        else:
+            checkpoint = super()._load_file(filename)  # -> _torch_load, plus detectron2's URL query handling
+        weights = checkpoint.get("model")
+        if isinstance(weights, Mapping):  # before detectron2 matches every name against every other
+            check_key_count(len(weights), len(self.model.state_dict()), filename)
+        return checkpoint
 
     def _torch_load(self, filename: str) -> Dict[str, Any]:
+        check_checkpoint_claims(filename, state_bytes(self.model))
         try:
             return torch.load(filename, map_location="cpu", weights_only=True)
         except pickle.UnpicklingError as exc:
