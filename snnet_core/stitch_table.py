@@ -11,15 +11,16 @@ from __future__ import annotations
 import argparse
 import csv
 import os
-from typing import Any, Dict, List, Optional
+from typing import TYPE_CHECKING, Any, Dict, List, Optional
 
-from .anchors import build_anchor
 from .atomic_io import write_atomic, write_json_atomic
-from .flops import FlopsTable, build_flops_table
+from .cli import add_debug_argument, run_command
 from .sampling import flops_bins
-from .snnet import StitchedViT
 from .stitch_space import ROUTE_TYPES
-from .upstream import upstream_stitch_id
+
+if TYPE_CHECKING:  # imported where used: --help needs neither torch nor timm
+    from .flops import FlopsTable
+    from .snnet import StitchedViT
 
 SORT_KEYS = ("gflops", "id", "upstream_id")
 
@@ -35,6 +36,7 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     parser.add_argument("--sort", choices=SORT_KEYS, default="gflops",
                         help="row order (upstream_id: as upstream SN-Netv2's per-stitch result files)")
     parser.add_argument("--output-dir", default="output/stitch_table")
+    add_debug_argument(parser)
     return parser.parse_args(argv)
 
 
@@ -43,6 +45,8 @@ def stitch_rows(net: StitchedViT, table: FlopsTable, flops_step: float, sort: st
     route, GFLOPs, params (M) and ROS bin index, ordered by ``sort`` (one of ``SORT_KEYS``)."""
     if sort not in SORT_KEYS:
         raise ValueError(f"sort must be one of {SORT_KEYS}, got {sort!r}")
+    from .upstream import upstream_stitch_id
+
     try:
         upstream = {s.id: upstream_stitch_id(net.space, s.id) for s in net.space}
     except ValueError:  # upstream's enumeration does not cover these depths
@@ -60,6 +64,10 @@ def stitch_rows(net: StitchedViT, table: FlopsTable, flops_step: float, sort: st
 
 def main(argv: Optional[List[str]] = None) -> None:
     args = parse_args(argv)
+    from .anchors import build_anchor
+    from .flops import build_flops_table
+    from .snnet import StitchedViT
+
     size = (args.img_size[0], args.img_size[-1])
     fast, slow = (build_anchor(name, img_size=size, num_classes=1000) for name in args.anchors)
     net = StitchedViT(fast, slow, route_types=args.route_types)
@@ -86,4 +94,4 @@ def main(argv: Optional[List[str]] = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_command(main, "python -m snnet_core.stitch_table")
