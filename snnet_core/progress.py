@@ -76,6 +76,14 @@ def advance(evaluations: int) -> None:
         _ACTIVE[-1].advance(evaluations)
 
 
+def loader_images(loader) -> Optional[int]:
+    """The number of images of a PyTorch ``DataLoader`` (its dataset's length, e.g. every rank's images for
+    detectron2's test loader, one rank's shard for a ``Subset``), ``None`` for a loader without a dataset (a list
+    of batches): the ``images`` of the report's bar."""
+    dataset = getattr(loader, "dataset", None)
+    return None if dataset is None else len(dataset)
+
+
 class AdvancingLoader:
     """``loader``'s batches (and its ``len``), moving the evaluation's bar by ``len(batch) * per_image`` when the
     next batch is asked for: the progress of a loop that is not this project's (e.g. detectron2's

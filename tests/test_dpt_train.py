@@ -34,6 +34,7 @@ from projects.snnet_dpt.transforms import NYU_CROP, DepthDataset, TrainAugmentat
 from snnet_core import evaluate_stitches
 from snnet_core.select import SelectionError, choose_stitch, read_report
 from snnet_core.selection import pareto_frontier
+from tests.test_core_report import progress_bars  # noqa: F401 (fixture)
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIGS = os.path.join(REPO, "projects", "snnet_dpt", "configs")
@@ -240,6 +241,17 @@ def test_grouped_evaluation_gives_the_rows_of_the_per_stitch_loop(data_root, tra
     changes = sum(previous is None or feature is not previous[stage] for _, features in trie_passes
                   for previous, current in zip([None] + features, features) for stage, feature in enumerate(current))
     assert sum(reassembles) == changes < 14 * 2 * 2 * 4
+
+
+@pytest.mark.parametrize("opt, stitches_per_batch", [("test.share_prefixes=false", [1] * NUM_STITCHES),
+                                                     ("test.stitch_group_size=5", [5, 5, 4])])
+def test_the_report_bar_counts_images_x_stitches_and_moves_per_batch(data_root, trained, tmp_path, progress_bars,
+                                                                       opt, stitches_per_batch):
+    evaluate_cli(data_root, trained, tmp_path / "eval", opt, "test.batch_size=3")  # 4 test images: batches 3, 1
+    (bar,) = progress_bars
+    assert bar.desc.startswith(f"evaluating {NUM_STITCHES} stitches x 4 images")
+    assert (bar.total, bar.n) == (NUM_STITCHES * 4, NUM_STITCHES * 4)
+    assert bar.updates == [n * b for n in stitches_per_batch for b in (3, 1)]  # per batch of each pass
 
 
 def test_two_process_grouped_evaluation_deals_the_groups_and_gives_the_rows_of_one_process(data_root, trained,

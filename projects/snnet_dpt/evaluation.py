@@ -12,6 +12,7 @@ from snnet_core import FlopsTable, evaluate_stitches
 from snnet_core.latency import LATENCY_COLUMN, time_stitches
 from snnet_core.latency_options import LatencyOptions
 from snnet_core.prefix_trie import stitch_groups
+from snnet_core.progress import advance, loader_images
 from snnet_core.report import RESULTS_FILE, evaluate_stitch_groups, load_results
 
 from .distributed import DistContext, broadcast_object, gather_objects
@@ -32,7 +33,8 @@ def evaluate(model: DPTDepthModel, loader: Iterable, ctx: DistContext, flip: boo
              amp: bool = False) -> Dict[str, float]:
     """Depth metrics of ``model`` (its selected stitch) over ``loader`` (this rank's shard), reduced over ranks.
 
-    ``flip``: average the prediction with that of the mirrored image.
+    ``flip``: average the prediction with that of the mirrored image. Each batch moves the per-stitch evaluation's
+    progress bar (``snnet_core.progress``; rank 0 counts every rank's shard as its own).
     """
     model.eval()
     head = model.head
@@ -44,6 +46,7 @@ def evaluate(model: DPTDepthModel, loader: Iterable, ctx: DistContext, flip: boo
             if flip:
                 pred = flip_average(pred, model(images.flip(-1)).float())
         acc.update(pred, depths.to(ctx.device))
+        advance(len(images) * ctx.world_size)
     acc.all_reduce(ctx.device)
     return acc.compute()
 
@@ -56,7 +59,8 @@ def evaluate_group(model: DPTDepthModel, loader: Iterable, stitch_ids: Sequence[
     Each batch ``(B, 3, H, W)`` runs once through the trie of the stitches' routes (``predict_stitches``), and
     with ``flip`` once more mirrored; each stitch's predictions and metrics are those ``evaluate`` computes for
     it alone (same operations, same order). Between the two passes one prediction ``(B, 1, H, W)`` per stitch
-    is held. Not reduced over ranks: ``loader`` holds every test image.
+    is held. Not reduced over ranks: ``loader`` holds every test image. Each batch moves the per-stitch
+    evaluation's progress bar by ``batch x stitches`` (times the ranks, each evaluating a group as large).
     """
     model.eval()
     head = model.head
@@ -71,6 +75,7 @@ def evaluate_group(model: DPTDepthModel, loader: Iterable, stitch_ids: Sequence[
         depths = depths.to(ctx.device)
         for sid, acc in accumulators.items():
             acc.update(preds[sid], depths)
+        advance(len(images) * len(stitch_ids) * ctx.world_size)
     return {sid: acc.compute() for sid, acc in accumulators.items()}
 
 
@@ -129,15 +134,21 @@ def evaluate_stitch_report(
       group per rank, and rank 0 gathers and writes each round's rows: every stitch is computed by one process
       exactly as one process alone computes it, and an interruption loses at most one round (one group per rank).
 
+    Rank 0's progress bar counts test images x stitches and moves per batch.
+
     With ``latency``, rank 0 times every stitch as deployed (``time_depth_stitches``) once its metrics are in, into
     the ``latency_ms`` column; ``run_key`` should name the latency settings.
 
     Returns the results record on rank 0.
     """
     snnet = model.backbone
+    images = loader_images(loader)  # the progress bar's: all of them for the grouped evaluation, else this shard
+    if group_size is None and images is not None:
+        images = sum(gather_objects(ctx, images))
     report_args = dict(space=snnet.space, flops=flops, output_dir=output_dir, primary_metric=primary_metric,
                        higher_is_better=primary_metric in HIGHER_IS_BETTER, run_key=run_key, task=TASK,
-                       title=f"SN-Netv2 DPT on NYUv2 at {flops.input_size[0]}x{flops.input_size[1]}", resume=False)
+                       title=f"SN-Netv2 DPT on NYUv2 at {flops.input_size[0]}x{flops.input_size[1]}", resume=False,
+                       images=images)
     error, todo = None, []
     if ctx.is_main:
         error = report_conflict(output_dir, run_key)

@@ -41,7 +41,7 @@ from snnet_core.atomic_io import write_json_atomic
 from snnet_core.latency import LATENCY_COLUMN, time_stitches
 from snnet_core.latency_options import LatencyOptions
 from snnet_core.prefix_trie import stitch_groups
-from snnet_core.progress import AdvancingLoader, advance
+from snnet_core.progress import AdvancingLoader, advance, loader_images
 from snnet_core.report import RESULTS_FILE, evaluate_stitch_groups, plot_metric_vs_gflops
 
 from .backbone import StitchedViTDetBackbone
@@ -229,13 +229,6 @@ def evaluate_model(model: nn.Module, data_loader, evaluator: DatasetEvaluator) -
     return summarize(inference_on_dataset(model, AdvancingLoader(data_loader, comm.get_world_size()), evaluator))
 
 
-def num_test_images(data_loader) -> Optional[int]:
-    """The number of images of a detectron2 test loader over all ranks (its dataset's length; ``None`` for a
-    loader without a dataset)."""
-    dataset = getattr(data_loader, "dataset", None)
-    return None if dataset is None else len(dataset)
-
-
 def stitched_detector_backbone(model: GeneralizedRCNN) -> StitchedViTDetBackbone:
     """The stitched ViT inside ``model`` (``TypeError`` for another backbone)."""
     backbone = getattr(model.backbone, "net", None)
@@ -390,7 +383,7 @@ def stitch_report(
             return {}
         record = evaluate_stitches(evaluate, todo, space, flops, output_dir, PRIMARY_METRIC, True, run_key, title,
                                    task=RESULTS_TASK, resume=False,  # todo: the same list on every rank
-                                   images=num_test_images(data_loader), non_finite_reasons=NON_FINITE_REASONS)
+                                   images=loader_images(data_loader), non_finite_reasons=NON_FINITE_REASONS)
     else:
         groups = stitch_groups(stitched_detector_backbone(model).snnet, todo, group_size)
         logger.info("%d stitches in %d groups of up to %d sharing route prefixes", len(todo), len(groups),
@@ -408,7 +401,7 @@ def stitch_report(
             return {}
         record = evaluate_stitch_groups(evaluate_group, groups, space, flops, output_dir, PRIMARY_METRIC, True,
                                         run_key, title, task=RESULTS_TASK, resume=False,
-                                        images=num_test_images(data_loader), non_finite_reasons=NON_FINITE_REASONS)
+                                        images=loader_images(data_loader), non_finite_reasons=NON_FINITE_REASONS)
     write_frontier_summary(record, output_dir, title)
     return record
 
