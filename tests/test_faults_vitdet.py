@@ -18,7 +18,9 @@ import torch
 from detectron2.config import instantiate
 
 from projects.snnet_vitdet.training import StrictDetectionCheckpointer
+from snnet_core.file_claims import CheckpointClaimError
 from snnet_core.safe_pickle import UnsafePickleError, load_safe_pickle
+from tests.test_core_checkpoints import deflate_bomb, torch_load_forbidden  # noqa: F401 (fixture)
 from tests.test_faults_dpt import tensorboard_scalars
 from tests.test_vitdet_train import REPO, TINY, run_main, synthetic, tiny_cfg, tiny_opts  # noqa: F401 (fixture)
 
@@ -149,6 +151,27 @@ def test_kill_during_checkpoint_write_resumes_from_the_previous_checkpoint(
     assert_same_weights(os.path.join(out, "model_final.pth"), os.path.join(uninterrupted, "model_final.pth"))
 
 
+def test_kill_during_the_first_checkpoint_write_then_resume_is_refused_and_overwrite_reproduces_the_run(
+        synthetic, uninterrupted, tmp_path):  # noqa: F811
+    """No checkpoint to resume from: --resume says so (it used to train from 0 and append a second history to
+    metrics.json); --overwrite, which keeps flops_cache/, then gives the uninterrupted run's weights."""
+    out = str(tmp_path)
+    killed = train_net(*train_opts(synthetic, out), fault="save", at=PERIOD - 1)
+    assert killed.returncode == -9, killed.stderr[-3000:]
+    assert not os.path.exists(os.path.join(out, "last_checkpoint"))
+    metrics = os.path.join(out, "metrics.json")
+    logged = digest(metrics)
+    with pytest.raises(FileNotFoundError, match=r"--resume: .*last_checkpoint does not exist.*start afresh without "
+                                                r"--resume \(with --overwrite"):
+        run_main("--resume", *train_opts(synthetic, out))
+    assert digest(metrics) == logged
+    run_main("--overwrite", *train_opts(synthetic, out))
+    with open(metrics) as f:
+        iterations = [json.loads(line)["iteration"] for line in f]
+    assert iterations == list(range(MAX_ITER)), iterations  # one history
+    assert_same_weights(os.path.join(out, "model_final.pth"), os.path.join(uninterrupted, "model_final.pth"))
+
+
 @pytest.mark.parametrize("mode, done", [("snnet.eval_share_prefixes=False", ["0"]),  # per-stitch loop
                                         ("snnet.eval_group_size=2", ["0", "1"])])  # groups [0, 1], [13, 5]
 def test_kill_during_stitch_evaluation_then_resume_loses_no_stitch(
@@ -255,3 +278,26 @@ def test_model_zoo_pickle_of_numpy_arrays_loads(synthetic, tmp_path, protocol): 
         f.write(pickle.dumps(zoo, protocol=protocol)[:1000])
     with pytest.raises(ValueError, match="truncated.pkl: not a readable weights pickle"):
         load_safe_pickle(str(tmp_path / "truncated.pkl"))
+
+
+# --- files claiming far more than the model ----------------------------------------------------------
+def test_checkpoints_claiming_far_more_than_the_detector_are_refused_before_reading(synthetic, tmp_path,  # noqa: F811
+                                                                                   torch_load_forbidden):
+    model = instantiate(tiny_cfg(synthetic, tmp_path).model)
+    torch.save({"model": model.state_dict()}, tmp_path / "model.pth")
+    bomb = deflate_bomb(tmp_path / "model.pth", tmp_path / "bomb.pth", claim=256 << 20)
+    with pytest.raises(CheckpointClaimError, match=r"checkpoint '.*bomb.pth' claims 2\d\d MiB of data"):
+        StrictDetectionCheckpointer(model).load(str(bomb))
+    # a small pickle of many names: detectron2 would match each against every model key (minutes, then MemoryError)
+    keys = len(model.state_dict())
+    with open(tmp_path / "names.pkl", "wb") as f:
+        pickle.dump({"model": {f"w{i}": np.zeros(1, np.float32) for i in range(5 * keys + 1024)},
+                     "__author__": "crafted"}, f)
+    with pytest.raises(CheckpointClaimError, match=rf"names.pkl' holds {5 * keys + 1024} weight entries for a model "
+                                                   rf"of {keys} \(limit {4 * keys + 1024}\): refused before matching"):
+        StrictDetectionCheckpointer(model).load(str(tmp_path / "names.pkl"))
+    large = tmp_path / "large.pkl"  # sparse: 1 GiB long, nothing written
+    with open(large, "wb") as f:
+        f.truncate(1 << 30)
+    with pytest.raises(CheckpointClaimError, match=r"weights pickle '.*large.pkl' claims 1024 MiB"):
+        StrictDetectionCheckpointer(model).load(str(large))

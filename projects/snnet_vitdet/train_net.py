@@ -46,7 +46,7 @@ from typing import Callable, ContextManager, Dict, List, Optional, Tuple
 import detectron2.data.transforms as T
 import torch
 from detectron2.config import LazyCall as L
-from detectron2.config import LazyConfig, instantiate
+from detectron2.config import instantiate
 from detectron2.data import build_detection_test_loader, get_detection_dataset_dicts
 from detectron2.engine import (
     AMPTrainer,
@@ -54,12 +54,11 @@ from detectron2.engine import (
     default_argument_parser,
     default_setup,
     hooks,
-    launch,
 )
 from detectron2.engine.defaults import create_ddp_model
 from detectron2.utils import comm
 from detectron2.utils.registry import locate
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, OmegaConf
 
 from projects.snnet_vitdet.comm_utils import destroy_process_groups, run_on_main
 from projects.snnet_vitdet.console import LOG_FILE_ONLY, explain_missing_compiled_ops, setup_run_logging
@@ -82,13 +81,19 @@ from projects.snnet_vitdet.training import (
 )
 from snnet_core import FlopsTable, ResourceConstrainedSampler, load_results, select_stitches
 from snnet_core.atomic_io import file_sha256
+from snnet_core.config_io import (
+    Check, apply_overrides, check_config_kind, check_values, input_size_problem, integer, load_config_file,
+    local_checkpoint, number, one_of, pair,
+)
+from snnet_core.cli import launch_command, run_command, use_launch_defaults
+from snnet_core.file_claims import check_checkpoint_path
 from snnet_core.latency import write_latency_info
 from snnet_core.latency_options import add_latency_arguments, latency_options
 from snnet_core.run_dir import (
     check_export_targets, check_output_dir, clear_run, command_line_sets, eval_size_for_checkpoint, last_checkpoint,
     lock_run_dir, remove_killed_writes,
 )
-from snnet_core.select import resolve_export_selection
+from snnet_core.select import plot_exported_stitch, resolve_export_selection
 from snnet_core.train_log import training_writers
 
 logger = logging.getLogger("projects.snnet_vitdet.train_net")
@@ -161,15 +166,6 @@ def build_train_loader(cfg, seed: int, start_iter: int):
 def training_seed(cfg) -> int:
     """``train.seed``, or (``train.seed < 0``) a random seed shared by all ranks."""
     return cfg.train.seed if cfg.train.get("seed", -1) >= 0 else comm.shared_random_seed()
-
-
-def check_flags_before_overrides(opts: List[str]) -> None:
-    """detectron2's parser takes everything after the first ``key=value`` as overrides: a flag there would
-    reach the config parser (a lexer error) instead of argparse."""
-    flags = [o for o in opts if o.startswith("-")]
-    if flags:
-        raise ValueError(f"{flags} come after the key=value overrides: put flags before overrides, e.g. "
-                         "train_net.py --config-file FILE --eval-only --stitch all train.init_checkpoint=PATH")
 
 
 def do_test(cfg, model: torch.nn.Module, stitch_ids: Optional[List[int]] = None) -> Dict:
@@ -269,6 +265,7 @@ def do_export(args, cfg, model: torch.nn.Module) -> List[Dict[str, str]]:
         for sid in ids:
             paths = export_detector(cfg, model, sid, cfg.train.output_dir, source=cfg.train.init_checkpoint)
             logger.info("exported stitch %d (%s): %s", sid, backbone.space[sid].route, paths)
+            plot_exported_stitch(report_dir_of(args, cfg), sid, os.path.dirname(paths["weights"]), RESULTS_TASK)
             written.append(paths)
     return written
 
@@ -299,6 +296,17 @@ def do_stitch_report(args, cfg, model: torch.nn.Module, iteration: Optional[int]
     return record
 
 
+def resume_checkpoint(output_dir: str) -> str:
+    """The checkpoint ``--resume`` continues from (the one ``last_checkpoint`` names); a directory without one (e.g.
+    a run killed while writing its first checkpoint) is refused before any compute, rather than trained from
+    iteration 0 with a second history appended to its metrics.json."""
+    try:
+        return last_checkpoint(output_dir)
+    except FileNotFoundError as exc:
+        raise FileNotFoundError(f"--resume: {exc}. To go on: start afresh without --resume (with --overwrite if the "
+                                "directory holds a run)") from exc
+
+
 def eval_checkpoint(cfg) -> str:
     """The weights ``--eval-only`` evaluates: ``train.init_checkpoint``, else the checkpoint ``last_checkpoint`` of
     ``train.output_dir`` names (then also set as ``train.init_checkpoint``)."""
@@ -317,8 +325,8 @@ def eval_checkpoint(cfg) -> str:
 def load_weights(model: torch.nn.Module, path: str) -> Dict:
     """Load a trained detector strictly; returns the checkpoint's other entries (``iteration``,
     ``EVAL_SIZE``, ... where recorded)."""
-    if "://" not in path and not os.path.isfile(path):
-        raise FileNotFoundError(f"checkpoint {path!r} (train.init_checkpoint) does not exist")
+    if "://" not in path:
+        check_checkpoint_path(path, "checkpoint", " (train.init_checkpoint)")
     return StrictDetectionCheckpointer(model).load(path)
 
 
@@ -341,10 +349,77 @@ def set_eval_input_size(cfg, model: torch.nn.Module, size: Tuple[int, int]) -> N
         backbone._square_pad = cfg.model.backbone.square_pad = int(max(size))
 
 
+def _anchor_patch_size(anchor_cfg) -> Optional[int]:
+    """The patch size of an anchor's ``build_anchor`` LazyCall (built on the meta device: no memory, no
+    weights); ``None`` if it does not build (instantiating the model then names the problem)."""
+    try:
+        with torch.device("meta"):
+            return int(instantiate(OmegaConf.merge(anchor_cfg, {"pretrained": None})).patch_embed.patch_size[0])
+    except Exception:
+        return None
+
+
+def _checkpoint_problems(cfg) -> List[str]:
+    """Remote checkpoints (``train.init_checkpoint``, the anchors' ``pretrained``) that are not in detectron2's
+    download cache; a cached one is replaced by its local file."""
+    net = cfg.model.backbone.get("net", {})
+    keys = ["train.init_checkpoint"] + [f"model.backbone.net.{a}.pretrained" for a in ("vit", "fast", "slow")
+                                        if isinstance(net.get(a), DictConfig) and net[a].get("pretrained")]
+    problems = []
+    for key in keys:
+        value = OmegaConf.select(cfg, key)
+        if value:
+            try:
+                OmegaConf.update(cfg, key, local_checkpoint(value, key))
+            except FileNotFoundError as exc:
+                problems.append(str(exc))
+    return problems
+
+
+def check_config(cfg, training: bool, source: str) -> None:
+    """Every value the run reads, against its valid range, before any work (one ``ConfigError`` lists all
+    problems): counts, sizes (``snnet.flops_input_size`` a multiple of the patch size), rates, steps, thresholds,
+    and remote checkpoints. Keys a config does not hold (a baseline has no ``snnet``, an exported stitch's config
+    no ``optimizer``) are skipped."""
+    checks = {"model.roi_heads.num_classes": integer(1), "dataloader.test.num_workers": integer(0),
+              "snnet.eval_group_size": integer(1, note="stitches per data pass"),
+              "snnet.eval_share_prefixes": one_of(True, False)}
+    if training:
+        updates = cfg.get("lr_multiplier", {}).get("scheduler", {}).get("num_updates")
+        checks.update({
+            "train.max_iter": integer(1), "train.log_period": integer(1), "train.eval_period": integer(0, note="0: off"),
+            "train.checkpointer.period": integer(1), "train.checkpointer.max_to_keep": integer(1),
+            "train.seed": integer(note="< 0: a random seed"), "optimizer.lr": number(0, low_open=True),
+            "optimizer.weight_decay": number(0), "optimizer.betas": pair(number(0, 1, high_open=True)),
+            "dataloader.train.total_batch_size": integer(1), "dataloader.train.num_workers": integer(0),
+            "lr_multiplier.warmup_length": number(0, 1, note="fraction of the schedule"),
+            "lr_multiplier.warmup_factor": number(0, 1, low_open=True),
+            "lr_multiplier.scheduler.num_updates": integer(1),
+            "lr_multiplier.scheduler.milestones": Check(
+                lambda v: all(integer(1).valid(m) for m in v) and list(v) == sorted(set(v)) and
+                (updates is None or not v or v[-1] < updates),
+                "increasing iterations >= 1, each < lr_multiplier.scheduler.num_updates"),
+            "snnet.ros_step_gflops": number(0, low_open=True, note="GFLOPs"), "snnet.sampler_seed": integer(0),
+            "snnet.ls_init_images": integer(0, note="0: no LS init"),
+        })
+    net = cfg.model.backbone.get("net", {})
+    anchors = [net[a] for a in ("vit", "slow") if isinstance(net.get(a), DictConfig)]
+    patch = _anchor_patch_size(anchors[0]) if anchors else None
+    size = OmegaConf.select(cfg, "snnet.flops_input_size")
+    more = [input_size_problem("snnet.flops_input_size", size, patch)] if patch and size is not None else []
+    check_values(cfg, checks, source, optional=checks, more=more + _checkpoint_problems(cfg))
+
+
 def load_config(args):
-    """The config file with the command line's ``key=value`` overrides."""
-    check_flags_before_overrides(args.opts)
-    return LazyConfig.apply_overrides(LazyConfig.load(args.config_file), args.opts)
+    """The config file (``snnet_core.config_io.load_config_file``: a YAML file is read as data) with the command
+    line's ``key=value`` overrides (a key the config does not hold is refused, the closest keys named), checked
+    (``check_config``); a depth config is named as such."""
+    cfg = load_config_file(args.config_file)
+    sections = ("model", "dataloader", "train") + (() if args.eval_only else ("optimizer", "lr_multiplier"))
+    check_config_kind(cfg, args.config_file, "detection", sections)
+    cfg = apply_overrides(cfg, args.opts, args.config_file)
+    check_config(cfg, not args.eval_only, args.config_file)
+    return cfg
 
 
 def setup(cfg, args) -> None:
@@ -372,6 +447,8 @@ def run(args, hold: Callable[[ContextManager], object]) -> Optional[Dict]:
     cfg = load_config(args)
     hold(lock_run_dir(cfg.train.output_dir, args.eval_only, comm.is_main_process()))
     replaced = [] if args.eval_only else check_output_dir(cfg.train.output_dir, args.resume, args.overwrite)
+    if args.resume and not args.eval_only:
+        resume_checkpoint(cfg.train.output_dir)
     register_coco_json_datasets(cfg.get("datasets", {}).get("coco_json", {}))
     check_dataset_files(dataset_names(cfg.dataloader.test) + ([] if args.eval_only else
                                                                dataset_names(cfg.dataloader.train)))
@@ -418,6 +495,7 @@ def launched_main(args) -> Optional[Dict]:
 
 def build_argument_parser():
     parser = default_argument_parser(epilog=__doc__)
+    use_launch_defaults(parser)
     parser.add_argument("--overwrite", action="store_true",
                         help="train afresh into a train.output_dir that holds a run: deletes its checkpoints, logs, "
                              "reports and exported stitches (keeps flops_cache/)")
@@ -436,12 +514,14 @@ def build_argument_parser():
 
 
 def cli(argv: Optional[List[str]] = None) -> None:
+    """The command line: ``--num-gpus N`` processes per machine through detectron2's ``launch``, started once the
+    config loads and the machine has the processes' devices (``snnet_core.cli.launch_command``)."""
     args = build_argument_parser().parse_args(argv)
     if args.eval_only and args.stitch is None and args.export_stitch is None:
         args.stitch = "all"
-    launch(launched_main, args.num_gpus, num_machines=args.num_machines, machine_rank=args.machine_rank,
-           dist_url=args.dist_url, args=(args,))
+    device = load_config(args).train.get("device", "cuda")
+    launch_command(launched_main, args, device, "train.device")
 
 
 if __name__ == "__main__":
-    cli()
+    run_command(cli)
