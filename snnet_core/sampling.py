@@ -5,6 +5,7 @@ iteration without communicating, and a resumed run repeats the sequence exactly.
 """
 from __future__ import annotations
 
+import math
 from typing import Dict, List, Mapping, Sequence
 
 import numpy as np
@@ -23,9 +24,16 @@ def flops_bins(gflops: Mapping[int, float], step: float) -> List[List[int]]:
 
     Returns:
         the bins, cheapest first, each a list of stitch ids in increasing FLOPs (ties by id).
+
+    Raises ``ValueError`` naming the stitches whose GFLOPs are not finite non-negative numbers.
     """
     if not step > 0:
         raise ValueError(f"FLOPs step must be positive, got {step}")
+    bad = sorted(sid for sid, g in gflops.items() if not (isinstance(g, (int, float)) and math.isfinite(g) and g >= 0))
+    if bad:
+        raise ValueError(f"the FLOPs table gives stitches {bad[:10]}{' ...' if len(bad) > 10 else ''} no finite, "
+                         "non-negative GFLOPs (e.g. NaN): they would form a bin of their own. Recount the table (delete "
+                         "the FLOPs cache file that holds it) or drop these stitches")
     bins: List[List[int]] = []
     first = 0.0
     for sid, g in sorted(gflops.items(), key=lambda kv: (kv[1], kv[0])):

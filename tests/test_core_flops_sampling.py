@@ -250,3 +250,12 @@ def test_counting_leaves_the_random_state_as_it_was(tmp_path):
         states.append(torch.get_rng_state())
     torch.manual_seed(0)
     assert torch.equal(states[0], states[1]) and torch.equal(states[0], torch.get_rng_state())
+
+
+def test_non_finite_flops_are_refused_naming_the_stitches():
+    """NaN compares false with everything: it used to open a bin of its own, drawn as often as a real one."""
+    gflops = {0: 1.0, 1: float("nan"), 2: 2.5, 3: float("inf"), 4: -1.0}
+    with pytest.raises(ValueError, match=r"stitches \[1, 3, 4\] no finite, non-negative GFLOPs"):
+        flops_bins(gflops, 1.0)
+    with pytest.raises(ValueError, match=r"stitches \[1, 3, 4\]"):
+        ResourceConstrainedSampler(gflops, 1.0)
