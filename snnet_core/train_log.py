@@ -7,7 +7,8 @@ that ``metrics.json`` and TensorBoard hold one curve per route type and per anch
 
 ``training_writers`` gives detectron2's writers (console, ``metrics.json``, TensorBoard) for a run starting at an
 iteration: a resumed run cuts ``metrics.json`` back to its checkpoint (``trim_metrics_log``) and has TensorBoard
-purge the events the interrupted run logged after it, so both logs describe one history.
+purge the events the interrupted run logged after it, so both logs describe one history. Its console printer
+(``RouteLossPrinter``) shows a route's loss only when the route was drawn in the window the line describes.
 """
 from __future__ import annotations
 
@@ -17,6 +18,9 @@ import logging
 import os
 import time
 from typing import List
+
+from detectron2.utils.events import CommonMetricPrinter, JSONWriter, TensorboardXWriter, get_event_storage
+from fvcore.common.history_buffer import HistoryBuffer
 
 from .stitch_space import FAST, Stitch
 
@@ -66,9 +70,41 @@ def trim_metrics_log(path: str, start_iter: int) -> int:
     return dropped
 
 
+class RouteLossPrinter(CommonMetricPrinter):
+    """detectron2's console line of training metrics, where ``route_loss/<route>`` appears only for the routes drawn
+    in the last ``window_size`` iterations (the window each loss on the line is the median over), as the median of
+    those draws.
+
+    detectron2's printer takes each loss's median over the last ``window_size`` iterations *that loss was logged
+    at*: a route last drawn long ago kept its old value, line after line (a flat line that is no flat loss), and a
+    route drawn now and long ago mixed both. ``metrics.json`` and TensorBoard are written from the storage as it is.
+    """
+
+    def write(self) -> None:
+        storage = get_event_storage()
+        first = storage.iter - self._window_size  # the window: iterations first+1 .. storage.iter
+        shown = {}
+        for name, history in storage.histories().items():
+            if name.startswith(ROUTE_LOSS_PREFIX):
+                drawn = [(value, it) for value, it in history.values() if it > first]
+                if not drawn:
+                    continue
+                history = HistoryBuffer()
+                for value, it in drawn:
+                    history.update(value, it)
+            shown[name] = history
+        # the parent reads the losses from storage.histories() (its median covers all of a window-only buffer:
+        # storage.count_samples counts at least the draws in the window)
+        storage.histories = lambda: shown
+        try:
+            super().write()
+        finally:
+            del storage.histories
+
+
 def training_writers(output_dir: str, max_iter: int, start_iter: int = 0) -> List:
-    """detectron2's ``default_writers`` (``CommonMetricPrinter``, ``JSONWriter`` on ``metrics.json``,
-    ``TensorboardXWriter``) for a training run that starts at iteration ``start_iter``; call it on the main process.
+    """detectron2's ``default_writers`` (the console's ``CommonMetricPrinter``, here ``RouteLossPrinter``,
+    ``JSONWriter`` on ``metrics.json``, ``TensorboardXWriter``) for a training run that starts at iteration ``start_iter``; call it on the main process.
 
     With ``start_iter > 0`` (a resumed run) ``metrics.json`` is first cut back (``trim_metrics_log``) and the
     TensorBoard writer is opened with ``purge_step=start_iter``: TensorBoard then hides the events of earlier event
@@ -76,8 +112,6 @@ def training_writers(output_dir: str, max_iter: int, start_iter: int = 0) -> Lis
     beside the resumed run's. The purge applies only to files read before the resumed run's, so the new event file
     is made to sort after the earlier ones (``wait_for_a_later_event_file_name``).
     """
-    from detectron2.utils.events import CommonMetricPrinter, JSONWriter, TensorboardXWriter  # the projects' framework
-
     metrics = os.path.join(output_dir, "metrics.json")
     tensorboard = TensorboardXWriter(output_dir, purge_step=start_iter if start_iter > 0 else None)
     if start_iter > 0:
@@ -85,7 +119,7 @@ def training_writers(output_dir: str, max_iter: int, start_iter: int = 0) -> Lis
     if 0 < start_iter < max_iter:  # a resumed run that logs more (one already finished opens no event file)
         wait_for_a_later_event_file_name(output_dir)
         tensorboard._writer  # opens the event file now, not at the first write (detectron2 opens it lazily)
-    return [CommonMetricPrinter(max_iter), JSONWriter(metrics), tensorboard]
+    return [RouteLossPrinter(max_iter), JSONWriter(metrics), tensorboard]
 
 
 def wait_for_a_later_event_file_name(output_dir: str) -> None:

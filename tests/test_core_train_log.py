@@ -47,3 +47,40 @@ def test_a_resumed_run_event_file_sorts_after_one_opened_in_the_same_second_by_a
     writers[-1].close()
     names = sorted(path.name for path in tmp_path.glob("events.out.tfevents.*"))
     assert len(names) == 2 and names[0] == interrupted
+
+
+def test_the_console_line_shows_the_loss_of_the_routes_drawn_in_its_window_only(tmp_path):
+    import logging
+
+    from detectron2.utils.events import EventStorage, JSONWriter
+
+    from snnet_core.train_log import RouteLossPrinter
+
+    lines = []
+    handler = logging.Handler()
+    handler.emit = lambda record: lines.append(record.getMessage())
+    printer_logger = logging.getLogger("detectron2.utils.events")
+    printer_logger.addHandler(handler)
+    level = printer_logger.level
+    printer_logger.setLevel(logging.INFO)
+    draws = {2: ("FSF", 7.0), 12: ("FS", 100.0), 25: ("FS", 2.0)}  # SF at every other iteration, its loss 1.0
+    try:
+        json_writer = JSONWriter(str(tmp_path / "metrics.json"))
+        with EventStorage(0) as storage:
+            for it in range(40):
+                storage.iter = it
+                route, loss = draws.get(it, ("SF", 1.0))
+                storage.put_scalars(**{"total_loss": loss, f"route_loss/{route}": loss}, smoothing_hint=False)
+                json_writer.write()
+            RouteLossPrinter(max_iter=100, window_size=20).write()  # the window: iterations 20..39
+        json_writer.close()
+    finally:
+        printer_logger.removeHandler(handler)
+        printer_logger.setLevel(level)
+    (line,) = lines
+    assert "route_loss/FSF" not in line  # drawn at iteration 2 only: detectron2's printer showed 7 line after line
+    assert "route_loss/FS: 2 " in line  # its draw at 25, not the median with 100 at 12 (detectron2's: 51)
+    assert "route_loss/SF: 1 " in line and "total_loss: 1 " in line
+    logged = [json.loads(row) for row in (tmp_path / "metrics.json").read_text().splitlines()]
+    assert [row["iteration"] for row in logged if "route_loss/FSF" in row] == [2]  # metrics.json: every draw
+    assert [row["route_loss/FS"] for row in logged if "route_loss/FS" in row] == [100.0, 2.0]
