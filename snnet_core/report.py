@@ -39,6 +39,7 @@ RESULTS_FILE = "stitch_results.json"
 FIXED_COLUMNS = ("id", "type", "route", "gflops", "params_m")
 LATENCY_PLOT = "stitch_report_latency.png"  # written when the rows have latency_ms (snnet_core.latency)
 _RECORD_FIELDS = ("run_key", "primary_metric", "higher_is_better", "stitches")
+COST_COLUMNS = ("gflops", "params_m", "latency_ms")  # latency_ms: snnet_core.latency.LATENCY_COLUMN
 
 
 def _is_number(value) -> bool:
@@ -89,6 +90,21 @@ def check_results(record, source: str) -> None:
         if not all(_is_number(row[c]) for c in ("gflops", "params_m")):
             raise ValueError(f"{source}: stitch {key} has gflops={row['gflops']!r}, params_m={row['params_m']!r}, "
                              f"not numbers; {fix}")
+        for cost in COST_COLUMNS:  # a cost drives the choice of a stitch: never negative, NaN or inf
+            value = row.get(cost)
+            if value is not None and not (_is_number(value) and math.isfinite(value) and value >= 0):
+                raise ValueError(f"{source}: stitch {key} has {cost}={value!r}, not a finite cost >= 0 (the file was "
+                                 f"edited or is damaged); {fix}")
+
+
+def check_task(record: Mapping, source: str, task: Optional[str], fix: str) -> None:
+    """``ValueError`` naming ``source`` unless the results ``record`` is tagged with ``task`` (a file without the
+    tag, e.g. edited, is refused as well: its metrics could be another task's); ``task=None`` checks nothing."""
+    if task is None or record.get("task") == task:
+        return
+    what = ("has no task tag (the file was edited, or written before reports were tagged): it may be another task's "
+            "report" if record.get("task") is None else f"is a {record['task']} report")
+    raise ValueError(f"{source} {what} (metrics {', '.join(metric_names(record))}), not a {task} one: {fix}")
 
 
 def read_results(path: str) -> Dict[str, dict]:
@@ -131,11 +147,8 @@ def select_stitches(
             f"not found at {pareto_source!r}. Run with --stitch all first (e.g. on a validation subset)."
         )
     record = read_results(pareto_source)
-    if task is not None and record.get("task") not in (None, task):
-        raise ValueError(
-            f"{pareto_source} holds the per-stitch results of a {record['task']!r} evaluation (metrics "
-            f"{metric_names(record)}), not of {task!r}: give --stitch pareto the {RESULTS_FILE} of a {task} evaluation"
-        )
+    check_task(record, pareto_source, task, f"give --stitch pareto (--pareto-from) the {RESULTS_FILE} of a {task} "
+               "evaluation")
     if metric is None or metric == record["primary_metric"]:
         metric = record["primary_metric"]
         higher_is_better = record["higher_is_better"] if higher_is_better is None else higher_is_better

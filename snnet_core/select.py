@@ -38,7 +38,7 @@ from dataclasses import dataclass
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from .latency import LATENCY_COLUMN, LATENCY_KEY
-from .report import RESULTS_FILE, metric_names, read_results, select_stitches
+from .report import RESULTS_FILE, check_task, metric_names, read_results, select_stitches
 from .selection import best_under_budget, has_finite_value, pareto_frontier
 from .stitch_space import StitchSpace
 
@@ -195,9 +195,10 @@ def best_stitch_in_report(report: str, max_gflops: float, task: Optional[str] = 
     ``report`` (a directory or its results file), as ``python -m snnet_core.select REPORT --max-gflops G`` chooses
     it. A report of another ``task`` is a ``SelectionError``."""
     source, record = read_report(report)
-    if task is not None and record.get("task") not in (None, task):
-        raise SelectionError(f"{source} is a {record['task']} report, not a {task} one: give the report of "
-                             "this model's per-stitch evaluation")
+    try:
+        check_task(record, source, task, "give the report of this model's per-stitch evaluation")
+    except ValueError as exc:
+        raise SelectionError(str(exc)) from None
     return int(choose_stitch(record, source, max_gflops=max_gflops).chosen["id"])
 
 

@@ -305,16 +305,19 @@ def test_another_tasks_results_are_refused_as_pareto_source(tmp_path):
     evaluate_stitches(lambda s: {"bbox_AP": 30.0 + s, "segm_AP": 25.0}, SPACE.ids, SPACE, table(), str(detection),
                       "bbox_AP", task="detection", progress=False)
     detection_results = str(detection / "stitch_results.json")
-    with pytest.raises(ValueError, match=r"detection/stitch_results.json holds the per-stitch results of a "
-                                         r"'detection' evaluation .*not of 'depth'"):
+    with pytest.raises(ValueError, match=r"detection/stitch_results.json is a detection report \(metrics bbox_AP, "
+                                         r"segm_AP\), not a depth one: give --stitch pareto"):
         select_stitches("pareto", SPACE, detection_results, task="depth")
     assert select_stitches("pareto", SPACE, str(depth / "stitch_results.json"), task="depth")
-    # a file of a version without the task field: the metric the caller ranks by tells them apart
+    # a file without the task tag (edited): refused where a task is asked for, else the metric tells them apart
     record = json.loads((detection / "stitch_results.json").read_text())
     del record["task"]
     (detection / "stitch_results.json").write_text(json.dumps(record))
+    with pytest.raises(ValueError, match=r"stitch_results.json has no task tag \(the file was edited, or written "
+                                         r"before reports were tagged\): it may be another task's report"):
+        select_stitches("pareto", SPACE, detection_results, task="depth")
     with pytest.raises(ValueError, match=r"stitch 0 has no 'a1' \(its metrics: \['bbox_AP', 'segm_AP'\]\)"):
-        select_stitches("pareto", SPACE, detection_results, task="depth", metric="a1", higher_is_better=True)
+        select_stitches("pareto", SPACE, detection_results, metric="a1", higher_is_better=True)
     # detection's stitch_report.json (rows as a list) is not a results file
     (tmp_path / "stitch_report.json").write_text(json.dumps({"title": "t", "run_key": "", "stitches": [{"id": 0}]}))
     with pytest.raises(ValueError, match="not a per-stitch results file .*looks like a stitch_report.json"):
@@ -327,6 +330,20 @@ def test_another_tasks_results_are_refused_as_pareto_source(tmp_path):
     # an evaluation of another task into the same directory
     with pytest.raises(RuntimeError, match="another run"):
         evaluate_stitches(fake_metric, [0], SPACE, table(), str(depth), "acc", task="detection", progress=False)
+
+
+@pytest.mark.parametrize("column, value", [("gflops", -1.0), ("gflops", float("inf")), ("params_m", -3.0),
+                                           ("latency_ms", -0.5), ("latency_ms", float("nan"))])
+def test_a_negative_or_non_finite_cost_is_refused(tmp_path, column, value):
+    evaluate_stitches(lambda s: {"acc": 1.0 + s, "latency_ms": 2.0}, SPACE.ids, SPACE, table(), str(tmp_path), "acc",
+                      task="depth", progress=False)
+    path = tmp_path / "stitch_results.json"
+    record = json.loads(path.read_text())
+    record["stitches"]["3"][column] = value  # an edited report: this stitch would be chosen as the cheapest
+    path.write_text(json.dumps(record))
+    with pytest.raises(ValueError, match=rf"stitch_results.json: stitch 3 has {column}={value!r}, not a finite cost "
+                                         r">= 0 \(the file was edited or is damaged\)"):
+        select_stitches("pareto", SPACE, str(path), task="depth")
 
 
 def test_repeated_ids_are_evaluated_once_and_bad_ids_fail_before_any_evaluation(tmp_path):
