@@ -5,6 +5,7 @@ import glob
 import itertools
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -151,6 +152,20 @@ def test_a_warm_flops_cache_trains_the_same_weights_as_a_cold_one(synthetic, tmp
                for out in (cold, warm)]
     differ = [k for k in weights[0] if not torch.equal(weights[0][k], weights[1][k])]
     assert not differ, f"{len(differ)} of {len(weights[0])} tensors differ, e.g. {differ[:3]}"
+
+
+def test_more_processes_than_visible_gpus_are_refused_before_any_starts(monkeypatch, tmp_path):
+    def no_launch(*args, **kwargs):
+        pytest.fail("processes were launched")
+
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 0)
+    monkeypatch.setattr("detectron2.engine.launch", no_launch)
+    monkeypatch.setattr(train_net, "launch", no_launch, raising=False)
+    with pytest.raises(ValueError, match=r"4 GPUs asked, 0 visible: use --num-gpus 1 on CPU, or pass "
+                                         r"train\.device=cpu to start 4 CPU processes"):
+        train_net.cli(["--num-gpus", "4", "--config-file", TINY, f"train.output_dir={tmp_path / 'run'}",
+                       "train.device=cuda"])
+    assert not (tmp_path / "run").exists()
 
 
 def test_two_process_gloo_launch_trains_the_same_stitches(synthetic, tmp_path):
@@ -336,6 +351,13 @@ def test_coco_json_problems_are_clear_errors(synthetic, tmp_path):
                      r"repeated.json' lists 2 image id\(s\) more than once \(e.g. \[1, 2\]\)"),
         "undeclared": (json.dumps(dict(coco, categories=coco["categories"][:2])),
                        r"undeclared.json' has annotations of category ids \[3, 4, 5\]"),
+        # detectron2 drops such boxes without a word
+        "nan_box": (json.dumps(dict(coco, annotations=[dict(a, bbox=[float("nan")] + a["bbox"][1:]) if i in (0, 5)
+                                                       else a for i, a in enumerate(coco["annotations"])])),
+                    rf"nan_box.json' has 2 annotation\(s\) whose bbox is not 4 finite numbers .*images "
+                    rf"{re.escape(str(sorted({coco['annotations'][i]['image_id'] for i in (0, 5)})))}"),
+        "negative_box": (json.dumps(dict(coco, annotations=[dict(coco["annotations"][0], bbox=[1, 2, -3, 4])])),
+                         r"negative_box.json' has 1 annotation\(s\) .*negative sizes"),
     }
     for name, (text, message) in bad.items():
         path = tmp_path / f"{name}.json"
@@ -344,6 +366,19 @@ def test_coco_json_problems_are_clear_errors(synthetic, tmp_path):
         with pytest.raises(ValueError, match=message):
             DatasetCatalog.get(f"bad_{name}")
     assert [c["id"] for c in coco["categories"]] == [1, 2, 3, 4, 5] and coco["images"][0]["id"] == 1  # as named above
+
+
+def test_a_training_set_without_usable_annotations_names_its_file_before_building_the_model(synthetic, tmp_path,
+                                                                                          monkeypatch):
+    with open(os.path.join(synthetic, "annotations", "instances_train.json")) as f:
+        coco = json.load(f)
+    crowd = tmp_path / "crowd.json"  # every annotation crowd: detectron2 drops every image, "No valid data found"
+    crowd.write_text(json.dumps(dict(coco, annotations=[dict(a, iscrowd=1) for a in coco["annotations"][:3]])))
+    monkeypatch.setattr(train_net, "build_model", lambda cfg: pytest.fail("the model was built"))
+    with pytest.raises(ValueError, match=rf"'.*crowd.json' has no image to train on: of its {len(coco['images'])} "
+                                         rf"images, \d+ have no annotations and \d+ only crowd ones"):
+        run_main(*tiny_opts(synthetic, str(tmp_path / "run"),
+                            f"datasets.coco_json.synthetic_shapes_train.json_file={crowd}"))
 
 
 def test_more_categories_than_classes_is_an_error(synthetic, tmp_path):

@@ -20,6 +20,7 @@ import contextlib
 import itertools
 import json
 import logging
+import math
 import os
 import random
 from collections import Counter
@@ -57,8 +58,39 @@ def load_checked_coco_json(json_file: str, image_root: str, name: str) -> List[d
     if undeclared:
         raise ValueError(f"dataset {name!r}: {json_file!r} has annotations of category ids {undeclared[:5]} that "
                          f"are not in its 'categories' ({sorted(declared)[:10]}); declare them or fix the ids")
+    broken = [a.get("image_id") for a in data["annotations"] if "bbox" in a and not _valid_box(a["bbox"])]
+    if broken:
+        raise ValueError(f"dataset {name!r}: {json_file!r} has {len(broken)} annotation(s) whose bbox is not 4 finite "
+                         f"numbers [x, y, w, h] with w, h >= 0 (NaN, inf or negative sizes; images "
+                         f"{sorted(set(broken))[:5]}); detectron2 would drop them without a word: repair or remove them")
     del data
     return load_coco_json(json_file, image_root, name)
+
+
+def _valid_box(box) -> bool:
+    """A COCO ``[x, y, w, h]`` of finite numbers with non-negative sizes."""
+    numbers = isinstance(box, list) and len(box) == 4 and all(
+        isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in box)
+    return numbers and box[2] >= 0 and box[3] >= 0
+
+
+def check_trainable(names: Union[str, Iterable[str]]) -> None:
+    """Raise ``ValueError`` naming the annotation file if a declared training dataset (``datasets.coco_json``) has
+    no image detectron2 would train on: it drops images without annotations and images whose annotations are
+    all crowd (``iscrowd=1``), then fails with ``AssertionError: No valid data found``. Builtin datasets (COCO)
+    are not loaded here."""
+    for name in _names(names):
+        meta = MetadataCatalog.get(name)
+        if not meta.get("snnet_registered", False):
+            continue
+        dicts = DatasetCatalog.get(name)
+        crowd_only = sum(1 for d in dicts if d.get("annotations") and all(a.get("iscrowd", 0) for a in d["annotations"]))
+        empty = sum(1 for d in dicts if not d.get("annotations"))
+        if empty + crowd_only == len(dicts):
+            raise ValueError(f"dataset {name!r}: annotation file {meta.json_file!r} has no image to train on: of its "
+                             f"{len(dicts)} images, {empty} have no annotations and {crowd_only} only crowd ones "
+                             "(iscrowd=1), which training drops. Check that its annotations' image_id values match "
+                             "its images' ids, or train on another dataset")
 
 
 class CheckedCocoJson:

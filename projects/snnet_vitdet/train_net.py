@@ -66,6 +66,7 @@ from projects.snnet_vitdet.data import (
     build_resumable_train_loader,
     check_dataset_files,
     check_num_classes,
+    check_trainable,
     dataset_names,
     register_coco_json_datasets,
 )
@@ -452,6 +453,8 @@ def run(args, hold: Callable[[ContextManager], object]) -> Optional[Dict]:
     register_coco_json_datasets(cfg.get("datasets", {}).get("coco_json", {}))
     check_dataset_files(dataset_names(cfg.dataloader.test) + ([] if args.eval_only else
                                                                dataset_names(cfg.dataloader.train)))
+    if not args.eval_only:  # detectron2 would fail with "AssertionError: No valid data found" after model building
+        check_trainable(dataset_names(cfg.dataloader.train))
     if replaced and comm.is_main_process():
         clear_run(replaced)  # every check has passed; before log.txt is opened again
     comm.synchronize()
