@@ -47,24 +47,30 @@ test: install
 	$(PY) -m pytest -q tests
 
 # Both projects on built-in synthetic data: depth (tiny DPT SN-Net, ~1 min) then detection (tiny Mask R-CNN
-# ViTDet SN-Net, ~5 min); each ends with its per-stitch report.
+# ViTDet SN-Net, ~5 min); each ends with its per-stitch report. The runs go to $(DEMO_DIR)/{depth,detection}; a
+# demo there is never deleted unasked: `make demo DEMO_OVERWRITE=1` replaces it (the CLIs' --overwrite).
+DEMO_DIR ?= output/demo
 demo: install
 	set -e; export OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1}; \
+	dpt=$(DEMO_DIR)/depth; out=$(DEMO_DIR)/detection; overwrite=$(if $(DEMO_OVERWRITE),--overwrite,); \
+	for run in $$dpt $$out; do \
+	  if [ -z "$$overwrite" ] && [ -n "$$(ls -A $$run 2>/dev/null)" ]; then \
+	    echo "make demo: $$run holds a previous demo: rerun with 'make demo DEMO_OVERWRITE=1' to replace it, or" \
+	      "'make demo DEMO_DIR=output/demo2' to keep it" >&2; exit 2; \
+	  fi; \
+	done; \
 	$(PY) datasets/make_synthetic_nyu.py --output data/nyu_synthetic --train 40 --test 10 --size 128 160; \
-	rm -rf output/dpt_demo; \
 	$(PY) projects/snnet_dpt/train.py --config-file projects/snnet_dpt/configs/synthetic/dpt_snnetv2_tiny.py \
-	  --export-stitch 5; \
-	$(PY) projects/snnet_dpt/demo.py --weights output/dpt_demo/stitch_5/model_final.pth --output output/dpt_demo/demo \
+	  --export-stitch 5 $$overwrite train.output_dir=$$dpt; \
+	$(PY) projects/snnet_dpt/demo.py --weights $$dpt/stitch_5/model_final.pth --output $$dpt/demo \
 	  --input data/nyu_synthetic/official_splits/test/synthetic_room_0000/rgb_00002.jpg; \
-	cfg=projects/snnet_vitdet/configs/synthetic/mask_rcnn_snnetv2_tiny.py; out=output/snnet_vitdet_tiny; \
+	cfg=projects/snnet_vitdet/configs/synthetic/mask_rcnn_snnetv2_tiny.py; \
 	$(PY) -m datasets.make_synthetic_coco --output output/synthetic_coco; \
-	rm -rf $$out; \
-	$(PY) projects/snnet_vitdet/train_net.py --config-file $$cfg train.output_dir=$$out; \
+	$(PY) projects/snnet_vitdet/train_net.py --config-file $$cfg $$overwrite train.output_dir=$$out; \
 	$(PY) projects/snnet_vitdet/train_net.py --config-file $$cfg --eval-only --stitch all \
 	  train.output_dir=$$out train.init_checkpoint=$$out/model_final.pth; \
 	$(PY) projects/snnet_vitdet/demo.py --config-file $$cfg --weights $$out/model_final.pth --stitch 5 \
 	  --input output/synthetic_coco/val/000002.png --confidence-threshold 0.3 --output $$out/demo; \
-	dpt=output/dpt_demo; \
 	cat $$dpt/stitch_report_nyuv2_synthetic_test/stitch_report.md $$out/stitch_report_synthetic_shapes_val/stitch_report.md; \
 	echo; echo "depth training:   $$dpt/{log.txt,metrics.json,model_final.pth} (tensorboard --logdir $$dpt)"; \
 	echo "depth report:     $$dpt/stitch_report_nyuv2_synthetic_test/stitch_report.{md,csv,png} (exported stitch 5: $$dpt/stitch_5/model_final.pth)"; \

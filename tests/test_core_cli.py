@@ -130,3 +130,21 @@ def test_user_error_of_launched_processes_is_one_line_from_the_main_process(tmp_
     assert proc.returncode == 2, proc.stderr[-3000:]
     assert proc.stderr.splitlines() == ["launched.py: error: --num-gpus 0: give the number of processes per "
                                         "machine, >= 1"]
+
+
+def test_make_demo_never_replaces_a_previous_demo_unasked(tmp_path):
+    """``make demo`` writes to ``DEMO_DIR`` (default output/demo) and refuses, before running anything, to reuse
+    a folder that holds a demo unless ``DEMO_OVERWRITE=1`` (then each training passes --overwrite)."""
+    previous = tmp_path / "depth" / "log.txt"
+    previous.parent.mkdir()
+    previous.write_text("a previous demo\n")
+    make = ["make", "-s", "-o", "install", "demo", f"DEMO_DIR={tmp_path}", "PY=echo"]  # PY=echo: print, run nothing
+    proc = subprocess.run(make, cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2 and proc.stdout == "" and previous.exists()
+    assert (f"make demo: {tmp_path / 'depth'} holds a previous demo: rerun with 'make demo DEMO_OVERWRITE=1' to "
+            "replace it") in proc.stderr
+    proc = subprocess.run(make + ["DEMO_OVERWRITE=1"], cwd=REPO, capture_output=True, text=True, timeout=60)
+    trainings = [line for line in proc.stdout.splitlines() if "train.py" in line or "train_net.py" in line]
+    assert [("--overwrite" in line, line.split("train.output_dir=")[-1].split()[0]) for line in trainings] == [
+        (True, str(tmp_path / "depth")), (True, str(tmp_path / "detection")), (False, str(tmp_path / "detection"))]
+    assert previous.exists()  # the CLIs' --overwrite replaces the run, make deletes nothing
