@@ -11,5 +11,5 @@ setup(
     description="SN-Netv2: stitched ViTs as flexible vision backbones (stitching engine)",
     python_requires=">=3.9",
     packages=find_packages(include=["snnet_core", "snnet_core.*"]),
-    install_requires=["torch", "timm", "fvcore", "tqdm", "matplotlib", "numpy"],
+    install_requires=["torch", "timm", "fvcore", "tqdm", "matplotlib", "numpy", "filelock"],
 )
