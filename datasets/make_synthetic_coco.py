@@ -36,6 +36,8 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
+from snnet_core.cli import add_debug_argument, run_command
+
 logger = logging.getLogger(__name__)
 
 CATEGORIES = ("circle", "square", "triangle", "star", "cross")
@@ -204,10 +206,11 @@ def main(argv: Optional[List[str]] = None) -> None:
     parser.add_argument("--image-size", type=int, default=128, help="image height (width varies 0.75-1.25x)")
     parser.add_argument("--max-objects", type=int, default=5, help="shapes drawn per image (1..N)")
     parser.add_argument("--seed", type=int, default=0)
+    add_debug_argument(parser)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     make_synthetic_coco(args.output, args.num_train, args.num_val, args.image_size, args.max_objects, args.seed)
 
 
 if __name__ == "__main__":
-    main()
+    run_command(main)

@@ -38,6 +38,7 @@ import cv2
 import numpy as np
 
 from snnet_core.atomic_io import write_atomic
+from snnet_core.cli import add_debug_argument, run_command
 
 NYU_FOCAL = 518.8579  # at 640 pixels wide
 NYU_SIZE = (480, 640)
@@ -213,6 +214,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     p.add_argument("--size", type=int, nargs=2, default=NYU_SIZE, metavar=("H", "W"))
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--layouts", nargs="+", choices=("mat", "sync"), default=("mat", "sync"))
+    add_debug_argument(p)
     args = p.parse_args(argv)
     splits = make_synthetic_nyu(args.output, args.train, args.test, tuple(args.size), args.seed, args.layouts)
     print(f"wrote {len(splits['train'])} train + {len(splits['test'])} test frames of {args.size[0]}x{args.size[1]} "
@@ -220,4 +222,4 @@ def main(argv: Sequence[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_command(main)

@@ -271,7 +271,7 @@ def test_two_process_ddp_trains_the_same_stitch_on_both_ranks(data_root, tmp_pat
     out = tmp_path / "ddp"
     cmd = [sys.executable, os.path.join(REPO, "projects", "snnet_dpt", "train.py"),
            *cli_args(data_root, out, "--num-gpus", "2", "--dist-url", "auto", "--stitch", "0,1", "--export-stitch",
-                     "7", opts=["train.epochs=2", "train.batch_size=4"])]
+                     "7", opts=["train.epochs=2", "train.batch_size=4", "train.device=cpu"])]
     env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1")
     proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
@@ -295,6 +295,21 @@ def test_two_process_ddp_trains_the_same_stitch_on_both_ranks(data_root, tmp_pat
     with torch.no_grad():
         depth = exported(image[None])
         assert depth.shape == (1, 1, 64, 80) and torch.allclose(depth, trained(image[None]), atol=1e-5)
+
+
+def test_more_processes_than_visible_gpus_are_refused_before_any_starts(monkeypatch, tmp_path):
+    """``--num-gpus 4`` on a machine without GPUs: one clear error before any process is spawned (CPU processes
+    need ``train.device=cpu``, as the two-process test above passes)."""
+    def no_launch(*args, **kwargs):
+        pytest.fail("processes were launched")
+
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 0)
+    monkeypatch.setattr("detectron2.engine.launch", no_launch)
+    monkeypatch.setattr(train_cli, "launch", no_launch, raising=False)
+    with pytest.raises(ValueError, match=r"4 GPUs asked, 0 visible: use --num-gpus 1 on CPU, or pass "
+                                         r"train\.device=cpu to start 4 CPU processes"):
+        train_cli.cli(["--config-file", TINY, "--num-gpus", "4", f"train.output_dir={tmp_path / 'run'}"])
+    assert not (tmp_path / "run").exists()
 
 
 def test_clear_errors_for_bad_inputs(data_root, tmp_path):

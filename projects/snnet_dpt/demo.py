@@ -46,6 +46,7 @@ from projects.snnet_dpt.model import DPTDepthModel
 from projects.snnet_dpt.transforms import PIXEL_MEAN, PIXEL_STD
 from snnet_core import StitchedViT
 from snnet_core.atomic_io import write_atomic
+from snnet_core.cli import add_debug_argument, run_command
 from snnet_core.images import list_images
 from snnet_core.select import best_stitch_in_report
 
@@ -166,6 +167,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="network input size (multiples of the patch size; default: the image's, rounded)")
     p.add_argument("--no-flip", action="store_true", help="no flip averaging (half the compute)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    add_debug_argument(p)
     return p
 
 
@@ -176,4 +178,4 @@ def main(argv: Optional[Sequence[str]] = None) -> List[str]:
 
 
 if __name__ == "__main__":
-    main()
+    run_command(main)

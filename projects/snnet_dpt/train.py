@@ -54,7 +54,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence
 import torch
 import yaml
 from detectron2.config import LazyConfig
-from detectron2.engine import default_argument_parser, launch
+from detectron2.engine import default_argument_parser
 from omegaconf import OmegaConf
 from torch.utils.data import DataLoader, Subset
 
@@ -71,6 +71,7 @@ from projects.snnet_dpt.training import (
 from projects.snnet_dpt.transforms import DepthDataset
 from snnet_core import load_results, select_stitches
 from snnet_core.atomic_io import file_sha256, write_atomic
+from snnet_core.cli import launch_command, run_command, use_launch_defaults
 from snnet_core.latency import write_latency_info
 from snnet_core.latency_options import LatencyOptions, add_latency_arguments, latency_options
 from snnet_core.report import RESULTS_FILE
@@ -103,6 +104,7 @@ def build_argument_parser() -> argparse.ArgumentParser:
     }
     for action in p._actions:  # argparse has no public setter for the help of an added flag
         action.help = what.get(action.dest, action.help)
+    use_launch_defaults(p)
     p.add_argument("--overwrite", action="store_true",
                    help="train afresh into a train.output_dir that holds a run, deleting that run's checkpoints, "
                         "logs, config, reports and exported stitches first; with --eval-only --export-stitch: "
@@ -463,11 +465,12 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
 
 def cli(argv: Optional[Sequence[str]] = None) -> None:
     """The command line as detectron2 runs it: ``--num-gpus N`` processes per machine through ``launch``
-    (``--num-gpus 1``, the default, and torchrun's processes run in this process)."""
+    (``--num-gpus 1``, the default, and torchrun's processes run in this process), started once the config
+    loads and the machine has the processes' devices (``snnet_core.cli.launch_command``)."""
     args = parse_args(argv)
-    launch(run_process, args.num_gpus, num_machines=args.num_machines, machine_rank=args.machine_rank,
-           dist_url=args.dist_url, args=(args,))
+    device = load_config(args.config_file, args.opts)["train"]["device"]
+    launch_command(run_process, args, device, "train.device")
 
 
 if __name__ == "__main__":
-    cli()
+    run_command(cli)

@@ -48,6 +48,7 @@ from projects.snnet_vitdet.export import StitchViTDetBackbone
 from projects.snnet_vitdet.training import StrictDetectionCheckpointer, stitched_backbone
 from snnet_core import best_under_budget
 from snnet_core.atomic_io import write_atomic
+from snnet_core.cli import add_debug_argument, run_command
 from snnet_core.images import list_images
 from snnet_core.select import best_stitch_in_report
 
@@ -184,6 +185,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--report", metavar="DIR", help="per-stitch report for --max-gflops (ranks stitches by AP)")
     p.add_argument("--confidence-threshold", type=float, default=0.5)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    add_debug_argument(p)
     p.add_argument("opts", nargs=argparse.REMAINDER, metavar="KEY=VALUE", help="config overrides")
     return p
 
@@ -196,4 +198,4 @@ def main(argv: Optional[Sequence[str]] = None) -> List[str]:
 
 
 if __name__ == "__main__":
-    main()
+    run_command(main)
