@@ -82,7 +82,6 @@ from projects.snnet_vitdet.training import (
 )
 from snnet_core import FlopsTable, ResourceConstrainedSampler, load_results, select_stitches
 from snnet_core.atomic_io import file_sha256
-from snnet_core.cli import launch_command, run_command, use_launch_defaults
 from snnet_core.config_io import (
     Check, apply_overrides, check_config_kind, check_values, input_size_problem, integer, load_config_file,
     local_checkpoint, number, one_of, pair,
