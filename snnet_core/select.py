@@ -37,6 +37,7 @@ import sys
 from dataclasses import dataclass
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
+from .cli import add_debug_argument, debug_requested, run_command
 from .latency import LATENCY_COLUMN, LATENCY_KEY
 from .report import RESULTS_FILE, check_task, metric_names, read_results, select_stitches
 from .selection import best_under_budget, has_finite_value, pareto_frontier
@@ -45,6 +46,7 @@ from .stitch_space import StitchSpace
 HIGHER_IS_BETTER = frozenset({"a1", "a2", "a3"})
 LOWER_IS_BETTER = frozenset({"abs_rel", "sq_rel", "rmse", "rmse_log", "log10", "silog"})
 _COCO_AP = re.compile(r"((bbox|segm)_)?AP\w*")  # bbox_AP, segm_AP50, APs, ...: higher is better
+PROG = "python -m snnet_core.select"
 # cost column -> (unit, its budget flag, its name in the frontier title)
 COSTS = {"gflops": ("GFLOPs", "--max-gflops", "GFLOPs"), LATENCY_COLUMN: ("ms", "--max-latency-ms", "latency")}
 _MEASURE_LATENCY = (
@@ -265,7 +267,7 @@ def _describe_latency(info: Optional[Mapping[str, Any]]) -> str:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m snnet_core.select",
+        prog=PROG,
         description="Choose the stitch with the best metric within a GFLOPs or latency budget from a per-stitch "
                     "report, and show the Pareto frontier around it.",
     )
@@ -282,6 +284,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--context", type=int, default=3, metavar="N",
                         help="frontier points shown on each side of the choice (default 3)")
     parser.add_argument("--json", action="store_true", help="print one JSON object (the full frontier)")
+    add_debug_argument(parser)
     return parser
 
 
@@ -295,6 +298,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         choice = choose_stitch(record, source, args.metric, args.max_gflops, args.max_latency_ms,
                                args.higher_is_better)
     except SelectionError as exc:
+        if debug_requested(argv):
+            raise
         print(f"{parser.prog}: error: {exc}", file=sys.stderr)
         return 2
     print(json.dumps(choice.to_json(), indent=1) if args.json else format_choice(choice, args.context))
@@ -302,4 +307,4 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_command(main, PROG)
