@@ -47,19 +47,19 @@ def ls_init_stitching_layers(
         for name, layer in snnet.named_modules() if isinstance(layer, StitchingLayer)
     }
     seen = 0
-    bar = tqdm(total=num_images, desc="LS init of stitching layers", unit="img", disable=not progress)
-    for images in batches:
-        images = images[: num_images - seen].to(device)
-        _check_finite_images(images, seen)
-        for name, x, y in calibration_pairs(snnet, images):
-            _check_finite_features(snnet, name, x, y, seen)
-            accumulators[name].update(x, y)
-        seen += images.shape[0]
-        bar.update(images.shape[0])
-        del images, x, y  # release this batch and its features before the loader produces the next
-        if seen >= num_images:
-            break
-    bar.close()
+    # closed however the loop ends: an error (e.g. an unreadable image) is then printed below the bar, not into it
+    with tqdm(total=num_images, desc="LS init of stitching layers", unit="img", disable=not progress) as bar:
+        for images in batches:
+            images = images[: num_images - seen].to(device)
+            _check_finite_images(images, seen)
+            for name, x, y in calibration_pairs(snnet, images):
+                _check_finite_features(snnet, name, x, y, seen)
+                accumulators[name].update(x, y)
+            seen += images.shape[0]
+            bar.update(images.shape[0])
+            del images, x, y  # release this batch and its features before the loader produces the next
+            if seen >= num_images:
+                break
     if seen == 0:
         raise RuntimeError("LS init got no calibration images: the data loader is empty")
     if seen < num_images:

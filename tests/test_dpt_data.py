@@ -237,6 +237,16 @@ def test_sync_reader_errors(tmp_path, synthetic):
         build_nyu_split("sync", root, "test", depth_source="filled")
 
 
+def test_an_undecodable_image_names_itself_and_its_list_file(tmp_path):
+    (tmp_path / "room").mkdir()
+    (tmp_path / "room" / "rgb_1.jpg").write_bytes(b"\xff\xd8 cut short by a full disk")
+    cv2.imwrite(str(tmp_path / "room" / "sync_depth_1.png"), np.full((4, 4), 1000, np.uint16))
+    (tmp_path / "train.txt").write_text("/room/rgb_1.jpg /room/sync_depth_1.png 518.8\n")
+    frames = NYUv2Sync(str(tmp_path), str(tmp_path / "train.txt"))
+    with pytest.raises(OSError, match=r"rgb_1.jpg' is not a decodable image .*listed in '.*train.txt': restore"):
+        frames.read(0)
+
+
 def test_float_images_and_non_finite_depth_in_the_mat_are_refused_with_file_and_frame(labeled_root, tmp_path):
     root, images, raw, _ = labeled_root
     float_images = [im.astype(np.float64) / 255 for im in images]  # what a hand-converted file may hold

@@ -395,6 +395,16 @@ def test_a_training_set_without_usable_annotations_names_its_file_before_buildin
                             f"datasets.coco_json.synthetic_shapes_train.json_file={crowd}"))
 
 
+def test_an_unreadable_image_during_ls_init_names_it_and_its_annotation_file(synthetic, tmp_path):
+    root = tmp_path / "coco"
+    shutil.copytree(synthetic, root)
+    for image in (root / "train").iterdir():  # whichever images LS init reads first
+        image.write_bytes(b"\x89PNG cut short")
+    with pytest.raises(OSError, match=r"image '.*train/.*' \(image id \d+, listed in '.*instances_train.json'\) could "
+                                      r"not be read \(UnidentifiedImageError: .*restore the file"):
+        run_main(*tiny_opts(str(root), str(tmp_path / "run"), "train.max_iter=1"))
+
+
 def test_more_categories_than_classes_is_an_error(synthetic, tmp_path):
     cfg = tiny_cfg(synthetic, tmp_path, "model.roi_heads.num_classes=3")  # the synthetic set has 5
     with pytest.raises(ValueError, match=r"'synthetic_shapes_train' has 5 categories .*num_classes=3: set "

@@ -217,7 +217,10 @@ class NYUv2Sync:
         bgr = cv2.imread(rgb_path, cv2.IMREAD_COLOR)
         depth = cv2.imread(depth_path, cv2.IMREAD_UNCHANGED)
         if bgr is None or depth is None:
-            raise OSError(f"could not decode {rgb_path if bgr is None else depth_path!r}")
+            bad = rgb_path if bgr is None else depth_path
+            problem = "is missing" if not os.path.isfile(bad) else "is not a decodable image (truncated or corrupt?)"
+            raise OSError(f"{bad!r} {problem}; it is listed in {self.list_file!r}: restore the file or remove its line "
+                          "from the list")
         if depth.dtype != np.uint16 or depth.ndim != 2:
             raise ValueError(f"{depth_path!r} must be a single-channel uint16 PNG in millimetres, "
                              f"got {depth.dtype} with shape {depth.shape}")

@@ -195,6 +195,26 @@ def seeded_rngs(*words: int) -> Iterator[None]:
             np.random.set_state(numpy_state)
 
 
+class NamedImageErrors:
+    """A dataset mapper whose failures to read an image (missing, truncated, not an image: ``OSError``) name the image
+    and the annotation file listing it, instead of a traceback from PIL."""
+
+    def __init__(self, mapper: Callable[[dict], Optional[dict]], names: Union[str, Iterable[str]]):
+        self.mapper = mapper
+        files = [MetadataCatalog.get(name).get("json_file", None) or name for name in _names(names)]
+        self.source = " or ".join(repr(f) for f in files)
+
+    def __call__(self, item: dict) -> Optional[dict]:
+        try:
+            return self.mapper(item)
+        except OSError as exc:
+            image = item.get("file_name")
+            problem = "is missing" if image and not os.path.isfile(image) else "could not be read"
+            raise OSError(f"image {image!r} (image id {item.get('image_id')}, listed in {self.source}) {problem} "
+                          f"({type(exc).__name__}: {exc}); restore the file or remove the image from the annotation "
+                          "file") from exc
+
+
 class PositionSeededDataset(torchdata.Dataset):
     """``dataset[index]`` through ``mapper`` with every RNG seeded from ``(seed, position)``, where
     ``position`` is the item's place in the training stream: its augmentation does not depend on the

@@ -63,6 +63,7 @@ from omegaconf import DictConfig, OmegaConf
 from projects.snnet_vitdet.comm_utils import destroy_process_groups, run_on_main
 from projects.snnet_vitdet.console import LOG_FILE_ONLY, explain_missing_compiled_ops, setup_run_logging
 from projects.snnet_vitdet.data import (
+    NamedImageErrors,
     build_resumable_train_loader,
     check_dataset_files,
     check_num_classes,
@@ -134,10 +135,13 @@ def shared_flops_table(cfg, model: torch.nn.Module) -> FlopsTable:
 
 
 def build_calibration_loader(cfg):
-    """Training images through the deterministic test-time mapper (LS init calibration)."""
+    """Training images through the deterministic test-time mapper (LS init calibration); an unreadable image is an
+    ``OSError`` naming it and its annotation file."""
+    names = dataset_names(cfg.dataloader.train)
+    mapper = instantiate(OmegaConf.to_container(cfg.dataloader.test.mapper, resolve=True))
     return instantiate(L(build_detection_test_loader)(
-        dataset=L(get_detection_dataset_dicts)(names=dataset_names(cfg.dataloader.train), filter_empty=True),
-        mapper=OmegaConf.to_container(cfg.dataloader.test.mapper, resolve=True),
+        dataset=L(get_detection_dataset_dicts)(names=names, filter_empty=True),
+        mapper=NamedImageErrors(mapper, names),
         num_workers=cfg.dataloader.test.num_workers,
     ))
 
