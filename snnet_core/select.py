@@ -38,6 +38,7 @@ from dataclasses import dataclass
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from .cli import add_debug_argument, debug_requested, run_command
+from .console import run_logging
 from .latency import LATENCY_COLUMN, LATENCY_KEY
 from .report import RESULTS_FILE, check_task, metric_names, read_results, select_stitches
 from .selection import best_under_budget, has_finite_value, pareto_frontier
@@ -288,6 +289,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+@run_logging(("snnet_core",), to_stderr=True)  # detectron2's log format; stdout holds the choice (--json)
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)

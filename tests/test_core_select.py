@@ -177,6 +177,27 @@ def test_paths_that_are_not_a_report_exit_2(report, tmp_path, capsys):
     assert code == 2 and "no evaluated stitch" in err and "--stitch all" in err
 
 
+def test_the_engines_log_lines_are_in_detectron2s_format_on_stderr_and_stdout_is_the_choice(report, capsys,
+                                                                                              monkeypatch):
+    import logging
+    import re
+
+    import snnet_core.select as select_module
+
+    real_read_report = select_module.read_report
+
+    def read_report(path):  # a notice for the user from the engine while the command runs
+        logging.getLogger("snnet_core.select").warning("a notice")
+        return real_read_report(path)
+
+    monkeypatch.setattr(select_module, "read_report", read_report)
+    code, out, err = select(capsys, report[0], "--max-gflops", 9.9, "--json")
+    assert code == 0 and json.loads(out)["chosen"]["id"] >= 0  # stdout: the choice alone
+    err = re.sub(r"\x1b\[[0-9;]*m", "", err)  # detectron2 colours a terminal
+    assert re.fullmatch(r"WARNING \[\d\d/\d\d \d\d:\d\d:\d\d snnet_core.select\]: a notice\n", err), err
+    assert logging.getLogger("snnet_core").handlers == []  # taken down when the command ends
+
+
 def test_the_module_exits_2_from_the_command_line(report):
     cmd = [sys.executable, "-m", "snnet_core.select", str(report[0]), "--max-gflops", "0"]
     run = subprocess.run(cmd, capture_output=True, text=True, env=dict(os.environ, OMP_NUM_THREADS="1"))

@@ -3,6 +3,7 @@
 import glob
 import json
 import os
+import re
 
 import cv2
 import numpy as np
@@ -85,11 +86,15 @@ def test_load_depth_model_refuses_other_files_naming_them(tmp_path):
         load_depth_model(str(tmp_path / "cut.pth"))
 
 
-def test_demo_writes_a_depth_png_with_colour_bar_and_the_raw_depth(run, tmp_path):
+def test_demo_writes_a_depth_png_with_colour_bar_and_the_raw_depth(run, tmp_path, capsys):
     out = tmp_path / "pred"
     written = demo.main(["--weights", run["checkpoint"], "--stitch", "5", "--input", *run["images"],
                             "--output", str(out), "--no-flip"])
     assert len(written) == 4
+    console = re.sub(r"\x1b\[[0-9;]*m", "", capsys.readouterr().out)  # detectron2 colours a terminal
+    for image_path in run["images"]:  # detectron2's log format, as train.py's
+        assert re.search(rf"^\[\d\d/\d\d \d\d:\d\d:\d\d snnet_dpt.demo\]: {re.escape(image_path)}: [\d.]+-[\d.]+ m -> ",
+                         console, re.M), console
     model = load_depth_model(run["checkpoint"], stitch_id=5)
     for image_path in run["images"]:
         stem = out / (os.path.splitext(os.path.basename(image_path))[0] + "_depth")

@@ -3,6 +3,7 @@ LazyConfig, loadable without the SN-Net, same outputs), ``--export-stitch`` sele
 export formats (``torch.export``, TorchScript tracing through detectron2's ``TracingAdapter``)."""
 import glob
 import os
+import re
 
 import cv2
 import numpy as np
@@ -130,11 +131,15 @@ def test_export_selection_ids_pareto_and_best_under_gflops(snnet, tmp_path):
         resolve_export_selection("best:1e9", space, str(tmp_path / "report"), task="depth")
 
 
-def test_demo_draws_the_detections_of_a_stitch_and_of_an_exported_stitch(snnet, tmp_path):
+def test_demo_draws_the_detections_of_a_stitch_and_of_an_exported_stitch(snnet, tmp_path, capsys):
     args = ["--config-file", TINY, "--weights", snnet["weights"], "--input", *snnet["images"][:2],
             "--confidence-threshold", "0", f"datasets.root={os.path.dirname(os.path.dirname(snnet['images'][0]))}"]
     written = demo.main(args[:4] + ["--stitch", "5", "--output", str(tmp_path / "snnet")] + args[4:])
     assert len(written) == 2
+    console = re.sub(r"\x1b\[[0-9;]*m", "", capsys.readouterr().out)  # detectron2 colours a terminal
+    stamp = r"^\[\d\d/\d\d \d\d:\d\d:\d\d snnet_vitdet.demo\]: "  # detectron2's log format, as train_net.py's
+    assert re.search(stamp + r"running stitch 5 ", console, re.M), console
+    assert len(re.findall(stamp + r".+: \d+ detections -> ", console, re.M)) == 2, console
     for path, image_path in zip(written, snnet["images"]):
         drawn, original = cv2.imread(path), cv2.imread(image_path)
         assert drawn.shape == original.shape and not (drawn == original).all()  # boxes were drawn on it

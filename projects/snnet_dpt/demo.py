@@ -33,6 +33,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspa
 
 import argparse
 import io
+import logging
 from typing import List, Optional, Sequence, Tuple
 
 import cv2
@@ -40,6 +41,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from projects.snnet_dpt.console import run_logging
 from projects.snnet_dpt.evaluation import TASK, flip_average
 from projects.snnet_dpt.export import load_depth_model
 from projects.snnet_dpt.model import DPTDepthModel
@@ -49,6 +51,9 @@ from snnet_core.atomic_io import write_atomic
 from snnet_core.cli import add_debug_argument, run_command
 from snnet_core.images import list_images
 from snnet_core.select import best_stitch_in_report
+
+logger = logging.getLogger("projects.snnet_dpt.demo")
+
 
 def read_rgb(path: str) -> np.ndarray:
     """``(H, W, 3)`` uint8 RGB; ``ValueError`` naming the file if it is not an image OpenCV can decode."""
@@ -148,7 +153,7 @@ def run(weights: str, inputs: Sequence[str], output_dir: str, stitch_id: Optiona
         png = depth_figure(image, depth, title)
         write_atomic(stem + ".png", lambda f: f.write(png), binary=True)
         written += [stem + ".png", stem + ".npy"]
-        print(f"{path}: {depth.min():.2f}-{depth.max():.2f} m -> {stem}.png, {stem}.npy")
+        logger.info("%s: %.2f-%.2f m -> %s.png, %s.npy", path, depth.min(), depth.max(), stem, stem)
     return written
 
 
@@ -171,6 +176,7 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+@run_logging()  # detectron2's log format, as train.py's
 def main(argv: Optional[Sequence[str]] = None) -> List[str]:
     args = build_parser().parse_args(argv)
     return run(args.weights, args.input, args.output, args.stitch, args.size, not args.no_flip, args.device,

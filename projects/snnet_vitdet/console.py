@@ -32,6 +32,7 @@ logger = logging.getLogger(__name__)
 
 LOG_FILE_ONLY = {"console": False}  # ``logger.info(..., extra=LOG_FILE_ONLY)``: the record goes to log.txt only
 PROJECT_LOGGERS = ("projects.snnet_vitdet", "snnet_core")  # configured beside detectron2's own loggers
+LOGGERS = ("detectron2", "fvcore") + PROJECT_LOGGERS  # what a detection command sets up (demo.py: run_logging)
 # upstream records that are long and the same on every run: log.txt only
 UPSTREAM_FILE_ONLY = (("detectron2", "Environment info:"), ("detectron2", "Contents of args.config_file="),
                       ("detectron2", "Command line arguments: "))

@@ -42,6 +42,7 @@ from detectron2.data.detection_utils import read_image
 from detectron2.utils.visualizer import ColorMode, Visualizer
 from omegaconf import DictConfig
 
+from projects.snnet_vitdet.console import LOGGERS
 from projects.snnet_vitdet.data import dataset_names, register_coco_json_datasets
 from projects.snnet_vitdet.evaluation import RESULTS_TASK, detector_flops_table
 from projects.snnet_vitdet.export import StitchViTDetBackbone
@@ -49,6 +50,7 @@ from projects.snnet_vitdet.training import StrictDetectionCheckpointer, stitched
 from snnet_core import best_under_budget
 from snnet_core.atomic_io import write_atomic
 from snnet_core.cli import add_debug_argument, run_command
+from snnet_core.console import run_logging
 from snnet_core.images import list_images
 from snnet_core.select import best_stitch_in_report
 
@@ -169,7 +171,7 @@ def run(config_file: str, inputs: Sequence[str], output_dir: str, weights: Optio
             raise RuntimeError(f"could not encode the drawing of {path}")
         write_atomic(out, lambda f: f.write(png.tobytes()), binary=True)
         written.append(out)
-        print(f"{path}: {len(instances)} detections -> {out}")
+        logger.info("%s: %d detections -> %s", path, len(instances), out)
     return written
 
 
@@ -190,8 +192,8 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+@run_logging(LOGGERS)  # detectron2's log format, as train_net.py's
 def main(argv: Optional[Sequence[str]] = None) -> List[str]:
-    logging.basicConfig(level=logging.INFO)
     args = build_parser().parse_args(argv)
     return run(args.config_file, args.input, args.output, args.weights, args.stitch, args.max_gflops, args.report,
                args.confidence_threshold, args.device, args.opts)
