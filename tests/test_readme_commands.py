@@ -95,7 +95,7 @@ def test_the_depth_demo_figures_the_readme_states_are_what_its_commands_gave(scr
     the files after it) are what the run just gave."""
     text = " ".join(" ".join(docs_text(doc).split()) for doc in DOCS)
     first, last = re.search(r"mean loss per epoch falls (\d+\.\d+) -> (\d+\.\d+)", text).groups()
-    sid, route, a1, gflops = re.search(r"On the demo above it picks stitch (\d+) \(`([^`]+)`, a1 ([\d.]+), "
+    sid, route, a1, gflops = re.search(r"`snnet_core.select` picks stitch (\d+) \(`([^`]+)`, a1 ([\d.]+), "
                                        r"([\d.]+) GFLOPs\)", text).groups()
     out = scratch / "output" / "dpt_demo"
     with open(out / "metrics.json") as f:
