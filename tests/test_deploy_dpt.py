@@ -115,6 +115,31 @@ def test_demo_writes_a_depth_png_with_colour_bar_and_the_raw_depth(run, tmp_path
         os.path.splitext(os.path.basename(p))[0] + ext for p in run["images"] for ext in ("_depth.npy", "_depth.png"))
 
 
+def test_demo_never_loses_an_output_or_an_input(run, tmp_path):
+    """Two images of one name (a/x.jpg, b/x.jpg) get two outputs; a rerun is refused before the model is read unless
+    --overwrite; an output that would replace an input image is refused."""
+    for folder, source in zip("ab", run["images"]):
+        os.makedirs(tmp_path / folder)
+        os.link(source, tmp_path / folder / "x.jpg")
+    inputs = [str(tmp_path / "a" / "x.jpg"), str(tmp_path / "b" / "x.jpg")]
+    args = ["--weights", run["exported"], "--input", *inputs, "--output", str(tmp_path / "out"), "--no-flip"]
+    written = demo.main(args)
+    assert [os.path.basename(p) for p in written] == ["x_depth.png", "x_depth.npy", "x_2_depth.png", "x_2_depth.npy"]
+    model = load_depth_model(run["exported"])
+    for image_path, npy in zip(inputs, written[1::2]):
+        np.testing.assert_array_equal(np.load(npy), demo.predict_depth(model, demo.read_rgb(image_path), flip=False))
+    assert not np.array_equal(np.load(written[1]), np.load(written[3]))  # two images: the comparison can fail
+    before = os.stat(written[1]).st_mtime_ns
+    with pytest.raises(FileExistsError, match=r"already holds .*x_depth.png, .*pass --overwrite to replace them"):
+        demo.main(args[:1] + [str(tmp_path / "missing.pth")] + args[2:])  # refused before the weights are read
+    assert os.stat(written[1]).st_mtime_ns == before
+    assert demo.main(args + ["--overwrite"]) == written
+    os.link(run["images"][0], tmp_path / "a" / "x_depth.png")  # an input named like an output
+    with pytest.raises(ValueError, match=r"output .*a/x_depth.png of .*a/x.jpg would replace the input image"):
+        demo.main(["--weights", run["exported"], "--input", str(tmp_path / "a"), "--output", str(tmp_path / "a"),
+                   "--overwrite"])
+
+
 def test_demo_names_an_unreadable_image_and_an_unknown_stitch(run, tmp_path):
     broken = tmp_path / "broken.jpg"
     broken.write_bytes(b"\xff\xd8 not really a jpeg")

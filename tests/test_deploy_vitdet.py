@@ -155,6 +155,26 @@ def test_demo_draws_the_detections_of_a_stitch_and_of_an_exported_stitch(snnet, 
     assert len(by_budget) == 2
 
 
+def test_demo_never_draws_over_an_input_image_or_an_earlier_drawing(snnet, tmp_path):
+    """--output equal to the input folder would replace photo.png with its drawing: refused, naming both, before
+    the model is built; a second run into one --output is refused unless --overwrite."""
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    os.link(snnet["images"][0], folder / "photo.png")
+    original = (folder / "photo.png").read_bytes()
+    base = ["--config-file", TINY, "--weights", str(tmp_path / "not_read.pth"), "--input", str(folder)]
+    with pytest.raises(ValueError, match=rf"output {folder / 'photo.png'} of {folder / 'photo.png'} would replace the "
+                                         rf"input image {folder / 'photo.png'}: give --output another folder"):
+        demo.main(base + ["--output", str(folder), "--overwrite"])
+    assert (folder / "photo.png").read_bytes() == original
+    args = ["--config-file", TINY, "--weights", snnet["weights"], "--input", str(folder), "--output",
+            str(tmp_path / "out"), f"datasets.root={os.path.dirname(os.path.dirname(snnet['images'][0]))}"]
+    (drawing,) = demo.main(args)
+    with pytest.raises(FileExistsError, match=r"already holds .*photo.png, written before: pass --overwrite"):
+        demo.main(args)
+    assert demo.main(args[:-1] + ["--overwrite", args[-1]]) == [drawing]
+
+
 def test_demo_errors_name_the_image_the_stitch_and_the_budget(snnet, tmp_path):
     broken = tmp_path / "broken.png"
     broken.write_bytes(b"\x89PNG\r\n\x1a\n but not a png")

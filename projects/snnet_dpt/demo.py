@@ -14,6 +14,9 @@ For each image ``NAME.EXT`` it writes, into ``--output``:
 - ``NAME_depth.png``: the image beside its depth, colour-mapped, with a colour bar in metres;
 - ``NAME_depth.npy``: the raw prediction, ``(H, W)`` float32 metres at the image's own size.
 
+Images of the same ``NAME`` (``a/x.jpg``, ``b/x.jpg``) get ``NAME_2``, ... (logged); an output that would replace
+an input image is refused, and so are outputs of an earlier run unless ``--overwrite`` replaces them.
+
 The image is read as RGB, resized to ``--size H W`` (default: its own size rounded to a multiple of the patch
 size), normalised as in training (mean = std = 127.5); the prediction (with the flip average of the evaluation
 unless ``--no-flip``) is resized back to the image's size (bilinear). ``--weights`` is a training checkpoint
@@ -49,7 +52,7 @@ from projects.snnet_dpt.transforms import PIXEL_MEAN, PIXEL_STD
 from snnet_core import StitchedViT
 from snnet_core.atomic_io import write_atomic
 from snnet_core.cli import add_debug_argument, run_command
-from snnet_core.images import list_images
+from snnet_core.images import list_images, output_paths
 from snnet_core.select import best_stitch_in_report
 
 logger = logging.getLogger("projects.snnet_dpt.demo")
@@ -136,24 +139,25 @@ def choose_demo_stitch(max_gflops: Optional[float], report: Optional[str]) -> Op
 
 def run(weights: str, inputs: Sequence[str], output_dir: str, stitch_id: Optional[int] = None,
         size: Optional[Sequence[int]] = None, flip: bool = True, device: str = "cpu",
-        max_gflops: Optional[float] = None, report: Optional[str] = None) -> List[str]:
-    """Predict every image of ``inputs``; returns the paths written (PNG and ``.npy`` per image)."""
+        max_gflops: Optional[float] = None, report: Optional[str] = None, overwrite: bool = False) -> List[str]:
+    """Predict every image of ``inputs``; returns the paths written (PNG and ``.npy`` per image, named by
+    ``snnet_core.images.output_paths``: outputs of an earlier run are replaced only with ``overwrite``)."""
     if stitch_id is not None and max_gflops is not None:
         raise ValueError("give --stitch or --max-gflops, not both")
     images = list_images(inputs)  # bad paths fail before the model is loaded
+    outputs = output_paths(images, output_dir, ("_depth.png", "_depth.npy"), overwrite)
     chosen = choose_demo_stitch(max_gflops, report)
     model = load_depth_model(weights, stitch_id if chosen is None else chosen, map_location=device)
     title = f"depth, {describe(model)}"
     written: List[str] = []
-    for path in images:
+    for path, (png_path, npy_path) in zip(images, outputs):
         image = read_rgb(path)
         depth = predict_depth(model, image, size, flip)
-        stem = os.path.join(output_dir, os.path.splitext(os.path.basename(path))[0] + "_depth")
-        write_atomic(stem + ".npy", lambda f: np.save(f, depth), binary=True)
+        write_atomic(npy_path, lambda f: np.save(f, depth), binary=True)
         png = depth_figure(image, depth, title)
-        write_atomic(stem + ".png", lambda f: f.write(png), binary=True)
-        written += [stem + ".png", stem + ".npy"]
-        logger.info("%s: %.2f-%.2f m -> %s.png, %s.npy", path, depth.min(), depth.max(), stem, stem)
+        write_atomic(png_path, lambda f: f.write(png), binary=True)
+        written += [png_path, npy_path]
+        logger.info("%s: %.2f-%.2f m -> %s, %s", path, depth.min(), depth.max(), png_path, npy_path)
     return written
 
 
@@ -163,6 +167,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="training checkpoint (model_final.pth) or exported stitch (stitch_<ID>/model_final.pth)")
     p.add_argument("--input", nargs="+", required=True, metavar="PATH", help="image files or folders of images")
     p.add_argument("--output", required=True, metavar="DIR", help="folder for NAME_depth.png and NAME_depth.npy")
+    p.add_argument("--overwrite", action="store_true", help="replace the outputs of an earlier run in --output")
     choice = p.add_mutually_exclusive_group()
     choice.add_argument("--stitch", type=int, metavar="ID",
                         help="stitch of an SN-Net checkpoint (default: large anchor)")
@@ -180,7 +185,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Optional[Sequence[str]] = None) -> List[str]:
     args = build_parser().parse_args(argv)
     return run(args.weights, args.input, args.output, args.stitch, args.size, not args.no_flip, args.device,
-               args.max_gflops, args.report)
+               args.max_gflops, args.report, args.overwrite)
 
 
 if __name__ == "__main__":

@@ -15,6 +15,9 @@ Writes ``--output/NAME.png`` per input image: the image with the predicted boxes
 best primary metric within G GFLOPs (``python -m snnet_core.select``'s choice); without a report the most
 expensive stitch within G GFLOPs of the FLOPs table at ``snnet.flops_input_size``. Images are read as
 detectron2 reads them and resized by the config's test-time augmentation (``dataloader.test.mapper``).
+
+Images of the same ``NAME`` (``a/x.jpg``, ``b/x.png``) get ``NAME_2``, ... (logged); a drawing that would replace
+an input image is refused, and so are drawings of an earlier run unless ``--overwrite`` replaces them.
 """
 from __future__ import annotations
 
@@ -51,7 +54,7 @@ from snnet_core import best_under_budget
 from snnet_core.atomic_io import write_atomic
 from snnet_core.cli import add_debug_argument, run_command
 from snnet_core.console import run_logging
-from snnet_core.images import list_images
+from snnet_core.images import list_images, output_paths
 from snnet_core.select import best_stitch_in_report
 
 logger = logging.getLogger("projects.snnet_vitdet.demo")
@@ -143,11 +146,14 @@ def load_model(cfg: DictConfig, weights: Optional[str], device: str) -> torch.nn
 
 def run(config_file: str, inputs: Sequence[str], output_dir: str, weights: Optional[str] = None,
         stitch: Optional[int] = None, max_gflops: Optional[float] = None, report: Optional[str] = None,
-        confidence_threshold: float = 0.5, device: str = "cpu", opts: Sequence[str] = ()) -> List[str]:
-    """Draw the detections of every image of ``inputs`` into ``output_dir``; returns the paths written."""
+        confidence_threshold: float = 0.5, device: str = "cpu", opts: Sequence[str] = (), overwrite: bool = False
+        ) -> List[str]:
+    """Draw the detections of every image of ``inputs`` into ``output_dir``; returns the paths written (named by
+    ``snnet_core.images.output_paths``: outputs of an earlier run are replaced only with ``overwrite``)."""
     if stitch is not None and max_gflops is not None:
         raise ValueError("give --stitch or --max-gflops, not both")
     images = list_images(inputs)
+    outputs = output_paths(images, output_dir, (".png",), overwrite)
     cfg = LazyConfig.apply_overrides(LazyConfig.load(config_file), list(opts))
     if "datasets" in cfg:
         register_coco_json_datasets(cfg.datasets.get("coco_json", {}))
@@ -158,14 +164,13 @@ def run(config_file: str, inputs: Sequence[str], output_dir: str, weights: Optio
     predictor = Predictor(cfg, model)
     metadata = demo_metadata(cfg)
     written = []
-    for path in images:
+    for path, (out,) in zip(images, outputs):
         image = read_input(path, predictor.input_format)
         instances = predictor(image).to("cpu")
         instances = instances[instances.scores >= confidence_threshold]
         rgb = image if predictor.input_format == "RGB" else image[:, :, ::-1]
         np.random.seed(0)  # Visualizer draws its instance colours from numpy's RNG: the same picture every run
         drawn = Visualizer(rgb, metadata, instance_mode=ColorMode.IMAGE).draw_instance_predictions(instances)
-        out = os.path.join(output_dir, os.path.splitext(os.path.basename(path))[0] + ".png")
         ok, png = cv2.imencode(".png", drawn.get_image()[:, :, ::-1])
         if not ok:
             raise RuntimeError(f"could not encode the drawing of {path}")
@@ -181,6 +186,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--weights", metavar="FILE", help="trained weights (default: the config's train.init_checkpoint)")
     p.add_argument("--input", nargs="+", required=True, metavar="PATH", help="image files or folders of images")
     p.add_argument("--output", required=True, metavar="DIR", help="folder for the drawings (NAME.png)")
+    p.add_argument("--overwrite", action="store_true", help="replace the drawings of an earlier run in --output")
     choice = p.add_mutually_exclusive_group()
     choice.add_argument("--stitch", type=int, metavar="ID", help="the SN-Net's stitch to run (default: large anchor)")
     choice.add_argument("--max-gflops", type=float, metavar="G", help="the best stitch within G GFLOPs")
@@ -196,7 +202,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Optional[Sequence[str]] = None) -> List[str]:
     args = build_parser().parse_args(argv)
     return run(args.config_file, args.input, args.output, args.weights, args.stitch, args.max_gflops, args.report,
-               args.confidence_threshold, args.device, args.opts)
+               args.confidence_threshold, args.device, args.opts, args.overwrite)
 
 
 if __name__ == "__main__":
