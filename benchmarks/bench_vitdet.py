@@ -34,7 +34,7 @@ from typing import Callable, Dict, List
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from detectron2.config import LazyConfig, instantiate  # noqa: E402
+from detectron2.config import instantiate  # noqa: E402
 from detectron2.data import DatasetCatalog, DatasetMapper, build_detection_test_loader  # noqa: E402
 from detectron2.data import transforms as T  # noqa: E402
 from detectron2.evaluation import COCOEvaluator  # noqa: E402
@@ -50,6 +50,7 @@ from projects.snnet_vitdet.evaluation import (  # noqa: E402
     evaluate_stitch_group,
 )
 from snnet_core import export_stitch, prefix_sharing_cost  # noqa: E402
+from snnet_core.config_io import load_config_file  # noqa: E402
 from snnet_core.prefix_trie import route_step_gflops, stitch_groups  # noqa: E402
 
 CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
@@ -75,7 +76,7 @@ def spread(ids_by_cost: List[int], count: int) -> List[int]:
 
 
 def build_detector(image_size: int, num_classes: int = 80) -> torch.nn.Module:
-    cfg = LazyConfig.load(CONFIG)
+    cfg = load_config_file(CONFIG)
     cfg.model.roi_heads.num_classes = num_classes
     for vit in (cfg.model.backbone.net.fast, cfg.model.backbone.net.slow):
         vit.pretrained = None  # random weights; the position tables stay at 224, as in the recipe

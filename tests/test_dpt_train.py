@@ -331,7 +331,7 @@ def test_clear_errors_for_bad_inputs(data_root, tmp_path):
         train_cli.main(cli_args(data_root, tmp_path / "f", opts=["train.init_checkpoint=x.pth"]))
     with pytest.raises(KeyError, match="no key 'optimizer.learning_rate'"):
         train_cli.main(cli_args(data_root, tmp_path / "g", opts=["optimizer.learning_rate=1e-3"]))
-    with pytest.raises(ValueError, match="put the flags before the overrides"):
+    with pytest.raises(ValueError, match="put flags before the overrides"):
         train_cli.main(cli_args(data_root, tmp_path / "h", opts=["--eval-only"]))
     with pytest.raises(ValueError, match="--eval-only evaluates a checkpoint and trains nothing: drop --resume"):
         train_cli.main(cli_args(data_root, tmp_path / "h", "--eval-only", "--resume"))

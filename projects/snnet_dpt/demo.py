@@ -51,6 +51,7 @@ from projects.snnet_dpt.model import DPTDepthModel
 from projects.snnet_dpt.transforms import PIXEL_MEAN, PIXEL_STD
 from snnet_core import StitchedViT
 from snnet_core.atomic_io import write_atomic
+from snnet_core.config_io import local_checkpoint
 from snnet_core.cli import add_debug_argument, run_command
 from snnet_core.images import list_images, output_paths
 from snnet_core.select import best_stitch_in_report
@@ -146,6 +147,7 @@ def run(weights: str, inputs: Sequence[str], output_dir: str, stitch_id: Optiona
         raise ValueError("give --stitch or --max-gflops, not both")
     images = list_images(inputs)  # bad paths fail before the model is loaded
     outputs = output_paths(images, output_dir, ("_depth.png", "_depth.npy"), overwrite)
+    weights = local_checkpoint(weights, "--weights")  # a URL: refused unless already downloaded
     chosen = choose_demo_stitch(max_gflops, report)
     model = load_depth_model(weights, stitch_id if chosen is None else chosen, map_location=device)
     title = f"depth, {describe(model)}"

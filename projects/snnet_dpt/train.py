@@ -48,12 +48,11 @@ warnings.filterwarnings("ignore", message="`torch.jit.script` is deprecated", ca
 import argparse
 import json
 import logging
-import math
 from typing import Any, Callable, Dict, List, Optional, Sequence
 
+import timm
 import torch
 import yaml
-from detectron2.config import LazyConfig
 from detectron2.engine import default_argument_parser
 from omegaconf import OmegaConf
 from torch.utils.data import DataLoader, Subset
@@ -70,6 +69,10 @@ from projects.snnet_dpt.training import (
 )
 from projects.snnet_dpt.transforms import DepthDataset
 from snnet_core import load_results, select_stitches
+from snnet_core.config_io import (
+    Check, apply_overrides, check_config_kind, check_values, input_size_problem, integer, load_config_file,
+    local_checkpoint, lookup, number, one_of, pair,
+)
 from snnet_core.atomic_io import file_sha256, write_atomic
 from snnet_core.cli import launch_command, run_command, use_launch_defaults
 from snnet_core.latency import write_latency_info
@@ -85,7 +88,7 @@ logger = logging.getLogger("projects.snnet_dpt.train")
 
 DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs", "dpt_snnetv2_deit3_s_l_nyu.py")
 CONFIG_NAME = "config.yaml"
-_ABSENT = object()
+SECTIONS = ("model", "dataloader", "optimizer", "lr_schedule", "train", "test")
 
 
 def build_argument_parser() -> argparse.ArgumentParser:
@@ -134,62 +137,100 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
 
 
 def load_config(path: str, overrides: Sequence[str]) -> Dict[str, Any]:
-    """The config file with ``key=value`` overrides applied, as plain Python containers.
-
-    Unlike detectron2's ``apply_overrides`` (which adds a key it does not know), an override of a key the
-    file does not hold is an error: a typo would otherwise silently train the default recipe.
-    """
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"config file {path!r} does not exist (see projects/snnet_dpt/configs/)")
-    cfg = LazyConfig.load(path)
-    for item in overrides:
-        if item.startswith("--"):
-            raise ValueError(f"{item!r} comes after a KEY=VALUE override: put the flags before the overrides")
-        key = item.split("=", 1)[0].lstrip("+~")
-        if "=" not in item or OmegaConf.select(cfg, key, default=_ABSENT) is _ABSENT:
-            raise KeyError(f"override {item!r}: {path} has no key {key!r} (use KEY=VALUE with a key of the file, "
-                           f"e.g. train.output_dir=...; sections: {', '.join(cfg.keys())})")
-    cfg = LazyConfig.apply_overrides(cfg, list(overrides))
-    return OmegaConf.to_container(cfg, resolve=True)
+    """The config file (``snnet_core.config_io.load_config_file``: a YAML file is read as data) with ``key=value``
+    overrides applied, as plain Python containers. A detection config, or an override of a key the file does
+    not hold (named with the closest keys), is an error."""
+    cfg = load_config_file(path)
+    check_config_kind(cfg, path, "depth", SECTIONS)
+    return OmegaConf.to_container(apply_overrides(cfg, overrides, path), resolve=True)
 
 
-def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+def _anchor_patch_size(cfg: Dict[str, Any]) -> Optional[int]:
+    """The patch size of the slow anchor (built on the meta device: no memory); ``None`` if it cannot be built
+    (``model_spec`` then names the problem)."""
+    try:
+        overrides = dict(cfg["model"]["anchor_overrides"][1])
+        with torch.device("meta"):
+            return int(timm.create_model(cfg["model"]["anchors"][1], pretrained=False, **overrides)
+                       .patch_embed.patch_size[0])
+    except Exception:
+        return None
 
 
-def _is_count(value: Any, minimum: int) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value >= minimum
+def _checkpoint_problems(cfg: Dict[str, Any]) -> List[str]:
+    """Remote checkpoints (``model.pretrained``, ``train.init_checkpoint``) not in the download cache; a cached one
+    is replaced by its local file."""
+    problems = []
+    paths = [(f"model.pretrained.{i}", cfg["model"], "pretrained", i) for i in range(len(cfg["model"]["pretrained"]))]
+    for key, holder, name, index in paths + [("train.init_checkpoint", cfg["train"], "init_checkpoint", None)]:
+        value = holder[name] if index is None else holder[name][index]
+        if not value:
+            continue
+        try:
+            local = local_checkpoint(value, key)
+        except FileNotFoundError as exc:
+            problems.append(str(exc))
+            continue
+        if index is None:
+            holder[name] = local
+        else:
+            holder[name] = [local if i == index else v for i, v in enumerate(holder[name])]
+    return problems
 
 
-def check_settings(cfg: Dict[str, Any], training: bool) -> None:
-    """Refuse values that would run but train or evaluate something else than asked (a zero, negative or NaN
-    learning rate, no epoch, ``test.max_images=0``), before anything is read or computed."""
-    rules = [("test.max_images", lambda v: v is None or _is_count(v, 1),
-              "None (every test frame) or a number of frames >= 1"),
-             ("test.batch_size", lambda v: _is_count(v, 1), "an integer >= 1"),
-             ("test.share_prefixes", lambda v: isinstance(v, bool), "true or false"),
-             ("test.stitch_group_size", lambda v: _is_count(v, 1), "an integer >= 1 (stitches per data pass)"),
-             ("dataloader.test_name", lambda v: isinstance(v, str) and v.strip(".") != "" and "/" not in v,
-              "a name without '/' (it names the report directory stitch_report_<test_name>)")]
+def check_settings(cfg: Dict[str, Any], training: bool, source: str = "the config") -> None:
+    """Refuse values that would fail later or train or evaluate something else than asked (a zero, negative or
+    NaN learning rate, no epoch, ``test.max_images=0``, a size that is not a multiple of the patch size, a
+    remote checkpoint), before anything is read or computed: one ``ConfigError`` lists every problem."""
+    name_ok = Check(lambda v: isinstance(v, str) and v.strip(".") != "" and "/" not in v,
+                    "a name without '/' (it names the report directory stitch_report_<test_name>)")
+    probability, factor = number(0, 1), number(0, low_open=True)
+    checks = {
+        "model.lora_rank": integer(0, note="0: fully trainable stitching layers"),
+        "model.lora_alpha": number(0, low_open=True),
+        "model.features": integer(1), "model.min_depth": number(0, low_open=True),
+        "model.max_depth": Check(lambda v: number().valid(v) and v > cfg["model"]["min_depth"],
+                                 f"a finite number > model.min_depth ({cfg['model']['min_depth']!r})"),
+        "model.post_process_channels": Check(lambda v: len(v) == 4 and all(integer(1).valid(c) for c in v),
+                                             "four integers >= 1"),
+        "model.out_indices": Check(lambda v: v is None or (len(v) == 4 and all(integer(0).valid(i) for i in v)),
+                                   "None (the default blocks) or four block indices >= 0"),
+        "model.drop_path": pair(number(0, 1, high_open=True)),
+        "dataloader.workers": integer(0), "dataloader.test_name": name_ok,
+        "dataloader.augmentation.rotate_prob": probability, "dataloader.augmentation.flip_prob": probability,
+        "dataloader.augmentation.color_prob": probability, "dataloader.augmentation.rotate_degrees": number(0),
+        "dataloader.augmentation.gamma": pair(factor, ordered=True),
+        "dataloader.augmentation.brightness": pair(factor, ordered=True),
+        "dataloader.augmentation.colour": pair(factor, ordered=True),
+        "test.max_images": Check(lambda v: v is None or integer(1).valid(v),
+                                 "None (every test frame) or a number of frames >= 1"),
+        "test.batch_size": integer(1), "test.share_prefixes": one_of(True, False),
+        "test.stitch_group_size": integer(1, note="stitches per data pass"), "test.flip": one_of(True, False),
+        "test.primary_metric": one_of(*METRIC_NAMES),
+    }
     if training:
-        rules += [("optimizer.lr", lambda v: _is_number(v) and v > 0, "a finite number > 0"),
-                  ("optimizer.weight_decay", lambda v: _is_number(v) and v >= 0, "a finite number >= 0"),
-                  ("optimizer.clip_grad", lambda v: _is_number(v) and v >= 0, "a finite number >= 0 (0: off)"),
-                  ("train.epochs", lambda v: _is_count(v, 1), "an integer >= 1"),
-                  ("train.batch_size", lambda v: _is_count(v, 1), "an integer >= 1"),
-                  ("train.ls_init_images", lambda v: _is_count(v, 0), "an integer >= 0 (0: no LS init)"),
-                  ("train.loss_warmup_iters", lambda v: _is_count(v, 0), "an integer >= 0"),
-                  ("train.flops_step", lambda v: _is_number(v) and v > 0, "a finite number of GFLOPs > 0"),
-                  ("train.log_period", lambda v: _is_count(v, 1), "an integer >= 1 (iterations between log lines)"),
-                  ("train.max_to_keep", lambda v: _is_count(v, 1), "an integer >= 1 (periodic checkpoints kept)"),
-                  ("train.init_checkpoint", lambda v: not v, "empty: it names the checkpoint --eval-only evaluates; "
-                   "training starts from model.pretrained, --resume continues from <train.output_dir>/"
-                   f"{LAST_CHECKPOINT}")]
-    for key, valid, expected in rules:
-        section, name = key.split(".")
-        value = cfg[section][name]
-        if not valid(value):
-            raise ValueError(f"{key}={value!r} is not valid: expected {expected}")
+        checks.update({
+            "optimizer.lr": number(0, low_open=True), "optimizer.weight_decay": number(0),
+            "optimizer.clip_grad": number(0, note="0: off"), "optimizer.eps": number(0, low_open=True),
+            "optimizer.betas": pair(number(0, 1, high_open=True)),
+            "lr_schedule.pct_start": number(0, 1, low_open=True, high_open=True),
+            "lr_schedule.div_factor": number(0, low_open=True), "lr_schedule.final_div_factor": number(0, low_open=True),
+            "lr_schedule.base_momentum": number(0, 1, high_open=True),
+            "lr_schedule.max_momentum": Check(lambda v: number().valid(v) and cfg["lr_schedule"]["base_momentum"] <= v < 1,
+                                              "a number in [lr_schedule.base_momentum, 1)"),
+            "train.epochs": integer(1), "train.batch_size": integer(1),
+            "train.ls_init_images": integer(0, note="0: no LS init"), "train.loss_warmup_iters": integer(0),
+            "train.flops_step": number(0, low_open=True, note="GFLOPs"), "train.seed": integer(0),
+            "train.log_period": integer(1, note="iterations between log lines"),
+            "train.max_to_keep": integer(1, note="periodic checkpoints kept"), "train.amp": one_of(True, False),
+            "train.init_checkpoint": Check(lambda v: not v, "empty: it names the checkpoint --eval-only evaluates; "
+                                           "training starts from model.pretrained, --resume continues from "
+                                           f"<train.output_dir>/{LAST_CHECKPOINT}"),
+        })
+    sizes = ["dataloader.eval_size"] + (["dataloader.augmentation.crop_size"] if training else [])
+    patch = _anchor_patch_size(cfg)
+    more = [input_size_problem(key, lookup(cfg, key), patch) for key in sizes] if patch else []
+    check_values(cfg, checks, source, more=more + _checkpoint_problems(cfg))
 
 
 def model_spec(cfg: Dict[str, Any]) -> ModelSpec:
@@ -329,7 +370,7 @@ def run(cfg: Dict[str, Any], args: argparse.Namespace, ctx: DistContext,
     amp = ctx.device.type == "cuda" and cfg["train"]["amp"]
     # everything that can be checked without compute is checked first: settings, output directory, checkpoint,
     # data files and values, report directory
-    check_settings(cfg, training)
+    check_settings(cfg, training, args.config_file)
     replaced: List[str] = []
     if training:
         replaced = check_output_dir(output_dir, args.resume, args.overwrite)
@@ -347,8 +388,6 @@ def run(cfg: Dict[str, Any], args: argparse.Namespace, ctx: DistContext,
     if latency is not None and args.stitch == "none":
         raise ValueError("--measure-latency times the stitches of the per-stitch report: give --stitch "
                          "all|pareto|ID[,ID...], not none")
-    if test_cfg["primary_metric"] not in METRIC_NAMES:
-        raise ValueError(f"test.primary_metric={test_cfg['primary_metric']!r}: choose one of {METRIC_NAMES}")
     recipe = recipe_from_config(cfg, ctx.world_size) if training else None
     spec = model_spec(cfg) if training else header["spec"]
     if resume_path:

@@ -38,7 +38,7 @@ from typing import Any, Dict, List, Optional, Sequence
 import cv2
 import numpy as np
 import torch
-from detectron2.config import LazyConfig, instantiate
+from detectron2.config import instantiate
 from detectron2.data import Metadata, MetadataCatalog
 from detectron2.data import transforms as T
 from detectron2.data.detection_utils import read_image
@@ -53,6 +53,7 @@ from projects.snnet_vitdet.training import StrictDetectionCheckpointer, stitched
 from snnet_core import best_under_budget
 from snnet_core.atomic_io import write_atomic
 from snnet_core.cli import add_debug_argument, run_command
+from snnet_core.config_io import apply_overrides, check_config_kind, load_config_file, local_checkpoint
 from snnet_core.console import run_logging
 from snnet_core.images import list_images, output_paths
 from snnet_core.select import best_stitch_in_report
@@ -136,6 +137,8 @@ class Predictor:
 def load_model(cfg: DictConfig, weights: Optional[str], device: str) -> torch.nn.Module:
     """``instantiate(cfg.model)`` with ``weights`` (default ``train.init_checkpoint``) loaded strictly."""
     weights = weights or cfg.get("train", {}).get("init_checkpoint", "")
+    if weights:  # a URL: refused unless already downloaded
+        weights = local_checkpoint(weights, "--weights")
     if not weights or not os.path.isfile(weights):
         raise FileNotFoundError(f"weights {weights!r} do not exist: pass --weights PATH (the trained model_final.pth) "
                                 "or a config whose train.init_checkpoint names them")
@@ -154,7 +157,9 @@ def run(config_file: str, inputs: Sequence[str], output_dir: str, weights: Optio
         raise ValueError("give --stitch or --max-gflops, not both")
     images = list_images(inputs)
     outputs = output_paths(images, output_dir, (".png",), overwrite)
-    cfg = LazyConfig.apply_overrides(LazyConfig.load(config_file), list(opts))
+    cfg = load_config_file(config_file)  # a YAML file (an exported stitch's config.yaml) is read as data
+    check_config_kind(cfg, config_file, "detection", ("model",))
+    cfg = apply_overrides(cfg, opts, config_file)
     if "datasets" in cfg:
         register_coco_json_datasets(cfg.datasets.get("coco_json", {}))
     model = load_model(cfg, weights, device)

@@ -9,7 +9,7 @@
   replaced), ``dataloader`` / ``datasets`` / ``train`` of the SN-Net's config with ``train.init_checkpoint``
   pointing at the weights. It loads without the SN-Net::
 
-      cfg = LazyConfig.load("output/x/stitch_5/config.yaml")
+      cfg = load_config_file("output/x/stitch_5/config.yaml")  # snnet_core.config_io: read as data
       model = instantiate(cfg.model).eval()
       DetectionCheckpointer(model).load(cfg.train.init_checkpoint)
 
@@ -35,6 +35,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from snnet_core import ExportedStitch, build_anchor, export_stitch
 from snnet_core.anchors import anchor_build
 from snnet_core.atomic_io import write_atomic
+from snnet_core.config_io import load_config_file
 from snnet_core.checkpoint import materialize, plan_from_recipe, recipe_anchors, route_recipe
 
 from .backbone import StitchedViTDetBackbone, prepare_vitdet
@@ -143,7 +144,7 @@ def _save_config(cfg: DictConfig, path: str) -> None:
         if os.path.exists(draft + ".pkl") or not os.path.isfile(draft):
             raise ValueError(f"the config of {path} cannot be written as YAML (a value is not serialisable; see the "
                              "log of LazyConfig.save)")
-        LazyConfig.load(draft)
+        load_config_file(draft)  # as train_net.py and demo.py read it: a YAML file is data
         with open(draft) as f:
             text = f.read()
     write_atomic(path, lambda f: f.write(text))
