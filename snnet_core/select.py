@@ -170,6 +170,13 @@ def choose_stitch(
                   [rows[k] for k in pareto_frontier(cost, values, higher)], record.get(LATENCY_KEY))
 
 
+def export_reads_report(selection: str) -> bool:
+    """Whether ``--export-stitch selection`` chooses from the per-stitch report (``pareto``, ``best:G``); ids can be
+    resolved and checked before any evaluation."""
+    selection = selection.strip()
+    return selection == "pareto" or selection.startswith("best:")
+
+
 def resolve_export_selection(selection: str, space: StitchSpace, report: Optional[str] = None,
                              task: Optional[str] = None) -> List[int]:
     """Stitch ids of a project's ``--export-stitch``: ``ID[,ID...]``, ``pareto`` (the Pareto frontier of the

@@ -246,3 +246,20 @@ def test_train_net_exports_a_stitch_and_the_config_key_selects_one(snnet, tmp_pa
     with pytest.raises(ValueError, match="--eval-only"):
         train_net.main(train_net.build_argument_parser().parse_args(
             ["--config-file", TINY, "--export-stitch", "5", f"train.output_dir={tmp_path / 'train'}"]))
+
+
+def test_an_id_export_over_an_earlier_one_is_refused_before_the_evaluation(snnet, tmp_path, monkeypatch):
+    """``--eval-only --stitch all --export-stitch 5`` over an earlier stitch_5/ fails before the per-stitch report
+    (hours on COCO), as depth does; pareto / best:G, which read the report, are checked after it."""
+    from projects.snnet_vitdet import train_net
+
+    (tmp_path / "stitch_5").mkdir()
+    (tmp_path / "stitch_5" / "model_final.pth").write_bytes(b"an earlier export")
+    args = train_net.build_argument_parser().parse_args([
+        "--config-file", TINY, "--eval-only", "--stitch", "all", "--export-stitch", "5",
+        f"datasets.root={snnet['cfg'].datasets.root}", "train.device=cpu",
+        f"train.output_dir={tmp_path}", f"train.init_checkpoint={snnet['weights']}"])
+    monkeypatch.setattr(train_net, "do_stitch_report", lambda *a: pytest.fail("evaluated before the export check"))
+    with pytest.raises(FileExistsError, match=r"--export-stitch would replace .*stitch_5/model_final.pth"):
+        train_net.main(args)
+    assert (tmp_path / "stitch_5" / "model_final.pth").read_bytes() == b"an earlier export"

@@ -82,7 +82,7 @@ from snnet_core.run_dir import (
     LAST_CHECKPOINT, check_export_targets, check_output_dir, clear_run, command_line_sets, eval_size_for_checkpoint,
     export_dir, last_checkpoint, lock_run_dir, remove_killed_writes,
 )
-from snnet_core.select import resolve_export_selection
+from snnet_core.select import export_reads_report, resolve_export_selection
 
 logger = logging.getLogger("projects.snnet_dpt.train")
 
@@ -357,12 +357,6 @@ def _file_identity(path: str) -> tuple:
     return st.st_ino, st.st_size, st.st_mtime_ns
 
 
-def _needs_report(export_selection: str) -> bool:
-    """Whether ``--export-stitch`` chooses from the per-stitch report (``pareto``, ``best:G``)."""
-    selection = export_selection.strip()
-    return selection == "pareto" or selection.startswith("best:")
-
-
 def run(cfg: Dict[str, Any], args: argparse.Namespace, ctx: DistContext,
         log_to_file: Callable[[str], None] = lambda output_dir: None) -> Dict[str, Any]:
     output_dir, test_cfg = cfg["train"]["output_dir"], cfg["test"]
@@ -430,7 +424,7 @@ def run(cfg: Dict[str, Any], args: argparse.Namespace, ctx: DistContext,
                                          report_dir, RESULTS_FILE), task=TASK, metric=test_cfg["primary_metric"],
                                      higher_is_better=test_cfg["primary_metric"] in HIGHER_IS_BETTER)
     export_ids = None
-    if args.export_stitch is not None and not _needs_report(args.export_stitch):  # ids: checked before training
+    if args.export_stitch is not None and not export_reads_report(args.export_stitch):  # ids: checked before training
         export_ids = resolve_export_selection(args.export_stitch, space, task=TASK)
         check_export_targets(output_dir, export_ids, args.overwrite)
     elif args.export_stitch is not None and not stitch_ids and not os.path.isfile(os.path.join(report_dir,

@@ -95,7 +95,7 @@ from snnet_core.run_dir import (
     check_export_targets, check_output_dir, clear_run, command_line_sets, eval_size_for_checkpoint, last_checkpoint,
     lock_run_dir, remove_killed_writes,
 )
-from snnet_core.select import plot_exported_stitch, resolve_export_selection
+from snnet_core.select import export_reads_report, plot_exported_stitch, resolve_export_selection
 from snnet_core.train_log import training_writers
 
 logger = logging.getLogger("projects.snnet_vitdet.train_net")
@@ -257,14 +257,23 @@ def report_dir_of(args, cfg) -> str:
                                            "stitch_report_" + "+".join(dataset_names(cfg.dataloader.test)))
 
 
-def do_export(args, cfg, model: torch.nn.Module) -> List[Dict[str, str]]:
-    """``--export-stitch ID[,ID]|pareto|best:G``: standalone detectors under ``OUTPUT_DIR/stitch_<ID>/``."""
+def export_selection(args, cfg, model: torch.nn.Module) -> List[int]:
+    """The stitches ``--export-stitch`` names (``pareto`` / ``best:G``: read from the per-stitch report), refused
+    where exported before unless ``--overwrite`` (``check_export_targets``)."""
     backbone = stitched_backbone(model)
     if backbone is None:
         raise ValueError("--export-stitch needs an SN-Net detector (a StitchedViTDetBackbone); this config has one ViT")
     ids = run_on_main(lambda: resolve_export_selection(args.export_stitch, backbone.space, report_dir_of(args, cfg),
                                                        task=RESULTS_TASK))
     run_on_main(lambda: check_export_targets(cfg.train.output_dir, ids, args.overwrite))
+    return ids
+
+
+def do_export(args, cfg, model: torch.nn.Module, ids: Optional[List[int]] = None) -> List[Dict[str, str]]:
+    """``--export-stitch ID[,ID]|pareto|best:G``: standalone detectors under ``OUTPUT_DIR/stitch_<ID>/`` (``ids``:
+    ``export_selection``'s, where it was called before)."""
+    ids = export_selection(args, cfg, model) if ids is None else ids
+    backbone = stitched_backbone(model)
     written = []
     if comm.is_main_process():
         for sid in ids:
@@ -480,10 +489,13 @@ def run(args, hold: Callable[[ContextManager], object]) -> Optional[Dict]:
                                                     command_line_sets(args.opts, key), checkpoint, key)
             if source != "config":
                 set_eval_input_size(cfg, model, size)
+        export_ids = None
+        if args.export_stitch is not None and not export_reads_report(args.export_stitch):
+            export_ids = export_selection(args, cfg, model)  # ids: refused before the evaluation, not after
         if stitched_backbone(model) is not None and args.stitch is not None:
             report = do_stitch_report(args, cfg, model, extras.get("iteration"))
         if args.export_stitch is not None:
-            do_export(args, cfg, model)  # after the report, so pareto / best:G can read it
+            do_export(args, cfg, model, export_ids)  # after the report, so pareto / best:G can read it
         if stitched_backbone(model) is None:
             return do_test(cfg, model)
         return report
