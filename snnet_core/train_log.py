@@ -8,7 +8,7 @@ that ``metrics.json`` and TensorBoard hold one curve per route type and per anch
 ``training_writers`` gives detectron2's writers (console, ``metrics.json``, TensorBoard) for a run starting at an
 iteration: a resumed run cuts ``metrics.json`` back to its checkpoint (``trim_metrics_log``) and has TensorBoard
 purge the events the interrupted run logged after it, so both logs describe one history. Its console printer
-(``RouteLossPrinter``) shows a route's loss only when the route was drawn in the window the line describes.
+(``RouteLossPrinter``) shows a route's loss only when the route was drawn since the previous line.
 """
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ import json
 import logging
 import os
 import time
-from typing import List
+from typing import List, Optional
 
 from detectron2.utils.events import CommonMetricPrinter, JSONWriter, TensorboardXWriter, get_event_storage
 from fvcore.common.history_buffer import HistoryBuffer
@@ -72,34 +72,42 @@ def trim_metrics_log(path: str, start_iter: int) -> int:
 
 class RouteLossPrinter(CommonMetricPrinter):
     """detectron2's console line of training metrics, where ``route_loss/<route>`` appears only for the routes drawn
-    in the last ``window_size`` iterations (the window each loss on the line is the median over), as the median of
-    those draws.
+    since the previous line (the print window), as the median of those draws.
 
     detectron2's printer takes each loss's median over the last ``window_size`` iterations *that loss was logged
     at*: a route last drawn long ago kept its old value, line after line (a flat line that is no flat loss), and a
-    route drawn now and long ago mixed both. ``metrics.json`` and TensorBoard are written from the storage as it is.
+    route drawn now and long ago mixed both. The other losses are detectron2's (the median over the last
+    ``window_size`` iterations). ``metrics.json`` and TensorBoard are written from the storage as it is.
     """
+
+    def __init__(self, max_iter: Optional[int] = None, window_size: int = 20):
+        super().__init__(max_iter, window_size)
+        self._window = (-1, -1)  # the print window: iterations after window[0], up to window[1]
 
     def write(self) -> None:
         storage = get_event_storage()
-        first = storage.iter - self._window_size  # the window: iterations first+1 .. storage.iter
+        if storage.iter > self._window[1]:  # a new line (a second write at one iteration keeps the window)
+            self._window = (self._window[1], storage.iter)
         shown = {}
         for name, history in storage.histories().items():
             if name.startswith(ROUTE_LOSS_PREFIX):
-                drawn = [(value, it) for value, it in history.values() if it > first]
+                drawn = [(value, it) for value, it in history.values() if self._window[0] < it <= self._window[1]]
                 if not drawn:
                     continue
                 history = HistoryBuffer()
                 for value, it in drawn:
                     history.update(value, it)
             shown[name] = history
-        # the parent reads the losses from storage.histories() (its median covers all of a window-only buffer:
-        # storage.count_samples counts at least the draws in the window)
+        # the parent prints the median of each loss in storage.histories() over its last storage.count_samples()
+        # values: for a route, all the draws of the window
+        count_samples = storage.count_samples
         storage.histories = lambda: shown
+        storage.count_samples = lambda name, window_size=20: (len(shown[name].values()) if name.startswith(
+            ROUTE_LOSS_PREFIX) else count_samples(name, window_size))
         try:
             super().write()
         finally:
-            del storage.histories
+            del storage.histories, storage.count_samples
 
 
 def training_writers(output_dir: str, max_iter: int, start_iter: int = 0) -> List:

@@ -49,7 +49,7 @@ def test_a_resumed_run_event_file_sorts_after_one_opened_in_the_same_second_by_a
     assert len(names) == 2 and names[0] == interrupted
 
 
-def test_the_console_line_shows_the_loss_of_the_routes_drawn_in_its_window_only(tmp_path):
+def test_the_console_line_shows_the_loss_of_the_routes_drawn_since_the_previous_line_only(tmp_path):
     import logging
 
     from detectron2.utils.events import EventStorage, JSONWriter
@@ -63,24 +63,27 @@ def test_the_console_line_shows_the_loss_of_the_routes_drawn_in_its_window_only(
     printer_logger.addHandler(handler)
     level = printer_logger.level
     printer_logger.setLevel(logging.INFO)
-    draws = {2: ("FSF", 7.0), 12: ("FS", 100.0), 25: ("FS", 2.0)}  # SF at every other iteration, its loss 1.0
+    # SF at every other iteration (loss 1); lines after iterations 19 and 69 (a print window of 50 iterations)
+    draws = {2: ("FSF", 7.0), 12: ("FS", 100.0), 25: ("FS", 2.0), 50: ("FS", 4.0), 68: ("FS", 3.0)}
     try:
-        json_writer = JSONWriter(str(tmp_path / "metrics.json"))
+        json_writer, printer = JSONWriter(str(tmp_path / "metrics.json")), RouteLossPrinter(max_iter=100)
         with EventStorage(0) as storage:
-            for it in range(40):
+            for it in range(70):
                 storage.iter = it
                 route, loss = draws.get(it, ("SF", 1.0))
                 storage.put_scalars(**{"total_loss": loss, f"route_loss/{route}": loss}, smoothing_hint=False)
                 json_writer.write()
-            RouteLossPrinter(max_iter=100, window_size=20).write()  # the window: iterations 20..39
+                if it in (19, 69):
+                    printer.write()
         json_writer.close()
     finally:
         printer_logger.removeHandler(handler)
         printer_logger.setLevel(level)
-    (line,) = lines
-    assert "route_loss/FSF" not in line  # drawn at iteration 2 only: detectron2's printer showed 7 line after line
-    assert "route_loss/FS: 2 " in line  # its draw at 25, not the median with 100 at 12 (detectron2's: 51)
-    assert "route_loss/SF: 1 " in line and "total_loss: 1 " in line
+    first, second = lines
+    assert "route_loss/FSF: 7 " in first and "route_loss/FS: 100 " in first and "route_loss/SF: 1 " in first
+    assert "route_loss/FSF" not in second  # not drawn since the first line: detectron2's printer repeated its 7
+    assert "route_loss/FS: 3 " in second  # the median of its draws at 25, 50, 68; not 100 (12, before the window)
+    assert "route_loss/SF: 1 " in second and "total_loss: 1 " in second
     logged = [json.loads(row) for row in (tmp_path / "metrics.json").read_text().splitlines()]
     assert [row["iteration"] for row in logged if "route_loss/FSF" in row] == [2]  # metrics.json: every draw
-    assert [row["route_loss/FS"] for row in logged if "route_loss/FS" in row] == [100.0, 2.0]
+    assert [row["route_loss/FS"] for row in logged if "route_loss/FS" in row] == [100.0, 2.0, 4.0, 3.0]
