@@ -33,7 +33,6 @@ from typing import Callable, Dict, List, Sequence, Tuple
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from projects.snnet_dpt.distributed import DistContext  # noqa: E402
 from projects.snnet_dpt.evaluation import evaluate_stitch_report  # noqa: E402
 from projects.snnet_dpt.training import build_optimizer  # noqa: E402
 from snnet_core.prefix_trie import route_step_gflops, stitch_groups  # noqa: E402
@@ -44,6 +43,7 @@ from projects.snnet_dpt.train import DEFAULT_CONFIG, load_config, recipe_from_co
 from snnet_core import (ResourceConstrainedSampler, build_flops_table, count_gflops,  # noqa: E402
                         prefix_sharing_cost)
 from snnet_core.atomic_io import write_atomic  # noqa: E402
+from snnet_core.distributed import DistContext  # noqa: E402
 
 PAPER_SETR_512 = {"DeiT3-S": 32.0, "DeiT3-L": 363.0}  # Table 1 FLOPs (G), SETR naive head, 512x512
 

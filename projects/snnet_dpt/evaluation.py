@@ -9,13 +9,13 @@ from typing import Dict, Iterable, Optional, Sequence
 import torch
 
 from snnet_core import FlopsTable, evaluate_stitches
+from snnet_core.distributed import DistContext, broadcast_object, gather_objects
 from snnet_core.latency import LATENCY_COLUMN, time_stitches
 from snnet_core.latency_options import LatencyOptions
 from snnet_core.prefix_trie import stitch_groups
 from snnet_core.progress import advance, loader_images
 from snnet_core.report import RESULTS_FILE, evaluate_stitch_groups, load_results
 
-from .distributed import DistContext, broadcast_object, gather_objects
 from .metrics import HIGHER_IS_BETTER, DepthMetricAccumulator
 from .model import DPTDepthModel
 

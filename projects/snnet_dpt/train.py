@@ -58,7 +58,6 @@ from omegaconf import OmegaConf
 from torch.utils.data import DataLoader, Subset
 
 from projects.snnet_dpt.console import run_logging
-from projects.snnet_dpt.distributed import DistContext, barrier, broadcast_object, cleanup, init_distributed
 from projects.snnet_dpt.evaluation import TASK, evaluate_stitch_report, report_conflict
 from projects.snnet_dpt.export import save_exported_stitch
 from projects.snnet_dpt.metrics import HIGHER_IS_BETTER, METRIC_NAMES, eigen_crop_box
@@ -75,6 +74,9 @@ from snnet_core.config_io import (
 )
 from snnet_core.atomic_io import file_sha256, write_atomic
 from snnet_core.cli import launch_command, run_command, use_launch_defaults
+from snnet_core.distributed import (
+    DistContext, barrier, broadcast_object, destroy_process_groups, init_distributed,
+)
 from snnet_core.latency import write_latency_info
 from snnet_core.latency_options import LatencyOptions, add_latency_arguments, latency_options
 from snnet_core.report import RESULTS_FILE
@@ -488,7 +490,7 @@ def run_process(args: argparse.Namespace) -> Dict[str, Any]:
                                                                 ctx.is_main):
             return run(cfg, args, ctx, log_to_file)
     finally:
-        cleanup(ctx)
+        destroy_process_groups()
 
 
 def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:

@@ -30,12 +30,12 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
 
 from snnet_core import FlopsTable, ResourceConstrainedSampler, load_snnet, ls_init_stitching_layers, save_snnet
 from snnet_core.checkpoint import describe_load_error
+from snnet_core.distributed import DistContext, barrier
 from snnet_core.file_claims import check_checkpoint_claims, check_checkpoint_path, state_bytes
 from snnet_core.run_dir import tag_last_checkpoint
 from snnet_core.stitch_space import Stitch
 from snnet_core.train_log import route_loss_name, training_writers
 
-from .distributed import DistContext, barrier
 from .loss import SILogLoss
 from .model import DPTDepthModel, ModelSpec
 from .transforms import DepthDataset, TrainAugmentation

@@ -38,6 +38,7 @@ from snnet_core import (
     pareto_frontier,
 )
 from snnet_core.atomic_io import write_json_atomic
+from snnet_core.distributed import run_on_main
 from snnet_core.latency import LATENCY_COLUMN, time_stitches
 from snnet_core.latency_options import LatencyOptions
 from snnet_core.prefix_trie import stitch_groups
@@ -45,7 +46,6 @@ from snnet_core.progress import AdvancingLoader, advance, loader_images
 from snnet_core.report import RESULTS_FILE, evaluate_stitch_groups, plot_metric_vs_gflops
 
 from .backbone import StitchedViTDetBackbone
-from .comm_utils import run_on_main
 from .console import stitch_evaluation_output
 
 logger = logging.getLogger(__name__)

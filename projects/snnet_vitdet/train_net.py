@@ -60,7 +60,6 @@ from detectron2.utils import comm
 from detectron2.utils.registry import locate
 from omegaconf import DictConfig, OmegaConf
 
-from projects.snnet_vitdet.comm_utils import destroy_process_groups, run_on_main
 from projects.snnet_vitdet.console import LOG_FILE_ONLY, explain_missing_compiled_ops, setup_run_logging
 from projects.snnet_vitdet.data import (
     NamedImageErrors,
@@ -83,11 +82,12 @@ from projects.snnet_vitdet.training import (
 )
 from snnet_core import FlopsTable, ResourceConstrainedSampler, load_results, select_stitches
 from snnet_core.atomic_io import file_sha256
+from snnet_core.cli import launch_command, run_command, use_launch_defaults
 from snnet_core.config_io import (
     Check, apply_overrides, check_config_kind, check_values, input_size_problem, integer, load_config_file,
     local_checkpoint, number, one_of, pair,
 )
-from snnet_core.cli import launch_command, run_command, use_launch_defaults
+from snnet_core.distributed import destroy_process_groups, run_on_main
 from snnet_core.file_claims import check_checkpoint_path
 from snnet_core.latency import write_latency_info
 from snnet_core.latency_options import add_latency_arguments, latency_options
