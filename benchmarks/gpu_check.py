@@ -48,13 +48,13 @@ from detectron2.engine import AMPTrainer, SimpleTrainer  # noqa: E402
 from detectron2.utils.events import EventStorage  # noqa: E402
 
 from benchmarks.bench_vitdet import synthetic_batch  # noqa: E402
-from projects.snnet_dpt.distributed import DistContext  # noqa: E402
 from projects.snnet_dpt.evaluation import evaluate, evaluate_group, time_depth_stitches  # noqa: E402
 from projects.snnet_dpt.loss import SILogLoss  # noqa: E402
 from projects.snnet_dpt.model import DPTDepthModel, build_model  # noqa: E402
 from projects.snnet_dpt.train import load_config, model_spec, recipe_from_config  # noqa: E402
 from projects.snnet_dpt.training import build_optimizer, build_scheduler, train_one_epoch  # noqa: E402
 from projects.snnet_vitdet.evaluation import stitched_detector_backbone, time_detector_stitches  # noqa: E402
+from snnet_core.distributed import DistContext  # noqa: E402
 from snnet_core.latency_options import LatencyOptions  # noqa: E402
 from snnet_core.stitch_space import StitchSpace  # noqa: E402
 
