@@ -53,11 +53,8 @@ import torch
 
 from .atomic_io import file_lock, write_json_atomic
 from .export import ExportedStitch, export_stitch
-from .report import RESULTS_FILE, read_results
+from .report import LATENCY_COLUMN, LATENCY_KEY, RESULTS_FILE, read_results
 from .snnet import StitchedViT
-
-LATENCY_COLUMN = "latency_ms"
-LATENCY_KEY = "latency"
 
 Inputs = Union[torch.Tensor, Sequence[Any]]
 

@@ -23,19 +23,23 @@ import logging
 import math
 import os
 import sys
-from typing import Callable, Dict, List, Mapping, Optional, Sequence
+from typing import TYPE_CHECKING, Callable, Dict, List, Mapping, Optional, Sequence
 
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 from .atomic_io import file_lock, remove_stale_temporaries, write_atomic, write_json_atomic
-from .flops import FlopsTable
 from .progress import evaluation_progress
 from .selection import has_finite_value, pareto_frontier
 from .stitch_space import StitchSpace
 
+if TYPE_CHECKING:  # annotations only: reading or writing a report needs neither torch nor fvcore
+    from .flops import FlopsTable
+
 logger = logging.getLogger(__name__)
 
 RESULTS_FILE = "stitch_results.json"
+LATENCY_COLUMN = "latency_ms"  # a row's latency, measured by snnet_core.latency
+LATENCY_KEY = "latency"  # the record's entry saying how the latency was measured
 FIXED_COLUMNS = ("id", "type", "route", "gflops", "params_m")
 LATENCY_PLOT = "stitch_report_latency.png"  # written when the rows have latency_ms (snnet_core.latency)
 _RECORD_FIELDS = ("run_key", "primary_metric", "higher_is_better", "stitches")

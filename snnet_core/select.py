@@ -39,8 +39,7 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from .cli import add_debug_argument, debug_requested, run_command
 from .console import run_logging
-from .latency import LATENCY_COLUMN, LATENCY_KEY
-from .report import RESULTS_FILE, check_task, metric_names, read_results, select_stitches
+from .report import LATENCY_COLUMN, LATENCY_KEY, RESULTS_FILE, check_task, metric_names, read_results, select_stitches
 from .selection import best_under_budget, has_finite_value, pareto_frontier
 from .stitch_space import StitchSpace
 
