@@ -23,23 +23,20 @@ import logging
 import math
 import os
 import sys
-from typing import TYPE_CHECKING, Callable, Dict, List, Mapping, Optional, Sequence
+from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 from .atomic_io import file_lock, remove_stale_temporaries, write_atomic, write_json_atomic
+from .flops import FlopsTable
+from .metric_labels import known_direction, metric_label
 from .progress import evaluation_progress
 from .selection import has_finite_value, pareto_frontier
 from .stitch_space import StitchSpace
 
-if TYPE_CHECKING:  # annotations only: reading or writing a report needs neither torch nor fvcore
-    from .flops import FlopsTable
-
 logger = logging.getLogger(__name__)
 
 RESULTS_FILE = "stitch_results.json"
-LATENCY_COLUMN = "latency_ms"  # a row's latency, measured by snnet_core.latency
-LATENCY_KEY = "latency"  # the record's entry saying how the latency was measured
 FIXED_COLUMNS = ("id", "type", "route", "gflops", "params_m")
 LATENCY_PLOT = "stitch_report_latency.png"  # written when the rows have latency_ms (snnet_core.latency)
 _RECORD_FIELDS = ("run_key", "primary_metric", "higher_is_better", "stitches")
@@ -448,23 +445,63 @@ def write_report(record: Mapping, output_dir: str, title: str = "SN-Net stitches
     write_atomic(os.path.join(output_dir, "stitch_report.csv"), write_csv)  # POSIX text mode keeps csv's \r\n
     write_atomic(os.path.join(output_dir, "stitch_report.md"), write_markdown)
     if rows:
-        plot_metric_vs_gflops(rows, frontier, primary, os.path.join(output_dir, "stitch_report.png"), title)
+        plot_report(record, os.path.join(output_dir, "stitch_report.png"), title)
     from .latency import LATENCY_COLUMN  # snnet_core.latency imports this module
 
-    timed = {k: r for k, r in rows.items() if has_finite_value(r.get(LATENCY_COLUMN))}
-    if timed:  # stitches timed with --measure-latency: the same plot against latency
-        latency_front = pareto_frontier({k: r[LATENCY_COLUMN] for k, r in timed.items()},
-                                        {k: r[primary] for k, r in timed.items()}, hib)
-        plot_metric_vs_gflops(timed, latency_front, primary, os.path.join(output_dir, LATENCY_PLOT), title,
-                              cost=LATENCY_COLUMN, cost_label="latency (ms)")
+    if any(has_finite_value(r.get(LATENCY_COLUMN)) for r in rows.values()):  # timed with --measure-latency
+        plot_report(record, os.path.join(output_dir, LATENCY_PLOT), title, cost=LATENCY_COLUMN)
     return frontier
 
 
-def plot_metric_vs_gflops(rows: Mapping[int, Mapping], frontier: Sequence[int], metric: str, path: str,
-                          title: str, cost: str = "gflops", cost_label: str = "GFLOPs") -> None:
-    """Scatter of ``metric`` vs GFLOPs (or another ``cost`` column, e.g. ``latency_ms``, the x axis named
-    ``cost_label``) coloured by route type, frontier line, anchors as stars (PNG, atomic).
+ROUTE_NAMES = {"FS": "Fast-to-Slow", "SF": "Slow-to-Fast", "FSF": "Fast-Slow-Fast", "SFS": "Slow-Fast-Slow"}
+ROUTE_COLOURS = {"FS": "tab:blue", "SF": "tab:orange", "FSF": "tab:green", "SFS": "tab:purple"}
 
+
+def plot_report(record: Mapping, path: str, title: str = "SN-Net stitches", metric: Optional[str] = None,
+                higher_is_better: Optional[bool] = None, cost: str = "gflops", selected: Optional[int] = None
+                ) -> List[int]:
+    """``plot_metric_vs_gflops`` of a results record: ``metric`` (default: the primary one, in the record's
+    direction; another needs ``higher_is_better`` unless ``snnet_core.metric_labels`` knows it) against ``cost``
+    (``gflops`` or ``latency_ms``), with the Pareto frontier of the stitches with a finite cost, and stitch
+    ``selected`` marked. Returns that frontier's ids."""
+    from .latency import LATENCY_COLUMN  # snnet_core.latency imports this module
+
+    metric = metric or record["primary_metric"]
+    if higher_is_better is None:
+        higher_is_better = record["higher_is_better"] if metric == record["primary_metric"] else \
+            known_direction(metric)
+    if higher_is_better is None:
+        raise ValueError(f"plot_report(metric={metric!r}): it is not known whether a higher {metric} is better; pass "
+                         "higher_is_better")
+    rows = {int(k): r for k, r in record["stitches"].items() if has_finite_value(r.get(cost))}
+    frontier = pareto_frontier({k: r[cost] for k, r in rows.items()}, {k: r[metric] for k, r in rows.items()},
+                               higher_is_better)
+    cost_label = {"gflops": "GFLOPs", LATENCY_COLUMN: "latency (ms per batch)"}.get(cost, cost)
+    plot_metric_vs_gflops(rows, frontier, metric, path, title, cost, cost_label, higher_is_better, selected)
+    return frontier
+
+
+def remove_report_temporaries(output_dir: str, names: Sequence[str]) -> List[str]:
+    """Delete the temporaries killed atomic writes of the report files ``names`` left in ``output_dir`` (e.g. a
+    ``--report-dir`` outside the training run's directory, which ``run_dir.remove_killed_writes`` does not clear);
+    returns the removed paths. Call it under ``file_lock`` of the results file, which every writer of the files
+    holds."""
+    removed = [tmp for name in names for tmp in remove_stale_temporaries(os.path.join(output_dir, name))]
+    if removed:
+        logger.info("removed %d temporary file(s) of killed report writes: %s", len(removed), removed)
+    return removed
+
+
+def plot_metric_vs_gflops(rows: Mapping[int, Mapping], frontier: Sequence[int], metric: str, path: str,
+                          title: str, cost: str = "gflops", cost_label: str = "GFLOPs",
+                          higher_is_better: Optional[bool] = None, selected: Optional[int] = None) -> None:
+    """Scatter of ``metric`` vs GFLOPs (or another ``cost`` column, e.g. ``latency_ms``, the x axis named
+    ``cost_label``), PNG written atomically to ``path``.
+
+    One colour per route type (legend: type, name, count), the Pareto ``frontier`` as a line with the ids of its
+    stitches, each anchor as a star named in the legend (``small anchor S[0:12], id 0``), and stitch ``selected``
+    (e.g. the exported one) ringed and named. The y axis spells the metric out with its direction
+    (``snnet_core.metric_labels.metric_label``; ``higher_is_better`` for a metric it does not know).
     Rows without a finite ``metric`` are not drawn.
     """
     import matplotlib
@@ -472,31 +509,69 @@ def plot_metric_vs_gflops(rows: Mapping[int, Mapping], frontier: Sequence[int], 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    ranked = [r for r in rows.values() if has_finite_value(r[metric])]
-    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
-    colours = {"FS": "tab:blue", "SF": "tab:orange", "FSF": "tab:green", "SFS": "tab:purple"}
-    for kind, colour in colours.items():
-        pts = [(r[cost], r[metric]) for r in ranked if r["type"] == kind]
-        if pts:
-            ax.scatter(*zip(*pts), s=14, alpha=0.7, color=colour, label=kind)
+    ranked = {k: r for k, r in rows.items() if has_finite_value(r[metric])}
+    fig, ax = plt.subplots(figsize=(9.5, 5), dpi=120)
+    for kind in sorted({r["type"] for r in ranked.values()} - {"anchor"}, key=_route_order):
+        pts = [(r[cost], r[metric]) for r in ranked.values() if r["type"] == kind]
+        ax.scatter(*zip(*pts), s=16, alpha=0.75, color=ROUTE_COLOURS.get(kind, "tab:gray"), linewidths=0,
+                   label=f"{kind} ({ROUTE_NAMES.get(kind, 'route')}): {len(pts)}")
     front = [(rows[i][cost], rows[i][metric]) for i in frontier]
     if front:
-        ax.plot(*zip(*front), color="black", lw=1.2, label="Pareto frontier")
-        for i, point in zip(frontier, front):  # frontier stitches by id, to read off the plot
-            ax.annotate(str(i), point, xytext=(3, 3), textcoords="offset points", fontsize=7)
-    anchors = [(r[cost], r[metric]) for r in ranked if r["type"] == "anchor"]
-    if anchors:
-        ax.scatter(*zip(*anchors), marker="*", s=220, color="gold", edgecolor="black", zorder=5, label="anchors")
+        ax.plot(*zip(*front), color="black", lw=1.1, marker="o", ms=4, mfc="none", zorder=3,
+                label="Pareto frontier (numbers: stitch ids)")
+    anchors = sorted((r for r in ranked.values() if r["type"] == "anchor"), key=lambda r: r["route"][0] != "S")
+    for r in anchors:  # the route of an anchor is S[0:ds] (small, fast) or L[0:dl] (large, slow)
+        small = r["route"].startswith("S")
+        ax.scatter(r[cost], r[metric], marker="*", s=260, color="gold" if small else "black", edgecolor="black",
+                   zorder=5, label=f"{'small' if small else 'large'} anchor {r['route']}, id {r['id']}")
+    if selected is not None:
+        _plot_selected(ax, rows.get(selected), selected, metric, cost)
     ax.set_xlabel(cost_label)
-    ax.set_ylabel(metric)
-    ax.set_title(title)
+    ax.set_ylabel(metric_label(metric, higher_is_better))
+    ax.set_title(title, fontsize=10)
     ax.grid(alpha=0.3)
-    if ax.get_legend_handles_labels()[0]:
-        ax.legend(fontsize=8)
+    if ranked:
+        ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0)
     else:  # every row's metric is NaN (e.g. an AP over no ground truth)
         ax.text(0.5, 0.5, f"no finite {metric}", transform=ax.transAxes, ha="center", va="center")
     fig.tight_layout()
+    _label_ids(ax, rows, [r["id"] for r in anchors], frontier, selected, metric, cost)  # on the final layout
     try:
         write_atomic(path, lambda f: fig.savefig(f, format="png"), binary=True)
     finally:
         plt.close(fig)
+
+
+def _label_ids(ax, rows: Mapping[int, Mapping], anchors: Sequence[int], frontier: Sequence[int],
+               selected: Optional[int], metric: str, cost: str, min_gap: Tuple[float, float] = (22.0, 11.0)) -> None:
+    """Write the ids of the anchors and of the frontier (cheapest first) beside their points (``selected`` has its
+    own label); a frontier id whose label would overlap one already written (closer than ``min_gap`` pixels in x
+    and y) is left out: the Markdown report lists every frontier stitch."""
+    placed: List[Tuple[float, float]] = []
+    if selected in rows and has_finite_value(rows[selected][metric]):
+        placed.append(tuple(ax.transData.transform((rows[selected][cost], rows[selected][metric]))))
+    for i in dict.fromkeys([*anchors, *sorted(frontier, key=lambda k: rows[k][cost])]):
+        x, y = ax.transData.transform((rows[i][cost], rows[i][metric]))
+        crowded = any(abs(x - px) < min_gap[0] and abs(y - py) < min_gap[1] for px, py in placed)
+        if i == selected or (crowded and i not in anchors):
+            continue
+        placed.append((x, y))
+        ax.annotate(str(i), (rows[i][cost], rows[i][metric]), xytext=(4, -9), textcoords="offset points", fontsize=7)
+
+
+def _route_order(kind: str) -> int:
+    return list(ROUTE_NAMES).index(kind) if kind in ROUTE_NAMES else len(ROUTE_NAMES)
+
+
+def _plot_selected(ax, row: Optional[Mapping], stitch_id: int, metric: str, cost: str) -> None:
+    """Ring stitch ``stitch_id`` (its results ``row``) and name it in the legend; a stitch without a finite
+    metric or cost is named as not drawn."""
+    if row is None or not has_finite_value(row[metric]):
+        ax.scatter([], [], marker="o", facecolor="none", edgecolor="red",
+                   label=f"selected: stitch {stitch_id} (no finite {metric} or {cost}: not drawn)")
+        return
+    point = (row[cost], row[metric])
+    ax.scatter(*point, marker="o", s=240, facecolor="none", edgecolor="red", linewidths=2, zorder=6,
+               label=f"selected: stitch {stitch_id} ({row['type']}, {row['route']})")
+    ax.annotate(str(stitch_id), point, xytext=(6, 5), textcoords="offset points", fontsize=8, color="red",
+                fontweight="bold")

@@ -2,13 +2,14 @@
 
 ::
 
-    python -m snnet_core.select REPORT [--max-gflops G | --max-latency-ms MS] [--metric NAME] [--json]
+    python -m snnet_core.select REPORT [--max-gflops G | --max-latency-ms MS] [--metric NAME] [--json] [--plot PNG]
 
 ``REPORT`` is a per-stitch report directory of either project (e.g.
 ``output/dpt_demo/stitch_report_nyuv2_synthetic_test``) or the ``stitch_results.json`` in it (written by
 ``snnet_core.report.evaluate_stitches``). The command prints the stitch with the best metric whose cost fits the
 budget (id, route, metric, GFLOPs, latency, params) and the Pareto frontier of metric vs cost around it, the choice
-marked ``*``; ``--json`` prints one JSON object instead (``Choice.to_json``). Without a budget it picks the best stitch overall.
+marked ``*``; ``--json`` prints one JSON object instead (``Choice.to_json``). Without a budget it picks the best
+stitch overall. ``--plot PNG`` also draws the metric vs cost plot of the report with the choice marked.
 
 - The metric is the record's primary metric unless ``--metric`` names another of its columns. Its direction is
   the record's ``higher_is_better`` for the primary metric and otherwise known for the depth metrics (``a1``,
@@ -30,22 +31,24 @@ from __future__ import annotations
 import argparse
 import glob
 import json
+import logging
 import math
 import os
-import re
 import sys
 from dataclasses import dataclass
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from .cli import add_debug_argument, debug_requested, run_command
 from .console import run_logging
-from .report import LATENCY_COLUMN, LATENCY_KEY, RESULTS_FILE, check_task, metric_names, read_results, select_stitches
+from .metric_labels import known_direction
+from .report import (
+    LATENCY_COLUMN, LATENCY_KEY, RESULTS_FILE, check_task, metric_names, plot_report, read_results, select_stitches,
+)
 from .selection import best_under_budget, has_finite_value, pareto_frontier
 from .stitch_space import StitchSpace
 
-HIGHER_IS_BETTER = frozenset({"a1", "a2", "a3"})
-LOWER_IS_BETTER = frozenset({"abs_rel", "sq_rel", "rmse", "rmse_log", "log10", "silog"})
-_COCO_AP = re.compile(r"((bbox|segm)_)?AP\w*")  # bbox_AP, segm_AP50, APs, ...: higher is better
+logger = logging.getLogger(__name__)
+
 PROG = "python -m snnet_core.select"
 # cost column -> (unit, its budget flag, its name in the frontier title)
 COSTS = {"gflops": ("GFLOPs", "--max-gflops", "GFLOPs"), LATENCY_COLUMN: ("ms", "--max-latency-ms", "latency")}
@@ -54,6 +57,9 @@ _MEASURE_LATENCY = (
     "projects/snnet_vitdet/train_net.py --eval-only) or snnet_core.latency.time_stitches, or budget GFLOPs "
     "with --max-gflops"
 )
+
+
+EXPORT_PLOT = "stitch_report.png"  # plot_exported_stitch's file in an exported stitch's folder
 
 
 class SelectionError(ValueError):
@@ -97,10 +103,9 @@ def metric_direction(metric: str, record: Mapping[str, Any], source: str,
         return higher_is_better
     if metric == record["primary_metric"]:
         return bool(record["higher_is_better"])
-    if metric in HIGHER_IS_BETTER or _COCO_AP.fullmatch(metric):
-        return True
-    if metric in LOWER_IS_BETTER:
-        return False
+    known = known_direction(metric)
+    if known is not None:
+        return known
     raise SelectionError(
         f"whether a higher or lower {metric!r} is better is not known ({source} records it only for its primary "
         f"metric {record['primary_metric']!r}): pass --higher-is-better or --lower-is-better"
@@ -211,6 +216,29 @@ def best_stitch_in_report(report: str, max_gflops: float, task: Optional[str] = 
     return int(choose_stitch(record, source, max_gflops=max_gflops).chosen["id"])
 
 
+def plot_exported_stitch(report: Optional[str], stitch_id: int, export_dir: str, task: Optional[str] = None
+                         ) -> Optional[str]:
+    """Write ``export_dir/stitch_report.png``: the per-stitch report ``report`` (a directory or its results file)
+    plotted with stitch ``stitch_id`` marked as the selected one. Nothing is written (``None`` returned) where
+    there is no report or it holds no row of the stitch, and where it cannot be read or is not a ``task`` report
+    (``check_task``) a warning says why: the export itself stands. Else returns the PNG's path."""
+    results = os.path.join(report, RESULTS_FILE) if report and os.path.isdir(report) else report
+    if not results or not os.path.isfile(results):
+        return None
+    try:
+        record = read_results(results)
+        check_task(record, results, task, "it is not plotted beside the export")
+    except (RuntimeError, ValueError) as exc:
+        logger.warning("exported stitch %d is not plotted in %s: %s", stitch_id, export_dir, exc)
+        return None
+    if str(stitch_id) not in record["stitches"]:
+        return None
+    path = os.path.join(export_dir, EXPORT_PLOT)
+    plot_report(record, path, f"exported stitch {stitch_id} among the {len(record['stitches'])} of {results}",
+                selected=stitch_id)
+    return path
+
+
 def _nothing_fits(source: str, rows: Mapping[int, Mapping], cost: Mapping[int, float],
                   values: Mapping[int, Optional[float]], metric: str, cost_column: str, budget: float) -> str:
     unit, flag, _ = COSTS[cost_column]
@@ -231,10 +259,10 @@ def _format_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
 
 def format_choice(choice: Choice, context: int = 3) -> str:
     """The choice and up to ``context`` frontier points on each side of it, as text."""
-    _, flag, axis = COSTS[choice.cost]
+    _, _, axis = COSTS[choice.cost]
     timed = LATENCY_COLUMN in choice.chosen
     direction = "higher" if choice.higher_is_better else "lower"
-    within = "at any cost" if choice.budget is None else f"within {flag} {choice.budget:g}"
+    within = _within(choice)
     c = choice.chosen
     costs = [f"{c['gflops']:.4g} GFLOPs"] + ([f"{_number(c[LATENCY_COLUMN])} ms"] if timed else [])
     details = {"route": f"{c['route']}  ({c['type']})", choice.metric: _number(c[choice.metric]),
@@ -258,6 +286,10 @@ def format_choice(choice: Choice, context: int = 3) -> str:
     if (lo, hi) != (0, len(ids)):
         lines.append(f"({lo} cheaper and {len(ids) - hi} costlier frontier points not shown; --context N shows more)")
     return "\n".join(lines)
+
+
+def _within(choice: Choice) -> str:
+    return "at any cost" if choice.budget is None else f"within {COSTS[choice.cost][1]} {choice.budget:g}"
 
 
 def _number(value: Optional[float]) -> str:
@@ -291,6 +323,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--context", type=int, default=3, metavar="N",
                         help="frontier points shown on each side of the choice (default 3)")
     parser.add_argument("--json", action="store_true", help="print one JSON object (the full frontier)")
+    parser.add_argument("--plot", metavar="PNG", help="also write the metric vs cost plot with the choice marked")
     add_debug_argument(parser)
     return parser
 
@@ -305,13 +338,21 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         source, record = read_report(args.report)
         choice = choose_stitch(record, source, args.metric, args.max_gflops, args.max_latency_ms,
                                args.higher_is_better)
-    except SelectionError as exc:
+        if args.plot:
+            plot_choice(choice, record, args.plot)
+    except (SelectionError, OSError) as exc:  # OSError: --plot's file could not be written (the message names it)
         if debug_requested(argv):
             raise
         print(f"{parser.prog}: error: {exc}", file=sys.stderr)
         return 2
     print(json.dumps(choice.to_json(), indent=1) if args.json else format_choice(choice, args.context))
     return 0
+
+
+def plot_choice(choice: Choice, record: Mapping[str, Any], path: str) -> None:
+    """The PNG ``path``: ``choice.metric`` vs ``choice.cost`` of the results ``record``, the chosen stitch marked."""
+    title = f"stitch {choice.chosen['id']}: best {choice.metric} {_within(choice)}\n{choice.source}"
+    plot_report(record, path, title, choice.metric, choice.higher_is_better, choice.cost, choice.chosen["id"])
 
 
 if __name__ == "__main__":

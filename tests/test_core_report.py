@@ -481,3 +481,124 @@ def test_the_bar_counts_images_x_stitches_and_moves_per_batch(tmp_path, progress
     assert bar.desc.startswith("evaluating 4 stitches x 4 images")
     progress.advance(5)  # outside an evaluation: nothing to move, no error
     assert bar.updates == expected
+
+
+@pytest.fixture
+def drawn_figures(monkeypatch):
+    """The figures the report's plots draw, kept open (``plt.close`` intercepted) for the test to read."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figures = []
+    monkeypatch.setattr(plt, "close", figures.append)
+    yield figures
+    monkeypatch.undo()
+    for fig in figures:
+        plt.close(fig)
+
+
+def plot_texts(fig):
+    """``(legend texts, y label, annotations)`` of a report plot."""
+    ax = fig.axes[0]
+    return [t.get_text() for t in ax.get_legend().get_texts()], ax.get_ylabel(), [t.get_text() for t in ax.texts]
+
+
+def depth_metrics(sid):
+    return {"a1": 0.5 + 0.02 * table().gflops[sid] - 0.01 * (sid % 3), "abs_rel": 0.3 - 0.01 * table().gflops[sid]}
+
+
+def test_the_plot_names_each_anchor_the_route_types_and_the_metric_with_its_direction(tmp_path, drawn_figures):
+    evaluate_stitches(depth_metrics, SPACE.ids, SPACE, table(), str(tmp_path), "a1", task="depth", progress=False)
+    (fig,) = drawn_figures
+    legend, ylabel, annotations = plot_texts(fig)
+    assert ylabel == "δ<1.25 accuracy (higher is better)"
+    assert "small anchor S[0:4], id 0" in legend and "large anchor L[0:8], id 1" in legend
+    for kind, name in [("FS", "Fast-to-Slow"), ("SF", "Slow-to-Fast"), ("FSF", "Fast-Slow-Fast"),
+                       ("SFS", "Slow-Fast-Slow")]:
+        count = sum(s.kind == kind for s in SPACE)
+        assert f"{kind} ({name}): {count}" in legend
+    assert not any(text.startswith("selected") for text in legend)  # nothing was selected
+    frontier = select_stitches("pareto", SPACE, str(tmp_path / "stitch_results.json"))
+    assert {0, 1} <= set(map(int, annotations)) <= set(frontier) | {0, 1}  # ids of the anchors and the frontier
+    assert len(annotations) == len(set(annotations))  # an anchor on the frontier is labelled once
+
+
+def test_frontier_ids_too_close_to_read_are_thinned_out(tmp_path, drawn_figures):
+    from snnet_core.report import plot_metric_vs_gflops
+
+    rows = {sid: {"id": sid, "type": SPACE[sid].kind, "route": SPACE[sid].route, "gflops": gflops, "acc": acc}
+            for sid, gflops, acc in [(0, 1.0, 50.0), (1, 10.0, 60.0), (4, 5.0, 55.0), (5, 5.001, 55.001)]}
+    plot_metric_vs_gflops(rows, [0, 4, 5, 1], "acc", str(tmp_path / "p.png"), "t", higher_is_better=True)
+    (fig,) = drawn_figures
+    _, ylabel, annotations = plot_texts(fig)
+    assert sorted(annotations) == ["0", "1", "4"] and ylabel == "acc (higher is better)"  # 5 would cover 4
+
+
+def test_the_plot_marks_and_names_the_selected_stitch_and_spells_out_another_metric(tmp_path, drawn_figures):
+    from snnet_core.report import plot_report
+
+    record = evaluate_stitches(depth_metrics, SPACE.ids, SPACE, table(), str(tmp_path), "a1", task="depth",
+                               progress=False)
+    drawn_figures.clear()
+    plot_report(record, str(tmp_path / "choice.png"), metric="abs_rel", selected=5)
+    (fig,) = drawn_figures
+    legend, ylabel, annotations = plot_texts(fig)
+    assert ylabel == "absolute relative error (lower is better)"
+    assert f"selected: stitch 5 ({SPACE[5].kind}, {SPACE[5].route})" in legend
+    assert annotations.count("5") == 1  # the selected id once, not also as a frontier label
+    assert (tmp_path / "choice.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_metric_labels_of_both_projects_and_of_an_unknown_metric():
+    from snnet_core.metric_labels import known_direction, metric_label
+
+    assert metric_label("a1") == "δ<1.25 accuracy (higher is better)"
+    assert metric_label("abs_rel") == "absolute relative error (lower is better)"
+    assert metric_label("rmse") == "RMSE (m) (lower is better)"
+    assert metric_label("bbox_AP") == "box AP (higher is better)"
+    assert metric_label("segm_AP50") == "mask AP at IoU 0.5 (higher is better)"
+    assert metric_label("bbox_APs") == "box AP, small objects (higher is better)"
+    assert metric_label("acc", higher_is_better=True) == "acc (higher is better)"  # the report's direction
+    assert metric_label("acc") == "acc" and known_direction("acc") is None and known_direction("segm_APl")
+
+
+@pytest.fixture
+def progress_bars(monkeypatch):
+    """The evaluation progress bars made in the test, each recording its ``update`` steps (``bar.updates``)."""
+    from snnet_core import progress
+
+    bars = []
+
+    class RecordingBar(progress.tqdm):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            self.updates = []
+            bars.append(self)
+
+        def update(self, n=1):
+            self.updates.append(n)
+            return super().update(n)
+
+    monkeypatch.setattr(progress, "tqdm", RecordingBar)
+    return bars
+
+
+@pytest.mark.parametrize("per_batch, expected", [(2, [6, 6, 2, 2]),  # what a task's batch loop reports
+                                                 (3, [9, 3, 3, 1]),  # too much: capped at the group's share
+                                                 (0, [12, 4])])  # nothing: the group's share when it is done
+def test_the_bar_counts_images_x_stitches_and_moves_per_batch(tmp_path, progress_bars, per_batch, expected):
+    from snnet_core import progress
+
+    def evaluate(ids):  # 4 test images in batches of 2, every stitch of the group on each batch
+        for _ in range(2):
+            progress.advance(per_batch * len(ids))
+        return {s: fake_metric(s) for s in ids}
+
+    evaluate_stitch_groups(evaluate, [[0, 5, 9], [1]], SPACE, table(), str(tmp_path), "acc", images=4)
+    (bar,) = progress_bars
+    assert (bar.total, bar.n, bar.updates) == (16, 16, expected)
+    assert bar.desc.startswith("evaluating 4 stitches x 4 images")
+    progress.advance(5)  # outside an evaluation: nothing to move, no error
+    assert bar.updates == expected

@@ -203,3 +203,52 @@ def test_the_module_exits_2_from_the_command_line(report):
     run = subprocess.run(cmd, capture_output=True, text=True, env=dict(os.environ, OMP_NUM_THREADS="1"))
     assert run.returncode == 2 and run.stdout == ""
     assert run.stderr.splitlines()[-1].startswith("python -m snnet_core.select: error: no stitch of")
+
+
+@pytest.fixture
+def drawn_figures(monkeypatch):
+    """The figures ``snnet_core.report`` draws, kept open (``plt.close`` intercepted) for the test to read."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figures = []
+    monkeypatch.setattr(plt, "close", figures.append)
+    yield figures
+    monkeypatch.undo()
+    for fig in figures:
+        plt.close(fig)
+
+
+def legend_texts(fig):
+    return [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
+
+
+def test_plot_draws_the_frontier_against_the_budgeted_cost_with_the_choice_marked(report, tmp_path, capsys,
+                                                                                  drawn_figures):
+    directory, record = report
+    code, out, _ = select(capsys, directory, "--max-latency-ms", 3, "--metric", "abs_rel", "--plot",
+                          tmp_path / "choice.png")
+    best = brute_force(record, "abs_rel", LATENCY_COLUMN, 3, higher=False)
+    assert code == 0 and f"stitch {best}" in out
+    (fig,) = drawn_figures
+    row = record["stitches"][str(best)]
+    assert f"selected: stitch {best} ({row['type']}, {row['route']})" in legend_texts(fig)
+    ax = fig.axes[0]
+    assert ax.get_ylabel() == "absolute relative error (lower is better)" and ax.get_xlabel().startswith("latency")
+    assert (tmp_path / "choice.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_an_exported_stitch_gets_the_report_plot_with_it_marked(report, tmp_path, drawn_figures):
+    from snnet_core.select import plot_exported_stitch
+
+    directory, record = report
+    written = plot_exported_stitch(str(directory), 7, str(tmp_path / "stitch_7"), task="depth")
+    assert written == str(tmp_path / "stitch_7" / "stitch_report.png") and os.path.getsize(written) > 0
+    (fig,) = drawn_figures
+    assert f"selected: stitch 7 ({SPACE[7].kind}, {SPACE[7].route})" in legend_texts(fig)
+    assert plot_exported_stitch(str(tmp_path / "no_report"), 7, str(tmp_path / "a")) is None  # nothing to plot
+    assert plot_exported_stitch(str(directory), 7, str(tmp_path / "b"), task="detection") is None  # another task's
+    assert plot_exported_stitch(str(directory), 99, str(tmp_path / "b"), task="depth") is None  # not in the report
+    assert not os.path.exists(tmp_path / "a") and not os.path.exists(tmp_path / "b")

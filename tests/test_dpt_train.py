@@ -773,6 +773,7 @@ def test_pareto_from_report_dir_and_exports_of_the_frontier_and_of_a_budget(data
                                      full, "--export-stitch", f"best:{budget}",  # it may be on the frontier, exported
                                      opts=[f"train.init_checkpoint={trained}"]))
     assert result["export"] == [str(out / f"stitch_{best}" / "model_final.pth")]
+    assert os.path.getsize(out / f"stitch_{best}" / "stitch_report.png") > 0  # the report, the export marked
     assert load_exported_model(result["export"][0]).backbone.stitch_id == best
     with pytest.raises(KeyError, match="unknown stitch id 99"):  # ids are checked before anything is computed
         train_cli.main(cli_args(data_root, tmp_path / "never", "--stitch", "none", "--export-stitch", "3,99"))

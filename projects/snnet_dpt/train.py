@@ -84,7 +84,7 @@ from snnet_core.run_dir import (
     LAST_CHECKPOINT, check_export_targets, check_output_dir, clear_run, command_line_sets, eval_size_for_checkpoint,
     export_dir, last_checkpoint, lock_run_dir, remove_killed_writes,
 )
-from snnet_core.select import export_reads_report, resolve_export_selection
+from snnet_core.select import export_reads_report, plot_exported_stitch, resolve_export_selection
 
 logger = logging.getLogger("projects.snnet_dpt.train")
 
@@ -477,6 +477,7 @@ def run(cfg: Dict[str, Any], args: argparse.Namespace, ctx: DistContext,
             path = os.path.join(export_dir(output_dir, stitch_id), "model_final.pth")
             save_exported_stitch(path, model, spec, stitch_id)
             logger.info("exported stitch %d (%s) to %s", stitch_id, space[stitch_id].route, path)
+            plot_exported_stitch(report_dir, stitch_id, os.path.dirname(path), TASK)  # where it sits in the report
             result["export"].append(path)
     return result
 
