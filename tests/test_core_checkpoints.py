@@ -2,6 +2,7 @@
 more data than their model holds (compressed zips, directories given as files) are refused before they are read."""
 import os
 import re
+import struct
 import zipfile
 
 import pytest
@@ -234,6 +235,34 @@ def test_a_compressed_checkpoint_claiming_far_more_than_the_model_is_refused_bef
         build_anchor(NAME, pretrained=str(anchor_bomb), **TINY_FAST)
     with pytest.raises(CheckpointClaimError, match="anchor_bomb.pth' claims 6[45] MiB"):
         read_state_dict(str(anchor_bomb))
+
+
+def legacy_claiming(path, claim_bytes):
+    """A legacy-format (non-zip) torch file of one float32 storage whose pickle states ``claim_bytes`` bytes, cut
+    to 4 KB: ``torch.load`` allocates the stated storage before it reads (and misses) the data."""
+    numel = 123457  # a distinctive 4-byte pickle integer: the storage's element count and the tensor's size
+    torch.save({"w": torch.zeros(numel)}, path, _use_new_zipfile_serialization=False)
+    data = path.read_bytes()
+    stated = b"J" + struct.pack("<i", numel)
+    assert data.count(stated) == 2
+    path.write_bytes(data.replace(stated, b"J" + struct.pack("<i", claim_bytes // 4))[:4096])
+    return path
+
+
+def test_a_legacy_torch_file_stating_larger_storages_than_it_holds_is_refused_before_reading(tmp_path, monkeypatch):
+    legacy = tmp_path / "legacy.pth"
+    anchor = build_anchor(NAME, **TINY_FAST)
+    torch.save(anchor.state_dict(), legacy, _use_new_zipfile_serialization=False)
+    assert not zipfile.is_zipfile(legacy)
+    assert read_state_dict(str(legacy)).keys() == anchor.state_dict().keys()  # an honest legacy file still loads
+    bomb = legacy_claiming(tmp_path / "bomb.pth", 1 << 30)
+    monkeypatch.setattr(torch, "load", lambda *a, **k: pytest.fail("torch.load of a file that should be refused"))
+    with pytest.raises(CheckpointClaimError, match=r"'.*bomb.pth' claims 1024 MiB of data in 0.0 MiB on disk \(a "
+                                                   r"legacy torch file whose pickle states storages larger"):
+        load_snnet(str(bomb))
+    with pytest.raises(CheckpointClaimError, match=r"'.*bomb.pth' claims 1024 MiB of data .*more than a checkpoint of "
+                                                   r"this model can hold"):
+        read_state_dict(str(bomb), expected_bytes=sum(t.nbytes for t in anchor.state_dict().values()))
 
 
 def test_a_directory_given_as_checkpoint_names_the_file_to_give(tmp_path):
