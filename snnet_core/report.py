@@ -23,20 +23,24 @@ import logging
 import math
 import os
 import sys
-from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 from .atomic_io import file_lock, remove_stale_temporaries, write_atomic, write_json_atomic
-from .flops import FlopsTable
 from .metric_labels import known_direction, metric_label
 from .progress import evaluation_progress
 from .selection import has_finite_value, pareto_frontier
 from .stitch_space import StitchSpace
 
+if TYPE_CHECKING:  # annotations only: reading or writing a report needs neither torch nor fvcore
+    from .flops import FlopsTable
+
 logger = logging.getLogger(__name__)
 
 RESULTS_FILE = "stitch_results.json"
+LATENCY_COLUMN = "latency_ms"  # a row's latency, measured by snnet_core.latency
+LATENCY_KEY = "latency"  # the record's entry saying how the latency was measured
 FIXED_COLUMNS = ("id", "type", "route", "gflops", "params_m")
 LATENCY_PLOT = "stitch_report_latency.png"  # written when the rows have latency_ms (snnet_core.latency)
 _RECORD_FIELDS = ("run_key", "primary_metric", "higher_is_better", "stitches")
@@ -446,8 +450,6 @@ def write_report(record: Mapping, output_dir: str, title: str = "SN-Net stitches
     write_atomic(os.path.join(output_dir, "stitch_report.md"), write_markdown)
     if rows:
         plot_report(record, os.path.join(output_dir, "stitch_report.png"), title)
-    from .latency import LATENCY_COLUMN  # snnet_core.latency imports this module
-
     if any(has_finite_value(r.get(LATENCY_COLUMN)) for r in rows.values()):  # timed with --measure-latency
         plot_report(record, os.path.join(output_dir, LATENCY_PLOT), title, cost=LATENCY_COLUMN)
     return frontier
@@ -464,8 +466,6 @@ def plot_report(record: Mapping, path: str, title: str = "SN-Net stitches", metr
     direction; another needs ``higher_is_better`` unless ``snnet_core.metric_labels`` knows it) against ``cost``
     (``gflops`` or ``latency_ms``), with the Pareto frontier of the stitches with a finite cost, and stitch
     ``selected`` marked. Returns that frontier's ids."""
-    from .latency import LATENCY_COLUMN  # snnet_core.latency imports this module
-
     metric = metric or record["primary_metric"]
     if higher_is_better is None:
         higher_is_better = record["higher_is_better"] if metric == record["primary_metric"] else \
