@@ -43,6 +43,7 @@ LATENCY_COLUMN = "latency_ms"  # a row's latency, measured by snnet_core.latency
 LATENCY_KEY = "latency"  # the record's entry saying how the latency was measured
 FIXED_COLUMNS = ("id", "type", "route", "gflops", "params_m")
 LATENCY_PLOT = "stitch_report_latency.png"  # written when the rows have latency_ms (snnet_core.latency)
+REPORT_FILES = ("stitch_report.csv", "stitch_report.md", "stitch_report.png", LATENCY_PLOT)  # write_report's
 _RECORD_FIELDS = ("run_key", "primary_metric", "higher_is_better", "stitches")
 COST_COLUMNS = ("gflops", "params_m", "latency_ms")  # latency_ms: snnet_core.latency.LATENCY_COLUMN
 
@@ -416,8 +417,12 @@ def write_report(record: Mapping, output_dir: str, title: str = "SN-Net stitches
 
     Stitches without a finite primary metric are listed (empty CSV cell, ``n/a`` in the table), named in a note
     of the Markdown report, and left off the frontier and the plot.
+
+    Call it under ``file_lock`` of the results file, as every writer of a report does: it removes the temporaries
+    that killed writes of these files left (``remove_report_temporaries``).
     """
     check_results(record, f"the results record of {output_dir}")
+    remove_report_temporaries(output_dir, REPORT_FILES)
     rows = {int(k): v for k, v in record["stitches"].items()}
     primary, hib = record["primary_metric"], record["higher_is_better"]
     frontier = pareto_frontier({k: r["gflops"] for k, r in rows.items()}, {k: r[primary] for k, r in rows.items()},
@@ -479,6 +484,17 @@ def plot_report(record: Mapping, path: str, title: str = "SN-Net stitches", metr
     cost_label = {"gflops": "GFLOPs", LATENCY_COLUMN: "latency (ms per batch)"}.get(cost, cost)
     plot_metric_vs_gflops(rows, frontier, metric, path, title, cost, cost_label, higher_is_better, selected)
     return frontier
+
+
+def remove_report_temporaries(output_dir: str, names: Sequence[str]) -> List[str]:
+    """Delete the temporaries killed atomic writes of the report files ``names`` left in ``output_dir`` (e.g. a
+    ``--report-dir`` outside the training run's directory, which ``run_dir.remove_killed_writes`` does not clear);
+    returns the removed paths. Call it under ``file_lock`` of the results file, which every writer of the files
+    holds."""
+    removed = [tmp for name in names for tmp in remove_stale_temporaries(os.path.join(output_dir, name))]
+    if removed:
+        logger.info("removed %d temporary file(s) of killed report writes: %s", len(removed), removed)
+    return removed
 
 
 def remove_report_temporaries(output_dir: str, names: Sequence[str]) -> List[str]:

@@ -167,6 +167,18 @@ def test_stale_temporaries_of_a_killed_write_are_found_and_removed(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["other.pth.abc123.tmp"]
 
 
+def test_the_next_report_removes_temporaries_of_killed_report_writes(tmp_path):
+    """A --report-dir outside the training run's directory is not cleared by its start: the next report write (under
+    the results file's lock) removes what killed CSV/Markdown/PNG writes left, and nothing else."""
+    evaluate_stitches(fake_metric, [0, 1], SPACE, table(), str(tmp_path), "acc", run_key="m1", progress=False)
+    killed = [tmp_path / f"{name}.k1ll3d.tmp" for name in ("stitch_report.csv", "stitch_report.md",
+                                                            "stitch_report.png", "stitch_report_latency.png")]
+    for path in killed + [tmp_path / "notes.md.k1ll3d.tmp"]:
+        path.write_bytes(b"half")
+    evaluate_stitches(fake_metric, [0, 1, 2], SPACE, table(), str(tmp_path), "acc", run_key="m1", progress=False)
+    assert not [p for p in killed if p.exists()] and (tmp_path / "notes.md.k1ll3d.tmp").exists()
+
+
 def _append_under_lock(args):
     import time
 

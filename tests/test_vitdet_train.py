@@ -284,9 +284,14 @@ def test_report_is_written_interrupted_and_resumed(report_setup):
     with open(os.path.join(out, "stitch_results.json")) as f:
         assert sorted(json.load(f)["stitches"]) == ["0", "1"]
     seen.clear()
+    killed = [os.path.join(out, name + ".k1ll3d.tmp") for name in ("stitch_report.json", "stitch_report_segm.png",
+                                                                    "stitch_report.csv", "stitch_report.png")]
+    for path in killed:  # left by writes killed in the interrupted run's report (a --report-dir of its own)
+        open(path, "wb").close()
     record = stitch_report(predictor, lambda s: seen.append(s) or backbone.set_stitch(s), loader, evaluator,
                            [0, 1, 2], backbone.space, flops, out, "run")
     assert seen == [2] and sorted(record["stitches"]) == ["0", "1", "2"]
+    assert not [p for p in killed if os.path.exists(p)]
     with open(os.path.join(out, "stitch_report.csv")) as f:
         lines = f.read().splitlines()
     assert len(lines) == 4 and "bbox_AP" in lines[0] and "on_frontier" in lines[0]

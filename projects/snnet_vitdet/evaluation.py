@@ -37,13 +37,13 @@ from snnet_core import (
     load_results,
     pareto_frontier,
 )
-from snnet_core.atomic_io import write_json_atomic
+from snnet_core.atomic_io import file_lock, write_json_atomic
 from snnet_core.distributed import run_on_main
 from snnet_core.latency import LATENCY_COLUMN, time_stitches
 from snnet_core.latency_options import LatencyOptions
 from snnet_core.prefix_trie import stitch_groups
 from snnet_core.progress import AdvancingLoader, advance, loader_images
-from snnet_core.report import RESULTS_FILE, evaluate_stitch_groups, plot_metric_vs_gflops
+from snnet_core.report import RESULTS_FILE, evaluate_stitch_groups, plot_metric_vs_gflops, remove_report_temporaries
 
 from .backbone import StitchedViTDetBackbone
 from .console import stitch_evaluation_output
@@ -402,12 +402,15 @@ def stitch_report(
         record = evaluate_stitch_groups(evaluate_group, groups, space, flops, output_dir, PRIMARY_METRIC, True,
                                         run_key, title, task=RESULTS_TASK, resume=False,
                                         images=loader_images(data_loader), non_finite_reasons=NON_FINITE_REASONS)
-    write_frontier_summary(record, output_dir, title)
+    with file_lock(os.path.join(output_dir, RESULTS_FILE)):  # as write_report: orders concurrent reports
+        write_frontier_summary(record, output_dir, title)
     return record
 
 
 def write_frontier_summary(record: Mapping, output_dir: str, title: str) -> Dict[str, List[int]]:
-    """``stitch_report.json`` (rows with bbox/segm on-frontier flags) and the segm AP plot."""
+    """``stitch_report.json`` (rows with bbox/segm on-frontier flags) and the segm AP plot; call it under
+    ``file_lock`` of the results file (it removes the temporaries killed writes of both files left)."""
+    remove_report_temporaries(output_dir, ("stitch_report.json", "stitch_report_segm.png"))
     rows = {int(k): v for k, v in record["stitches"].items()}
     cost = {k: r["gflops"] for k, r in rows.items()}
     frontiers = {task: pareto_frontier(cost, {k: r[f"{task}_AP"] for k, r in rows.items()}) for task in TASKS}
