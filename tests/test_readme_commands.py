@@ -89,21 +89,39 @@ def test_only_the_engine_is_installed(tmp_path):
         assert REPO not in line, line
 
 
+# The depth demo is chaotic in the last bits: other kernels (another SIMD level of torch's dispatcher, another CPU)
+# train other weights. Across DEFAULT/AVX2/AVX512 an epoch's mean loss moved by up to 1.3e-4 and a stitch's a1 by
+# up to 3.4e-3 (benchmarks/results/demo/depth_figures.md), so a run here is compared with the stated figures to
+# within about three times that, and the stated figures with the recorded runs to the stated digit.
+DEMO_TOLERANCE = 0.01
+DEPTH_FIGURES = os.path.join(REPO, "benchmarks", "results", "demo", "depth_figures.json")
+
+
 def test_the_depth_demo_figures_the_readme_states_are_what_its_commands_gave(scratch):
     """Runs after the README commands (same module, same scratch directory): the seeded depth demo's stated
     per-epoch loss and the stitch ``snnet_core.select`` picks from its report (stated first in README.md, or in
-    the files after it) are what the run just gave."""
+    the files after it) are those of a run ``benchmarks/demo_figures.py depth`` recorded (at some SIMD level), and
+    the run just made picks the same stitch, its loss falls, and its figures are within ``DEMO_TOLERANCE``."""
     text = " ".join(" ".join(docs_text(doc).split()) for doc in DOCS)
     first, last = re.search(r"mean loss per epoch falls (\d+\.\d+) -> (\d+\.\d+)", text).groups()
     sid, route, a1, gflops = re.search(r"`snnet_core.select` picks stitch (\d+) \(`([^`]+)`, a1 ([\d.]+), "
                                        r"([\d.]+) GFLOPs\)", text).groups()
+    with open(DEPTH_FIGURES) as f:
+        recorded = {(f"{r['losses'][0]:.3f}", f"{r['losses'][-1]:.3f}", str(r["pick"]["id"]), r["pick"]["route"],
+                     f"{r['pick']['a1']:.3f}", f"{r['pick']['gflops']:.3f}") for r in json.load(f)["runs"]}
+    assert (first, last, sid, route, a1, gflops) in recorded, (
+        f"the docs state the depth demo figures {(first, last, sid, route, a1, gflops)}; the runs in {DEPTH_FIGURES} "
+        f"gave {sorted(recorded)}: state one of those, or rerun `python benchmarks/demo_figures.py depth`")
     out = scratch / "output" / "dpt_demo"
     with open(out / "metrics.json") as f:
         losses = [row["epoch/mean_silog"] for row in map(json.loads, f) if "epoch/mean_silog" in row]
-    assert (f"{losses[0]:.3f}", f"{losses[-1]:.3f}") == (first, last)
+    assert losses[-1] < losses[0]
+    assert abs(losses[0] - float(first)) <= DEMO_TOLERANCE and abs(losses[-1] - float(last)) <= DEMO_TOLERANCE, (
+        losses, first, last)
     with open(out / "stitch_report_nyuv2_synthetic_test" / "stitch_results.json") as f:
         rows = json.load(f)["stitches"]
     budget = float(re.search(r"select \S+ --max-gflops ([\d.]+)", text).group(1))
     fits = [r for r in rows.values() if r["gflops"] <= budget]
     best = max(fits, key=lambda r: r["a1"])
-    assert (str(best["id"]), best["route"], f"{best['a1']:.3f}", f"{best['gflops']:.3f}") == (sid, route, a1, gflops)
+    assert (str(best["id"]), best["route"], f"{best['gflops']:.3f}") == (sid, route, gflops)
+    assert abs(best["a1"] - float(a1)) <= DEMO_TOLERANCE, (best["a1"], a1)
