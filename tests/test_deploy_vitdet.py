@@ -198,6 +198,16 @@ def test_demo_errors_name_the_image_the_stitch_and_the_budget(snnet, tmp_path):
     assert not (tmp_path / "o").exists()
 
 
+def test_demo_weights_that_are_a_directory_or_missing_name_the_file_to_give(snnet, tmp_path):
+    base = ["--config-file", TINY, "--input", snnet["images"][0], "--output", str(tmp_path / "o")]
+    with pytest.raises(IsADirectoryError, match=r"--weights '.*' is a directory, not a checkpoint file: give a file "
+                                                r"in it, e.g. '.*model_final.pth'"):
+        demo.main(base + ["--weights", str(snnet["out"])])
+    with pytest.raises(FileNotFoundError, match=r"--weights '.*nothing.pth' does not exist: pass --weights PATH"):
+        demo.main(base + ["--weights", str(tmp_path / "nothing.pth")])
+    assert not (tmp_path / "o").exists()
+
+
 @torch.no_grad()
 def test_an_exported_detector_goes_through_torch_export_and_tracing(snnet, tmp_path):
     paths = export_detector(snnet["cfg"], snnet["model"], 5, str(tmp_path))

@@ -55,6 +55,7 @@ from snnet_core.atomic_io import write_atomic
 from snnet_core.cli import add_debug_argument, run_command
 from snnet_core.config_io import apply_overrides, check_config_kind, load_config_file, local_checkpoint
 from snnet_core.console import run_logging
+from snnet_core.file_claims import check_checkpoint_path
 from snnet_core.images import list_images, output_paths
 from snnet_core.select import best_stitch_in_report
 
@@ -139,9 +140,10 @@ def load_model(cfg: DictConfig, weights: Optional[str], device: str) -> torch.nn
     weights = weights or cfg.get("train", {}).get("init_checkpoint", "")
     if weights:  # a URL: refused unless already downloaded
         weights = local_checkpoint(weights, "--weights")
-    if not weights or not os.path.isfile(weights):
-        raise FileNotFoundError(f"weights {weights!r} do not exist: pass --weights PATH (the trained model_final.pth) "
-                                "or a config whose train.init_checkpoint names them")
+    give = ": pass --weights PATH (the trained model_final.pth) or a config whose train.init_checkpoint names them"
+    if not weights:
+        raise FileNotFoundError(f"no weights{give}")
+    check_checkpoint_path(weights, "--weights", give)  # a directory: names the file in it to give
     model = instantiate(cfg.model)
     StrictDetectionCheckpointer(model).load(weights)
     return model.to(device).eval()
