@@ -497,17 +497,6 @@ def remove_report_temporaries(output_dir: str, names: Sequence[str]) -> List[str
     return removed
 
 
-def remove_report_temporaries(output_dir: str, names: Sequence[str]) -> List[str]:
-    """Delete the temporaries killed atomic writes of the report files ``names`` left in ``output_dir`` (e.g. a
-    ``--report-dir`` outside the training run's directory, which ``run_dir.remove_killed_writes`` does not clear);
-    returns the removed paths. Call it under ``file_lock`` of the results file, which every writer of the files
-    holds."""
-    removed = [tmp for name in names for tmp in remove_stale_temporaries(os.path.join(output_dir, name))]
-    if removed:
-        logger.info("removed %d temporary file(s) of killed report writes: %s", len(removed), removed)
-    return removed
-
-
 def plot_metric_vs_gflops(rows: Mapping[int, Mapping], frontier: Sequence[int], metric: str, path: str,
                           title: str, cost: str = "gflops", cost_label: str = "GFLOPs",
                           higher_is_better: Optional[bool] = None, selected: Optional[int] = None) -> None:
