@@ -410,6 +410,21 @@ def test_an_unreadable_image_during_ls_init_names_it_and_its_annotation_file(syn
         run_main(*tiny_opts(str(root), str(tmp_path / "run"), "train.max_iter=1"))
 
 
+def test_an_unreadable_image_during_training_names_it_and_its_annotation_file(synthetic, tmp_path):
+    root = tmp_path / "coco"
+    shutil.copytree(synthetic, root)
+    for image in (root / "train").iterdir():  # whichever images the first batch holds
+        image.write_bytes(b"\x89PNG cut short")
+    cfg = tiny_cfg(str(root), str(tmp_path / "run"))
+    mapper = cfg.dataloader.train.mapper._target_
+    loader = train_net.build_train_loader(cfg, seed=0, start_iter=0)
+    with pytest.raises(OSError, match=r"image '.*coco/train/.*' \(image id \d+, listed in '.*coco/annotations/"
+                                      r"instances_train.json'\) could not be read \(UnidentifiedImageError: .*restore "
+                                      r"the file or remove the image from the annotation file"):
+        next(iter(loader))
+    assert cfg.dataloader.train.mapper._target_ == mapper  # the config itself is left as it was
+
+
 def test_more_categories_than_classes_is_an_error(synthetic, tmp_path):
     cfg = tiny_cfg(synthetic, tmp_path, "model.roi_heads.num_classes=3")  # the synthetic set has 5
     with pytest.raises(ValueError, match=r"'synthetic_shapes_train' has 5 categories .*num_classes=3: set "

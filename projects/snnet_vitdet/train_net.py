@@ -40,6 +40,7 @@ warnings.filterwarnings("ignore", message="`torch.jit.script` is deprecated", ca
 os.environ.setdefault("DETECTRON2_DATASETS", "data")
 
 import contextlib
+import copy
 import logging
 from typing import Callable, ContextManager, Dict, List, Optional, Tuple
 
@@ -155,7 +156,8 @@ def build_test_loader(cfg):
 
 def build_train_loader(cfg, seed: int, start_iter: int):
     """``dataloader.train`` from iteration ``start_iter`` on. With ``build_resumable_train_loader`` (the
-    recipes' loader) batch ``i`` is a pure function of ``(seed, i)``, so ``--resume`` is exact."""
+    recipes' loader) batch ``i`` is a pure function of ``(seed, i)``, so ``--resume`` is exact. An unreadable
+    image is an ``OSError`` naming it and its annotation file (``NamedImageErrors`` around the mapper)."""
     loader_cfg = cfg.dataloader.train
     target = loader_cfg._target_
     if (locate(target) if isinstance(target, str) else target) is build_resumable_train_loader:
@@ -163,7 +165,10 @@ def build_train_loader(cfg, seed: int, start_iter: int):
     else:
         logger.warning("dataloader.train is not build_resumable_train_loader: a resumed run will not see the "
                        "data of an uninterrupted one")
-    loader = instantiate(loader_cfg)
+    named = copy.deepcopy(loader_cfg)  # the config keeps its own mapper (config.yaml, a later loader)
+    if "mapper" in named:
+        named.mapper = L(NamedImageErrors)(mapper=named.mapper, names=dataset_names(loader_cfg))
+    loader = instantiate(named)
     check_num_classes(dataset_names(loader_cfg), cfg.model.roi_heads.num_classes)
     return loader
 
