@@ -64,7 +64,9 @@ def check_results(record, source: str) -> None:
     """Raise ``ValueError`` naming ``source`` (a file) if ``record`` is not a well-formed results record.
 
     Every row needs the fixed columns, a number or ``null`` for every metric any row has (the primary metric
-    included), and the id it is filed under.
+    included), and the id it is filed under. ``higher_is_better`` must be true or false, and the direction
+    ``snnet_core.metric_labels`` knows for the primary metric (depth metrics, COCO AP): a flipped one would make
+    the worst stitches the frontier and the best choice.
     """
     what = f"{source} is not a per-stitch results file ({RESULTS_FILE} written by snnet_core.evaluate_stitches)"
     if not isinstance(record, dict):
@@ -74,6 +76,15 @@ def check_results(record, source: str) -> None:
         hint = ("; it looks like a stitch_report.json, give the stitch_results.json beside it"
                 if isinstance(record.get("stitches"), list) else "")
         raise ValueError(f"{what}: it lacks {missing or ['a stitches mapping']}{hint}")
+    primary, higher = record["primary_metric"], record["higher_is_better"]
+    if not isinstance(primary, str) or not isinstance(higher, bool):
+        raise ValueError(f"{source}: primary_metric={primary!r}, higher_is_better={higher!r} are not a metric name "
+                         "and true or false (the file was edited or is damaged); evaluate again into a new output "
+                         "directory")
+    wrong = wrong_direction(primary, higher)
+    if wrong:
+        raise ValueError(f"{source}: {wrong} (the file was edited or is damaged): set \"higher_is_better\": "
+                         f"{json.dumps(not higher)} in it, or evaluate again into a new output directory")
     fix = "delete that stitch's row to evaluate it again, or start a new output directory"
     for key, row in record["stitches"].items():
         if not isinstance(row, dict) or any(c not in row for c in FIXED_COLUMNS):
@@ -101,6 +112,17 @@ def check_results(record, source: str) -> None:
             if value is not None and not (_is_number(value) and math.isfinite(value) and value >= 0):
                 raise ValueError(f"{source}: stitch {key} has {cost}={value!r}, not a finite cost >= 0 (the file was "
                                  f"edited or is damaged); {fix}")
+
+
+def wrong_direction(metric: str, higher_is_better: bool) -> Optional[str]:
+    """Why ``higher_is_better`` is the wrong direction of ``metric`` (one whose direction
+    ``snnet_core.metric_labels.known_direction`` knows), or ``None``."""
+    known = known_direction(metric)
+    if known is None or higher_is_better == known:
+        return None
+    right = "higher" if known else "lower"
+    return (f"higher_is_better is {json.dumps(higher_is_better)} for {metric!r}, but a {right} {metric} is better "
+            "(its Pareto frontier and best stitch would be the worst ones)")
 
 
 def check_task(record: Mapping, source: str, task: Optional[str], fix: str) -> None:
@@ -311,6 +333,9 @@ def evaluate_stitch_groups(
             ``evaluate_group`` calls ``snnet_core.progress.advance``) and stands at the group's share, ``images x
             len(group)``, when it is done. Other arguments: as ``evaluate_stitches``.
     """
+    wrong = wrong_direction(primary_metric, bool(higher_is_better))
+    if wrong:
+        raise ValueError(f"evaluate_stitches: {wrong}: pass higher_is_better={not higher_is_better}")
     path = os.path.join(output_dir, RESULTS_FILE)
     seen: Dict[int, None] = {}
     todo_groups = []

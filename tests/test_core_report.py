@@ -92,6 +92,33 @@ def test_lower_is_better_metric_frontier(tmp_path):
     assert min(rmse, key=rmse.get) in front
 
 
+@pytest.mark.parametrize("metric, flipped", [("a1", False), ("rmse", True), ("bbox_AP", False)])
+def test_a_known_metric_recorded_in_the_wrong_direction_is_refused(tmp_path, metric, flipped):
+    """A results file whose higher_is_better contradicts what is known of its primary metric (edited, or damaged)
+    is refused wherever it is read; an evaluation asked to rank a known metric the wrong way fails before any
+    stitch is evaluated."""
+    right = not flipped
+    evaluate_stitches(lambda s: {metric: float(s)}, [0, 1, 2], SPACE, table(), str(tmp_path), metric,
+                      higher_is_better=right, run_key="m1", progress=False)
+    path = tmp_path / "stitch_results.json"
+    record = json.loads(path.read_text())
+    path.write_text(json.dumps(dict(record, higher_is_better=flipped)))
+    word = "higher" if right else "lower"
+    fix = rf'set "higher_is_better": {json.dumps(right)} in it'
+    with pytest.raises(ValueError, match=rf"{path}: higher_is_better is {json.dumps(flipped)} for '{metric}', but a "
+                                         rf"{word} {metric} is better .*{fix}"):
+        select_stitches("pareto", SPACE, str(path))
+    path.write_text(json.dumps(dict(record, higher_is_better="false")))  # a string is not a direction
+    with pytest.raises(ValueError, match=r"higher_is_better='false' are not a metric name and true or false"):
+        select_stitches("pareto", SPACE, str(path))
+    calls = []
+    with pytest.raises(ValueError, match=rf"evaluate_stitches: higher_is_better is {json.dumps(flipped)} for "
+                                         rf"'{metric}', .*pass higher_is_better={right}"):
+        evaluate_stitches(lambda s: calls.append(s) or {metric: 1.0}, [3], SPACE, table(), str(tmp_path / "new"),
+                          metric, higher_is_better=flipped, run_key="m1", progress=False)
+    assert not calls and not (tmp_path / "new").exists()
+
+
 def test_pareto_selection_reads_a_previous_report(tmp_path):
     evaluate_stitches(fake_metric, SPACE.ids, SPACE, table(), str(tmp_path), "acc", progress=False)
     chosen = select_stitches("pareto", SPACE, str(tmp_path / "stitch_results.json"))

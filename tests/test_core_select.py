@@ -10,7 +10,7 @@ import torch
 
 from snnet_core import FlopsTable, StitchSpace, evaluate_stitches
 from snnet_core.latency import LATENCY_COLUMN, latency_info, write_latency_info
-from snnet_core.select import main
+from snnet_core.select import SelectionError, best_stitch_in_report, main
 
 SPACE = StitchSpace(4, 8)
 GFLOPS = {s.id: 1.0 + s.num_blocks()[0] * 0.5 + s.num_blocks()[1] * 2.0 for s in SPACE}
@@ -105,6 +105,21 @@ def test_lower_is_better_metrics_are_known_or_given(report, capsys):
     assert code == 2 and "'loss'" in err and "--higher-is-better or --lower-is-better" in err
     code, out, _ = select(capsys, directory, "--max-gflops", 10, "--metric", "loss", "--lower-is-better", "--json")
     assert code == 0 and json.loads(out)["chosen"]["id"] == brute_force(record, "loss", "gflops", 10, higher=False)
+
+
+def test_a_report_with_a_flipped_direction_is_refused_naming_the_metric_and_the_right_one(report, capsys, tmp_path):
+    """An edited ``"higher_is_better": false`` for a1 would make select (and --export-stitch best:G, the demos'
+    --max-gflops) choose the worst stitch within the budget: refused, naming the file, the metric and the fix."""
+    _, record = report
+    flipped = tmp_path / "stitch_results.json"
+    flipped.write_text(json.dumps(dict(record, higher_is_better=False)))
+    code, out, err = select(capsys, flipped, "--max-gflops", 10)
+    assert code == 2 and not out
+    assert (f"{flipped}: higher_is_better is false for 'a1', but a higher a1 is better (its Pareto frontier and best "
+            'stitch would be the worst ones) (the file was edited or is damaged): set "higher_is_better": true in it'
+            ) in err
+    with pytest.raises(SelectionError, match="but a higher a1 is better"):
+        best_stitch_in_report(str(flipped), 10, task="depth")
 
 
 def test_text_output_shows_the_choice_and_the_frontier_around_it(report, capsys):
