@@ -24,6 +24,10 @@ Latency in a per-stitch results file (``stitch_results.json`` of ``snnet_core.re
 
   made by ``latency_info`` and written by ``write_latency_info(output_dir, info)`` after ``evaluate_stitches``.
 
+``--measure-latency`` over a report evaluated without it adds the column: ``add_latency_column`` times the
+stitches the report holds and stores their latency beside their metrics (nothing is evaluated again); a report
+timed with other settings is another evaluation (its run key differs) and is refused as before.
+
 An evaluation CLI with latency does, e.g. (depth)::
 
     info = latency_info(device_name(device), batch, (h, w), amp, warmup, runs)
@@ -42,12 +46,14 @@ different thing.
 from __future__ import annotations
 
 import contextlib
+import logging
+import math
 import os
 import platform
 import statistics
 import time
 from dataclasses import asdict, dataclass
-from typing import Any, Callable, Dict, Iterable, Mapping, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
 
 import torch
 
@@ -55,6 +61,8 @@ from .atomic_io import file_lock, write_json_atomic
 from .export import ExportedStitch, export_stitch
 from .report import LATENCY_COLUMN, LATENCY_KEY, RESULTS_FILE, read_results
 from .snnet import StitchedViT
+
+logger = logging.getLogger(__name__)
 
 Inputs = Union[torch.Tensor, Sequence[Any]]
 
@@ -206,6 +214,43 @@ def latency_info(device: str, batch: int, input_size: Sequence[int], amp: bool, 
     """The top-level ``"latency"`` entry of a results file: how its ``latency_ms`` column was measured."""
     return {"device": device, "batch": int(batch), "input_size": [int(s) for s in input_size], "amp": bool(amp),
             "warmup": int(warmup), "runs": int(runs), "statistic": "median"}
+
+
+def takes_latency_column(record: Mapping[str, Any], untimed_key: str) -> bool:
+    """Whether the results ``record`` is the report of this evaluation without latency: its run key is
+    ``untimed_key`` (the key the evaluation has without ``--measure-latency``) and no row has ``latency_ms``."""
+    return (bool(record) and record.get("run_key") == untimed_key and LATENCY_KEY not in record
+            and not any(LATENCY_COLUMN in row for row in record["stitches"].values()))
+
+
+def add_latency_column(output_dir: str, untimed_key: str, run_key: str, info: Mapping[str, Any],
+                       time: Callable[[List[int]], Mapping[int, float]]) -> List[int]:
+    """``--measure-latency`` over a report evaluated without it: where ``output_dir``'s results file
+    ``takes_latency_column(record, untimed_key)``, time the stitches it holds (``time(ids) -> {id: median ms}``)
+    and store their ``latency_ms``, the ``"latency"`` entry ``info`` and the timed evaluation's ``run_key``, so
+    that ``evaluate_stitches(run_key=run_key, ...)`` then only evaluates (and times) the stitches still to do.
+
+    Runs under the file's lock (concurrent evaluators wait for the timing rather than add untimed rows); the
+    metrics are kept as they are. Returns the ids timed, ``[]`` where there is nothing to add (no file, a timed
+    report, or another evaluation's report, which ``evaluate_stitches`` then refuses).
+    """
+    path = os.path.join(output_dir, RESULTS_FILE)
+    if not os.path.isfile(path):
+        return []
+    with file_lock(path):
+        record = read_results(path)
+        if not takes_latency_column(record, untimed_key):
+            return []
+        ids = sorted(int(k) for k in record["stitches"])
+        logger.info("%s has no latency column: timing its %d stitches (their metrics are kept, nothing is "
+                    "evaluated again)", path, len(ids))
+        ms = time(ids) if ids else {}
+        for key, row in record["stitches"].items():
+            value = float(ms[int(key)])
+            row[LATENCY_COLUMN] = value if math.isfinite(value) else None
+        record.update(run_key=run_key, **{LATENCY_KEY: dict(info)})
+        write_json_atomic(path, record)
+    return ids
 
 
 def write_latency_info(output_dir: str, info: Mapping[str, Any]) -> None:

@@ -12,6 +12,7 @@ from snnet_core import ExportedStitch, FlopsTable, StitchingLayer, evaluate_stit
 from snnet_core.latency import (
     LATENCY_COLUMN,
     LATENCY_KEY,
+    add_latency_column,
     cpu_name,
     device_name,
     latency_info,
@@ -145,6 +146,33 @@ def test_latency_is_stored_as_a_column_and_a_top_level_entry(tmp_path):
     assert LATENCY_COLUMN in (tmp_path / "stitch_report.csv").read_text().splitlines()[0].split(",")
     with pytest.raises(FileNotFoundError, match="after evaluate_stitches"):
         write_latency_info(str(tmp_path / "nowhere"), info)
+
+
+def test_latency_is_added_to_an_untimed_report_of_the_same_evaluation_only(tmp_path):
+    """``--measure-latency`` over a report evaluated without it: its stitches are timed and keep their metrics, and
+    the evaluation then goes on under the timed key; a timed report or another evaluation's is left alone."""
+    net = tiny_snnet().eval()
+    table = FlopsTable({s: float(s + 1) for s in net.space.ids}, {s: 1.0 for s in net.space.ids}, (32, 32))
+    evaluate_stitches(lambda sid: {"acc": float(sid)}, [0, 1], net.space, table, str(tmp_path), "acc", run_key="k",
+                      progress=False)
+    info = latency_info("Test CPU (1 threads)", 1, (32, 32), False, 1, 2)
+    timed = []
+
+    def time(ids):
+        timed.append(ids)
+        return {sid: 10.0 + sid for sid in ids}
+
+    assert add_latency_column(str(tmp_path), "other", "other|timed", info, time) == [] and not timed
+    assert add_latency_column(str(tmp_path), "k", "k|timed", info, time) == [0, 1] and timed == [[0, 1]]
+    record = read_results(str(tmp_path / "stitch_results.json"))
+    assert record["run_key"] == "k|timed" and record[LATENCY_KEY] == info
+    assert record["stitches"]["1"]["acc"] == 1.0 and record["stitches"]["1"][LATENCY_COLUMN] == 11.0
+    assert add_latency_column(str(tmp_path), "k", "k|timed", info, time) == [] and len(timed) == 1  # timed now
+    evaluate_stitches(lambda sid: {"acc": float(sid), LATENCY_COLUMN: 15.0}, [0, 1, 5], net.space, table,
+                      str(tmp_path), "acc", run_key="k|timed", progress=False)  # only stitch 5 is evaluated
+    rows = read_results(str(tmp_path / "stitch_results.json"))["stitches"]
+    assert {k: r[LATENCY_COLUMN] for k, r in rows.items()} == {"0": 10.0, "1": 11.0, "5": 15.0}
+    assert add_latency_column(str(tmp_path / "nowhere"), "k", "k|timed", info, time) == []
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")

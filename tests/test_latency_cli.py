@@ -14,7 +14,9 @@ from detectron2.config import LazyConfig, instantiate
 
 from datasets.make_synthetic_coco import make_synthetic_coco
 from datasets.make_synthetic_nyu import make_synthetic_nyu
+from projects.snnet_dpt import evaluation as dpt_evaluation
 from projects.snnet_dpt import train as dpt_train
+from projects.snnet_vitdet import evaluation as vitdet_evaluation
 from projects.snnet_vitdet import train_net
 from projects.snnet_vitdet.evaluation import deployed_detector
 from snnet_core import export_stitch, select
@@ -77,6 +79,13 @@ def assert_untimed_report(report_dir):
     assert LATENCY_COLUMN not in header and LATENCY_COLUMN not in markdown
     assert not os.path.exists(os.path.join(report_dir, LATENCY_PLOT))
     assert select.main([report_dir, "--max-latency-ms", "1000"]) == 2  # no latency column: a clear refusal
+
+
+def assert_same_metrics(before, after):
+    """``after`` (a report given the latency column) holds ``before``'s rows and metrics unchanged."""
+    assert after["stitches"].keys() == before["stitches"].keys()
+    for key, row in before["stitches"].items():
+        assert {k: v for k, v in after["stitches"][key].items() if k != LATENCY_COLUMN} == row
 
 
 # --- options -----------------------------------------------------------------------------------------
@@ -143,7 +152,7 @@ def test_the_timed_detector_is_the_stitch_inside_the_sn_net(detector):
     torch.testing.assert_close(deployed.scores, expected.scores, rtol=0, atol=1e-4)
 
 
-def test_detection_eval_only_measures_latency_per_stitch(detector, tmp_path):
+def test_detection_eval_only_measures_latency_per_stitch(detector, tmp_path, monkeypatch):
     stitches = [0, 5, 9, 13]
     report = str(tmp_path / "timed")
     record = run_detection(detector, tmp_path, "--stitch", ",".join(map(str, stitches)), "--report-dir", report,
@@ -154,6 +163,16 @@ def test_detection_eval_only_measures_latency_per_stitch(detector, tmp_path):
     plain = str(tmp_path / "plain")
     run_detection(detector, tmp_path, "--stitch", "0,13", "--report-dir", plain)
     assert_untimed_report(plain)
+    untimed = read_report(plain)[0]
+    with monkeypatch.context() as patched:  # --measure-latency over it: timed, nothing evaluated again
+        for name in ("evaluate_model", "evaluate_stitch_group"):
+            patched.setattr(vitdet_evaluation, name, lambda *a, **k: pytest.fail("a stitch was evaluated again"))
+        run_detection(detector, tmp_path, "--stitch", "13", "--report-dir", plain, "--measure-latency", *FAST_TIMING)
+    assert_timed_report(plain, [0, 13], "cpu", 1, (128, 128))
+    assert_same_metrics(untimed, read_report(plain)[0])
+    with pytest.raises(RuntimeError, match=r"holds results of another run"):  # timed: other settings are refused
+        run_detection(detector, tmp_path, "--stitch", "0", "--report-dir", plain, "--measure-latency",
+                      "--latency-batch", "2", *FAST_TIMING)
 
 
 def test_detection_latency_errors(detector, tmp_path):
@@ -182,7 +201,7 @@ def run_depth(nyu_root, output_dir, *flags, opts=()):
         "train.epochs=1", "train.ls_init_images=2", "train.loss_warmup_iters=2", *opts]))
 
 
-def test_depth_training_and_eval_only_measure_latency_per_stitch(nyu_root, tmp_path):
+def test_depth_training_and_eval_only_measure_latency_per_stitch(nyu_root, tmp_path, monkeypatch):
     out = tmp_path / "run"
     result = run_depth(nyu_root, out, "--stitch", "0,5", "--measure-latency", *FAST_TIMING)  # after training
     assert result["report"][LATENCY_KEY]["input_size"] == [64, 80]  # default: the evaluation (GFLOPs) size
@@ -198,9 +217,16 @@ def test_depth_training_and_eval_only_measure_latency_per_stitch(nyu_root, tmp_p
     plain = tmp_path / "plain"
     run_depth(nyu_root, out, "--eval-only", "--stitch", "0,13", "--report-dir", str(plain))
     assert_untimed_report(str(plain))
-    with pytest.raises(RuntimeError, match=r"another model or setting \(latency None there vs"):
+    untimed = json.loads((plain / RESULTS_FILE).read_text())
+    with monkeypatch.context() as patched:  # --measure-latency over it: timed, nothing evaluated again
+        patched.setattr(dpt_evaluation, "evaluate", lambda *a, **k: pytest.fail("a stitch was evaluated again"))
         run_depth(nyu_root, out, "--eval-only", "--stitch", "0", "--report-dir", str(plain), "--measure-latency",
                   *FAST_TIMING)
+    assert_timed_report(str(plain), [0, 13], "cpu", 1, (64, 80))
+    assert_same_metrics(untimed, json.loads((plain / RESULTS_FILE).read_text()))
+    with pytest.raises(RuntimeError, match=r"another model or setting \(latency .*batch.: 1.* there vs .*batch.: 2"):
+        run_depth(nyu_root, out, "--eval-only", "--stitch", "0", "--report-dir", str(plain), "--measure-latency",
+                  "--latency-batch", "2", *FAST_TIMING)  # a timed report: other latency settings are refused
     with pytest.raises(ValueError, match="multiples of the patch size 16, e.g. --latency-size 64 80"):
         run_depth(nyu_root, out, "--eval-only", "--stitch", "0", "--report-dir", str(tmp_path / "never"),
                   "--measure-latency", "--latency-size", "60", "72")

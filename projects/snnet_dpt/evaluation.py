@@ -10,7 +10,7 @@ import torch
 
 from snnet_core import FlopsTable, evaluate_stitches
 from snnet_core.distributed import DistContext, broadcast_object, gather_objects
-from snnet_core.latency import LATENCY_COLUMN, time_stitches
+from snnet_core.latency import LATENCY_COLUMN, add_latency_column, takes_latency_column, time_stitches
 from snnet_core.latency_options import LatencyOptions
 from snnet_core.prefix_trie import stitch_groups
 from snnet_core.progress import advance, loader_images
@@ -96,11 +96,19 @@ def _key_parts(run_key: str) -> Dict[str, str]:
     return dict(part.split("=", 1) for part in run_key.split("|") if "=" in part)
 
 
+def untimed_key(run_key: str) -> str:
+    """``run_key`` without its ``latency=`` part: the key of the same evaluation without ``--measure-latency``."""
+    return "|".join(part for part in run_key.split("|") if not part.startswith("latency="))
+
+
 def report_conflict(output_dir: str, run_key: str) -> Optional[str]:
     """Why the per-stitch results in ``output_dir`` cannot take rows of the evaluation ``run_key`` (they are of
-    another model or setting: the parts of the two keys that differ), or None if they can."""
+    another model or setting: the parts of the two keys that differ), or None if they can (also where a timed
+    evaluation adds the latency column to its untimed report: ``snnet_core.latency.add_latency_column``)."""
     record = load_results(output_dir)
     if not record or record.get("run_key") == run_key:
+        return None
+    if untimed_key(run_key) != run_key and takes_latency_column(record, untimed_key(run_key)):
         return None
     there, now = _key_parts(record.get("run_key") or ""), _key_parts(run_key)
     differing = [f"{k} {there.get(k)} there vs {v} now" for k, v in now.items() if there.get(k) != v]
@@ -137,7 +145,8 @@ def evaluate_stitch_report(
     Rank 0's progress bar counts test images x stitches and moves per batch.
 
     With ``latency``, rank 0 times every stitch as deployed (``time_depth_stitches``) once its metrics are in, into
-    the ``latency_ms`` column; ``run_key`` should name the latency settings.
+    the ``latency_ms`` column; ``run_key`` should name the latency settings. A report of this evaluation without
+    latency gets the column first: its stitches are timed, not evaluated again (``add_latency_column``).
 
     Returns the results record on rank 0.
     """
@@ -151,6 +160,9 @@ def evaluate_stitch_report(
                        images=images)
     error, todo = None, []
     if ctx.is_main:
+        if latency is not None:  # --measure-latency over this evaluation's untimed report: time what it holds
+            add_latency_column(output_dir, untimed_key(run_key), run_key, latency.info(),
+                               lambda ids: time_depth_stitches(model, ids, latency))
         error = report_conflict(output_dir, run_key)
         done = {} if error else load_results(output_dir).get("stitches", {})
         todo = [int(s) for s in stitch_ids if str(int(s)) not in done]

@@ -39,7 +39,7 @@ from snnet_core import (
 )
 from snnet_core.atomic_io import file_lock, write_json_atomic
 from snnet_core.distributed import run_on_main
-from snnet_core.latency import LATENCY_COLUMN, time_stitches
+from snnet_core.latency import LATENCY_COLUMN, add_latency_column, time_stitches
 from snnet_core.latency_options import LatencyOptions
 from snnet_core.prefix_trie import stitch_groups
 from snnet_core.progress import AdvancingLoader, advance, loader_images
@@ -346,11 +346,16 @@ def stitch_report(
             ``set_stitch`` is not used): the same metrics, each group's rows written when it is done.
         latency: time each stitch as deployed (``time_detector_stitches``, on the main process only, after its
             group's evaluation) into the ``latency_ms`` column. ``model`` must then be a ``GeneralizedRCNN``
-            with a ``StitchedViTDetBackbone``, and ``run_key`` should end with ``latency.run_key()``.
+            with a ``StitchedViTDetBackbone``, and ``run_key`` should end with ``latency.run_key()``. A report of
+            this evaluation without latency (``run_key`` without that ending) gets the column first: its stitches
+            are timed, not evaluated again (``snnet_core.latency.add_latency_column``).
 
     Returns the results record on the main process, ``{}`` elsewhere.
     """
     def pending() -> List[int]:
+        if latency is not None and run_key.endswith(latency.run_key()):  # over this evaluation's untimed report
+            add_latency_column(output_dir, run_key[:-len(latency.run_key())], run_key, latency.info(),
+                               lambda ids: time_detector_stitches(model, ids, latency))
         record = load_results(output_dir)
         if record and record.get("run_key") != run_key:
             raise RuntimeError(
