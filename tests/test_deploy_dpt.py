@@ -9,6 +9,7 @@ import cv2
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from datasets.make_synthetic_nyu import make_synthetic_nyu
 from projects.snnet_dpt import demo
@@ -16,7 +17,9 @@ from projects.snnet_dpt import train as train_cli
 from projects.snnet_dpt.training import load_checkpoint, read_checkpoint_header
 from projects.snnet_dpt.export import load_depth_model
 from projects.snnet_dpt.model import build_model
+from snnet_core.image_size import ImageTooLargeError
 from snnet_core.select import SelectionError, choose_stitch, read_report
+from tests.test_core_image_size import png_header
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = os.path.join(REPO, "projects", "snnet_dpt", "configs", "synthetic", "dpt_snnetv2_tiny.py")
@@ -113,6 +116,39 @@ def test_demo_writes_a_depth_png_with_colour_bar_and_the_raw_depth(run, tmp_path
     written = demo.main(["--weights", run["exported"], "--input", str(folder), "--output", str(tmp_path / "e")])
     assert sorted(os.path.basename(p) for p in written) == sorted(
         os.path.splitext(os.path.basename(p))[0] + ext for p in run["images"] for ext in ("_depth.npy", "_depth.png"))
+
+
+def test_demo_runs_a_large_photo_at_the_checkpoints_eval_size_and_refuses_one_over_the_pixel_limit(
+        run, tmp_path, monkeypatch, capsys):
+    """A 4000x3000 photo runs the network at the checkpoint's eval size 64x80 (in pixels, aspect kept), its depth
+    is resized back; an 8000x8000 one is refused from its header before the model is loaded."""
+    photo = tmp_path / "photo.png"
+    Image.new("RGB", (4000, 3000), (90, 120, 150)).save(photo)  # a few KB on disk, 36 MB decoded
+    seen = []
+
+    def network_input(module, args):
+        seen.append(tuple(args[0].shape[-2:]))
+        assert seen[-1][0] * seen[-1][1] <= 64 * 80, f"the network ran at {seen[-1]}"
+
+    load = demo.load_depth_model
+    monkeypatch.setattr(demo, "load_depth_model", lambda *a, **k: _hooked(load(*a, **k), network_input))
+    png, npy = demo.main(["--weights", run["checkpoint"], "--input", str(photo), "--output", str(tmp_path / "o"),
+                          "--no-flip"])
+    assert seen == [(64, 80)] and np.load(npy).shape == (3000, 4000)
+    assert max(cv2.imread(png).shape) <= 2000  # the preview is drawn from a copy of at most 1024 pixels a side
+    console = re.sub(r"\x1b\[[0-9;]*m", "", capsys.readouterr().out)
+    assert re.search(r"photo.png: 3000x4000 \(HxW\) scaled to 64x80 for the network \(at most the pixels of 64x80, "
+                     r"the dataloader.eval_size the checkpoint records; --size H W sets it\)", console), console
+    big = png_header(tmp_path / "big.png", 8000, 8000)
+    monkeypatch.setattr(demo, "load_depth_model", lambda *a, **k: pytest.fail("the model was loaded"))
+    with pytest.raises(ImageTooLargeError, match=r"image '.*big.png' is 8000x8000 pixels .*limit of 50 MP"):
+        demo.main(["--weights", run["checkpoint"], "--input", str(photo), big, "--output", str(tmp_path / "b")])
+    assert not (tmp_path / "b").exists()
+
+
+def _hooked(model, hook):
+    model.register_forward_pre_hook(hook)
+    return model
 
 
 def test_demo_never_loses_an_output_or_an_input(run, tmp_path):

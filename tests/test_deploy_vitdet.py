@@ -9,6 +9,7 @@ import cv2
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.config import LazyConfig, instantiate
 from detectron2.export import TracingAdapter
@@ -20,7 +21,9 @@ from projects.snnet_vitdet.evaluation import RESULTS_TASK, detector_flops_table
 from projects.snnet_vitdet.export import StitchViTDetBackbone, export_detector
 from snnet_core.select import resolve_export_selection
 from snnet_core import evaluate_stitches
+from snnet_core.image_size import ImageTooLargeError
 from snnet_core.select import SelectionError
+from tests.test_core_image_size import png_header
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = os.path.join(REPO, "projects", "snnet_vitdet", "configs", "synthetic", "mask_rcnn_snnetv2_tiny.py")
@@ -140,9 +143,12 @@ def test_demo_draws_the_detections_of_a_stitch_and_of_an_exported_stitch(snnet, 
     stamp = r"^\[\d\d/\d\d \d\d:\d\d:\d\d snnet_vitdet.demo\]: "  # detectron2's log format, as train_net.py's
     assert re.search(stamp + r"running stitch 5 ", console, re.M), console
     assert len(re.findall(stamp + r".+: \d+ detections -> ", console, re.M)) == 2, console
+    predictor = demo.Predictor(snnet["cfg"], snnet["model"])
     for path, image_path in zip(written, snnet["images"]):
         drawn, original = cv2.imread(path), cv2.imread(image_path)
-        assert drawn.shape == original.shape and not (drawn == original).all()  # boxes were drawn on it
+        fitted = predictor.fit(original)  # the test-time resize to at most 128 pixels a side
+        assert drawn.shape == fitted.shape and max(drawn.shape[:2]) == 128
+        assert not (drawn == fitted).all()  # boxes were drawn on it
     paths = export_detector(snnet["cfg"], snnet["model"], 5, str(tmp_path / "exp"))
     exported = demo.main(["--config-file", paths["config"], "--input", os.path.dirname(snnet["images"][0]),
                           "--output", str(tmp_path / "exported"), "--confidence-threshold", "0"])
@@ -196,6 +202,33 @@ def test_demo_errors_name_the_image_the_stitch_and_the_budget(snnet, tmp_path):
         demo.main(["--config-file", paths["config"], "--stitch", "3", "--input", snnet["images"][0],
                    "--output", str(tmp_path / "o")])
     assert not (tmp_path / "o").exists()
+
+
+def test_demo_predicts_and_draws_a_large_photo_at_the_models_input_size_and_refuses_one_over_the_limit(
+        snnet, tmp_path, monkeypatch, capsys):
+    """A 3000x2000 photo is resized by the config's test-time resize (128 pixels) once, predicted and drawn at
+    that size; an 8000x8000 one is refused from its header before the model is built."""
+    photo = tmp_path / "photo.png"
+    Image.new("RGB", (3000, 2000), (90, 120, 150)).save(photo)  # a few KB on disk, 18 MB decoded
+    seen = []
+    call = demo.Predictor.__call__
+
+    def recording(self, image):
+        seen.append(image.shape[:2])
+        return call(self, image)
+
+    monkeypatch.setattr(demo.Predictor, "__call__", recording)
+    (drawing,) = demo.main(["--config-file", TINY, "--weights", snnet["weights"], "--input", str(photo),
+                            "--output", str(tmp_path / "o")])
+    assert seen == [(85, 128)] and cv2.imread(drawing).shape[:2] == (85, 128)
+    console = re.sub(r"\x1b\[[0-9;]*m", "", capsys.readouterr().out)
+    assert re.search(r"photo.png: 2000x3000 \(HxW\) predicted and drawn at 85x128, the model's input size", console)
+    big = png_header(tmp_path / "big.png", 8000, 8000)
+    monkeypatch.setattr(demo, "load_model", lambda *a, **k: pytest.fail("the model was built"))
+    with pytest.raises(ImageTooLargeError, match=r"image '.*big.png' is 8000x8000 pixels .*limit of 50 MP"):
+        demo.main(["--config-file", TINY, "--weights", snnet["weights"], "--input", str(photo), big,
+                   "--output", str(tmp_path / "b")])
+    assert not (tmp_path / "b").exists()
 
 
 def test_demo_weights_that_are_a_directory_or_missing_name_the_file_to_give(snnet, tmp_path):

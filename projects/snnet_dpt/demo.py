@@ -17,9 +17,13 @@ For each image ``NAME.EXT`` it writes, into ``--output``:
 Images of the same ``NAME`` (``a/x.jpg``, ``b/x.jpg``) get ``NAME_2``, ... (logged); an output that would replace
 an input image is refused, and so are outputs of an earlier run unless ``--overwrite`` replaces them.
 
-The image is read as RGB, resized to ``--size H W`` (default: its own size rounded to a multiple of the patch
-size), normalised as in training (mean = std = 127.5); the prediction (with the flip average of the evaluation
-unless ``--no-flip``) is resized back to the image's size (bilinear). ``--weights`` is a training checkpoint
+The image is read as RGB, resized to ``--size H W`` (default: the model's input size, i.e. its own size scaled
+down, aspect kept, to at most the pixels of the ``dataloader.eval_size`` the training checkpoint records, NYUv2's
+480x640 for a file that records none, then rounded to multiples of the patch size; a smaller image keeps its
+size; each scaled image is named in one log line), normalised as in training (mean = std = 127.5); the prediction
+(with the flip average of the evaluation unless ``--no-flip``) is resized back to the image's size (bilinear), so
+the ``.npy`` is at the image's size and the PNG preview at most ``PREVIEW_SIDE`` pixels a side. An image of more
+than ``snnet_core.image_size.MAX_IMAGE_PIXELS`` (50 MP) is refused from its header, before it is decoded. ``--weights`` is a training checkpoint
 (``<train.output_dir>/model_final.pth``; ``--stitch`` picks the stitch, default the large anchor; ``--max-gflops G``
 with ``--report`` the stitch with the best primary metric within G GFLOPs, as ``python -m snnet_core.select REPORT
 --max-gflops G`` chooses it) or a stitch exported by ``train.py --export-stitch ID``
@@ -53,38 +57,59 @@ from snnet_core import StitchedViT
 from snnet_core.atomic_io import write_atomic
 from snnet_core.config_io import local_checkpoint
 from snnet_core.cli import add_debug_argument, run_command
+from snnet_core.image_size import check_image_pixels
 from snnet_core.images import list_images, output_paths
 from snnet_core.select import best_stitch_in_report
 
 logger = logging.getLogger("projects.snnet_dpt.demo")
+DEFAULT_EVAL_SIZE = (480, 640)  # dpt_snnetv2_deit3_s_l_nyu.py's dataloader.eval_size (NYUv2's test frames)
+PREVIEW_SIDE = 1024  # pixels: the PNG's image and depth panels are drawn from copies at most this large
 
 
 def read_rgb(path: str) -> np.ndarray:
-    """``(H, W, 3)`` uint8 RGB; ``ValueError`` naming the file if it is not an image OpenCV can decode."""
+    """``(H, W, 3)`` uint8 RGB; ``ValueError`` naming the file if it is not an image OpenCV can decode, or
+    (``ImageTooLargeError``) if it has more than ``MAX_IMAGE_PIXELS`` pixels (checked before decoding)."""
+    known = check_image_pixels(path)  # from the header: nothing decoded yet
     image = cv2.imread(path, cv2.IMREAD_COLOR)
     if image is None:
         raise ValueError(f"cannot read image {path!r}: not an image file OpenCV decodes (jpg, png, bmp, tiff, "
                          "webp), or truncated; convert it or leave it out")
+    if known is None:  # a format PIL does not read: checked once decoded
+        check_image_pixels(path, image.shape[:2])
     return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
 
 
-def input_size(image_hw: Tuple[int, int], patch_size: int, size: Optional[Sequence[int]]) -> Tuple[int, int]:
-    """The network's input ``(H, W)``: ``size``, or the image's rounded to the nearest multiple of the patch."""
+def input_size(image_hw: Tuple[int, int], patch_size: int, size: Optional[Sequence[int]],
+               max_pixels: Optional[int] = None) -> Tuple[int, int]:
+    """The network's input ``(H, W)``: ``size``, or the image's, scaled down (aspect kept) to at most
+    ``max_pixels`` pixels if it has more, rounded to the nearest multiple of the patch."""
     if size is not None:
         h, w = (int(s) for s in size)
         if h % patch_size or w % patch_size or h <= 0 or w <= 0:
             raise ValueError(f"--size {h} {w}: both must be positive multiples of the patch size {patch_size}")
         return h, w
-    return tuple(max(patch_size, round(s / patch_size) * patch_size) for s in image_hw)
+    scale = 1.0
+    if max_pixels is not None and image_hw[0] * image_hw[1] > max_pixels:
+        scale = (max_pixels / (image_hw[0] * image_hw[1])) ** 0.5
+    return tuple(max(patch_size, round(s * scale / patch_size) * patch_size) for s in image_hw)
+
+
+def recorded_eval_size(weights: str) -> Optional[Tuple[int, int]]:
+    """The ``dataloader.eval_size`` ``(H, W)`` a training checkpoint records (read memory-mapped, after
+    ``load_depth_model`` checked the file); ``None`` for an exported stitch or a checkpoint without it."""
+    state = torch.load(weights, map_location="cpu", weights_only=True, mmap=True)
+    size = state.get("eval_size") if isinstance(state, dict) else None
+    return None if size is None else (int(size[0]), int(size[1]))
 
 
 @torch.no_grad()
 def predict_depth(model: DPTDepthModel, image: np.ndarray, size: Optional[Sequence[int]] = None,
-                  flip: bool = True) -> np.ndarray:
-    """Metric depth ``(H, W)`` float32 of an ``(H, W, 3)`` RGB uint8 ``image`` (the model's selected stitch)."""
+                  flip: bool = True, max_pixels: Optional[int] = None) -> np.ndarray:
+    """Metric depth ``(H, W)`` float32 of an ``(H, W, 3)`` RGB uint8 ``image`` (the model's selected stitch), the
+    network run at ``input_size(image, patch, size, max_pixels)``."""
     device = next(model.parameters()).device
     h, w = image.shape[:2]
-    net_h, net_w = input_size((h, w), model.patch_size, size)
+    net_h, net_w = input_size((h, w), model.patch_size, size, max_pixels)
     resized = cv2.resize(image, (net_w, net_h), interpolation=cv2.INTER_LINEAR) if (net_h, net_w) != (h, w) else image
     x = torch.from_numpy((resized.astype(np.float32) - PIXEL_MEAN) / PIXEL_STD).permute(2, 0, 1)[None].to(device)
     pred = model(x)
@@ -102,6 +127,11 @@ def depth_figure(image: np.ndarray, depth: np.ndarray, title: str) -> bytes:
     import matplotlib.pyplot as plt
 
     h, w = depth.shape
+    if max(h, w) > PREVIEW_SIDE:  # the figure is about 800 pixels wide: drawing 50 MP arrays would only cost memory
+        scale = PREVIEW_SIDE / max(h, w)
+        shown_hw = (max(1, round(w * scale)), max(1, round(h * scale)))
+        image = cv2.resize(image, shown_hw, interpolation=cv2.INTER_AREA)
+        depth = cv2.resize(depth, shown_hw, interpolation=cv2.INTER_AREA)
     fig, axes = plt.subplots(1, 2, figsize=(2 * 4.0 * w / max(h, w) + 1.2, 4.0 * h / max(h, w) + 0.6),
                              gridspec_kw={"width_ratios": [1, 1.08]})
     axes[0].imshow(image)
@@ -147,14 +177,25 @@ def run(weights: str, inputs: Sequence[str], output_dir: str, stitch_id: Optiona
         raise ValueError("give --stitch or --max-gflops, not both")
     images = list_images(inputs)  # bad paths fail before the model is loaded
     outputs = output_paths(images, output_dir, ("_depth.png", "_depth.npy"), overwrite)
+    for path in images:  # too large an image is refused from its header before the model is loaded
+        check_image_pixels(path)
     weights = local_checkpoint(weights, "--weights")  # a URL: refused unless already downloaded
     chosen = choose_demo_stitch(max_gflops, report)
     model = load_depth_model(weights, stitch_id if chosen is None else chosen, map_location=device)
     title = f"depth, {describe(model)}"
+    eval_size = recorded_eval_size(weights)
+    budget, source = ((eval_size, "the dataloader.eval_size the checkpoint records") if eval_size else
+                      (DEFAULT_EVAL_SIZE, "NYUv2's eval size: the file records none"))
+    max_pixels = budget[0] * budget[1]
     written: List[str] = []
     for path, (png_path, npy_path) in zip(images, outputs):
         image = read_rgb(path)
-        depth = predict_depth(model, image, size, flip)
+        net_hw = input_size(image.shape[:2], model.patch_size, size, max_pixels)
+        if size is None and net_hw[0] * net_hw[1] < image.shape[0] * image.shape[1]:
+            logger.info("%s: %dx%d (HxW) scaled to %dx%d for the network (at most the pixels of %dx%d, %s; "
+                        "--size H W sets it); its depth is resized back to %dx%d", path, *image.shape[:2], *net_hw,
+                        *budget, source, *image.shape[:2])
+        depth = predict_depth(model, image, size, flip, max_pixels)
         write_atomic(npy_path, lambda f: np.save(f, depth), binary=True)
         png = depth_figure(image, depth, title)
         write_atomic(png_path, lambda f: f.write(png), binary=True)
@@ -176,7 +217,8 @@ def build_parser() -> argparse.ArgumentParser:
     choice.add_argument("--max-gflops", type=float, metavar="G", help="the best stitch of --report within G GFLOPs")
     p.add_argument("--report", metavar="DIR", help="per-stitch report for --max-gflops (ranks stitches by its metric)")
     p.add_argument("--size", type=int, nargs=2, metavar=("H", "W"),
-                   help="network input size (multiples of the patch size; default: the image's, rounded)")
+                   help="network input size (multiples of the patch size; default: the image's, scaled down to at "
+                        "most the pixels of the checkpoint's eval size, rounded)")
     p.add_argument("--no-flip", action="store_true", help="no flip averaging (half the compute)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     add_debug_argument(p)

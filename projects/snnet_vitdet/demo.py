@@ -14,7 +14,10 @@ Writes ``--output/NAME.png`` per input image: the image with the predicted boxes
 ``--confidence-threshold``. ``--max-gflops G`` picks, with ``--report`` (a per-stitch report), the stitch with the
 best primary metric within G GFLOPs (``python -m snnet_core.select``'s choice); without a report the most
 expensive stitch within G GFLOPs of the FLOPs table at ``snnet.flops_input_size``. Images are read as
-detectron2 reads them and resized by the config's test-time augmentation (``dataloader.test.mapper``).
+detectron2 reads them and resized by the config's test-time augmentation (``dataloader.test.mapper``); an image
+larger than what that resize gives (e.g. a 4000x3000 photo for COCO's 1024 pixels) is predicted and drawn at that
+size, the model's input size, and named in one log line; a smaller one at its own size. An image of more than
+``snnet_core.image_size.MAX_IMAGE_PIXELS`` (50 MP) is refused from its header, before it is decoded.
 
 Images of the same ``NAME`` (``a/x.jpg``, ``b/x.png``) get ``NAME_2``, ... (logged); a drawing that would replace
 an input image is refused, and so are drawings of an earlier run unless ``--overwrite`` replaces them.
@@ -56,13 +59,16 @@ from snnet_core.cli import add_debug_argument, run_command
 from snnet_core.config_io import apply_overrides, check_config_kind, load_config_file, local_checkpoint
 from snnet_core.console import run_logging
 from snnet_core.file_claims import check_checkpoint_path
+from snnet_core.image_size import check_image_pixels
 from snnet_core.images import list_images, output_paths
 from snnet_core.select import best_stitch_in_report
 
 logger = logging.getLogger("projects.snnet_vitdet.demo")
 
 def read_input(path: str, fmt: str) -> np.ndarray:
-    """``(H, W, 3)`` uint8 in the model's ``fmt`` (``"RGB"``/``"BGR"``); ``ValueError`` naming an unreadable file."""
+    """``(H, W, 3)`` uint8 in the model's ``fmt`` (``"RGB"``/``"BGR"``); ``ValueError`` naming an unreadable file,
+    or (``ImageTooLargeError``) one of more than ``MAX_IMAGE_PIXELS`` pixels (checked before decoding)."""
+    check_image_pixels(path)  # from the header: nothing decoded yet
     try:
         return read_image(path, format=fmt)
     except Exception as exc:  # PIL's UnidentifiedImageError, OSError for a truncated file, ...
@@ -129,6 +135,13 @@ class Predictor:
         self.augmentations(aug)
         return {"image": torch.as_tensor(np.ascontiguousarray(aug.image.transpose(2, 0, 1))), "height": h, "width": w}
 
+    def fit(self, image: np.ndarray) -> np.ndarray:
+        """``image`` at the size the model sees it (the test-time resize), if that has fewer pixels; else
+        ``image``: predictions and drawings of a large photo are made at the model's input size."""
+        aug = T.AugInput(image)
+        self.augmentations(aug)
+        return aug.image if aug.image.shape[0] * aug.image.shape[1] < image.shape[0] * image.shape[1] else image
+
     @torch.no_grad()
     def __call__(self, image: np.ndarray):
         """``image`` ``(H, W, 3)`` uint8 in ``input_format`` -> ``Instances`` at the image's size."""
@@ -159,6 +172,8 @@ def run(config_file: str, inputs: Sequence[str], output_dir: str, weights: Optio
         raise ValueError("give --stitch or --max-gflops, not both")
     images = list_images(inputs)
     outputs = output_paths(images, output_dir, (".png",), overwrite)
+    for path in images:  # too large an image is refused from its header before the model is built
+        check_image_pixels(path)
     cfg = load_config_file(config_file)  # a YAML file (an exported stitch's config.yaml) is read as data
     check_config_kind(cfg, config_file, "detection", ("model",))
     cfg = apply_overrides(cfg, opts, config_file)
@@ -173,6 +188,11 @@ def run(config_file: str, inputs: Sequence[str], output_dir: str, weights: Optio
     written = []
     for path, (out,) in zip(images, outputs):
         image = read_input(path, predictor.input_format)
+        fitted = predictor.fit(image)
+        if fitted is not image:
+            logger.info("%s: %dx%d (HxW) predicted and drawn at %dx%d, the model's input size (the config's "
+                        "dataloader.test.mapper resize)", path, *image.shape[:2], *fitted.shape[:2])
+            image = fitted
         instances = predictor(image).to("cpu")
         instances = instances[instances.scores >= confidence_threshold]
         rgb = image if predictor.input_format == "RGB" else image[:, :, ::-1]
