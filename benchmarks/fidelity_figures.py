@@ -1,4 +1,4 @@
-"""Architecture figures of the README's "Fidelity" table, counted from the code (random weights; fvcore GFLOPs
+"""Architecture figures of docs/fidelity.md's "Sources" table, counted from the code (random weights; fvcore GFLOPs
 are multiply-adds, as in upstream's tables and the paper's figures), next to the reference values they are
 checked against. Prints one Markdown table.
 

@@ -295,7 +295,7 @@ def evaluate_stitch_group(model: GeneralizedRCNN, data_loader, evaluator: Datase
     shard of the images and every evaluator gathers them to the main process, stitch by stitch in the
     order of ``stitch_ids``. Returns ``{stitch_id: metrics}`` on the main process, ``{}`` elsewhere.
 
-    Memory: the held predictions of ``len(stitch_ids)`` stitches (see the project README).
+    Memory: the held predictions of ``len(stitch_ids)`` stitches (see docs/detection.md, "Evaluating many stitches").
     """
     evaluators = {}
     for stitch_id in stitch_ids:

@@ -40,5 +40,5 @@ snnet = dict(
     flops_input_size=(1024, 1024),  # detectron2 ViTDet: 1024x1024 input (GFLOPs column and ROS bins)
     eval_stitches="0,1",  # project: the anchors are evaluated every train.eval_period during training
     eval_share_prefixes=True,  # project: --stitch runs groups sharing route prefixes (False: per-stitch loop)
-    eval_group_size=16,  # project: stitches per pass; predictions held ~0.4 GB per stitch on COCO val (README)
+    eval_group_size=16,  # project: stitches per pass; ~0.4 GB of predictions per stitch on COCO val (docs/detection.md)
 )
