@@ -16,6 +16,7 @@ A command's module keeps its ``main``/``cli`` raising (tests and notebooks call 
 from __future__ import annotations
 
 import argparse
+import dis
 import glob
 import logging
 import os
@@ -33,10 +34,11 @@ DEBUG_FLAG = "--debug"
 # wherever they are raised, the message names the path
 FILE_ERRORS = (FileNotFoundError, FileExistsError, IsADirectoryError, NotADirectoryError, PermissionError,
                AtomicWriteError)
-# bad values (and a pickle that ``snnet_core.safe_pickle`` refuses, ``UnsafePickleError``): user errors when this
-# repository raised them (its messages name the setting or file and the fix); raised inside a library (torch,
-# numpy, detectron2, ...) they are bugs of the caller and keep their traceback
-VALUE_ERRORS = (ValueError, KeyError, pickle.UnpicklingError)
+# refusals this repository's code raises on purpose (a ``raise`` statement naming the setting, file or report and
+# the fix: config checks, ``SelectionError``, ``UnsafePickleError``, a corrupt or foreign checkpoint, another run's
+# report, ...); the same types raised inside a library (torch, numpy, detectron2) or by an operation of this
+# repository's code (``d[key]``, ``int(text)``, a tensor op) are bugs and keep their traceback
+RAISED_ERRORS = (ValueError, KeyError, RuntimeError, pickle.UnpicklingError)
 _REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PROJECT_DIRS = tuple(os.path.join(_REPO, name) + os.sep for name in ("snnet_core", "projects", "datasets",
                                                                       "benchmarks"))
@@ -60,23 +62,28 @@ def add_debug_argument(parser: argparse.ArgumentParser) -> None:
                         help=f"show the traceback of an error instead of one line (also: {DEBUG_ENV}=1)")
 
 
-def _raised_in_project(exc: BaseException) -> bool:
-    """Whether the innermost Python frame of ``exc``'s traceback is this repository's code."""
+def raised_on_purpose(exc: BaseException) -> bool:
+    """Whether ``exc`` comes from a ``raise`` statement of this repository's code: the innermost frame of its
+    traceback is in ``PROJECT_DIRS`` and stopped at a raise instruction (not at a call or subscript that failed)."""
     tb = exc.__traceback__
     if tb is None:
         return False
     while tb.tb_next is not None:
         tb = tb.tb_next
-    return os.path.abspath(tb.tb_frame.f_code.co_filename).startswith(PROJECT_DIRS)
+    code = tb.tb_frame.f_code
+    if not os.path.abspath(code.co_filename).startswith(PROJECT_DIRS):
+        return False
+    return any(ins.offset == tb.tb_lasti and ins.opname == "RAISE_VARARGS" for ins in dis.get_instructions(code))
 
 
 def is_user_error(exc: BaseException) -> bool:
     """A problem of the command's input that its message explains, not a bug: a ``ReportedError``, a file error
-    (``FILE_ERRORS``, wherever raised) or one of ``VALUE_ERRORS`` (``SelectionError``, config checks,
-    ``UnsafePickleError``, ...) raised by this repository's code."""
+    (``FILE_ERRORS``, wherever raised) or one of ``RAISED_ERRORS`` that this repository's code raised on purpose
+    (``raised_on_purpose``). Anything else (``TypeError``, ``AttributeError``, ``IndexError``, an error inside a
+    library, ...) is a bug."""
     if isinstance(exc, (ReportedError,) + FILE_ERRORS):
         return True
-    return isinstance(exc, VALUE_ERRORS) and _raised_in_project(exc)
+    return isinstance(exc, RAISED_ERRORS) and raised_on_purpose(exc)
 
 
 def error_message(exc: BaseException) -> str:

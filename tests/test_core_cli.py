@@ -35,9 +35,23 @@ def caught(fn, *args):
     raise AssertionError(f"{fn.__name__} raised nothing")
 
 
+def project_function(source):
+    """``f`` of ``source``, compiled as code of snnet_core (its frames name a file there)."""
+    namespace = {}
+    exec(compile(source, os.path.join(REPO, "snnet_core", "_example.py"), "exec"), namespace)
+    return namespace["f"]
+
+
 def test_which_exceptions_are_user_errors(tmp_path):
     project_value_error = caught(check_process_count, 0, "cpu", "train.device")  # raised in snnet_core
     assert is_user_error(project_value_error)
+    on_purpose = project_function("def f():\n    raise RuntimeError('checkpoint x.pth is corrupt: use another')\n")
+    assert is_user_error(caught(on_purpose))  # a refusal raised by a raise statement of the repository
+    for bug in ("def f(d={}):\n    return d['key']\n",  # KeyError of a lookup, not a refusal
+                "def f():\n    return int('x')\n",
+                "import torch\ndef f():\n    return torch.zeros(2) @ torch.zeros(3)\n",
+                "def f():\n    raise TypeError('bug')\n"):
+        assert not is_user_error(caught(project_function(bug))), bug
     library_value_error = caught(json.loads, "{")  # a ValueError raised inside a library: a bug of its caller
     assert isinstance(library_value_error, ValueError) and not is_user_error(library_value_error)
     assert not is_user_error(caught(lambda: None + 1))  # TypeError
