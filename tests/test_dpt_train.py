@@ -243,6 +243,55 @@ def test_grouped_evaluation_gives_the_rows_of_the_per_stitch_loop(data_root, tra
     assert sum(reassembles) == changes < 14 * 2 * 2 * 4
 
 
+class PoisonedFrames:
+    """The test frames of ``frames`` with a NaN pixel in frame ``bad`` (as a float image file or a corrupt decode
+    would give)."""
+
+    def __init__(self, frames, bad):
+        self.frames, self.bad = frames, bad
+
+    def __len__(self):
+        return len(self.frames)
+
+    def frame_keys(self):
+        return self.frames.frame_keys()
+
+    def read(self, i):
+        image, depth = self.frames.read(i)
+        if i == self.bad:
+            image = image.astype(np.float32)
+            image[5, 7, 1] = np.nan
+        return image, depth
+
+
+def test_test_images_holding_nan_are_left_out_of_the_metrics_and_named_once(data_root, caplog):
+    from torch.utils.data import DataLoader, Subset
+
+    from snnet_core.distributed import DistContext
+    from snnet_core.finite_inputs import NonFiniteImages
+
+    torch.manual_seed(0)
+    model = build_model(train_cli.model_spec(train_cli.load_config(TINY, []))).eval()
+    frames = build_nyu_split("sync", data_root, "test")
+    poisoned = DataLoader(Subset(DepthDataset(PoisonedFrames(frames, 1)), [0, 1, 2, 3]), batch_size=2)
+    clean = DataLoader(Subset(DepthDataset(frames), [0, 2, 3]), batch_size=2)
+    ctx, record = DistContext(), NonFiniteImages()
+    model.backbone.set_stitch(0)
+    with caplog.at_level(logging.WARNING, logger=evaluation.__name__):
+        metrics = evaluation.evaluate(model, poisoned, ctx, non_finite=record)
+        grouped = evaluation.evaluate_group(model, poisoned, [0, 3], ctx, non_finite=record)
+    warnings = [r.getMessage() for r in caplog.records if "NaN or inf" in r.getMessage()]
+    assert warnings == [f"1 test image(s) hold NaN or inf values and are left out of the evaluation: "
+                        f"{frames.frame_keys()[1]}. Every stitch's metrics are over the other test images. They come "
+                        "from a float image file or a corrupt decode: repair or remove them"]  # once for both passes
+    expected = evaluation.evaluate(model, clean, ctx)
+    model.backbone.set_stitch(3)
+    expected_3 = evaluation.evaluate(model, clean, ctx)
+    for got, want in ((metrics, expected), (grouped[0], expected), (grouped[3], expected_3)):
+        assert all(np.isfinite(v) for v in got.values()) and got.keys() == want.keys()
+        np.testing.assert_allclose([got[k] for k in want], [want[k] for k in want], rtol=1e-4)
+
+
 @pytest.mark.parametrize("opt, stitches_per_batch", [("test.share_prefixes=false", [1] * NUM_STITCHES),
                                                      ("test.stitch_group_size=5", [5, 5, 4])])
 def test_the_report_bar_counts_images_x_stitches_and_moves_per_batch(data_root, trained, tmp_path, progress_bars,

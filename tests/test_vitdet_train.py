@@ -4,6 +4,7 @@ resume, per-stitch report), ground truth scores AP 100 through the report path, 
 import glob
 import itertools
 import json
+import logging
 import os
 import re
 import shutil
@@ -267,6 +268,28 @@ def test_ground_truth_as_prediction_scores_ap_100(report_setup):
         for task in ("bbox", "segm"):
             for metric in ("AP", "AP50", "AP75", "APs"):
                 assert row[f"{task}_{metric}"] == pytest.approx(100.0), (task, metric)
+
+
+def test_test_images_holding_nan_are_not_run_and_named_once_per_report(report_setup, caplog):
+    predictor, backbone, loader, evaluator, flops, out = report_setup
+    batches = [[dict(d) for d in batch] for batch in loader]
+    bad = batches[1][0]
+    bad["image"] = bad["image"].float()
+    bad["image"][0, 3, 4] = float("nan")  # a float image file or a corrupt decode
+    seen = []
+    run = predictor.forward
+    predictor.forward = lambda inputs: (seen.extend(d["file_name"] for d in inputs), run(inputs))[1]
+    with caplog.at_level(logging.WARNING, logger="projects.snnet_vitdet.evaluation"):
+        record = stitch_report(predictor, backbone.set_stitch, batches, evaluator, [0, 1], backbone.space, flops, out,
+                               "gt")
+    warnings = [r.getMessage() for r in caplog.records if "test image(s)" in r.getMessage()]
+    assert warnings == [f"1 test image(s) hold NaN or inf values and are left out of the evaluation: "
+                        f"{bad['file_name']}. COCO still counts their annotations: every stitch's AP is that of "
+                        "finding nothing in them. They come from a float image file or a corrupt decode: repair or "
+                        "remove them"]  # once for the two stitches
+    assert bad["file_name"] not in seen and len(seen) == 2 * (sum(map(len, batches)) - 1)
+    for row in record["stitches"].values():
+        assert 0 < row["bbox_AP"] < 100  # its objects count as missed
 
 
 def test_report_is_written_interrupted_and_resumed(report_setup):

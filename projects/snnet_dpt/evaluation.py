@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import logging
 import os
-from typing import Dict, Iterable, Optional, Sequence
+from typing import Callable, Dict, Iterable, Iterator, Optional, Sequence, Tuple
 
 import torch
+from torch.utils.data import Subset
 
 from snnet_core import FlopsTable, evaluate_stitches
 from snnet_core.distributed import DistContext, broadcast_object, gather_objects
+from snnet_core.finite_inputs import NonFiniteImages
 from snnet_core.latency import LATENCY_COLUMN, add_latency_column, takes_latency_column, time_stitches
 from snnet_core.latency_options import LatencyOptions
 from snnet_core.prefix_trie import stitch_groups
@@ -21,6 +23,36 @@ from .model import DPTDepthModel
 
 logger = logging.getLogger(__name__)
 TASK = "depth"  # the task tag of the per-stitch results files (another task's results are refused)
+LEFT_OUT = "Every stitch's metrics are over the other test images"  # NonFiniteImages.warn's consequence
+
+
+def image_namer(loader: Iterable) -> Callable[[int], str]:
+    """``position -> name`` of the images a sequential test loader yields: the frame's key (``frame_keys``: the
+    file and frame of the labeled ``.mat``, or the RGB file of the sync layout) through a ``Subset`` shard,
+    else the position."""
+    dataset, indices = getattr(loader, "dataset", None), None
+    if isinstance(dataset, Subset):
+        dataset, indices = dataset.dataset, list(dataset.indices)
+    frames = getattr(dataset, "frames", None)
+    keys = frames.frame_keys() if hasattr(frames, "frame_keys") else None
+
+    def name(position: int) -> str:
+        index = indices[position] if indices is not None and position < len(indices) else position
+        return keys[index] if keys is not None and index < len(keys) else f"test image {position} of the loader"
+
+    return name
+
+
+def finite_batches(loader: Iterable, non_finite: NonFiniteImages) -> Iterator[Tuple[torch.Tensor, torch.Tensor, int]]:
+    """``(images, depths, batch size)`` of ``loader`` without the images holding NaN/inf (recorded in
+    ``non_finite``); a batch left empty is yielded empty, so the progress bar still counts it."""
+    name, start = image_namer(loader), 0
+    for images, depths in loader:
+        kept = non_finite.keep(images, lambda i: name(start + i))
+        size, start = len(images), start + len(images)
+        if len(kept) < size:
+            images, depths = images[kept], depths[kept]
+        yield images, depths, size
 
 
 def flip_average(pred: torch.Tensor, pred_of_mirrored: torch.Tensor) -> torch.Tensor:
@@ -30,30 +62,37 @@ def flip_average(pred: torch.Tensor, pred_of_mirrored: torch.Tensor) -> torch.Te
 
 @torch.no_grad()
 def evaluate(model: DPTDepthModel, loader: Iterable, ctx: DistContext, flip: bool = True,
-             amp: bool = False) -> Dict[str, float]:
+             amp: bool = False, non_finite: Optional[NonFiniteImages] = None) -> Dict[str, float]:
     """Depth metrics of ``model`` (its selected stitch) over ``loader`` (this rank's shard), reduced over ranks.
 
     ``flip``: average the prediction with that of the mirrored image. Each batch moves the per-stitch evaluation's
-    progress bar (``snnet_core.progress``; rank 0 counts every rank's shard as its own).
+    progress bar (``snnet_core.progress``; rank 0 counts every rank's shard as its own). Images holding NaN/inf
+    are left out and named in one warning (``non_finite``: the evaluation's record, one warning for all its passes).
     """
     model.eval()
     head = model.head
     acc = DepthMetricAccumulator(head.min_depth, head.max_depth)
-    for images, depths in loader:
+    non_finite = NonFiniteImages() if non_finite is None else non_finite
+    for images, depths, size in finite_batches(loader, non_finite):
+        if not len(images):
+            advance(size * ctx.world_size)
+            continue
         images = images.to(ctx.device, non_blocking=True)
         with torch.autocast(ctx.device.type, dtype=torch.float16, enabled=amp):
             pred = model(images).float()
             if flip:
                 pred = flip_average(pred, model(images.flip(-1)).float())
         acc.update(pred, depths.to(ctx.device))
-        advance(len(images) * ctx.world_size)
+        advance(size * ctx.world_size)
+    non_finite.warn(logger, LEFT_OUT)
     acc.all_reduce(ctx.device)
     return acc.compute()
 
 
 @torch.no_grad()
 def evaluate_group(model: DPTDepthModel, loader: Iterable, stitch_ids: Sequence[int], ctx: DistContext,
-                   flip: bool = True, amp: bool = False) -> Dict[int, Dict[str, float]]:
+                   flip: bool = True, amp: bool = False, non_finite: Optional[NonFiniteImages] = None
+                   ) -> Dict[int, Dict[str, float]]:
     """``{stitch id: depth metrics}`` of every stitch of ``stitch_ids`` in one pass over ``loader``.
 
     Each batch ``(B, 3, H, W)`` runs once through the trie of the stitches' routes (``predict_stitches``), and
@@ -61,11 +100,16 @@ def evaluate_group(model: DPTDepthModel, loader: Iterable, stitch_ids: Sequence[
     it alone (same operations, same order). Between the two passes one prediction ``(B, 1, H, W)`` per stitch
     is held. Not reduced over ranks: ``loader`` holds every test image. Each batch moves the per-stitch
     evaluation's progress bar by ``batch x stitches`` (times the ranks, each evaluating a group as large).
+    Images holding NaN/inf are left out and named in one warning, as in ``evaluate``.
     """
     model.eval()
     head = model.head
     accumulators = {sid: DepthMetricAccumulator(head.min_depth, head.max_depth) for sid in stitch_ids}
-    for images, depths in loader:
+    non_finite = NonFiniteImages() if non_finite is None else non_finite
+    for images, depths, size in finite_batches(loader, non_finite):
+        if not len(images):
+            advance(size * len(stitch_ids) * ctx.world_size)
+            continue
         images = images.to(ctx.device, non_blocking=True)
         with torch.autocast(ctx.device.type, dtype=torch.float16, enabled=amp):
             preds = {sid: pred.float() for sid, pred in model.predict_stitches(images, stitch_ids)}
@@ -75,7 +119,8 @@ def evaluate_group(model: DPTDepthModel, loader: Iterable, stitch_ids: Sequence[
         depths = depths.to(ctx.device)
         for sid, acc in accumulators.items():
             acc.update(preds[sid], depths)
-        advance(len(images) * len(stitch_ids) * ctx.world_size)
+        advance(size * len(stitch_ids) * ctx.world_size)
+    non_finite.warn(logger, LEFT_OUT)
     return {sid: acc.compute() for sid, acc in accumulators.items()}
 
 
@@ -142,7 +187,8 @@ def evaluate_stitch_report(
       group per rank, and rank 0 gathers and writes each round's rows: every stitch is computed by one process
       exactly as one process alone computes it, and an interruption loses at most one round (one group per rank).
 
-    Rank 0's progress bar counts test images x stitches and moves per batch.
+    Rank 0's progress bar counts test images x stitches and moves per batch. Test images holding NaN/inf are left
+    out of every stitch's metrics and named in one warning per process (``snnet_core.finite_inputs``).
 
     With ``latency``, rank 0 times every stitch as deployed (``time_depth_stitches``) once its metrics are in, into
     the ``latency_ms`` column; ``run_key`` should name the latency settings. A report of this evaluation without
@@ -177,10 +223,11 @@ def evaluate_stitch_report(
         ms = time_depth_stitches(model, list(metrics), latency)
         return {sid: {**values, LATENCY_COLUMN: ms[sid]} for sid, values in metrics.items()}
 
+    non_finite = NonFiniteImages()  # one warning for the whole report
     if group_size is None:
         def evaluate_one(stitch_id: int) -> Dict[str, float]:
             snnet.set_stitch(stitch_id)
-            return timed({stitch_id: evaluate(model, loader, ctx, flip, amp)})[stitch_id]
+            return timed({stitch_id: evaluate(model, loader, ctx, flip, amp, non_finite)})[stitch_id]
 
         if ctx.is_main:  # exactly the broadcast stitches, whatever another evaluator merges meanwhile
             return evaluate_stitches(evaluate_one, todo, **report_args)
@@ -198,7 +245,8 @@ def evaluate_stitch_report(
 
     def evaluate_round(stitches: Sequence[int]) -> Dict[int, Dict[str, float]]:
         dealt = rounds[tuple(stitches)]
-        mine = evaluate_group(model, loader, dealt[ctx.rank], ctx, flip, amp) if ctx.rank < len(dealt) else {}
+        mine = (evaluate_group(model, loader, dealt[ctx.rank], ctx, flip, amp, non_finite) if ctx.rank < len(dealt)
+                else {})
         return timed({sid: metrics for results in gather_objects(ctx, mine) for sid, metrics in results.items()})
 
     if ctx.is_main:

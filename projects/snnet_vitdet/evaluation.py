@@ -39,6 +39,7 @@ from snnet_core import (
 )
 from snnet_core.atomic_io import file_lock, write_json_atomic
 from snnet_core.distributed import run_on_main
+from snnet_core.finite_inputs import NonFiniteImages
 from snnet_core.latency import LATENCY_COLUMN, add_latency_column, time_stitches
 from snnet_core.latency_options import LatencyOptions
 from snnet_core.prefix_trie import stitch_groups
@@ -223,10 +224,41 @@ def summarize(results: Mapping[str, Mapping[str, float]]) -> Dict[str, float]:
     return flatten_coco_results(results)
 
 
-def evaluate_model(model: nn.Module, data_loader, evaluator: DatasetEvaluator) -> Dict[str, float]:
+LEFT_OUT = "COCO still counts their annotations: every stitch's AP is that of finding nothing in them"
+
+
+def finite_inputs(inputs: List[dict], non_finite: NonFiniteImages) -> List[dict]:
+    """The dicts of a batch whose ``image`` holds no NaN/inf (the others are recorded in ``non_finite``)."""
+    kept = non_finite.keep([d["image"] for d in inputs],
+                           lambda i: str(inputs[i].get("file_name", f"image id {inputs[i].get('image_id')}")))
+    return inputs if len(kept) == len(inputs) else [inputs[i] for i in kept]
+
+
+class FiniteLoader:
+    """``loader``'s batches without the images holding NaN/inf (``finite_inputs``), batches left empty skipped;
+    its ``len`` is ``loader``'s. The recorded images are named once the pass is over."""
+
+    def __init__(self, loader, non_finite: NonFiniteImages):
+        self.loader, self.non_finite = loader, non_finite
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def __iter__(self) -> Iterator[List[dict]]:
+        for inputs in self.loader:
+            kept = finite_inputs(inputs, self.non_finite)
+            if kept:
+                yield kept
+        self.non_finite.warn(logger, LEFT_OUT)
+
+
+def evaluate_model(model: nn.Module, data_loader, evaluator: DatasetEvaluator,
+                   non_finite: Optional[NonFiniteImages] = None) -> Dict[str, float]:
     """COCO bbox/segm summary metrics of ``model`` on ``data_loader`` (all ranks; ``{}`` off the main one); each
-    batch moves the per-stitch evaluation's progress bar (``snnet_core.progress``)."""
-    return summarize(inference_on_dataset(model, AdvancingLoader(data_loader, comm.get_world_size()), evaluator))
+    batch moves the per-stitch evaluation's progress bar (``snnet_core.progress``). Images holding NaN/inf are not
+    run and named in one warning (``non_finite``: the evaluation's record, one warning for all its passes)."""
+    loader = FiniteLoader(AdvancingLoader(data_loader, comm.get_world_size()), non_finite or NonFiniteImages())
+    return summarize(inference_on_dataset(model, loader, evaluator))
 
 
 def stitched_detector_backbone(model: GeneralizedRCNN) -> StitchedViTDetBackbone:
@@ -286,7 +318,8 @@ def time_detector_stitches(model: GeneralizedRCNN, stitch_ids: Sequence[int], op
 
 
 def evaluate_stitch_group(model: GeneralizedRCNN, data_loader, evaluator: DatasetEvaluator,
-                          stitch_ids: Sequence[int]) -> Dict[int, Dict[str, float]]:
+                          stitch_ids: Sequence[int], non_finite: Optional[NonFiniteImages] = None
+                          ) -> Dict[int, Dict[str, float]]:
     """COCO metrics of every stitch of ``stitch_ids`` from one pass over ``data_loader``.
 
     Each batch goes through ``stitch_predictions`` into a copy of ``evaluator`` per stitch (a shallow copy
@@ -296,7 +329,9 @@ def evaluate_stitch_group(model: GeneralizedRCNN, data_loader, evaluator: Datase
     order of ``stitch_ids``. Returns ``{stitch_id: metrics}`` on the main process, ``{}`` elsewhere.
 
     Memory: the held predictions of ``len(stitch_ids)`` stitches (see docs/detection.md, "Evaluating many stitches").
+    Images holding NaN/inf are not run and named in one warning, as in ``evaluate_model``.
     """
+    non_finite = NonFiniteImages() if non_finite is None else non_finite
     evaluators = {}
     for stitch_id in stitch_ids:
         evaluators[stitch_id] = copy.copy(evaluator)
@@ -305,12 +340,14 @@ def evaluate_stitch_group(model: GeneralizedRCNN, data_loader, evaluator: Datase
     with ExitStack() as stack:
         stack.enter_context(inference_context(model))
         stack.enter_context(torch.no_grad())
-        for index, inputs in enumerate(data_loader):
-            for stitch_id, outputs in stitch_predictions(model, inputs, stitch_ids):
+        for index, batch in enumerate(data_loader):
+            inputs = finite_inputs(batch, non_finite)
+            for stitch_id, outputs in stitch_predictions(model, inputs, stitch_ids) if inputs else ():
                 evaluators[stitch_id].process(inputs, outputs)
-            advance(len(inputs) * len(stitch_ids) * comm.get_world_size())  # the report's bar counts every rank
+            advance(len(batch) * len(stitch_ids) * comm.get_world_size())  # the report's bar counts every rank
             log_every_n_seconds(logging.INFO, f"stitches {list(stitch_ids)}: batch {index + 1}/{total}, "
                                 f"{(time.perf_counter() - start) / (index + 1):.2f} s/batch", n=10, name=__name__)
+    non_finite.warn(logger, LEFT_OUT)
     metrics = {stitch_id: summarize(evaluators[stitch_id].evaluate()) for stitch_id in stitch_ids}
     return metrics if comm.is_main_process() else {}
 
@@ -374,13 +411,14 @@ def stitch_report(
 
     todo = run_on_main(pending)
     logger.info("per-stitch evaluation: %d of %d stitches to evaluate", len(todo), len(stitch_ids))
+    non_finite = NonFiniteImages()  # one warning for the whole report
 
     if group_size is None:
         def evaluate(stitch_id: int) -> Dict[str, float]:
             with stitch_evaluation_output():
                 stitch = set_stitch(stitch_id)
                 logger.info("evaluating stitch %d (%s)", stitch_id, getattr(stitch, "route", stitch))
-                return timed({stitch_id: evaluate_model(model, data_loader, evaluator)})[stitch_id]
+                return timed({stitch_id: evaluate_model(model, data_loader, evaluator, non_finite)})[stitch_id]
 
         if not comm.is_main_process():
             for stitch_id in todo:
@@ -398,7 +436,7 @@ def stitch_report(
             with stitch_evaluation_output():
                 logger.info("evaluating stitches %s in one pass: %s", stitch_ids,
                             ", ".join(space[s].route for s in stitch_ids))
-                return timed(evaluate_stitch_group(model, data_loader, evaluator, stitch_ids))
+                return timed(evaluate_stitch_group(model, data_loader, evaluator, stitch_ids, non_finite))
 
         if not comm.is_main_process():
             for group in groups:
