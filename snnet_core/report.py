@@ -43,6 +43,7 @@ LATENCY_COLUMN = "latency_ms"  # a row's latency, measured by snnet_core.latency
 LATENCY_KEY = "latency"  # the record's entry saying how the latency was measured
 FIXED_COLUMNS = ("id", "type", "route", "gflops", "params_m")
 LATENCY_PLOT = "stitch_report_latency.png"  # written when the rows have latency_ms (snnet_core.latency)
+MAX_RESULTS_BYTES = 64 << 20  # read_results refuses a larger file unread
 REPORT_FILES = ("stitch_report.csv", "stitch_report.md", "stitch_report.png", LATENCY_PLOT)  # write_report's
 _RECORD_FIELDS = ("run_key", "primary_metric", "higher_is_better", "stitches")
 COST_COLUMNS = ("gflops", "params_m", "latency_ms")  # latency_ms: snnet_core.latency.LATENCY_COLUMN
@@ -77,10 +78,11 @@ def check_results(record, source: str) -> None:
                 if isinstance(record.get("stitches"), list) else "")
         raise ValueError(f"{what}: it lacks {missing or ['a stitches mapping']}{hint}")
     primary, higher = record["primary_metric"], record["higher_is_better"]
-    if not isinstance(primary, str) or not isinstance(higher, bool):
-        raise ValueError(f"{source}: primary_metric={primary!r}, higher_is_better={higher!r} are not a metric name "
-                         "and true or false (the file was edited or is damaged); evaluate again into a new output "
-                         "directory")
+    for key, value, wanted in (("primary_metric", primary, str), ("higher_is_better", higher, bool)):
+        if not isinstance(value, wanted):
+            what = "a metric name" if wanted is str else "true or false"
+            raise ValueError(f"{source}: {key} is {json.dumps(value, default=repr)}, not {what} (the file was edited "
+                             "or is damaged); evaluate again into a new output directory")
     wrong = wrong_direction(primary, higher)
     if wrong:
         raise ValueError(f"{source}: {wrong} (the file was edited or is damaged): set \"higher_is_better\": "
@@ -136,12 +138,20 @@ def check_task(record: Mapping, source: str, task: Optional[str], fix: str) -> N
 
 
 def read_results(path: str) -> Dict[str, dict]:
-    """A results file, checked (``check_results``); ``RuntimeError`` if it is not valid JSON."""
+    """A results file, checked (``check_results``); ``RuntimeError`` if it is not valid JSON (or not text, or
+    nested too deeply to read), ``ValueError`` if it is larger than a results file can be (``MAX_RESULTS_BYTES``:
+    a crafted file is refused before it is read into memory)."""
+    size = os.path.getsize(path)
+    if size > MAX_RESULTS_BYTES:
+        raise ValueError(f"{path} is {size / 2**20:.0f} MiB, more than a per-stitch results file holds (at most "
+                         f"{MAX_RESULTS_BYTES >> 20} MiB; 10,000 stitches take about 5 MiB): it is not one, give the "
+                         f"{RESULTS_FILE} of a per-stitch evaluation")
     try:
         with open(path) as f:
             record = json.load(f)
-    except json.JSONDecodeError as exc:
-        raise RuntimeError(f"{path} is not valid JSON ({exc}); move it away to start the evaluation afresh") from exc
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
+        why = "nested too deeply" if isinstance(exc, RecursionError) else str(exc)
+        raise RuntimeError(f"{path} is not valid JSON ({why}); move it away to start the evaluation afresh") from exc
     check_results(record, path)
     return record
 

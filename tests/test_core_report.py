@@ -109,7 +109,7 @@ def test_a_known_metric_recorded_in_the_wrong_direction_is_refused(tmp_path, met
                                          rf"{word} {metric} is better .*{fix}"):
         select_stitches("pareto", SPACE, str(path))
     path.write_text(json.dumps(dict(record, higher_is_better="false")))  # a string is not a direction
-    with pytest.raises(ValueError, match=r"higher_is_better='false' are not a metric name and true or false"):
+    with pytest.raises(ValueError, match=r'higher_is_better is "false", not true or false \(the file was edited'):
         select_stitches("pareto", SPACE, str(path))
     calls = []
     with pytest.raises(ValueError, match=rf"evaluate_stitches: higher_is_better is {json.dumps(flipped)} for "
@@ -117,6 +117,29 @@ def test_a_known_metric_recorded_in_the_wrong_direction_is_refused(tmp_path, met
         evaluate_stitches(lambda s: calls.append(s) or {metric: 1.0}, [3], SPACE, table(), str(tmp_path / "new"),
                           metric, higher_is_better=flipped, run_key="m1", progress=False)
     assert not calls and not (tmp_path / "new").exists()
+
+
+def test_files_that_are_not_results_are_refused_unread_or_named(tmp_path, monkeypatch):
+    """A file larger than a results file can be is refused before it is read (a crafted 100 MB file read into
+    memory), and one nested too deeply or not text at all is 'not valid JSON', not a RecursionError or a codec
+    error from inside the json module."""
+    import snnet_core.report as report
+
+    big = tmp_path / "big.json"
+    big.write_bytes(b" " * 1024)
+    monkeypatch.setattr(report, "MAX_RESULTS_BYTES", 1000)
+    monkeypatch.setattr(json, "load", lambda f: pytest.fail("the file was read"))
+    with pytest.raises(ValueError, match=rf"{big} is 0 MiB, more than a per-stitch results file holds"):
+        report.read_results(str(big))
+    monkeypatch.undo()
+    nested = tmp_path / "nested.json"
+    nested.write_text("[" * 100000 + "]" * 100000)
+    binary = tmp_path / "model.pth"
+    binary.write_bytes(b"PK\x03\x04\xff\xfe\x00 a checkpoint")
+    for path, why in ((nested, "nested too deeply"), (binary, "can't decode byte")):
+        with pytest.raises(RuntimeError, match=rf"{path} is not valid JSON \(.*{why}.*\); move it away") as caught:
+            report.read_results(str(path))
+        assert type(caught.value) is RuntimeError
 
 
 def test_pareto_selection_reads_a_previous_report(tmp_path):
