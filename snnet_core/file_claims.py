@@ -6,9 +6,9 @@ entries uncompressed, but a crafted file can deflate them (1 MB on disk claiming
 holds on disk, except a legacy (pre-zip, ``_use_new_zipfile_serialization=False``) torch file: its pickle states
 each storage's size and ``torch.load`` allocates it before reading the data that follows (a 4 KB file claiming
 8 GB: ``std::bad_alloc`` aborts the process under a memory limit), so its claims are read from the pickle without
-building anything (``legacy_storage_bytes``). ``check_checkpoint_claims`` compares these claims with the bytes of the model the file is read
-for (weights, plus the optimizer state a training checkpoint carries: ``CLAIM_MARGIN`` times them, plus
-``CLAIM_SLACK``) and refuses a file claiming more, before anything is read; ``check_key_count`` bounds the number
+building anything (``legacy_storage_bytes``). ``check_checkpoint_claims`` compares these claims with the bytes of the
+model the file is read for (weights, plus the optimizer state a training checkpoint carries: ``CLAIM_MARGIN``
+times them, plus ``CLAIM_SLACK``) and refuses a file claiming more, before anything is read; ``check_key_count`` bounds the number
 of entries (a 4 MB pickle of 300k keys makes detectron2's key matching run for minutes and fail out of memory).
 Every checkpoint reader of the engine and of both projects calls them.
 """
@@ -194,8 +194,8 @@ def check_checkpoint_claims(path: str, expected_bytes: Optional[int], what: str 
             f"{what} {path!r} claims {claimed / MiB:.0f} MiB of data ({on_disk / MiB:.1f} MiB on disk), more than a "
             f"checkpoint of this model can hold ({expected_bytes / MiB:.1f} MiB of weights; limit {CLAIM_MARGIN}x "
             f"that + {CLAIM_SLACK / MiB:.0f} MiB for optimizer state and metadata): refused before reading it. It "
-            "belongs to a much larger model or was crafted (compressed entries, or a legacy file's pickle stating larger "
-            "storages than it holds); pass the checkpoint written for "
+            "belongs to a much larger model or was crafted (compressed entries, or a legacy file's pickle stating "
+            "larger storages than it holds); pass the checkpoint written for "
             "this model, or one holding only its weights")
 
 

@@ -55,5 +55,6 @@ def check_image_pixels(path: str, size: Optional[Tuple[int, int]] = None, max_pi
     size comes from the file's header, before decoding (``None`` returned if it cannot be read there)."""
     size = size if size is not None else header_size(path, max_pixels)
     if size is not None and size[0] * size[1] > max_pixels:
-        raise _refusal(path, f"{size[1]}x{size[0]} pixels (width x height, {size[0] * size[1] / 1e6:.0f} MP)", max_pixels)
+        what = f"{size[1]}x{size[0]} pixels (width x height, {size[0] * size[1] / 1e6:.0f} MP)"
+        raise _refusal(path, what, max_pixels)
     return size
