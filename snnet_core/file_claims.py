@@ -8,8 +8,8 @@ each storage's size and ``torch.load`` allocates it before reading the data that
 8 GB: ``std::bad_alloc`` aborts the process under a memory limit), so its claims are read from the pickle without
 building anything (``legacy_storage_bytes``). ``check_checkpoint_claims`` compares these claims with the bytes of the
 model the file is read for (weights, plus the optimizer state a training checkpoint carries: ``CLAIM_MARGIN``
-times them, plus ``CLAIM_SLACK``) and refuses a file claiming more, before anything is read; ``check_key_count`` bounds the number
-of entries (a 4 MB pickle of 300k keys makes detectron2's key matching run for minutes and fail out of memory).
+times them, plus ``CLAIM_SLACK``) and refuses a file claiming more, before anything is read; ``check_key_count``
+bounds the number of entries (a 4 MB pickle of 300k keys makes detectron2's key matching run for minutes and fail out of memory).
 Every checkpoint reader of the engine and of both projects calls them.
 """
 from __future__ import annotations

@@ -25,8 +25,8 @@ size; each scaled image is named in one log line), normalised as in training (me
 the ``.npy`` is at the image's size and the PNG preview at most ``PREVIEW_SIDE`` pixels a side. An image of more
 than ``snnet_core.image_size.MAX_IMAGE_PIXELS`` (50 MP) is refused from its header, before it is decoded.
 ``--weights`` is a training checkpoint (``<train.output_dir>/model_final.pth``; ``--stitch`` picks the stitch,
-default the large anchor; ``--max-gflops G`` with ``--report`` the stitch with the best primary metric within G GFLOPs, as ``python -m snnet_core.select REPORT
---max-gflops G`` chooses it) or a stitch exported by ``train.py --export-stitch ID``
+default the large anchor; ``--max-gflops G`` with ``--report`` the stitch with the best primary metric within G
+GFLOPs, as ``python -m snnet_core.select REPORT --max-gflops G`` chooses it) or a stitch exported by ``train.py --export-stitch ID``
 (``<train.output_dir>/stitch_<ID>/model_final.pth``).
 """
 from __future__ import annotations
