@@ -220,8 +220,11 @@ def launch_command(main_func: Callable[[argparse.Namespace], Any], args: argpars
     from detectron2.engine import launch
 
     check_process_count(args.num_gpus, device, device_key)
+    if args.num_machines * args.num_gpus == 1:  # this process runs main_func: no process group, no URL
+        launch(main_func, 1, args=(args,))
+        return
     dist_url = resolve_dist_url(args.dist_url, args.num_machines)
-    if args.num_machines * args.num_gpus == 1 or getattr(args, "debug", False) or debug_requested(()):
+    if getattr(args, "debug", False) or debug_requested(()):
         launch(main_func, args.num_gpus, num_machines=args.num_machines, machine_rank=args.machine_rank,
                dist_url=dist_url, args=(args,))
         return
@@ -235,7 +238,7 @@ def launch_command(main_func: Callable[[argparse.Namespace], Any], args: argpars
         try:
             launch(_Worker(main_func, error_dir), args.num_gpus, num_machines=args.num_machines,
                    machine_rank=args.machine_rank, dist_url=dist_url, args=(args,))
-        except (mp.ProcessExitedException, mp.ProcessRaisedException):
+        except mp.ProcessExitedException:  # a process that raised a bug is a ProcessRaisedException: traceback
             messages = _relayed_messages(error_dir)
             if not messages:
                 raise

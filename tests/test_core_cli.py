@@ -85,6 +85,7 @@ def test_a_taken_default_port_is_replaced_and_an_explicit_url_kept(capsys):
     port = int(default.rsplit(":", 1)[1])
     assert resolve_dist_url("tcp://10.0.0.1:1234", 1) == "tcp://10.0.0.1:1234"
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as holder:
+        holder.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as torch's store: TIME_WAIT is no hindrance
         if cli.port_is_free(port):  # else another job holds it already, as in the report
             holder.bind(("127.0.0.1", port))
             holder.listen()
