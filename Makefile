@@ -62,7 +62,7 @@ demo: install
 	$(PY) datasets/make_synthetic_nyu.py --output data/nyu_synthetic --train 40 --test 10 --size 128 160; \
 	$(PY) projects/snnet_dpt/train.py --config-file projects/snnet_dpt/configs/synthetic/dpt_snnetv2_tiny.py \
 	  --export-stitch 5 $$overwrite train.output_dir=$$dpt; \
-	$(PY) projects/snnet_dpt/demo.py --weights $$dpt/stitch_5/model_final.pth --output $$dpt/demo \
+	$(PY) projects/snnet_dpt/demo.py --weights $$dpt/stitch_5/model_final.pth --output $$dpt/demo $$overwrite \
 	  --input data/nyu_synthetic/official_splits/test/synthetic_room_0000/rgb_00002.jpg; \
 	cfg=projects/snnet_vitdet/configs/synthetic/mask_rcnn_snnetv2_tiny.py; \
 	$(PY) -m datasets.make_synthetic_coco --output output/synthetic_coco; \
@@ -70,7 +70,7 @@ demo: install
 	$(PY) projects/snnet_vitdet/train_net.py --config-file $$cfg --eval-only --stitch all \
 	  train.output_dir=$$out train.init_checkpoint=$$out/model_final.pth; \
 	$(PY) projects/snnet_vitdet/demo.py --config-file $$cfg --weights $$out/model_final.pth --stitch 5 \
-	  --input output/synthetic_coco/val/000002.png --confidence-threshold 0.3 --output $$out/demo; \
+	  --input output/synthetic_coco/val/000002.png --confidence-threshold 0.3 --output $$out/demo $$overwrite; \
 	cat $$dpt/stitch_report_nyuv2_synthetic_test/stitch_report.md $$out/stitch_report_synthetic_shapes_val/stitch_report.md; \
 	echo; echo "depth training:   $$dpt/{log.txt,metrics.json,model_final.pth} (tensorboard --logdir $$dpt)"; \
 	echo "depth report:     $$dpt/stitch_report_nyuv2_synthetic_test/stitch_report.{md,csv,png} (exported stitch 5: $$dpt/stitch_5/model_final.pth)"; \

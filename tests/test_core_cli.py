@@ -150,7 +150,7 @@ def test_user_error_of_launched_processes_is_one_line_from_the_main_process(tmp_
 
 def test_make_demo_never_replaces_a_previous_demo_unasked(tmp_path):
     """``make demo`` writes to ``DEMO_DIR`` (default output/demo) and refuses, before running anything, to reuse
-    a folder that holds a demo unless ``DEMO_OVERWRITE=1`` (then each training passes --overwrite)."""
+    a folder that holds a demo unless ``DEMO_OVERWRITE=1`` (then each training and each demo passes --overwrite)."""
     previous = tmp_path / "depth" / "log.txt"
     previous.parent.mkdir()
     previous.write_text("a previous demo\n")
@@ -163,4 +163,6 @@ def test_make_demo_never_replaces_a_previous_demo_unasked(tmp_path):
     trainings = [line for line in proc.stdout.splitlines() if "train.py" in line or "train_net.py" in line]
     assert [("--overwrite" in line, line.split("train.output_dir=")[-1].split()[0]) for line in trainings] == [
         (True, str(tmp_path / "depth")), (True, str(tmp_path / "detection")), (False, str(tmp_path / "detection"))]
+    demos = [line for line in proc.stdout.splitlines() if "demo.py" in line]  # they refuse earlier outputs unasked
+    assert len(demos) == 2 and all("--overwrite" in line for line in demos), demos
     assert previous.exists()  # the CLIs' --overwrite replaces the run, make deletes nothing
