@@ -328,12 +328,18 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-@run_logging(("snnet_core",), to_stderr=True)  # detectron2's log format; stdout holds the choice (--json)
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parser.parse_args(argv)  # before the logging set-up, which imports detectron2 (--help stays fast)
     if args.context < 0:
         parser.error(f"--context {args.context}: give a number >= 0")
+    with run_logging(("snnet_core",), to_stderr=True):  # detectron2's log format; stdout holds the choice (--json)
+        return choose_and_print(parser, args, argv)
+
+
+def choose_and_print(parser: argparse.ArgumentParser, args: argparse.Namespace,
+                     argv: Optional[Sequence[str]]) -> int:
+    """``main`` after its arguments are parsed: print the choice (exit status 0) or the refusal (2)."""
     try:
         source, record = read_report(args.report)
         choice = choose_stitch(record, source, args.metric, args.max_gflops, args.max_latency_ms,
