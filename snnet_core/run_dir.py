@@ -20,8 +20,9 @@
 side (their reports merge) but never beside a training run; a second start is refused at once, naming the
 process that holds the directory. ``check_output_dir`` refuses to train into a directory that holds a run unless
 ``--resume`` continues it or ``--overwrite`` replaces it; ``clear_run`` deletes what ``--overwrite`` replaces,
-``remove_killed_writes`` what killed writes left. ``last_checkpoint`` reads the tag
-``--resume`` and ``--eval-only`` follow, and ``eval_size_for_checkpoint`` the input size ``--eval-only`` evaluates at.
+``remove_killed_writes`` what killed writes left. ``checkpoint_name`` names a checkpoint, ``prune_checkpoints``
+keeps the newest ``max_to_keep`` periodic ones, ``last_checkpoint`` reads the tag ``--resume`` and ``--eval-only``
+follow, and ``eval_size_for_checkpoint`` the input size ``--eval-only`` evaluates at.
 """
 from __future__ import annotations
 
@@ -258,6 +259,36 @@ def _remove_if_unused(output_dir: str, created: bool) -> None:
     with contextlib.suppress(OSError):
         if created and not os.listdir(output_dir):
             os.rmdir(output_dir)
+
+
+FINAL_CHECKPOINT = "model_final.pth"
+PERIODIC_CHECKPOINT = re.compile(r"model_(\d{7})\.pth")  # detectron2's: the index of the last iteration done
+
+
+def checkpoint_name(last_iteration: int, final: bool = False) -> str:
+    """detectron2's name of a checkpoint written after iteration index ``last_iteration`` (0-based):
+    ``model_<last_iteration, 7 digits>.pth``, or ``model_final.pth`` at the end of training (``final``)."""
+    return FINAL_CHECKPOINT if final else f"model_{last_iteration:07d}.pth"
+
+
+def prune_checkpoints(output_dir: str, max_to_keep: int) -> List[str]:
+    """Delete the periodic checkpoints (``model_<7 digits>.pth``) of ``output_dir`` but the newest ``max_to_keep``;
+    returns the deleted paths. Call it on rank 0 after each save.
+
+    It scans the directory, so a resumed run also prunes the checkpoints of the run it continues. Never deleted:
+    ``model_final.pth`` and the checkpoint ``last_checkpoint`` names (the newest save, even where a run resumed
+    from an earlier checkpoint left later ones of the interrupted run, which its next saves replace).
+    """
+    tagged = None
+    with contextlib.suppress(OSError):
+        with open(os.path.join(output_dir, LAST_CHECKPOINT)) as f:
+            tagged = f.read().strip()
+    periodic = sorted(name for name in os.listdir(output_dir) if PERIODIC_CHECKPOINT.fullmatch(name))
+    doomed = [os.path.join(output_dir, name) for name in periodic[:max(0, len(periodic) - max_to_keep)]
+              if name != tagged]
+    for path in doomed:
+        os.remove(path)
+    return doomed
 
 
 def tag_last_checkpoint(output_dir: str, filename: str) -> None:

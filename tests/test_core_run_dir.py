@@ -63,6 +63,37 @@ def test_last_checkpoint_names_only_a_checkpoint_of_its_directory(tmp_path):
             last_checkpoint(str(tmp_path))
 
 
+def test_checkpoint_names_are_detectron2s():
+    from snnet_core.run_dir import checkpoint_name
+
+    assert checkpoint_name(7) == "model_0000007.pth" and checkpoint_name(1234567) == "model_1234567.pth"
+    assert checkpoint_name(31, final=True) == "model_final.pth"
+
+
+def test_pruning_keeps_the_newest_periodic_checkpoints_of_the_directory_the_final_and_the_tagged_one(tmp_path):
+    from snnet_core.run_dir import prune_checkpoints, tag_last_checkpoint
+
+    def names():
+        return sorted(os.listdir(tmp_path))
+
+    # left by an interrupted run and by this one alike: the directory decides, not who wrote them
+    for name in ("model_0000007.pth", "model_0000015.pth", "model_0000023.pth", "model_final.pth",
+                 "model_best.pth", "model_0000031.pth.3f2a.tmp", "notes.txt"):
+        (tmp_path / name).write_bytes(b"x")
+    tag_last_checkpoint(str(tmp_path), "model_0000023.pth")
+    assert prune_checkpoints(str(tmp_path), 5) == []
+    assert prune_checkpoints(str(tmp_path), 2) == [str(tmp_path / "model_0000007.pth")]
+    assert prune_checkpoints(str(tmp_path), 1) == [str(tmp_path / "model_0000015.pth")]
+    assert names() == ["last_checkpoint", "model_0000023.pth", "model_0000031.pth.3f2a.tmp", "model_best.pth",
+                       "model_final.pth", "notes.txt"]
+    # resumed from an earlier checkpoint: the later ones of the interrupted run stay, but never the tagged save
+    (tmp_path / "model_0000007.pth").write_bytes(b"x")
+    tag_last_checkpoint(str(tmp_path), "model_0000007.pth")
+    assert prune_checkpoints(str(tmp_path), 1) == []
+    assert [n for n in names() if n.startswith("model_00")] == ["model_0000007.pth", "model_0000023.pth",
+                                                                "model_0000031.pth.3f2a.tmp"]
+
+
 def test_eval_size_comes_from_the_command_line_then_the_checkpoint_then_the_config(caplog):
     from snnet_core.run_dir import command_line_sets, eval_size_for_checkpoint
 

@@ -60,6 +60,10 @@ def cached_sampler(output_dir):
         return ResourceConstrainedSampler(FlopsTable.from_json(json.load(f)).gflops, 0.02, seed=0)
 
 
+def checkpoints(output_dir):
+    return sorted(name for name in os.listdir(output_dir) if name.endswith(".pth"))
+
+
 def tiny_cfg(root, output_dir, *extra):
     cfg = LazyConfig.apply_overrides(LazyConfig.load(TINY), tiny_opts(root, output_dir, *extra))
     register_coco_json_datasets(cfg.datasets.coco_json)
@@ -99,15 +103,19 @@ def test_train_net_ls_init_ros_resume_and_stitch_report(synthetic, tmp_path, mon
     real_ls_init = train_net.ls_init_detector
     monkeypatch.setattr(train_net, "ls_init_detector", lambda *a: calls.append(a[2]) or real_ls_init(*a))
     out = str(tmp_path / "run")
-    run_main(*tiny_opts(synthetic, out, "train.max_iter=4", "train.checkpointer.period=2"))
+    keep_one = "train.checkpointer.max_to_keep=1"
+    run_main(*tiny_opts(synthetic, out, "train.max_iter=4", "train.checkpointer.period=2", keep_one))
     assert calls == [4]  # LS init on 4 images before the first iteration
+    assert checkpoints(out) == ["model_0000003.pth", "model_final.pth"]  # model_0000001.pth: beyond max_to_keep
     with open(os.path.join(out, "stitch_schedule_from_0.json")) as f:
         schedule = json.load(f)
     assert schedule["ranks_agree"] and len(schedule["stitches"]) == 4
     assert os.path.isfile(os.path.join(out, "model_final.pth")) and os.path.isfile(os.path.join(out, "metrics.json"))
 
-    run_main("--resume", *tiny_opts(synthetic, out, "train.max_iter=6", "train.checkpointer.period=2"))
+    run_main("--resume", *tiny_opts(synthetic, out, "train.max_iter=6", "train.checkpointer.period=2", keep_one))
     assert calls == [4]  # resumed: no second LS init
+    # the resumed run prunes the interrupted run's periodic checkpoints too (the directory's, not its own)
+    assert checkpoints(out) == ["model_0000005.pth", "model_final.pth"]
     with open(os.path.join(out, "stitch_schedule_from_4.json")) as f:
         resumed = json.load(f)
     sampler = cached_sampler(out)

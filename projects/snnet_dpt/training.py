@@ -17,7 +17,6 @@ import hashlib
 import json
 import logging
 import os
-import re
 import time
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
@@ -32,7 +31,7 @@ from snnet_core import FlopsTable, ResourceConstrainedSampler, load_snnet, ls_in
 from snnet_core.checkpoint import describe_load_error
 from snnet_core.distributed import DistContext, barrier
 from snnet_core.file_claims import check_checkpoint_claims, check_checkpoint_path, state_bytes
-from snnet_core.run_dir import tag_last_checkpoint
+from snnet_core.run_dir import checkpoint_name, prune_checkpoints, tag_last_checkpoint
 from snnet_core.stitch_space import Stitch
 from snnet_core.train_log import route_loss_name, training_writers
 
@@ -41,8 +40,6 @@ from .model import DPTDepthModel, ModelSpec
 from .transforms import DepthDataset, TrainAugmentation
 
 logger = logging.getLogger(__name__)
-FINAL_CHECKPOINT = "model_final.pth"
-PERIODIC_CHECKPOINT = re.compile(r"model_(\d{7})\.pth")  # detectron2's name: the index of the epoch's last iteration
 
 
 @dataclasses.dataclass
@@ -317,7 +314,7 @@ def train(model: DPTDepthModel, spec: ModelSpec, cfg: Dict[str, Any], recipe: Tr
                 logger.info("epoch %d/%d (iteration %d): mean loss %.4f, parameter checksum %.17g, stitch sequence "
                             "%s", epoch + 1, recipe.epochs, iteration, stats["mean_loss"], checksum,
                             stitch_sequence_digest(stats["stitches"]))
-                checkpoint = os.path.join(output_dir, checkpoint_name(iteration, epoch + 1 == recipe.epochs))
+                checkpoint = os.path.join(output_dir, checkpoint_name(iteration - 1, epoch + 1 == recipe.epochs))
                 if ctx.is_main:
                     save_checkpoint(checkpoint, model, spec, recipe, optimizer, scheduler, scaler, sampler, epoch + 1,
                                     iteration, cfg["dataloader"]["eval_size"])
@@ -332,22 +329,6 @@ def train(model: DPTDepthModel, spec: ModelSpec, cfg: Dict[str, Any], recipe: Tr
 
 
 # --------------------------------------------------------------------------------------------------
-def checkpoint_name(iteration: int, final: bool) -> str:
-    """detectron2's name of the checkpoint after ``iteration`` completed iterations: ``model_final.pth`` at the end
-    of training, else ``model_<iteration - 1, 7 digits>.pth`` (the index of the last iteration done)."""
-    return FINAL_CHECKPOINT if final else f"model_{iteration - 1:07d}.pth"
-
-
-def prune_checkpoints(output_dir: str, max_to_keep: int) -> List[str]:
-    """Delete the periodic checkpoints ``model_<7 digits>.pth`` of ``output_dir`` but the newest ``max_to_keep``
-    (``model_final.pth`` is never deleted); returns the deleted paths."""
-    periodic = sorted(name for name in os.listdir(output_dir) if PERIODIC_CHECKPOINT.fullmatch(name))
-    doomed = [os.path.join(output_dir, name) for name in periodic[:max(0, len(periodic) - max_to_keep)]]
-    for path in doomed:
-        os.remove(path)
-    return doomed
-
-
 def save_checkpoint(path: str, model: DPTDepthModel, spec: ModelSpec, recipe: TrainRecipe, optimizer, scheduler,
                     scaler, sampler, epoch: int, iteration: int, eval_size: Sequence[int]) -> None:
     """Everything needed to resume after ``epoch`` (completed epochs) / ``iteration`` (completed steps), and the

@@ -75,6 +75,7 @@ from projects.snnet_vitdet.evaluation import RESULTS_TASK, detector_flops_table,
 from projects.snnet_vitdet.export import export_detector
 from projects.snnet_vitdet.training import (
     IterationSeedHook,
+    PeriodicCheckpointer,
     StitchSamplingHook,
     StrictDetectionCheckpointer,
     ls_init_detector,
@@ -233,7 +234,7 @@ def do_train(args, cfg) -> None:
         seeding,
         sampling,
         hooks.LRScheduler(scheduler=instantiate(cfg.lr_multiplier)),
-        hooks.PeriodicCheckpointer(checkpointer, **cfg.train.checkpointer) if comm.is_main_process() else None,
+        PeriodicCheckpointer(checkpointer, **cfg.train.checkpointer) if comm.is_main_process() else None,
         hooks.EvalHook(cfg.train.eval_period, lambda: do_test(cfg, model)) if cfg.train.eval_period > 0 else None,
     ])  # the writers come last, once the start iteration is known
 

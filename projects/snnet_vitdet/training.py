@@ -11,14 +11,14 @@ import torch
 import torch.distributed as dist
 import torch.nn as nn
 from detectron2.checkpoint import DetectionCheckpointer
-from detectron2.engine import HookBase
+from detectron2.engine import HookBase, hooks
 from detectron2.modeling import GeneralizedRCNN
 from detectron2.utils import comm
 
 from snnet_core import ResourceConstrainedSampler, ls_init_stitching_layers
 from snnet_core.atomic_io import write_atomic, write_json_atomic
 from snnet_core.file_claims import check_checkpoint_claims, check_key_count, state_bytes
-from snnet_core.run_dir import LAST_CHECKPOINT, last_checkpoint, tag_last_checkpoint
+from snnet_core.run_dir import LAST_CHECKPOINT, checkpoint_name, last_checkpoint, prune_checkpoints, tag_last_checkpoint
 from snnet_core.safe_pickle import load_safe_pickle
 from snnet_core.train_log import route_loss_name
 
@@ -127,6 +127,32 @@ class StrictDetectionCheckpointer(DetectionCheckpointer):
 
     def tag_last_checkpoint(self, last_filename_basename: str) -> None:
         tag_last_checkpoint(self.save_dir, last_filename_basename)
+
+
+class PeriodicCheckpointer(hooks.PeriodicCheckpointer):
+    """detectron2's ``PeriodicCheckpointer`` hook (``model_<iteration>.pth`` every ``period`` iterations,
+    ``model_final.pth`` after the last) with the depth project's names and pruning (``snnet_core.run_dir``).
+
+    ``max_to_keep`` prunes the directory, not fvcore's list of this process's saves: a resumed run also deletes
+    the periodic checkpoints of the run it continues beyond the newest ``max_to_keep`` (``None``: keeps all).
+    Register it on the main process only.
+    """
+
+    def __init__(self, checkpointer: StrictDetectionCheckpointer, period: int, max_to_keep: Optional[int] = None):
+        super().__init__(checkpointer, period)  # fvcore's own pruning (max_to_keep) stays off
+        self.keep = max_to_keep
+
+    def step(self, iteration: int, **kwargs: Any) -> None:
+        """After iteration index ``iteration``: save a periodic and/or the final checkpoint, then prune."""
+        iteration = int(iteration)
+        names = [checkpoint_name(iteration)] if (iteration + 1) % self.period == 0 else []
+        if self.max_iter is not None and iteration >= self.max_iter - 1:
+            names.append(checkpoint_name(iteration, final=True))
+        for name in names:
+            self.checkpointer.save(os.path.splitext(name)[0], iteration=iteration, **kwargs)
+            if self.keep is not None:
+                for path in prune_checkpoints(self.checkpointer.save_dir, self.keep):
+                    logger.info("deleted %s (train.checkpointer.max_to_keep=%d)", path, self.keep)
 
 
 def model_zoo_checkpoint(data: Any) -> Dict[str, Any]:
