@@ -197,7 +197,7 @@ def lock_run_dir(output_dir: str, evaluating: bool = False, hold: bool = True) -
     clash = path_clash(os.path.join(output_dir, RUN_LOCK))
     if clash is not None:
         raise NotADirectoryError(f"train.output_dir: {clash}")
-    created = not os.path.isdir(output_dir)
+    created = _missing_directories(output_dir)
     os.makedirs(output_dir, exist_ok=True)
     gate_path = os.path.join(output_dir, RUN_LOCK)
     fix = "wait for it to end (or stop it), or give train.output_dir another directory"
@@ -254,11 +254,23 @@ def _release(lock: FileLock) -> None:
         os.remove(lock.lock_file)
 
 
-def _remove_if_unused(output_dir: str, created: bool) -> None:
-    """Remove the directory ``lock_run_dir`` created if the run wrote nothing into it (it failed a check)."""
+def _missing_directories(path: str) -> List[str]:
+    """``path`` and those of its parent directories that do not exist yet, deepest first."""
+    missing, path = [], os.path.abspath(path)
+    while not os.path.isdir(path) and os.path.dirname(path) != path:
+        missing.append(path)
+        path = os.path.dirname(path)
+    return missing
+
+
+def _remove_if_unused(output_dir: str, created: List[str]) -> None:
+    """Remove the directories ``lock_run_dir`` created (``created``, deepest first: ``output_dir`` and any parents it
+    made) if the run wrote nothing into them (it failed a check)."""
     with contextlib.suppress(OSError):
-        if created and not os.listdir(output_dir):
-            os.rmdir(output_dir)
+        for directory in created:
+            if os.listdir(directory):
+                return
+            os.rmdir(directory)
 
 
 FINAL_CHECKPOINT = "model_final.pth"
