@@ -25,8 +25,8 @@ EVAL_OPTS = ("model.roi_heads.box_predictor.test_score_thresh=0.0",)  # a random
 
 def self_gt_opts(root, gt_file):
     """Evaluation on ``SELF_GT``: the val images annotated with stitch 0's confident detections."""
-    return [*EVAL_OPTS, f"datasets.coco_json.{SELF_GT}.json_file={gt_file}",
-            f"datasets.coco_json.{SELF_GT}.image_root={root}/val", f"dataloader.test.dataset.names={SELF_GT}"]
+    return [*EVAL_OPTS, f"+datasets.coco_json.{SELF_GT}.json_file={gt_file}",  # +: a key the config lacks
+            f"+datasets.coco_json.{SELF_GT}.image_root={root}/val", f"dataloader.test.dataset.names={SELF_GT}"]
 
 
 @pytest.fixture(scope="module")
@@ -130,11 +130,11 @@ def test_interrupted_grouped_report_keeps_finished_groups(setup, tmp_path, monke
     evaluator, loader = instantiate(cfg.dataloader.evaluator), instantiate(cfg.dataloader.test)
     real, groups = evaluation.evaluate_stitch_group, []
 
-    def interrupted(model, data_loader, evaluator, stitch_ids):
+    def interrupted(model, data_loader, evaluator, stitch_ids, *rest):
         if len(groups) == 1:
             raise KeyboardInterrupt
         groups.append(list(stitch_ids))
-        return real(model, data_loader, evaluator, stitch_ids)
+        return real(model, data_loader, evaluator, stitch_ids, *rest)
 
     monkeypatch.setattr(evaluation, "evaluate_stitch_group", interrupted)
     out = str(tmp_path / "report")
