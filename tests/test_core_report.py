@@ -506,46 +506,6 @@ def test_each_log_line_reaches_the_console_once_while_the_progress_bar_runs(tmp_
 
 
 @pytest.fixture
-def progress_bars(monkeypatch):
-    """The evaluation progress bars made in the test, each recording its ``update`` steps (``bar.updates``)."""
-    from snnet_core import progress
-
-    bars = []
-
-    class RecordingBar(progress.tqdm):
-        def __init__(self, *args, **kwargs):
-            super().__init__(*args, **kwargs)
-            self.updates = []
-            bars.append(self)
-
-        def update(self, n=1):
-            self.updates.append(n)
-            return super().update(n)
-
-    monkeypatch.setattr(progress, "tqdm", RecordingBar)
-    return bars
-
-
-@pytest.mark.parametrize("per_batch, expected", [(2, [6, 6, 2, 2]),  # what a task's batch loop reports
-                                                 (3, [9, 3, 3, 1]),  # too much: capped at the group's share
-                                                 (0, [12, 4])])  # nothing: the group's share when it is done
-def test_the_bar_counts_images_x_stitches_and_moves_per_batch(tmp_path, progress_bars, per_batch, expected):
-    from snnet_core import progress
-
-    def evaluate(ids):  # 4 test images in batches of 2, every stitch of the group on each batch
-        for _ in range(2):
-            progress.advance(per_batch * len(ids))
-        return {s: fake_metric(s) for s in ids}
-
-    evaluate_stitch_groups(evaluate, [[0, 5, 9], [1]], SPACE, table(), str(tmp_path), "acc", images=4)
-    (bar,) = progress_bars
-    assert (bar.total, bar.n, bar.updates) == (16, 16, expected)
-    assert bar.desc.startswith("evaluating 4 stitches x 4 images")
-    progress.advance(5)  # outside an evaluation: nothing to move, no error
-    assert bar.updates == expected
-
-
-@pytest.fixture
 def drawn_figures(monkeypatch):
     """The figures the report's plots draw, kept open (``plt.close`` intercepted) for the test to read."""
     import matplotlib

@@ -68,11 +68,11 @@ from projects.snnet_dpt.training import (
 )
 from projects.snnet_dpt.transforms import DepthDataset
 from snnet_core import load_results, select_stitches
+from snnet_core.atomic_io import file_sha256, write_atomic
 from snnet_core.config_io import (
     Check, apply_overrides, check_config_kind, check_values, input_size_problem, integer, load_config_file,
     local_checkpoint, lookup, number, one_of, pair,
 )
-from snnet_core.atomic_io import file_sha256, write_atomic
 from snnet_core.cli import launch_command, run_command, use_launch_defaults
 from snnet_core.distributed import (
     DistContext, barrier, broadcast_object, destroy_process_groups, init_distributed,
