@@ -36,3 +36,20 @@ def tiny_snnet(lora_rank=4, out_indices=(1, 3, 5, 7), img_size=32, num_classes=0
 @pytest.fixture
 def snnet():
     return tiny_snnet().eval()
+
+
+@pytest.fixture
+def drawn_figures(monkeypatch):
+    """The figures matplotlib draws in the test (``snnet_core.report``'s plots), kept open (``plt.close``
+    intercepted) for the test to read."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figures = []
+    monkeypatch.setattr(plt, "close", figures.append)
+    yield figures
+    monkeypatch.undo()
+    for fig in figures:
+        plt.close(fig)

@@ -505,22 +505,6 @@ def test_each_log_line_reaches_the_console_once_while_the_progress_bar_runs(tmp_
     assert sum("Pareto frontier on acc" in line for line in out) == 1
 
 
-@pytest.fixture
-def drawn_figures(monkeypatch):
-    """The figures the report's plots draw, kept open (``plt.close`` intercepted) for the test to read."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    figures = []
-    monkeypatch.setattr(plt, "close", figures.append)
-    yield figures
-    monkeypatch.undo()
-    for fig in figures:
-        plt.close(fig)
-
-
 def plot_texts(fig):
     """``(legend texts, y label, annotations)`` of a report plot."""
     ax = fig.axes[0]

@@ -220,22 +220,6 @@ def test_the_module_exits_2_from_the_command_line(report):
     assert run.stderr.splitlines()[-1].startswith("python -m snnet_core.select: error: no stitch of")
 
 
-@pytest.fixture
-def drawn_figures(monkeypatch):
-    """The figures ``snnet_core.report`` draws, kept open (``plt.close`` intercepted) for the test to read."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    figures = []
-    monkeypatch.setattr(plt, "close", figures.append)
-    yield figures
-    monkeypatch.undo()
-    for fig in figures:
-        plt.close(fig)
-
-
 def legend_texts(fig):
     return [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
 
