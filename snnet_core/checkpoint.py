@@ -42,7 +42,7 @@ def describe_load_error(path: str, exc: BaseException) -> str:
             return (f"{path!r} holds Python objects that a weights-only load refuses ({refused[0]}); it was not "
                     "loaded, as unpickling them could run code. Use a checkpoint of tensors and plain containers")
         lines = [line for line in lines if "unsupported" in line.lower()]
-    if isinstance(exc, (EOFError, RuntimeError, pickle.UnpicklingError)):
+    if isinstance(exc, (EOFError, RuntimeError, pickle.UnpicklingError, IndexError)):  # IndexError: a pickle cut short
         size = os.path.getsize(path) if os.path.exists(path) else 0
         detail = lines[0].split(". ")[0] if lines else "unexpected end of file"
         return (f"{path!r} is truncated or corrupt ({size} bytes; {type(exc).__name__}: {detail}); it is not a "

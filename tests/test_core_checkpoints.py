@@ -265,6 +265,15 @@ def test_a_legacy_torch_file_stating_larger_storages_than_it_holds_is_refused_be
         read_state_dict(str(bomb), expected_bytes=sum(t.nbytes for t in anchor.state_dict().values()))
 
 
+def test_a_legacy_torch_file_cut_inside_its_pickle_is_named_truncated(tmp_path):
+    legacy = tmp_path / "legacy.pth"
+    torch.save({"w": torch.zeros(10)}, legacy, _use_new_zipfile_serialization=False)
+    cut = tmp_path / "cut.pth"
+    cut.write_bytes(legacy.read_bytes()[:120])  # inside the pickle: torch's reader raises IndexError there
+    with pytest.raises(RuntimeError, match=r"'.*cut.pth' is truncated or corrupt \(120 bytes; IndexError"):
+        read_state_dict(str(cut))
+
+
 def test_a_directory_given_as_checkpoint_names_the_file_to_give(tmp_path):
     run = tmp_path / "run"
     run.mkdir()
