@@ -33,7 +33,6 @@ SEEDS = (0, 1)
 
 @pytest.fixture(scope="module")
 def study(tmp_path_factory):
-    torch.set_num_threads(1)
     output = tmp_path_factory.mktemp("digits")
     return ds.run_study(STUDY, SEEDS, str(output)), output
 

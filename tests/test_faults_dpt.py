@@ -28,7 +28,7 @@ CHILD = """
 import io, os, resource, signal, sys
 sys.path.insert(0, {repo!r})
 import torch
-torch.set_num_threads(1)
+torch.set_num_threads({threads})  # the test process's, so the child's run is the one the test compares it with
 import projects.snnet_dpt.evaluation as evaluation
 import projects.snnet_dpt.training as training
 import projects.snnet_dpt.train as train_cli
@@ -81,7 +81,8 @@ training.save_checkpoint = save_checkpoint
 
 
 def run_child(hook, argv):
-    code = CHILD.format(repo=REPO, hook=textwrap.dedent(hook), argv=[str(a) for a in argv])
+    code = CHILD.format(repo=REPO, threads=torch.get_num_threads(), hook=textwrap.dedent(hook),
+                        argv=[str(a) for a in argv])
     env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", MPLBACKEND="Agg")
     return subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True,
                           timeout=300)
