@@ -35,7 +35,8 @@ def describe_load_error(path: str, exc: BaseException) -> str:
     lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
     if "torch.cuda.is_available() is False" in str(exc):  # map_location on a CUDA device, none present
         return (f"{path!r} was to be loaded onto a CUDA device, but this machine has no GPU torch can use "
-                "(torch.cuda.is_available() is False); the file is not at fault. Run with --device cpu")
+                "(torch.cuda.is_available() is False); the file is not at fault. Load it on the CPU (the demos' "
+                "--device cpu, the training scripts' train.device=cpu)")
     if isinstance(exc, pickle.UnpicklingError):
         refused = [line.split(". ")[0] for line in lines if "global" in line.lower()]
         if refused:

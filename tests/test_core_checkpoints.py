@@ -296,5 +296,6 @@ def test_a_cuda_load_without_a_gpu_says_so_and_not_that_the_file_is_corrupt(tmp_
     message = describe_load_error(str(path), exc)
     assert "no GPU" in message and "--device cpu" in message and "corrupt" not in message, message
     if not torch.cuda.is_available():  # the real error on this machine
-        with pytest.raises(RuntimeError, match="no GPU torch can use.*not at fault"):
+        with pytest.raises(RuntimeError, match=r"no GPU torch can use.*not at fault. Load it on the CPU \(the "
+                                                r"demos' --device cpu, the training scripts' train.device=cpu\)"):
             load_snnet(str(path), map_location="cuda")
