@@ -196,7 +196,7 @@ def evaluate_cli(data_root, checkpoint, eval_dir, *opts, launcher=(), launcher_o
     argv = cli_args(data_root, eval_dir.parent / "out", "--eval-only", "--stitch", "all", "--report-dir", eval_dir,
                     opts=[f"train.init_checkpoint={checkpoint}", *opts])
     if launcher:
-        env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", MPLBACKEND="Agg")
+        env = dict(os.environ, OMP_NUM_THREADS=str(torch.get_num_threads()), HF_HUB_OFFLINE="1", MPLBACKEND="Agg")
         script = os.path.join(REPO, "projects", "snnet_dpt", "train.py")
         proc = subprocess.run([*launcher, script, *map(str, argv)], cwd=REPO, env=env, capture_output=True, text=True,
                               timeout=300)
@@ -321,7 +321,7 @@ def test_two_process_ddp_trains_the_same_stitch_on_both_ranks(data_root, tmp_pat
     cmd = [sys.executable, os.path.join(REPO, "projects", "snnet_dpt", "train.py"),
            *cli_args(data_root, out, "--num-gpus", "2", "--dist-url", "auto", "--stitch", "0,1", "--export-stitch",
                      "7", opts=["train.epochs=2", "train.batch_size=4", "train.device=cpu"])]
-    env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1")
+    env = dict(os.environ, OMP_NUM_THREADS=str(torch.get_num_threads()), HF_HUB_OFFLINE="1")
     proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     steps = [r for r in read_metrics(out) if "total_loss" in r]  # rank 0 writes metrics.json

@@ -83,7 +83,7 @@ training.save_checkpoint = save_checkpoint
 def run_child(hook, argv):
     code = CHILD.format(repo=REPO, threads=torch.get_num_threads(), hook=textwrap.dedent(hook),
                         argv=[str(a) for a in argv])
-    env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", MPLBACKEND="Agg")
+    env = dict(os.environ, OMP_NUM_THREADS=str(torch.get_num_threads()), HF_HUB_OFFLINE="1", MPLBACKEND="Agg")
     return subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True,
                           timeout=300)
 
@@ -189,7 +189,7 @@ def test_full_disk_during_a_checkpoint_save_names_the_file_and_keeps_the_previou
 
 def test_two_concurrent_evaluations_with_disjoint_stitches_keep_both_sides(data_root, straight, tmp_path):
     eval_dir = tmp_path / "eval"
-    env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", MPLBACKEND="Agg")
+    env = dict(os.environ, OMP_NUM_THREADS=str(torch.get_num_threads()), HF_HUB_OFFLINE="1", MPLBACKEND="Agg")
     children = [subprocess.Popen(
         [sys.executable, os.path.join(REPO, "projects", "snnet_dpt", "train.py"),
          *cli_args(data_root, tmp_path / f"out{k}", "--eval-only", "--stitch", stitches, "--report-dir", eval_dir,

@@ -154,7 +154,7 @@ def test_two_gloo_processes_give_the_one_process_report(setup, synthetic, tmp_pa
     opts = [f"train.init_checkpoint={weights}", "snnet.eval_group_size=4"]
     opts += self_gt_opts(synthetic, gt_file)
     one = run_main(*argv, "--report-dir", str(tmp_path / "one"), *tiny_opts(synthetic, str(tmp_path), *opts))
-    env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1")
+    env = dict(os.environ, OMP_NUM_THREADS=str(torch.get_num_threads()), HF_HUB_OFFLINE="1")
     proc = subprocess.run(
         [sys.executable, os.path.join(REPO, "projects", "snnet_vitdet", "train_net.py"), "--num-gpus", "2",
          "--config-file", TINY, *argv, "--report-dir", str(tmp_path / "two"), *tiny_opts(synthetic, str(tmp_path), *opts)],

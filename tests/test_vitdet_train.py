@@ -179,7 +179,7 @@ def test_more_processes_than_visible_gpus_are_refused_before_any_starts(monkeypa
 
 def test_two_process_gloo_launch_trains_the_same_stitches(synthetic, tmp_path):
     out = str(tmp_path / "ddp")
-    env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1")
+    env = dict(os.environ, OMP_NUM_THREADS=str(torch.get_num_threads()), HF_HUB_OFFLINE="1")
     proc = subprocess.run(
         [sys.executable, os.path.join(REPO, "projects", "snnet_vitdet", "train_net.py"), "--num-gpus", "2",
          "--config-file", TINY, *tiny_opts(synthetic, out, "train.max_iter=5", "dataloader.train.total_batch_size=4")],
