@@ -357,6 +357,21 @@ def _yes(flag: bool) -> str:
     return "identical" if flag else "DIFFERENT"
 
 
+def bit_stability_lines(record: Dict, figures: str, per_seed: bool) -> List[str]:
+    """Markdown bullets of ``record``'s same-level repeats and cross-level comparisons: whether the weights and the
+    ``figures`` (e.g. ``"AP"``) were identical; ``per_seed`` names the seed of each (detection runs several)."""
+    lines = []
+    for rep in record["repeats"]:
+        seed = f"same seed {rep['seed']}, " if per_seed else ""
+        lines.append(f"- {seed}same level {rep['level']} ({'; '.join(rep['runs'])}): weights "
+                     f"{_yes(rep['equal_weights'])}, {figures} {_yes(rep['equal_figures'])}.")
+    for acr in record["across_levels"]:
+        seed = f"seed {acr['seed']} at " if per_seed else ""
+        lines.append(f"- {seed}{', '.join(acr['levels'])}: weights {_yes(acr['equal_weights'])}, {figures} "
+                     f"{_yes(acr['equal_figures'])}.")
+    return lines
+
+
 def detection_markdown(record: Dict) -> str:
     """``detection_figures.md``: per level and seed, the anchors' and stitches' AP; ranges; bit-stability."""
     runs = sorted(record["runs"], key=lambda r: (level_of(r), r["seed"], r["name"]))
@@ -383,12 +398,7 @@ def detection_markdown(record: Dict) -> str:
                      f"{span(s['fast'])} / {span(s['slow'])} | {f1(s['stitches_min'][0])}-{f1(s['stitches_max'][1])}"
                      " | | |")
     lines += ["", "Bit-stability (weights digest and every stitch's AP, compared exactly):", ""]
-    for rep in record["repeats"]:
-        lines.append(f"- same seed {rep['seed']}, same level {rep['level']} ({'; '.join(rep['runs'])}): weights "
-                     f"{_yes(rep['equal_weights'])}, AP {_yes(rep['equal_figures'])}.")
-    for acr in record["across_levels"]:
-        lines.append(f"- seed {acr['seed']} at {', '.join(acr['levels'])}: weights {_yes(acr['equal_weights'])}, "
-                     f"AP {_yes(acr['equal_figures'])}.")
+    lines += bit_stability_lines(record, "AP", per_seed=True)
     lines += ["", "README comment (checked by `tests/test_demo_figures.py`):", "",
               "    " + record["readme_comment"], ""]
     return "\n".join(lines)
@@ -429,12 +439,7 @@ def depth_markdown(record: Dict) -> str:
                      f"{' (modified)' if env['dirty'] else ''} |")
     lines += ["", "Bit-stability (weights digest, every epoch's loss and every reported stitch's a1, compared "
               "exactly):", ""]
-    for rep in record["repeats"]:
-        lines.append(f"- same level {rep['level']} ({'; '.join(rep['runs'])}): weights {_yes(rep['equal_weights'])}, "
-                     f"figures {_yes(rep['equal_figures'])}.")
-    for acr in record["across_levels"]:
-        lines.append(f"- {', '.join(acr['levels'])}: weights {_yes(acr['equal_weights'])}, figures "
-                     f"{_yes(acr['equal_figures'])}.")
+    lines += bit_stability_lines(record, "figures", per_seed=False)
     diff = record["largest_difference_across_levels"]
     lines += [f"- largest difference across levels: {diff['epoch_mean_loss']:.2e} in an epoch's mean loss, "
               f"{diff['a1']:.2e} in a stitch's a1.", ""]
