@@ -28,8 +28,8 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from snnet_core import (StitchedViT, build_anchor, build_flops_table, ls_init_stitching_layers,  # noqa: E402
                         prefix_sharing_cost, run_stitches)
-from snnet_core.prefix_trie import route_step_gflops  # noqa: E402
-from snnet_core.route import embed_images  # noqa: E402
+from snnet_core.evaluation.prefix_trie import route_step_gflops  # noqa: E402
+from snnet_core.model.route import embed_images  # noqa: E402
 
 FAST, SLOW = "deit3_small_patch16_224", "deit3_large_patch16_224"
 

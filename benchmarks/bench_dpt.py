@@ -35,14 +35,14 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from projects.snnet_dpt.evaluation import evaluate_stitch_report  # noqa: E402
 from projects.snnet_dpt.training import build_optimizer  # noqa: E402
-from snnet_core.prefix_trie import route_step_gflops, stitch_groups  # noqa: E402
+from snnet_core.evaluation.prefix_trie import route_step_gflops, stitch_groups  # noqa: E402
 from projects.snnet_dpt.export import export_depth_model  # noqa: E402
 from projects.snnet_dpt.loss import SILogLoss  # noqa: E402
 from projects.snnet_dpt.model import DPTDepthModel, ModelSpec, build_model, depth_flops_table  # noqa: E402
 from projects.snnet_dpt.train import DEFAULT_CONFIG, load_config, recipe_from_config  # noqa: E402
 from snnet_core import (ResourceConstrainedSampler, build_flops_table, count_gflops,  # noqa: E402
                         prefix_sharing_cost)
-from snnet_core.atomic_io import write_atomic  # noqa: E402
+from snnet_core.io.atomic_io import write_atomic  # noqa: E402
 from snnet_core.distributed import DistContext  # noqa: E402
 
 PAPER_SETR_512 = {"DeiT3-S": 32.0, "DeiT3-L": 363.0}  # Table 1 FLOPs (G), SETR naive head, 512x512

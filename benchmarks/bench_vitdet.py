@@ -50,8 +50,8 @@ from projects.snnet_vitdet.evaluation import (  # noqa: E402
     evaluate_stitch_group,
 )
 from snnet_core import export_stitch, prefix_sharing_cost  # noqa: E402
-from snnet_core.config_io import load_config_file  # noqa: E402
-from snnet_core.prefix_trie import route_step_gflops, stitch_groups  # noqa: E402
+from snnet_core.io.config_io import load_config_file  # noqa: E402
+from snnet_core.evaluation.prefix_trie import route_step_gflops, stitch_groups  # noqa: E402
 
 CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
                       "projects", "snnet_vitdet", "configs", "COCO", "mask_rcnn_snnetv2_deit3_s_l_100ep.py")

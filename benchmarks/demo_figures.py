@@ -45,7 +45,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
-from snnet_core.atomic_io import write_atomic, write_json_atomic  # noqa: E402
+from snnet_core.io.atomic_io import write_atomic, write_json_atomic  # noqa: E402
 
 CONFIG = "projects/snnet_vitdet/configs/synthetic/mask_rcnn_snnetv2_tiny.py"
 TRAIN_NET = "projects/snnet_vitdet/train_net.py"
@@ -150,7 +150,7 @@ DETECTION_CODE = ("snnet_core", "projects/snnet_vitdet", "datasets")
 
 def config_seeds(config: str = CONFIG) -> Tuple[int, int]:
     """``(train.seed, snnet.sampler_seed)`` of the config as `make demo` loads it (no overrides)."""
-    from snnet_core.config_io import load_config_file
+    from snnet_core.io.config_io import load_config_file
 
     cfg = load_config_file(os.path.join(REPO, config))
     return int(cfg.train.seed), int(cfg.snnet.sampler_seed)

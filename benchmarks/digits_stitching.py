@@ -47,7 +47,7 @@ from tqdm import tqdm
 from snnet_core import (ROUTE_TYPES, FlopsTable, ResourceConstrainedSampler, StitchedViT, StitchSpace,
                         UniformSampler, best_under_budget, build_anchor, build_flops_table, classify_stitches,
                         count_gflops, ls_init_stitching_layers, pareto_frontier)
-from snnet_core.atomic_io import write_atomic, write_json_atomic
+from snnet_core.io.atomic_io import write_atomic, write_json_atomic
 
 IMG_SIZE = 8
 NUM_CLASSES = 10

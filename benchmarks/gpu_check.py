@@ -9,7 +9,7 @@ minutes on one GPU:
    large anchor, a mid-route stitch and the small anchor. Reported: median and slowest step time after the
    first step, peak GPU memory, and whether the loss stayed finite;
 2. the latency of ``--stitches`` stitches deployed alone (``export_stitch``, the projects' ``time_*_stitches``
-   on ``snnet_core.latency``), batch 1 at the configs' evaluation sizes, AMP;
+   on ``snnet_core.evaluation.latency``), batch 1 at the configs' evaluation sizes, AMP;
 3. with two or more GPUs, a 2-process NCCL depth evaluation: each rank evaluates half of ``--nccl-images``
    synthetic 480x640 frames and ``evaluation.evaluate`` all-reduces the metrics, which must equal the
    one-process ``evaluation.evaluate_group`` on all frames; with one GPU the row says "skipped".
@@ -55,8 +55,8 @@ from projects.snnet_dpt.train import load_config, model_spec, recipe_from_config
 from projects.snnet_dpt.training import build_optimizer, build_scheduler, train_one_epoch  # noqa: E402
 from projects.snnet_vitdet.evaluation import stitched_detector_backbone, time_detector_stitches  # noqa: E402
 from snnet_core.distributed import DistContext  # noqa: E402
-from snnet_core.latency_options import LatencyOptions  # noqa: E402
-from snnet_core.stitch_space import StitchSpace  # noqa: E402
+from snnet_core.evaluation.latency_options import LatencyOptions  # noqa: E402
+from snnet_core.model.stitch_space import StitchSpace  # noqa: E402
 
 DEPTH_CONFIG = os.path.join(REPO, "projects", "snnet_dpt", "configs", "dpt_snnetv2_deit3_s_l_nyu.py")
 DETECTION_CONFIG = os.path.join(REPO, "projects", "snnet_vitdet", "configs", "COCO",

@@ -37,7 +37,7 @@ from typing import Dict, List, Sequence, Tuple
 import cv2
 import numpy as np
 
-from snnet_core.atomic_io import write_atomic
+from snnet_core.io.atomic_io import write_atomic
 from snnet_core.cli import add_debug_argument, run_command
 
 NYU_FOCAL = 518.8579  # at 640 pixels wide

@@ -26,7 +26,7 @@ import sys
 import tempfile
 from typing import Any, Callable, List, NoReturn, Optional, Sequence
 
-from .atomic_io import AtomicWriteError, write_atomic
+from snnet_core.io.atomic_io import AtomicWriteError, write_atomic
 
 DEBUG_ENV = "SNNET_DEBUG"
 DEBUG_FLAG = "--debug"

@@ -1,6 +1,6 @@
 """The progress bar of a per-stitch evaluation, advanced from inside a task's batch loop.
 
-``snnet_core.report.evaluate_stitch_groups`` shows one bar for the whole evaluation. Given the number of test
+``snnet_core.evaluation.report.evaluate_stitch_groups`` shows one bar for the whole evaluation. Given the number of test
 images, the bar counts (image, stitch) evaluations, ``images x stitches`` in all, and the task's loop moves it
 after every batch with ``advance(images in the batch x stitches evaluated on it)``, so a group of stitches
 evaluated in one pass over the test set (minutes at full size) shows its progress and an ETA instead of a bar

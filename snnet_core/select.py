@@ -6,7 +6,7 @@
 
 ``REPORT`` is a per-stitch report directory of either project (e.g.
 ``output/dpt_demo/stitch_report_nyuv2_synthetic_test``) or the ``stitch_results.json`` in it (written by
-``snnet_core.report.evaluate_stitches``). The command prints the stitch with the best metric whose cost fits the
+``snnet_core.evaluation.report.evaluate_stitches``). The command prints the stitch with the best metric whose cost fits the
 budget (id, route, metric, GFLOPs, latency, params) and the Pareto frontier of metric vs cost around it, the choice
 marked ``*``; ``--json`` prints one JSON object instead (``Choice.to_json``). Without a budget it picks the best
 stitch overall. ``--plot PNG`` also draws the metric vs cost plot of the report with the choice marked.
@@ -16,7 +16,7 @@ stitch overall. ``--plot PNG`` also draws the metric vs cost plot of the report 
   ``a2``, ``a3`` higher; ``abs_rel``, ``sq_rel``, ``rmse``, ``rmse_log``, ``log10``, ``silog`` lower) and COCO
   AP (``bbox_AP``, ``segm_AP50``, ...: higher); for any other metric pass ``--higher-is-better`` or
   ``--lower-is-better``.
-- ``--max-latency-ms`` budgets the ``latency_ms`` column that ``snnet_core.latency`` defines (median
+- ``--max-latency-ms`` budgets the ``latency_ms`` column that ``snnet_core.evaluation.latency`` defines (median
   milliseconds per batch, measured as the record's top-level ``"latency"`` entry says); the frontier is then
   metric vs latency. Stitches without a finite metric or cost are never chosen.
 - Errors (exit code 2, the message names the file and the fix): a path that is not a results file or a
@@ -24,7 +24,7 @@ stitch overall. ``--plot PNG`` also draws the metric vs cost plot of the report 
   report without latency, both budgets, and a budget below every stitch (the cheapest one is named).
 
 ``choose_stitch(record, source, ...)`` is the same choice on a results record, built on
-``snnet_core.selection.best_under_budget`` and ``pareto_frontier``.
+``snnet_core.evaluation.selection.best_under_budget`` and ``pareto_frontier``.
 """
 from __future__ import annotations
 
@@ -40,12 +40,12 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from .cli import add_debug_argument, debug_requested, run_command
 from .console import run_logging
-from .metric_labels import known_direction
-from .report import (
+from snnet_core.evaluation.metric_labels import known_direction
+from snnet_core.evaluation.report import (
     LATENCY_COLUMN, LATENCY_KEY, RESULTS_FILE, check_task, metric_names, plot_report, read_results, select_stitches,
 )
-from .selection import best_under_budget, has_finite_value, pareto_frontier
-from .stitch_space import StitchSpace
+from snnet_core.evaluation.selection import best_under_budget, has_finite_value, pareto_frontier
+from snnet_core.model.stitch_space import StitchSpace
 
 logger = logging.getLogger(__name__)
 
@@ -54,7 +54,7 @@ PROG = "python -m snnet_core.select"
 COSTS = {"gflops": ("GFLOPs", "--max-gflops", "GFLOPs"), LATENCY_COLUMN: ("ms", "--max-latency-ms", "latency")}
 _MEASURE_LATENCY = (
     "measure it with --measure-latency of the per-stitch evaluation (projects/snnet_dpt/train.py --eval-only, "
-    "projects/snnet_vitdet/train_net.py --eval-only) or snnet_core.latency.time_stitches, or budget GFLOPs "
+    "projects/snnet_vitdet/train_net.py --eval-only) or snnet_core.evaluation.latency.time_stitches, or budget GFLOPs "
     "with --max-gflops"
 )
 

@@ -13,14 +13,14 @@ import csv
 import os
 from typing import TYPE_CHECKING, Any, Dict, List, Optional
 
-from .atomic_io import write_atomic, write_json_atomic
+from snnet_core.io.atomic_io import write_atomic, write_json_atomic
 from .cli import add_debug_argument, run_command
-from .sampling import flops_bins
-from .stitch_space import ROUTE_TYPES
+from snnet_core.training.sampling import flops_bins
+from snnet_core.model.stitch_space import ROUTE_TYPES
 
 if TYPE_CHECKING:  # imported where used: --help needs neither torch nor timm
-    from .flops import FlopsTable
-    from .snnet import StitchedViT
+    from snnet_core.model.flops import FlopsTable
+    from snnet_core.model.snnet import StitchedViT
 
 SORT_KEYS = ("gflops", "id", "upstream_id")
 
@@ -45,7 +45,7 @@ def stitch_rows(net: StitchedViT, table: FlopsTable, flops_step: float, sort: st
     route, GFLOPs, params (M) and ROS bin index, ordered by ``sort`` (one of ``SORT_KEYS``)."""
     if sort not in SORT_KEYS:
         raise ValueError(f"sort must be one of {SORT_KEYS}, got {sort!r}")
-    from .upstream import upstream_stitch_id
+    from snnet_core.model.upstream import upstream_stitch_id
 
     try:
         upstream = {s.id: upstream_stitch_id(net.space, s.id) for s in net.space}
@@ -64,9 +64,9 @@ def stitch_rows(net: StitchedViT, table: FlopsTable, flops_step: float, sort: st
 
 def main(argv: Optional[List[str]] = None) -> None:
     args = parse_args(argv)
-    from .anchors import build_anchor
-    from .flops import build_flops_table
-    from .snnet import StitchedViT
+    from snnet_core.model.anchors import build_anchor
+    from snnet_core.model.flops import build_flops_table
+    from snnet_core.model.snnet import StitchedViT
 
     size = (args.img_size[0], args.img_size[-1])
     fast, slow = (build_anchor(name, img_size=size, num_classes=1000) for name in args.anchors)

@@ -40,7 +40,7 @@ def snnet():
 
 @pytest.fixture
 def drawn_figures(monkeypatch):
-    """The figures matplotlib draws in the test (``snnet_core.report``'s plots), kept open (``plt.close``
+    """The figures matplotlib draws in the test (``snnet_core.evaluation.report``'s plots), kept open (``plt.close``
     intercepted) for the test to read."""
     import matplotlib
 

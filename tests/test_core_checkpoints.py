@@ -10,8 +10,8 @@ import torch
 from safetensors.torch import save_file
 
 from snnet_core import build_anchor, load_snnet, read_state_dict, save_snnet
-from snnet_core.checkpoint import describe_load_error
-from snnet_core.file_claims import CheckpointClaimError
+from snnet_core.model.checkpoint import describe_load_error
+from snnet_core.io.file_claims import CheckpointClaimError
 from tests.conftest import TINY_FAST, tiny_snnet
 
 NAME = "deit3_small_patch16_224"

@@ -14,7 +14,7 @@ import torch
 
 from snnet_core import cli
 from snnet_core.cli import check_process_count, error_message, is_user_error, resolve_dist_url
-from snnet_core.safe_pickle import UnsafePickleError, load_safe_pickle
+from snnet_core.io.safe_pickle import UnsafePickleError, load_safe_pickle
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 HEAVY = ("torch", "timm", "fvcore", "detectron2", "matplotlib")

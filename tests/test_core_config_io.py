@@ -1,4 +1,4 @@
-"""snnet_core.config_io and both projects' config loading: a YAML config never runs code (crafted python tags,
+"""snnet_core.io.config_io and both projects' config loading: a YAML config never runs code (crafted python tags,
 ``_target_``s outside the config modules, alias bombs), detectron2's own dumps load the same, an unknown override
 key is refused with the closest keys, invalid values are all listed at once, remote checkpoints never reach the
 network, the other project's config is named as such."""
@@ -15,8 +15,8 @@ from omegaconf import OmegaConf
 
 from projects.snnet_dpt import train as dpt_train
 from projects.snnet_vitdet import train_net
-from snnet_core import config_io
-from snnet_core.config_io import (
+from snnet_core.io import config_io
+from snnet_core.io.config_io import (
     ConfigError, RemoteCheckpointError, apply_overrides, check_values, input_size_problem, integer,
     load_config_file, local_checkpoint, number,
 )
@@ -58,11 +58,11 @@ MALICIOUS = {
     "object": "train: !!python/object:subprocess.Popen {{args: ['touch', '{marker}']}}\n",
     "name": "train: {{x: !!python/name:os.system }}\n",
     "module": "train: !!python/module:os\n",
-    "through_import": "train: !!python/object/apply:snnet_core.anchors.os.system ['touch {marker}']\n",
+    "through_import": "train: !!python/object/apply:snnet_core.model.anchors.os.system ['touch {marker}']\n",
     "partial_of_system": ("train: {{f: !!python/object/apply:functools.partial [!!python/name:os.system , "
                           "'touch {marker}']}}\n"),
     "target": "model: {{_target_: os.system, command: 'touch {marker}'}}\n",
-    "target_writer": "model: {{_target_: snnet_core.run_dir.clear_run, paths: ['{marker}']}}\n",
+    "target_writer": "model: {{_target_: snnet_core.io.run_dir.clear_run, paths: ['{marker}']}}\n",
     "proposals": ("dataloader: {{test: {{dataset: {{_target_: detectron2.data.get_detection_dataset_dicts, "
                   "names: x, proposal_files: ['{marker}.pkl']}}}}}}\n"),
 }
@@ -265,7 +265,7 @@ def test_the_other_projects_config_is_named():
 
 def test_config_modules_do_not_reach_other_code():
     assert config_io.config_callable("functools.partial") is not None
-    for name in ("os.system", "builtins.eval", "snnet_core.anchors.os.system", "detectron2.config.LazyConfig.load",
-                 "snnet_core.atomic_io.write_atomic", "torch.load"):
+    for name in ("os.system", "builtins.eval", "snnet_core.model.anchors.os.system", "detectron2.config.LazyConfig.load",
+                 "snnet_core.io.atomic_io.write_atomic", "torch.load"):
         with pytest.raises(ValueError):
             config_io.config_callable(name)

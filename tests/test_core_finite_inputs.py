@@ -1,9 +1,9 @@
-"""Test images holding NaN/inf: left out of an evaluation and named in one warning (``snnet_core.finite_inputs``)."""
+"""Test images holding NaN/inf: left out of an evaluation and named in one warning (``snnet_core.evaluation.finite_inputs``)."""
 import logging
 
 import torch
 
-from snnet_core.finite_inputs import NonFiniteImages
+from snnet_core.evaluation.finite_inputs import NonFiniteImages
 
 
 def test_keep_drops_and_records_non_finite_images_of_a_batch_or_a_list():

@@ -7,7 +7,7 @@ import pytest
 import torch
 from scipy.stats import chisquare
 
-import snnet_core.flops as flops_module
+import snnet_core.model.flops as flops_module
 from snnet_core import (ResourceConstrainedSampler, StitchSpace, UniformSampler, best_under_budget,
                         build_anchor, build_flops_table, count_gflops, export_stitch, flops_bins,
                         pareto_frontier, StitchedViT)

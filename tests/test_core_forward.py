@@ -3,8 +3,8 @@ import pytest
 import torch
 
 from snnet_core import StitchedViT, build_anchor, export_stitch, tokens_to_map
-from snnet_core.route import embed_images
-from snnet_core.stitch_space import FAST, SLOW
+from snnet_core.model.route import embed_images
+from snnet_core.model.stitch_space import FAST, SLOW
 from tests.conftest import tiny_anchor, tiny_snnet
 
 

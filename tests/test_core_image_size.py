@@ -1,4 +1,4 @@
-"""Input images of the demos are bounded from their header, before decoding (``snnet_core.image_size``)."""
+"""Input images of the demos are bounded from their header, before decoding (``snnet_core.io.image_size``)."""
 import struct
 import warnings
 import zlib
@@ -6,7 +6,7 @@ import zlib
 import pytest
 from PIL import Image
 
-from snnet_core.image_size import MAX_IMAGE_PIXELS, ImageTooLargeError, check_image_pixels, header_size
+from snnet_core.io.image_size import MAX_IMAGE_PIXELS, ImageTooLargeError, check_image_pixels, header_size
 
 
 def png_header(path, width, height):

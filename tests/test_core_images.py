@@ -1,11 +1,11 @@
-"""The prediction scripts' inputs and outputs (``snnet_core.images``): image lists, and output names that never
+"""The prediction scripts' inputs and outputs (``snnet_core.io.images``): image lists, and output names that never
 replace an input, never collide within a run and never replace an earlier run's outputs unasked."""
 import logging
 import os
 
 import pytest
 
-from snnet_core.images import list_images, output_paths
+from snnet_core.io.images import list_images, output_paths
 
 
 def touch(path):
@@ -19,7 +19,7 @@ def test_images_of_one_name_get_numbered_outputs_and_a_log_line(tmp_path, caplog
     images = [touch(tmp_path / "a" / "x.jpg"), touch(tmp_path / "b" / "x.jpg"), touch(tmp_path / "b" / "X.png"),
               touch(tmp_path / "c" / "x_2.jpg")]
     out = str(tmp_path / "out")
-    with caplog.at_level(logging.WARNING, logger="snnet_core.images"):
+    with caplog.at_level(logging.WARNING, logger="snnet_core.io.images"):
         paths = output_paths(images, out, ("_depth.png", "_depth.npy"))
     names = [[os.path.relpath(p, out) for p in outputs] for outputs in paths]
     # the second x keeps clear of c/x_2.jpg's own name; X.png collides with x on a case-insensitive disk

@@ -9,7 +9,7 @@ import torch
 import torch.nn as nn
 
 from snnet_core import ExportedStitch, FlopsTable, StitchingLayer, evaluate_stitches
-from snnet_core.latency import (
+from snnet_core.evaluation.latency import (
     LATENCY_COLUMN,
     LATENCY_KEY,
     add_latency_column,
@@ -20,13 +20,13 @@ from snnet_core.latency import (
     time_stitches,
     write_latency_info,
 )
-from snnet_core.report import read_results
+from snnet_core.evaluation.report import read_results
 
 from .conftest import tiny_snnet
 
 
 class FakeClock:
-    """``time`` for ``snnet_core.latency`` that only ``sleep`` advances: timings exact however loaded the CPU."""
+    """``time`` for ``snnet_core.evaluation.latency`` that only ``sleep`` advances: timings exact however loaded the CPU."""
 
     def __init__(self):
         self.now = 0.0
@@ -58,7 +58,7 @@ class Counting(nn.Module):
 
 def test_warmup_and_runs_are_all_called_and_only_runs_are_timed(monkeypatch):
     clock = FakeClock()  # a wall-clock bound would fail on a loaded machine
-    monkeypatch.setattr("snnet_core.latency.time", clock)
+    monkeypatch.setattr("snnet_core.evaluation.latency.time", clock)
     model = Counting(sleeps=[0.1] * 3 + [0.004] * 5, sleep=clock.sleep)  # slow warm-up (e.g. CUDA kernels), 4 ms
     lat = measure_latency(model, torch.randn(2, 8), warmup=3, runs=5)
     assert model.calls == 3 + 5 and all(model.inference)

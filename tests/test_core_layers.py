@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from snnet_core import LeastSquaresAccumulator, StitchingLayer, ls_init_stitching_layers
-from snnet_core.ls_init import calibration_pairs, reconstruction_error
+from snnet_core.training.ls_init import calibration_pairs, reconstruction_error
 from tests.conftest import tiny_snnet
 
 

@@ -5,8 +5,8 @@ import pytest
 import torch
 
 from snnet_core import StitchedViT, build_anchor
-from snnet_core.prefix_trie import build_trie, classify_stitches, prefix_sharing_cost, run_stitches
-from snnet_core.route import embed_images
+from snnet_core.evaluation.prefix_trie import build_trie, classify_stitches, prefix_sharing_cost, run_stitches
+from snnet_core.model.route import embed_images
 from tests.conftest import tiny_snnet
 
 
@@ -90,7 +90,7 @@ def test_deit3_s_l_shared_prefix_backbone_cost_is_about_a_third():
 
 def test_stitch_groups_cut_the_trie_order():
     net = tiny_snnet().eval()
-    from snnet_core.prefix_trie import stitch_groups
+    from snnet_core.evaluation.prefix_trie import stitch_groups
 
     groups = stitch_groups(net, net.space.ids, 4)
     assert [len(g) for g in groups] == [4, 4, 4, 2]
@@ -102,9 +102,9 @@ def test_stitch_groups_cut_the_trie_order():
 
 
 def test_route_step_gflops_counts_each_kind_of_step_once(monkeypatch):
-    import snnet_core.prefix_trie as prefix_trie
+    import snnet_core.evaluation.prefix_trie as prefix_trie
     from snnet_core import count_gflops
-    from snnet_core.prefix_trie import route_step_gflops
+    from snnet_core.evaluation.prefix_trie import route_step_gflops
 
     net = tiny_snnet().eval()
     x = torch.zeros(1, 3, 48, 32)

@@ -6,7 +6,7 @@ import os
 import pytest
 
 from snnet_core import FlopsTable, StitchSpace, evaluate_stitches, pareto_frontier, select_stitches
-from snnet_core.report import evaluate_stitch_groups
+from snnet_core.evaluation.report import evaluate_stitch_groups
 
 SPACE = StitchSpace(4, 8)
 
@@ -123,7 +123,7 @@ def test_files_that_are_not_results_are_refused_unread_or_named(tmp_path, monkey
     """A file larger than a results file can be is refused before it is read (a crafted 100 MB file read into
     memory), and one nested too deeply or not text at all is 'not valid JSON', not a RecursionError or a codec
     error from inside the json module."""
-    import snnet_core.report as report
+    import snnet_core.evaluation.report as report
 
     big = tmp_path / "big.json"
     big.write_bytes(b" " * 1024)
@@ -152,7 +152,7 @@ def test_pareto_selection_reads_a_previous_report(tmp_path):
 
 
 def _write_many(args):
-    from snnet_core.atomic_io import write_json_atomic
+    from snnet_core.io.atomic_io import write_json_atomic
 
     path, rank = args
     for i in range(200):
@@ -173,7 +173,7 @@ def test_concurrent_atomic_writes_never_fail_or_tear(tmp_path):
 
 
 def test_failed_write_keeps_the_previous_file(tmp_path):
-    from snnet_core.atomic_io import write_atomic, write_json_atomic
+    from snnet_core.io.atomic_io import write_atomic, write_json_atomic
 
     path = str(tmp_path / "results.json")
     write_json_atomic(path, {"done": [1, 2]})
@@ -194,7 +194,7 @@ def test_atomic_writes_get_the_usual_file_mode(tmp_path, umask, mode):
     alone would leave them 0600)."""
     import stat
 
-    from snnet_core.atomic_io import write_json_atomic
+    from snnet_core.io.atomic_io import write_json_atomic
 
     previous = os.umask(umask)
     try:
@@ -205,7 +205,7 @@ def test_atomic_writes_get_the_usual_file_mode(tmp_path, umask, mode):
 
 
 def test_stale_temporaries_of_a_killed_write_are_found_and_removed(tmp_path):
-    from snnet_core.atomic_io import remove_stale_temporaries, temporaries_of, write_atomic
+    from snnet_core.io.atomic_io import remove_stale_temporaries, temporaries_of, write_atomic
 
     path = str(tmp_path / "checkpoint_last.pth")
     with pytest.raises(KeyboardInterrupt):  # stands for a kill between mkstemp and the rename...
@@ -232,7 +232,7 @@ def test_the_next_report_removes_temporaries_of_killed_report_writes(tmp_path):
 def _append_under_lock(args):
     import time
 
-    from snnet_core.atomic_io import file_lock, write_json_atomic
+    from snnet_core.io.atomic_io import file_lock, write_json_atomic
 
     path, value = args
     for _ in range(20):
@@ -469,7 +469,7 @@ def test_console_gets_one_line_per_stitch_then_the_frontier(tmp_path, caplog):
     caplog.set_level("INFO", logger="snnet_core")
     record = evaluate_stitch_groups(lambda ids: {s: fake_metric(s) for s in ids}, [[0, 5, 9], [1]], SPACE, table(),
                                     str(tmp_path), "acc", run_key="m1", progress=False)
-    lines = [r.getMessage() for r in caplog.records if r.name == "snnet_core.report"]
+    lines = [r.getMessage() for r in caplog.records if r.name == "snnet_core.evaluation.report"]
     per_stitch = [line for line in lines if line.startswith("stitch ")]
     assert len(per_stitch) == 4
     row = record["stitches"]["5"]
@@ -501,7 +501,7 @@ def test_each_log_line_reaches_the_console_once_while_the_progress_bar_runs(tmp_
     captured = capsys.readouterr()
     out = (captured.out + captured.err).splitlines()
     assert sum("stitch   5 SF " in line for line in out) == 1
-    assert sum(line.startswith("snnet_core.report: stitch ") for line in out) == 3
+    assert sum(line.startswith("snnet_core.evaluation.report: stitch ") for line in out) == 3
     assert sum("Pareto frontier on acc" in line for line in out) == 1
 
 
@@ -532,7 +532,7 @@ def test_the_plot_names_each_anchor_the_route_types_and_the_metric_with_its_dire
 
 
 def test_frontier_ids_too_close_to_read_are_thinned_out(tmp_path, drawn_figures):
-    from snnet_core.report import plot_metric_vs_gflops
+    from snnet_core.evaluation.report import plot_metric_vs_gflops
 
     rows = {sid: {"id": sid, "type": SPACE[sid].kind, "route": SPACE[sid].route, "gflops": gflops, "acc": acc}
             for sid, gflops, acc in [(0, 1.0, 50.0), (1, 10.0, 60.0), (4, 5.0, 55.0), (5, 5.001, 55.001)]}
@@ -543,7 +543,7 @@ def test_frontier_ids_too_close_to_read_are_thinned_out(tmp_path, drawn_figures)
 
 
 def test_the_plot_marks_and_names_the_selected_stitch_and_spells_out_another_metric(tmp_path, drawn_figures):
-    from snnet_core.report import plot_report
+    from snnet_core.evaluation.report import plot_report
 
     record = evaluate_stitches(depth_metrics, SPACE.ids, SPACE, table(), str(tmp_path), "a1", task="depth",
                                progress=False)
@@ -558,7 +558,7 @@ def test_the_plot_marks_and_names_the_selected_stitch_and_spells_out_another_met
 
 
 def test_metric_labels_of_both_projects_and_of_an_unknown_metric():
-    from snnet_core.metric_labels import known_direction, metric_label
+    from snnet_core.evaluation.metric_labels import known_direction, metric_label
 
     assert metric_label("a1") == "δ<1.25 accuracy (higher is better)"
     assert metric_label("abs_rel") == "absolute relative error (lower is better)"

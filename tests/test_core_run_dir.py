@@ -5,7 +5,7 @@ import os
 
 import pytest
 
-from snnet_core.run_dir import check_output_dir, clear_run, previous_run
+from snnet_core.io.run_dir import check_output_dir, clear_run, previous_run
 
 
 def make_run(out):
@@ -48,7 +48,7 @@ def test_overwrite_deletes_the_run_and_keeps_the_flops_cache(tmp_path):
 
 
 def test_last_checkpoint_names_only_a_checkpoint_of_its_directory(tmp_path):
-    from snnet_core.run_dir import last_checkpoint, tag_last_checkpoint
+    from snnet_core.io.run_dir import last_checkpoint, tag_last_checkpoint
 
     with pytest.raises(FileNotFoundError, match="holds no checkpoint"):
         last_checkpoint(str(tmp_path))
@@ -64,14 +64,14 @@ def test_last_checkpoint_names_only_a_checkpoint_of_its_directory(tmp_path):
 
 
 def test_checkpoint_names_are_detectron2s():
-    from snnet_core.run_dir import checkpoint_name
+    from snnet_core.io.run_dir import checkpoint_name
 
     assert checkpoint_name(7) == "model_0000007.pth" and checkpoint_name(1234567) == "model_1234567.pth"
     assert checkpoint_name(31, final=True) == "model_final.pth"
 
 
 def test_pruning_keeps_the_newest_periodic_checkpoints_of_the_directory_the_final_and_the_tagged_one(tmp_path):
-    from snnet_core.run_dir import prune_checkpoints, tag_last_checkpoint
+    from snnet_core.io.run_dir import prune_checkpoints, tag_last_checkpoint
 
     def names():
         return sorted(os.listdir(tmp_path))
@@ -95,7 +95,7 @@ def test_pruning_keeps_the_newest_periodic_checkpoints_of_the_directory_the_fina
 
 
 def test_eval_size_comes_from_the_command_line_then_the_checkpoint_then_the_config(caplog):
-    from snnet_core.run_dir import command_line_sets, eval_size_for_checkpoint
+    from snnet_core.io.run_dir import command_line_sets, eval_size_for_checkpoint
 
     caplog.set_level("INFO", logger="snnet_core")
     key = "snnet.flops_input_size"
@@ -115,7 +115,7 @@ def test_eval_size_comes_from_the_command_line_then_the_checkpoint_then_the_conf
 def test_file_sha256_is_the_digest_of_the_file_bytes(tmp_path):
     import hashlib
 
-    from snnet_core.atomic_io import file_sha256
+    from snnet_core.io.atomic_io import file_sha256
 
     data = os.urandom(3 << 20)  # more than one read block
     (tmp_path / "w.pth").write_bytes(data)
@@ -123,7 +123,7 @@ def test_file_sha256_is_the_digest_of_the_file_bytes(tmp_path):
 
 
 def test_temporaries_of_killed_checkpoint_tag_and_config_writes_are_removed_and_nothing_else(tmp_path):
-    from snnet_core.run_dir import remove_killed_writes
+    from snnet_core.io.run_dir import remove_killed_writes
 
     killed = ["model_0000007.pth.k1.tmp", "model_final.pth.k2.tmp", "last_checkpoint.k3.tmp", "config.yaml.k4.tmp",
               "run.lock.json.k7.tmp", "flops_cache/flops_ab12.json.k8.tmp", "stitch_5/model_final.pth.k9.tmp",
@@ -140,7 +140,7 @@ def test_temporaries_of_killed_checkpoint_tag_and_config_writes_are_removed_and_
 HOLD_RUN_DIR = """
 import sys, time
 sys.path.insert(0, {repo!r})
-from snnet_core.run_dir import lock_run_dir
+from snnet_core.io.run_dir import lock_run_dir
 with lock_run_dir({out!r}, evaluating={evaluating}):
     print("holding", flush=True)
     time.sleep(120)
@@ -160,7 +160,7 @@ def hold_in_child(out, evaluating=False):
 
 
 def test_a_second_training_run_is_refused_at_once_naming_the_first(tmp_path):
-    from snnet_core.run_dir import RunDirInUseError, lock_run_dir
+    from snnet_core.io.run_dir import RunDirInUseError, lock_run_dir
 
     out = tmp_path / "run"
     child = hold_in_child(out)
@@ -181,7 +181,7 @@ def test_a_second_training_run_is_refused_at_once_naming_the_first(tmp_path):
 
 
 def test_evaluations_share_the_directory_and_keep_a_training_run_out(tmp_path):
-    from snnet_core.run_dir import RunDirInUseError, lock_run_dir
+    from snnet_core.io.run_dir import RunDirInUseError, lock_run_dir
 
     out = tmp_path / "run"
     child = hold_in_child(out, evaluating=True)
@@ -201,7 +201,7 @@ def test_evaluations_share_the_directory_and_keep_a_training_run_out(tmp_path):
 
 
 def test_the_run_dir_lock_names_an_output_dir_that_is_a_file(tmp_path):
-    from snnet_core.run_dir import lock_run_dir
+    from snnet_core.io.run_dir import lock_run_dir
 
     (tmp_path / "out").write_text("x")
     with pytest.raises(NotADirectoryError, match=rf"train.output_dir: {tmp_path / 'out'} is a file, not a directory"):
@@ -210,7 +210,7 @@ def test_the_run_dir_lock_names_an_output_dir_that_is_a_file(tmp_path):
 
 
 def test_a_directory_the_lock_created_is_removed_when_the_run_wrote_nothing(tmp_path):
-    from snnet_core.run_dir import lock_run_dir
+    from snnet_core.io.run_dir import lock_run_dir
 
     with pytest.raises(ValueError):
         with lock_run_dir(str(tmp_path / "new")):

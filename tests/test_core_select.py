@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from snnet_core import FlopsTable, StitchSpace, evaluate_stitches
-from snnet_core.latency import LATENCY_COLUMN, latency_info, write_latency_info
+from snnet_core.evaluation.latency import LATENCY_COLUMN, latency_info, write_latency_info
 from snnet_core.select import SelectionError, best_stitch_in_report, main
 
 SPACE = StitchSpace(4, 8)

@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from snnet_core import StitchSpace, map_out_indices_to_fast
-from snnet_core.stitch_space import FAST, SLOW, paired_large_blocks
+from snnet_core.model.stitch_space import FAST, SLOW, paired_large_blocks
 
 
 @pytest.mark.parametrize(

@@ -6,7 +6,7 @@ import time
 import pytest
 
 from snnet_core import StitchSpace
-from snnet_core.train_log import route_loss_name, training_writers, trim_metrics_log
+from snnet_core.training.train_log import route_loss_name, training_writers, trim_metrics_log
 
 
 def test_every_route_type_and_each_anchor_gets_its_own_loss_curve():
@@ -54,7 +54,7 @@ def test_the_console_line_shows_the_loss_of_the_routes_drawn_since_the_previous_
 
     from detectron2.utils.events import EventStorage, JSONWriter
 
-    from snnet_core.train_log import RouteLossPrinter
+    from snnet_core.training.train_log import RouteLossPrinter
 
     lines = []
     handler = logging.Handler()

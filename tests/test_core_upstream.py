@@ -6,13 +6,13 @@ import torch
 import torch.nn.functional as F
 
 from snnet_core import StitchedViT, StitchSpace, load_snnet, save_snnet
-from snnet_core.upstream import (
+from snnet_core.model.upstream import (
     convert_upstream_state_dict,
     load_upstream_checkpoint,
     stitch_id_from_upstream,
     upstream_stitch_id,
 )
-from snnet_core.file_claims import CheckpointClaimError
+from snnet_core.io.file_claims import CheckpointClaimError
 from tests.conftest import TINY_FAST, TINY_SLOW, tiny_snnet
 from tests.test_core_checkpoints import deflate_bomb, torch_load_forbidden  # noqa: F401 (fixture)
 

@@ -17,7 +17,7 @@ from projects.snnet_dpt import train as train_cli
 from projects.snnet_dpt.training import load_checkpoint, read_checkpoint_header
 from projects.snnet_dpt.export import load_depth_model
 from projects.snnet_dpt.model import build_model
-from snnet_core.image_size import ImageTooLargeError
+from snnet_core.io.image_size import ImageTooLargeError
 from snnet_core.select import SelectionError, choose_stitch, read_report
 from tests.test_core_image_size import png_header
 

@@ -21,7 +21,7 @@ from projects.snnet_vitdet.evaluation import RESULTS_TASK, detector_flops_table
 from projects.snnet_vitdet.export import StitchViTDetBackbone, export_detector
 from snnet_core.select import resolve_export_selection
 from snnet_core import evaluate_stitches
-from snnet_core.image_size import ImageTooLargeError
+from snnet_core.io.image_size import ImageTooLargeError
 from snnet_core.select import SelectionError
 from tests.test_core_image_size import png_header
 

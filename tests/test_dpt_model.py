@@ -6,12 +6,12 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-import snnet_core.snnet
+import snnet_core.model.snnet
 from projects.snnet_dpt.export import load_exported_model, save_exported_stitch
 from projects.snnet_dpt.head import DPTHead
 from projects.snnet_dpt.model import ModelSpec, build_model, default_out_indices, depth_flops_table, head_gflops
 from snnet_core import build_flops_table, count_gflops
-from snnet_core.upstream import upstream_stitch_id
+from snnet_core.model.upstream import upstream_stitch_id
 
 TINY_SPEC = dict(
     pos_embed_size=(64, 80), lora_rank=2, features=32, post_process_channels=(16, 32, 64, 128),
@@ -301,7 +301,7 @@ def test_exported_stitch_loads_and_predicts_without_the_snnet(tiny_model, tmp_pa
     def no_snnet(*args, **kwargs):
         raise AssertionError("the SN-Net must not be built to load an exported stitch")
 
-    monkeypatch.setattr(snnet_core.snnet.StitchedViT, "__init__", no_snnet)
+    monkeypatch.setattr(snnet_core.model.snnet.StitchedViT, "__init__", no_snnet)
     snnet_params = sum(p.numel() for p in tiny_model.parameters())
     for sid in picks.values():
         exported = load_exported_model(str(tmp_path / f"stitch_{sid}.pth"))

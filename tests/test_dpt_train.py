@@ -33,7 +33,7 @@ from projects.snnet_dpt.nyu import build_nyu_split
 from projects.snnet_dpt.transforms import NYU_CROP, DepthDataset, TrainAugmentation
 from snnet_core import evaluate_stitches
 from snnet_core.select import SelectionError, choose_stitch, read_report
-from snnet_core.selection import pareto_frontier
+from snnet_core.evaluation.selection import pareto_frontier
 from tests.test_core_report import progress_bars  # noqa: F401 (fixture)
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -268,7 +268,7 @@ def test_test_images_holding_nan_are_left_out_of_the_metrics_and_named_once(data
     from torch.utils.data import DataLoader, Subset
 
     from snnet_core.distributed import DistContext
-    from snnet_core.finite_inputs import NonFiniteImages
+    from snnet_core.evaluation.finite_inputs import NonFiniteImages
 
     torch.manual_seed(0)
     model = build_model(train_cli.model_spec(train_cli.load_config(TINY, []))).eval()
@@ -844,7 +844,7 @@ def test_a_warm_flops_cache_trains_the_same_weights_as_a_cold_one(data_root, tmp
 
 
 def test_a_directory_in_use_is_refused_and_an_export_is_never_overwritten(data_root, trained, tmp_path):
-    from snnet_core.run_dir import RunDirInUseError
+    from snnet_core.io.run_dir import RunDirInUseError
     from tests.test_core_run_dir import hold_in_child
 
     out = tmp_path / "out"

@@ -15,8 +15,8 @@ import time
 import pytest
 
 from snnet_core import FlopsTable, StitchSpace, build_flops_table, evaluate_stitches, save_snnet
-from snnet_core.atomic_io import temporaries_of
-from snnet_core.report import RESULTS_FILE
+from snnet_core.io.atomic_io import temporaries_of
+from snnet_core.evaluation.report import RESULTS_FILE
 
 SPACE = StitchSpace(4, 8)  # 14 stitches
 SPAWN = mp.get_context("spawn")
@@ -100,8 +100,8 @@ def test_evaluator_killed_between_stitches_resumes_without_losing_or_redoing(tmp
 
 def evaluator_with_slow_results_writes(output_dir: str) -> None:
     """An evaluator whose results writes take seconds after their first bytes: a kill lands inside one."""
-    import snnet_core.report as report
-    from snnet_core.atomic_io import write_atomic
+    import snnet_core.evaluation.report as report
+    from snnet_core.io.atomic_io import write_atomic
 
     def slow_write(path, data):
         def write(f):
@@ -183,7 +183,7 @@ def test_a_full_disk_keeps_every_previous_file_and_says_what_failed(tmp_path):
 
 
 def test_a_directory_or_a_file_in_the_way_is_named_not_blamed_on_the_disk(tmp_path):
-    from snnet_core.atomic_io import AtomicWriteError, file_lock, write_json_atomic
+    from snnet_core.io.atomic_io import AtomicWriteError, file_lock, write_json_atomic
 
     (tmp_path / "report").mkdir()
     with pytest.raises(AtomicWriteError, match=rf"{tmp_path / 'report'} is a directory, not a file: move it away"):

@@ -14,7 +14,7 @@ import torch
 
 import projects.snnet_dpt.train as train_cli
 import projects.snnet_dpt.training as training
-from snnet_core.atomic_io import temporaries_of
+from snnet_core.io.atomic_io import temporaries_of
 from tests import test_dpt_train
 from tests.test_dpt_train import NUM_STITCHES, REPORT, cli_args, read_metrics, training_history
 

@@ -18,8 +18,8 @@ import torch
 from detectron2.config import instantiate
 
 from projects.snnet_vitdet.training import StrictDetectionCheckpointer
-from snnet_core.file_claims import CheckpointClaimError
-from snnet_core.safe_pickle import UnsafePickleError, load_safe_pickle
+from snnet_core.io.file_claims import CheckpointClaimError
+from snnet_core.io.safe_pickle import UnsafePickleError, load_safe_pickle
 from tests.test_core_checkpoints import deflate_bomb, torch_load_forbidden  # noqa: F401 (fixture)
 from tests.test_faults_dpt import tensorboard_scalars
 from tests.test_vitdet_train import REPO, TINY, run_main, synthetic, tiny_cfg, tiny_opts  # noqa: F401 (fixture)

@@ -20,9 +20,9 @@ from projects.snnet_vitdet import evaluation as vitdet_evaluation
 from projects.snnet_vitdet import train_net
 from projects.snnet_vitdet.evaluation import deployed_detector
 from snnet_core import export_stitch, select
-from snnet_core.latency import LATENCY_COLUMN, LATENCY_KEY, device_name
-from snnet_core.latency_options import add_latency_arguments, latency_options
-from snnet_core.report import LATENCY_PLOT, RESULTS_FILE
+from snnet_core.evaluation.latency import LATENCY_COLUMN, LATENCY_KEY, device_name
+from snnet_core.evaluation.latency_options import add_latency_arguments, latency_options
+from snnet_core.evaluation.report import LATENCY_PLOT, RESULTS_FILE
 from tests.test_dpt_train import REPORT as DEPTH_REPORT
 from tests.test_dpt_train import cli_args as depth_cli_args
 

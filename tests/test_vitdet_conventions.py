@@ -15,7 +15,7 @@ from detectron2.config import instantiate
 
 from projects.snnet_vitdet import data, train_net
 from projects.snnet_vitdet.training import StrictDetectionCheckpointer
-from snnet_core.train_log import route_loss_name
+from snnet_core.training.train_log import route_loss_name
 from tests.test_vitdet_train import REPO, TINY, run_main, synthetic, tiny_cfg, tiny_opts  # noqa: F401 (fixture)
 
 COCO_TABLE_LINES = ("Average Precision", "copypaste", "Evaluation results for bbox", "Per-category segm AP",
@@ -64,7 +64,7 @@ def test_eval_console_has_a_line_per_stitch_and_log_txt_everything(synthetic, tm
     with open(out / "log.txt") as f:
         log = f.read()
 
-    per_stitch = re.findall(r"snnet_core.report\]: stitch +(\d+) ", console)
+    per_stitch = re.findall(r"snnet_core.evaluation.report\]: stitch +(\d+) ", console)
     assert sorted(map(int, per_stitch)) == sorted(stitches)  # one line per stitch
     assert "Pareto frontier on bbox_AP" in console and "per-stitch report of 3 stitches" in console
     assert f"evaluating {out / 'model_final.pth'}, the checkpoint {out / 'last_checkpoint'} names" in console
@@ -98,7 +98,7 @@ def test_eval_input_size_comes_from_the_checkpoint_unless_the_command_line_sets_
 
     def evaluate(weights, *extra):
         report = str(tmp_path / f"report_{next(runs)}")
-        with Records("snnet_core.run_dir") as messages:  # snnet_core.run_dir.eval_size_for_checkpoint
+        with Records("snnet_core.io.run_dir") as messages:  # snnet_core.io.run_dir.eval_size_for_checkpoint
             record = run_main("--eval-only", "--stitch", "0", "--report-dir", report,
                               *tiny_opts(synthetic, str(tmp_path), f"train.init_checkpoint={weights}", *extra))
         return record["run_key"].rsplit("|", 1)[1], messages

@@ -179,7 +179,7 @@ def test_cached_flops_table_start_traces_nothing(setup, tmp_path, monkeypatch):
         raise AssertionError("a cached start traced the model")
 
     monkeypatch.setattr(evaluation, "count_gflops", no_tracing)
-    monkeypatch.setattr("snnet_core.flops.flop_counter", no_tracing)
+    monkeypatch.setattr("snnet_core.model.flops.flop_counter", no_tracing)
     second = detector_flops_table(model, (128, 128), cache)
     assert second.to_json() == first.to_json()
     model.roi_heads.box_predictor.test_topk_per_image = 10  # another head: its cost is counted again

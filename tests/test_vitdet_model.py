@@ -25,7 +25,7 @@ from projects.snnet_vitdet.backbone import (
 )
 from projects.snnet_vitdet.lr_decay import get_snnet_lr_decay_rate
 from snnet_core import build_anchor
-from snnet_core.route import embed_images
+from snnet_core.model.route import embed_images
 
 CONFIGS = os.path.join(os.path.dirname(__file__), "..", "projects", "snnet_vitdet", "configs")
 COCO_CONFIGS = ["mask_rcnn_vitdet_deit3_s_100ep", "mask_rcnn_vitdet_deit3_l_100ep", "mask_rcnn_snnetv2_deit3_s_l_100ep"]

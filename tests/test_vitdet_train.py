@@ -359,7 +359,7 @@ def test_training_over_an_existing_run_is_refused_and_leaves_it_untouched(synthe
 
 
 def test_a_directory_a_training_run_holds_is_refused_naming_it(synthetic, tmp_path):
-    from snnet_core.run_dir import RunDirInUseError
+    from snnet_core.io.run_dir import RunDirInUseError
     from tests.test_core_run_dir import hold_in_child
 
     child = hold_in_child(tmp_path / "run")

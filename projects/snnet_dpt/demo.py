@@ -23,7 +23,7 @@ down, aspect kept, to at most the pixels of the ``dataloader.eval_size`` the tra
 size; each scaled image is named in one log line), normalised as in training (mean = std = 127.5); the prediction
 (with the flip average of the evaluation unless ``--no-flip``) is resized back to the image's size (bilinear), so
 the ``.npy`` is at the image's size and the PNG preview at most ``PREVIEW_SIDE`` pixels a side. An image of more
-than ``snnet_core.image_size.MAX_IMAGE_PIXELS`` (50 MP) is refused from its header, before it is decoded.
+than ``snnet_core.io.image_size.MAX_IMAGE_PIXELS`` (50 MP) is refused from its header, before it is decoded.
 ``--weights`` is a training checkpoint (``<train.output_dir>/model_final.pth``; ``--stitch`` picks the stitch,
 default the large anchor; ``--max-gflops G`` with ``--report`` the stitch with the best primary metric within G
 GFLOPs, as ``python -m snnet_core.select REPORT --max-gflops G`` chooses it) or a stitch exported by ``train.py --export-stitch ID``
@@ -54,11 +54,11 @@ from projects.snnet_dpt.export import load_depth_model
 from projects.snnet_dpt.model import DPTDepthModel
 from projects.snnet_dpt.transforms import PIXEL_MEAN, PIXEL_STD
 from snnet_core import StitchedViT
-from snnet_core.atomic_io import write_atomic
-from snnet_core.config_io import local_checkpoint
+from snnet_core.io.atomic_io import write_atomic
+from snnet_core.io.config_io import local_checkpoint
 from snnet_core.cli import add_debug_argument, run_command
-from snnet_core.image_size import check_image_pixels
-from snnet_core.images import list_images, output_paths
+from snnet_core.io.image_size import check_image_pixels
+from snnet_core.io.images import list_images, output_paths
 from snnet_core.select import best_stitch_in_report
 
 logger = logging.getLogger("projects.snnet_dpt.demo")
@@ -172,7 +172,7 @@ def run(weights: str, inputs: Sequence[str], output_dir: str, stitch_id: Optiona
         size: Optional[Sequence[int]] = None, flip: bool = True, device: str = "cpu",
         max_gflops: Optional[float] = None, report: Optional[str] = None, overwrite: bool = False) -> List[str]:
     """Predict every image of ``inputs``; returns the paths written (PNG and ``.npy`` per image, named by
-    ``snnet_core.images.output_paths``: outputs of an earlier run are replaced only with ``overwrite``)."""
+    ``snnet_core.io.images.output_paths``: outputs of an earlier run are replaced only with ``overwrite``)."""
     if stitch_id is not None and max_gflops is not None:
         raise ValueError("give --stitch or --max-gflops, not both")
     images = list_images(inputs)  # bad paths fail before the model is loaded

@@ -11,12 +11,12 @@ from torch.utils.data import Subset
 
 from snnet_core import FlopsTable, evaluate_stitches
 from snnet_core.distributed import DistContext, broadcast_object, gather_objects
-from snnet_core.finite_inputs import NonFiniteImages
-from snnet_core.latency import LATENCY_COLUMN, add_latency_column, takes_latency_column, time_stitches
-from snnet_core.latency_options import LatencyOptions
-from snnet_core.prefix_trie import stitch_groups
+from snnet_core.evaluation.finite_inputs import NonFiniteImages
+from snnet_core.evaluation.latency import LATENCY_COLUMN, add_latency_column, takes_latency_column, time_stitches
+from snnet_core.evaluation.latency_options import LatencyOptions
+from snnet_core.evaluation.prefix_trie import stitch_groups
 from snnet_core.progress import advance, loader_images
-from snnet_core.report import RESULTS_FILE, evaluate_stitch_groups, load_results
+from snnet_core.evaluation.report import RESULTS_FILE, evaluate_stitch_groups, load_results
 
 from .metrics import HIGHER_IS_BETTER, DepthMetricAccumulator
 from .model import DPTDepthModel
@@ -149,7 +149,7 @@ def untimed_key(run_key: str) -> str:
 def report_conflict(output_dir: str, run_key: str) -> Optional[str]:
     """Why the per-stitch results in ``output_dir`` cannot take rows of the evaluation ``run_key`` (they are of
     another model or setting: the parts of the two keys that differ), or None if they can (also where a timed
-    evaluation adds the latency column to its untimed report: ``snnet_core.latency.add_latency_column``)."""
+    evaluation adds the latency column to its untimed report: ``snnet_core.evaluation.latency.add_latency_column``)."""
     record = load_results(output_dir)
     if not record or record.get("run_key") == run_key:
         return None
@@ -188,7 +188,7 @@ def evaluate_stitch_report(
       exactly as one process alone computes it, and an interruption loses at most one round (one group per rank).
 
     Rank 0's progress bar counts test images x stitches and moves per batch. Test images holding NaN/inf are left
-    out of every stitch's metrics and named in one warning per process (``snnet_core.finite_inputs``).
+    out of every stitch's metrics and named in one warning per process (``snnet_core.evaluation.finite_inputs``).
 
     With ``latency``, rank 0 times every stitch as deployed (``time_depth_stitches``) once its metrics are in, into
     the ``latency_ms`` column; ``run_key`` should name the latency settings. A report of this evaluation without

@@ -2,7 +2,7 @@
 and ``load_depth_model``, the one call from any depth checkpoint (SN-Net or exported stitch) to a model.
 
 The file of an exported stitch (``weights_only``-safe) holds the ``ModelSpec``, a recipe of the stitch's route
-(``snnet_core.checkpoint.route_recipe``: its layer names, dense-feature taps and first/last anchor) and the weights
+(``snnet_core.model.checkpoint.route_recipe``: its layer names, dense-feature taps and first/last anchor) and the weights
 of the exported model. ``load_exported_model`` rebuilds exactly the deployed modules: the anchors are built on the
 meta device (no memory), the route's blocks copied out of them and materialised, the stitching layers as plain
 ``nn.Linear``; the SN-Net (both anchors' 36 blocks and 23 stitching layers for DeiT3-S/L) is never built.
@@ -15,13 +15,13 @@ from typing import Any, Dict, Optional
 import torch
 
 from snnet_core import ExportedStitch, StitchedViT, export_stitch
-from snnet_core.atomic_io import write_atomic
-from snnet_core.checkpoint import FORMAT as SNNET_FORMAT
-from snnet_core.checkpoint import (
+from snnet_core.io.atomic_io import write_atomic
+from snnet_core.model.checkpoint import FORMAT as SNNET_FORMAT
+from snnet_core.model.checkpoint import (
     describe_load_error, load_snnet_state, materialize, plan_from_recipe, read_tagged_checkpoint, recipe_anchors,
     route_recipe,
 )
-from snnet_core.file_claims import check_checkpoint_claims, check_checkpoint_path
+from snnet_core.io.file_claims import check_checkpoint_claims, check_checkpoint_path
 
 from .model import DPTDepthModel, ModelSpec, build_model
 

@@ -14,7 +14,7 @@ import torch.nn as nn
 from timm.models.vision_transformer import VisionTransformer
 
 from snnet_core import FlopsTable, StitchedViT, build_anchor, build_flops_table, count_gflops, run_stitches
-from snnet_core.anchors import use_upstream_layer_math
+from snnet_core.model.anchors import use_upstream_layer_math
 
 from .head import DEFAULT_POST_PROCESS_CHANNELS, DPTHead
 

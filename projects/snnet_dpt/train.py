@@ -11,7 +11,7 @@ The recipe is a detectron2 LazyConfig file (default: the paper's, ``configs/dpt_
     python projects/snnet_dpt/train.py --config-file projects/snnet_dpt/configs/synthetic/dpt_snnetv2_tiny.py
     python projects/snnet_dpt/train.py --config-file ... --eval-only --stitch all --export-stitch best:0.3
 
-A training run writes into ``train.output_dir`` (``snnet_core.run_dir`` describes the layout): ``config.yaml``,
+A training run writes into ``train.output_dir`` (``snnet_core.io.run_dir`` describes the layout): ``config.yaml``,
 ``log.txt`` (detectron2's logger: the console lines and more), ``metrics.json`` and a TensorBoard event file
 (``total_loss``, one ``route_loss/<route type or anchor>`` curve each, ``lr``, per epoch ``epoch/mean_silog``),
 ``model_<iteration>.pth`` after each epoch (the newest ``train.max_to_keep``), ``model_final.pth`` and
@@ -68,8 +68,8 @@ from projects.snnet_dpt.training import (
 )
 from projects.snnet_dpt.transforms import DepthDataset
 from snnet_core import load_results, select_stitches
-from snnet_core.atomic_io import file_sha256, write_atomic
-from snnet_core.config_io import (
+from snnet_core.io.atomic_io import file_sha256, write_atomic
+from snnet_core.io.config_io import (
     Check, apply_overrides, check_config_kind, check_values, input_size_problem, integer, load_config_file,
     local_checkpoint, lookup, number, one_of, pair,
 )
@@ -77,10 +77,10 @@ from snnet_core.cli import launch_command, run_command, use_launch_defaults
 from snnet_core.distributed import (
     DistContext, barrier, broadcast_object, destroy_process_groups, init_distributed,
 )
-from snnet_core.latency import write_latency_info
-from snnet_core.latency_options import LatencyOptions, add_latency_arguments, latency_options
-from snnet_core.report import RESULTS_FILE
-from snnet_core.run_dir import (
+from snnet_core.evaluation.latency import write_latency_info
+from snnet_core.evaluation.latency_options import LatencyOptions, add_latency_arguments, latency_options
+from snnet_core.evaluation.report import RESULTS_FILE
+from snnet_core.io.run_dir import (
     LAST_CHECKPOINT, check_export_targets, check_output_dir, clear_run, command_line_sets, eval_size_for_checkpoint,
     export_dir, last_checkpoint, lock_run_dir, remove_killed_writes,
 )
@@ -139,7 +139,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
 
 
 def load_config(path: str, overrides: Sequence[str]) -> Dict[str, Any]:
-    """The config file (``snnet_core.config_io.load_config_file``: a YAML file is read as data) with ``key=value``
+    """The config file (``snnet_core.io.config_io.load_config_file``: a YAML file is read as data) with ``key=value``
     overrides applied, as plain Python containers. A detection config, or an override of a key the file does
     not hold (named with the closest keys), is an error."""
     cfg = load_config_file(path)

@@ -7,7 +7,7 @@ and sampler state (``model_<iteration>.pth``, ``model_final.pth`` after the last
 (``DistributedSampler``), each frame's augmentation (``DepthDataset``), the stitch of each iteration (the
 engine's sampler) and torch's generator (re-seeded every epoch, for stochastic depth), so a run resumed
 from epoch ``e`` trains exactly as the uninterrupted run from epoch ``e`` on. Its ``metrics.json`` is first cut
-back to the checkpoint and TensorBoard's later events are purged (``snnet_core.train_log.training_writers``), and
+back to the checkpoint and TensorBoard's later events are purged (``snnet_core.training.train_log.training_writers``), and
 every scalar is logged unsmoothed, so the resumed log holds what the uninterrupted run logged: one history.
 """
 from __future__ import annotations
@@ -28,12 +28,12 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
 
 from snnet_core import FlopsTable, ResourceConstrainedSampler, load_snnet, ls_init_stitching_layers, save_snnet
-from snnet_core.checkpoint import describe_load_error
+from snnet_core.model.checkpoint import describe_load_error
 from snnet_core.distributed import DistContext, barrier
-from snnet_core.file_claims import check_checkpoint_claims, check_checkpoint_path, state_bytes
-from snnet_core.run_dir import checkpoint_name, prune_checkpoints, tag_last_checkpoint
-from snnet_core.stitch_space import Stitch
-from snnet_core.train_log import route_loss_name, training_writers
+from snnet_core.io.file_claims import check_checkpoint_claims, check_checkpoint_path, state_bytes
+from snnet_core.io.run_dir import checkpoint_name, prune_checkpoints, tag_last_checkpoint
+from snnet_core.model.stitch_space import Stitch
+from snnet_core.training.train_log import route_loss_name, training_writers
 
 from .loss import SILogLoss
 from .model import DPTDepthModel, ModelSpec

@@ -19,7 +19,7 @@ from detectron2.modeling.backbone.utils import get_rel_pos, window_partition, wi
 from timm.models.vision_transformer import VisionTransformer
 
 from snnet_core import Stitch, StitchedViT, StitchSpace
-from snnet_core.route import embed_images, tokens_to_map
+from snnet_core.model.route import embed_images, tokens_to_map
 
 __all__ = ["TokenGrid", "ViTDetAttention", "global_block_indexes", "prepare_vitdet",
            "ViTDetBackbone", "StitchedViTDetBackbone"]

@@ -26,7 +26,7 @@ from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 from tqdm.contrib.logging import logging_redirect_tqdm
 
-from snnet_core.report import console_loggers, is_console_handler
+from snnet_core.evaluation.report import console_loggers, is_console_handler
 
 logger = logging.getLogger(__name__)
 
@@ -127,7 +127,7 @@ def stitch_evaluation_output() -> Iterator[None]:
     above a progress bar (``tqdm.write``).
 
     Enter it around each stitch's (or group's) evaluation, inside the engine's loop: the loop's own console
-    lines (``snnet_core.report``) are logged between the blocks. Nested in the engine's
+    lines (``snnet_core.evaluation.report``) are logged between the blocks. Nested in the engine's
     ``logging_redirect_tqdm``, it must not replace ``sys.stdout`` before that is entered (tqdm recognises the
     console handlers by their stream being ``sys.stdout``).
     """

@@ -17,7 +17,7 @@ expensive stitch within G GFLOPs of the FLOPs table at ``snnet.flops_input_size`
 detectron2 reads them and resized by the config's test-time augmentation (``dataloader.test.mapper``); an image
 larger than what that resize gives (e.g. a 4000x3000 photo for COCO's 1024 pixels) is predicted and drawn at that
 size, the model's input size, and named in one log line; a smaller one at its own size. An image of more than
-``snnet_core.image_size.MAX_IMAGE_PIXELS`` (50 MP) is refused from its header, before it is decoded.
+``snnet_core.io.image_size.MAX_IMAGE_PIXELS`` (50 MP) is refused from its header, before it is decoded.
 
 Images of the same ``NAME`` (``a/x.jpg``, ``b/x.png``) get ``NAME_2``, ... (logged); a drawing that would replace
 an input image is refused, and so are drawings of an earlier run unless ``--overwrite`` replaces them.
@@ -54,13 +54,13 @@ from projects.snnet_vitdet.evaluation import RESULTS_TASK, detector_flops_table
 from projects.snnet_vitdet.export import StitchViTDetBackbone
 from projects.snnet_vitdet.training import StrictDetectionCheckpointer, stitched_backbone
 from snnet_core import best_under_budget
-from snnet_core.atomic_io import write_atomic
+from snnet_core.io.atomic_io import write_atomic
 from snnet_core.cli import add_debug_argument, run_command
-from snnet_core.config_io import apply_overrides, check_config_kind, load_config_file, local_checkpoint
+from snnet_core.io.config_io import apply_overrides, check_config_kind, load_config_file, local_checkpoint
 from snnet_core.console import run_logging
-from snnet_core.file_claims import check_checkpoint_path
-from snnet_core.image_size import check_image_pixels
-from snnet_core.images import list_images, output_paths
+from snnet_core.io.file_claims import check_checkpoint_path
+from snnet_core.io.image_size import check_image_pixels
+from snnet_core.io.images import list_images, output_paths
 from snnet_core.select import best_stitch_in_report
 
 logger = logging.getLogger("projects.snnet_vitdet.demo")
@@ -167,7 +167,7 @@ def run(config_file: str, inputs: Sequence[str], output_dir: str, weights: Optio
         confidence_threshold: float = 0.5, device: str = "cpu", opts: Sequence[str] = (), overwrite: bool = False
         ) -> List[str]:
     """Draw the detections of every image of ``inputs`` into ``output_dir``; returns the paths written (named by
-    ``snnet_core.images.output_paths``: outputs of an earlier run are replaced only with ``overwrite``)."""
+    ``snnet_core.io.images.output_paths``: outputs of an earlier run are replaced only with ``overwrite``)."""
     if stitch is not None and max_gflops is not None:
         raise ValueError("give --stitch or --max-gflops, not both")
     images = list_images(inputs)

@@ -37,14 +37,14 @@ from snnet_core import (
     load_results,
     pareto_frontier,
 )
-from snnet_core.atomic_io import file_lock, write_json_atomic
+from snnet_core.io.atomic_io import file_lock, write_json_atomic
 from snnet_core.distributed import run_on_main
-from snnet_core.finite_inputs import NonFiniteImages
-from snnet_core.latency import LATENCY_COLUMN, add_latency_column, time_stitches
-from snnet_core.latency_options import LatencyOptions
-from snnet_core.prefix_trie import stitch_groups
+from snnet_core.evaluation.finite_inputs import NonFiniteImages
+from snnet_core.evaluation.latency import LATENCY_COLUMN, add_latency_column, time_stitches
+from snnet_core.evaluation.latency_options import LatencyOptions
+from snnet_core.evaluation.prefix_trie import stitch_groups
 from snnet_core.progress import AdvancingLoader, advance, loader_images
-from snnet_core.report import RESULTS_FILE, evaluate_stitch_groups, plot_metric_vs_gflops, remove_report_temporaries
+from snnet_core.evaluation.report import RESULTS_FILE, evaluate_stitch_groups, plot_metric_vs_gflops, remove_report_temporaries
 
 from .backbone import StitchedViTDetBackbone
 from .console import stitch_evaluation_output
@@ -385,7 +385,7 @@ def stitch_report(
             group's evaluation) into the ``latency_ms`` column. ``model`` must then be a ``GeneralizedRCNN``
             with a ``StitchedViTDetBackbone``, and ``run_key`` should end with ``latency.run_key()``. A report of
             this evaluation without latency (``run_key`` without that ending) gets the column first: its stitches
-            are timed, not evaluated again (``snnet_core.latency.add_latency_column``).
+            are timed, not evaluated again (``snnet_core.evaluation.latency.add_latency_column``).
 
     Returns the results record on the main process, ``{}`` elsewhere.
     """

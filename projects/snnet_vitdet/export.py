@@ -9,7 +9,7 @@
   replaced), ``dataloader`` / ``datasets`` / ``train`` of the SN-Net's config with ``train.init_checkpoint``
   pointing at the weights. It loads without the SN-Net::
 
-      cfg = load_config_file("output/x/stitch_5/config.yaml")  # snnet_core.config_io: read as data
+      cfg = load_config_file("output/x/stitch_5/config.yaml")  # snnet_core.io.config_io: read as data
       model = instantiate(cfg.model).eval()
       DetectionCheckpointer(model).load(cfg.train.init_checkpoint)
 
@@ -33,10 +33,10 @@ from detectron2.modeling import Backbone, ShapeSpec
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from snnet_core import ExportedStitch, build_anchor, export_stitch
-from snnet_core.anchors import anchor_build
-from snnet_core.atomic_io import write_atomic
-from snnet_core.config_io import load_config_file
-from snnet_core.checkpoint import materialize, plan_from_recipe, recipe_anchors, route_recipe
+from snnet_core.model.anchors import anchor_build
+from snnet_core.io.atomic_io import write_atomic
+from snnet_core.io.config_io import load_config_file
+from snnet_core.model.checkpoint import materialize, plan_from_recipe, recipe_anchors, route_recipe
 
 from .backbone import StitchedViTDetBackbone, prepare_vitdet
 from .training import stitched_backbone
@@ -53,10 +53,10 @@ class StitchViTDetBackbone(Backbone):
     """One stitch of a ``StitchedViTDetBackbone``, alone: same ``output_shape()`` and outputs for that stitch.
 
     Args:
-        anchors: ``build_anchor`` keyword arguments of the (fast, slow) anchors (``snnet_core.anchors.anchor_build``
+        anchors: ``build_anchor`` keyword arguments of the (fast, slow) anchors (``snnet_core.model.anchors.anchor_build``
             of the SN-Net's anchors); only the anchors the route uses are built, on the meta device (no memory),
             and only the route's blocks are kept.
-        stitch: ``snnet_core.checkpoint.route_recipe`` of the stitch (blocks, stitching layers, taps).
+        stitch: ``snnet_core.model.checkpoint.route_recipe`` of the stitch (blocks, stitching layers, taps).
         window_size, num_global, use_rel_pos, img_size, out_feature: the ViTDet settings of the SN-Net's
             backbone (``StitchedViTDetBackbone``'s arguments), so every block keeps its attention pattern.
 

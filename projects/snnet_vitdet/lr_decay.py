@@ -16,7 +16,7 @@ import re
 from typing import Sequence, Tuple
 
 from snnet_core import FAST, SLOW
-from snnet_core.stitch_space import paired_large_blocks
+from snnet_core.model.stitch_space import paired_large_blocks
 
 _ANCHOR = re.compile(r"\.snnet\.anchors\.(\d+)\.(.+)$")
 _STITCH = re.compile(r"\.snnet\.stitch_(s2l|l2s)\.(\d+)\.")

@@ -2,7 +2,7 @@
 """SN-Netv2 ViTDet (Mask R-CNN) training and COCO per-stitch evaluation, detectron2 LazyConfig style.
 
 Training (LS init of the stitching layers before the first iteration, a ROS-sampled stitch per iteration) into
-``train.output_dir`` (the layout of ``snnet_core.run_dir``; a run already there is continued with ``--resume`` or
+``train.output_dir`` (the layout of ``snnet_core.io.run_dir``; a run already there is continued with ``--resume`` or
 replaced with ``--overwrite``)::
 
     python projects/snnet_vitdet/train_net.py --num-gpus 8 \\
@@ -83,22 +83,22 @@ from projects.snnet_vitdet.training import (
     unwrap,
 )
 from snnet_core import FlopsTable, ResourceConstrainedSampler, load_results, select_stitches
-from snnet_core.atomic_io import file_sha256
+from snnet_core.io.atomic_io import file_sha256
 from snnet_core.cli import launch_command, run_command, use_launch_defaults
-from snnet_core.config_io import (
+from snnet_core.io.config_io import (
     Check, apply_overrides, check_config_kind, check_values, input_size_problem, integer, load_config_file,
     local_checkpoint, number, one_of, pair,
 )
 from snnet_core.distributed import destroy_process_groups, run_on_main
-from snnet_core.file_claims import check_checkpoint_path
-from snnet_core.latency import write_latency_info
-from snnet_core.latency_options import add_latency_arguments, latency_options
-from snnet_core.run_dir import (
+from snnet_core.io.file_claims import check_checkpoint_path
+from snnet_core.evaluation.latency import write_latency_info
+from snnet_core.evaluation.latency_options import add_latency_arguments, latency_options
+from snnet_core.io.run_dir import (
     check_export_targets, check_output_dir, clear_run, command_line_sets, eval_size_for_checkpoint, last_checkpoint,
     lock_run_dir, remove_killed_writes,
 )
 from snnet_core.select import export_reads_report, plot_exported_stitch, resolve_export_selection
-from snnet_core.train_log import training_writers
+from snnet_core.training.train_log import training_writers
 
 logger = logging.getLogger("projects.snnet_vitdet.train_net")
 
@@ -431,7 +431,7 @@ def check_config(cfg, training: bool, source: str) -> None:
 
 
 def load_config(args):
-    """The config file (``snnet_core.config_io.load_config_file``: a YAML file is read as data) with the command
+    """The config file (``snnet_core.io.config_io.load_config_file``: a YAML file is read as data) with the command
     line's ``key=value`` overrides (a key the config does not hold is refused, the closest keys named), checked
     (``check_config``); a depth config is named as such."""
     cfg = load_config_file(args.config_file)
@@ -452,7 +452,7 @@ def setup(cfg, args) -> None:
 
 def main(args) -> Optional[Dict]:
     """Train (or ``--eval-only``: evaluate and export) as ``args`` say, holding ``train.output_dir`` (rank 0,
-    ``snnet_core.run_dir.lock_run_dir``) from the moment the config is read to the end."""
+    ``snnet_core.io.run_dir.lock_run_dir``) from the moment the config is read to the end."""
     with contextlib.ExitStack() as held:
         return run(args, held.enter_context)
 

@@ -16,11 +16,11 @@ from detectron2.modeling import GeneralizedRCNN
 from detectron2.utils import comm
 
 from snnet_core import ResourceConstrainedSampler, ls_init_stitching_layers
-from snnet_core.atomic_io import write_atomic, write_json_atomic
-from snnet_core.file_claims import check_checkpoint_claims, check_key_count, state_bytes
-from snnet_core.run_dir import LAST_CHECKPOINT, checkpoint_name, last_checkpoint, prune_checkpoints, tag_last_checkpoint
-from snnet_core.safe_pickle import load_safe_pickle
-from snnet_core.train_log import route_loss_name
+from snnet_core.io.atomic_io import write_atomic, write_json_atomic
+from snnet_core.io.file_claims import check_checkpoint_claims, check_key_count, state_bytes
+from snnet_core.io.run_dir import LAST_CHECKPOINT, checkpoint_name, last_checkpoint, prune_checkpoints, tag_last_checkpoint
+from snnet_core.io.safe_pickle import load_safe_pickle
+from snnet_core.training.train_log import route_loss_name
 
 from .backbone import StitchedViTDetBackbone
 from .data import seed_rngs
@@ -47,14 +47,14 @@ class StrictDetectionCheckpointer(DetectionCheckpointer):
       model; here any of them is an error naming the first offenders (e.g. an SN-Net checkpoint of another
       anchor pair, a baseline's checkpoint for the stitched model, a 12-block model for a 24-block one).
     - ``.pth`` files are read with ``torch.load(weights_only=True)``, model-zoo ``.pkl`` files with
-      ``snnet_core.safe_pickle`` (numpy arrays and plain containers only): a checkpoint can't run code.
+      ``snnet_core.io.safe_pickle`` (numpy arrays and plain containers only): a checkpoint can't run code.
       A truncated or corrupt file is an error naming it, and so is one claiming several times the model's bytes or
-      entries (``snnet_core.file_claims``: a compressed crafted zip, a pickle of 300k keys), refused before it
+      entries (``snnet_core.io.file_claims``: a compressed crafted zip, a pickle of 300k keys), refused before it
       is read or its names matched.
     - ``save`` writes ``<name>.pth`` (with ``extras``) and ``last_checkpoint`` to temporary files renamed into
       place, so a killed or failed write (e.g. a full disk) leaves the previous checkpoints intact; a failed
       write is an ``OSError`` naming the file. ``last_checkpoint`` may only name a ``.pth`` file inside
-      ``save_dir`` (``snnet_core.run_dir``, the layout both projects share).
+      ``save_dir`` (``snnet_core.io.run_dir``, the layout both projects share).
     """
 
     LAST_CHECKPOINT = LAST_CHECKPOINT
@@ -131,7 +131,7 @@ class StrictDetectionCheckpointer(DetectionCheckpointer):
 
 class PeriodicCheckpointer(hooks.PeriodicCheckpointer):
     """detectron2's ``PeriodicCheckpointer`` hook (``model_<iteration>.pth`` every ``period`` iterations,
-    ``model_final.pth`` after the last) with the depth project's names and pruning (``snnet_core.run_dir``).
+    ``model_final.pth`` after the last) with the depth project's names and pruning (``snnet_core.io.run_dir``).
 
     ``max_to_keep`` prunes the directory, not fvcore's list of this process's saves: a resumed run also deletes
     the periodic checkpoints of the run it continues beyond the newest ``max_to_keep`` (``None``: keeps all).
@@ -196,7 +196,7 @@ class StitchSamplingHook(HookBase):
     rank without communication, and the same sequence after ``--resume``).
 
     Each iteration's ``total_loss`` is also logged under the stitch's route type or anchor
-    (``snnet_core.train_log.route_loss_name``: ``route_loss/FS``, ``route_loss/fast_anchor``, ...), one curve each
+    (``snnet_core.training.train_log.route_loss_name``: ``route_loss/FS``, ``route_loss/fast_anchor``, ...), one curve each
     in ``metrics.json``, TensorBoard and the console's metric lines. At the end of training the ranks' sequences
     are compared (an error if they differ) and the sequence is written to ``stitch_schedule_from_<start>.json``.
     """

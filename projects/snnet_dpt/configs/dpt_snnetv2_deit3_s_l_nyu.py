@@ -77,7 +77,7 @@ lr_schedule = dict(  # upstream: lr_config and momentum_config policy='OneCycle'
 )
 
 train = dict(
-    output_dir="output/snnet_dpt",  # project: the layout of snnet_core/run_dir.py (checkpoints, logs, reports)
+    output_dir="output/snnet_dpt",  # project: the layout of snnet_core/io/run_dir.py (checkpoints, logs, reports)
     init_checkpoint="",  # project: detectron2's key; what --eval-only evaluates ("": <output_dir>/last_checkpoint)
     epochs=24,  # paper Sec. 5.3; upstream schedule_24x.py max_epochs=24
     batch_size=16,  # paper Sec. 5.3: total over 4 GPUs (upstream: 8 GPUs x 2)

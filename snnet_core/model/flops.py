@@ -26,11 +26,11 @@ import torch.nn as nn
 from fvcore.nn import FlopCountAnalysis
 from fvcore.nn.jit_handles import get_shape
 
-from .atomic_io import write_json_atomic
-from .route import RoutePlan, embed_images
-from .snnet import StitchedViT
-from .stitch_space import FAST, SLOW
-from .stitching_layers import StitchingLayer
+from snnet_core.io.atomic_io import write_json_atomic
+from snnet_core.model.route import RoutePlan, embed_images
+from snnet_core.model.snnet import StitchedViT
+from snnet_core.model.stitch_space import FAST, SLOW
+from snnet_core.model.stitching_layers import StitchingLayer
 
 logger = logging.getLogger(__name__)
 CACHE_VERSION = 2  # 2: the cache carries a checksum of its content

@@ -42,7 +42,7 @@ from typing import Iterator, List, Optional, Sequence, Tuple
 
 from filelock import FileLock, Timeout
 
-from .atomic_io import path_clash, remove_stale_temporaries, write_atomic, write_json_atomic
+from snnet_core.io.atomic_io import path_clash, remove_stale_temporaries, write_atomic, write_json_atomic
 
 logger = logging.getLogger(__name__)
 

@@ -26,7 +26,7 @@ def _refusal(path: str, what: str, max_pixels: int) -> ImageTooLargeError:
     side = int(max_pixels ** 0.5)
     return ImageTooLargeError(
         f"image {path!r} is {what}, more than the demos' limit of {max_pixels / 1e6:.0f} MP "
-        f"(snnet_core.image_size.MAX_IMAGE_PIXELS): refused before decoding it. The model sees it resized to its "
+        f"(snnet_core.io.image_size.MAX_IMAGE_PIXELS): refused before decoding it. The model sees it resized to its "
         f"input size anyway: downscale it (e.g. to at most {side}x{side}) or leave it out")
 
 

@@ -22,7 +22,7 @@ from typing import List, Optional
 from detectron2.utils.events import CommonMetricPrinter, JSONWriter, TensorboardXWriter, get_event_storage
 from fvcore.common.history_buffer import HistoryBuffer
 
-from .stitch_space import FAST, Stitch
+from snnet_core.model.stitch_space import FAST, Stitch
 
 logger = logging.getLogger(__name__)
 

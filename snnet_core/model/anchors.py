@@ -2,7 +2,7 @@
 
 Nothing here touches the network: ``pretrained`` is a path on disk (timm ``.safetensors``/``.pth``, or the
 official DeiT3 ``.pth`` holding ``{'model': state_dict}``). The position-embedding table stays at the grid
-the anchor is built for and is resampled to each input's grid at run time (``snnet_core.route``).
+the anchor is built for and is resampled to each input's grid at run time (``snnet_core.model.route``).
 """
 from __future__ import annotations
 
@@ -15,8 +15,8 @@ import torch.nn as nn
 from timm.layers import Mlp
 from timm.models.vision_transformer import VisionTransformer, checkpoint_filter_fn
 
-from .checkpoint import describe_load_error
-from .file_claims import check_checkpoint_claims, check_checkpoint_path, state_bytes
+from snnet_core.model.checkpoint import describe_load_error
+from snnet_core.io.file_claims import check_checkpoint_claims, check_checkpoint_path, state_bytes
 
 ImageSize = Union[int, Tuple[int, int], Sequence[int]]
 BUILD_ATTR = "snnet_build"  # attribute of an anchor holding how build_anchor made it (see anchor_build)
@@ -45,7 +45,7 @@ def build_anchor(
         img_size: ``H`` or ``(H, W)`` of the grid the position-embedding table is stored (and trained) at.
             Keep the checkpoint's pretraining size (224 for DeiT3), as SN-Netv2's code and detectron2's ViTDet
             do: any input size runs, the table being resampled at every forward
-            (``snnet_core.route.resample_position_table``). A different size resamples the checkpoint's
+            (``snnet_core.model.route.resample_position_table``). A different size resamples the checkpoint's
             table once, at load (timm's filter), and trains that larger table instead.
         pretrained: optional path of a local checkpoint. ``None`` keeps the random initialisation.
         num_classes: classifier classes (0: no classifier, for backbones).
@@ -54,7 +54,7 @@ def build_anchor(
         **overrides: other ``VisionTransformer`` arguments (e.g. ``depth=4, embed_dim=32`` for tiny tests).
 
     The arguments (all but ``pretrained``) are recorded on the model (``anchor_build``) so that a checkpoint
-    can rebuild it (``snnet_core.checkpoint.load_snnet(path)``).
+    can rebuild it (``snnet_core.model.checkpoint.load_snnet(path)``).
     """
     if model_name not in timm.list_models():
         raise ValueError(f"unknown timm model {model_name!r}")
@@ -101,7 +101,7 @@ def read_state_dict(path: str, expected_bytes: Optional[int] = None) -> Dict[str
     """Read a checkpoint file (``.safetensors`` or a torch file) without unpickling arbitrary objects.
 
     ``expected_bytes``: bytes of the model it is read for; a file claiming far more is refused before it is read
-    (``snnet_core.file_claims.check_checkpoint_claims``, a ``ValueError``)."""
+    (``snnet_core.io.file_claims.check_checkpoint_claims``, a ``ValueError``)."""
     check_checkpoint_path(path, "checkpoint", ". Weights are never downloaded: put the file there (timm "
                           ".safetensors/.pth or the official DeiT3 .pth) or pass its path.")
     check_checkpoint_claims(path, expected_bytes)

@@ -27,26 +27,26 @@ from typing import TYPE_CHECKING, Callable, Dict, List, Mapping, Optional, Seque
 
 from tqdm.contrib.logging import logging_redirect_tqdm
 
-from .atomic_io import file_lock, remove_stale_temporaries, write_atomic, write_json_atomic
-from .metric_labels import known_direction, metric_label
-from .progress import evaluation_progress
-from .selection import has_finite_value, pareto_frontier
-from .stitch_space import StitchSpace
+from snnet_core.io.atomic_io import file_lock, remove_stale_temporaries, write_atomic, write_json_atomic
+from snnet_core.evaluation.metric_labels import known_direction, metric_label
+from snnet_core.progress import evaluation_progress
+from snnet_core.evaluation.selection import has_finite_value, pareto_frontier
+from snnet_core.model.stitch_space import StitchSpace
 
 if TYPE_CHECKING:  # annotations only: reading or writing a report needs neither torch nor fvcore
-    from .flops import FlopsTable
+    from snnet_core.model.flops import FlopsTable
 
 logger = logging.getLogger(__name__)
 
 RESULTS_FILE = "stitch_results.json"
-LATENCY_COLUMN = "latency_ms"  # a row's latency, measured by snnet_core.latency
+LATENCY_COLUMN = "latency_ms"  # a row's latency, measured by snnet_core.evaluation.latency
 LATENCY_KEY = "latency"  # the record's entry saying how the latency was measured
 FIXED_COLUMNS = ("id", "type", "route", "gflops", "params_m")
-LATENCY_PLOT = "stitch_report_latency.png"  # written when the rows have latency_ms (snnet_core.latency)
+LATENCY_PLOT = "stitch_report_latency.png"  # written when the rows have latency_ms (snnet_core.evaluation.latency)
 MAX_RESULTS_BYTES = 64 << 20  # read_results refuses a larger file unread
 REPORT_FILES = ("stitch_report.csv", "stitch_report.md", "stitch_report.png", LATENCY_PLOT)  # write_report's
 _RECORD_FIELDS = ("run_key", "primary_metric", "higher_is_better", "stitches")
-COST_COLUMNS = ("gflops", "params_m", "latency_ms")  # latency_ms: snnet_core.latency.LATENCY_COLUMN
+COST_COLUMNS = ("gflops", "params_m", "latency_ms")  # latency_ms: snnet_core.evaluation.latency.LATENCY_COLUMN
 
 
 def _is_number(value) -> bool:
@@ -66,7 +66,7 @@ def check_results(record, source: str) -> None:
 
     Every row needs the fixed columns, a number or ``null`` for every metric any row has (the primary metric
     included), and the id it is filed under. ``higher_is_better`` must be true or false, and the direction
-    ``snnet_core.metric_labels`` knows for the primary metric (depth metrics, COCO AP): a flipped one would make
+    ``snnet_core.evaluation.metric_labels`` knows for the primary metric (depth metrics, COCO AP): a flipped one would make
     the worst stitches the frontier and the best choice.
     """
     what = f"{source} is not a per-stitch results file ({RESULTS_FILE} written by snnet_core.evaluate_stitches)"
@@ -118,7 +118,7 @@ def check_results(record, source: str) -> None:
 
 def wrong_direction(metric: str, higher_is_better: bool) -> Optional[str]:
     """Why ``higher_is_better`` is the wrong direction of ``metric`` (one whose direction
-    ``snnet_core.metric_labels.known_direction`` knows), or ``None``."""
+    ``snnet_core.evaluation.metric_labels.known_direction`` knows), or ``None``."""
     known = known_direction(metric)
     if known is None or higher_is_better == known:
         return None
@@ -447,7 +447,7 @@ def _result_row(space: StitchSpace, flops: FlopsTable, sid: int, values: Mapping
 def write_report(record: Mapping, output_dir: str, title: str = "SN-Net stitches") -> List[int]:
     """Write CSV, Markdown and PNG from a results record (atomically); returns the Pareto-frontier ids.
 
-    Rows with a ``latency_ms`` column (``snnet_core.latency``) also get ``stitch_report_latency.png``: the same
+    Rows with a ``latency_ms`` column (``snnet_core.evaluation.latency``) also get ``stitch_report_latency.png``: the same
     plot against latency, with the frontier on latency.
 
     Stitches without a finite primary metric are listed (empty CSV cell, ``n/a`` in the table), named in a note
@@ -503,7 +503,7 @@ def plot_report(record: Mapping, path: str, title: str = "SN-Net stitches", metr
                 higher_is_better: Optional[bool] = None, cost: str = "gflops", selected: Optional[int] = None
                 ) -> List[int]:
     """``plot_metric_vs_gflops`` of a results record: ``metric`` (default: the primary one, in the record's
-    direction; another needs ``higher_is_better`` unless ``snnet_core.metric_labels`` knows it) against ``cost``
+    direction; another needs ``higher_is_better`` unless ``snnet_core.evaluation.metric_labels`` knows it) against ``cost``
     (``gflops`` or ``latency_ms``), with the Pareto frontier of the stitches with a finite cost, and stitch
     ``selected`` marked. Returns that frontier's ids."""
     metric = metric or record["primary_metric"]
@@ -541,7 +541,7 @@ def plot_metric_vs_gflops(rows: Mapping[int, Mapping], frontier: Sequence[int], 
     One colour per route type (legend: type, name, count), the Pareto ``frontier`` as a line with the ids of its
     stitches, each anchor as a star named in the legend (``small anchor S[0:12], id 0``), and stitch ``selected``
     (e.g. the exported one) ringed and named. The y axis spells the metric out with its direction
-    (``snnet_core.metric_labels.metric_label``; ``higher_is_better`` for a metric it does not know).
+    (``snnet_core.evaluation.metric_labels.metric_label``; ``higher_is_better`` for a metric it does not know).
     Rows without a finite ``metric`` are not drawn.
     """
     import matplotlib

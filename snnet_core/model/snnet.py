@@ -7,10 +7,10 @@ import torch
 import torch.nn as nn
 from timm.models.vision_transformer import VisionTransformer
 
-from .anchors import anchor_build, anchor_signature, build_anchor, check_anchor_pair, use_upstream_layer_math
-from .route import RouteOutput, RoutePlan, Tap, classify, embed_images, run_plan
-from .stitch_space import FAST, ROUTE_TYPES, SLOW, Stitch, StitchSpace, map_out_indices_to_fast
-from .stitching_layers import StitchingLayer
+from snnet_core.model.anchors import anchor_build, anchor_signature, build_anchor, check_anchor_pair, use_upstream_layer_math
+from snnet_core.model.route import RouteOutput, RoutePlan, Tap, classify, embed_images, run_plan
+from snnet_core.model.stitch_space import FAST, ROUTE_TYPES, SLOW, Stitch, StitchSpace, map_out_indices_to_fast
+from snnet_core.model.stitching_layers import StitchingLayer
 
 ANCHOR_BUILDS = "anchor_builds"  # config() key: how to rebuild each anchor; not part of the architecture check
 

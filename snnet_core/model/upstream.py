@@ -25,9 +25,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .file_claims import check_checkpoint_claims, check_checkpoint_path, state_bytes
-from .snnet import StitchedViT
-from .stitch_space import FAST, SLOW, Link, Segment, StitchSpace
+from snnet_core.io.file_claims import check_checkpoint_claims, check_checkpoint_path, state_bytes
+from snnet_core.model.snnet import StitchedViT
+from snnet_core.model.stitch_space import FAST, SLOW, Link, Segment, StitchSpace
 
 _Route = Tuple[str, Tuple[Segment, ...], Tuple[Link, ...]]
 
@@ -357,7 +357,7 @@ def load_upstream_checkpoint(path: str, net: StitchedViT, upstream_layers: bool 
 
     Returns the conversion report. Raises ``FileNotFoundError``, ``RuntimeError`` for an unreadable file
     and ``ValueError`` naming the file and keys for a checkpoint that does not fit ``net`` or claiming far more
-    data than it holds (``snnet_core.file_claims``, checked before the file is read).
+    data than it holds (``snnet_core.io.file_claims``, checked before the file is read).
 
     The LoRA update is assumed unmerged, as upstream saves it while training (mmcv's CheckpointHook runs
     before evaluation); a file written in eval mode (e.g. mmcv ``save_best``) holds ``W + s B A`` as its

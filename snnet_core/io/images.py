@@ -7,7 +7,7 @@ import logging
 import os
 from typing import Dict, List, Sequence
 
-from .atomic_io import path_clash
+from snnet_core.io.atomic_io import path_clash
 
 logger = logging.getLogger(__name__)
 

@@ -9,12 +9,12 @@ from typing import TYPE_CHECKING, Any, Dict, List, Mapping, Optional, Union, ove
 import torch
 import torch.nn as nn
 
-from .atomic_io import write_atomic
-from .file_claims import check_checkpoint_claims, check_checkpoint_path, state_bytes
-from .route import RoutePlan, Tap
+from snnet_core.io.atomic_io import write_atomic
+from snnet_core.io.file_claims import check_checkpoint_claims, check_checkpoint_path, state_bytes
+from snnet_core.model.route import RoutePlan, Tap
 
 if TYPE_CHECKING:  # annotations only: anchors.py can import this module's readers without an import cycle
-    from .snnet import StitchedViT
+    from snnet_core.model.snnet import StitchedViT
 
 FORMAT = "snnet-v2"
 
@@ -57,7 +57,7 @@ def read_tagged_checkpoint(
     """``torch.load(weights_only=True)`` a dict carrying ``{'format': fmt}``, with errors naming ``what``.
 
     ``expected_bytes``: bytes of the model it is read for; a file claiming far more is refused before it is read
-    (``snnet_core.file_claims.check_checkpoint_claims``)."""
+    (``snnet_core.io.file_claims.check_checkpoint_claims``)."""
     check_checkpoint_path(path, what)
     check_checkpoint_claims(path, expected_bytes, what)
     try:
@@ -73,7 +73,7 @@ def architecture(config: Dict[str, Any]) -> Dict[str, Any]:
     """The part of ``StitchedViT.config()`` two SN-Nets must share for one's weights to load into the other
     (everything but how the anchors were built: a drop-path rate or a resampled position table size need not
     match, the signatures and shapes must)."""
-    from .snnet import ANCHOR_BUILDS
+    from snnet_core.model.snnet import ANCHOR_BUILDS
 
     return {k: v for k, v in config.items() if k != ANCHOR_BUILDS}
 
@@ -110,7 +110,7 @@ def load_snnet(path: str, snnet: Optional[StitchedViT] = None, map_location: str
       the weights and returns it in eval mode, on ``map_location``, ready for ``set_stitch``.
 
     ``expected_bytes``: bytes of all the weights the file holds for its model (default: ``snnet``'s; pass more when
-    it also holds a task head). A file claiming several times more (``snnet_core.file_claims``; without ``snnet``:
+    it also holds a task head). A file claiming several times more (``snnet_core.io.file_claims``; without ``snnet``:
     more than it holds on disk, as a compressed crafted file does) is refused before it is read.
 
     Raises ``FileNotFoundError`` for a missing file, ``IsADirectoryError`` for a directory (naming the file in it to
@@ -124,7 +124,7 @@ def load_snnet(path: str, snnet: Optional[StitchedViT] = None, map_location: str
     if snnet is not None:
         load_snnet_state(state, snnet, path)
         return state
-    from .snnet import StitchedViT
+    from snnet_core.model.snnet import StitchedViT
 
     try:
         net = StitchedViT.from_config(state["config"])

@@ -17,9 +17,9 @@ from typing import Callable, Dict, Hashable, Iterator, List, Optional, Sequence,
 import torch
 import torch.nn as nn
 
-from .flops import count_gflops
-from .route import RouteOutput, RoutePlan, Tap, classify, embed_images
-from .snnet import StitchedViT
+from snnet_core.model.flops import count_gflops
+from snnet_core.model.route import RouteOutput, RoutePlan, Tap, classify, embed_images
+from snnet_core.model.snnet import StitchedViT
 
 
 @dataclasses.dataclass

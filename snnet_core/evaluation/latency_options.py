@@ -4,7 +4,7 @@
 ``--latency-amp`` / ``--no-latency-amp``, ``--latency-warmup N`` and ``--latency-runs N``;
 ``latency_options(args, ...)`` checks them against the model (patch size, device) and returns the
 ``LatencyOptions`` of the run (``None`` without ``--measure-latency``). The measurement itself is
-``snnet_core.latency.time_stitches``; its module docstring describes the ``latency_ms`` column and the
+``snnet_core.evaluation.latency.time_stitches``; its module docstring describes the ``latency_ms`` column and the
 ``"latency"`` entry of the results file.
 """
 from __future__ import annotations
@@ -16,7 +16,7 @@ from typing import Any, Dict, Optional, Sequence, Tuple
 
 import torch
 
-from .latency import device_name, latency_info
+from snnet_core.evaluation.latency import device_name, latency_info
 
 _LATENCY_FLAGS = ("latency_batch", "latency_size", "latency_amp", "latency_warmup", "latency_runs")
 
@@ -53,7 +53,7 @@ class LatencyOptions:
     device: torch.device
 
     def info(self) -> Dict[str, Any]:
-        """The results file's ``"latency"`` entry (``snnet_core.latency.latency_info``)."""
+        """The results file's ``"latency"`` entry (``snnet_core.evaluation.latency.latency_info``)."""
         return latency_info(device_name(self.device), self.batch, self.size, self.amp, self.warmup, self.runs)
 
     def run_key(self) -> str:

@@ -7,9 +7,9 @@ from typing import Dict, List, Optional
 import torch
 import torch.nn as nn
 
-from .route import RouteOutput, RoutePlan, Tap, classify, run_plan
-from .snnet import StitchedViT
-from .stitching_layers import StitchingLayer
+from snnet_core.model.route import RouteOutput, RoutePlan, Tap, classify, run_plan
+from snnet_core.model.snnet import StitchedViT
+from snnet_core.model.stitching_layers import StitchingLayer
 
 
 class ExportedStitch(nn.Module):

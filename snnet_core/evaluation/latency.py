@@ -9,7 +9,7 @@ that stitch's blocks, stitching layers with LoRA merged), wrapped by ``wrap(expo
 (e.g. depth: the DPT head on it; detection: the Mask R-CNN around it). Without ``wrap`` the backbone alone is
 timed (``ExportedStitch.forward(images)``, dense features included).
 
-Latency in a per-stitch results file (``stitch_results.json`` of ``snnet_core.report``; read by
+Latency in a per-stitch results file (``stitch_results.json`` of ``snnet_core.evaluation.report``; read by
 ``python -m snnet_core.select REPORT --max-latency-ms MS``):
 
 - every row has the column ``latency_ms`` (``LATENCY_COLUMN``): that stitch's median latency in milliseconds
@@ -57,10 +57,10 @@ from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Seque
 
 import torch
 
-from .atomic_io import file_lock, write_json_atomic
-from .export import ExportedStitch, export_stitch
-from .report import LATENCY_COLUMN, LATENCY_KEY, RESULTS_FILE, read_results
-from .snnet import StitchedViT
+from snnet_core.io.atomic_io import file_lock, write_json_atomic
+from snnet_core.model.export import ExportedStitch, export_stitch
+from snnet_core.evaluation.report import LATENCY_COLUMN, LATENCY_KEY, RESULTS_FILE, read_results
+from snnet_core.model.snnet import StitchedViT
 
 logger = logging.getLogger(__name__)
 

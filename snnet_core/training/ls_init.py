@@ -13,9 +13,9 @@ from typing import Dict, Iterable, List, Tuple
 import torch
 from tqdm import tqdm
 
-from .snnet import StitchedViT
-from .stitch_space import FAST, SLOW
-from .stitching_layers import LeastSquaresAccumulator, StitchingLayer
+from snnet_core.model.snnet import StitchedViT
+from snnet_core.model.stitch_space import FAST, SLOW
+from snnet_core.model.stitching_layers import LeastSquaresAccumulator, StitchingLayer
 
 logger = logging.getLogger(__name__)
 

@@ -44,7 +44,7 @@ CONFIG_MODULES = (
     "detectron2.modeling", "detectron2.layers", "detectron2.structures", "detectron2.solver",
     "detectron2.data.transforms", "detectron2.data.build", "detectron2.data.dataset_mapper",
     "detectron2.data.samplers", "detectron2.evaluation.coco_evaluation", "fvcore.common.param_scheduler",
-    "fvcore.transforms", "torch.optim", "functools.partial", "snnet_core.anchors.build_anchor",
+    "fvcore.transforms", "torch.optim", "functools.partial", "snnet_core.model.anchors.build_anchor",
     "projects.snnet_vitdet.backbone", "projects.snnet_vitdet.data.build_resumable_train_loader",
     "projects.snnet_vitdet.lr_decay", "projects.snnet_vitdet.export.StitchViTDetBackbone",
 )
@@ -69,7 +69,7 @@ def config_callable(name: str) -> Any:
     from detectron2.utils.registry import locate
 
     refusal = (f"{name!r} is not among the classes and functions a YAML config may name (detectron2's models, data "
-               "transforms and loaders, solvers, torch.optim, this project's backbones; snnet_core.config_io."
+               "transforms and loaders, solvers, torch.optim, this project's backbones; snnet_core.io.config_io."
                "CONFIG_MODULES): a YAML config is data and calls nothing else. Write a .py LazyConfig to build "
                "other objects")
     packages = {m.split(".")[0] for m in CONFIG_MODULES} | {"projects.snnet_vitdet"}

@@ -15,7 +15,7 @@ import os
 import pickle
 from typing import Any, BinaryIO, FrozenSet, Optional, Tuple
 
-from .file_claims import check_checkpoint_claims
+from snnet_core.io.file_claims import check_checkpoint_claims
 
 __all__ = ["UnsafePickleError", "load_safe_pickle", "ALLOWED_GLOBALS"]
 
@@ -55,7 +55,7 @@ class _RestrictedUnpickler(pickle.Unpickler):
 def load_safe_pickle(path: str, expected_bytes: Optional[int] = None) -> Any:
     """Unpickle ``path`` admitting only numpy arrays/dtypes/scalars and plain containers.
 
-    ``expected_bytes``: bytes of the model it is read for; a larger file (beyond ``snnet_core.file_claims``'
+    ``expected_bytes``: bytes of the model it is read for; a larger file (beyond ``snnet_core.io.file_claims``'
     margin) is refused before it is read.
 
     Raises ``UnsafePickleError`` for any other global, ``ValueError`` (naming the file) for a truncated or

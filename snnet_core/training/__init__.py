@@ -1,0 +1,1 @@
+"""Training pieces: least-squares init of the stitching layers, stitch samplers (ROS) and per-route loss logs."""
