@@ -1,5 +1,8 @@
 """Shared test set-up: offline hub, single-threaded torch (2-core CI), tiny anchors."""
+import importlib.util
 import os
+import pathlib
+import sys
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("MPLBACKEND", "Agg")
@@ -31,6 +34,16 @@ def tiny_snnet(lora_rank=4, out_indices=(1, 3, 5, 7), img_size=32, num_classes=0
     fast = tiny_anchor(img_size, num_classes, **TINY_FAST, **(anchor_kwargs or {}))
     slow = tiny_anchor(img_size, num_classes, **TINY_SLOW, **(anchor_kwargs or {}))
     return StitchedViT(fast, slow, lora_rank=lora_rank, out_indices=out_indices, **kwargs)
+
+
+def load_benchmark(name: str):
+    """``benchmarks/<name>.py`` as a module (``benchmarks/`` is not an installed package)."""
+    path = pathlib.Path(__file__).resolve().parents[1] / "benchmarks" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses resolve their module's annotations through sys.modules
+    spec.loader.exec_module(module)
+    return module
 
 
 @pytest.fixture

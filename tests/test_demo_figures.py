@@ -11,13 +11,13 @@ CPU what those figures rest on.
   thread) trains, its loss falls, its report over the 14 stitches is complete and well-formed, and a repeat in the
   same environment trains bit-identical weights.
 """
-import importlib.util
 import json
 import math
 import pathlib
-import sys
 
 import pytest
+
+from tests.conftest import load_benchmark
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 DOCS = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]  # the figures are stated in one of them
@@ -25,19 +25,7 @@ FIGURES = REPO / "benchmarks" / "results" / "demo" / "detection_figures.json"
 REGENERATE = ("rerun `python benchmarks/demo_figures.py detection --levels LEVEL` for the missing levels (about 5 "
               "min per run on one idle CPU thread), commit benchmarks/results/demo/ and paste its README comment where "
               "the docs state the demo figures")
-
-
-def _load_benchmark():
-    """``benchmarks/`` is not an installed package: load the benchmark module from its file."""
-    path = REPO / "benchmarks" / "demo_figures.py"
-    spec = importlib.util.spec_from_file_location("demo_figures", path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-df = _load_benchmark()
+df = load_benchmark("demo_figures")
 
 
 @pytest.fixture(scope="module")
