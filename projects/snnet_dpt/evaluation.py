@@ -3,20 +3,18 @@ prefixes, latency of stitches as deployed, and the resumable per-stitch report (
 from __future__ import annotations
 
 import logging
-import os
 from typing import Callable, Dict, Iterable, Iterator, Optional, Sequence, Tuple
 
 import torch
 from torch.utils.data import Subset
 
-from snnet_core import FlopsTable, evaluate_stitches
-from snnet_core.distributed import DistContext, broadcast_object, gather_objects
+from snnet_core import FlopsTable
+from snnet_core.distributed import DistContext, gather_objects
 from snnet_core.evaluation.finite_inputs import NonFiniteImages
-from snnet_core.evaluation.latency import LATENCY_COLUMN, add_latency_column, takes_latency_column, time_stitches
+from snnet_core.evaluation.latency import time_stitches
 from snnet_core.evaluation.latency_options import LatencyOptions
-from snnet_core.evaluation.prefix_trie import stitch_groups
+from snnet_core.evaluation.stitch_report import report_conflict, run_stitch_report  # noqa: F401 (train.py's)
 from snnet_core.progress import advance, loader_images
-from snnet_core.evaluation.report import RESULTS_FILE, evaluate_stitch_groups, load_results
 
 from .metrics import HIGHER_IS_BETTER, DepthMetricAccumulator
 from .model import DPTDepthModel
@@ -137,30 +135,6 @@ def time_depth_stitches(model: DPTDepthModel, stitch_ids: Sequence[int], options
     return timed.ms
 
 
-def _key_parts(run_key: str) -> Dict[str, str]:
-    return dict(part.split("=", 1) for part in run_key.split("|") if "=" in part)
-
-
-def untimed_key(run_key: str) -> str:
-    """``run_key`` without its ``latency=`` part: the key of the same evaluation without ``--measure-latency``."""
-    return "|".join(part for part in run_key.split("|") if not part.startswith("latency="))
-
-
-def report_conflict(output_dir: str, run_key: str) -> Optional[str]:
-    """Why the per-stitch results in ``output_dir`` cannot take rows of the evaluation ``run_key`` (they are of
-    another model or setting: the parts of the two keys that differ), or None if they can (also where a timed
-    evaluation adds the latency column to its untimed report: ``snnet_core.evaluation.latency.add_latency_column``)."""
-    record = load_results(output_dir)
-    if not record or record.get("run_key") == run_key:
-        return None
-    if untimed_key(run_key) != run_key and takes_latency_column(record, untimed_key(run_key)):
-        return None
-    there, now = _key_parts(record.get("run_key") or ""), _key_parts(run_key)
-    differing = [f"{k} {there.get(k)} there vs {v} now" for k, v in now.items() if there.get(k) != v]
-    return (f"{os.path.join(output_dir, RESULTS_FILE)} holds the per-stitch report of another model or setting "
-            f"({'; '.join(differing)}): give --report-dir a new directory, or move that report away")
-
-
 def evaluate_stitch_report(
     model: DPTDepthModel,
     loader: Iterable,
@@ -175,82 +149,27 @@ def evaluate_stitch_report(
     group_size: Optional[int] = None,
     latency: Optional[LatencyOptions] = None,
 ) -> Optional[dict]:
-    """Evaluate stitches into the engine's resumable report (rank 0 writes; all ranks compute).
-
-    Rank 0 resolves which stitches are still to do (after an interruption) and broadcasts them. Then
-
-    - ``group_size=None``: the per-stitch loop. Every rank evaluates every stitch on its shard of the test
-      images (``loader``), metrics summed over ranks; each stitch's row is written when it is done.
-    - ``group_size=N``: the grouped evaluation. The stitches, in route order, are cut into groups of ``N``
-      (``stitch_groups``); a group is evaluated in one pass over every test image (``loader``, not sharded)
-      sharing route prefixes (``evaluate_group``). With several ranks the groups are dealt out in rounds, one
-      group per rank, and rank 0 gathers and writes each round's rows: every stitch is computed by one process
-      exactly as one process alone computes it, and an interruption loses at most one round (one group per rank).
-
-    Rank 0's progress bar counts test images x stitches and moves per batch. Test images holding NaN/inf are left
-    out of every stitch's metrics and named in one warning per process (``snnet_core.evaluation.finite_inputs``).
-
-    With ``latency``, rank 0 times every stitch as deployed (``time_depth_stitches``) once its metrics are in, into
-    the ``latency_ms`` column; ``run_key`` should name the latency settings. A report of this evaluation without
-    latency gets the column first: its stitches are timed, not evaluated again (``add_latency_column``).
+    """Evaluate stitches into the engine's resumable report (``snnet_core.evaluation.stitch_report.run_stitch_report``:
+    rank 0 writes, all ranks compute): stitch by stitch on this rank's shard of ``loader`` (``group_size=None``,
+    ``evaluate``), or in groups of ``group_size`` evaluated in one pass over every test image with their route
+    prefixes shared (``evaluate_group``), dealt out to the ranks. Test images holding NaN/inf are left out of every
+    stitch's metrics and named in one warning per process (``snnet_core.evaluation.finite_inputs``). With
+    ``latency``, rank 0 times every stitch as deployed (``time_depth_stitches``) into the ``latency_ms`` column.
 
     Returns the results record on rank 0.
     """
-    snnet = model.backbone
     images = loader_images(loader)  # the progress bar's: all of them for the grouped evaluation, else this shard
     if group_size is None and images is not None:
         images = sum(gather_objects(ctx, images))
-    report_args = dict(space=snnet.space, flops=flops, output_dir=output_dir, primary_metric=primary_metric,
-                       higher_is_better=primary_metric in HIGHER_IS_BETTER, run_key=run_key, task=TASK,
-                       title=f"SN-Netv2 DPT on NYUv2 at {flops.input_size[0]}x{flops.input_size[1]}", resume=False,
-                       images=images)
-    error, todo = None, []
-    if ctx.is_main:
-        if latency is not None:  # --measure-latency over this evaluation's untimed report: time what it holds
-            add_latency_column(output_dir, untimed_key(run_key), run_key, latency.info(),
-                               lambda ids: time_depth_stitches(model, ids, latency))
-        error = report_conflict(output_dir, run_key)
-        done = {} if error else load_results(output_dir).get("stitches", {})
-        todo = [int(s) for s in stitch_ids if str(int(s)) not in done]
-    error, todo = broadcast_object(ctx, (error, todo))
-    if error:
-        raise RuntimeError(error)
-
-    def timed(metrics: Dict[int, Dict[str, float]]) -> Dict[int, Dict[str, float]]:
-        """``metrics`` with each stitch's ``latency_ms`` (on rank 0, with ``latency``)."""
-        if latency is None or not ctx.is_main:
-            return metrics
-        ms = time_depth_stitches(model, list(metrics), latency)
-        return {sid: {**values, LATENCY_COLUMN: ms[sid]} for sid, values in metrics.items()}
-
     non_finite = NonFiniteImages()  # one warning for the whole report
-    if group_size is None:
-        def evaluate_one(stitch_id: int) -> Dict[str, float]:
-            snnet.set_stitch(stitch_id)
-            return timed({stitch_id: evaluate(model, loader, ctx, flip, amp, non_finite)})[stitch_id]
 
-        if ctx.is_main:  # exactly the broadcast stitches, whatever another evaluator merges meanwhile
-            return evaluate_stitches(evaluate_one, todo, **report_args)
-        for stitch_id in todo:
-            evaluate_one(stitch_id)
-        return None
+    def evaluate_one(stitch_id: int) -> Dict[str, float]:
+        model.backbone.set_stitch(stitch_id)
+        return evaluate(model, loader, ctx, flip, amp, non_finite)
 
-    groups = stitch_groups(snnet, todo, group_size)
-    rounds = {}  # the stitches of a round (rank 0 writes them together) -> the group of each rank
-    for start in range(0, len(groups), ctx.world_size):
-        dealt = groups[start:start + ctx.world_size]
-        rounds[tuple(sid for group in dealt for sid in group)] = dealt
-    logger.info("%d stitches in %d groups of up to %d, one pass over the test set each, in %d rounds over %d "
-                "process(es)", len(todo), len(groups), group_size, len(rounds), ctx.world_size)
-
-    def evaluate_round(stitches: Sequence[int]) -> Dict[int, Dict[str, float]]:
-        dealt = rounds[tuple(stitches)]
-        mine = (evaluate_group(model, loader, dealt[ctx.rank], ctx, flip, amp, non_finite) if ctx.rank < len(dealt)
-                else {})
-        return timed({sid: metrics for results in gather_objects(ctx, mine) for sid, metrics in results.items()})
-
-    if ctx.is_main:
-        return evaluate_stitch_groups(evaluate_round, [list(stitches) for stitches in rounds], **report_args)
-    for stitches in rounds:
-        evaluate_round(stitches)
-    return None
+    return run_stitch_report(
+        model.backbone, stitch_ids, flops, output_dir, run_key, ctx, evaluate_one,
+        lambda ids: evaluate_group(model, loader, ids, ctx, flip, amp, non_finite), task=TASK,
+        primary_metric=primary_metric, higher_is_better=primary_metric in HIGHER_IS_BETTER,
+        title=f"SN-Netv2 DPT on NYUv2 at {flops.input_size[0]}x{flops.input_size[1]}", images=images,
+        group_size=group_size, latency=latency, time_fn=lambda ids: time_depth_stitches(model, ids, latency))

@@ -13,7 +13,6 @@ every scalar is logged unsmoothed, so the resumed log holds what the uninterrupt
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import logging
 import os
@@ -25,14 +24,16 @@ import torch
 import torch.nn as nn
 from detectron2.utils.events import EventStorage, EventWriter, get_event_storage
 from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
-from snnet_core import FlopsTable, ResourceConstrainedSampler, load_snnet, ls_init_stitching_layers, save_snnet
+from snnet_core import FlopsTable, ResourceConstrainedSampler, load_snnet, save_snnet
 from snnet_core.model.checkpoint import describe_load_error
 from snnet_core.distributed import DistContext, barrier
 from snnet_core.io.file_claims import check_checkpoint_claims, check_checkpoint_path, state_bytes
 from snnet_core.io.run_dir import checkpoint_name, prune_checkpoints, tag_last_checkpoint
 from snnet_core.model.stitch_space import Stitch
+from snnet_core.training.run_state import check_resumable as check_run_resumable
+from snnet_core.training.run_state import epoch_seed, ls_init_from_dataset, param_checksum, stitch_sequence_digest
 from snnet_core.training.train_log import route_loss_name, training_writers
 
 from .loss import SILogLoss
@@ -136,17 +137,6 @@ def build_scheduler(optimizer: torch.optim.Optimizer, recipe: TrainRecipe,
     )
 
 
-def epoch_seed(seed: int, epoch: int, rank: int) -> int:
-    """Seed of torch's generator for one epoch on one rank."""
-    return int(np.random.SeedSequence([seed, epoch, rank]).generate_state(1)[0])
-
-
-def param_checksum(model: nn.Module) -> float:
-    """Sum of all parameters in float64: equal on every DDP rank when the replicas agree."""
-    with torch.no_grad():
-        return float(sum(p.double().sum() for p in model.parameters()))
-
-
 # --------------------------------------------------------------------------------------------------
 def train_one_epoch(
     model: DPTDepthModel,
@@ -233,20 +223,8 @@ def non_finite_loss_message(loss: torch.Tensor, pred: torch.Tensor, depths: torc
 def ls_init(model: DPTDepthModel, train_set: Dataset, recipe: TrainRecipe, workers: int, ctx: DistContext) -> None:
     """LS init of every stitching layer from ``recipe.ls_init_images`` training frames drawn at random (seeded),
     as the training loader gives them (border crop, augmentation, random crop), as upstream does."""
-    count = min(recipe.ls_init_images, len(train_set))
-    chosen = np.random.default_rng([recipe.seed, count]).choice(len(train_set), count, replace=False)
-    loader = DataLoader(Subset(train_set, sorted(chosen.tolist())), batch_size=recipe.batch_size // ctx.world_size,
-                        shuffle=False, num_workers=workers)
-    errors = ls_init_stitching_layers(model.backbone, (images.to(ctx.device) for images, _ in loader),
-                                      num_images=count)
-    logger.info("LS init on %d training frames: mean squared error per stitching layer %s", count,
-                {k: round(v, 5) for k, v in sorted(errors.items())})
-
-
-def stitch_sequence_digest(stitches: Sequence[int]) -> str:
-    """First 12 hex digits of the SHA-256 of a sequence of stitch ids: equal on every DDP rank when the ranks
-    trained the same stitch at every iteration (each rank logs it at the end of an epoch)."""
-    return hashlib.sha256(json.dumps(list(stitches)).encode()).hexdigest()[:12]
+    ls_init_from_dataset(model.backbone, train_set, recipe.ls_init_images, recipe.seed,
+                         recipe.batch_size // ctx.world_size, ctx.device, workers)
 
 
 def train(model: DPTDepthModel, spec: ModelSpec, cfg: Dict[str, Any], recipe: TrainRecipe, frames, ctx: DistContext,
@@ -372,16 +350,7 @@ def load_checkpoint(path: str, model: DPTDepthModel, map_location: torch.device 
 def check_resumable(header: Dict[str, Any], spec: ModelSpec, recipe: TrainRecipe) -> None:
     """Refuse to resume a run with another architecture or optimisation recipe (the schedule would differ);
     ``header``: ``read_checkpoint_header`` of the checkpoint."""
-    saved_spec, saved_recipe = header["spec"].to_dict(), header["recipe"]
-    diffs = [f"{k}: checkpoint {saved_spec.get(k)} vs now {v}" for k, v in spec.to_dict().items()
-             if saved_spec.get(k) != v]
-    diffs += [f"{k}: checkpoint {saved_recipe.get(k)} vs now {v}" for k, v in recipe.to_dict().items()
-              if k != "world_size" and saved_recipe.get(k) != v]
-    if diffs:
-        raise ValueError("cannot resume: the run was started with other settings (" + "; ".join(diffs) + ")")
-    if saved_recipe["world_size"] != recipe.world_size:
-        logger.warning("resuming a %d-process run with %d processes: same schedule, but not bit-exact data order",
-                       saved_recipe["world_size"], recipe.world_size)
+    check_run_resumable(header["spec"].to_dict(), spec.to_dict(), header["recipe"], recipe.to_dict())
 
 
 def wrap_ddp(model: DPTDepthModel, ctx: DistContext) -> nn.Module:
