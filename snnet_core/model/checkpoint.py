@@ -17,6 +17,8 @@ if TYPE_CHECKING:  # annotations only: anchors.py can import this module's reade
     from snnet_core.model.snnet import StitchedViT
 
 FORMAT = "snnet-v2"
+# architecture keys added after checkpoints were written, with the value a checkpoint without them was written with
+ARCHITECTURE_DEFAULTS = {"backbone_lora_rank": 0}
 
 
 def save_snnet(path: str, snnet: StitchedViT, extra: Optional[Dict[str, Any]] = None) -> None:
@@ -75,7 +77,7 @@ def architecture(config: Dict[str, Any]) -> Dict[str, Any]:
     match, the signatures and shapes must)."""
     from snnet_core.model.snnet import ANCHOR_BUILDS
 
-    return {k: v for k, v in config.items() if k != ANCHOR_BUILDS}
+    return {k: v for k, v in {**ARCHITECTURE_DEFAULTS, **config}.items() if k != ANCHOR_BUILDS}
 
 
 def load_snnet_state(state: Dict[str, Any], snnet: StitchedViT, path: str) -> None:

@@ -7,6 +7,7 @@ from typing import Dict, List, Optional
 import torch
 import torch.nn as nn
 
+from snnet_core.model.backbone_lora import merge_backbone_lora
 from snnet_core.model.route import RouteOutput, RoutePlan, Tap, classify, run_plan
 from snnet_core.model.snnet import StitchedViT
 from snnet_core.model.stitching_layers import StitchingLayer
@@ -19,7 +20,7 @@ class ExportedStitch(nn.Module):
         stitch_id, route, kind: which stitch this is.
         embed_anchor: the first anchor without its blocks (patch embedding, cls token, position embedding).
         finish_anchor: the last anchor without its blocks (final norm and head).
-        layers: blocks and (merged) stitching layers in execution order.
+        layers: blocks (backbone LoRA merged: plain ``nn.Linear``) and (merged) stitching layers in execution order.
         projections: merged small-to-large layers mapping dense features read in the small anchor.
     """
 
@@ -38,6 +39,7 @@ class ExportedStitch(nn.Module):
         self.finish_anchor = finish
         self.layers = nn.ModuleList(layers)
         self.projections = nn.ModuleList(proj)
+        merge_backbone_lora(self)  # on the copies: the SN-Net keeps its LoRA layers
         proj_index = {key: i for i, key in enumerate(projections)}
         # (layer position, stage, projection index or -1)
         self._taps: List[tuple] = [

@@ -27,10 +27,10 @@ from fvcore.nn import FlopCountAnalysis
 from fvcore.nn.jit_handles import get_shape
 
 from snnet_core.io.atomic_io import write_json_atomic
+from snnet_core.model.backbone_lora import base_linears, deployed_numel
 from snnet_core.model.route import RoutePlan, embed_images
 from snnet_core.model.snnet import StitchedViT
 from snnet_core.model.stitch_space import FAST, SLOW
-from snnet_core.model.stitching_layers import StitchingLayer
 
 logger = logging.getLogger(__name__)
 CACHE_VERSION = 2  # 2: the cache carries a checksum of its content
@@ -79,7 +79,8 @@ class _ComponentProbe(nn.Module):
     """Runs every component of an SN-Net once so that one trace counts all of them.
 
     Module names match ``RoutePlan.layer_names`` (``anchors.0.blocks.3``, ``stitch_s2l.2``). Stitching
-    layers are counted merged (LoRA folded in), as a deployed stitch runs them.
+    layers are counted merged (LoRA folded in), as a deployed stitch runs them; so are the anchors' backbone-LoRA
+    layers (``build_flops_table`` traces it under ``backbone_lora.base_linears``).
     """
 
     def __init__(self, snnet: StitchedViT, with_head: bool):
@@ -207,22 +208,17 @@ def _read_cache(path: str, snnet: StitchedViT, input_size: Tuple[int, int], head
     return FlopsTable.from_json(data)
 
 
-def _module_params(module: nn.Module) -> int:
-    if isinstance(module, StitchingLayer):  # deployed merged: W and b only
-        return module.weight.numel() + module.bias.numel()
-    return sum(p.numel() for p in module.parameters())
-
-
 def plan_params(plan: RoutePlan, with_features: bool, with_head: bool) -> int:
-    """Parameters a deployed stitch holds: embedding, its layers (+ dense projections) (+ norm/head)."""
+    """Parameters a deployed stitch holds: embedding, its layers (+ dense projections) (+ norm/head), every LoRA
+    (of the stitching layers and of the anchors) merged: the low-rank factors are not counted."""
     embed = plan.embed
     count = sum(p.numel() for n, p in embed.named_parameters() if not n.startswith(("blocks.", "norm.", "fc_norm.", "head.")))
     modules = {id(m): m for m in plan.layers}
     if with_features:
         modules.update({id(t.projection): t.projection for ts in plan.taps.values() for t in ts if t.projection})
-    count += sum(_module_params(m) for m in modules.values())
+    count += sum(deployed_numel(m) for m in modules.values())
     if with_head:
-        count += sum(_module_params(m) for m in (plan.finish.norm, plan.finish.fc_norm, plan.finish.head))
+        count += sum(deployed_numel(m) for m in (plan.finish.norm, plan.finish.fc_norm, plan.finish.head))
     return count
 
 
@@ -288,7 +284,7 @@ def build_flops_table(
     images = torch.zeros(1, snnet.anchors[FAST].patch_embed.proj.in_channels, *input_size, device=device)
     was_training = snnet.training
     snnet.eval()
-    with torch.no_grad(), rng_untouched(device):
+    with torch.no_grad(), rng_untouched(device), base_linears(snnet.anchors):  # backbone LoRA counted merged
         probe = _ComponentProbe(snnet, with_head)  # merged stitching layers: nn.Linear draws its init
         per_module = dict(flop_counter(probe, (images,)).by_module())
     snnet.train(was_training)

@@ -8,6 +8,7 @@ import torch.nn as nn
 from timm.models.vision_transformer import VisionTransformer
 
 from snnet_core.model.anchors import anchor_build, anchor_signature, build_anchor, check_anchor_pair, use_upstream_layer_math
+from snnet_core.model.backbone_lora import add_backbone_lora
 from snnet_core.model.route import RouteOutput, RoutePlan, Tap, classify, embed_images, run_plan
 from snnet_core.model.stitch_space import FAST, ROUTE_TYPES, SLOW, Stitch, StitchSpace, map_out_indices_to_fast
 from snnet_core.model.stitching_layers import StitchingLayer
@@ -30,6 +31,9 @@ class StitchedViT(nn.Module):
         out_indices: the slow anchor's blocks giving dense features (e.g. (4, 11, 17, 23) for DeiT3-L);
             the fast anchor's are mapped to the same relative depth. Default: the last block only.
         route_types: route types of the space (default: the full two-way space).
+        backbone_lora_rank: rank of LoRA on every anchor block's attention and MLP linear layers, the anchors
+            otherwise frozen (backbone PET, SN-Netv2 Fig. 12a; ``snnet_core.model.backbone_lora``); 0: off, the
+            anchors train in full.
 
     The selected stitch (``stitch_id``, default the slow anchor) is used by ``forward`` unless a call
     passes another. Dense features always come at the slow anchor's width: a feature read in the fast
@@ -45,6 +49,7 @@ class StitchedViT(nn.Module):
         route_types: Iterable[str] = ROUTE_TYPES,
         lora_alpha: float = 1.0,
         upstream_layers: bool = False,
+        backbone_lora_rank: int = 0,
     ):
         super().__init__()
         check_anchor_pair(fast, slow)
@@ -62,6 +67,10 @@ class StitchedViT(nn.Module):
         self.out_indices = tuple(out_indices) if out_indices is not None else (depth_slow - 1,)
         self.fast_out_indices = map_out_indices_to_fast(self.out_indices, depth_fast, depth_slow)
         self.stitch_id = self.space.anchor_ids()[SLOW]
+        self.backbone_lora_rank = int(backbone_lora_rank)
+        if self.backbone_lora_rank:
+            for anchor in self.anchors:
+                add_backbone_lora(anchor, self.backbone_lora_rank)
         self.upstream_layers = False
         if upstream_layers:
             self.use_upstream_layers()
@@ -114,6 +123,7 @@ class StitchedViT(nn.Module):
             "out_indices": list(self.out_indices),
             "route_types": list(self.space.route_types),
             "upstream_layers": self.upstream_layers,
+            "backbone_lora_rank": self.backbone_lora_rank,
             ANCHOR_BUILDS: [anchor_build(a) for a in self.anchors],
         }
 
@@ -139,7 +149,8 @@ class StitchedViT(nn.Module):
                                  "it, load_snnet(path, net)")
         return cls(*anchors, lora_rank=config["lora_rank"], out_indices=config["out_indices"],
                    route_types=config["route_types"], lora_alpha=config["lora_alpha"],
-                   upstream_layers=config["upstream_layers"])
+                   upstream_layers=config["upstream_layers"],
+                   backbone_lora_rank=config.get("backbone_lora_rank", 0))
 
     # ----------------------------------------------------------------------------------------------
     def plan(self, stitch_id: Optional[int] = None) -> RoutePlan:
