@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from snnet_core import LeastSquaresAccumulator, StitchingLayer, ls_init_stitching_layers
-from snnet_core.training.ls_init import calibration_pairs, reconstruction_error
+from snnet_core.training.ls_init import calibration_pairs, describe_ls_init, reconstruction_error
 from tests.conftest import tiny_snnet
 
 
@@ -98,6 +98,51 @@ def test_ls_init_holds_one_batch_at_a_time_and_stops_at_num_images():
 
     ls_init_stitching_layers(net, batches(), num_images=5, progress=False)
     assert sum(served) == 6  # 3 batches of 2 were needed for 5 images, no more were drawn
+
+
+def test_ls_init_of_n_images_feeds_n_images_of_tokens_to_every_layer(monkeypatch):
+    """SN-Netv1 supplementary F's sample counts: each layer's normal equations hold exactly N images' tokens."""
+    import snnet_core.training.ls_init as ls_init
+
+    made = []
+
+    class Recording(LeastSquaresAccumulator):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            made.append(self)
+
+    monkeypatch.setattr(ls_init, "LeastSquaresAccumulator", Recording)
+    net = tiny_snnet().eval()
+    for n in (1, 5, 8):
+        made.clear()
+        ls_init_stitching_layers(net, torch.randn(10, 3, 32, 32).split(2), num_images=n, progress=False)
+        assert len(made) == len(net.stitch_s2l) + len(net.stitch_l2s)
+        assert {acc.num_rows for acc in made} == {n * (1 + 2 * 2)}  # 32x32 at patch 16: 4 patches + cls token
+
+
+def test_ls_init_of_0_images_keeps_the_default_init_and_reads_nothing():
+    torch.manual_seed(0)
+    net = tiny_snnet(lora_rank=0)
+    torch.manual_seed(0)
+    default = tiny_snnet(lora_rank=0)  # the same draws: PyTorch's default initialisation of every layer
+
+    def unread():
+        raise AssertionError("LS init with 0 images read the calibration data")
+        yield
+
+    assert ls_init_stitching_layers(net, unread(), num_images=0, progress=False) == {}
+    for (name, p), q in zip(net.named_parameters(), default.parameters()):
+        assert torch.equal(p, q), name
+    with pytest.raises(ValueError, match="num_images must be an integer >= 0"):
+        ls_init_stitching_layers(net, unread(), num_images=-1, progress=False)
+
+
+def test_describe_ls_init_names_the_key_and_the_default_init():
+    assert describe_ls_init(0, "train.ls_init_images") == (
+        "LS init off (train.ls_init_images=0): the stitching layers keep PyTorch's default initialisation "
+        "(nn.Linear's Kaiming-uniform weights, uniform biases)")
+    assert describe_ls_init(50, "snnet.ls_init_images") == (
+        "LS init of the stitching layers on 50 training images (snnet.ls_init_images=50)")
 
 
 def test_ls_init_with_empty_loader_fails():

@@ -4,6 +4,10 @@ For each stitching position ``k`` (small block ``a_k``, large block ``b_k``) the
 calibration images and the token features after those blocks, ``X_S`` ``(N, D_S)`` and ``X_L`` ``(N, D_L)``,
 give ``[X_S, 1] W = X_L`` (small-to-large) and ``[X_L, 1] W = X_S`` (large-to-small). The normal equations
 are accumulated batch by batch in float64, so peak memory does not grow with the number of images.
+
+The number of calibration images is a setting of every project (SN-Netv1 supplementary F compares 0, 50, 100 and
+200): 0 solves nothing, and the stitching layers keep PyTorch's default initialisation
+(``StitchingLayer.reset_parameters``: ``nn.Linear``'s Kaiming-uniform weight and uniform bias).
 """
 from __future__ import annotations
 
@@ -32,13 +36,18 @@ def ls_init_stitching_layers(
     Args:
         snnet: the SN-Net; its anchors are run in eval mode (restored afterwards).
         batches: iterable of image batches ``(B, 3, H, W)`` on the model's device.
-        num_images: number of calibration images to use (the paper uses 100).
+        num_images: number of calibration images to use (the paper uses 100); 0: none, ``batches`` is not read
+            and the layers keep their initialisation.
         progress: show a tqdm bar.
 
     Returns:
         mean squared error of the LS solution on the calibration features, per layer name
-        (``"stitch_s2l.3"``).
+        (``"stitch_s2l.3"``); empty for ``num_images=0``.
     """
+    if isinstance(num_images, bool) or not isinstance(num_images, int) or num_images < 0:
+        raise ValueError(f"num_images must be an integer >= 0 (0: no LS init), got {num_images!r}")
+    if num_images == 0:
+        return {}
     was_training = snnet.training
     snnet.eval()
     device = next(snnet.parameters()).device
@@ -72,6 +81,15 @@ def ls_init_stitching_layers(
         errors[name] = acc.mean_squared_error(weight, bias)
     snnet.train(was_training)
     return errors
+
+
+def describe_ls_init(num_images: int, key: str) -> str:
+    """What a training run does with its stitching layers, for its log: ``key`` names the config value holding
+    ``num_images`` (e.g. ``"snnet.ls_init_images"``)."""
+    if num_images == 0:
+        return (f"LS init off ({key}=0): the stitching layers keep PyTorch's default initialisation (nn.Linear's "
+                "Kaiming-uniform weights, uniform biases)")
+    return f"LS init of the stitching layers on {num_images} training images ({key}={num_images})"
 
 
 def _check_finite_images(images: torch.Tensor, first_index: int) -> None:
