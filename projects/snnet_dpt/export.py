@@ -17,10 +17,8 @@ import torch
 from snnet_core import ExportedStitch, StitchedViT, export_stitch
 from snnet_core.io.atomic_io import write_atomic
 from snnet_core.model.checkpoint import FORMAT as SNNET_FORMAT
-from snnet_core.model.checkpoint import (
-    describe_load_error, load_snnet_state, materialize, plan_from_recipe, read_tagged_checkpoint, recipe_anchors,
-    route_recipe,
-)
+from snnet_core.model.checkpoint import describe_load_error, load_snnet_state, read_tagged_checkpoint, route_recipe
+from snnet_core.model.rebuild import exported_stitch_from_recipe
 from snnet_core.io.file_claims import check_checkpoint_claims, check_checkpoint_path
 
 from .model import DPTDepthModel, ModelSpec, build_model
@@ -45,12 +43,8 @@ def save_exported_stitch(path: str, model: DPTDepthModel, spec: ModelSpec, stitc
 
 
 def _exported_backbone(spec: ModelSpec, recipe: Dict[str, Any], map_location: str | torch.device) -> ExportedStitch:
-    """The recipe's stitch with zero weights: its anchors are built on the meta device (no memory, no
-    initialisation), only the route's modules are copied out and materialised."""
-    with torch.device("meta"):
-        anchors = {a: spec.build_anchor(a, drop_path_rate=0.0) for a in recipe_anchors(recipe)}
-        backbone = ExportedStitch(plan_from_recipe(recipe, anchors), recipe["id"], recipe["route"], recipe["kind"])
-    return materialize(backbone, map_location)
+    """The recipe's stitch with zero weights (``snnet_core.model.rebuild``: only the route's modules exist)."""
+    return exported_stitch_from_recipe(recipe, lambda a: spec.build_anchor(a, drop_path_rate=0.0), map_location)
 
 
 def load_exported_model(path: str, map_location: str | torch.device = "cpu") -> DPTDepthModel:

@@ -8,12 +8,11 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 
-import timm
 import torch
 import torch.nn as nn
-from timm.models.vision_transformer import VisionTransformer
 
 from snnet_core import FlopsTable, StitchedViT, build_anchor, build_flops_table, count_gflops, run_stitches
+from snnet_core.model.anchor_names import check_anchor_names  # noqa: F401 (train.py's)
 from snnet_core.model.anchors import use_upstream_layer_math
 
 from .head import DEFAULT_POST_PROCESS_CHANNELS, DPTHead
@@ -29,24 +28,6 @@ def default_out_indices(depth: int) -> Tuple[int, ...]:
     if depth < 4:
         raise ValueError(f"DPT needs 4 dense features: the slow anchor has only {depth} blocks")
     return tuple(depth * (k + 1) // 4 - 1 for k in range(4))
-
-
-def check_anchor_names(anchors: Sequence[str]) -> None:
-    """Refuse ``model.anchors`` that are not two timm ``VisionTransformer`` names, before anything is built (each
-    candidate is instantiated on the meta device: no memory, no weights)."""
-    if isinstance(anchors, str) or len(anchors) != 2:
-        raise ValueError(f"model.anchors={anchors!r}: give two timm ViT names (fast, slow), e.g. "
-                         "[deit3_small_patch16_224,deit3_large_patch16_224]")
-    for which, name in enumerate(anchors):
-        if not isinstance(name, str) or not timm.is_model(name):
-            raise ValueError(f"model.anchors[{which}]={name!r} is not a timm model name (e.g. deit3_small_patch16_224; "
-                             "timm.list_models('deit3*') lists the DeiT3 family)")
-        with torch.device("meta"):
-            kind = type(timm.create_model(name, pretrained=False))
-        if not issubclass(kind, VisionTransformer):
-            raise ValueError(f"model.anchors[{which}]={name!r} is a timm {kind.__name__}, not a VisionTransformer: "
-                             "SN-Netv2 stitches two ViTs of one family, e.g. deit3_small_patch16_224 and "
-                             "deit3_large_patch16_224")
 
 
 @dataclasses.dataclass
