@@ -1,8 +1,10 @@
-"""Anchors: timm ``VisionTransformer`` models built by name and loaded from local checkpoint files.
+"""Anchors: timm ViTs built by name and loaded from local checkpoint files.
 
-Nothing here touches the network: ``pretrained`` is a path on disk (timm ``.safetensors``/``.pth``, or the
-official DeiT3 ``.pth`` holding ``{'model': state_dict}``). The position-embedding table stays at the grid
-the anchor is built for and is resampled to each input's grid at run time (``snnet_core.model.route``).
+An anchor is a timm ``VisionTransformer`` (DeiT3, MAE, AugReg, DINOv2) or ``Beit`` (BEiT, BEiTv2); the families
+and what each needs are in ``snnet_core.model.families``. Nothing here touches the network: ``pretrained`` is a
+path on disk (timm ``.safetensors``/``.pth``, or an original release's ``.pth``, e.g. DeiT3's
+``{'model': state_dict}``). The position-embedding table stays at the grid the anchor is built for and is
+resampled to each input's grid at run time (``snnet_core.model.route``).
 """
 from __future__ import annotations
 
@@ -13,9 +15,10 @@ import timm
 import torch
 import torch.nn as nn
 from timm.layers import Mlp
-from timm.models.vision_transformer import VisionTransformer, checkpoint_filter_fn
+from timm.models.vision_transformer import VisionTransformer
 
 from snnet_core.model.checkpoint import describe_load_error
+from snnet_core.model.families import family_of, family_of_name
 from snnet_core.io.file_claims import check_checkpoint_claims, check_checkpoint_path, state_bytes
 
 ImageSize = Union[int, Tuple[int, int], Sequence[int]]
@@ -37,11 +40,15 @@ def build_anchor(
     class_token: bool = True,
     drop_path_rate: float = 0.0,
     **overrides: Any,
-) -> VisionTransformer:
+) -> nn.Module:
     """Build a timm ViT by name (e.g. ``"deit3_small_patch16_224"``).
 
     Args:
-        model_name: a timm ``VisionTransformer`` model name.
+        model_name: a timm model name of a family in ``snnet_core.model.families`` (``VisionTransformer``:
+            ``deit3_*``, ``vit_base_patch16_224.mae``, ``vit_small_patch16_224.augreg_in21k``,
+            ``vit_small_patch14_dinov2``, ``vit_small_patch14_reg4_dinov2``; ``Beit``: ``beit_*``, ``beitv2_*``),
+            a pretrained tag allowed. Others (e.g. SAM's ``samvit_*``) are refused with the reason
+            (``ValueError``).
         img_size: ``H`` or ``(H, W)`` of the grid the position-embedding table is stored (and trained) at.
             Keep the checkpoint's pretraining size (224 for DeiT3), as SN-Netv2's code and detectron2's ViTDet
             do: any input size runs, the table being resampled at every forward
@@ -49,29 +56,26 @@ def build_anchor(
             table once, at load (timm's filter), and trains that larger table instead.
         pretrained: optional path of a local checkpoint. ``None`` keeps the random initialisation.
         num_classes: classifier classes (0: no classifier, for backbones).
-        class_token: keep the cls token (needed for DPT readout; ViTDet drops it).
+        class_token: keep the cls token (needed for DPT readout; ViTDet drops it). BEiT always has one.
         drop_path_rate: stochastic depth rate.
-        **overrides: other ``VisionTransformer`` arguments (e.g. ``depth=4, embed_dim=32`` for tiny tests).
+        **overrides: other arguments of the timm class (e.g. ``depth=4, embed_dim=32`` for tiny tests).
 
     The arguments (all but ``pretrained``) are recorded on the model (``anchor_build``) so that a checkpoint
     can rebuild it (``snnet_core.model.checkpoint.load_snnet(path)``).
     """
-    if model_name not in timm.list_models():
-        raise ValueError(f"unknown timm model {model_name!r}")
+    family = family_of_name(model_name)
     model = timm.create_model(
         model_name,
         pretrained=False,
         img_size=_pair(img_size),
         num_classes=num_classes,
-        class_token=class_token,
-        global_pool="token" if class_token else "avg",
-        fc_norm=False,  # keep the checkpoint's final `norm` whichever pooling is used
         drop_path_rate=drop_path_rate,
-        dynamic_img_size=True,
+        **family.build_kwargs(class_token),
         **overrides,
     )
-    if not isinstance(model, VisionTransformer):
-        raise TypeError(f"{model_name!r} is a {type(model).__name__}, not a timm VisionTransformer")
+    if type(model) is not family.model_class:  # e.g. DeiT's distilled ViT: a dist token the route does not add
+        raise TypeError(f"{model_name!r} is a {type(model).__name__}, not a timm {family.model_class.__name__}")
+    family.prepare(model)
     build = dict(model_name=model_name, img_size=list(_pair(img_size)), num_classes=num_classes,
                  class_token=class_token, drop_path_rate=drop_path_rate, **overrides)
     setattr(model, BUILD_ATTR, build if _json_safe(build) else None)
@@ -89,7 +93,7 @@ def _json_safe(value: Any) -> bool:
     return True
 
 
-def anchor_build(model: VisionTransformer) -> Optional[Dict[str, Any]]:
+def anchor_build(model: nn.Module) -> Optional[Dict[str, Any]]:
     """The ``build_anchor`` keyword arguments (without ``pretrained``) that made ``model``, JSON-safe, e.g.
     ``{"model_name": "deit3_small_patch16_224", "img_size": [224, 224], ..., "depth": 4}``; ``None`` for a model
     built otherwise or with an override JSON cannot hold (e.g. a ``norm_layer`` class)."""
@@ -115,16 +119,17 @@ def read_state_dict(path: str, expected_bytes: Optional[int] = None) -> Dict[str
         raise RuntimeError(f"could not read checkpoint: {describe_load_error(path, exc)}") from exc
 
 
-def load_anchor_checkpoint(model: VisionTransformer, path: str) -> None:
-    """Load a timm-format or official-DeiT3 checkpoint into ``model``, resampling position embeddings.
+def load_anchor_checkpoint(model: nn.Module, path: str) -> None:
+    """Load a timm-format or original-release checkpoint into ``model``, resampling position embeddings.
 
-    The classifier is skipped when its shape differs (or the model has none) and the cls token is
+    The file's layout is mapped by timm's ``checkpoint_filter_fn`` of the anchor's family
+    (``snnet_core.model.families``). The classifier is skipped when its shape differs (or the model has none) and the cls token is
     dropped for models built without one; any other missing or mismatched key is an error naming it.
     """
     state = read_state_dict(path, state_bytes(model))
     if not isinstance(state, Mapping):
         raise RuntimeError(f"checkpoint {path!r} holds a {type(state).__name__}, not a state dict")
-    state = checkpoint_filter_fn(dict(state), model, adapt_layer_scale=True)
+    state = family_of(model).filter_checkpoint(dict(state), model)
     own = model.state_dict()
 
     def unused(key: str, value: torch.Tensor) -> bool:
@@ -148,7 +153,7 @@ def load_anchor_checkpoint(model: VisionTransformer, path: str) -> None:
     model.load_state_dict(state, strict=False)
 
 
-def anchor_signature(model: VisionTransformer) -> Dict[str, Any]:
+def anchor_signature(model: nn.Module) -> Dict[str, Any]:
     """Architecture summary used to check checkpoints and key caches."""
     return {
         "embed_dim": int(model.embed_dim),
@@ -160,8 +165,14 @@ def anchor_signature(model: VisionTransformer) -> Dict[str, Any]:
     }
 
 
-def check_anchor_pair(fast: VisionTransformer, slow: VisionTransformer) -> None:
+def check_anchor_pair(fast: nn.Module, slow: nn.Module) -> None:
     """Raise ``ValueError`` unless the anchors can be stitched token to token."""
+    families = (family_of(fast), family_of(slow))
+    if families[0] != families[1]:
+        raise ValueError(
+            f"anchors must be of one family to be stitched, got a fast {type(fast).__name__} "
+            f"({families[0].members}) and a slow {type(slow).__name__} ({families[1].members})"
+        )
     if tuple(fast.patch_embed.patch_size) != tuple(slow.patch_embed.patch_size):
         raise ValueError(
             f"anchors must share one patch size to be stitched token to token, got "

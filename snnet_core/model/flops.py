@@ -28,7 +28,7 @@ from fvcore.nn.jit_handles import get_shape
 
 from snnet_core.io.atomic_io import write_json_atomic
 from snnet_core.model.backbone_lora import base_linears, deployed_numel
-from snnet_core.model.route import RoutePlan, embed_images
+from snnet_core.model.route import RoutePlan, embed_images, run_layer
 from snnet_core.model.snnet import StitchedViT
 from snnet_core.model.stitch_space import FAST, SLOW
 
@@ -94,10 +94,10 @@ class _ComponentProbe(nn.Module):
         outs = []
         tokens = []
         for anchor in self.anchors:
-            x, _ = embed_images(anchor, images)
+            x, grid = embed_images(anchor, images)
             tokens.append(x)
             for block in anchor.blocks:
-                x = block(x)
+                x = run_layer(block, x, grid)
             outs.append(anchor.forward_head(anchor.norm(x)) if self.with_head else x)
         outs += [layer(tokens[FAST]) for layer in self.stitch_s2l]
         outs += [layer(tokens[SLOW]) for layer in self.stitch_l2s]

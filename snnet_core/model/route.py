@@ -13,6 +13,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from timm.models.vision_transformer import VisionTransformer
 
+from snnet_core.model.families import GridRelPosBlock
+
 
 @dataclasses.dataclass
 class Tap:
@@ -89,7 +91,7 @@ def resample_position_table(anchor: VisionTransformer, grid: Tuple[int, int]) ->
     stored = tuple(int(g) for g in anchor.patch_embed.grid_size)
     if tuple(grid) == stored:
         return pos
-    prefix = 0 if anchor.no_embed_class else anchor.num_prefix_tokens
+    prefix = 0 if getattr(anchor, "no_embed_class", False) else anchor.num_prefix_tokens
     dim = pos.shape[-1]
     table = pos[:, prefix:].reshape(1, *stored, dim).permute(0, 3, 1, 2)
     table = F.interpolate(table, size=tuple(grid), mode="bicubic", align_corners=False)
@@ -100,7 +102,8 @@ def embed_images(anchor: VisionTransformer, images: torch.Tensor) -> Tuple[torch
     """Patch-embed ``images`` ``(B, 3, H_img, W_img)`` with ``anchor``: tokens ``(B, P + H*W, C)``, grid.
 
     Prefix tokens (cls, registers) and the position embedding (``resample_position_table``) are added as
-    timm's ``VisionTransformer`` does for the anchor's layout (DeiT3: position embedding on patch tokens only).
+    timm's ``VisionTransformer`` does for the anchor's layout (DeiT3: position embedding on patch tokens only;
+    DINOv2 with registers: cls and register tokens after it; BEiT: the cls token, no absolute table).
     """
     if images.dim() != 4 or images.shape[1] != anchor.patch_embed.proj.in_channels:
         raise ValueError(
@@ -110,19 +113,29 @@ def embed_images(anchor: VisionTransformer, images: torch.Tensor) -> Tuple[torch
     if x.dim() == 4:  # dynamic_img_size: (B, H, W, C)
         grid = (int(x.shape[1]), int(x.shape[2]))
         x = x.flatten(1, 2)
-    else:
-        grid = tuple(int(g) for g in anchor.patch_embed.grid_size)
-    prefix = [t.expand(x.shape[0], -1, -1) for t in (anchor.cls_token, anchor.reg_token) if t is not None]
+    else:  # (B, H*W, C)
+        grid = tuple(int(g) for g in anchor.patch_embed.dynamic_feat_size(images.shape[-2:]))
+    tokens = (anchor.cls_token, getattr(anchor, "reg_token", None))
+    prefix = [t.expand(x.shape[0], -1, -1) for t in tokens if t is not None]
     if anchor.pos_embed is None:
         x = torch.cat(prefix + [x], dim=1)
-    elif anchor.no_embed_class:
+    elif getattr(anchor, "no_embed_class", False):
         x = torch.cat(prefix + [x + resample_position_table(anchor, grid)], dim=1)
     else:
         x = torch.cat(prefix + [x], dim=1) + resample_position_table(anchor, grid)
     x = anchor.pos_drop(x)
-    x = anchor.patch_drop(x)
-    x = anchor.norm_pre(x)
+    for name in ("patch_drop", "norm_pre"):  # VisionTransformer only
+        if hasattr(anchor, name):
+            x = getattr(anchor, name)(x)
     return x, grid
+
+
+def run_layer(layer: nn.Module, x: torch.Tensor, grid: Tuple[int, int]) -> torch.Tensor:
+    """One block or stitching layer on tokens ``(B, P + H*W, C)``; a block whose attention depends on the patch
+    grid (BEiT's ``GridRelPosBlock``) is given ``grid = (H, W)``."""
+    if isinstance(layer, GridRelPosBlock):
+        return layer(x, grid)
+    return layer(x)
 
 
 def run_plan(plan: RoutePlan, images: torch.Tensor, with_features: bool = True) -> RouteOutput:
@@ -130,7 +143,7 @@ def run_plan(plan: RoutePlan, images: torch.Tensor, with_features: bool = True) 
     x, grid = embed_images(plan.embed, images)
     features: List[Optional[torch.Tensor]] = [None] * plan.num_stages
     for position, layer in enumerate(plan.layers):
-        x = layer(x)
+        x = run_layer(layer, x, grid)
         if with_features:
             for tap in plan.taps.get(position, ()):
                 features[tap.stage] = x if tap.projection is None else tap.projection(x)

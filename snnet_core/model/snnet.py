@@ -9,7 +9,7 @@ from timm.models.vision_transformer import VisionTransformer
 
 from snnet_core.model.anchors import anchor_build, anchor_signature, build_anchor, check_anchor_pair, use_upstream_layer_math
 from snnet_core.model.backbone_lora import add_backbone_lora
-from snnet_core.model.route import RouteOutput, RoutePlan, Tap, classify, embed_images, run_plan
+from snnet_core.model.route import RouteOutput, RoutePlan, Tap, classify, embed_images, run_layer, run_plan
 from snnet_core.model.stitch_space import FAST, ROUTE_TYPES, SLOW, Stitch, StitchSpace, map_out_indices_to_fast
 from snnet_core.model.stitching_layers import StitchingLayer
 
@@ -205,10 +205,10 @@ class StitchedViT(nn.Module):
         """
         model = self.anchors[anchor]
         keep = set(range(len(model.blocks)) if indices is None else indices)
-        x, _ = embed_images(model, images)
+        x, grid = embed_images(model, images)
         outputs = {}
         for b, block in enumerate(model.blocks[: max(keep) + 1]):
-            x = block(x)
+            x = run_layer(block, x, grid)
             if b in keep:
                 outputs[b] = x
         return outputs
