@@ -5,7 +5,8 @@ import torch
 import torch.nn as nn
 
 from snnet_core import build_flops_table, count_gflops, export_stitch, load_snnet, save_snnet
-from snnet_core.model.backbone_lora import LoRALinear, add_backbone_lora, deployed_numel, parameter_counts
+from snnet_core.model.backbone_lora import (LoRALinear, add_backbone_lora, deployed_numel, describe_backbone_lora,
+                                           parameter_counts)
 from snnet_core.model.checkpoint import architecture
 
 from .conftest import TINY_FAST, TINY_SLOW, tiny_anchor, tiny_snnet
@@ -161,3 +162,13 @@ def test_block_without_timm_attention_is_refused_naming_it():
         add_backbone_lora(anchor, RANK)
     with pytest.raises(ValueError, match="rank must be >= 1"):
         add_backbone_lora(tiny_anchor(), -1)
+
+
+def test_training_log_line_names_the_key_and_the_trainable_share():
+    net = lora_snnet()
+    trainable, total = parameter_counts(net)
+    assert describe_backbone_lora(net, RANK, "snnet.backbone_lora_rank") == (
+        f"backbone LoRA rank {RANK} (snnet.backbone_lora_rank={RANK}): the anchors are frozen but for the LoRA "
+        f"factors; trainable parameters {trainable / 1e6:.3f} M of {total / 1e6:.3f} M")
+    assert describe_backbone_lora(tiny_snnet(), 0, "model.backbone_lora_rank").startswith(
+        "backbone LoRA off (model.backbone_lora_rank=0): the anchors train in full; trainable parameters")

@@ -26,7 +26,7 @@ import projects.snnet_dpt.model as model_module
 import projects.snnet_dpt.train as train_cli
 import projects.snnet_dpt.training as training
 from datasets.make_synthetic_nyu import make_synthetic_nyu, write_labeled_mat, write_splits_mat
-from projects.snnet_dpt.export import load_exported_model
+from projects.snnet_dpt.export import load_depth_model, load_exported_model
 from projects.snnet_dpt.head import Reassemble
 from projects.snnet_dpt.model import build_model
 from projects.snnet_dpt.nyu import build_nyu_split
@@ -871,3 +871,49 @@ def test_a_directory_in_use_is_refused_and_an_export_is_never_overwritten(data_r
                                                 r".*stitch_results.json does not exist \(this run evaluates no stitch"):
         train_cli.main(cli_args(data_root, tmp_path / "fresh", "--stitch", "none", "--export-stitch", "best:1"))
     assert not os.path.exists(tmp_path / "fresh")  # refused before training
+
+
+@pytest.mark.parametrize("rank, images", [(2, 0), (0, 4)])
+def test_backbone_lora_rank_and_ls_init_images_reach_training(data_root, tmp_path, monkeypatch, rank, images):
+    """``model.backbone_lora_rank=r`` trains the anchors' LoRA factors only and the checkpoint loads back with them;
+    ``train.ls_init_images=0`` leaves the stitching layers at PyTorch's default init, N feeds LS init N images."""
+    import snnet_core.training.run_state as run_state
+
+    fed, start = [], {}
+    real_ls_init, real_optimizer = run_state.ls_init_stitching_layers, training.build_optimizer
+
+    def counting_ls_init(snnet, batches, num_images, **kwargs):
+        return real_ls_init(snnet, (fed.append(b.shape[0]) or b for b in batches), num_images=num_images, **kwargs)
+
+    def snapshot_then_optimizer(model, recipe):  # built before LS init
+        start.update({k: v.clone() for k, v in model.state_dict().items()})
+        return real_optimizer(model, recipe)
+
+    monkeypatch.setattr(run_state, "ls_init_stitching_layers", counting_ls_init)
+    monkeypatch.setattr(training, "build_optimizer", snapshot_then_optimizer)
+    out = tmp_path / "run"
+    train_cli.main(cli_args(data_root, out, "--stitch", "none", opts=[
+        "train.epochs=1", "train.batch_size=8", f"model.backbone_lora_rank={rank}", f"train.ls_init_images={images}"]))
+    with open(out / "log.txt") as f:
+        log = f.read()
+    model = load_depth_model(str(out / "model_final.pth"))
+    assert model.backbone.backbone_lora_rank == rank
+    end = model.state_dict()
+    factors = [k for k in end if k.startswith("backbone.anchors.") and k.endswith(("lora_down", "lora_up"))]
+    anchor_weights = [k for k in end if k.startswith("backbone.anchors.") and k not in factors]
+    moved = {k for k in end if not torch.equal(end[k], start[k])}
+    stitch_weights = [k for k in end if k.startswith("backbone.stitch_") and k.endswith(".weight")]
+    if rank:
+        assert f"backbone LoRA rank {rank} (model.backbone_lora_rank={rank}): the anchors are frozen" in log
+        assert factors and moved & set(factors) and not moved & set(anchor_weights)
+        assert not any(p.requires_grad for n, p in model.named_parameters()
+                       if n.startswith("backbone.anchors.") and not n.endswith(("lora_down", "lora_up")))
+    else:
+        assert "backbone LoRA off (model.backbone_lora_rank=0): the anchors train in full" in log
+        assert not factors and moved & set(anchor_weights)
+    if images:
+        assert f"LS init of the stitching layers on {images} training images (train.ls_init_images={images})" in log
+        assert sum(fed) == images and set(stitch_weights) <= moved  # the LS solution replaced the default init
+    else:
+        assert "LS init off (train.ls_init_images=0): the stitching layers keep PyTorch's default init" in log
+        assert fed == [] and not moved & set(stitch_weights)  # frozen under LoRA SL: still the default init

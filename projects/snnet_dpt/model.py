@@ -43,6 +43,8 @@ class ModelSpec:
         drop_path: stochastic depth rate per anchor.
         lora_rank: LoRA SL rank of the stitching layers (paper: 4 for depth).
         lora_alpha: LoRA SL scaling numerator (update scaled by ``lora_alpha / lora_rank``; upstream: 1).
+        backbone_lora_rank: rank of LoRA on the anchors' attention and MLP linear layers, the anchors otherwise
+            frozen (backbone PET, SN-Netv2 Fig. 12a); 0: off, the anchors train in full (the paper's depth recipe).
         upstream_layers: anchors compute the layers of SN-Netv2's depth code (``StitchedViT(upstream_layers)``)
             instead of standard DeiT3 blocks.
         out_indices: slow-anchor blocks giving the 4 dense features (default ``default_out_indices``).
@@ -56,6 +58,7 @@ class ModelSpec:
     drop_path: Tuple[float, float] = (0.0, 0.0)
     lora_rank: int = 4
     lora_alpha: float = 1.0
+    backbone_lora_rank: int = 0
     upstream_layers: bool = False
     out_indices: Optional[Tuple[int, ...]] = None
     post_process_channels: Tuple[int, ...] = DEFAULT_POST_PROCESS_CHANNELS
@@ -134,7 +137,8 @@ def build_model(spec: ModelSpec, pretrained: Sequence[Optional[str]] = (None, No
     fast, slow = (spec.build_anchor(i, pretrained[i]) for i in range(2))
     out_indices = spec.out_indices or default_out_indices(len(slow.blocks))
     snnet = StitchedViT(fast, slow, lora_rank=spec.lora_rank, lora_alpha=spec.lora_alpha,
-                        out_indices=out_indices, upstream_layers=spec.upstream_layers)
+                        out_indices=out_indices, upstream_layers=spec.upstream_layers,
+                        backbone_lora_rank=spec.backbone_lora_rank)
     return DPTDepthModel(snnet, spec.build_head(snnet.out_channels), snnet.patch_size)
 
 

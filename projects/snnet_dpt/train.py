@@ -190,6 +190,7 @@ def check_settings(cfg: Dict[str, Any], training: bool, source: str = "the confi
     checks = {
         "model.lora_rank": integer(0, note="0: fully trainable stitching layers"),
         "model.lora_alpha": number(0, low_open=True),
+        "model.backbone_lora_rank": integer(0, note="0: off, the anchors train in full"),
         "model.features": integer(1), "model.min_depth": number(0, low_open=True),
         "model.max_depth": Check(lambda v: number().valid(v) and v > cfg["model"]["min_depth"],
                                  f"a finite number > model.min_depth ({cfg['model']['min_depth']!r})"),
@@ -221,7 +222,7 @@ def check_settings(cfg: Dict[str, Any], training: bool, source: str = "the confi
             "lr_schedule.max_momentum": Check(lambda v: number().valid(v) and cfg["lr_schedule"]["base_momentum"] <= v < 1,
                                               "a number in [lr_schedule.base_momentum, 1)"),
             "train.epochs": integer(1), "train.batch_size": integer(1),
-            "train.ls_init_images": integer(0, note="0: no LS init"), "train.loss_warmup_iters": integer(0),
+            "train.ls_init_images": integer(0, note="0: no LS init, default init"), "train.loss_warmup_iters": integer(0),
             "train.flops_step": number(0, low_open=True, note="GFLOPs"), "train.seed": integer(0),
             "train.log_period": integer(1, note="iterations between log lines"),
             "train.max_to_keep": integer(1, note="periodic checkpoints kept"), "train.amp": one_of(True, False),

@@ -27,6 +27,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from snnet_core import FlopsTable, ResourceConstrainedSampler, load_snnet, save_snnet
+from snnet_core.model.backbone_lora import describe_backbone_lora
 from snnet_core.model.checkpoint import describe_load_error
 from snnet_core.distributed import DistContext, barrier
 from snnet_core.io.file_claims import check_checkpoint_claims, check_checkpoint_path, state_bytes
@@ -34,6 +35,7 @@ from snnet_core.io.run_dir import checkpoint_name, prune_checkpoints, tag_last_c
 from snnet_core.model.stitch_space import Stitch
 from snnet_core.training.run_state import check_resumable as check_run_resumable
 from snnet_core.training.run_state import epoch_seed, ls_init_from_dataset, param_checksum, stitch_sequence_digest
+from snnet_core.training.ls_init import describe_ls_init
 from snnet_core.training.train_log import route_loss_name, training_writers
 
 from .loss import SILogLoss
@@ -259,6 +261,7 @@ def train(model: DPTDepthModel, spec: ModelSpec, cfg: Dict[str, Any], recipe: Tr
                 "%s", len(flops.gflops), len(sampler.bins), recipe.flops_step,
                 ", ".join(f"{g['name']} ({len(g['params'])}, {g['max_lr']:.3g}, {g['weight_decay']:.3g})"
                           for g in optimizer.param_groups))  # max_lr: the OneCycle peak of the group
+    logger.info(describe_backbone_lora(model, spec.backbone_lora_rank, "model.backbone_lora_rank"))
     start_epoch, iteration, checkpoint = 0, 0, resume_path
     if resume_path:
         state = load_checkpoint(resume_path, model, ctx.device)
@@ -268,8 +271,10 @@ def train(model: DPTDepthModel, spec: ModelSpec, cfg: Dict[str, Any], recipe: Tr
         sampler.load_state_dict(state["sampler"])
         start_epoch, iteration = int(state["epoch"]), int(state["iteration"])
         logger.info("resumed from %s after epoch %d (iteration %d)", resume_path, start_epoch, iteration)
-    elif recipe.ls_init_images > 0 and ctx.is_main:  # DDP then broadcasts rank 0's weights
-        ls_init(model, train_set, recipe, workers, ctx)
+    elif ctx.is_main:  # DDP then broadcasts rank 0's weights
+        logger.info(describe_ls_init(recipe.ls_init_images, "train.ls_init_images"))
+        if recipe.ls_init_images > 0:
+            ls_init(model, train_set, recipe, workers, ctx)
     ddp_model = wrap_ddp(model, ctx)
     loss_fn = SILogLoss(warmup_iters=recipe.warmup_iters)
     # a resumed run cuts metrics.json back to its checkpoint and purges TensorBoard's events after it

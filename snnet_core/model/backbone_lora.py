@@ -153,3 +153,12 @@ def parameter_counts(module: nn.Module) -> Tuple[int, int]:
     """``(trainable, total)`` parameters of ``module`` (the factors included in the total)."""
     params = list(module.parameters())
     return sum(p.numel() for p in params if p.requires_grad), sum(p.numel() for p in params)
+
+
+def describe_backbone_lora(model: nn.Module, rank: int, key: str) -> str:
+    """What a training run trains, for its log: backbone LoRA on or off (``key`` names the config value holding
+    ``rank``) and ``model``'s trainable and total parameters."""
+    trainable, total = parameter_counts(model)
+    mode = (f"backbone LoRA rank {rank} ({key}={rank}): the anchors are frozen but for the LoRA factors" if rank
+            else f"backbone LoRA off ({key}=0): the anchors train in full")
+    return f"{mode}; trainable parameters {trainable / 1e6:.3f} M of {total / 1e6:.3f} M"
