@@ -10,28 +10,21 @@ declared in the config and registered by name before the loaders are built::
     dataloader.train.dataset.names = "my_train"
 
 Such files are checked when loaded (complete JSON, unique image ids, annotations of declared categories), and
-``check_num_classes`` checks the categories against the model. Training data comes from
-``build_resumable_train_loader``: the batch of iteration ``i`` (images, order and augmentation) is a pure
-function of ``(seed, i)``, so a resumed run sees the data of the uninterrupted one.
+``check_num_classes`` checks the categories against the model. Training data comes from the engine's
+``snnet_core.training.data_order.build_resumable_train_loader``: the batch of iteration ``i`` (images, order and
+augmentation) is a pure function of ``(seed, i)``, so a resumed run sees the data of the uninterrupted one.
 """
 from __future__ import annotations
 
-import contextlib
-import itertools
 import json
 import logging
 import math
 import os
-import random
 from collections import Counter
-from typing import Callable, Iterable, Iterator, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Callable, Iterable, List, Mapping, Optional, Union
 
-import numpy as np
-import torch
-import torch.utils.data as torchdata
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.data.datasets import load_coco_json
-from detectron2.utils import comm
 
 logger = logging.getLogger(__name__)
 
@@ -173,28 +166,7 @@ def check_num_classes(names: Union[str, Iterable[str]], num_classes: int) -> Non
                              f"{len(classes)} (or train on a dataset with at most {num_classes} categories)")
 
 
-# --- resumable training data -------------------------------------------------------------------------
-def seed_rngs(*words: int) -> None:
-    """Seed python's ``random``, numpy's global RNG and torch (CPU and every CUDA device) from ``words``."""
-    state = np.random.SeedSequence([int(w) for w in words]).generate_state(2)
-    random.seed(int(state[0]))
-    np.random.seed(int(state[1]))
-    torch.manual_seed(int(state[0]) << 32 | int(state[1]))
-
-
-@contextlib.contextmanager
-def seeded_rngs(*words: int) -> Iterator[None]:
-    """``seed_rngs(*words)`` for the ``with`` block; the previous states of the three RNGs come back after."""
-    python_state, numpy_state = random.getstate(), np.random.get_state()
-    with torch.random.fork_rng(devices=[]):
-        try:
-            seed_rngs(*words)
-            yield
-        finally:
-            random.setstate(python_state)
-            np.random.set_state(numpy_state)
-
-
+# --- training data ----------------------------------------------------------------------------------
 class NamedImageErrors:
     """A dataset mapper whose failures to read an image (missing, truncated, not an image: ``OSError``) name the image
     and the annotation file listing it, instead of a traceback from PIL."""
@@ -213,94 +185,3 @@ class NamedImageErrors:
             raise OSError(f"image {image!r} (image id {item.get('image_id')}, listed in {self.source}) {problem} "
                           f"({type(exc).__name__}: {exc}); restore the file or remove the image from the annotation "
                           "file") from exc
-
-
-class PositionSeededDataset(torchdata.Dataset):
-    """``dataset[index]`` through ``mapper`` with every RNG seeded from ``(seed, position)``, where
-    ``position`` is the item's place in the training stream: its augmentation does not depend on the
-    worker that maps it, nor on what was mapped before. A ``None`` from the mapper (item skipped) is
-    replaced by another item, drawn from the same seed (as detectron2's ``MapDataset`` does at random)."""
-
-    def __init__(self, dataset: Sequence[dict], mapper: Callable[[dict], Optional[dict]], seed: int):
-        self.dataset, self.mapper, self.seed = dataset, mapper, int(seed)
-
-    def __len__(self) -> int:
-        return len(self.dataset)
-
-    def __getitem__(self, key: Tuple[int, int]) -> dict:
-        position, index = key
-        for attempt in itertools.count():
-            with seeded_rngs(self.seed, position, attempt):
-                mapped = self.mapper(self.dataset[index])
-                if mapped is not None:
-                    return mapped
-                if attempt >= 10:
-                    raise RuntimeError(f"the training mapper skipped 10 items in a row (last: dataset item {index}, "
-                                       f"{self.dataset[index].get('file_name')}); check the mapper and the data")
-                index = random.randrange(len(self.dataset))
-
-
-class ResumableBatchSampler(torchdata.Sampler):
-    """This rank's batches of ``(position, index)`` pairs from detectron2's training stream.
-
-    As ``TrainingSampler`` + ``AspectRatioGroupedDataset``: an infinite stream of seeded permutations of the
-    dataset, item ``p`` of it to rank ``p % world_size``, each rank grouping its items into batches of
-    landscape (w > h) or portrait images. Everything is computed from the indices and image sizes alone, so
-    the first ``start_iter`` batches are skipped without loading them.
-    """
-
-    def __init__(self, dataset: Sequence[dict], batch_size: int, seed: int, start_iter: int = 0,
-                 aspect_ratio_grouping: bool = True):
-        self.size, self.batch_size, self.seed, self.start_iter = len(dataset), batch_size, int(seed), int(start_iter)
-        self.group = ([0 if d["width"] > d["height"] else 1 for d in dataset] if aspect_ratio_grouping
-                      else [0] * self.size)
-        self.rank, self.world_size = comm.get_rank(), comm.get_world_size()
-
-    def _stream(self) -> Iterator[Tuple[int, int]]:
-        generator = torch.Generator().manual_seed(self.seed)
-        for epoch in itertools.count():
-            start = epoch * self.size
-            yield from enumerate(torch.randperm(self.size, generator=generator).tolist(), start)
-
-    def _batches(self) -> Iterator[List[Tuple[int, int]]]:
-        buckets: List[List[Tuple[int, int]]] = [[], []]
-        for position, index in itertools.islice(self._stream(), self.rank, None, self.world_size):
-            bucket = buckets[self.group[index]]
-            bucket.append((position, index))
-            if len(bucket) == self.batch_size:
-                yield bucket[:]
-                del bucket[:]
-
-    def __iter__(self) -> Iterator[List[Tuple[int, int]]]:
-        return itertools.islice(self._batches(), self.start_iter, None)
-
-
-def _as_list(batch: List[dict]) -> List[dict]:
-    return batch
-
-
-def build_resumable_train_loader(
-    dataset: Sequence[dict],
-    mapper: Callable[[dict], Optional[dict]],
-    total_batch_size: int,
-    *,
-    aspect_ratio_grouping: bool = True,
-    num_workers: int = 0,
-    seed: Optional[int] = None,
-    start_iter: int = 0,
-) -> torchdata.DataLoader:
-    """detectron2's ``build_detection_train_loader`` whose iteration ``i`` batch is a pure function of
-    ``(seed, i)``: yields, from iteration ``start_iter`` on, lists of ``total_batch_size / world_size``
-    mapped dicts. ``seed=None`` draws one shared by all ranks (pass it again to resume)."""
-    world_size = comm.get_world_size()
-    if total_batch_size <= 0 or total_batch_size % world_size:
-        raise ValueError(f"dataloader.train.total_batch_size={total_batch_size} must be a positive multiple of the "
-                         f"number of processes ({world_size})")
-    seed = comm.shared_random_seed() if seed is None else seed
-    sampler = ResumableBatchSampler(dataset, total_batch_size // world_size, seed, start_iter, aspect_ratio_grouping)
-    logger.info("training data: seed %d, batch %d per process, from iteration %d", seed, sampler.batch_size,
-                start_iter)
-    # its own generator: starting the iterator (at the first iteration run) must not draw from torch's global RNG
-    return torchdata.DataLoader(PositionSeededDataset(dataset, mapper, seed), batch_sampler=sampler,
-                                num_workers=num_workers, collate_fn=_as_list,
-                                generator=torch.Generator().manual_seed(seed))

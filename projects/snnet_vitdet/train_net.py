@@ -64,7 +64,6 @@ from omegaconf import DictConfig, OmegaConf
 from projects.snnet_vitdet.console import LOG_FILE_ONLY, explain_missing_compiled_ops, setup_run_logging
 from projects.snnet_vitdet.data import (
     NamedImageErrors,
-    build_resumable_train_loader,
     check_dataset_files,
     check_num_classes,
     check_trainable,
@@ -98,6 +97,7 @@ from snnet_core.io.run_dir import (
     lock_run_dir, remove_killed_writes,
 )
 from snnet_core.select import export_reads_report, plot_exported_stitch, resolve_export_selection
+from snnet_core.training.data_order import build_resumable_train_loader
 from snnet_core.training.train_log import training_writers
 
 logger = logging.getLogger("projects.snnet_vitdet.train_net")

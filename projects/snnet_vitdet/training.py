@@ -20,10 +20,10 @@ from snnet_core.io.atomic_io import write_atomic, write_json_atomic
 from snnet_core.io.file_claims import check_checkpoint_claims, check_key_count, state_bytes
 from snnet_core.io.run_dir import LAST_CHECKPOINT, checkpoint_name, last_checkpoint, prune_checkpoints, tag_last_checkpoint
 from snnet_core.io.safe_pickle import load_safe_pickle
+from snnet_core.training.data_order import seed_rngs
 from snnet_core.training.train_log import route_loss_name
 
 from .backbone import StitchedViTDetBackbone
-from .data import seed_rngs
 
 logger = logging.getLogger(__name__)
 

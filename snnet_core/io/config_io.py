@@ -45,7 +45,7 @@ CONFIG_MODULES = (
     "detectron2.data.transforms", "detectron2.data.build", "detectron2.data.dataset_mapper",
     "detectron2.data.samplers", "detectron2.evaluation.coco_evaluation", "fvcore.common.param_scheduler",
     "fvcore.transforms", "torch.optim", "functools.partial", "snnet_core.model.anchors.build_anchor",
-    "projects.snnet_vitdet.backbone", "projects.snnet_vitdet.data.build_resumable_train_loader",
+    "snnet_core.training.data_order.build_resumable_train_loader", "projects.snnet_vitdet.backbone",
     "projects.snnet_vitdet.lr_decay", "projects.snnet_vitdet.export.StitchViTDetBackbone",
 )
 # arguments of those callables that read a pickle (detectron2's load_proposals_into_dataset): never from YAML

@@ -4,7 +4,7 @@ import detectron2.data.transforms as T
 from detectron2 import model_zoo
 from detectron2.config import LazyCall as L
 
-from projects.snnet_vitdet.data import build_resumable_train_loader
+from snnet_core.training.data_order import build_resumable_train_loader
 
 image_size = 1024  # detectron2 ViTDet coco_loader_lsj.py
 dataloader = model_zoo.get_config("common/data/coco.py").dataloader  # detectron2 ViTDet coco_loader_lsj.py
