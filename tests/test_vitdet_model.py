@@ -14,6 +14,8 @@ from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.config import LazyConfig, instantiate
 from detectron2.modeling.backbone.vit import ViT, get_vit_lr_decay_rate
 from detectron2.solver.build import get_default_optimizer_params
+from detectron2.structures import BitMasks, Boxes, Instances
+from detectron2.utils.events import EventStorage
 from timm.models.vision_transformer import Attention
 
 from projects.snnet_vitdet.backbone import (
@@ -389,3 +391,35 @@ def test_single_anchor_baseline_uses_vitdet_layer_decay():
         assert lr[f"backbone.net.vit.blocks.{block}.attn.rel_pos_h"] == (
             pytest.approx(d2_rule(f"backbone.net.blocks.{block}.attn.rel_pos_h")), 0.1)
     assert lr["roi_heads.weight"][0] == 1.0
+
+
+def test_backbone_lora_rank_trains_the_factors_rel_pos_tables_and_heads_only():
+    cfg = LazyConfig.load(os.path.join(CONFIGS, "synthetic", "mask_rcnn_snnetv2_tiny.py"))
+    cfg.model.backbone.net.backbone_lora_rank = 2
+    torch.manual_seed(0)
+    model = instantiate(cfg.model).train()
+    snnet = model.backbone.net.snnet
+    assert snnet.backbone_lora_rank == 2 and snnet.config()["backbone_lora_rank"] == 2
+    trained_in_anchors = ("lora_down", "lora_up", "rel_pos_h", "rel_pos_w")  # rel pos: zero-init, in no checkpoint
+    assert {n.rsplit(".", 1)[1] for n, p in snnet.anchors.named_parameters() if p.requires_grad} == set(
+        trained_in_anchors)
+    cfg.optimizer.params.model = model
+    optimizer = instantiate(cfg.optimizer)
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    instances = Instances((128, 128), gt_boxes=Boxes(torch.tensor([[10.0, 20.0, 60.0, 90.0]])),
+                          gt_classes=torch.tensor([1]))
+    mask = torch.zeros(1, 128, 128, dtype=torch.bool)
+    mask[:, 20:90, 10:60] = True
+    instances.gt_masks = BitMasks(mask)
+    batch = [{"image": torch.randint(0, 255, (3, 128, 128), dtype=torch.uint8), "height": 128, "width": 128,
+              "instances": instances}]
+    model.backbone.net.set_stitch(13)  # through both anchors
+    with EventStorage(0):
+        loss = sum(model(batch).values())
+    optimizer.zero_grad()
+    loss.backward()
+    optimizer.step()
+    moved = {n for n, p in model.named_parameters() if not torch.equal(p, before[n])}
+    anchors_moved = {n for n in moved if ".snnet.anchors." in n}
+    assert anchors_moved and all(n.endswith(trained_in_anchors) for n in anchors_moved)
+    assert any(n.startswith("roi_heads.") for n in moved) and any(".snnet.stitch_" in n for n in moved)

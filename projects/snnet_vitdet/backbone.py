@@ -138,6 +138,11 @@ class ViTDetAttention(nn.Module):
         return f"window_size={self.window_size}, use_rel_pos={self.use_rel_pos}"
 
 
+def rel_pos_tables(module: nn.Module) -> List[nn.Parameter]:
+    """The relative position tables (``rel_pos_h``, ``rel_pos_w``) of the ``ViTDetAttention`` layers in ``module``."""
+    return [p for n, p in module.named_parameters() if n.endswith(("rel_pos_h", "rel_pos_w"))]
+
+
 def global_block_indexes(depth: int, num_global: int = 4) -> List[int]:
     """``num_global`` evenly spaced global-attention blocks ending at the last: 12 -> [2, 5, 8, 11]."""
     if not 1 <= num_global <= depth:
@@ -222,6 +227,9 @@ class StitchedViTDetBackbone(_SingleFeatureBackbone):
         slow: the large anchor (e.g. DeiT3-L, 24 blocks), built without cls token.
         lora_rank: LoRA SL rank of the stitching layers (paper: 16 for S/L).
         lora_alpha: LoRA SL update scale numerator (update scaled by ``lora_alpha / lora_rank``; upstream: 1).
+        backbone_lora_rank: rank of LoRA on both anchors' attention and MLP linear layers, the anchors' pretrained
+            weights frozen (backbone PET, SN-Netv2 Fig. 12a; ``StitchedViT``); the relative position tables, which no
+            DeiT3 checkpoint holds, still train. 0: off, the anchors train in full.
         window_size, num_global: ViTDet attention pattern, applied to each anchor with its own depth.
         use_rel_pos: decomposed relative position bias in every block of both anchors, each block its own
             zero-initialised tables (ViTDet: True).
@@ -237,10 +245,13 @@ class StitchedViTDetBackbone(_SingleFeatureBackbone):
 
     def __init__(self, fast: VisionTransformer, slow: VisionTransformer, lora_rank: int = 16,
                  lora_alpha: float = 1.0, window_size: int = 14, num_global: int = 4, use_rel_pos: bool = True,
-                 img_size: Optional[int] = None, out_feature: str = "last_feat", stitch_id: Optional[int] = None):
+                 img_size: Optional[int] = None, out_feature: str = "last_feat", stitch_id: Optional[int] = None,
+                 backbone_lora_rank: int = 0):
         prepare_vitdet([fast, slow], window_size, num_global, use_rel_pos, img_size)
         snnet = StitchedViT(fast, slow, lora_rank=lora_rank, lora_alpha=lora_alpha,
-                            out_indices=(len(slow.blocks) - 1,))
+                            out_indices=(len(slow.blocks) - 1,), backbone_lora_rank=backbone_lora_rank)
+        for table in rel_pos_tables(snnet.anchors):  # zero-initialised, in no checkpoint: trained under backbone LoRA
+            table.requires_grad_(True)
         super().__init__(out_feature, snnet.out_channels, snnet.patch_size)
         self.snnet = snnet
         if stitch_id is not None:

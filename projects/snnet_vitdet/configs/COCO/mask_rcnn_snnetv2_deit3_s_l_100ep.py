@@ -17,6 +17,8 @@ model.backbone.net = L(StitchedViTDetBackbone)(
     slow=_large.backbone.net.vit,  # paper Sec. 5.4: DeiT3-L, as its baseline (drop path 0.4)
     lora_rank=16,  # paper Sec. 5.4: LoRA SL rank 16
     lora_alpha=1.0,  # upstream lora.py Linear default lora_alpha=1 (update scaled by alpha / rank)
+    # r > 0: backbone PET, LoRA of rank r on the anchors' qkv/proj/fc1/fc2 with the anchors frozen (Fig. 12a: r = 4)
+    backbone_lora_rank=0,  # paper Sec. 5.4: the anchors are fully fine-tuned (0: off)
     window_size=14,  # detectron2 ViTDet common/models/mask_rcnn_vitdet.py
     num_global=4,  # detectron2 ViTDet: global blocks 2, 5, 8, 11 of S and 5, 11, 17, 23 of L
     use_rel_pos=True,  # detectron2 ViTDet common/models/mask_rcnn_vitdet.py; each block its own zero-init tables
@@ -36,7 +38,8 @@ optimizer.params.lr_factor_func = partial(
 snnet = dict(
     ros_step_gflops=10.0,  # upstream depth_estimation/depth/apis/train.py flops_step=10 (ROS bin width)
     sampler_seed=0,  # project: ROS draws are a pure function of (seed, iteration)
-    ls_init_images=100,  # paper Sec. 5.1 / A.2: 100 images for LS init of the stitching layers (0: skip)
+    # 0: no LS solve, the stitching layers keep PyTorch's default init (SN-Netv1 suppl. F compares 0/50/100/200)
+    ls_init_images=100,  # paper Sec. 5.1 / A.2: 100 images for LS init of the stitching layers
     flops_input_size=(1024, 1024),  # detectron2 ViTDet: 1024x1024 input (GFLOPs column and ROS bins)
     eval_stitches="0,1",  # project: the anchors are evaluated every train.eval_period during training
     eval_share_prefixes=True,  # project: --stitch runs groups sharing route prefixes (False: per-stitch loop)
