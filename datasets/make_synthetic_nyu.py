@@ -37,6 +37,7 @@ from typing import Dict, List, Sequence, Tuple
 import cv2
 import numpy as np
 
+from datasets.dataset_files import write_image
 from snnet_core.io.atomic_io import write_atomic
 from snnet_core.cli import add_debug_argument, run_command
 
@@ -153,14 +154,6 @@ def write_splits_mat(path: str, train_ids: Sequence[int], test_ids: Sequence[int
     splits = {"trainNdxs": np.asarray(train_ids, dtype=np.float64)[:, None] + 1,
               "testNdxs": np.asarray(test_ids, dtype=np.float64)[:, None] + 1}
     write_atomic(path, lambda f: scipy.io.savemat(f, splits), binary=True)
-
-
-def write_image(path: str, image: np.ndarray, params: Sequence[int] = ()) -> None:
-    """``image`` encoded by the extension of ``path`` (cv2, BGR channel order), written atomically."""
-    ok, encoded = cv2.imencode(os.path.splitext(path)[1], image, list(params))
-    if not ok:
-        raise OSError(f"cv2 could not encode {path!r}")
-    write_atomic(path, lambda f: f.write(encoded.tobytes()), binary=True)
 
 
 def write_sync_split(root: str, list_path: str, frames: Dict[int, Tuple[np.ndarray, np.ndarray]],
