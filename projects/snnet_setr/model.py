@@ -38,7 +38,7 @@ from snnet_core.model.route import RouteOutput, RoutePlan, Tap, run_plan, tokens
 
 from .head import SETRUPHead
 
-__all__ = ["ViTBackbone", "SETR", "StitchedSETR", "slide_windows", "decode_head_cost", "setr_flops_table",
+__all__ = ["ViTBackbone", "SETR", "StitchedSETR", "stitched_vit", "slide_windows", "decode_head_cost", "setr_flops_table",
            "IMAGENET_RGB_MEAN", "IMAGENET_RGB_STD"]
 
 IMAGENET_RGB_MEAN = (123.675, 116.28, 103.53)  # mmseg SegDataPreProcessor in upstream's SETR configs (RGB)
@@ -79,6 +79,12 @@ class ViTBackbone(nn.Module):
                          layer_names=[f"vit.blocks.{i}" for i in range(len(self.vit.blocks))], taps=taps,
                          finish=self.vit, num_stages=len(self.out_indices))
         return run_plan(plan, images)
+
+
+def stitched_vit(fast: VisionTransformer, slow: VisionTransformer, **kwargs) -> StitchedViT:
+    """``StitchedViT(fast, slow, **kwargs)`` with the anchors as keywords, as a LazyConfig names them
+    (``model.backbone.fast`` / ``.slow``)."""
+    return StitchedViT(fast, slow, **kwargs)
 
 
 def slide_windows(height: int, width: int, crop_size: Tuple[int, int], stride: Tuple[int, int]) -> List[Window]:
