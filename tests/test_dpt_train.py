@@ -26,7 +26,7 @@ import projects.snnet_dpt.model as model_module
 import projects.snnet_dpt.train as train_cli
 import projects.snnet_dpt.training as training
 from datasets.make_synthetic_nyu import make_synthetic_nyu, write_labeled_mat, write_splits_mat
-from projects.snnet_dpt.export import load_depth_model, load_exported_model
+from projects.snnet_dpt.export import load_depth_model, load_exported_model, save_exported_stitch
 from projects.snnet_dpt.head import Reassemble
 from projects.snnet_dpt.model import build_model
 from projects.snnet_dpt.nyu import build_nyu_split
@@ -908,6 +908,13 @@ def test_backbone_lora_rank_and_ls_init_images_reach_training(data_root, tmp_pat
         assert factors and moved & set(factors) and not moved & set(anchor_weights)
         assert not any(p.requires_grad for n, p in model.named_parameters()
                        if n.startswith("backbone.anchors.") and not n.endswith(("lora_down", "lora_up")))
+        path = str(tmp_path / "stitch_5.pth")  # the export merges the factors: plain Linear layers, same depth
+        save_exported_stitch(path, model, training.read_checkpoint_header(str(out / "model_final.pth"))["spec"], 5)
+        exported, frames = load_exported_model(path), torch.rand(1, 3, 64, 80)
+        assert not any(n.endswith(("lora_down", "lora_up")) for n in exported.state_dict())
+        model.backbone.set_stitch(5)
+        with torch.no_grad():
+            torch.testing.assert_close(exported(frames), model(frames), rtol=1e-4, atol=1e-5)
     else:
         assert "backbone LoRA off (model.backbone_lora_rank=0): the anchors train in full" in log
         assert not factors and moved & set(anchor_weights)
