@@ -114,10 +114,13 @@ def raw_labels(labels: np.ndarray, layout: str) -> np.ndarray:
 
 
 def _write_mat(path: str, labels: np.ndarray) -> None:
+    """``labels`` as the ``S`` of a MATLAB v5 file whose 116-byte header text has no creation time (the same
+    arguments write the same bytes)."""
     import scipy.io
 
     buffer = io.BytesIO()
     scipy.io.savemat(buffer, {"S": labels})
+    buffer.getbuffer()[:116] = b"MATLAB 5.0 MAT-file, written by datasets/make_synthetic_segmentation.py".ljust(116)
     write_atomic(path, lambda f: f.write(buffer.getvalue()), binary=True)
 
 

@@ -334,6 +334,15 @@ def test_bad_files_are_named_before_training(synthetic, tmp_path, damage, messag
         check_sem_seg_datasets(names[0], 150)
 
 
+def test_files_missing_from_an_image_list_are_named(synthetic, tmp_path):
+    root, names = copy_registered(synthetic, tmp_path, "coco_stuff10k")
+    os.remove(os.path.join(root, "images", "COCO_val2014_000000000002.jpg"))
+    os.remove(os.path.join(root, "annotations_detectron2", "test", "COCO_val2014_000000000001.png"))
+    with pytest.raises(ValueError, match=r"(?s)label map .*test/COCO_val2014_000000000001.png does not exist.*"
+                                         r"image .*COCO_val2014_000000000002.jpg does not exist"):
+        check_sem_seg_datasets(names[1], 171)
+
+
 def test_wrong_class_count_and_unknown_names_are_refused(synthetic):
     _, names = synthetic
     with pytest.raises(ValueError, match=r"has 150 classes but the config's model.num_classes=171: set "
@@ -347,6 +356,22 @@ def test_wrong_class_count_and_unknown_names_are_refused(synthetic):
 
 
 # --- loaders -------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("config, train, test", [("ade20k", "ade20k_sem_seg_train", "ade20k_sem_seg_val"),
+                                                 ("coco_stuff10k", "coco_stuff_10k_sem_seg_train",
+                                                  "coco_stuff_10k_sem_seg_test")])
+def test_dataset_loader_configs_hold_mmsegs_recipe(config, train, test):
+    cfg = LazyConfig.load(os.path.join(LOADER_CONFIGS, f"{config}_loader.py")).dataloader
+    assert (cfg.train.dataset.names, cfg.test.dataset.names, cfg.train.total_batch_size) == (train, test, 16)
+    resize, crop, flip, photometric, pad = instantiate(cfg.train.mapper).augmentations.augs
+    assert (resize.scale, resize.ratio_range) == ([2048, 512], [0.5, 2.0])
+    assert (crop.crop_size, crop.cat_max_ratio, crop.ignore_label) == ([512, 512], 0.75, 255)
+    assert (flip.prob, flip.horizontal) == (0.5, True) and isinstance(photometric, PhotoMetricDistortion)
+    assert (photometric.brightness_delta, photometric.hue_delta) == (32, 18)
+    assert (pad.size, pad.seg_pad_value) == ([512, 512], 255)
+    (test_resize,) = instantiate(cfg.test.mapper).augmentations.augs
+    assert (test_resize.scale, test_resize.ratio_range) == ([2048, 512], None)
+
+
 def test_synthetic_loader_config_resumes_with_the_same_batches(synthetic):
     _, names = synthetic
     cfg = LazyConfig.load(os.path.join(LOADER_CONFIGS, "synthetic_loader.py"))
