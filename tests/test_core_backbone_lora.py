@@ -4,7 +4,7 @@ import pytest
 import torch
 import torch.nn as nn
 
-from snnet_core import build_flops_table, count_gflops, export_stitch, load_snnet, save_snnet
+from snnet_core import build_anchor, build_flops_table, count_gflops, export_stitch, load_snnet, save_snnet
 from snnet_core.model.backbone_lora import (LoRALinear, add_backbone_lora, deployed_numel, describe_backbone_lora,
                                            parameter_counts)
 from snnet_core.model.checkpoint import architecture
@@ -158,8 +158,11 @@ def test_checkpoint_from_before_the_key_loads_as_rank_0():
 def test_block_without_timm_attention_is_refused_naming_it():
     anchor = tiny_anchor()
     anchor.blocks[1].attn = nn.Identity()
-    with pytest.raises(ValueError, match=r"block 1 of this VisionTransformer has \['fc1', 'fc2'\]"):
+    with pytest.raises(ValueError, match=r"block 1 of this VisionTransformer has \['fc1', 'fc2'\] \(Block; "):
         add_backbone_lora(anchor, RANK)
+    beit = build_anchor("beitv2_base_patch16_224", img_size=32, embed_dim=32, depth=2, num_heads=2)
+    with pytest.raises(ValueError, match=r"block 0 of this Beit has \['fc1', 'fc2'\] .*as BEiT's does"):
+        add_backbone_lora(beit, RANK)  # its attention reads qkv.weight: a LoRA there would be skipped silently
     with pytest.raises(ValueError, match="rank must be >= 1"):
         add_backbone_lora(tiny_anchor(), -1)
 

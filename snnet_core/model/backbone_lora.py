@@ -90,9 +90,11 @@ def _targets(anchor: nn.Module) -> List[Tuple[str, nn.Module, str]]:
                     found.append((f"blocks.{b}.{owner_name}.{attr}", owner, attr))
                     names.add(attr)
         if names != set(TARGETS):
-            raise ValueError(f"backbone LoRA needs a timm Attention (qkv, proj) and Mlp (fc1, fc2) in every block; "
-                             f"block {b} of this {type(anchor).__name__} has {sorted(names) or 'none of them'} "
-                             f"({type(block).__name__}): train it without backbone LoRA (rank 0)")
+            raise ValueError(f"backbone LoRA needs a timm Attention (qkv, proj) and Mlp (fc1, fc2) in every block, "
+                             f"run as modules; block {b} of this {type(anchor).__name__} has "
+                             f"{sorted(names) or 'none of them'} ({type(block).__name__}; an attention that applies "
+                             "qkv.weight itself, as BEiT's does with its q/v biases, cannot take it): train it without "
+                             "backbone LoRA (backbone_lora_rank=0)")
     return found
 
 
