@@ -43,7 +43,7 @@ from timm.scheduler import create_scheduler_v2
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
-from snnet_core import ResourceConstrainedSampler, StitchedViT
+from snnet_core import ResourceConstrainedSampler, StitchedViT, UniformSampler
 from snnet_core.distributed import DistContext
 from snnet_core.training.run_state import epoch_seed, ls_init_from_dataset, param_checksum, stitch_sequence_digest
 from snnet_core.training.train_log import route_loss_name
@@ -69,7 +69,9 @@ class TrainRecipe:
             applies to the mixed targets; with mixup and cutmix 0 the loss is label-smoothed cross-entropy).
         distillation: ``{"type": "none"|"soft"|"hard", "alpha", "tau"}`` (DeiT's loss; the teacher is built by
             ``train.py`` from ``train.teacher``).
-        flops_step: ROS bin width in GFLOPs. ls_init_images: images of the LS-init batch (0: no LS init).
+        sampling: ``"ros"`` (SN-Netv2's resource-constrained sampling, bins of ``flops_step`` GFLOPs) or
+            ``"uniform"`` (SN-Netv1: every stitch equally likely).
+        ls_init_images: images of the LS-init batch (0: no LS init).
         amp: fp16 autocast and gradient scaling on CUDA (upstream always).
     """
 
@@ -93,6 +95,7 @@ class TrainRecipe:
     distillation: Dict[str, Any] = dataclasses.field(default_factory=lambda: {"type": "none", "alpha": 0.5,
                                                                               "tau": 1.0})
     flops_step: float = 1.0
+    sampling: str = "ros"
     ls_init_images: int = 100
     amp: bool = True
     seed: int = 0
@@ -216,7 +219,7 @@ class TrainState:
 
     optimizer: torch.optim.Optimizer
     scaler: torch.amp.GradScaler
-    sampler: ResourceConstrainedSampler
+    sampler: UniformSampler  # or its subclass ResourceConstrainedSampler
     epoch: int = 0
     iteration: int = 0
 
@@ -233,10 +236,13 @@ class TrainState:
 
 def new_train_state(net: StitchedViT, recipe: TrainRecipe, gflops: Mapping[int, float],
                     ctx: DistContext = DistContext()) -> TrainState:
-    """Optimizer, AMP scaler and ROS sampler of a fresh run (``TrainState.load_state_dict`` continues one)."""
+    """Optimizer, AMP scaler and stitch sampler of a fresh run (``TrainState.load_state_dict`` continues one)."""
     amp = ctx.device.type == "cuda" and recipe.amp
-    return TrainState(build_optimizer(net, recipe), torch.amp.GradScaler(ctx.device.type, enabled=amp),
-                      ResourceConstrainedSampler(gflops, recipe.flops_step, recipe.seed))
+    if recipe.sampling not in ("ros", "uniform"):
+        raise ValueError(f"train.sampling={recipe.sampling!r}: choose ros (SN-Netv2) or uniform (SN-Netv1)")
+    sampler = (ResourceConstrainedSampler(gflops, recipe.flops_step, recipe.seed) if recipe.sampling == "ros"
+               else UniformSampler(list(gflops), recipe.seed))
+    return TrainState(build_optimizer(net, recipe), torch.amp.GradScaler(ctx.device.type, enabled=amp), sampler)
 
 
 def fit(

@@ -51,7 +51,8 @@ CONFIG_MODULES = (
 # arguments of those callables that read a pickle (detectron2's load_proposals_into_dataset): never from YAML
 PICKLE_ARGUMENTS = ("proposal_files",)
 MAX_YAML_NODES = 1_000_000  # YAML aliases can describe a config exponentially larger than its file
-SCRIPTS = {"depth": "projects/snnet_dpt/train.py", "detection": "projects/snnet_vitdet/train_net.py"}
+SCRIPTS = {"depth": "projects/snnet_dpt/train.py", "detection": "projects/snnet_vitdet/train_net.py",
+           "classification": "projects/snnet_cls/train.py"}
 _ABSENT = object()
 
 
@@ -423,10 +424,13 @@ def local_checkpoint(path: str, key: str) -> str:
 # --------------------------------------------------------------------------------------------------
 # which project
 def config_kind(cfg: Any) -> Optional[str]:
-    """``"detection"`` (a LazyCall model), ``"depth"`` (a DPT recipe: plain model, lr_schedule) or ``None``."""
+    """``"detection"`` (a LazyCall model), ``"classification"`` (a plain model with ``num_classes``), ``"depth"`` (a
+    DPT recipe: plain model, lr_schedule) or ``None``."""
     model = cfg.get("model") if isinstance(cfg, abc.Mapping) else None
     if isinstance(model, abc.Mapping) and "_target_" in model:
         return "detection"
+    if isinstance(model, abc.Mapping) and "anchors" in model and "num_classes" in model:
+        return "classification"
     if isinstance(model, abc.Mapping) and "anchors" in model and "lr_schedule" in cfg:
         return "depth"
     return None
