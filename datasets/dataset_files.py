@@ -59,7 +59,8 @@ def write_prepared(output: str, sources: Mapping[str, Sequence[Tuple[str, str]]]
     """Write ``output/<split>/<name>`` = ``convert(source)`` (a label map ``(H, W)`` uint8, encoded by ``name``'s
     extension) for every ``(source, name)`` of ``sources[split]``, then ``PREPARED.json`` (``info`` and the counts);
     returns the number of files per split. A complete ``output`` made from as many files is left as it is;
-    ``overwrite`` deletes ``output`` first."""
+    ``overwrite`` deletes ``output`` first. A failed conversion deletes what it wrote (only a killed process leaves
+    a half-written ``output``, which the next run refuses)."""
     counts = {split: len(items) for split, items in sources.items()}
     if overwrite and os.path.isdir(output):
         shutil.rmtree(output)
@@ -70,9 +71,13 @@ def write_prepared(output: str, sources: Mapping[str, Sequence[Tuple[str, str]]]
                                   f"{counts}: pass --overwrite to convert it again")
         logger.info("%s is already prepared: nothing to do", output)
         return counts
-    for split, items in sources.items():
-        for source, name in tqdm(items, desc=f"{info.get('dataset', output)} {split}", unit="map"):
-            write_image(os.path.join(output, split, name), convert(source))
+    try:
+        for split, items in sources.items():
+            for source, name in tqdm(items, desc=f"{info.get('dataset', output)} {split}", unit="map"):
+                write_image(os.path.join(output, split, name), convert(source))
+    except BaseException:  # a bad input file (named by convert) or an interrupt: the next run starts afresh
+        shutil.rmtree(output, ignore_errors=True)
+        raise
     _mark_prepared(output, {**info, "counts": counts})
     return counts
 

@@ -99,6 +99,7 @@ def test_prepare_ade20k_names_bad_inputs(tmp_path):
     raw_ade20k(root, {"training": [np.ones((4, 4), np.uint8)] * 2, "validation": [np.full((4, 4), 151, np.uint8)]})
     with pytest.raises(ValueError, match="ADE_validation_00000000.png holds label 151, above ADE20K's 150"):
         prepare_ade20k(root)
+    assert not os.path.exists(os.path.join(root, "annotations_detectron2"))  # nothing half-written is left
     os.remove(os.path.join(root, "annotations", "training", "ADE_training_00000000.png"))
     with pytest.raises(FileNotFoundError, match="image .*ADE_training_00000000.jpg has no annotation"):
         prepare_ade20k(root)
@@ -309,6 +310,7 @@ def test_clean_datasets_pass_the_checks(synthetic):
     ("size", r"ADE_train_00000001.png is 10x8 but its image .*ADE_train_00000001.jpg is \d+x96"),
     ("missing_label", r"image .*ADE_train_00000001.jpg has no label map in"),
     ("missing_image", r"label map .*ADE_train_00000001.png has no image in"),
+    ("no_label_maps", r"(?s)image .*ADE_train_00000001.jpg has no label map in.*image .*ADE_train_00000002.jpg"),
     ("corrupt_png", r"label map .*ADE_train_00000001.png could not be read"),
     ("corrupt_jpeg", r"image .*ADE_train_00000001.jpg could not be read \(truncated"),
 ])
@@ -324,6 +326,9 @@ def test_bad_files_are_named_before_training(synthetic, tmp_path, damage, messag
         write_png(label, np.zeros((8, 10), np.uint8))
     elif damage in ("missing_label", "missing_image"):
         os.remove(label if damage == "missing_label" else image)
+    elif damage == "no_label_maps":
+        shutil.rmtree(os.path.dirname(label))
+        os.makedirs(os.path.dirname(label))
     else:
         path = label if damage == "corrupt_png" else image
         with open(path, "rb") as f:

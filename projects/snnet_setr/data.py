@@ -192,6 +192,8 @@ def check_sem_seg_datasets(names: Union[str, Iterable[str]], num_classes: int,
             raise ValueError(f"dataset {name!r} has {len(meta.stuff_classes)} classes but the config's "
                              f"{num_classes_key}={num_classes}: set {num_classes_key}={len(meta.stuff_classes)}")
         problems = [] if meta.get("image_list", None) is not None else _pairing_problems(meta)
+        if problems:  # before loading: detectron2's load_sem_seg keeps the pairs (or asserts on no label map)
+            _raise_problems(name, problems, layout)
         items = DatasetCatalog.get(name)
         if not items:
             raise ValueError(f"dataset {name!r} has no image ({meta.image_root})")
@@ -200,9 +202,13 @@ def check_sem_seg_datasets(names: Union[str, Iterable[str]], num_classes: int,
             for item_problems in tqdm(found, total=len(items), desc=f"checking {name}", unit="img", leave=False):
                 problems += item_problems
         if problems:
-            shown = "\n  ".join(problems[:10]) + (f"\n  ... ({len(problems)} problems)" if len(problems) > 10 else "")
-            raise ValueError(f"dataset {name!r} cannot be trained or evaluated on:\n  {shown}\nrestore or re-prepare "
-                             f"these files ({PREPARE_SCRIPTS[layout]}), or remove them")
+            _raise_problems(name, problems, layout)
+
+
+def _raise_problems(name: str, problems: List[str], layout: str) -> None:
+    shown = "\n  ".join(problems[:10]) + (f"\n  ... ({len(problems)} problems)" if len(problems) > 10 else "")
+    raise ValueError(f"dataset {name!r} cannot be trained or evaluated on:\n  {shown}\nrestore or re-prepare these "
+                     f"files ({PREPARE_SCRIPTS[layout]}), or remove them")
 
 
 # --- mapping ---------------------------------------------------------------------------------------
