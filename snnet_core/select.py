@@ -216,6 +216,20 @@ def best_stitch_in_report(report: str, max_gflops: float, task: Optional[str] = 
     return int(choose_stitch(record, source, max_gflops=max_gflops).chosen["id"])
 
 
+def demo_stitch(max_gflops: Optional[float], report: Optional[str], task: Optional[str] = None) -> Optional[int]:
+    """The stitch a demo's ``--max-gflops G --report REPORT`` asks for: the best of the per-stitch report within
+    ``G`` GFLOPs (``best_stitch_in_report``); ``None`` without a budget. ``--report`` without a budget, or a budget
+    without ``--report``, is a ``ValueError`` saying what to give."""
+    if max_gflops is None:
+        if report is not None:
+            raise ValueError("--report is read by --max-gflops: give a budget, or leave --report out")
+        return None
+    if report is None:
+        raise ValueError("--max-gflops G needs --report REPORT, the per-stitch report (train.py --eval-only --stitch "
+                         "all) whose GFLOPs and metric it ranks the stitches by")
+    return best_stitch_in_report(report, max_gflops, task=task)
+
+
 def plot_exported_stitch(report: Optional[str], stitch_id: int, export_dir: str, task: Optional[str] = None
                          ) -> Optional[str]:
     """Write ``export_dir/stitch_report.png``: the per-stitch report ``report`` (a directory or its results file)

@@ -8,7 +8,8 @@ names and the weights. ``load_exported_classifier`` rebuilds only the deployed m
 """
 from __future__ import annotations
 
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+import dataclasses
+from typing import Any, Dict, List, Optional, Sequence
 
 import torch
 
@@ -57,15 +58,40 @@ def _exported_model(state: Dict[str, Any], map_location: str | torch.device) -> 
     return model.eval()
 
 
+@dataclasses.dataclass
+class LoadedClassifier:
+    """What ``load_classifier`` read: ``model`` (a ``StitchedViT`` running its selected stitch, or an exported
+    ``StitchClassifier``), the class names (empty if the file has none), and the evaluation transform's input size
+    and crop ratio."""
+
+    model: torch.nn.Module
+    classes: List[str]
+    input_size: int
+    crop_ratio: float
+
+    @property
+    def stitch(self) -> str:
+        """``stitch 5 (L[0:2] -> S[1:4])``: the stitch the model runs."""
+        if isinstance(self.model, StitchClassifier):
+            return f"stitch {self.model.stitch.stitch_id} ({self.model.stitch.route})"
+        return f"stitch {self.model.stitch_id} ({self.model.space[self.model.stitch_id].route})"
+
+    @torch.no_grad()
+    def logits(self, images: torch.Tensor) -> torch.Tensor:
+        """``images (B, 3, H, W)`` normalised as the evaluation -> logits ``(B, num_classes)``."""
+        if isinstance(self.model, StitchClassifier):
+            return self.model(images)
+        return self.model.classify(images)
+
+
 def load_classifier(path: str, stitch_id: Optional[int] = None, map_location: str | torch.device = "cpu"
-                    ) -> Tuple[torch.nn.Module, List[str]]:
-    """The classifier in a checkpoint file, ready for inference (eval mode, on ``map_location``), and its class names
-    (empty if the file has none):
+                    ) -> LoadedClassifier:
+    """The classifier in a checkpoint file, ready for inference (eval mode, on ``map_location``):
 
     - a training checkpoint of ``train.py``: the whole SN-Net (``StitchedViT``, rebuilt from the stored
-      ``ModelSpec``); ``stitch_id`` selects the stitch ``net.classify(images)`` runs (default: the slow anchor);
-    - an exported stitch (``train.py --export-stitch ID``): the ``StitchClassifier`` (``model(images)`` -> logits);
-      ``stitch_id``, if given, must be its id.
+      ``ModelSpec``); ``stitch_id`` selects the stitch it runs (default: the slow anchor);
+    - an exported stitch (``train.py --export-stitch ID``): the ``StitchClassifier``; ``stitch_id``, if given, must
+      be its id.
 
     Raises ``FileNotFoundError`` / ``RuntimeError`` naming the file for a missing, corrupt or foreign one,
     ``KeyError`` for a stitch id the model does not hold.
@@ -83,13 +109,17 @@ def load_classifier(path: str, stitch_id: Optional[int] = None, map_location: st
             raise KeyError(f"{path} is the exported stitch {model.stitch.stitch_id} ({model.stitch.route}), not stitch "
                            f"{stitch_id}: export stitch {stitch_id} (train.py --eval-only --export-stitch {stitch_id}) "
                            "or load the SN-Net's training checkpoint")
-        return model, list(state.get("classes", []))
+        cfg = model.pretrained_cfg
+        return LoadedClassifier(model, list(state.get("classes", [])), int(cfg["input_size"][-1]),
+                                float(cfg["crop_pct"]))
     if kind != SNNET_FORMAT or "spec" not in state or "classes" not in state:
         raise RuntimeError(f"{path!r} is neither a training checkpoint of projects/snnet_cls/train.py nor a stitch it "
                            "exported (--export-stitch): pass <train.output_dir>/model_final.pth or "
                            "<train.output_dir>/stitch_<ID>/model_final.pth")
-    net = build_model(ModelSpec.from_dict(state["spec"])).to(map_location)
+    spec = ModelSpec.from_dict(state["spec"])
+    net = build_model(spec).to(map_location)
     load_snnet_state(state, net, path)
     if stitch_id is not None:
         net.set_stitch(stitch_id)
-    return net.eval(), list(state["classes"])
+    return LoadedClassifier(net.eval(), list(state["classes"]), int(state.get("input_size", spec.img_size[0])),
+                            float(state.get("eval_crop_ratio", 1.0)))

@@ -59,7 +59,7 @@ from snnet_core.io.config_io import local_checkpoint
 from snnet_core.cli import add_debug_argument, run_command
 from snnet_core.io.image_size import check_image_pixels
 from snnet_core.io.images import list_images, output_paths
-from snnet_core.select import best_stitch_in_report
+from snnet_core.select import demo_stitch
 
 logger = logging.getLogger("projects.snnet_dpt.demo")
 DEFAULT_EVAL_SIZE = (480, 640)  # dpt_snnetv2_deit3_s_l_nyu.py's dataloader.eval_size (NYUv2's test frames)
@@ -155,19 +155,6 @@ def describe(model: DPTDepthModel) -> str:
     return f"stitch {backbone.stitch_id} ({route})"
 
 
-def choose_demo_stitch(max_gflops: Optional[float], report: Optional[str]) -> Optional[int]:
-    """The stitch ``--max-gflops`` asks for: the best of the per-stitch ``report`` within ``max_gflops`` GFLOPs
-    (``None`` without a budget)."""
-    if max_gflops is None:
-        if report is not None:
-            raise ValueError("--report is read by --max-gflops: give a budget, or leave --report out")
-        return None
-    if report is None:
-        raise ValueError("--max-gflops G needs --report REPORT, the per-stitch report (train.py --eval-only --stitch "
-                         "all) whose GFLOPs and metric it ranks the stitches by")
-    return best_stitch_in_report(report, max_gflops, task=TASK)
-
-
 def run(weights: str, inputs: Sequence[str], output_dir: str, stitch_id: Optional[int] = None,
         size: Optional[Sequence[int]] = None, flip: bool = True, device: str = "cpu",
         max_gflops: Optional[float] = None, report: Optional[str] = None, overwrite: bool = False) -> List[str]:
@@ -180,7 +167,7 @@ def run(weights: str, inputs: Sequence[str], output_dir: str, stitch_id: Optiona
     for path in images:  # too large an image is refused from its header before the model is loaded
         check_image_pixels(path)
     weights = local_checkpoint(weights, "--weights")  # a URL: refused unless already downloaded
-    chosen = choose_demo_stitch(max_gflops, report)
+    chosen = demo_stitch(max_gflops, report, TASK)
     model = load_depth_model(weights, stitch_id if chosen is None else chosen, map_location=device)
     title = f"depth, {describe(model)}"
     eval_size = recorded_eval_size(weights)
