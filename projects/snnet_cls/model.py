@@ -30,6 +30,8 @@ class ModelSpec:
         drop_path: stochastic depth rate per anchor (upstream ``anchor_drop_path``).
         lora_rank: LoRA SL rank of the stitching layers (0: fully trained layers, SN-Netv1).
         lora_alpha: LoRA SL scale numerator (update scaled by ``lora_alpha / lora_rank``; upstream: 1).
+        backbone_lora_rank: rank of LoRA on the anchors' attention and MLP linear layers, the anchors frozen but for
+            their classifiers (backbone PET, SN-Netv2 Fig. 12a); 0: off, the anchors train in full (the paper's).
         route_types: the stitch space (all four: SN-Netv2; ``("anchor", "FS")``: SN-Netv1).
     """
 
@@ -40,6 +42,7 @@ class ModelSpec:
     drop_path: Tuple[float, float] = (0.0, 0.0)
     lora_rank: int = 64
     lora_alpha: float = 1.0
+    backbone_lora_rank: int = 0
     route_types: Tuple[str, ...] = ROUTE_TYPES
 
     def to_dict(self) -> Dict[str, Any]:
@@ -68,7 +71,7 @@ def build_model(spec: ModelSpec, pretrained: Sequence[Optional[str]] = (None, No
     ``net.classify(images (B, 3, H, W), stitch_id)`` -> logits ``(B, num_classes)``."""
     fast, slow = (spec.build_anchor(i, pretrained[i]) for i in range(2))
     return StitchedViT(fast, slow, lora_rank=spec.lora_rank, lora_alpha=spec.lora_alpha,
-                       route_types=spec.route_types)
+                       route_types=spec.route_types, backbone_lora_rank=spec.backbone_lora_rank)
 
 
 def classifier_flops_table(net: StitchedViT, input_size: Sequence[int], cache_dir: Optional[str] = None

@@ -80,9 +80,11 @@ from snnet_core.io.run_dir import (
     last_checkpoint, lock_run_dir, prune_checkpoints, remove_killed_writes, tag_last_checkpoint,
 )
 from snnet_core.model.anchor_names import check_anchor_names
+from snnet_core.model.backbone_lora import describe_backbone_lora
 from snnet_core.model.checkpoint import FORMAT as SNNET_FORMAT
 from snnet_core.model.checkpoint import describe_load_error
 from snnet_core.select import export_reads_report, plot_exported_stitch, resolve_export_selection
+from snnet_core.training.ls_init import describe_ls_init
 from snnet_core.training.run_state import check_resumable
 from snnet_core.training.train_log import training_writers
 
@@ -172,6 +174,7 @@ def check_settings(cfg: Dict[str, Any], training: bool, source: str = "the confi
     checks = {
         "model.num_classes": integer(1), "model.lora_rank": integer(0, note="0: fully trained stitching layers"),
         "model.lora_alpha": number(0, low_open=True),
+        "model.backbone_lora_rank": integer(0, note="0: off, the anchors train in full"),
         "model.drop_path": Check(lambda v: len(v) == 2 and all(number(0, 1, high_open=True).valid(x) for x in v),
                                  "two rates in [0, 1)"),
         "dataloader.input_size": size_ok, "dataloader.eval_crop_ratio": number(0, 1, low_open=True),
@@ -195,7 +198,7 @@ def check_settings(cfg: Dict[str, Any], training: bool, source: str = "the confi
             "train.distillation.type": one_of("none", "soft", "hard"),
             "train.distillation.alpha": number(0, 1), "train.distillation.tau": number(0, low_open=True),
             "train.sampling": one_of("ros", "uniform"), "train.flops_step": number(0, low_open=True, note="GFLOPs"),
-            "train.ls_init_images": integer(0, note="0: no LS init"), "train.amp": one_of(True, False),
+            "train.ls_init_images": integer(0, note="0: no LS init, default init"), "train.amp": one_of(True, False),
             "train.seed": integer(0), "train.log_period": integer(1), "train.max_to_keep": integer(1),
             "train.init_checkpoint": Check(lambda v: not v, "empty: it names the checkpoint --eval-only evaluates; "
                                            "training starts from model.pretrained, --resume continues from "
@@ -387,8 +390,11 @@ def train(net, spec: ModelSpec, cfg: Dict[str, Any], recipe: TrainRecipe, split:
     if resume_path:
         state.load_state_dict(load_snnet(resume_path, net, map_location=ctx.device)["train_state"])
         logger.info("resumed from %s after epoch %d (iteration %d)", resume_path, state.epoch, state.iteration)
-    elif recipe.ls_init_images > 0 and ctx.is_main:  # DDP then broadcasts rank 0's weights
-        ls_init(net, train_set, recipe, spec.num_classes, ctx, data["workers"])
+    elif ctx.is_main:  # DDP then broadcasts rank 0's weights
+        logger.info(describe_ls_init(recipe.ls_init_images, "train.ls_init_images"))
+        if recipe.ls_init_images > 0:
+            ls_init(net, train_set, recipe, spec.num_classes, ctx, data["workers"])
+    logger.info(describe_backbone_lora(net, spec.backbone_lora_rank, "model.backbone_lora_rank"))
     teacher = build_teacher(cfg, spec.num_classes, ctx.device)
     max_iter = recipe.epochs * (len(train_set) // recipe.batch_size)
     writers = training_writers(output_dir, max_iter, state.iteration) if ctx.is_main else []

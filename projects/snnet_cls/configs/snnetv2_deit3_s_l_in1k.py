@@ -17,6 +17,9 @@ model = dict(
     drop_path=(0.05, 0.4),  # upstream config: anchor_drop_path
     lora_rank=64,  # upstream config: lora_r 64 (with low_rank: the LS weights frozen, LoRA SL trained)
     lora_alpha=1.0,  # upstream snnet.py: lora.Linear lora_alpha=1, update scaled by alpha / rank
+    # r > 0: backbone PET, LoRA of rank r on the anchors' qkv/proj/fc1/fc2 with the anchors frozen but for their
+    # classifiers (paper Fig. 12a, on segmentation: r = 4)
+    backbone_lora_rank=0,  # upstream main.py: every anchor parameter trains (0: off)
     route_types=("anchor", "FS", "SF", "FSF", "SFS"),  # upstream config: snnet_v2 (Two-way stitching, 134 stitches)
 )
 
@@ -71,6 +74,7 @@ train = dict(
     ),
     sampling="ros",  # paper Sec. 4.2: resource-constrained sampling
     flops_step=1.0,  # upstream main.py: flops_gap 1.0 (GFLOPs bins of ROS)
+    # 0: no LS solve, the stitching layers keep PyTorch's default init (SN-Netv1 suppl. F compares 0/50/100/200)
     ls_init_images=100,  # upstream main.py: one training batch of 100 (after CutMix) for the LS solution
     amp=True,  # upstream engine.py: torch.cuda.amp.autocast (fp16) with NativeScaler; CPU runs in fp32
     seed=0,  # upstream config: seed
