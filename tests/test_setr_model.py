@@ -8,9 +8,10 @@ import torch.nn.functional as F
 from detectron2.config import LazyConfig, instantiate
 
 from projects.snnet_setr.head import SETRUPHead
-from projects.snnet_setr.model import SETR, StitchedSETR, ViTBackbone, decode_head_cost, setr_flops_table, slide_windows
+from projects.snnet_setr.model import (SETR, StitchedSETR, ViTBackbone, decode_head_cost, model_for_counting,
+                                       setr_flops_table, slide_windows)
 from projects.snnet_setr.optim import PolyParamScheduler, custom_keys_lr_factor
-from snnet_core import StitchedViT, count_gflops, export_stitch
+from snnet_core import StitchedViT, build_flops_table, count_gflops, export_stitch
 from snnet_core.model.stitch_space import map_out_indices_to_fast
 from snnet_core.model.upstream import stitch_id_from_upstream
 from snnet_core.training.sampling import flops_bins
@@ -196,7 +197,7 @@ def test_stitch_selection_and_single_vit_baseline():
 
 
 # ------------------------------------------------------------------------------------------------- FLOPs
-def test_flops_table_is_backbone_plus_decode_head_as_a_direct_trace_and_ignores_auxiliary_heads():
+def test_flops_table_is_what_upstreams_trace_counts_and_ignores_auxiliary_heads():
     model, without_aux = tiny_setr(), tiny_setr(with_aux=False)
     table = setr_flops_table(model, (64, 64))
     assert setr_flops_table(without_aux, (64, 64)).gflops == table.gflops
@@ -205,7 +206,9 @@ def test_flops_table_is_backbone_plus_decode_head_as_a_direct_trace_and_ignores_
     assert head_params == sum(p.numel() for p in model.decode_head.parameters())
 
     class Traced(torch.nn.Module):
-        """What upstream's get_flops_snnet.py traces in eval mode (LoRA merged): backbone + decode head, no resize."""
+        """What upstream's get_flops_snnet.py traces in eval mode (LoRA merged, auxiliary heads removed): the
+        decode head on feature 3, and feature 0, whose shape upstream reads to reshape every feature; fvcore's
+        trace drops the unused features 1 and 2."""
 
         def __init__(self, stitch, head):
             super().__init__()
@@ -213,12 +216,15 @@ def test_flops_table_is_backbone_plus_decode_head_as_a_direct_trace_and_ignores_
 
         def forward(self, images):
             out = self.stitch(images)
-            return [self.head(out.feature_maps()[3])] + out.features
+            return self.head(out.feature_maps()[3]), out.features[0]
 
-    for stitch_id in (0, 1, 4, 7, 10, 13):
+    for stitch_id in range(len(model.space)):
         traced = Traced(export_stitch(model.backbone, stitch_id), model.decode_head)
         direct = count_gflops(traced, (torch.zeros(1, 3, 64, 64),))
-        assert table.gflops[stitch_id] == pytest.approx(direct, rel=1e-12)
+        assert table.gflops[stitch_id] == pytest.approx(direct, rel=1e-12), model.space[stitch_id].route
+    # the small anchor's features 1 and 2 are mapped by layers that feed only the auxiliary heads
+    engine = build_flops_table(model.backbone, (64, 64), mode="features", head_gflops=head_gflops)
+    assert table.gflops[0] < engine.gflops[0] and table.gflops[1] == pytest.approx(engine.gflops[1], rel=1e-12)
 
 
 def test_ros_bins_of_the_tiny_config_are_several():
@@ -234,31 +240,22 @@ def test_ros_bins_of_the_tiny_config_are_several():
 # segmentation/model_flops/snnet_flops_setr_naive_512x512_160k_b16_ade20k_deit_3_s_l_224_snnetv2.json
 # (fvcore, backbone + decode head, auxiliary heads removed), in FLOPs, by upstream id.
 UPSTREAM_FLOPS = {
+    0: 33522505728,  # small anchor S[0:12]
     1: 363157291008,  # large anchor L[0:24]
     6: 225986083328,  # FS  S[0:5] -> L[10:24]
     23: 308973790208,  # SF  L[0:20] -> S[10:12]
     112: 198894332928,  # FSF S[0:4] -> L[8:20] -> S[10:12]
     25: 336468587008,  # SFS L[0:2] -> S[1:2] -> L[4:24]
+    15: 89418462208,  # SF  L[0:4] -> S[2:12] (small features 1 and 2: their layers not counted)
+    33: 116913259008,  # SFS L[0:2] -> S[1:10] -> L[20:24] (likewise)
 }
-# Stitches crossing small blocks 7 or 9 count more here than in upstream's table, by one 384 -> 1024 stitching
-# layer on 1 + 32*32 tokens per such feature (upstream's table leaves those two features' layers out; its code
-# runs all four): e.g. the small anchor, 33.5225 GFLOPs there.
-UPSTREAM_SMALL_ANCHOR = 33522505728
-PROJECTION_FLOPS = 1025 * 384 * 1024
 
 
 @pytest.fixture(scope="module")
 def deit3_s_l_table():
-    """The engine's FLOPs table of the ADE20K S/L config's model at 512x512 (weights zero: counting only)."""
+    """The engine's FLOPs table of the ADE20K S/L config's model at 512x512."""
     cfg = LazyConfig.load(os.path.join(CONFIGS, "ADE20K", "setr_naive_snnetv2_deit3_s_l_160k.py"))
-    for anchor in ("fast", "slow"):
-        cfg.model.backbone[anchor].pretrained = None
-    with torch.device("meta"):
-        model = instantiate(cfg.model)
-    model = model.to_empty(device="cpu").eval()
-    with torch.no_grad():
-        for tensor in list(model.parameters()) + list(model.buffers()):
-            tensor.zero_()
+    model = model_for_counting(cfg.model)
     return model, setr_flops_table(model, (512, 512))
 
 
@@ -268,7 +265,6 @@ def test_deit3_s_l_flops_match_upstream_table(deit3_s_l_table):
     for upstream_id, flops in UPSTREAM_FLOPS.items():
         stitch_id = stitch_id_from_upstream(model.space, upstream_id)
         assert table.gflops[stitch_id] == pytest.approx(flops / 1e9, abs=1e-9), model.space[stitch_id].route
-    assert table.gflops[0] == pytest.approx((UPSTREAM_SMALL_ANCHOR + 2 * PROJECTION_FLOPS) / 1e9, abs=1e-9)
     assert min(table.gflops.values()) == table.gflops[0] and max(table.gflops.values()) == table.gflops[1]
 
 

@@ -25,21 +25,24 @@ mmseg's semantics, kept here:
 """
 from __future__ import annotations
 
-from typing import Dict, Iterator, List, Optional, Sequence, Tuple
+import copy
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from detectron2.config import instantiate
 from detectron2.modeling.postprocessing import sem_seg_postprocess
 from timm.models.vision_transformer import VisionTransformer
 
 from snnet_core import FlopsTable, Stitch, StitchedViT, StitchSpace, build_flops_table, count_gflops, run_stitches
+from snnet_core.model.flops import rng_untouched
 from snnet_core.model.route import RouteOutput, RoutePlan, Tap, run_plan, tokens_to_map
 
 from .head import SETRUPHead
 
-__all__ = ["ViTBackbone", "SETR", "StitchedSETR", "stitched_vit", "slide_windows", "decode_head_cost", "setr_flops_table",
-           "IMAGENET_RGB_MEAN", "IMAGENET_RGB_STD"]
+__all__ = ["ViTBackbone", "SETR", "StitchedSETR", "stitched_vit", "slide_windows", "decode_head_cost",
+           "model_for_counting", "setr_flops_table", "IMAGENET_RGB_MEAN", "IMAGENET_RGB_STD"]
 
 IMAGENET_RGB_MEAN = (123.675, 116.28, 103.53)  # mmseg SegDataPreProcessor in upstream's SETR configs (RGB)
 IMAGENET_RGB_STD = (58.395, 57.12, 57.375)
@@ -341,13 +344,57 @@ def decode_head_cost(model: SETR, image_size: Tuple[int, int]) -> Tuple[float, i
     return count_gflops(head, (feature,)), sum(p.numel() for p in head.parameters())
 
 
+def model_for_counting(model_cfg: Any) -> SETR:
+    """The segmentor of a LazyConfig ``model`` section built for FLOPs counting only: no pretrained weights read,
+    built on the meta device and materialised on the CPU with every parameter and buffer zero (fvcore's counts
+    do not depend on values; this skips the random initialisation of a DeiT3-L), in eval mode."""
+    model_cfg = copy.deepcopy(model_cfg)
+    for key in ("fast", "slow", "vit"):
+        if key in model_cfg.backbone:
+            model_cfg.backbone[key].pretrained = None
+    with torch.device("meta"):
+        model = instantiate(model_cfg)
+    model = model.to_empty(device="cpu")
+    with torch.no_grad():
+        for tensor in list(model.parameters()) + list(model.buffers()):
+            tensor.zero_()
+    return model.eval()
+
+
 def setr_flops_table(model: StitchedSETR, image_size: Tuple[int, int] = (512, 512),
                      cache_dir: Optional[str] = None) -> FlopsTable:
-    """GFLOPs and parameters (M) of every stitch at ``image_size``: the stitched backbone up to its dense
-    features (every stage's stitching layer counted, as upstream's trace runs them) + the decode head
-    (``decode_head_cost``), through the engine's ``build_flops_table`` (cached in ``cache_dir``)."""
+    """GFLOPs and parameters (M) of every stitch at ``image_size``, counted as upstream SN-Netv2 counts its
+    SETR-Naive table (``tools/analysis_tools/get_flops_snnet.py``: fvcore on the model in eval mode, auxiliary heads
+    removed): the stitched backbone + the decode head (``decode_head_cost``).
+
+    Of the small-to-large layers that map features read in the small anchor, upstream's trace keeps only those of
+    feature 0 and of the decode head's feature (3): fvcore's jit trace drops dead code, the auxiliary heads that
+    read features 1 and 2 are gone, and feature 0 stays alive because upstream's ``format_out_features`` reshapes
+    every feature by its shape. The engine's table (``build_flops_table``, cached in ``cache_dir``) counts all four;
+    the layers of the other features are taken off here, so that every stitch has upstream's count. Parameters are
+    the engine's: an exported stitch holds all four layers.
+    """
     gflops, params = decode_head_cost(model, image_size)
     head = model.decode_head
+    snnet = model.backbone
     key = f"setr-naive-c{head.in_channels}-k{head.num_classes}-p{params}-g{gflops:.6f}"
-    return build_flops_table(model.backbone, image_size, mode="features", head_gflops=gflops, head_params=params,
-                             head_key=key, cache_dir=cache_dir)
+    table = build_flops_table(snnet, image_size, mode="features", head_gflops=gflops, head_params=params,
+                              head_key=key, cache_dir=cache_dir)
+    counted = {0, head.in_index % len(snnet.out_indices)}
+    cost = _projection_gflops(snnet, image_size)
+    for stitch_id in snnet.space.ids:
+        dropped = sum(1 for taps in snnet.plan(stitch_id).taps.values() for tap in taps
+                      if tap.projection is not None and tap.stage not in counted)
+        table.gflops[stitch_id] -= dropped * cost
+    return table
+
+
+def _projection_gflops(snnet: StitchedViT, image_size: Tuple[int, int]) -> float:
+    """GFLOPs (fvcore) of one merged small-to-large stitching layer on the tokens of an ``image_size`` input (the
+    same for every such layer)."""
+    grid = (image_size[0] // snnet.patch_size, image_size[1] // snnet.patch_size)
+    device = next(snnet.parameters()).device
+    tokens = torch.zeros(1, snnet.num_prefix_tokens + grid[0] * grid[1], snnet.embed_dims[0], device=device)
+    with rng_untouched(tokens.device):  # merged() draws nn.Linear's initialisation
+        layer = snnet.stitch_s2l[0].merged()
+    return count_gflops(layer, (tokens,))
