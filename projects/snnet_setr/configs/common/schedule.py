@@ -14,6 +14,7 @@ from projects.snnet_setr.optim import PolyParamScheduler, custom_keys_lr_factor
 
 optimizer = L(torch.optim.SGD)(
     params=L(get_default_optimizer_params)(
+        base_lr="${..lr}",  # detectron2 ViTDet common/optim.py: the lr that lr_factor_func scales (required with it)
         # upstream: paramwise_cfg=dict(custom_keys={'head': dict(lr_mult=10.)}): decode and auxiliary heads x10
         lr_factor_func=partial(custom_keys_lr_factor, custom_keys={"head": 10.0}),
     ),
