@@ -284,6 +284,7 @@ SNNET_CONFIGS = {  # config: (LoRA SL rank, classes, iterations)
     "ADE20K/setr_naive_snnetv2_deit3_b_l_160k.py": (4, 150, 160000),
     "COCO-Stuff-10K/setr_naive_snnetv2_deit3_s_l_80k.py": (16, 171, 80000),
     "COCO-Stuff-10K/setr_naive_snnetv2_deit3_b_l_80k.py": (4, 171, 80000),
+    "COCO-Stuff-10K/setr_naive_snnetv2_deit3_b_l_80k_pet.py": (4, 171, 80000),  # + backbone LoRA (Fig. 12a)
 }
 BASELINES = {  # config: (anchor, width, out_indices, classes)
     "ADE20K/setr_naive_deit3_s_160k.py": ("deit3_small_patch16_224", 384, (4, 7, 9, 11), 150),
@@ -340,3 +341,31 @@ def test_head_learning_rate_is_ten_times_and_poly_schedule_has_mmengines_floor()
     poly = PolyParamScheduler(1.0, 0.01, 0.9)
     for where in (0.0, 0.3, 0.75, 1.0):  # mmengine PolyLR: (lr - eta_min) * (1 - t/T)^power + eta_min
         assert poly(where) * 0.01 == pytest.approx((0.01 - 1e-4) * (1 - where) ** 0.9 + 1e-4)
+
+
+def test_backbone_pet_config_puts_rank_4_lora_on_frozen_anchors():
+    _, model = _built_on_meta("COCO-Stuff-10K/setr_naive_snnetv2_deit3_b_l_80k_pet.py")
+    _, full = _built_on_meta("COCO-Stuff-10K/setr_naive_snnetv2_deit3_b_l_80k.py")
+    assert model.backbone.backbone_lora_rank == 4 and full.backbone.backbone_lora_rank == 0
+    assert {n.rsplit(".", 1)[1] for n, p in model.backbone.anchors.named_parameters() if p.requires_grad} == {
+        "lora_down", "lora_up"}
+
+
+def test_backbone_lora_rank_of_the_tiny_config_trains_the_factors_layers_and_heads_only():
+    cfg = LazyConfig.load(os.path.join(CONFIGS, "synthetic", "setr_snnetv2_tiny.py"))
+    cfg.model.backbone.backbone_lora_rank = 2
+    torch.manual_seed(0)
+    model = instantiate(cfg.model).train()
+    cfg.optimizer.params.model = model
+    optimizer = instantiate(cfg.optimizer)
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    model.set_stitch(13)  # through both anchors
+    label = torch.randint(0, cfg.model.decode_head.num_classes, (64, 64), generator=torch.Generator().manual_seed(1))
+    loss = sum(model([{"image": random_image(64, 64), "sem_seg": label}]).values())
+    optimizer.zero_grad()
+    loss.backward()
+    optimizer.step()
+    moved = {n for n, p in model.named_parameters() if not torch.equal(p, before[n])}
+    anchors_moved = {n for n in moved if n.startswith("backbone.anchors.")}
+    assert anchors_moved and all(n.endswith(("lora_down", "lora_up")) for n in anchors_moved)
+    assert any(n.startswith("decode_head.") for n in moved) and any(n.startswith("backbone.stitch_") for n in moved)
