@@ -1,4 +1,5 @@
 """DPT head shapes, the stitched depth model, its FLOPs table and the standalone export of one stitch."""
+import os
 from typing import List, Optional, Sequence, Tuple
 
 import pytest
@@ -7,12 +8,14 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 import snnet_core.model.snnet
+from projects.snnet_dpt import train as train_cli
 from projects.snnet_dpt.export import load_exported_model, save_exported_stitch
 from projects.snnet_dpt.head import DPTHead
 from projects.snnet_dpt.model import ModelSpec, build_model, default_out_indices, depth_flops_table, head_gflops
 from snnet_core import build_flops_table, count_gflops
 from snnet_core.model.upstream import upstream_stitch_id
 
+DPT_CONFIGS = os.path.join(os.path.dirname(__file__), "..", "projects", "snnet_dpt", "configs")
 TINY_SPEC = dict(
     pos_embed_size=(64, 80), lora_rank=2, features=32, post_process_channels=(16, 32, 64, 128),
     anchor_overrides=({"embed_dim": 32, "depth": 4, "num_heads": 2}, {"embed_dim": 48, "depth": 8, "num_heads": 3}),
@@ -188,13 +191,46 @@ UPSTREAM_DEIT3_S_L_DPT_FLOPS = {
 }
 
 
-def test_per_stitch_gflops_at_480x640_match_upstreams_shipped_table():
+# depth_estimation/model_flops/flops_dpt_deit3_b_stitch_l_nyu.json of ziplab/SN-Netv2 (the same, DeiT3-B/L + DPT)
+UPSTREAM_DEIT3_B_L_DPT_FLOPS = {
+    0: 300972158976, 1: 602608435200, 2: 577885479936, 3: 552453949440, 4: 527966923776, 5: 502535393280,
+    6: 477103862784, 7: 452616837120, 8: 427185306624, 9: 401753776128, 10: 377266750464, 11: 351835219968,
+    12: 326403689472, 14: 327584123904, 15: 353015654400, 16: 377502680064, 17: 402934210560, 18: 428365741056,
+    19: 452852766720, 20: 478284297216, 21: 503715827712, 22: 528202853376, 23: 553634383872, 24: 579065914368,
+    25: 579065914368, 26: 554578888704, 27: 529147358208, 28: 503715827712, 29: 479228802048, 30: 453797271552,
+    31: 428365741056, 32: 403878715392, 33: 378447184896, 34: 353015654400, 35: 580010419200, 36: 554578888704,
+    37: 529147358208, 38: 504660332544, 39: 479228802048, 40: 453797271552, 41: 429310245888, 42: 403878715392,
+    43: 378447184896, 44: 579065914368, 45: 553634383872, 46: 529147358208, 47: 503715827712, 48: 478284297216,
+    49: 453797271552, 50: 428365741056, 51: 402934210560, 52: 579065914368, 53: 554578888704, 54: 529147358208,
+    55: 503715827712, 56: 479228802048, 57: 453797271552, 58: 428365741056, 59: 580010419200, 60: 554578888704,
+    61: 529147358208, 62: 504660332544, 63: 479228802048, 64: 453797271552, 65: 579065914368, 66: 553634383872,
+    67: 529147358208, 68: 503715827712, 69: 478284297216, 70: 579065914368, 71: 554578888704, 72: 529147358208,
+    73: 503715827712, 74: 580010419200, 75: 554578888704, 76: 529147358208, 77: 579065914368, 78: 553634383872,
+    79: 579065914368, 80: 328292699136, 81: 352779724800, 82: 378211255296, 83: 403642785792, 84: 428129811456,
+    85: 453561341952, 86: 478992872448, 87: 503479898112, 88: 528911428608, 89: 554342959104, 90: 327348194304,
+    91: 352779724800, 92: 378211255296, 93: 402698280960, 94: 428129811456, 95: 453561341952, 96: 478048367616,
+    97: 503479898112, 98: 528911428608, 99: 328292699136, 100: 353724229632, 101: 378211255296, 102: 403642785792,
+    103: 429074316288, 104: 453561341952, 105: 478992872448, 106: 504424402944, 107: 328292699136, 108: 352779724800,
+    109: 378211255296, 110: 403642785792, 111: 428129811456, 112: 453561341952, 113: 478992872448, 114: 327348194304,
+    115: 352779724800, 116: 378211255296, 117: 402698280960, 118: 428129811456, 119: 453561341952, 120: 328292699136,
+    121: 353724229632, 122: 378211255296, 123: 403642785792, 124: 429074316288, 125: 328292699136, 126: 352779724800,
+    127: 378211255296, 128: 403642785792, 129: 327348194304, 130: 352779724800, 131: 378211255296, 132: 328292699136,
+    133: 353724229632, 134: 328292699136,
+}
+
+
+@pytest.mark.parametrize("config, shipped", [
+    ("dpt_snnetv2_deit3_s_l_nyu.py", UPSTREAM_DEIT3_S_L_DPT_FLOPS),
+    ("dpt_snnetv2_deit3_b_l_nyu.py", UPSTREAM_DEIT3_B_L_DPT_FLOPS),
+], ids=["deit3_s_l", "deit3_b_l"])
+def test_per_stitch_gflops_at_480x640_match_upstreams_shipped_table(config, shipped):
+    spec = train_cli.model_spec(train_cli.load_config(os.path.join(DPT_CONFIGS, config), []))
     torch.manual_seed(0)
-    model = build_model(ModelSpec()).eval()  # DeiT3-S/L + DPT, random weights (FLOPs do not depend on them)
+    model = build_model(spec).eval()  # the config's anchors + DPT, random weights (FLOPs do not depend on them)
     table = depth_flops_table(model, (480, 640))
     space = model.backbone.space
-    assert len(space) == len(UPSTREAM_DEIT3_S_L_DPT_FLOPS) == 134
-    upstream = {sid: UPSTREAM_DEIT3_S_L_DPT_FLOPS[upstream_stitch_id(space, sid)] / 1e9 for sid in space.ids}
+    assert len(space) == len(shipped) == 134
+    upstream = {sid: shipped[upstream_stitch_id(space, sid)] / 1e9 for sid in space.ids}
     ours = {sid: table.gflops[sid] for sid in space.ids}
     assert ours == pytest.approx(upstream, abs=0.01)
     # the one difference: upstream's model resizes its 480x640 output to 480x640 (a no-op that fvcore counts

@@ -14,6 +14,7 @@ from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.config import LazyConfig, instantiate
 from detectron2.modeling.backbone.vit import ViT, get_vit_lr_decay_rate
 from detectron2.solver.build import get_default_optimizer_params
+from omegaconf import DictConfig, ListConfig, OmegaConf
 from detectron2.structures import BitMasks, Boxes, Instances
 from detectron2.utils.events import EventStorage
 from timm.models.vision_transformer import Attention
@@ -31,6 +32,9 @@ from snnet_core.model.route import embed_images
 
 CONFIGS = os.path.join(os.path.dirname(__file__), "..", "projects", "snnet_vitdet", "configs")
 COCO_CONFIGS = ["mask_rcnn_vitdet_deit3_s_100ep", "mask_rcnn_vitdet_deit3_l_100ep", "mask_rcnn_snnetv2_deit3_s_l_100ep"]
+# the second pair: each config is the S one's with DeiT3-B as the small anchor
+B_L_CONFIGS = {"mask_rcnn_vitdet_deit3_b_100ep": "mask_rcnn_vitdet_deit3_s_100ep",
+               "mask_rcnn_snnetv2_deit3_b_l_100ep": "mask_rcnn_snnetv2_deit3_s_l_100ep"}
 
 
 def anchor(dim, depth, heads, img_size=64, **kwargs):
@@ -84,6 +88,37 @@ def test_coco_configs_follow_the_paper_then_vitdet():
     assert tuple(cfg.snnet.flops_input_size) == (1024, 1024) and (net.lora_rank, net.lora_alpha) == (16, 1.0)
     assert (net.fast.drop_path_rate, net.slow.drop_path_rate) == (0.1, 0.4)
     assert cfg.optimizer.params.lr_factor_func.keywords == {"num_layers": (12, 24), "lr_decay_rates": (0.7, 0.8)}
+
+
+def flat_config(cfg, prefix=""):
+    """``{dotted key: repr(value)}`` of a LazyConfig (callables by identity, as the config holds them)."""
+    out = {}
+    items = cfg.items_ex(resolve=False) if isinstance(cfg, DictConfig) else enumerate(cfg)
+    for key, value in items:
+        if isinstance(value, (DictConfig, ListConfig)):
+            out.update(flat_config(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = repr(value)
+    return out
+
+
+@pytest.mark.parametrize("name", sorted(B_L_CONFIGS))
+def test_deit3_b_l_configs_are_the_s_recipes_with_deit3_b(name):
+    b_cfg, s_cfg = flat_config(load_coco_config(name)), flat_config(load_coco_config(B_L_CONFIGS[name]))
+    small = "model.backbone.net.fast" if "snnetv2" in name else "model.backbone.net.vit"
+    changed = {k: (s_cfg.get(k), b_cfg.get(k)) for k in set(s_cfg) | set(b_cfg) if s_cfg.get(k) != b_cfg.get(k)}
+    assert changed == {f"{small}.model_name": ("'deit3_small_patch16_224'", "'deit3_base_patch16_224'")}
+    as_written = LazyConfig.load(os.path.join(CONFIGS, "COCO", f"{name}.py"))  # load_coco_config drops the paths
+    assert OmegaConf.select(as_written, f"{small}.pretrained") == "checkpoints/deit_3_base_224_21k.pth"
+
+
+def test_deit3_b_l_detector_instantiates_with_134_stitches():
+    cfg = load_coco_config("mask_rcnn_snnetv2_deit3_b_l_100ep")
+    with torch.device("meta"):  # the architecture only: no memory, no weights
+        net = instantiate(cfg.model.backbone.net)
+    small, large = net.snnet.anchors
+    assert (small.embed_dim, large.embed_dim, len(net.space), net.snnet.lora_rank) == (768, 1024, 134, 16)
+    assert sorted(set(range(12)) - set(windowed_blocks(small))) == [2, 5, 8, 11]
 
 
 SOURCE_COMMENT = re.compile(r"#.*(paper Sec\.|detectron2|upstream|project:)")
