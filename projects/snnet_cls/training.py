@@ -295,7 +295,8 @@ def fit(
             net.train()
             first = len(losses)
             start = time.perf_counter()
-            for images, targets in loader:
+            last = len(loader) - 1
+            for step, (images, targets) in enumerate(loader):
                 if state.iteration >= stop:
                     break
                 data_time = time.perf_counter() - start
@@ -326,7 +327,7 @@ def fit(
                                        "lr": lr, "data_time": data_time, "time": time.perf_counter() - start},
                                     smoothing_hint=False)
                 state.iteration += 1
-                if state.iteration % log_period == 0:
+                if state.iteration % log_period == 0 and step < last:  # the epoch's last: written with its summary
                     for writer in writers:
                         writer.write()
                 start = time.perf_counter()

@@ -1,0 +1,190 @@
+"""The classification project end to end on a tiny synthetic ImageFolder (real JPEG files): training lowers the
+loss, a resumed run ends with the uninterrupted run's weights, an upstream-layout checkpoint gives the engine's
+logits per stitch, the report's top-1 is a direct count of saved logits, an exported stitch is a timm-style
+classifier with the stitch's logits, and bad inputs fail before any work, naming the file."""
+import argparse
+import json
+import os
+
+import pytest
+import torch
+from torch.utils.data import DataLoader
+
+from datasets.make_synthetic_imagefolder import make_synthetic_imagefolder
+from projects.snnet_cls import train as cls_train
+from projects.snnet_cls.data import SeededSamples, read_split
+from projects.snnet_cls.evaluation import UPSTREAM_ID, evaluate_stitches_in_memory
+from projects.snnet_cls.export import load_classifier
+from projects.snnet_cls.transforms import eval_transform
+from snnet_core import classify_stitches, upstream_stitch_id
+from snnet_core.model.checkpoint import load_snnet
+
+TINY = os.path.join(os.path.dirname(cls_train.__file__), "configs", "synthetic", "snnetv2_tiny.py")
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    root = str(tmp_path_factory.mktemp("imagefolder"))
+    make_synthetic_imagefolder(root, num_train=32, num_val=4, size=32, classes=4, seed=0)
+    return root
+
+
+def run(data, output, *flags, epochs=8, extra=()):
+    """``train.py`` in this process on the tiny config: 128 training images, 8 iterations of 16 per epoch."""
+    return cls_train.main([*flags, "--config-file", TINY, f"dataloader.root={data}", f"train.output_dir={output}",
+                           f"train.epochs={epochs}", "train.ls_init_images=16", *extra])
+
+
+@pytest.fixture(scope="module")
+def trained(data, tmp_path_factory):
+    output = str(tmp_path_factory.mktemp("run"))
+    return output, run(data, output, "--stitch", "none")
+
+
+def val_batches(data):
+    split = read_split(data, "val")
+    return split, DataLoader(SeededSamples(split.samples, eval_transform(32)), batch_size=64)
+
+
+def test_training_lowers_the_loss(trained):
+    output, _ = trained
+    with open(os.path.join(output, "metrics.json")) as f:
+        losses = [row["epoch/mean_loss"] for row in map(json.loads, f) if "epoch/mean_loss" in row]
+    assert len(losses) == 8  # one per epoch (CutMix keeps the loss of a learning model high: 1.40 -> 1.36 here)
+    assert sum(losses[-2:]) / 2 < sum(losses[:2]) / 2 - 0.01, losses
+
+
+def test_resume_after_a_kill_ends_with_the_uninterrupted_weights(data, trained, tmp_path, monkeypatch):
+    output, _ = trained
+    killed = str(tmp_path / "killed")
+    real_prune, epochs = cls_train.prune_checkpoints, []
+
+    def prune_then_die(directory, keep):  # after the 6th epoch's checkpoint is written and tagged
+        epochs.append(directory)
+        if len(epochs) == 6:
+            raise KeyboardInterrupt("killed")
+        return real_prune(directory, keep)
+
+    monkeypatch.setattr(cls_train, "prune_checkpoints", prune_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        run(data, killed, "--stitch", "none")
+    monkeypatch.setattr(cls_train, "prune_checkpoints", real_prune)
+    assert not os.path.exists(os.path.join(killed, "model_final.pth"))
+    run(data, killed, "--resume", "--stitch", "none")
+    done, resumed = (torch.load(os.path.join(d, "model_final.pth"), weights_only=True) for d in (output, killed))
+    assert done["model"].keys() == resumed["model"].keys()
+    assert all(torch.equal(done["model"][k], resumed["model"][k]) for k in done["model"])
+    assert done["train_state"]["iteration"] == resumed["train_state"]["iteration"] == 64
+
+
+def upstream_layout(state):
+    """Our SN-Net state dict in upstream classification's names (``snnet.py``'s SNNetv2 saved by ``main.py``)."""
+    renamed = {}
+    for key, value in state.items():
+        key = key.replace(".ls1.gamma", ".gamma_1").replace(".ls2.gamma", ".gamma_2")
+        for ours, group in (("stitch_s2l.", "stitch_layers.0."), ("stitch_l2s.", "stitch_layers.1.")):
+            if key.startswith(ours):
+                index, name = key[len(ours):].split(".")
+                name = {"lora_down": "lora_A", "lora_up": "lora_B"}.get(name, name)
+                key = f"{group}{index}.transform.{name}"
+        renamed[key] = value
+    return renamed
+
+
+def write_upstream_checkpoint(net, path):
+    torch.save({"model": upstream_layout(net.state_dict()), "optimizer": {}, "epoch": 49,
+                "args": argparse.Namespace(lora_r=net.lora_rank, lr=3e-5)}, path)
+
+
+def test_upstream_checkpoint_scores_every_stitch_with_the_engines_logits(data, tmp_path):
+    cfg = cls_train.load_config(TINY, [])
+    torch.manual_seed(1)
+    net = cls_train.build_model(cls_train.model_spec(cfg)).eval()
+    with torch.no_grad():  # random LoRA updates, so that a mis-mapped lora_A / lora_B shows
+        for layer in [*net.stitch_s2l, *net.stitch_l2s]:
+            layer.lora_up.normal_(0, 0.1)
+    path = str(tmp_path / "snnetv2_upstream.pth")
+    write_upstream_checkpoint(net, path)
+
+    loaded = cls_train.build_model(cls_train.model_spec(cfg)).eval()
+    cls_train.load_weights(path, loaded, None, torch.device("cpu"))
+    split, loader = val_batches(data)
+    images, labels = next(iter(loader))
+    saved = {}
+    with torch.no_grad():
+        for sid, logits in classify_stitches(loaded, images):
+            saved[sid] = logits
+            assert torch.equal(logits, net.classify(images, sid)), sid
+    assert sorted(saved) == net.space.ids
+
+    result = run(data, str(tmp_path / "eval"), "--eval-only", "--stitch", "all",
+                 extra=[f"train.init_checkpoint={path}"])
+    rows = result["report"]["stitches"]
+    for sid, logits in saved.items():
+        correct = int((logits.argmax(1) == labels).sum())
+        assert rows[str(sid)]["acc1"] == 100.0 * correct / len(labels)
+        assert rows[str(sid)][UPSTREAM_ID] == upstream_stitch_id(net.space, sid)
+
+
+def test_export_gives_a_timm_style_classifier_with_the_stitchs_logits(data, trained):
+    from timm.data import resolve_data_config
+
+    output, result = trained
+    run(data, output, "--eval-only", "--stitch", "none", "--export-stitch", "5")
+    exported = load_classifier(os.path.join(output, "stitch_5", "model_final.pth"))
+    net = load_snnet(result["checkpoint"])
+    _, loader = val_batches(data)
+    images, _ = next(iter(loader))
+    with torch.no_grad():
+        torch.testing.assert_close(exported.model(images), net.classify(images, 5), rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(exported.model.forward_head(exported.model.forward_features(images)),
+                                   net.classify(images, 5), rtol=1e-5, atol=1e-5)
+    assert exported.model.num_classes == 4 and exported.classes == ["circle", "cross", "square", "triangle"]
+    config = resolve_data_config({}, model=exported.model)
+    assert config["input_size"] == (3, 32, 32) and config["crop_pct"] == 1.0 and config["interpolation"] == "bicubic"
+
+
+def test_evaluation_in_memory_matches_the_report_rows(data, trained, tmp_path):
+    output, result = trained
+    report = run(data, output, "--eval-only", "--stitch", "all", "--report-dir", str(tmp_path / "report"))["report"]
+    net = load_snnet(result["checkpoint"])
+    _, loader = val_batches(data)
+    rows = evaluate_stitches_in_memory(net, loader)
+    for sid, metrics in rows.items():
+        for name in ("acc1", "acc5", "loss"):
+            assert report["stitches"][str(sid)][name] == pytest.approx(metrics[name], rel=1e-6)
+
+
+@pytest.fixture
+def copy_of(data, tmp_path):
+    import shutil
+
+    root = str(tmp_path / "data")
+    shutil.copytree(data, root)
+    return root
+
+
+def test_class_folders_that_differ_between_train_and_val_fail_before_training(copy_of, tmp_path):
+    os.rename(os.path.join(copy_of, "val", "cross"), os.path.join(copy_of, "val", "crosses"))
+    with pytest.raises(ValueError, match=r"class folders of .*train.*differ.*only in .*train: cross.*crosses"):
+        run(copy_of, str(tmp_path / "out"))
+    assert not os.path.exists(str(tmp_path / "out" / "last_checkpoint"))
+
+
+def test_a_non_image_file_is_named_before_training(copy_of, tmp_path):
+    bad = os.path.join(copy_of, "train", "square", "broken.JPEG")
+    with open(bad, "w") as f:
+        f.write("not a JPEG")
+    with pytest.raises(ValueError, match=rf"{bad} is not an image"):
+        run(copy_of, str(tmp_path / "out"))
+    assert not os.path.exists(str(tmp_path / "out" / "last_checkpoint"))
+
+
+def test_a_checkpoint_of_another_anchor_pair_is_refused_naming_the_file(data, tmp_path):
+    cfg = cls_train.load_config(TINY, ["model.anchor_overrides.1.embed_dim=64", "model.anchor_overrides.1.num_heads=4"])
+    other = cls_train.build_model(cls_train.model_spec(cfg))
+    path = str(tmp_path / "other_pair.pth")
+    write_upstream_checkpoint(other, path)
+    with pytest.raises(ValueError, match=rf"{path}.*does not fit this SN-Net.*anchor pair"):
+        run(data, str(tmp_path / "eval"), "--eval-only", "--stitch", "all", extra=[f"train.init_checkpoint={path}"])
+    assert not os.path.exists(str(tmp_path / "eval" / "stitch_report_synthetic_val"))
