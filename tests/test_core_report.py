@@ -608,3 +608,11 @@ def test_the_bar_counts_images_x_stitches_and_moves_per_batch(tmp_path, progress
     assert bar.desc.startswith("evaluating 4 stitches x 4 images")
     progress.advance(5)  # outside an evaluation: nothing to move, no error
     assert bar.updates == expected
+
+
+def test_classification_metrics_have_labels_and_directions():
+    from snnet_core.evaluation.metric_labels import known_direction, metric_label
+
+    assert metric_label("acc1") == "top-1 accuracy (%) (higher is better)"
+    assert metric_label("acc5") == "top-5 accuracy (%) (higher is better)"
+    assert known_direction("acc1") is True and known_direction("loss") is None

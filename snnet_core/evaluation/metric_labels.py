@@ -1,7 +1,7 @@
 """Readable names and directions of the per-stitch metrics of both projects.
 
 ``metric_label("a1")`` is ``"δ<1.25 accuracy (higher is better)"`` (plot axes); ``known_direction`` is whether a
-higher value is better for the depth metrics (NYUv2) and COCO AP columns (``bbox_AP``, ``segm_AP50``, ``APs``,
+higher value is better for the depth metrics (NYUv2), top-1/top-5 accuracy and COCO AP columns (``bbox_AP``, ``segm_AP50``, ``APs``,
 ...), ``None`` for any other metric (the caller then needs the direction from the report or the user).
 """
 from __future__ import annotations
@@ -21,6 +21,11 @@ DEPTH_METRICS: Dict[str, Tuple[str, bool]] = {
     "log10": ("mean log10 error", False),
     "silog": ("scale-invariant log error", False),
 }
+# classification metric (upstream SN-Netv2's names) -> (name, higher is better); projects/snnet_cls/evaluation.py
+CLASSIFICATION_METRICS: Dict[str, Tuple[str, bool]] = {
+    "acc1": ("top-1 accuracy (%)", True),
+    "acc5": ("top-5 accuracy (%)", True),
+}
 _COCO_AP = re.compile(r"(?:(bbox|segm)_)?AP(50|75|s|m|l)?")  # COCO summary columns: higher is better
 _COCO_TASKS = {"bbox": "box AP", "segm": "mask AP", None: "AP"}
 _COCO_VARIANTS = {None: "", "50": " at IoU 0.5", "75": " at IoU 0.75", "s": ", small objects",
@@ -31,6 +36,8 @@ def known_direction(metric: str) -> Optional[bool]:
     """Whether a higher ``metric`` is better, for the known depth and COCO AP metrics; ``None`` for others."""
     if metric in DEPTH_METRICS:
         return DEPTH_METRICS[metric][1]
+    if metric in CLASSIFICATION_METRICS:
+        return CLASSIFICATION_METRICS[metric][1]
     return True if _COCO_AP.fullmatch(metric) else None
 
 
@@ -43,6 +50,8 @@ def metric_label(metric: str, higher_is_better: Optional[bool] = None) -> str:
     coco = _COCO_AP.fullmatch(metric)
     if metric in DEPTH_METRICS:
         name = DEPTH_METRICS[metric][0]
+    elif metric in CLASSIFICATION_METRICS:
+        name = CLASSIFICATION_METRICS[metric][0]
     elif coco:
         name = _COCO_TASKS[coco.group(1)] + _COCO_VARIANTS[coco.group(2)]
     else:
