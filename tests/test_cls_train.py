@@ -10,6 +10,7 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
+from benchmarks import compare_upstream_cls
 from datasets.make_synthetic_imagefolder import make_synthetic_imagefolder
 from projects.snnet_cls import train as cls_train
 from projects.snnet_cls.data import SeededSamples, read_split
@@ -124,6 +125,18 @@ def test_upstream_checkpoint_scores_every_stitch_with_the_engines_logits(data, t
         correct = int((logits.argmax(1) == labels).sum())
         assert rows[str(sid)]["acc1"] == 100.0 * correct / len(labels)
         assert rows[str(sid)][UPSTREAM_ID] == upstream_stitch_id(net.space, sid)
+
+    # benchmarks/compare_upstream_cls.py against an authors'-format table of these rows, one top-1 0.5 off
+    table = tmp_path / "stitches_res.txt"
+    with open(table, "w") as f:
+        for row in rows.values():
+            off = 0.5 if row[UPSTREAM_ID] == 3 else 0.05
+            f.write(json.dumps({"loss": 1.0, "acc1": row["acc1"] + off, "acc5": 100.0, "cfg_id": row[UPSTREAM_ID],
+                                "flops": row["gflops"] * 1e9}) + "\n")
+    report_dir = str(tmp_path / "eval" / "stitch_report_synthetic_val")
+    assert compare_upstream_cls.compare(report_dir, str(table))["over"] == [3]
+    assert compare_upstream_cls.main([report_dir, str(table)]) == 1
+    assert compare_upstream_cls.main([report_dir, str(table), "--tolerance", "1"]) == 0
 
 
 def test_export_gives_a_timm_style_classifier_with_the_stitchs_logits(data, trained):
