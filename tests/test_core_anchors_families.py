@@ -1,14 +1,16 @@
 """Anchors of other timm families (snnet_core.model.families): MAE/AugReg/DINOv2 (plain VisionTransformer weights),
-BEiT/BEiTv2 (per-block relative position bias), SAM refused; their official checkpoint layouts, LS init, FLOPs."""
+BEiT/BEiTv2 (per-block relative position bias), SAM (windowed blocks on the grid, no prefix tokens); their official
+checkpoint layouts, LS init, FLOPs."""
 import copy
 
 import pytest
 import torch
 from timm.models import beit as timm_beit
+from timm.models import vision_transformer_sam as timm_sam
 from timm.models.vision_transformer import VisionTransformer
 
 from snnet_core import StitchedViT, build_anchor, build_flops_table, check_anchor_pair, count_gflops, export_stitch
-from snnet_core.model.families import GridRelPosBlock, relative_position_bias
+from snnet_core.model.families import GridRelPosBlock, TokenMapBlock, relative_position_bias
 from snnet_core.model.route import resample_position_table
 from snnet_core.training.ls_init import calibration_pairs, ls_init_stitching_layers, reconstruction_error
 
@@ -24,7 +26,7 @@ def tiny_pair(name, img_size, seed=0, **kwargs):
     with torch.no_grad():
         for anchor in anchors:
             for name_, p in anchor.named_parameters():
-                if "relative_position_bias_table" in name_ or "gamma" in name_:
+                if any(key in name_ for key in ("relative_position_bias_table", "gamma", "rel_pos", "pos_embed")):
                     p.normal_(std=0.5)
     return anchors
 
@@ -35,6 +37,13 @@ def beit_pair(img_size=32):
 
 def dinov2_pair(img_size=28):
     return tiny_pair("vit_small_patch14_reg4_dinov2", img_size)
+
+
+SAM_TINY = dict(class_token=False, window_size=2, global_attn_indexes=(1, 3))  # windows of 2x2 patches, 2 global
+
+
+def sam_pair(img_size=64):
+    return tiny_pair("samvit_base_patch16", img_size, **SAM_TINY)
 
 
 @pytest.mark.parametrize("name", [
@@ -55,9 +64,27 @@ def test_plain_vit_weights_build_by_their_timm_names(name):
     assert features.shape == (1, 32, *grid)
 
 
-def test_sam_is_refused_with_what_is_not_supported_and_why():
-    with pytest.raises(ValueError, match=r"samvit_base_patch16.*\(B, H, W, C\) map.*neck.*Supported families: vit"):
-        build_anchor("samvit_base_patch16", embed_dim=32, depth=2, num_heads=2)
+@pytest.mark.parametrize("size", [(64, 64), (48, 80)])  # windows padded at 3x5
+def test_sam_anchors_run_as_timms_sam_and_every_stitch_runs_and_exports(size):
+    fast, slow = sam_pair()
+    net = StitchedViT(fast, slow, out_indices=OUT).eval()
+    assert all(isinstance(b, TokenMapBlock) for a in net.anchors for b in a.blocks) and net.num_prefix_tokens == 0
+    x = torch.randn(2, 3, *size)
+    reference = copy.deepcopy(slow)
+    for block in reference.blocks:  # timm's own blocks, on (B, H, W, C) maps
+        block.__class__ = timm_sam.Block
+    with torch.no_grad():
+        expected = reference.forward_intermediates(x, indices=list(OUT), intermediates_only=True)
+        for got, want in zip(net(x, stitch_id=1).feature_maps(), expected):
+            assert torch.equal(got, want)
+        for stitch in net.space:
+            out = net(x, stitch_id=stitch.id)
+            exported = export_stitch(net, stitch.id).eval()
+            assert all(torch.equal(a, b) for a, b in zip(exported(x).features, out.features)), stitch.route
+    with pytest.raises(TypeError, match="neck is not"):
+        net.classify(x)
+    with pytest.raises(ValueError, match="SAM's image encoder has no cls token"):
+        build_anchor("samvit_base_patch16", img_size=64, **TINY[0])
 
 
 def test_anchors_of_two_families_are_refused_naming_both():
@@ -65,6 +92,11 @@ def test_anchors_of_two_families_are_refused_naming_both():
     beit = build_anchor("beitv2_base_patch16_224", img_size=32, **TINY[1])
     with pytest.raises(ValueError, match=r"one family.*fast VisionTransformer \(DeiT3.*slow Beit \(BEiT, BEiTv2"):
         check_anchor_pair(vit, beit)
+    sam = build_anchor("samvit_base_patch16", img_size=32, **SAM_TINY, **TINY[1])
+    with pytest.raises(ValueError, match=r"one family.*slow VisionTransformerSAM \(SAM's image encoder"):
+        check_anchor_pair(vit, sam)
+    with pytest.raises(ValueError, match="not of a family the engine can stitch"):
+        build_anchor("eva02_tiny_patch14_224", img_size=28, **TINY[0])
     with pytest.raises(ValueError, match="BEiT anchors always carry a cls token"):
         build_anchor("beitv2_base_patch16_224", img_size=32, class_token=False, **TINY[0])
     with pytest.raises(ValueError, match="shared relative position bias"):
@@ -136,12 +168,12 @@ def test_every_stitch_of_a_dinov2_pair_with_registers_drops_the_prefix_tokens():
         assert torch.equal(net.anchor_block_outputs(x, 1, [0])[0], slow.blocks[0](first))
 
 
-@pytest.mark.parametrize("family", ["beit", "dinov2"])
+@pytest.mark.parametrize("family", ["beit", "dinov2", "sam"])
 def test_ls_init_and_flops_table_on_a_tiny_pair(family):
-    fast, slow = beit_pair() if family == "beit" else dinov2_pair()
+    fast, slow = {"beit": beit_pair, "dinov2": dinov2_pair, "sam": sam_pair}[family]()
     net = StitchedViT(fast, slow, lora_rank=0, out_indices=OUT).eval()
-    size = (48, 64) if family == "beit" else (42, 56)
-    prefix, patches = (1, 12) if family == "beit" else (5, 12)
+    size = (42, 56) if family == "dinov2" else (48, 64)
+    prefix, patches = {"beit": 1, "dinov2": 5, "sam": 0}[family], 12
     torch.manual_seed(1)
     calib = torch.randn(6, 3, *size)
     before = {name: reconstruction_error(net.get_submodule(name), x, y) for name, x, y in calibration_pairs(net, calib)}
@@ -246,6 +278,21 @@ def test_beit_pretraining_layout_shares_its_table_with_every_block(tmp_path):
     path = _save(tmp_path / "beit_base_patch16_224_pt22k.pth", {"model": state})
     loaded = build_anchor("beitv2_base_patch16_224", pretrained=path, embed_dim=32, depth=2, num_heads=2)
     assert all(torch.equal(b.attn.relative_position_bias_table, shared) for b in loaded.blocks)
+
+
+def test_sam_official_layout_loads_through_timms_filter(tmp_path):
+    """facebookresearch/segment-anything ``sam_vit_b_01ec64.pth``: a flat state dict of the whole SAM, the encoder
+    under ``image_encoder.`` with ``mlp.lin1``/``mlp.lin2``, beside the prompt encoder and mask decoder."""
+    model = build_anchor("samvit_base_patch16", img_size=64, **SAM_TINY, **TINY[0])
+    torch.manual_seed(0)
+    encoder = {k: torch.randn_like(v) for k, v in model.state_dict().items()}
+    official = {"image_encoder." + k.replace("mlp.fc", "mlp.lin"): v for k, v in encoder.items()}
+    official.update({"prompt_encoder.pe_layer.positional_encoding_gaussian_matrix": torch.randn(2, 128),
+                     "mask_decoder.iou_token.weight": torch.randn(1, 256)})
+    path = _save(tmp_path / "sam_vit_b_01ec64.pth", official)
+    loaded = build_anchor("samvit_base_patch16", img_size=64, pretrained=path, **SAM_TINY, **TINY[0])
+    assert all(torch.equal(v, encoder[k]) for k, v in loaded.state_dict().items())
+    assert "blocks.0.mlp.fc1.weight" in encoder and "neck.0.weight" in encoder
 
 
 def test_beit_sn_net_checkpoint_rebuilds_from_its_config(tmp_path):

@@ -938,3 +938,29 @@ def test_backbone_lora_rank_and_ls_init_images_reach_training(data_root, tmp_pat
     else:
         assert "LS init off (train.ls_init_images=0): the stitching layers keep PyTorch's default init" in log
         assert fed == [] and not moved & set(stitch_weights)  # frozen under LoRA SL: still the default init
+
+
+def test_a_backbone_lora_run_resumes_exactly_and_refuses_another_rank(data_root, tmp_path, monkeypatch):
+    opts = ["train.batch_size=8", "train.epochs=2", "model.backbone_lora_rank=2", "train.ls_init_images=4"]
+    train_cli.main(cli_args(data_root, tmp_path / "straight", "--stitch", "none", opts=opts))
+    real_epoch = training.train_one_epoch
+
+    def stop_in_second_epoch(*a, **k):
+        if a[10] == 1:  # epoch
+            raise Interrupted
+        return real_epoch(*a, **k)
+
+    monkeypatch.setattr(training, "train_one_epoch", stop_in_second_epoch)
+    with pytest.raises(Interrupted):
+        train_cli.main(cli_args(data_root, tmp_path / "resumed", "--stitch", "none", opts=opts))
+    monkeypatch.setattr(training, "train_one_epoch", real_epoch)
+    with pytest.raises(ValueError, match="cannot resume.*backbone_lora_rank: checkpoint 2 vs now 4"):
+        train_cli.main(cli_args(data_root, tmp_path / "resumed", "--stitch", "none", "--resume",
+                                opts=[*opts, "model.backbone_lora_rank=4"]))
+    train_cli.main(cli_args(data_root, tmp_path / "resumed", "--stitch", "none", "--resume", opts=opts))
+    a = torch.load(tmp_path / "straight" / "model_final.pth", weights_only=True)
+    b = torch.load(tmp_path / "resumed" / "model_final.pth", weights_only=True)
+    assert a["iteration"] == b["iteration"] == 4 and any(k.endswith("lora_up") for k in a["model"])
+    for part in ("model", "head"):
+        for key, value in a[part].items():
+            assert torch.equal(value, b[part][key]), key

@@ -9,8 +9,11 @@
   the tokens it is given; at a grid other than the one the tables are stored for, the bias is the table resized
   by timm's ``resize_rel_pos_bias_table``, as timm's ``Beit.set_input_size`` resizes it.
 
-timm's SAM image encoder (``VisionTransformerSAM``, ``samvit_*``) is refused (``UNSUPPORTED``): its blocks take a
-``(B, H, W, C)`` map, not a token sequence, and its output is a convolutional neck, not a final norm.
+- ``sam`` (timm ``VisionTransformerSAM``: SAM's image encoder, ``samvit_*``): no prefix tokens, a ``(1, H, W, C)``
+  absolute table resampled as timm's SAM does, and blocks that attend in windows (or globally) on a ``(B, H, W, C)``
+  map with relative positions: they run as ``TokenMapBlock``, which lays the tokens out on the grid it is given.
+  Dense features are the blocks' tokens, as for the other families (before the final norm, here SAM's
+  convolutional neck); the neck and a classifier are not run (``classify`` refuses SAM anchors).
 
 Each family loads checkpoints through timm's own ``checkpoint_filter_fn`` of its module, which maps the original
 repositories' layouts (DeiT3 ``gamma_1``, DINOv2 ``register_tokens``/``mask_token``/37x37 ``pos_embed``, MAE's
@@ -27,6 +30,7 @@ import torch.nn as nn
 from timm.layers import resize_rel_pos_bias_table
 from timm.models import beit as timm_beit
 from timm.models import vision_transformer as timm_vit
+from timm.models import vision_transformer_sam as timm_sam
 
 Grid = Tuple[int, int]
 SHARED_REL_POS_TABLE = "rel_pos_bias.relative_position_bias_table"  # BEiT pre-training checkpoints
@@ -135,6 +139,37 @@ def _beit_kwargs(class_token: bool) -> Dict[str, Any]:
 
 
 # ------------------------------------------------------------------------------------------------------------
+# SAM: blocks on a (B, H, W, C) map
+class TokenMapBlock(timm_sam.Block):
+    """timm SAM ``Block`` run on tokens: ``(B, H*W, C), (H, W) -> (B, H*W, C)``, laid out on the ``(H, W)`` grid for
+    its windowed or global attention. Without ``grid`` it is timm's block on a ``(B, H, W, C)`` map."""
+
+    def forward(self, x: torch.Tensor, grid: Optional[Grid] = None) -> torch.Tensor:
+        if grid is None:
+            return super().forward(x)
+        b, n, c = x.shape
+        return super().forward(x.reshape(b, int(grid[0]), int(grid[1]), c)).reshape(b, n, c)
+
+
+def prepare_sam(model: nn.Module) -> None:
+    """Give a timm ``VisionTransformerSAM`` the prefix-token attributes of the other families (none) and blocks that
+    run on tokens."""
+    model.num_prefix_tokens = 0
+    model.cls_token = None
+    for block in model.blocks:
+        block.__class__ = TokenMapBlock
+
+
+def _sam_kwargs(class_token: bool) -> Dict[str, Any]:
+    if class_token:
+        raise ValueError("SAM's image encoder has no cls token: build its anchors with class_token=False")
+    return {}
+
+
+GRID_BLOCKS = (GridRelPosBlock, TokenMapBlock)  # blocks that take the patch grid of their tokens
+
+
+# ------------------------------------------------------------------------------------------------------------
 def _vit_kwargs(class_token: bool) -> Dict[str, Any]:
     return dict(
         class_token=class_token,
@@ -153,19 +188,13 @@ BEIT = AnchorFamily(
     name="beit", model_class=timm_beit.Beit, members="BEiT, BEiTv2 (timm Beit)",
     build_kwargs=_beit_kwargs, prepare=prepare_beit, filter_checkpoint=filter_beit_checkpoint,
 )
+SAM = AnchorFamily(
+    name="sam", model_class=timm_sam.VisionTransformerSAM, members="SAM's image encoder (timm VisionTransformerSAM)",
+    build_kwargs=_sam_kwargs, prepare=prepare_sam, filter_checkpoint=timm_sam.checkpoint_filter_fn,
+)
 # by the timm module defining the name (DeiT3 names are registered in timm.models.deit)
-FAMILIES = {"timm.models.vision_transformer": VIT, "timm.models.deit": VIT, "timm.models.beit": BEIT}
-
-# timm modules whose models are refused, with the reason
-UNSUPPORTED = {
-    "timm.models.vision_transformer_sam": (
-        "SAM's image encoder (timm VisionTransformerSAM) cannot be stitched by this engine: its blocks take the "
-        "patch grid as a (B, H, W, C) map and attend in windows padded to it, it has no cls token, and its output "
-        "is a convolutional neck (to 256 channels) instead of a final norm, while the engine's stitching layers, "
-        "LS init, FLOPs table and dense features run blocks on (B, prefix + H*W, C) token sequences ending in a "
-        "norm"
-    ),
-}
+FAMILIES = {"timm.models.vision_transformer": VIT, "timm.models.deit": VIT, "timm.models.beit": BEIT,
+            "timm.models.vision_transformer_sam": SAM}
 
 
 def supported_families() -> str:
@@ -176,13 +205,11 @@ def supported_families() -> str:
 def family_of_name(model_name: str) -> AnchorFamily:
     """The family of a timm model name (a pretrained tag such as ``.mae`` allowed), without building it.
 
-    Raises ``ValueError`` for an unknown name, a refused family (its reason) or any other timm model class.
+    Raises ``ValueError`` for an unknown name or a model of another timm module.
     """
     if not timm.is_model(model_name):
         raise ValueError(f"unknown timm model {model_name!r}")
     module = timm.models.model_entrypoint(model_name).__module__
-    if module in UNSUPPORTED:
-        raise ValueError(f"{model_name!r}: {UNSUPPORTED[module]}. Supported families: {supported_families()}")
     if module not in FAMILIES:
         raise ValueError(f"{model_name!r} is a model of {module}, not of a family the engine can stitch "
                          f"({supported_families()})")

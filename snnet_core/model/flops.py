@@ -28,7 +28,7 @@ from fvcore.nn.jit_handles import get_shape
 
 from snnet_core.io.atomic_io import write_json_atomic
 from snnet_core.model.backbone_lora import base_linears, deployed_numel
-from snnet_core.model.route import RoutePlan, embed_images, run_layer
+from snnet_core.model.route import RoutePlan, classify, embed_images, run_layer
 from snnet_core.model.snnet import StitchedViT
 from snnet_core.model.stitch_space import FAST, SLOW
 
@@ -98,7 +98,7 @@ class _ComponentProbe(nn.Module):
             tokens.append(x)
             for block in anchor.blocks:
                 x = run_layer(block, x, grid)
-            outs.append(anchor.forward_head(anchor.norm(x)) if self.with_head else x)
+            outs.append(classify(anchor, x) if self.with_head else x)
         outs += [layer(tokens[FAST]) for layer in self.stitch_s2l]
         outs += [layer(tokens[SLOW]) for layer in self.stitch_l2s]
         return tuple(outs)
@@ -212,7 +212,8 @@ def plan_params(plan: RoutePlan, with_features: bool, with_head: bool) -> int:
     """Parameters a deployed stitch holds: embedding, its layers (+ dense projections) (+ norm/head), every LoRA
     (of the stitching layers and of the anchors) merged: the low-rank factors are not counted."""
     embed = plan.embed
-    count = sum(p.numel() for n, p in embed.named_parameters() if not n.startswith(("blocks.", "norm.", "fc_norm.", "head.")))
+    end = ("norm.", "fc_norm.", "head.", "neck.")  # the final norm (SAM: its neck) and classifier
+    count = sum(p.numel() for n, p in embed.named_parameters() if not n.startswith(("blocks.", *end)))
     modules = {id(m): m for m in plan.layers}
     if with_features:
         modules.update({id(t.projection): t.projection for ts in plan.taps.values() for t in ts if t.projection})

@@ -11,9 +11,9 @@ from typing import Dict, List, Optional, Tuple
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from timm.models.vision_transformer import VisionTransformer
+from timm.layers import resample_abs_pos_embed_nhwc
 
-from snnet_core.model.families import GridRelPosBlock
+from snnet_core.model.families import GRID_BLOCKS
 
 
 @dataclasses.dataclass
@@ -38,11 +38,11 @@ class RoutePlan:
         num_stages: number of dense-feature stages.
     """
 
-    embed: VisionTransformer
+    embed: nn.Module
     layers: List[nn.Module]
     layer_names: List[str]
     taps: Dict[int, List[Tap]]
-    finish: VisionTransformer
+    finish: nn.Module
     num_stages: int
 
 
@@ -77,8 +77,8 @@ def tokens_to_map(tokens: torch.Tensor, grid: Tuple[int, int], num_prefix_tokens
     return tokens[:, num_prefix_tokens:].transpose(1, 2).reshape(b, c, h, w)
 
 
-def resample_position_table(anchor: VisionTransformer, grid: Tuple[int, int]) -> torch.Tensor:
-    """``anchor.pos_embed`` for a ``grid = (H, W)`` patch grid: ``(1, P_pos + H*W, C)``.
+def resample_position_table(anchor: nn.Module, grid: Tuple[int, int]) -> torch.Tensor:
+    """``anchor.pos_embed`` (a ``(1, P_pos + h*w, C)`` table) for a ``grid = (H, W)`` patch grid: ``(1, P_pos + H*W, C)``.
 
     The table is a parameter at the grid the anchor was built for (its pretraining grid, e.g. 14x14 for a
     224 DeiT3) and is resampled at every forward whose grid differs, bicubic with ``align_corners=False`` and
@@ -98,12 +98,13 @@ def resample_position_table(anchor: VisionTransformer, grid: Tuple[int, int]) ->
     return torch.cat([pos[:, :prefix], table.permute(0, 2, 3, 1).reshape(1, -1, dim)], dim=1)
 
 
-def embed_images(anchor: VisionTransformer, images: torch.Tensor) -> Tuple[torch.Tensor, Tuple[int, int]]:
+def embed_images(anchor: nn.Module, images: torch.Tensor) -> Tuple[torch.Tensor, Tuple[int, int]]:
     """Patch-embed ``images`` ``(B, 3, H_img, W_img)`` with ``anchor``: tokens ``(B, P + H*W, C)``, grid.
 
     Prefix tokens (cls, registers) and the position embedding (``resample_position_table``) are added as
     timm's ``VisionTransformer`` does for the anchor's layout (DeiT3: position embedding on patch tokens only;
-    DINOv2 with registers: cls and register tokens after it; BEiT: the cls token, no absolute table).
+    DINOv2 with registers: cls and register tokens after it; BEiT: the cls token, no absolute table). SAM's
+    ``(1, h, w, C)`` table is resampled as timm's SAM does (``resample_abs_pos_embed_nhwc``); SAM has no prefix.
     """
     if images.dim() != 4 or images.shape[1] != anchor.patch_embed.proj.in_channels:
         raise ValueError(
@@ -117,14 +118,16 @@ def embed_images(anchor: VisionTransformer, images: torch.Tensor) -> Tuple[torch
         grid = tuple(int(g) for g in anchor.patch_embed.dynamic_feat_size(images.shape[-2:]))
     tokens = (anchor.cls_token, getattr(anchor, "reg_token", None))
     prefix = [t.expand(x.shape[0], -1, -1) for t in tokens if t is not None]
-    if anchor.pos_embed is None:
+    if anchor.pos_embed is not None and anchor.pos_embed.dim() == 4:  # SAM
+        x = x + resample_abs_pos_embed_nhwc(anchor.pos_embed, grid).flatten(1, 2)
+    if anchor.pos_embed is None or anchor.pos_embed.dim() == 4:
         x = torch.cat(prefix + [x], dim=1)
     elif getattr(anchor, "no_embed_class", False):
         x = torch.cat(prefix + [x + resample_position_table(anchor, grid)], dim=1)
     else:
         x = torch.cat(prefix + [x], dim=1) + resample_position_table(anchor, grid)
     x = anchor.pos_drop(x)
-    for name in ("patch_drop", "norm_pre"):  # VisionTransformer only
+    for name in ("patch_drop", "norm_pre"):  # VisionTransformer and SAM
         if hasattr(anchor, name):
             x = getattr(anchor, name)(x)
     return x, grid
@@ -132,8 +135,8 @@ def embed_images(anchor: VisionTransformer, images: torch.Tensor) -> Tuple[torch
 
 def run_layer(layer: nn.Module, x: torch.Tensor, grid: Tuple[int, int]) -> torch.Tensor:
     """One block or stitching layer on tokens ``(B, P + H*W, C)``; a block whose attention depends on the patch
-    grid (BEiT's ``GridRelPosBlock``) is given ``grid = (H, W)``."""
-    if isinstance(layer, GridRelPosBlock):
+    grid (BEiT's ``GridRelPosBlock``, SAM's ``TokenMapBlock``) is given ``grid = (H, W)``."""
+    if isinstance(layer, GRID_BLOCKS):
         return layer(x, grid)
     return layer(x)
 
@@ -152,6 +155,12 @@ def run_plan(plan: RoutePlan, images: torch.Tensor, with_features: bool = True) 
     return RouteOutput(x, features if with_features else [], grid, int(plan.embed.num_prefix_tokens))
 
 
-def classify(finish: VisionTransformer, tokens: torch.Tensor) -> torch.Tensor:
-    """Final norm, pooling and classifier of ``finish``: ``(B, N, C)`` -> ``(B, num_classes)``."""
+def classify(finish: nn.Module, tokens: torch.Tensor) -> torch.Tensor:
+    """Final norm, pooling and classifier of ``finish``: ``(B, N, C)`` -> ``(B, num_classes)``.
+
+    Raises ``TypeError`` for a SAM anchor: its final norm is a convolutional neck over the patch grid, which this
+    engine does not run (SAM anchors give dense features only)."""
+    if not hasattr(finish, "norm"):
+        raise TypeError(f"a {type(finish).__name__} anchor has no final norm and classifier the engine runs (SAM's "
+                        "convolutional neck is not): use its dense features (mode 'features')")
     return finish.forward_head(finish.norm(tokens))
