@@ -113,7 +113,7 @@ def test_route_step_gflops_counts_each_kind_of_step_once(monkeypatch):
     monkeypatch.setattr(prefix_trie, "count_gflops", lambda m, i: counted.append(m) or count_gflops(m, i))
     cost = route_step_gflops(net, (48, 32), block_kind=lambda anchor, index: index % 2)
     assert cost("anchors.1.embed") == count_gflops(net.anchors[1].patch_embed, (x,))
-    assert cost("stitch_l2s.3") == count_gflops(net.stitch_l2s[0].merged(), (tokens[1],))
+    assert cost("stitch_l2s.2") == count_gflops(net.stitch_l2s[0].merged(), (tokens[1],))  # 4/8 blocks: l2s 0..2
     assert cost("anchors.0.blocks.2") == count_gflops(net.anchors[0].blocks[2], (tokens[0],)) > 0
     before = len(counted)
     cost("anchors.0.blocks.0"), cost("anchors.0.blocks.3"), cost("anchors.0.blocks.1")

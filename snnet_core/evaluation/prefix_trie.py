@@ -129,14 +129,16 @@ def route_step_gflops(
     images = torch.zeros(1, 3, *size)
     tokens = [embed_images(anchor, images)[0] for anchor in net.anchors]
     embed = [count_gflops(anchor.patch_embed, (images,)) for anchor in net.anchors]
-    layers = {"stitch_s2l": count_gflops(net.stitch_s2l[0].merged(), (tokens[0],)),
-              "stitch_l2s": count_gflops(net.stitch_l2s[0].merged(), (tokens[1],))}
+    ends = {spec.name: (spec.source, spec.target) for spec in net.layer_specs()}  # layer -> (input, output) anchor
+    layers: Dict[Tuple[int, int], float] = {}  # stitching layers cost the same between the same two anchors
     blocks: Dict[Tuple[int, Hashable], float] = {}
 
     def cost(name: str) -> float:
+        if name in ends:
+            if ends[name] not in layers:
+                layers[ends[name]] = count_gflops(net.get_submodule(name).merged(), (tokens[ends[name][0]],))
+            return layers[ends[name]]
         parts = name.split(".")
-        if parts[0] in layers:
-            return layers[parts[0]]
         anchor = int(parts[1])
         if parts[2] == "embed":
             return embed[anchor]

@@ -147,18 +147,25 @@ def route_recipe(snnet: StitchedViT, stitch_id: int) -> Dict[str, Any]:
     its modules (``plan_from_recipe``) and load the weights of ``export_stitch(snnet, stitch_id)``."""
     stitch = snnet.space[stitch_id]
     plan = snnet.plan(stitch_id)
+    used = set(plan.layer_names) | {name for _, _, name in _recipe_taps(plan) if name}
     return {
         "id": stitch.id, "route": stitch.route, "kind": stitch.kind,
         "embed_anchor": stitch.first_anchor, "finish_anchor": stitch.last_anchor,
         "layer_names": list(plan.layer_names),
-        "taps": [[pos, t.stage, t.projection_name] for pos, ts in sorted(plan.taps.items()) for t in ts],
+        "taps": _recipe_taps(plan),
         "num_stages": plan.num_stages,
         "embed_dims": list(snnet.embed_dims),
+        "layer_dims": [[spec.name, snnet.embed_dims[spec.source], snnet.embed_dims[spec.target]]
+                       for spec in snnet.layer_specs() if spec.name in used],
     }
 
 
+def _recipe_taps(plan: RoutePlan) -> List[list]:
+    return [[pos, t.stage, t.projection_name] for pos, ts in sorted(plan.taps.items()) for t in ts]
+
+
 def recipe_anchors(recipe: Dict[str, Any]) -> List[int]:
-    """The anchors (0 fast, 1 slow) whose modules the recipe's route uses."""
+    """The anchors (0 fast, 1 slow; more: smallest first) whose modules the recipe's route uses."""
     used = {recipe["embed_anchor"], recipe["finish_anchor"]}
     used |= {int(name.split(".")[1]) for name in recipe["layer_names"] if name.startswith("anchors.")}
     return sorted(used)
@@ -168,16 +175,19 @@ def plan_from_recipe(recipe: Dict[str, Any], anchors: Mapping[int, nn.Module]) -
     """The ``RoutePlan`` of a ``route_recipe`` over ``anchors`` (``{anchor index: full-depth anchor}``, as built
     for the SN-Net, e.g. on the meta device): its blocks are taken by name, its stitching layers are new
     ``nn.Linear`` (merged layers). ``ExportedStitch(plan, ...)`` then copies only what the route runs."""
-    fast_dim, slow_dim = recipe["embed_dims"]
+    if "layer_dims" in recipe:
+        dims = {name: (int(d_in), int(d_out)) for name, d_in, d_out in recipe["layer_dims"]}
+    else:  # a recipe written before layer_dims: two anchors, s2l maps fast to slow width, l2s back
+        fast_dim, slow_dim = recipe["embed_dims"]
+        dims = {"stitch_s2l": (fast_dim, slow_dim), "stitch_l2s": (slow_dim, fast_dim)}
     linears: Dict[str, nn.Module] = {}
 
     def module(name: str) -> nn.Module:
         kind, index = name.rsplit(".", 1)
         if name.startswith("anchors."):
             return anchors[int(kind.split(".")[1])].blocks[int(index)]
-        if name not in linears:  # stitch_s2l.k / stitch_l2s.k
-            s2l = kind == "stitch_s2l"
-            linears[name] = nn.Linear(fast_dim if s2l else slow_dim, slow_dim if s2l else fast_dim)
+        if name not in linears:  # stitch_s2l.k / stitch_l2s.k / feature_proj.k
+            linears[name] = nn.Linear(*dims.get(name, dims.get(kind)))
         return linears[name]
 
     taps: Dict[int, List[Tap]] = {}

@@ -30,7 +30,7 @@ from snnet_core.io.atomic_io import write_json_atomic
 from snnet_core.model.backbone_lora import base_linears, deployed_numel
 from snnet_core.model.route import RoutePlan, classify, embed_images, run_layer
 from snnet_core.model.snnet import StitchedViT
-from snnet_core.model.stitch_space import FAST, SLOW
+from snnet_core.model.stitch_space import FAST
 
 logger = logging.getLogger(__name__)
 CACHE_VERSION = 2  # 2: the cache carries a checksum of its content
@@ -88,6 +88,9 @@ class _ComponentProbe(nn.Module):
         self.anchors = snnet.anchors
         self.stitch_s2l = nn.ModuleList(layer.merged() for layer in snnet.stitch_s2l)
         self.stitch_l2s = nn.ModuleList(layer.merged() for layer in snnet.stitch_l2s)
+        if hasattr(snnet, "feature_proj"):  # the sliding-window space's dense-feature projections
+            self.feature_proj = nn.ModuleList(layer.merged() for layer in snnet.feature_proj)
+        self.sources = {spec.name: spec.source for spec in snnet.layer_specs()}  # layer name -> input anchor
         self.with_head = with_head
 
     def forward(self, images: torch.Tensor):
@@ -99,8 +102,7 @@ class _ComponentProbe(nn.Module):
             for block in anchor.blocks:
                 x = run_layer(block, x, grid)
             outs.append(classify(anchor, x) if self.with_head else x)
-        outs += [layer(tokens[FAST]) for layer in self.stitch_s2l]
-        outs += [layer(tokens[SLOW]) for layer in self.stitch_l2s]
+        outs += [self.get_submodule(name)(tokens[source]) for name, source in self.sources.items()]
         return tuple(outs)
 
 
@@ -224,8 +226,8 @@ def plan_params(plan: RoutePlan, with_features: bool, with_head: bool) -> int:
 
 
 def _plan_flops(plan: RoutePlan, snnet: StitchedViT, per_module: Dict[str, int], with_features: bool, with_head: bool) -> int:
-    first = 0 if plan.embed is snnet.anchors[FAST] else 1
-    last = 0 if plan.finish is snnet.anchors[FAST] else 1
+    index = {id(anchor): i for i, anchor in enumerate(snnet.anchors)}
+    first, last = index[id(plan.embed)], index[id(plan.finish)]
     total = per_module.get(f"anchors.{first}.patch_embed", 0) + per_module.get(f"anchors.{first}.norm_pre", 0)
     total += sum(per_module.get(name, 0) for name in plan.layer_names)
     if with_features:

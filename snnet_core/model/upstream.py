@@ -102,13 +102,26 @@ def _id_tables(fast_depth: int, slow_depth: int) -> Tuple[Dict[int, int], Dict[i
     return to_upstream, {u: o for o, u in to_upstream.items()}, len(routes)
 
 
-def upstream_stitch_id(space: StitchSpace, stitch_id: int) -> int:
-    """Upstream SN-Netv2's id of our stitch ``stitch_id`` (e.g. 12/24 blocks: our SF 13 -> upstream 14).
+def _check_v1_space(space: StitchSpace) -> None:
+    """A sliding-window space is numbered as SN-Netv1's ``get_stitch_configs`` numbers its ``cfg_id`` (the anchors,
+    then each neighbouring pair's window stitches) for two or three anchors; for four or more, SN-Netv1's
+    "nearest stitching" removes only the DeiT-Ti/B combinations and keeps stitches of non-neighbours."""
+    if space.num_anchors > 3:
+        raise ValueError(f"SN-Netv1 numbers the nearest-stitching configs of two or three anchors only; this space has "
+                         f"{space.num_anchors}")
 
-    Raises ``KeyError`` for an id not in ``space`` and ``ValueError`` for depths upstream's enumeration
-    does not cover.
+
+def upstream_stitch_id(space: StitchSpace, stitch_id: int) -> int:
+    """Upstream's id of our stitch ``stitch_id``: SN-Netv2's (e.g. 12/24 blocks: our SF 13 -> upstream 14), or for
+    the sliding-window space SN-Netv1's ``cfg_id``, which is our id.
+
+    Raises ``KeyError`` for an id not in ``space`` and ``ValueError`` for depths (or numbers of anchors) upstream's
+    enumeration does not cover.
     """
     stitch = space[stitch_id]
+    if space.window is not None:
+        _check_v1_space(space)
+        return stitch.id
     return _id_tables(*space.depths)[0][stitch.id]
 
 
@@ -118,6 +131,9 @@ def stitch_id_from_upstream(space: StitchSpace, upstream_id: int) -> int:
     Raises ``KeyError`` naming the id when upstream has no such stitch, when it is upstream's dead FS
     config (the whole small anchor followed by no large block), or when its route type is not in ``space``.
     """
+    if space.window is not None:  # SN-Netv1's cfg_id is our id
+        _check_v1_space(space)
+        return space[upstream_id].id
     fast_depth, slow_depth = space.depths
     _, from_upstream, count = _id_tables(fast_depth, slow_depth)
     if upstream_id not in from_upstream:

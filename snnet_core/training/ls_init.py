@@ -5,6 +5,10 @@ calibration images and the token features after those blocks, ``X_S`` ``(N, D_S)
 give ``[X_S, 1] W = X_L`` (small-to-large) and ``[X_L, 1] W = X_S`` (large-to-small). The normal equations
 are accumulated batch by batch in float64, so peak memory does not grow with the number of images.
 
+In SN-Netv1's sliding-window space a layer is shared by the block pairs of its window (``LayerSpec.matches``):
+each pair's solution is solved on its own and the layer gets their mean, as SN-Netv1's
+``initialize_stitching_weights`` does; its dense-feature projections are fit like a stitching layer.
+
 The number of calibration images is a setting of every project (SN-Netv1 supplementary F compares 0, 50, 100 and
 200): 0 solves nothing, and the stitching layers keep PyTorch's default initialisation
 (``StitchingLayer.reset_parameters``: ``nn.Linear``'s Kaiming-uniform weight and uniform bias).
@@ -18,8 +22,8 @@ import torch
 from tqdm import tqdm
 
 from snnet_core.model.snnet import StitchedViT
-from snnet_core.model.stitch_space import FAST, SLOW
-from snnet_core.model.stitching_layers import LeastSquaresAccumulator, StitchingLayer
+from snnet_core.model.stitch_space import LayerSpec
+from snnet_core.model.stitching_layers import LeastSquaresAccumulator
 
 logger = logging.getLogger(__name__)
 
@@ -42,7 +46,8 @@ def ls_init_stitching_layers(
 
     Returns:
         mean squared error of the LS solution on the calibration features, per layer name
-        (``"stitch_s2l.3"``); empty for ``num_images=0``.
+        (``"stitch_s2l.3"``; a layer shared by several block pairs: the mean over its pairs); empty for
+        ``num_images=0``.
     """
     if isinstance(num_images, bool) or not isinstance(num_images, int) or num_images < 0:
         raise ValueError(f"num_images must be an integer >= 0 (0: no LS init), got {num_images!r}")
@@ -51,19 +56,19 @@ def ls_init_stitching_layers(
     was_training = snnet.training
     snnet.eval()
     device = next(snnet.parameters()).device
-    accumulators = {
-        name: LeastSquaresAccumulator(layer.in_dim, layer.out_dim, device)
-        for name, layer in snnet.named_modules() if isinstance(layer, StitchingLayer)
-    }
+    specs = snnet.layer_specs()
+    # one accumulator per (layer, block pair), in calibration_pairs' order
+    accumulators = [(spec.name, LeastSquaresAccumulator(*_layer_dims(snnet, spec), device))
+                    for spec in specs for _ in spec.matches]
     seen = 0
     # closed however the loop ends: an error (e.g. an unreadable image) is then printed below the bar, not into it
     with tqdm(total=num_images, desc="LS init of stitching layers", unit="img", disable=not progress) as bar:
         for images in batches:
             images = images[: num_images - seen].to(device)
             _check_finite_images(images, seen)
-            for name, x, y in calibration_pairs(snnet, images):
-                _check_finite_features(snnet, name, x, y, seen)
-                accumulators[name].update(x, y)
+            for (spec, match, x, y), (_, acc) in zip(_calibration_items(snnet, images), accumulators):
+                _check_finite_features(spec, match, x, y, seen, len(snnet.anchors))
+                acc.update(x, y)
             seen += images.shape[0]
             bar.update(images.shape[0])
             del images, x, y  # release this batch and its features before the loader produces the next
@@ -74,13 +79,19 @@ def ls_init_stitching_layers(
     if seen < num_images:
         logger.warning("LS init used %d calibration images (%d requested): the loader ran out", seen, num_images)
     errors = {}
-    for name, acc in accumulators.items():
-        layer = snnet.get_submodule(name)
-        weight, bias = acc.solve()
+    for spec in specs:
+        layer, shared = snnet.get_submodule(spec.name), [acc for name, acc in accumulators if name == spec.name]
+        solutions = [acc.solve() for acc in shared]
+        weight, bias = solutions[0] if len(solutions) == 1 else (
+            torch.stack([w for w, _ in solutions]).mean(0), torch.stack([b for _, b in solutions]).mean(0))
         layer.load_solution(weight.to(layer.weight), bias.to(layer.bias))
-        errors[name] = acc.mean_squared_error(weight, bias)
+        errors[spec.name] = sum(acc.mean_squared_error(weight, bias) for acc in shared) / len(shared)
     snnet.train(was_training)
     return errors
+
+
+def _layer_dims(snnet: StitchedViT, spec: LayerSpec) -> Tuple[int, int]:
+    return snnet.anchors[spec.source].embed_dim, snnet.anchors[spec.target].embed_dim
 
 
 def describe_ls_init(num_images: int, key: str) -> str:
@@ -104,23 +115,26 @@ def _check_finite_images(images: torch.Tensor, first_index: int) -> None:
         )
 
 
-def _check_finite_features(snnet: StitchedViT, name: str, x: torch.Tensor, y: torch.Tensor, first_index: int) -> None:
+def _check_finite_features(spec: LayerSpec, match: Tuple[int, int], x: torch.Tensor, y: torch.Tensor,
+                           first_index: int, num_anchors: int) -> None:
     """Raise, naming the stitching layer, if its calibration features ``(B, N, D)`` are not finite."""
     for what, features in (("input", x), ("target", y)):
         if not torch.isfinite(features).all():
             raise FloatingPointError(
-                f"LS init of stitching layer {name} ({_describe_layer(snnet, name)}): the {what} features of "
+                f"LS init of stitching layer {spec.name} ({_describe_match(spec, match, num_anchors)}): the {what} "
+                "features of "
                 f"calibration images {first_index}..{first_index + features.shape[0] - 1} are NaN or inf although "
                 "the images are finite; check the anchors' weights (a NaN/inf parameter) and the images' range"
             )
 
 
-def _describe_layer(snnet: StitchedViT, name: str) -> str:
-    """``"fast block 2 -> slow block 5"`` for ``stitch_s2l.2`` (the blocks whose features the layer maps)."""
-    direction, position = name.split("_")[1].split(".")
-    k = int(position)
-    fast, slow = f"fast block {k}", f"slow block {snnet.space.pairs[k]}"
-    return f"{fast} -> {slow}" if direction == "s2l" else f"{slow} -> {fast}"
+def _describe_match(spec: LayerSpec, match: Tuple[int, int], num_anchors: int) -> str:
+    """The blocks whose features the layer maps: ``"fast block 2 -> slow block 5"`` (two anchors),
+    ``"A0 block 2 -> A1 embedding"`` (more)."""
+    names = ("fast", "slow") if num_anchors == 2 else [f"A{i}" for i in range(num_anchors)]
+    source, target = (f"{names[a]} block {b}" if b >= 0 else f"{names[a]} embedding"
+                      for a, b in ((spec.source, match[0]), (spec.target, match[1])))
+    return f"{source} -> {target}"
 
 
 def reconstruction_error(layer: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
@@ -129,12 +143,23 @@ def reconstruction_error(layer: torch.nn.Module, x: torch.Tensor, y: torch.Tenso
         return float(torch.mean((layer(x) - y) ** 2))
 
 
+def _calibration_items(
+    snnet: StitchedViT, images: torch.Tensor
+) -> List[Tuple[LayerSpec, Tuple[int, int], torch.Tensor, torch.Tensor]]:
+    """``(layer, block pair, input features, target features)`` for each block pair of each layer LS init fits."""
+    specs = snnet.layer_specs()
+    needed: Dict[int, set] = {}
+    for spec in specs:
+        for source_block, target_block in spec.matches:
+            needed.setdefault(spec.source, set()).add(source_block)
+            needed.setdefault(spec.target, set()).add(target_block)
+    outputs = {a: snnet.anchor_block_outputs(images, a, sorted(blocks)) for a, blocks in needed.items()}
+    return [(spec, match, outputs[spec.source][match[0]], outputs[spec.target][match[1]])
+            for spec in specs for match in spec.matches]
+
+
 def calibration_pairs(snnet: StitchedViT, images: torch.Tensor) -> List[Tuple[str, torch.Tensor, torch.Tensor]]:
-    """``(layer name, input features, target features)`` for every stitching layer on ``images``: the two
-    anchors' token features after the paired blocks (only the paired large-anchor blocks are kept)."""
-    pairs = snnet.space.pairs
-    fast_out = snnet.anchor_block_outputs(images, FAST)
-    slow_out = snnet.anchor_block_outputs(images, SLOW, pairs)
-    out = [(f"stitch_s2l.{k}", fast_out[k], slow_out[pairs[k]]) for k in range(len(snnet.stitch_s2l))]
-    out += [(f"stitch_l2s.{k}", slow_out[pairs[k]], fast_out[k]) for k in range(len(snnet.stitch_l2s))]
-    return out
+    """``(layer name, input features, target features)`` of every layer LS init fits on ``images``: the anchors'
+    token features after the matched blocks (``StitchedViT.layer_specs``); a layer shared by several block pairs
+    (SN-Netv1's windows) comes once per pair."""
+    return [(spec.name, x, y) for spec, _, x, y in _calibration_items(snnet, images)]
