@@ -26,6 +26,7 @@ from projects.snnet_vitdet.backbone import (
     ViTDetBackbone,
     global_block_indexes,
 )
+from projects.snnet_vitdet.export import export_detector
 from projects.snnet_vitdet.lr_decay import get_snnet_lr_decay_rate
 from snnet_core import build_anchor
 from snnet_core.model.route import embed_images
@@ -428,7 +429,7 @@ def test_single_anchor_baseline_uses_vitdet_layer_decay():
     assert lr["roi_heads.weight"][0] == 1.0
 
 
-def test_backbone_lora_rank_trains_the_factors_rel_pos_tables_and_heads_only():
+def test_backbone_lora_rank_trains_the_factors_rel_pos_tables_and_heads_only(tmp_path):
     cfg = LazyConfig.load(os.path.join(CONFIGS, "synthetic", "mask_rcnn_snnetv2_tiny.py"))
     cfg.model.backbone.net.backbone_lora_rank = 2
     torch.manual_seed(0)
@@ -458,3 +459,12 @@ def test_backbone_lora_rank_trains_the_factors_rel_pos_tables_and_heads_only():
     anchors_moved = {n for n in moved if ".snnet.anchors." in n}
     assert anchors_moved and all(n.endswith(trained_in_anchors) for n in anchors_moved)
     assert any(n.startswith("roi_heads.") for n in moved) and any(".snnet.stitch_" in n for n in moved)
+    # the exported detector holds the merged layers: plain Linear, the SN-Net's features
+    paths = export_detector(cfg, model.eval(), 13, str(tmp_path))
+    exported = instantiate(LazyConfig.load(paths["config"]).model).eval()
+    DetectionCheckpointer(exported).load(paths["weights"])
+    assert not any(n.endswith(("lora_down", "lora_up")) for n in exported.state_dict())
+    images = torch.randn(1, 3, 128, 128)
+    with torch.no_grad():
+        torch.testing.assert_close(exported.backbone.net(images)["last_feat"],
+                                   model.backbone.net(images)["last_feat"], rtol=1e-4, atol=1e-5)
