@@ -46,14 +46,15 @@ $(D2_STAMP): $(DEPS_STAMP)
 test: install
 	$(PY) -m pytest -q tests
 
-# Both projects on built-in synthetic data: depth (tiny DPT SN-Net, ~1 min) then detection (tiny Mask R-CNN
-# ViTDet SN-Net, ~5 min); each ends with its per-stitch report. The runs go to $(DEMO_DIR)/{depth,detection}; a
-# demo there is never deleted unasked: `make demo DEMO_OVERWRITE=1` replaces it (the CLIs' --overwrite).
+# The projects on built-in synthetic data: depth (tiny DPT SN-Net, ~1 min), classification (tiny DeiT3-style
+# SN-Net, ~1 min) then detection (tiny Mask R-CNN ViTDet SN-Net, ~5 min); each ends with its per-stitch report. The
+# runs go to $(DEMO_DIR)/{depth,classification,detection}; a demo there is never deleted unasked: `make demo
+# DEMO_OVERWRITE=1` replaces it (the CLIs' --overwrite).
 DEMO_DIR ?= output/demo
 demo: install
 	set -e; export OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1}; \
-	dpt=$(DEMO_DIR)/depth; out=$(DEMO_DIR)/detection; overwrite=$(if $(DEMO_OVERWRITE),--overwrite,); \
-	for run in $$dpt $$out; do \
+	dpt=$(DEMO_DIR)/depth; out=$(DEMO_DIR)/detection; cls=$(DEMO_DIR)/classification; overwrite=$(if $(DEMO_OVERWRITE),--overwrite,); \
+	for run in $$dpt $$out $$cls; do \
 	  if [ -z "$$overwrite" ] && [ -n "$$(ls -A $$run 2>/dev/null)" ]; then \
 	    echo "make demo: $$run holds a previous demo: rerun with 'make demo DEMO_OVERWRITE=1' to replace it, or" \
 	      "'make demo DEMO_DIR=output/demo2' to keep it" >&2; exit 2; \
@@ -64,6 +65,13 @@ demo: install
 	  --export-stitch 5 $$overwrite train.output_dir=$$dpt; \
 	$(PY) projects/snnet_dpt/demo.py --weights $$dpt/stitch_5/model_final.pth --output $$dpt/demo $$overwrite \
 	  --input data/nyu_synthetic/official_splits/test/synthetic_room_0000/rgb_00002.jpg; \
+	ccfg=projects/snnet_cls/configs/synthetic/snnetv2_tiny.py; \
+	$(PY) datasets/make_synthetic_imagefolder.py --output data/imagefolder_synthetic; \
+	$(PY) projects/snnet_cls/train.py --config-file $$ccfg --stitch none $$overwrite train.output_dir=$$cls; \
+	$(PY) projects/snnet_cls/train.py --config-file $$ccfg --eval-only --stitch all --export-stitch 5 $$overwrite \
+	  train.output_dir=$$cls; \
+	$(PY) projects/snnet_cls/demo.py --weights $$cls/stitch_5/model_final.pth \
+	  --input data/imagefolder_synthetic/val/circle/00002.JPEG; \
 	cfg=projects/snnet_vitdet/configs/synthetic/mask_rcnn_snnetv2_tiny.py; \
 	$(PY) -m datasets.make_synthetic_coco --output output/synthetic_coco; \
 	$(PY) projects/snnet_vitdet/train_net.py --config-file $$cfg $$overwrite train.output_dir=$$out; \
@@ -71,10 +79,12 @@ demo: install
 	  train.output_dir=$$out train.init_checkpoint=$$out/model_final.pth; \
 	$(PY) projects/snnet_vitdet/demo.py --config-file $$cfg --weights $$out/model_final.pth --stitch 5 \
 	  --input output/synthetic_coco/val/000002.png --confidence-threshold 0.3 --output $$out/demo $$overwrite; \
-	cat $$dpt/stitch_report_nyuv2_synthetic_test/stitch_report.md $$out/stitch_report_synthetic_shapes_val/stitch_report.md; \
+	cat $$dpt/stitch_report_nyuv2_synthetic_test/stitch_report.md $$cls/stitch_report_synthetic_val/stitch_report.md \
+	  $$out/stitch_report_synthetic_shapes_val/stitch_report.md; \
 	echo; echo "depth training:   $$dpt/{log.txt,metrics.json,model_final.pth} (tensorboard --logdir $$dpt)"; \
 	echo "depth report:     $$dpt/stitch_report_nyuv2_synthetic_test/stitch_report.{md,csv,png} (exported stitch 5: $$dpt/stitch_5/model_final.pth)"; \
 	echo "depth demo:       $$dpt/demo/rgb_00002_depth.{png,npy}"; \
+	echo "classification report: $$cls/stitch_report_synthetic_val/stitch_report.{md,csv,png} (exported stitch 5: $$cls/stitch_5/model_final.pth)"; \
 	echo "detection report: $$out/stitch_report_synthetic_shapes_val/stitch_report.{md,csv,png}"; \
 	echo "detection demo:   $$out/demo/000002.png"
 
