@@ -1,66 +1,78 @@
-"""Does one trained SN-Net fill the accuracy-FLOPs frontier between its anchors? (issues #5, #13)
+"""Does one trained SN-Net fill the accuracy-FLOPs frontier between its anchors? A CPU-scale test (issue 21).
 
-The paper's central result: after one training, the stitches of two anchors fill the range between them, a
-frontier from the small anchor's accuracy and cost to the large one's. This study tests it on real data at
-CPU scale. Two plain ViTs (timm ``VisionTransformer``, DeiT3 blocks, patch 2 on 8x8 images) are trained from
-scratch, to convergence, on scikit-learn's ``load_digits`` (1797 real handwritten digits shipped inside the
-package) with additive Gaussian pixel noise at train and test alike: on clean digits even a tiny ViT reaches
-94-97% and leaves no gap to fill, with noise the small anchor saturates well below the large one. Training
-images get fresh noise at every draw; each test digit is scored under ``test_draws`` fixed noise draws.
+The paper's central result: after one training, the stitches of two anchors fill the range between them. The
+authors' own per-stitch table (DeiT3-S/L on ImageNet) is read with ``benchmarks/frontier_measures.py``; this study
+asks the same questions of an SN-Net trained here, with the same script on the per-stitch results it writes.
 
-The anchors are then stitched with ``snnet_core`` and trained as one SN-Net with a fixed budget of iterations
-per arm (every arm starts from the same anchors, three seeds):
+Data: scikit-learn's ``load_digits`` (1797 real handwritten 8x8 digits shipped inside the package; fixed
+stratified split of 1347 train / 450 test digits) with additive Gaussian pixel noise at train and test alike
+(fresh noise for every training batch, ``test_draws`` fixed draws per test digit): without noise a tiny ViT
+reaches 94-97% and leaves no gap to fill.
 
-- ``v2``: SN-Netv2 (two-way space, ROS, LoRA SL);
-- ``v2-uniform``: the same with uniform sampling (paper Figure 10: ROS trains the anchors better);
-- ``v1``: SN-Netv1 (Fast-to-Slow space, uniform sampling, fully trained stitching layers; paper Figures 4 and
-  10a: the two-way space gives the better frontier).
+Anchors: two plain ViTs (timm ``VisionTransformer``, DeiT3 blocks with LayerScale, patch 2, average-pooled
+tokens) trained from scratch, each for ``epochs`` and, from the same seed, for twice as many (convergence: the
+test accuracy gained by doubling the training); the longer-trained ones are stitched.
 
-Measured per arm and seed: every stitch's test accuracy (``snnet_core.classify_stitches``), the number of
-iterations each stitch was trained, the share of stitched networks whose accuracy lies between the anchors',
-how many Pareto-frontier stitches lie above the line joining the anchors, and the area under the
-accuracy-budget curve (best network under a FLOPs budget, averaged over budgets from the small to the large
-anchor) against what the two separately trained anchors alone give. Verdicts are printed with their numbers.
+The SN-Nets are trained and scored by the classification project's own code (``projects/snnet_cls``: ``ls_init``,
+``fit`` with its ROS or uniform sampler and DeiT distillation, ``evaluate_stitches_in_memory`` through shared route
+prefixes), with a CPU-scale recipe (AdamW, cosine by epoch, label smoothing, no CutMix).
 
-Run ``python benchmarks/digits_stitching.py`` (19 minutes on one thread of a shared 2-core machine). It writes
-``benchmarks/results/digits/{summary.json,summary.md,frontier.png}``. The fast version is
-``tests/test_digits_stitching.py``, which runs these functions with tiny settings.
+Arms (every arm starts from the same anchors; seeds change the SN-Net training only): the SN-Netv2 recipe
+(two-way space, ROS, LoRA SL, least-squares init) and one change each, as the papers vary them when the frontier
+is poor: ``iterations_factor`` times the iterations, fully trained stitching layers instead of LoRA SL, default
+(Kaiming) instead of least-squares init, uniform sampling instead of ROS, distillation from the slow anchor.
+
+Every (arm, seed) writes the per-stitch results file ``runs/<arm>/seed<k>/stitch_results.json`` (the format of
+``snnet_core.evaluate_stitches``), and its measures (``share_between``, ``below_small``, ``frontier_points``,
+``frontier_above_line``, ``bin_gap``) are those ``benchmarks/frontier_measures.py`` reads from that file.
+
+    python benchmarks/digits_stitching.py --authors-table stitches_res_s_l.txt   # one thread, see the doc
+
+writes ``summary.json``, ``summary.md``, ``frontier.png`` (the authors' table and the study side by side) and
+the per-run results under ``--output-dir``; ``tests/test_digits_stitching.py`` runs it with tiny settings.
 """
 from __future__ import annotations
 
 import argparse
 import copy
 import dataclasses
+import json
 import math
 import os
+import sys
 import time
 from collections import Counter
-from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from timm.models.vision_transformer import VisionTransformer
+from torch.utils.data import Dataset
 from tqdm import tqdm
 
-from snnet_core import (ROUTE_TYPES, FlopsTable, ResourceConstrainedSampler, StitchedViT, StitchSpace,
-                        UniformSampler, best_under_budget, build_anchor, build_flops_table, classify_stitches,
-                        count_gflops, ls_init_stitching_layers, pareto_frontier)
-from snnet_core.io.atomic_io import write_atomic, write_json_atomic
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # benchmarks/frontier_measures.py
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import frontier_measures as measures_script  # noqa: E402
+from projects.snnet_cls.evaluation import evaluate_stitches_in_memory  # noqa: E402
+from projects.snnet_cls.model import classifier_flops_table  # noqa: E402
+from projects.snnet_cls.training import TrainRecipe, fit as fit_snnet, ls_init  # noqa: E402
+from snnet_core import (FlopsTable, StitchedViT, StitchSpace, build_anchor, count_gflops, pareto_frontier,  # noqa: E402
+                        stitch_id_from_upstream)
+from snnet_core.evaluation.frontier_measures import MEASURE_NAMES, FrontierMeasures, anchor_line  # noqa: E402
+from snnet_core.evaluation.report import RESULTS_FILE, ROUTE_COLOURS, ROUTE_NAMES, check_results  # noqa: E402
+from snnet_core.io.atomic_io import write_atomic, write_json_atomic  # noqa: E402
 
 IMG_SIZE = 8
 NUM_CLASSES = 10
 SPLIT_SEED = 0  # the train/test split and the test noise never change; seeds only change the training
 TEST_NOISE_SEED = 10_000
 ANCHOR_IDS = StitchSpace(1, 1).anchor_ids()  # (fast, slow): stitch ids are the same in every space
-NUM_BUDGETS = 50
+METRIC = "acc1"  # per-stitch results: top-1 test accuracy in percent, as in the authors' table
+AUTHORS_DEPTHS = (12, 24)  # DeiT3-S/L: the authors' table numbers its stitches in this space
 Accuracies = Dict[int, float]
-
-# thresholds of the verdicts, fixed before the runs
-MIN_ANCHOR_GAP = 0.05  # the anchors must differ by at least 5 points on the test set
-CONVERGED_DRIFT = 0.005  # converged: mean test accuracy of the last 10% of epochs within 0.5 point of the 10% before
-MIN_SHARE_BETWEEN = 0.5  # "the stitches fill the range": at least half lie between the anchors
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -68,7 +80,8 @@ MIN_SHARE_BETWEEN = 0.5  # "the stitches fill the range": at least half lie betw
 
 @dataclasses.dataclass(frozen=True)
 class AnchorConfig:
-    """A DeiT3-style ViT anchor (timm ``deit3_small_patch16_224`` with these overrides) and its training length."""
+    """A DeiT3-style ViT anchor (timm ``deit3_small_patch16_224`` with these overrides) and its training length
+    (the stitched anchor is trained ``2 * epochs``; ``epochs`` only judges convergence)."""
 
     embed_dim: int
     depth: int
@@ -81,6 +94,36 @@ class AnchorConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class Arm:
+    """One SN-Net training recipe.
+
+    Attributes:
+        iterations_factor: iterations as a multiple of ``StudyConfig.snnet_iterations``.
+        lora_rank: rank of LoRA SL; 0 trains full stitching layers (SN-Netv1).
+        ls_init: least-squares init of the stitching layers (else PyTorch's default, Kaiming-uniform).
+        sampler: ``ros`` (SN-Netv2) or ``uniform`` (SN-Netv1).
+        distill: add soft distillation from the trained slow anchor to every sampled stitch's loss.
+    """
+
+    label: str
+    iterations_factor: int = 1
+    lora_rank: Optional[int] = None  # None: StudyConfig.lora_rank
+    ls_init: bool = True
+    sampler: str = "ros"
+    distill: bool = False
+
+
+ARMS: Dict[str, Arm] = {
+    "v2": Arm("SN-Netv2 recipe: ROS, LoRA SL, LS init"),
+    "v2-3x": Arm("3x the iterations", iterations_factor=3),
+    "full-sl": Arm("full stitching layers instead of LoRA SL", lora_rank=0),
+    "default-init": Arm("default (Kaiming) init instead of LS init", ls_init=False),
+    "uniform": Arm("uniform sampling instead of ROS", sampler="uniform"),
+    "distill": Arm("distillation from the slow anchor", distill=True),
+}
+
+
+@dataclasses.dataclass(frozen=True)
 class StudyConfig:
     """Everything that sets the study's numbers; ``StudyConfig()`` is the benchmark, the test shrinks it.
 
@@ -89,48 +132,33 @@ class StudyConfig:
         noise_std: standard deviation of the additive Gaussian pixel noise (pixels in [0, 1]).
         test_draws: fixed noise draws per test digit (the test set has ``test_draws`` x 450 images).
         anchor_lr: peak learning rate of anchor training (AdamW, 10% warm-up, cosine decay).
-        snnet_iterations: SN-Net training budget of every arm, in iterations of one sampled stitch each.
+        snnet_iterations: SN-Net training iterations (one sampled stitch each) of an arm with factor 1, rounded to
+            whole epochs (the classification project's schedule is by epoch; at least one).
         snnet_lr: peak learning rate of SN-Net training (paper: 0.1x the anchors').
-        snnet_evals: times every stitch is scored during SN-Net training (its learning curve).
         batch_size: images per iteration, for anchors and SN-Nets.
         lora_rank: rank of LoRA SL.
-        ros_step: ROS bin width ``t`` as a fraction of the two-way space's FLOPs range (0.1 puts each group of
-            stitches with the same number of slow blocks in a bin of its own: 5 bins here).
+        ros_step: ROS bin width ``t`` as a fraction of the two-way space's FLOPs range.
         calib_images: noisy train images solving the least-squares initialisation (paper: 100).
-        test_size: fraction of the 1797 digits held out for test.
+        distill_weight, distill_temperature: DeiT's soft distillation (``projects.snnet_cls.training``'s
+            ``ClassificationLoss``): ``(1 - alpha) CE + alpha tau^2 KL / logits.numel()``.
+        arms: the arms to run (names of ``ARMS``).
     """
 
-    fast: AnchorConfig = AnchorConfig(embed_dim=6, depth=4, num_heads=2, epochs=200)
-    slow: AnchorConfig = AnchorConfig(embed_dim=64, depth=4, num_heads=4, epochs=100)
+    fast: AnchorConfig = AnchorConfig(embed_dim=16, depth=4, num_heads=2, epochs=60)
+    slow: AnchorConfig = AnchorConfig(embed_dim=48, depth=8, num_heads=3, epochs=60)
     noise_std: float = 0.3
     test_draws: int = 2
     anchor_lr: float = 5e-3
-    snnet_iterations: int = 5000
+    snnet_iterations: int = 1000
     snnet_lr: float = 5e-4
-    snnet_evals: int = 4
     batch_size: int = 64
     lora_rank: int = 4
     ros_step: float = 0.1
     calib_images: int = 100
     test_size: float = 0.25
-
-
-@dataclasses.dataclass(frozen=True)
-class Arm:
-    """One SN-Net training recipe; every arm gets the same number of iterations."""
-
-    label: str
-    route_types: Tuple[str, ...]
-    sampler: str  # "ros" or "uniform"
-    lora: bool  # LoRA SL (frozen LS weight + rank-r update) or fully trained stitching layers
-
-
-ARMS: Dict[str, Arm] = {
-    "v2": Arm("SN-Netv2: two-way space, ROS, LoRA SL", ROUTE_TYPES, "ros", True),
-    "v2-uniform": Arm("two-way space, uniform sampling, LoRA SL", ROUTE_TYPES, "uniform", True),
-    "v1": Arm("SN-Netv1: Fast-to-Slow space, uniform sampling, full stitching layers", ("anchor", "FS"),
-              "uniform", False),
-}
+    distill_weight: float = 0.5
+    distill_temperature: float = 1.0
+    arms: Tuple[str, ...] = tuple(ARMS)
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -142,9 +170,9 @@ class NoisyDigits:
 
     Attributes:
         train_x: clean train digits ``(N, 1, 8, 8)``, pixels in [0, 1]; noise is drawn afresh per use.
-        train_y: their labels.
+        train_y: their labels ``(N,)``.
         test_x: ``test_draws`` fixed noisy copies of every test digit, standardised, ``(draws * M, 1, 8, 8)``.
-        test_y: their labels.
+        test_y: their labels ``(draws * M,)``.
         noise_std: the noise level.
         mean, std: standardisation of the clean train pixels.
     """
@@ -176,11 +204,24 @@ class NoisyDigits:
     def steps_per_epoch(self, batch_size: int) -> int:
         return math.ceil(len(self.train_x) / batch_size)
 
-    def calibration_images(self, num_images: int, seed: int) -> torch.Tensor:
-        """``num_images`` noisy train images drawn at random (for the least-squares initialisation)."""
-        generator = torch.Generator().manual_seed(seed)
-        idx = torch.randperm(len(self.train_x), generator=generator)[:num_images]
-        return self.noisy(self.train_x[idx], generator)
+
+class NoisyTrainSet(Dataset):
+    """The noisy training digits as the classification project's ``fit`` reads a dataset: item ``i`` is
+    ``(image (1, 8, 8), label)`` with noise drawn from ``(seed, epoch, i)``, fresh every epoch (``set_epoch``)."""
+
+    def __init__(self, data: NoisyDigits, seed: int):
+        self.data, self.seed, self.epoch = data, seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.data.train_x)
+
+    def __getitem__(self, index: int) -> Tuple[torch.Tensor, int]:
+        seed = int(np.random.SeedSequence([self.seed, self.epoch, index]).generate_state(1)[0])
+        image = self.data.noisy(self.data.train_x[index], torch.Generator().manual_seed(seed))
+        return image, int(self.data.train_y[index])
 
 
 def load_noisy_digits(noise_std: float, test_draws: int, test_size: float = 0.25) -> NoisyDigits:
@@ -212,460 +253,434 @@ def build_digits_anchor(cfg: AnchorConfig) -> VisionTransformer:
                         depth=cfg.depth, num_heads=cfg.num_heads)
 
 
-def fit(params: Sequence[nn.Parameter], logits_fn: Callable[[torch.Tensor, int], torch.Tensor], data: NoisyDigits,
-        iterations: int, lr: float, batch_size: int, seed: int, desc: str, eval_every: int = 0,
-        evaluate: Optional[Callable[[], dict]] = None) -> List[dict]:
-    """Minimise label-smoothed cross-entropy with AdamW (weight decay 0.05, 10% warm-up, cosine decay).
-
-    Args:
-        logits_fn: ``(images, iteration) -> logits``; the iteration lets an SN-Net pick its stitch.
-        eval_every: call ``evaluate`` every this many iterations (0: never).
-        evaluate: returns a dict of scores; the mean train loss since the last call and the iteration are
-            added to it.
-
-    Returns:
-        the dicts ``evaluate`` returned, in order.
-    """
+def fit(params: Sequence[nn.Parameter], loss_fn: Callable[[torch.Tensor, torch.Tensor, int], torch.Tensor],
+        data: NoisyDigits, iterations: int, lr: float, batch_size: int, seed: int, desc: str) -> List[float]:
+    """Anchor training: minimise ``loss_fn(images, labels, iteration)`` with AdamW (weight decay 0.05, 10%
+    warm-up, cosine decay); returns the loss of every iteration."""
     optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=0.05)
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=lr, total_steps=iterations, pct_start=0.1)
-    history, losses = [], []
+    losses = []
     for step, (x, y) in enumerate(tqdm(data.batches(batch_size, iterations, seed), total=iterations, desc=desc,
-                                       leave=False)):
-        loss = F.cross_entropy(logits_fn(x, step), y, label_smoothing=0.1)
+                                       leave=False, mininterval=5)):
+        loss = loss_fn(x, y, step)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
         schedule.step()
         losses.append(float(loss.detach()))
-        if evaluate is not None and eval_every and (step + 1) % eval_every == 0:
-            history.append(dict(evaluate(), iteration=step + 1, train_loss=float(np.mean(losses))))
-            losses = []
-    return history
+    return losses
+
+
+def smoothed_ce(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    return F.cross_entropy(logits, y, label_smoothing=0.1)
 
 
 @torch.no_grad()
 def accuracy(model: nn.Module, data: NoisyDigits) -> float:
-    """Test accuracy of a plain model (eval mode)."""
+    """Test accuracy of a plain model (eval mode), in percent."""
     model.eval()
-    return float((model(data.test_x).argmax(dim=1) == data.test_y).float().mean())
+    return 100.0 * float((model(data.test_x).argmax(dim=1) == data.test_y).float().mean())
+
+
+def train_anchor(cfg: AnchorConfig, epochs: int, study: StudyConfig, data: NoisyDigits, seed: int,
+                 name: str) -> Tuple[VisionTransformer, dict]:
+    """One anchor trained from scratch for ``epochs``; returns it (eval mode) and its accuracy, loss and cost."""
+    torch.manual_seed(seed)
+    model = build_digits_anchor(cfg).train()
+    steps = data.steps_per_epoch(study.batch_size)
+    losses = fit(list(model.parameters()), lambda x, y, _: smoothed_ce(model(x), y), data, epochs * steps,
+                 study.anchor_lr, study.batch_size, seed, f"train {name} anchor, {epochs} epochs")
+    tail = max(1, steps)
+    return model.eval(), {"epochs": epochs, "iterations": epochs * steps, "acc": accuracy(model, data),
+                          "last_epoch_loss": float(np.mean(losses[-tail:]))}
 
 
 def train_anchors(study: StudyConfig, data: NoisyDigits, seed: int) -> Tuple[Tuple[VisionTransformer, ...], dict]:
-    """Train the fast and the slow anchor from scratch; returns them (eval mode) and a summary per anchor
-    (accuracy, cost, and its learning curve: test accuracy and mean train loss after every epoch)."""
+    """Train each anchor for ``epochs`` and, from the same seed, for ``2 * epochs``; returns the longer-trained
+    anchors and a summary per anchor (config, params, GFLOPs, both runs, the accuracy gained by doubling)."""
     anchors, rows = [], {}
-    steps = data.steps_per_epoch(study.batch_size)
     for name, cfg in (("fast", study.fast), ("slow", study.slow)):
-        torch.manual_seed(seed)
-        model = build_digits_anchor(cfg).train()
-
-        def evaluate() -> dict:
-            acc = accuracy(model, data)
-            model.train()
-            return {"acc": acc}
-
-        curve = fit(list(model.parameters()), lambda x, _: model(x), data, cfg.epochs * steps, study.anchor_lr,
-                    study.batch_size, seed, f"train {name} anchor", eval_every=steps, evaluate=evaluate)
-        accs = [c["acc"] for c in curve]
-        tenth = max(1, len(accs) // 10)
-        rows[name] = {"config": cfg.describe(), "epochs": cfg.epochs, "iterations": cfg.epochs * steps,
-                      "params_m": sum(p.numel() for p in model.parameters()) / 1e6,
-                      "gflops": count_gflops(model.eval(), (data.test_x[:1],)), "acc": accs[-1],
-                      "tail_drift": float(np.mean(accs[-tenth:]) - np.mean(accs[-2 * tenth:-tenth])), "curve": curve}
-        anchors.append(model.eval())
+        _, short = train_anchor(cfg, cfg.epochs, study, data, seed, name)
+        model, full = train_anchor(cfg, 2 * cfg.epochs, study, data, seed, name)
+        rows[name] = {"config": cfg.describe(), "params_m": sum(p.numel() for p in model.parameters()) / 1e6,
+                      "gflops": count_gflops(model, (data.test_x[:1],)), "short": short, "full": full,
+                      "acc": full["acc"], "doubling_gain": full["acc"] - short["acc"]}
+        anchors.append(model)
     return tuple(anchors), rows
 
 
 def flops_table(anchors: Sequence[VisionTransformer]) -> FlopsTable:
     """GFLOPs and parameters of every stitch of the two-way space, classifier included."""
-    return build_flops_table(StitchedViT(*anchors), (IMG_SIZE, IMG_SIZE), mode="classify")
+    return classifier_flops_table(StitchedViT(*anchors), (IMG_SIZE, IMG_SIZE))
 
 
-def build_snnet(anchors: Sequence[VisionTransformer], study: StudyConfig, arm: Arm, data: NoisyDigits, seed: int,
-                ls_init: bool = True) -> StitchedViT:
-    """SN-Net over copies of the anchors; stitching layers least-squares or (``ls_init=False``) Kaiming init."""
-    torch.manual_seed(seed)
+def snnet_recipe(study: StudyConfig, arm: Arm, table: FlopsTable, steps_per_epoch: int, seed: int) -> TrainRecipe:
+    """The classification project's ``TrainRecipe`` of one arm: AdamW at ``snnet_lr`` (weight decay 0.05), cosine
+    by epoch with 10% warm-up, label smoothing 0.1, no CutMix/MixUp, ROS bins of ``ros_step`` x the FLOPs range
+    (or uniform sampling), LS init on ``calib_images`` (or none), DeiT soft distillation (or none), no AMP."""
+    epochs = max(1, round(study.snnet_iterations / steps_per_epoch)) * arm.iterations_factor
+    gflops = list(table.gflops.values())
+    return TrainRecipe(
+        epochs=epochs, batch_size=study.batch_size, lr=study.snnet_lr, weight_decay=0.05, opt="adamw",
+        warmup_lr=study.snnet_lr / 100, min_lr=study.snnet_lr / 100, warmup_epochs=round(0.1 * epochs),
+        smoothing=0.1, mixup=0.0, cutmix=0.0,
+        distillation={"type": "soft" if arm.distill else "none", "alpha": study.distill_weight,
+                      "tau": study.distill_temperature},
+        flops_step=(max(gflops) - min(gflops)) * study.ros_step, sampling=arm.sampler,
+        ls_init_images=study.calib_images if arm.ls_init else 0, amp=False, seed=seed)
+
+
+def build_snnet(anchors: Sequence[VisionTransformer], study: StudyConfig, arm: Arm, recipe: TrainRecipe,
+                train_set: Dataset) -> StitchedViT:
+    """SN-Net over copies of the anchors; stitching layers least-squares initialised by the classification
+    project's ``ls_init`` (on ``recipe.ls_init_images`` training images) or left at PyTorch's default."""
+    torch.manual_seed(recipe.seed)
     fast, slow = (copy.deepcopy(a) for a in anchors)
-    net = StitchedViT(fast, slow, lora_rank=study.lora_rank if arm.lora else 0, route_types=arm.route_types)
-    if ls_init:
-        calibration = data.calibration_images(study.calib_images, seed)
-        ls_init_stitching_layers(net, [calibration], num_images=study.calib_images, progress=False)
+    net = StitchedViT(fast, slow, lora_rank=study.lora_rank if arm.lora_rank is None else arm.lora_rank)
+    if recipe.ls_init_images:
+        ls_init(net, train_set, recipe, NUM_CLASSES)
     return net.eval()
 
 
-@torch.no_grad()
-def stitch_accuracies(net: StitchedViT, data: NoisyDigits, batch_size: int = 1024) -> Accuracies:
-    """Test accuracy of every stitch of ``net``'s space, shared route prefixes run once per batch."""
-    net.eval()
-    correct: Counter = Counter()
-    for x, y in zip(data.test_x.split(batch_size), data.test_y.split(batch_size)):
-        for sid, logits in classify_stitches(net, x):
-            correct[sid] += int((logits.argmax(dim=1) == y).sum())
-    return {sid: correct[sid] / len(data.test_y) for sid in net.space.ids}
+def eval_batches(data: NoisyDigits, batch_size: int = 256) -> List[Tuple[torch.Tensor, torch.Tensor]]:
+    """The fixed noisy test set as a loader of ``(images, labels)`` batches."""
+    return list(zip(data.test_x.split(batch_size), data.test_y.split(batch_size)))
 
 
-def make_sampler(net: StitchedViT, table: FlopsTable, arm: Arm, study: StudyConfig, seed: int) -> UniformSampler:
-    """ROS with bins of width ``t`` = ``ros_step`` x the two-way space's FLOPs range, or uniform sampling."""
-    gflops = {sid: table.gflops[sid] for sid in net.space.ids}
-    if arm.sampler == "uniform":
-        return UniformSampler(list(gflops), seed)
-    step = (max(table.gflops.values()) - min(table.gflops.values())) * study.ros_step
-    return ResourceConstrainedSampler(gflops, step, seed)
+def stitch_accuracies(net: StitchedViT, data: NoisyDigits) -> Accuracies:
+    """Top-1 test accuracy (percent) of every stitch, by the classification project's evaluation (one pass, shared
+    route prefixes)."""
+    return {sid: m["acc1"] for sid, m in evaluate_stitches_in_memory(net, eval_batches(data)).items()}
 
 
-def draw_counts(sampler: UniformSampler, iterations: int) -> Dict[int, int]:
-    """How many of ``iterations`` training iterations each stitch gets (draws are a function of the iteration)."""
-    counts = Counter(sampler.sample(step) for step in range(iterations))
-    return {sid: counts[sid] for sid in sampler.stitch_ids}
-
-
-def train_snnet(net: StitchedViT, sampler: UniformSampler, study: StudyConfig, data: NoisyDigits, seed: int,
-                desc: str) -> List[dict]:
-    """SN-Net training, one sampled stitch per iteration, anchors and stitching layers all trainable.
-
-    Returns the learning curve: every stitch's test accuracy ``snnet_evals`` times during training.
-    """
-    torch.manual_seed(seed)
-    net.train()
-
-    def evaluate() -> dict:
-        acc = stitch_accuracies(net, data)
-        net.train()
-        return {"per_stitch": acc}
-
-    params = [p for p in net.parameters() if p.requires_grad]
-    return fit(params, lambda x, step: net.classify(x, sampler.sample(step)), data, study.snnet_iterations,
-               study.snnet_lr, study.batch_size, seed, desc,
-               eval_every=max(1, study.snnet_iterations // study.snnet_evals), evaluate=evaluate)
-
-
-# ------------------------------------------------------------------------------------------------------------
-# frontier measures
-
-def budget_curve(acc: Accuracies, gflops: Dict[int, float], lo: float, hi: float) -> float:
-    """Accuracy of the best network under a FLOPs budget, averaged over ``NUM_BUDGETS`` budgets evenly spaced
-    from ``lo`` to ``hi``: the normalised area under the accuracy-budget curve."""
-    costs = {sid: gflops[sid] for sid in acc}
-    return float(np.mean([acc[best_under_budget(costs, acc, b)] for b in np.linspace(lo, hi, NUM_BUDGETS)]))
-
-
-def frontier_measures(acc: Accuracies, gflops: Dict[int, float], alone: Tuple[float, float]) -> dict:
-    """Where the stitched networks of one trained SN-Net lie relative to its anchors.
-
-    Args:
-        acc: test accuracy of every stitch of the SN-Net (its anchors included).
-        gflops: cost of every stitch.
-        alone: test accuracy of the separately trained (fast, slow) anchors: what a user without SN-Net has.
-
-    Returns:
-        ``fast``/``slow``: the SN-Net's anchors; ``mean``/``min``: over its stitched networks; ``between``: the
-        share of stitched networks with accuracy within the SN-Net's anchors'; ``frontier``: stitched networks on
-        the Pareto frontier; ``above_line``: those of them above the straight line joining the anchors in
-        (GFLOPs, accuracy); ``auc``, ``auc_alone``, ``auc_line``: budget-curve accuracy of the SN-Net, of the
-        two separately trained anchors alone, and of the line joining the SN-Net's anchors.
-    """
-    (f_id, s_id), stitched = ANCHOR_IDS, [sid for sid in acc if sid not in ANCHOR_IDS]
-    lo, hi = gflops[f_id], gflops[s_id]
-    fast, slow = acc[f_id], acc[s_id]
-
-    def line(g: float) -> float:
-        return fast + (slow - fast) * (g - lo) / (hi - lo)
-
-    frontier = [sid for sid in pareto_frontier({sid: gflops[sid] for sid in acc}, acc) if sid not in ANCHOR_IDS]
-    alone_acc = dict(zip(ANCHOR_IDS, alone))
-    return {
-        "fast": fast, "slow": slow,
-        "mean": float(np.mean([acc[s] for s in stitched])), "min": float(np.min([acc[s] for s in stitched])),
-        "between": float(np.mean([min(fast, slow) <= acc[s] <= max(fast, slow) for s in stitched])),
-        "below_fast": sum(acc[s] < fast for s in stitched),
-        "frontier": len(frontier),
-        "above_line": sum(acc[s] > line(gflops[s]) for s in frontier),
-        "auc": budget_curve(acc, gflops, lo, hi),
-        "auc_alone": budget_curve(alone_acc, gflops, lo, hi),
-        "auc_line": (fast + slow) / 2,
-    }
-
-
-def score_at_init(anchors: Sequence[VisionTransformer], study: StudyConfig, data: NoisyDigits, table: FlopsTable,
-                  alone: Tuple[float, float], seed: int) -> Dict[str, dict]:
-    """Every stitch of the two-way space before SN-Net training, LS- vs Kaiming-initialised stitching layers."""
-    out = {}
-    for name, ls_init in (("ls", True), ("kaiming", False)):
-        net = build_snnet(anchors, study, ARMS["v2"], data, seed, ls_init=ls_init)
-        acc = stitch_accuracies(net, data)
-        out[name] = dict(frontier_measures(acc, table.gflops, alone), per_stitch=acc)
-    return out
+def results_record(acc: Accuracies, space: StitchSpace, table: FlopsTable, run_key: str) -> dict:
+    """A per-stitch results record in ``snnet_core.evaluate_stitches``' format (primary metric ``acc1``)."""
+    rows = {str(sid): {"id": sid, "type": space[sid].kind, "route": space[sid].route, "gflops": table.gflops[sid],
+                       "params_m": table.params_m[sid], METRIC: acc[sid]} for sid in space.ids}
+    record = {"run_key": run_key, "task": "digits", "primary_metric": METRIC, "higher_is_better": True,
+              "stitches": rows}
+    check_results(record, run_key)
+    return record
 
 
 def run_arm(anchors: Sequence[VisionTransformer], study: StudyConfig, arm_name: str, data: NoisyDigits,
-            table: FlopsTable, alone: Tuple[float, float], seed: int) -> dict:
-    """Build, train and score one arm for one seed."""
+            table: FlopsTable, seed: int, output_dir: str) -> dict:
+    """Build, train and score one arm for one seed with the classification project's functions; writes its
+    results file and returns its measures (read back from that file by ``benchmarks/frontier_measures.py``),
+    per-stitch accuracies and iteration counts."""
     arm = ARMS[arm_name]
-    net = build_snnet(anchors, study, arm, data, seed)
-    sampler = make_sampler(net, table, arm, study, seed)
-    counts = draw_counts(sampler, study.snnet_iterations)
-    stitched = [counts[sid] for sid in counts if sid not in ANCHOR_IDS]
-    start = time.perf_counter()
-    curve = train_snnet(net, sampler, study, data, seed, f"train {arm_name} (seed {seed})")
-    train_s = time.perf_counter() - start
+    train_set = NoisyTrainSet(data, seed)
+    recipe = snnet_recipe(study, arm, table, len(train_set) // study.batch_size, seed)
+    net = build_snnet(anchors, study, arm, recipe, train_set)
+    teacher = copy.deepcopy(anchors[1]).eval().requires_grad_(False) if arm.distill else None
+    start = time.process_time()
+    trained = fit_snnet(net, train_set, recipe, table.gflops, NUM_CLASSES, teacher=teacher)
+    cpu_s = time.process_time() - start
     acc = stitch_accuracies(net, data)
-    curve_means = [dict(frontier_measures(c["per_stitch"], table.gflops, alone), iteration=c["iteration"],
-                        train_loss=c["train_loss"]) for c in curve]
-    return dict(frontier_measures(acc, table.gflops, alone), per_stitch=acc, iterations_per_stitch=counts,
-                iters_anchors=[counts[sid] for sid in ANCHOR_IDS], iters_stitched_min=min(stitched),
-                iters_stitched_median=float(np.median(stitched)), iters_stitched_max=max(stitched),
-                curve=[{k: c[k] for k in ("iteration", "train_loss", "fast", "slow", "mean", "auc")}
-                       for c in curve_means],
-                ros_bins=len(sampler.bins) if isinstance(sampler, ResourceConstrainedSampler) else None,
-                train_s=train_s)
+    path = os.path.join(output_dir, "runs", arm_name, f"seed{seed}", RESULTS_FILE)
+    write_json_atomic(path, results_record(acc, net.space, table, f"digits study, arm {arm_name}, seed {seed}"))
+    measured = measures_script.measure_table(measures_script.read_table(path))
+    drawn = Counter(trained["stitches"])
+    counts = {sid: drawn[sid] for sid in net.space.ids}
+    stitched = [counts[sid] for sid in counts if sid not in ANCHOR_IDS]
+    return {"measures": measured.as_dict(), "per_stitch": acc, "iterations": trained["iteration"],
+            "epochs": recipe.epochs, "iterations_per_stitch": counts,
+            "iters_anchors": [counts[sid] for sid in ANCHOR_IDS], "iters_stitched": [min(stitched), max(stitched)],
+            "final_epoch_loss": trained["epoch_means"][-1], "cpu_s": cpu_s,
+            "results_file": os.path.relpath(path, output_dir)}
 
 
-# ------------------------------------------------------------------------------------------------------------
-# verdicts
-
-def paired(runs: Dict[str, List[dict]], a: str, b: str, key: Callable[[dict], float]) -> Tuple[float, int, int]:
-    """Mean over seeds of ``key(a) - key(b)`` and on how many seeds it is positive."""
-    diffs = [key(ra) - key(rb) for ra, rb in zip(runs[a], runs[b])]
-    return float(np.mean(diffs)), sum(d > 0 for d in diffs), len(diffs)
-
-
-def same_flops_gain(run: dict, baseline: dict, gflops: Dict[int, float]) -> float:
-    """How much better ``run``'s best stitched network is than ``baseline``'s within each of the baseline's
-    stitched networks' FLOPs (+1%, as routes with two stitching layers cost a little more); the mean."""
-    def best(acc: Accuracies, budget: float) -> float:
-        return max(a for sid, a in acc.items() if sid not in ANCHOR_IDS and gflops[sid] <= budget)
-
-    budgets = [gflops[sid] * 1.01 for sid in baseline["per_stitch"] if sid not in ANCHOR_IDS]
-    return float(np.mean([best(run["per_stitch"], b) - best(baseline["per_stitch"], b) for b in budgets]))
-
-
-def pm(values: Sequence[float], scale: float = 100.0, digits: int = 1) -> str:
-    """``mean ± std`` of ``values`` times ``scale`` (percent by default)."""
-    return f"{np.mean(values) * scale:.{digits}f} ± {np.std(values) * scale:.{digits}f}"
-
-
-def iteration_text(runs: Dict[str, List[dict]], name: str) -> str:
-    """Iterations per stitch of one arm (the draws are the same on every seed up to sampling noise: seed 0)."""
-    r = runs[name][0]
-    return (f"`{name}`: stitched networks {r['iters_stitched_min']}-{r['iters_stitched_max']} (median "
-            f"{r['iters_stitched_median']:.0f}), anchors {r['iters_anchors'][0]} / {r['iters_anchors'][1]}")
-
-
-def verdicts(study: StudyConfig, anchor_rows: dict, init: Dict[str, dict],
-             runs: Dict[str, List[dict]], gflops: Dict[int, float]) -> List[dict]:
-    """One verdict per claim: ``{"claim", "holds", "evidence"}``; accuracies in percent, spreads over seeds."""
-    out = []
-
-    def add(claim: str, holds: bool, evidence: str) -> None:
-        out.append({"claim": claim, "holds": bool(holds), "evidence": evidence})
-
-    fast, slow = anchor_rows["fast"], anchor_rows["slow"]
-    gap = slow["acc"] - fast["acc"]
-    drift = max(abs(fast["tail_drift"]), abs(slow["tail_drift"]))
-    add(f"The anchors differ by at least {MIN_ANCHOR_GAP * 100:.0f} points and each is trained to convergence "
-        f"(mean test accuracy of its last 10% of epochs within {CONVERGED_DRIFT * 100:.1f} point of the 10% before)",
-        gap >= MIN_ANCHOR_GAP and drift <= CONVERGED_DRIFT,
-        f"fast {fast['acc'] * 100:.1f}%, slow {slow['acc'] * 100:.1f}%, gap {gap * 100:.1f} points; last 10% of epochs "
-        f"vs the 10% before: {fast['tail_drift'] * 100:+.2f} (fast, {fast['epochs']} epochs) and "
-        f"{slow['tail_drift'] * 100:+.2f} points (slow, {slow['epochs']} epochs)")
-
-    v2 = runs["v2"]
-    n_st = len(v2[0]["per_stitch"]) - 2
-    share = [r["between"] for r in v2]
-    add(f"The stitched networks fill the accuracy range between the anchors (at least "
-        f"{MIN_SHARE_BETWEEN * 100:.0f}% of them lie between the anchors' accuracies, mean over seeds)",
-        np.mean(share) >= MIN_SHARE_BETWEEN,
-        f"{pm(share, 100, 0)}% of the {n_st} stitched networks between the SN-Net's anchors (per seed "
-        + ", ".join(f"{s * n_st:.0f}" for s in share) + f"); {pm([r['below_fast'] for r in v2], 1, 1)} below the "
-        f"fast anchor; {iteration_text(runs, 'v2')} iterations")
-    above = [r["above_line"] for r in v2]
-    front = [r["frontier"] for r in v2]
-    add("The frontier is monotone and lies above the line joining the anchors (most stitched frontier networks "
-        "above it, every seed)",
-        all(f > 0 and 2 * a > f for a, f in zip(above, front)),
-        "stitched networks on the Pareto frontier above the line / on the frontier, per seed: "
-        + ", ".join(f"{a}/{f}" for a, f in zip(above, front)))
-    gain = [r["auc"] - r["auc_alone"] for r in v2]
-    add("One SN-Net gives a better accuracy-budget curve than the two separately trained anchors alone (every seed)",
-        all(g > 0 for g in gain),
-        f"budget-curve accuracy (best network under a budget, {NUM_BUDGETS} budgets between the anchors' FLOPs) "
-        f"{pm([r['auc'] for r in v2])}% vs {v2[0]['auc_alone'] * 100:.1f}% for the anchors alone "
-        f"({pm(gain, 100, 2)} points; per seed " + ", ".join(f"{g * 100:+.2f}" for g in gain)
-        + f"); the line joining the SN-Net's anchors gives {pm([r['auc_line'] for r in v2])}%")
-
-    d, wins, n = paired(runs, "v2", "v1", lambda r: r["auc"])
-    gains = [same_flops_gain(a, b, gflops) for a, b in zip(v2, runs["v1"])]
-    add("With the same iterations, the two-way space (v2) gives a better frontier than SN-Netv1's (every seed)",
-        wins == n and all(g > 0 for g in gains),
-        f"budget-curve accuracy {d * 100:+.2f} points for v2 (better on {wins}/{n} seeds); best stitched network "
-        f"within each v1 stitch's FLOPs {np.mean(gains) * 100:+.2f} points for v2 (better on "
-        f"{sum(g > 0 for g in gains)}/{len(gains)}); {study.snnet_iterations} iterations each: "
-        f"{iteration_text(runs, 'v2')}; {iteration_text(runs, 'v1')}")
-    d, wins, n = paired(runs, "v2", "v2-uniform", lambda r: (r["fast"] + r["slow"]) / 2)
-    df, fast_wins, _ = paired(runs, "v2", "v2-uniform", lambda r: r["fast"])
-    ds_, slow_wins, _ = paired(runs, "v2", "v2-uniform", lambda r: r["slow"])
-    dm, mean_wins, _ = paired(runs, "v2", "v2-uniform", lambda r: r["mean"])
-    add("With the same iterations, ROS trains the anchors better than uniform sampling (paper Figure 10; every "
-        "seed)",
-        wins == n,
-        f"mean anchor accuracy {d * 100:+.2f} points with ROS (better on {wins}/{n} seeds; fast {df * 100:+.2f}, "
-        f"{fast_wins}/{n}; slow {ds_ * 100:+.2f}, {slow_wins}/{n}); mean stitched network {dm * 100:+.2f} "
-        f"({mean_wins}/{n}); {iteration_text(runs, 'v2')}; {iteration_text(runs, 'v2-uniform')}")
-    ls, km = init["ls"], init["kaiming"]
-    add("Before SN-Net training, least-squares-initialised stitching layers beat Kaiming-initialised ones",
-        ls["mean"] > km["mean"],
-        f"mean over the {n_st} stitched networks {ls['mean'] * 100:.1f}% (LS) vs {km['mean'] * 100:.1f}% "
-        f"(Kaiming); {ls['below_fast']}/{n_st} LS-initialised stitches below the fast anchor")
+def score_at_init(anchors: Sequence[VisionTransformer], study: StudyConfig, data: NoisyDigits, table: FlopsTable,
+                  seed: int) -> Dict[str, dict]:
+    """Measures of every stitch before SN-Net training, least-squares vs default init."""
+    out = {}
+    train_set = NoisyTrainSet(data, seed)
+    for name, arm in (("ls", ARMS["v2"]), ("default", ARMS["default-init"])):
+        recipe = snnet_recipe(study, arm, table, len(train_set) // study.batch_size, seed)
+        acc = stitch_accuracies(build_snnet(anchors, study, arm, recipe, train_set), data)
+        table_ = measures_script.Table(cost=dict(table.gflops), metric=acc, small=ANCHOR_IDS[0],
+                                       large=ANCHOR_IDS[1], metric_name=METRIC, higher_is_better=True,
+                                       cost_unit="GFLOPs", format="snnet_core")
+        out[name] = {"measures": measures_script.measure_table(table_).as_dict(), "per_stitch": acc}
     return out
 
 
 # ------------------------------------------------------------------------------------------------------------
-# report
+# summary and verdict
 
-def markdown_tables(study: StudyConfig, result: dict) -> str:
-    """The anchors, at-init and trained tables as Markdown."""
-    anchors, init, runs = result["anchors"], result["init"], result["runs"]
-    lines = ["| anchor | config | params (M) | MFLOPs | epochs (iterations) | test acc (%) | "
-             "last 10% of epochs vs the 10% before (points) |", "|---|---|---|---|---|---|---|"]
-    for name, r in anchors.items():
-        lines.append(f"| {name} | {r['config']} | {r['params_m']:.3f} | {r['gflops'] * 1e3:.2f} | {r['epochs']} "
-                     f"({r['iterations']}) | {r['acc'] * 100:.1f} | {r['tail_drift'] * 100:+.2f} |")
-    lines += ["", f"SN-Net rows: mean ± std over seeds {result['seeds']}, {study.snnet_iterations} iterations per "
-                  f"arm; iterations per stitch from seed {result['seeds'][0]}'s draws. Budget-curve accuracy: best "
-                  f"network under a FLOPs budget, averaged over {NUM_BUDGETS} budgets from the fast to the slow "
-                  f"anchor; the two anchors alone give {init['ls']['auc_alone'] * 100:.1f}%.", "",
-              "| model | stitches | iterations per stitched network (min-max) | iterations per anchor (fast/slow) | "
-              "fast acc | slow acc | mean stitched acc | stitched between anchors (%) | frontier above line | "
-              "budget-curve acc | vs anchors alone (points) |", "|---|---|---|---|---|---|---|---|---|---|---|"]
-    for name, r in (("at init, LS-initialised layers", init["ls"]), ("at init, Kaiming-initialised layers",
-                                                                      init["kaiming"])):
-        lines.append(f"| {name} | {len(r['per_stitch'])} | 0 | 0 | {r['fast'] * 100:.1f} | {r['slow'] * 100:.1f} | "
-                     f"{r['mean'] * 100:.1f} | {r['between'] * 100:.0f} | {r['above_line']}/{r['frontier']} | "
-                     f"{r['auc'] * 100:.1f} | {(r['auc'] - r['auc_alone']) * 100:+.2f} |")
+def mean_std(values: Sequence[float]) -> Tuple[float, float]:
+    return float(np.mean(values)), float(np.std(values))
+
+
+def arm_summary(runs: Sequence[dict]) -> Dict[str, Tuple[float, float]]:
+    """Mean and std over seeds of every measure (``bin_gap[k]`` over the seeds whose bin ``k`` holds a stitch)."""
+    measured = [FrontierMeasures(**{k: tuple(v) if k == "bin_gap" else v for k, v in r["measures"].items()})
+                for r in runs]
+    out = {name: mean_std([getattr(m, name) for m in measured]) for name in MEASURE_NAMES if name != "bin_gap"}
+    for k in range(len(measured[0].bin_gap)):
+        gaps = [m.bin_gap[k] for m in measured if m.bin_gap[k] is not None]
+        out[f"bin_gap[{k}]"] = mean_std(gaps) if gaps else (math.nan, math.nan)
+    for key in ("small", "large"):
+        out[key] = mean_std([getattr(m, key) for m in measured])
+    return out
+
+
+def frontier_holds(m: Mapping) -> bool:
+    """The claim on one table: some stitch on the frontier lies above the anchor line, and in every FLOPs bin the
+    best stitch is on or above it (an empty bin fails: nothing fills it)."""
+    return m["frontier_above_line"] > 0 and all(g is not None and g >= 0 for g in m["bin_gap"])
+
+
+def claim_text(m: Mapping) -> str:
+    """``frontier_holds`` with its parts: frontier stitches above the line, bins whose best stitch is on or above
+    it, empty bins."""
+    gaps = m["bin_gap"]
+    empty = sum(g is None for g in gaps)
+    return (f"{'holds' if frontier_holds(m) else 'does not hold'}: {m['frontier_above_line']}/{m['frontier_points']} "
+            f"frontier stitches above the line, {sum(g is not None and g >= 0 for g in gaps)}/{len(gaps)} bins with "
+            f"the best stitch on or above it{f', {empty} empty' if empty else ''} (gaps {fmt_gaps(gaps)})")
+
+
+def mean_bin_gap(m: Mapping) -> float:
+    """The mean of the bins' gaps (empty bins left out): one number for how far the best stitches are from the
+    line."""
+    gaps = [g for g in m["bin_gap"] if g is not None]
+    return float(np.mean(gaps)) if gaps else math.nan
+
+
+def factor_effects(runs: Dict[str, List[dict]]) -> Dict[str, dict]:
+    """Per arm against ``v2``, paired by seed: the change of ``frontier_above_line``, of the mean bin gap and of
+    ``share_between``, and on how many seeds each went up / down."""
+    base = runs["v2"]
+    out = {}
     for name, rs in runs.items():
-        r0 = rs[0]
-        cells = " | ".join(pm([r[k] for r in rs]) for k in ("fast", "slow", "mean"))
-        lines.append(
-            f"| trained: {ARMS[name].label} (`{name}`) | {len(r0['per_stitch'])} | {r0['iters_stitched_min']}-"
-            f"{r0['iters_stitched_max']} | {r0['iters_anchors'][0]}/{r0['iters_anchors'][1]} | {cells} | "
-            f"{pm([r['between'] for r in rs], 100, 0)} | {np.mean([r['above_line'] for r in rs]):.1f}/"
-            f"{np.mean([r['frontier'] for r in rs]):.1f} | {pm([r['auc'] for r in rs])} | "
-            f"{pm([r['auc'] - r['auc_alone'] for r in rs], 100, 2)} |")
+        if name == "v2":
+            continue
+        effect = {}
+        for key, fn in (("frontier_above_line", lambda r: r["measures"]["frontier_above_line"]),
+                        ("mean_bin_gap", lambda r: mean_bin_gap(r["measures"])),
+                        ("share_between", lambda r: r["measures"]["share_between"])):
+            diffs = [fn(a) - fn(b) for a, b in zip(rs, base)]
+            effect[key] = {"per_seed": diffs, "mean": float(np.mean(diffs)), "up": sum(d > 0 for d in diffs),
+                           "down": sum(d < 0 for d in diffs)}
+        out[name] = effect
+    return out
+
+
+def verdict(result: dict) -> List[str]:
+    """The study's verdict as sentences with their numbers: the authors' table, each arm, each factor."""
+    lines = []
+    authors = result.get("authors")
+    if authors:
+        lines.append(f"Authors' DeiT3-S/L table: {claim_text(authors)}.")
+    for name, rs in result["runs"].items():
+        held = sum(frontier_holds(r["measures"]) for r in rs)
+        lines.append(f"`{name}`: holds on {held}/{len(rs)} seeds; per seed: "
+                     + "; ".join(claim_text(r["measures"]) for r in rs) + ".")
+    for name, effect in result["effects"].items():
+        moved = [f"{key} {e['mean']:+.2f} (up on {e['up']}, down on {e['down']} of {len(e['per_seed'])} seeds)"
+                 for key, e in effect.items()]
+        lines.append(f"`{name}` vs `v2`: " + ", ".join(moved) + ".")
+    return lines
+
+
+def fmt_gaps(gaps: Sequence[Optional[float]]) -> str:
+    return ", ".join("none" if g is None else f"{g:+.2f}" for g in gaps)
+
+
+def pm(values: Tuple[float, float], digits: int = 2) -> str:
+    return f"{values[0]:.{digits}f} ± {values[1]:.{digits}f}"
+
+
+def markdown(result: dict, study: StudyConfig) -> str:
+    """The anchors, the measures per arm (per seed and mean ± std) and the verdict as Markdown."""
+    lines = ["| anchor | config | params (M) | MFLOPs | test acc after E epochs (%) | after 2E (%) | doubling gain "
+             "(points) |", "|---|---|---|---|---|---|---|"]
+    for name, r in result["anchors"].items():
+        lines.append(f"| {name} | {r['config']} | {r['params_m']:.3f} | {r['gflops'] * 1e3:.3f} | "
+                     f"{r['short']['acc']:.1f} ({r['short']['epochs']}) | {r['full']['acc']:.1f} "
+                     f"({r['full']['epochs']}) | {r['doubling_gain']:+.1f} |")
+    lines += ["", f"SN-Net arms: seeds {result['seeds']}; measures per seed, then mean ± std. Bins: the FLOPs range "
+                  "between the anchors cut into five equal intervals; a gap is the best stitch's accuracy minus the "
+                  "anchor line's, in points.", "",
+              "| arm | iterations (per stitched network, min-max) | seed | small | large | share_between | "
+              "below_small | frontier_points | frontier_above_line | bin_gap |",
+              "|---|---|---|---|---|---|---|---|---|---|"]
+    authors = result.get("authors")
+    if authors:
+        lines.append(f"| authors' DeiT3-S/L (ImageNet) | - | - | {authors['small']:.2f} | {authors['large']:.2f} | "
+                     f"{authors['share_between']:.3f} | {authors['below_small']} | {authors['frontier_points']} | "
+                     f"{authors['frontier_above_line']} | {fmt_gaps(authors['bin_gap'])} |")
+    for name, init in (("at init, LS", result["init"]["ls"]), ("at init, default", result["init"]["default"])):
+        m = init["measures"]
+        lines.append(f"| {name} | 0 | {result['seeds'][0]} | {m['small']:.1f} | {m['large']:.1f} | "
+                     f"{m['share_between']:.3f} | {m['below_small']} | {m['frontier_points']} | "
+                     f"{m['frontier_above_line']} | {fmt_gaps(m['bin_gap'])} |")
+    for name, rs in result["runs"].items():
+        its = f"{rs[0]['iterations']} ({rs[0]['iters_stitched'][0]}-{rs[0]['iters_stitched'][1]})"
+        for seed, r in zip(result["seeds"], rs):
+            m = r["measures"]
+            lines.append(f"| `{name}` | {its} | {seed} | {m['small']:.1f} | {m['large']:.1f} | "
+                         f"{m['share_between']:.3f} | {m['below_small']} | {m['frontier_points']} | "
+                         f"{m['frontier_above_line']} | {fmt_gaps(m['bin_gap'])} |")
+        s = result["summary"][name]
+        gaps = ", ".join(pm(s[f"bin_gap[{k}]"]) for k in range(len(rs[0]["measures"]["bin_gap"])))
+        lines.append(f"| `{name}` | | mean ± std | {pm(s['small'], 1)} | {pm(s['large'], 1)} | "
+                     f"{pm(s['share_between'], 3)} | {pm(s['below_small'], 1)} | {pm(s['frontier_points'], 1)} | "
+                     f"{pm(s['frontier_above_line'], 1)} | {gaps} |")
+    lines += ["", "Arms: " + "; ".join(f"`{n}`: {ARMS[n].label}" for n in result["runs"]) + ".", "",
+              "Verdict:", ""] + [f"- {line}" for line in result["verdict"]]
+    lines += ["", f"CPU time {result['cpu_s'] / 60:.1f} min (one thread; wall {result['wall_s'] / 60:.1f} min).", ""]
     return "\n".join(lines)
 
 
-def curve_markdown(runs: Dict[str, List[dict]]) -> str:
-    """SN-Net learning curves: mean over seeds at every evaluation."""
-    lines = ["| arm | iteration | train loss | fast acc | slow acc | mean stitched acc | budget-curve acc |",
-             "|---|---|---|---|---|---|---|"]
-    for name, rs in runs.items():
-        for i, point in enumerate(rs[0]["curve"]):
-            pts = [r["curve"][i] for r in rs]
-            lines.append(f"| `{name}` | {point['iteration']} | {np.mean([p['train_loss'] for p in pts]):.3f} | "
-                         + " | ".join(f"{np.mean([p[k] for p in pts]) * 100:.1f}" for k in ("fast", "slow", "mean",
-                                                                                           "auc")) + " |")
-    return "\n".join(lines)
+# ------------------------------------------------------------------------------------------------------------
+# figure
+
+def authors_rows(path: str) -> Dict[int, dict]:
+    """The authors' table as plot rows (id, route type, route, GFLOPs, acc1), route types from upstream's
+    numbering of the DeiT3-S/L space (``snnet_core.stitch_id_from_upstream``)."""
+    table = measures_script.read_authors_table(path)
+    space = StitchSpace(*AUTHORS_DEPTHS)
+    rows = {}
+    for uid, acc in table.metric.items():
+        stitch = space[stitch_id_from_upstream(space, uid)]
+        rows[uid] = {"id": uid, "type": stitch.kind, "route": stitch.route, "gflops": table.cost[uid] / 1e9,
+                     METRIC: acc}
+    return rows
 
 
-def per_stitch_markdown(result: dict, space: StitchSpace) -> str:
-    """Every stitch of the two-way space: accuracy at LS init and per arm (mean ± std over seeds)."""
-    gflops, runs = result["gflops"], result["runs"]
-    lines = ["| id | type | route | MFLOPs | init, LS (%) | " + " | ".join(f"`{n}` (%)" for n in runs) + " |",
-             "|---|---|---|---|---|" + "---|" * len(runs)]
-    for sid in sorted(space.ids, key=lambda i: (gflops[i], i)):
-        cells = [pm([r["per_stitch"][sid] for r in rs]) if sid in rs[0]["per_stitch"] else "" for rs in runs.values()]
-        lines.append(f"| {sid} | {space[sid].kind} | `{space[sid].route}` | {gflops[sid] * 1e3:.3f} | "
-                     f"{result['init']['ls']['per_stitch'][sid] * 100:.1f} | " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+def study_rows(result: dict, arm: str) -> Dict[int, dict]:
+    """One arm's stitches as plot rows, accuracy the mean over seeds."""
+    space = StitchSpace(result["config"]["fast"]["depth"], result["config"]["slow"]["depth"])
+    runs = result["runs"][arm]
+    gflops = {int(k): v for k, v in result["gflops"].items()}  # JSON keys are strings
+    accs = [{int(k): v for k, v in r["per_stitch"].items()} for r in runs]
+    return {sid: {"id": sid, "type": space[sid].kind, "route": space[sid].route, "gflops": gflops[sid] * 1e3,
+                  METRIC: float(np.mean([a[sid] for a in accs]))} for sid in space.ids}
 
 
-def verdict_lines(items: Sequence[dict]) -> str:
-    return "\n".join(f"- **{'holds' if v['holds'] else 'does not hold'}**: {v['claim']}. {v['evidence']}."
-                     for v in items)
+def draw_panel(ax, rows: Mapping[int, dict], small: int, large: int, title: str, cost_label: str) -> None:
+    """Every stitch a dot coloured by route type (the report's colours), the anchors as named stars, the Pareto
+    frontier as a line and the anchor line dashed."""
+    for kind in ROUTE_NAMES:
+        pts = [(r["gflops"], r[METRIC]) for r in rows.values() if r["type"] == kind]
+        if pts:
+            ax.scatter(*zip(*pts), s=14, alpha=0.8, color=ROUTE_COLOURS[kind], linewidths=0,
+                       label=f"{kind} ({ROUTE_NAMES[kind]}): {len(pts)}")
+    front = pareto_frontier({i: r["gflops"] for i, r in rows.items()}, {i: r[METRIC] for i, r in rows.items()})
+    ax.plot([rows[i]["gflops"] for i in front], [rows[i][METRIC] for i in front], color="black", lw=1.1,
+            label="Pareto frontier")
+    s, l_ = rows[small], rows[large]
+    line = anchor_line((s["gflops"], s[METRIC]), (l_["gflops"], l_[METRIC]))
+    ax.plot([s["gflops"], l_["gflops"]], [line(s["gflops"]), line(l_["gflops"])], "--", color="grey", lw=1,
+            label="line joining the anchors")
+    for r, name, colour in ((s, "small", "gold"), (l_, "large", "black")):
+        ax.scatter(r["gflops"], r[METRIC], marker="*", s=240, color=colour, edgecolor="black", zorder=5,
+                   label=f"{name} anchor {r['route']}")
+        ax.annotate(f"{name} anchor", (r["gflops"], r[METRIC]), xytext=(6, -12), textcoords="offset points",
+                    fontsize=8)
+    ax.set(xlabel=cost_label, ylabel="top-1 accuracy (%)", title=title)
+    ax.title.set_fontsize(10)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="best")
 
 
-def plot(result: dict, path: str) -> None:
-    """Anchor learning curves, then accuracy vs MFLOPs per arm: every stitch (mean ± std over seeds), the
-    frontier of the means, the line joining the anchors and the budget curve of the anchors alone."""
+def plot(result: dict, path: str, authors_table: Optional[str]) -> None:
+    """``frontier.png``: the authors' table (when given) and the study's ``v2`` arm side by side."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    gflops, runs, anchors = result["gflops"], result["runs"], result["anchors"]
-    fig, axes = plt.subplots(1, 1 + len(runs), figsize=(4.2 * (1 + len(runs)), 3.8))
-    ax = axes[0]
-    for name, r in anchors.items():
-        ax.plot(range(1, r["epochs"] + 1), [c["acc"] * 100 for c in r["curve"]], label=f"{name}: {r['config']}")
-    ax.set(xlabel="epoch", ylabel="test accuracy (%)", title="anchors trained from scratch")
-    ax.legend(fontsize=6)
-    alone = [anchors["fast"]["acc"] * 100, anchors["slow"]["acc"] * 100]
-    lo, hi = (gflops[sid] * 1e3 for sid in ANCHOR_IDS)
-    for ax, (name, rs) in zip(axes[1:], runs.items()):
-        ids = sorted(rs[0]["per_stitch"], key=lambda i: gflops[i])
-        mean = {sid: float(np.mean([r["per_stitch"][sid] for r in rs])) * 100 for sid in ids}
-        std = [float(np.std([r["per_stitch"][sid] for r in rs])) * 100 for sid in ids]
-        x = [gflops[sid] * 1e3 for sid in ids]
-        ax.errorbar(x, [mean[s] for s in ids], yerr=std, fmt="o", ms=3, color="tab:blue", label="stitches")
-        front = pareto_frontier({sid: gflops[sid] for sid in ids}, mean)
-        ax.plot([gflops[s] * 1e3 for s in front], [mean[s] for s in front], "-", color="tab:blue", lw=1,
-                label="frontier")
-        ax.plot([lo, hi], [mean[ANCHOR_IDS[0]], mean[ANCHOR_IDS[1]]], "--", color="grey", lw=1,
-                label="line joining the anchors")
-        ax.step([lo, hi, hi], [alone[0], alone[0], alone[1]], where="post", color="tab:red", lw=1,
-                label="anchors alone")
-        ax.set(xlabel="MFLOPs", title=f"{name} ({len(ids)} stitches, {len(rs)} seeds)")
-        ax.legend(fontsize=6, loc="lower right")
+    panels = []
+    if authors_table:
+        rows = authors_rows(authors_table)
+        panels.append((rows, 0, 1, f"authors: SN-Netv2 DeiT3-S/L, ImageNet-1K ({len(rows)} stitches)", "GFLOPs"))
+    arm = "v2" if "v2" in result["runs"] else next(iter(result["runs"]))
+    rows = study_rows(result, arm)
+    panels.append((rows, ANCHOR_IDS[0], ANCHOR_IDS[1], f"this study: `{arm}` on noisy digits ({len(rows)} stitches, "
+                   f"mean of {len(result['seeds'])} seeds)", "MFLOPs"))
+    fig, axes = plt.subplots(1, len(panels), figsize=(6.5 * len(panels), 4.8), squeeze=False)
+    for ax, panel in zip(axes[0], panels):
+        draw_panel(ax, *panel)
     fig.tight_layout()
-    write_atomic(path, lambda f: fig.savefig(f, format="png", dpi=110), binary=True)
-    plt.close(fig)
+    try:
+        write_atomic(path, lambda f: fig.savefig(f, format="png", dpi=110), binary=True)
+    finally:
+        plt.close(fig)
 
 
 # ------------------------------------------------------------------------------------------------------------
 # the study
 
-def run_study(study: StudyConfig, seeds: Sequence[int], output_dir: str) -> dict:
-    """Train the anchors (first seed), score every stitch at init, train every arm per seed, judge the claims,
-    write ``summary.json``, ``summary.md`` and ``frontier.png`` to ``output_dir``."""
-    start = time.perf_counter()
+def run_study(study: StudyConfig, seeds: Sequence[int], output_dir: str, authors_table: Optional[str] = None
+              ) -> dict:
+    """Train the anchors (first seed), score every stitch at init, train every arm per seed, measure, judge;
+    writes ``summary.json``, ``summary.md``, ``frontier.png`` and the per-run results files to ``output_dir``."""
+    cpu, wall = time.process_time(), time.perf_counter()
+    authors = (measures_script.measure_table(measures_script.read_authors_table(authors_table)).as_dict()
+               if authors_table else None)  # read first: a wrong path fails before any training
     data = load_noisy_digits(study.noise_std, study.test_draws, study.test_size)
     anchors, anchor_rows = train_anchors(study, data, seeds[0])
-    alone = (anchor_rows["fast"]["acc"], anchor_rows["slow"]["acc"])
+    print("anchors:", {k: (r["short"]["acc"], r["acc"]) for k, r in anchor_rows.items()}, flush=True)
     table = flops_table(anchors)
-    init = score_at_init(anchors, study, data, table, alone, seeds[0])
-    runs = {name: [run_arm(anchors, study, name, data, table, alone, seed) for seed in seeds] for name in ARMS}
+    init = score_at_init(anchors, study, data, table, seeds[0])
+    runs: Dict[str, List[dict]] = {}
+    for name in study.arms:
+        for seed in seeds:
+            runs.setdefault(name, []).append(run_arm(anchors, study, name, data, table, seed, output_dir))
+            print(f"{name}, seed {seed}: {runs[name][-1]['cpu_s']:.0f} s CPU; {claim_text(runs[name][-1]['measures'])}",
+                  flush=True)
     result = {"config": dataclasses.asdict(study), "seeds": list(seeds), "train_size": len(data.train_x),
-              "test_images": len(data.test_x), "anchors": anchor_rows, "init": init, "runs": runs,
-              "gflops": table.gflops, "verdicts": verdicts(study, anchor_rows, init, runs, table.gflops),
-              "runtime_s": time.perf_counter() - start}
-    write_summary(result, study, output_dir)
+              "test_images": len(data.test_x), "anchors": anchor_rows, "gflops": table.gflops, "init": init,
+              "runs": runs, "summary": {name: arm_summary(rs) for name, rs in runs.items()}, "authors": authors,
+              "authors_table": authors_table}
+    result["effects"] = factor_effects(runs) if "v2" in runs else {}
+    result["verdict"] = verdict(result)
+    result["cpu_s"], result["wall_s"] = time.process_time() - cpu, time.perf_counter() - wall
+    write_summary(result, study, output_dir, authors_table)
     return result
 
 
-def write_summary(result: dict, study: StudyConfig, output_dir: str) -> None:
-    """``summary.json`` (every number), ``summary.md`` (tables, verdicts, per-stitch table), ``frontier.png``."""
+def write_summary(result: dict, study: StudyConfig, output_dir: str, authors_table: Optional[str]) -> None:
+    """``summary.json`` (every number), ``summary.md`` (tables and verdict), ``frontier.png``."""
     os.makedirs(output_dir, exist_ok=True)
     write_json_atomic(os.path.join(output_dir, "summary.json"), result)
-    plot(result, os.path.join(output_dir, "frontier.png"))
-    space = StitchSpace(study.fast.depth, study.slow.depth)
-    text = "\n\n".join([
-        markdown_tables(study, result), verdict_lines(result["verdicts"]),
-        "SN-Net learning curves (mean over seeds; accuracies in %):", curve_markdown(result["runs"]),
-        "Per stitch (mean ± std over seeds; the v1 space holds the anchors and the FS routes):",
-        per_stitch_markdown(result, space), f"Runtime {result['runtime_s'] / 60:.1f} min.\n"])
+    plot(result, os.path.join(output_dir, "frontier.png"), authors_table)
+    text = markdown(result, study)
     write_atomic(os.path.join(output_dir, "summary.md"), lambda f: f.write(text))
     print(text)
 
 
-def main(argv: Optional[Sequence[str]] = None) -> None:
+def main(argv: Optional[Sequence[str]] = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--output-dir", default=os.path.join(os.path.dirname(__file__), "results", "digits"))
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2],
                         help="SN-Net training seeds (the anchors are trained once, with the first)")
+    parser.add_argument("--arms", nargs="+", choices=list(ARMS), default=list(ARMS), help="the arms to run")
+    parser.add_argument("--authors-table", help="the authors' stitches_res_s_l.txt (ziplab/SN-Netv2, "
+                        "classification/results/): measured beside the study and drawn in frontier.png")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    parser.add_argument("--overwrite", action="store_true", help="replace the results of an earlier run in "
+                        "--output-dir")
+    parser.add_argument("--plot-only", action="store_true", help="redraw frontier.png from --output-dir's "
+                        "summary.json (and --authors-table) without training")
     args = parser.parse_args(argv)
+    if args.plot_only:
+        with open(os.path.join(args.output_dir, "summary.json")) as f:
+            result = json.load(f)
+        plot(result, os.path.join(args.output_dir, "frontier.png"), args.authors_table)
+        return result
+    if os.path.exists(os.path.join(args.output_dir, "summary.json")) and not args.overwrite:
+        parser.error(f"{args.output_dir} holds the results of an earlier run: pass --overwrite to replace them, or "
+                     "choose another --output-dir")
+    if args.authors_table and not os.path.isfile(args.authors_table):
+        parser.error(f"--authors-table {args.authors_table} does not exist")
+    if "v2" not in args.arms:
+        parser.error("--arms needs v2: the other arms are measured against it")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     torch.set_num_threads(args.threads)
-    run_study(StudyConfig(), args.seeds, args.output_dir)
+    return run_study(StudyConfig(arms=tuple(args.arms)), args.seeds, args.output_dir, args.authors_table)
 
 
 if __name__ == "__main__":
