@@ -21,6 +21,7 @@ _EXPORTS = {
     "training.sampling": ("ResourceConstrainedSampler", "UniformSampler", "flops_bins"),
     "select": ("choose_stitch",),
     "evaluation.selection": ("best_under_budget", "pareto_frontier"),
+    "evaluation.frontier_measures": ("FrontierMeasures", "frontier_measures"),
     "model.snnet": ("StitchedViT",),
     "model.stitch_space": ("FAST", "ROUTE_TYPES", "SLOW", "Stitch", "StitchSpace", "map_out_indices_to_fast"),
     "model.stitching_layers": ("LeastSquaresAccumulator", "StitchingLayer"),
