@@ -1,7 +1,8 @@
 """Anchors: timm ViTs built by name and loaded from local checkpoint files.
 
-An anchor is a timm ``VisionTransformer`` (DeiT3, MAE, AugReg, DINOv2) or ``Beit`` (BEiT, BEiTv2); the families
-and what each needs are in ``snnet_core.model.families``. Nothing here touches the network: ``pretrained`` is a
+An anchor is a timm ``VisionTransformer`` (DeiT3, MAE, AugReg, DINOv2), ``Beit`` (BEiT, BEiTv2) or
+``VisionTransformerSAM`` (SAM's image encoder); the families and what each needs are in
+``snnet_core.model.families``. Nothing here touches the network: ``pretrained`` is a
 path on disk (timm ``.safetensors``/``.pth``, or an original release's ``.pth``, e.g. DeiT3's
 ``{'model': state_dict}``). The position-embedding table stays at the grid the anchor is built for and is
 resampled to each input's grid at run time (``snnet_core.model.route``).
@@ -46,8 +47,8 @@ def build_anchor(
     Args:
         model_name: a timm model name of a family in ``snnet_core.model.families`` (``VisionTransformer``:
             ``deit3_*``, ``vit_base_patch16_224.mae``, ``vit_small_patch16_224.augreg_in21k``,
-            ``vit_small_patch14_dinov2``, ``vit_small_patch14_reg4_dinov2``; ``Beit``: ``beit_*``, ``beitv2_*``),
-            a pretrained tag allowed. Others (e.g. SAM's ``samvit_*``) are refused with the reason
+            ``vit_small_patch14_dinov2``, ``vit_small_patch14_reg4_dinov2``; ``Beit``: ``beit_*``, ``beitv2_*``;
+            ``VisionTransformerSAM``: ``samvit_*``), a pretrained tag allowed. Others are refused
             (``ValueError``).
         img_size: ``H`` or ``(H, W)`` of the grid the position-embedding table is stored (and trained) at.
             Keep the checkpoint's pretraining size (224 for DeiT3), as SN-Netv2's code and detectron2's ViTDet
@@ -56,7 +57,8 @@ def build_anchor(
             table once, at load (timm's filter), and trains that larger table instead.
         pretrained: optional path of a local checkpoint. ``None`` keeps the random initialisation.
         num_classes: classifier classes (0: no classifier, for backbones).
-        class_token: keep the cls token (needed for DPT readout; ViTDet drops it). BEiT always has one.
+        class_token: keep the cls token (needed for DPT readout; ViTDet drops it). BEiT always has one, SAM
+            none (pass ``class_token=False``).
         drop_path_rate: stochastic depth rate.
         **overrides: other arguments of the timm class (e.g. ``depth=4, embed_dim=32`` for tiny tests).
 

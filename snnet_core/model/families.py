@@ -8,7 +8,6 @@
   position bias that depends on the patch grid. Its blocks run as ``GridRelPosBlock``, which takes the grid of
   the tokens it is given; at a grid other than the one the tables are stored for, the bias is the table resized
   by timm's ``resize_rel_pos_bias_table``, as timm's ``Beit.set_input_size`` resizes it.
-
 - ``sam`` (timm ``VisionTransformerSAM``: SAM's image encoder, ``samvit_*``): no prefix tokens, a ``(1, H, W, C)``
   absolute table resampled as timm's SAM does, and blocks that attend in windows (or globally) on a ``(B, H, W, C)``
   map with relative positions: they run as ``TokenMapBlock``, which lays the tokens out on the grid it is given.
@@ -17,7 +16,8 @@
 
 Each family loads checkpoints through timm's own ``checkpoint_filter_fn`` of its module, which maps the original
 repositories' layouts (DeiT3 ``gamma_1``, DINOv2 ``register_tokens``/``mask_token``/37x37 ``pos_embed``, MAE's
-and BEiT's ``{'model': ...}`` wrapping, BEiT's ``relative_position_index`` buffers and table sizes).
+and BEiT's ``{'model': ...}`` wrapping, BEiT's ``relative_position_index`` buffers and table sizes, SAM's
+``image_encoder.`` prefix and ``mlp.lin1``/``lin2`` names). Other timm models (e.g. EVA) are refused by name.
 """
 from __future__ import annotations
 
