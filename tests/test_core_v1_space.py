@@ -215,3 +215,35 @@ def test_checkpoint_rebuilds_the_window_space(tmp_path):
             torch.testing.assert_close(loaded(x, stitch_id=sid).features[-1], net(x, stitch_id=sid).features[-1])
     with pytest.raises(ValueError, match="ordered by size"):
         StitchedViT(*reversed(list(tiny_three().anchors)))
+
+
+def test_snnetv1_checkpoint_loads_into_the_window_space(tmp_path):
+    """A file in SN-Netv1's layout (main.py saves {'model': SNNet.state_dict(), 'args', ...}; SNNet holds
+    anchors.{i}.<timm key> and stitch_layers.{pair}.{layer}.transform, an nn.Linear per window and anchor pair)."""
+    import argparse
+
+    from snnet_core.model.upstream import convert_v1_state_dict, load_upstream_checkpoint
+
+    source = tiny_three(lora_rank=0, seed=1)
+    per_pair = source.space.num_s2l // 2
+    state = {k: v for k, v in source.state_dict().items() if k.startswith("anchors.")}
+    for index, layer in enumerate(source.stitch_s2l):
+        pair, window = divmod(index, per_pair)
+        state[f"stitch_layers.{pair}.{window}.transform.weight"] = layer.weight.detach().clone()
+        state[f"stitch_layers.{pair}.{window}.transform.bias"] = layer.bias.detach().clone()
+    path = str(tmp_path / "checkpoint.pth")
+    torch.save({"model": state, "epoch": 49, "args": argparse.Namespace(stitch_kernel_size=2)}, path)
+    net = tiny_three(lora_rank=0, seed=2)
+    report = load_upstream_checkpoint(path, net)
+    assert report.layout == "snnet-v1" and sorted(report.set_aside) == ["args", "epoch"]
+    assert all(k.startswith("feature_proj.") for k in report.kept) and "SN-Netv1" in str(report)
+    x = torch.randn(1, 3, 32, 32)
+    with torch.no_grad():
+        for sid in net.space.ids:
+            torch.testing.assert_close(net.classify(x, sid), source.classify(x, sid))
+    state["stitch_layers.2.0.transform.weight"] = state["stitch_layers.1.0.transform.weight"]  # no third pair
+    torch.save({"model": state}, path)
+    with pytest.raises(ValueError, match=r"unknown keys: stitch_layers\.2\.0\.transform\.weight"):
+        load_upstream_checkpoint(path, tiny_three(lora_rank=0))
+    with pytest.raises(ValueError, match="not the two-way space"):
+        convert_v1_state_dict({"model": state}, StitchedViT(*list(net.anchors)[:2]))

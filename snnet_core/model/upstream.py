@@ -164,7 +164,7 @@ def stitch_id_from_upstream(space: StitchSpace, upstream_id: int) -> int:
 # DeiT3 (``layers.i.ln1``, ``ffn.layers.0.0``, ``gamma_1``, ...) and the classification code's DeiT III
 # ``vit_models`` (timm names except ``gamma_1``/``gamma_2``). Both store ``pos_embed`` as ``(1, H*W, C)``
 # without a cls entry, as timm's DeiT3 (``no_embed_class``) does.
-MMSEG, DEIT3 = "mmseg", "deit3"
+MMSEG, DEIT3, SNNET_V1 = "mmseg", "deit3", "snnet-v1"
 _ANCHOR_RENAMES = (  # (pattern on the key after "anchors.k.", replacement)
     (r"patch_embed\.projection\.(weight|bias)", r"patch_embed.proj.\1"),
     (r"layers\.(\d+)\.ln([12])\.(weight|bias)", r"blocks.\1.norm\2.\3"),
@@ -181,10 +181,11 @@ _ANCHOR_KEY = re.compile(r"anchors\.([01])\.(.+)")
 
 @dataclasses.dataclass
 class UpstreamConversion:
-    """What ``convert_upstream_state_dict`` did.
+    """What ``convert_upstream_state_dict`` (or ``convert_v1_state_dict``) did.
 
     Attributes:
-        layout: ``"mmseg"`` (depth_estimation's DeiT3) or ``"deit3"`` (classification's DeiT III).
+        layout: ``"mmseg"`` (depth_estimation's DeiT3), ``"deit3"`` (classification's DeiT III) or ``"snnet-v1"``
+            (SN-Netv1's DeiT, timm keys).
         set_aside: checkpoint entries not loaded (decode head, optimizer, classifier the net lacks, ...).
         kept: the net's parameters the checkpoint does not hold, left as they were (final norm and
             classifier: upstream's depth anchors have neither; dense features use neither).
@@ -197,7 +198,8 @@ class UpstreamConversion:
     resized: Dict[str, Tuple[Tuple[int, int], Tuple[int, int]]]
 
     def __str__(self) -> str:
-        lines = [f"upstream SN-Netv2 checkpoint ({self.layout} anchors)"]
+        lines = ["upstream SN-Netv1 checkpoint (timm DeiT anchors)" if self.layout == SNNET_V1 else
+                 f"upstream SN-Netv2 checkpoint ({self.layout} anchors)"]
         lines += [f"  pos_embed {k}: {a[0]}x{a[1]} -> {b[0]}x{b[1]} grid" for k, (a, b) in self.resized.items()]
         if self.set_aside:
             lines.append(f"  set aside {len(self.set_aside)} entries: {_abbreviate(self.set_aside)}")
@@ -348,6 +350,54 @@ def convert_upstream_state_dict(
     return converted, UpstreamConversion(layout, set_aside, kept, resized)
 
 
+# SN-Netv1 (github.com/ziplab/SN-Net, stitching_deit): ``SNNet``'s keys are ``anchors.{i}.<timm ViT key>`` and
+# ``stitch_layers.{pair}.{layer}.transform.{weight,bias}``, ``pair`` indexing its anchor combinations (0: Ti-S,
+# 1: S-B under nearest stitching), which is our flat ``stitch_s2l.{pair * layers per pair + layer}``.
+_V1_STITCH_KEY = re.compile(r"stitch_layers\.(\d+)\.(\d+)\.transform\.(weight|bias)")
+_V1_KEPT = re.compile(r"(feature_proj\.\d+\..+|stitch_s2l\.\d+\.lora_(down|up))")  # ours only
+
+
+def convert_v1_state_dict(
+    checkpoint: Mapping[str, Any], net: StitchedViT, source: str = "SN-Netv1 state dict"
+) -> Tuple[Dict[str, torch.Tensor], UpstreamConversion]:
+    """Map an SN-Netv1 ``SNNet`` state dict (bare or its training checkpoint ``{'model', 'optimizer', 'args', ...}``)
+    onto ``net``, a sliding-window SN-Net of the same anchors and window (e.g. DeiT-Ti/S/B, ``window=(2, 1)``).
+
+    The anchors keep their timm keys; stitching layer ``layer`` of anchor pair ``pair`` becomes
+    ``stitch_s2l.{pair * L + layer}`` (``L`` layers per pair). The net's dense-feature projections and LoRA factors
+    (SN-Netv1 trains its layers in full: use ``lora_rank=0``) are not in the file and are kept (``report.kept``).
+    Returns ``(state, report)``; raises ``ValueError`` naming the keys that are missing, unknown or of another shape.
+    """
+    if net.space.window is None:
+        raise ValueError(f"{source}: an SN-Netv1 checkpoint fits a sliding-window SN-Net (StitchedViT(*anchors, "
+                         "window=(k, s)), e.g. DeiT-Ti/S/B), not the two-way space")
+    state, set_aside = _unwrap(checkpoint, source)
+    own = net.state_dict()
+    per_pair = net.space.num_s2l // (net.space.num_anchors - 1)
+    converted: Dict[str, torch.Tensor] = {}
+    origin: Dict[str, str] = {}
+    for key, value in state.items():
+        stitch_key = _V1_STITCH_KEY.fullmatch(key)
+        if stitch_key:
+            pair, layer, name = stitch_key.groups()
+            new_key = f"stitch_s2l.{int(pair) * per_pair + int(layer)}.{name}" if int(layer) < per_pair else key
+        else:
+            new_key = key
+        converted[new_key], origin[new_key] = value, key
+    unknown = [origin[k] for k in converted if k not in own]
+    mismatched = [f"{origin[k]} {tuple(v.shape)} vs net {k} {tuple(own[k].shape)}"
+                  for k, v in converted.items() if k in own and v.shape != own[k].shape]
+    kept = [k for k in own if k not in converted and _V1_KEPT.fullmatch(k)]
+    missing = [k for k in own if k not in converted and k not in kept]
+    if unknown or mismatched or missing:
+        problems = [f"{label}: {_abbreviate(keys)}" for label, keys in
+                    (("missing (net keys with no SN-Netv1 entry)", missing), ("unknown keys", unknown),
+                     ("shape mismatch", mismatched)) if keys]
+        raise ValueError(f"{source} does not fit this SN-Net ({net.space.describe()}, widths "
+                         f"{'/'.join(map(str, net.embed_dims))}): " + "; ".join(problems))
+    return converted, UpstreamConversion(SNNET_V1, set_aside, kept, {})
+
+
 def _pos_embed_grid(anchor: nn.Module, index: int, source: str) -> Tuple[int, int]:
     """The patch grid of ``anchor``, whose position embeddings must, like upstream's, have no cls entry."""
     grid = tuple(int(g) for g in anchor.patch_embed.grid_size)
@@ -360,12 +410,13 @@ def _pos_embed_grid(anchor: nn.Module, index: int, source: str) -> Tuple[int, in
 
 
 def load_upstream_checkpoint(path: str, net: StitchedViT, upstream_layers: bool = True) -> UpstreamConversion:
-    """Load an upstream SN-Netv2 checkpoint file into ``net`` (see ``convert_upstream_state_dict``).
+    """Load an upstream checkpoint file into ``net``: SN-Netv2's into a two-way net (``convert_upstream_state_dict``),
+    SN-Netv1's into a sliding-window net (``convert_v1_state_dict``).
 
     Args:
-        path: a ``.pth`` written by upstream's depth (mmcv) or classification code; read with
-            ``torch.load(weights_only=True)`` (``argparse.Namespace``, which the classification code
-            stores as ``args``, is the one extra type allowed).
+        path: a ``.pth`` written by SN-Netv2's depth (mmcv) or classification code, or SN-Netv1's ``main.py``; read
+            with ``torch.load(weights_only=True)`` (``argparse.Namespace``, which the classification codes
+            store as ``args``, is the one extra type allowed).
         net: the target SN-Net.
         upstream_layers: for depth-code (mmseg layout) checkpoints, also switch the anchors to upstream's
             layer math (``StitchedViT.use_upstream_layers``, recorded in ``net.config()``) so that every stitch
@@ -388,7 +439,8 @@ def load_upstream_checkpoint(path: str, net: StitchedViT, upstream_layers: bool 
         raise RuntimeError(f"could not read upstream checkpoint {path!r} ({type(exc).__name__}: {exc})") from exc
     if not isinstance(checkpoint, Mapping):
         raise RuntimeError(f"upstream checkpoint {path!r} holds a {type(checkpoint).__name__}, not a state dict")
-    state, report = convert_upstream_state_dict(checkpoint, net, source=f"upstream checkpoint {path!r}")
+    convert = convert_upstream_state_dict if net.space.window is None else convert_v1_state_dict
+    state, report = convert(checkpoint, net, source=f"upstream checkpoint {path!r}")
     net.load_state_dict(state, strict=False)
     if upstream_layers and report.layout == MMSEG:
         net.use_upstream_layers()
