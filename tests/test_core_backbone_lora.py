@@ -4,7 +4,7 @@ import pytest
 import torch
 import torch.nn as nn
 
-from snnet_core import build_anchor, build_flops_table, count_gflops, export_stitch, load_snnet, save_snnet
+from snnet_core import StitchedViT, build_anchor, build_flops_table, count_gflops, export_stitch, load_snnet, save_snnet
 from snnet_core.model.backbone_lora import (LoRALinear, add_backbone_lora, deployed_numel, describe_backbone_lora,
                                            parameter_counts)
 from snnet_core.model.checkpoint import architecture
@@ -175,3 +175,21 @@ def test_training_log_line_names_the_key_and_the_trainable_share():
         f"factors; trainable parameters {trainable / 1e6:.3f} M of {total / 1e6:.3f} M")
     assert describe_backbone_lora(tiny_snnet(), 0, "model.backbone_lora_rank").startswith(
         "backbone LoRA off (model.backbone_lora_rank=0): the anchors train in full; trainable parameters")
+
+
+@pytest.mark.parametrize("name, img_size, kwargs", [
+    ("vit_small_patch14_reg4_dinov2", 28, dict(init_values=0.5)),  # DINOv2: patch 14, register tokens, LayerScale
+    ("samvit_base_patch16", 64, dict(class_token=False, window_size=2, global_attn_indexes=(1, 3))),  # SAM blocks
+])
+def test_other_families_take_backbone_lora_and_export_merged(name, img_size, kwargs):
+    torch.manual_seed(0)
+    anchors = [build_anchor(name, img_size=img_size, **spec, **kwargs) for spec in (TINY_FAST, TINY_SLOW)]
+    net = StitchedViT(*anchors, out_indices=(1, 3, 5, 7), backbone_lora_rank=RANK).eval()
+    assert sum(isinstance(m, LoRALinear) for m in net.modules()) == 4 * (TINY_FAST["depth"] + TINY_SLOW["depth"])
+    randomize_lora(net)
+    images = torch.randn(1, 3, img_size, img_size)
+    for sid in (0, 1, 5):
+        exported = export_stitch(net, sid)
+        assert not any(isinstance(m, LoRALinear) for m in exported.modules())
+        for a, b in zip(exported(images).features, net(images, stitch_id=sid).features):
+            torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)

@@ -2,10 +2,12 @@
 
 The paper applies "LoRA with a rank of 4 to the backbone" of a DeiT3-B/L SN-Net and trains the rest as usual;
 its released code holds loralib's ``Linear`` (``lora.py``) and a ``wrap_model_with_lora`` that no released
-config calls. Here the layers are those of every block's attention (``attn.qkv``, ``attn.proj``) and MLP
-(``mlp.fc1``, ``mlp.fc2``), with loralib's constants, as this engine's LoRA SL (``stitching_layers``):
-``y = x W^T + b + (alpha / r) (x A^T) B^T`` with ``W``, ``b`` the pretrained weights (frozen), ``A`` (``r x
-D_in``) Kaiming-uniform, ``B`` (``D_out x r``) zero, ``alpha = 1``: training starts at the pretrained anchor.
+config calls. Here the layers are those of every block's attention (``attn.qkv``, ``attn.proj``: timm's ViT and
+SAM attention) and MLP (``mlp.fc1``, ``mlp.fc2``: timm's ``Mlp`` and ``GluMlp``), with loralib's constants, as this
+engine's LoRA SL (``stitching_layers``): ``y = x W^T + b + (alpha / r) (x A^T) B^T`` with ``W``, ``b`` the
+pretrained weights (frozen), ``A`` (``r x D_in``) Kaiming-uniform, ``B`` (``D_out x r``) zero, ``alpha = 1``:
+training starts at the pretrained anchor. BEiT's attention applies ``qkv.weight`` itself (with its q/v biases), so
+a BEiT anchor is refused.
 
 Everything else in the anchors is frozen (embeddings, norms, LayerScale), except a classifier ``head`` (the
 task head of classification). The factors are named ``lora_down`` (``A``) and ``lora_up`` (``B``), as in the
@@ -21,10 +23,13 @@ from typing import Dict, Iterator, List, Tuple
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from timm.layers import Attention, Mlp
+from timm.layers import Attention, GluMlp, Mlp
+from timm.models.vision_transformer_sam import Attention as SamAttention
 
 LORA_FACTORS = ("lora_down", "lora_up")  # parameter names of low-rank factors that merge into the weight
-TARGETS: Dict[str, type] = {"qkv": Attention, "proj": Attention, "fc1": Mlp, "fc2": Mlp}  # layer -> owner class
+# layer -> the owner classes that call it as a module (BEiT's attention applies qkv.weight itself: not one of them)
+TARGETS: Dict[str, Tuple[type, ...]] = {"qkv": (Attention, SamAttention), "proj": (Attention, SamAttention),
+                                        "fc1": (Mlp, GluMlp), "fc2": (Mlp, GluMlp)}
 CLASSIFIER_PREFIX = "head."  # anchor parameters that stay trainable under backbone LoRA
 
 
@@ -78,15 +83,16 @@ class LoRALinear(nn.Linear):
 
 def _targets(anchor: nn.Module) -> List[Tuple[str, nn.Module, str]]:
     """``(full name, owner module, attribute)`` of every LoRA target in ``anchor.blocks``: the ``qkv``/``proj``
-    of a timm ``Attention`` and the ``fc1``/``fc2`` of a timm ``Mlp``. Raises ``ValueError`` for a block without
-    all four (a family whose blocks compute otherwise, e.g. BEiT's attention reads ``qkv.weight`` directly)."""
+    of a timm ``Attention`` (ViT's or SAM's) and the ``fc1``/``fc2`` of a timm ``Mlp`` or ``GluMlp``. Raises
+    ``ValueError`` for a block without all four (a family whose blocks compute otherwise, e.g. BEiT's attention reads
+    ``qkv.weight`` directly)."""
     found = []
     for b, block in enumerate(anchor.blocks):
         names = set()
         for owner_name, owner in block.named_modules():
-            for attr, owner_type in TARGETS.items():
+            for attr, owner_types in TARGETS.items():
                 child = owner._modules.get(attr)
-                if isinstance(owner, owner_type) and isinstance(child, nn.Linear):
+                if isinstance(owner, owner_types) and isinstance(child, nn.Linear):
                     found.append((f"blocks.{b}.{owner_name}.{attr}", owner, attr))
                     names.add(attr)
         if names != set(TARGETS):
