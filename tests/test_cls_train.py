@@ -201,3 +201,13 @@ def test_a_checkpoint_of_another_anchor_pair_is_refused_naming_the_file(data, tm
     with pytest.raises(ValueError, match=rf"{path}.*does not fit this SN-Net.*anchor pair"):
         run(data, str(tmp_path / "eval"), "--eval-only", "--stitch", "all", extra=[f"train.init_checkpoint={path}"])
     assert not os.path.exists(str(tmp_path / "eval" / "stitch_report_synthetic_val"))
+
+
+def test_a_classification_config_and_a_depth_config_name_each_others_script():
+    from projects.snnet_dpt import train as dpt_train
+
+    with pytest.raises(ValueError, match=r"is a classification config.*projects/snnet_cls/train.py"):
+        dpt_train.load_config(TINY, [])
+    depth = os.path.join(os.path.dirname(dpt_train.__file__), "configs", "synthetic", "dpt_snnetv2_tiny.py")
+    with pytest.raises(ValueError, match=r"is a depth config.*projects/snnet_dpt/train.py"):
+        cls_train.load_config(depth, [])
