@@ -616,3 +616,15 @@ def test_classification_metrics_have_labels_and_directions():
     assert metric_label("acc1") == "top-1 accuracy (%) (higher is better)"
     assert metric_label("acc5") == "top-5 accuracy (%) (higher is better)"
     assert known_direction("acc1") is True and known_direction("loss") is None
+
+
+def test_the_plot_names_the_anchors_of_a_three_anchor_space(tmp_path, drawn_figures):
+    space = StitchSpace(4, 4, 4)  # SN-Netv1's sliding-window space: anchors A0 (smallest), A1, A2
+    gflops = {s.id: float(sum(n * (a + 1) for a, n in enumerate(s.num_blocks()))) for s in space}
+    flops = FlopsTable(gflops, {sid: 1.0 for sid in space.ids}, (32, 32))
+    evaluate_stitches(lambda sid: {"acc": gflops[sid] % 7}, space.ids, space, flops, str(tmp_path), "acc",
+                      progress=False)
+    (fig,) = drawn_figures
+    legend = plot_texts(fig)[0]
+    assert {"anchor A0[0:4], id 0", "anchor A1[0:4], id 1", "anchor A2[0:4], id 2", "FS (Fast-to-Slow): 20"} <= set(
+        legend)

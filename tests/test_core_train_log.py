@@ -14,6 +14,9 @@ def test_every_route_type_and_each_anchor_gets_its_own_loss_curve():
     names = {space[s].kind if space[s].kind != "anchor" else s: route_loss_name(space[s]) for s in space.ids}
     assert names[0] == "route_loss/fast_anchor" and names[1] == "route_loss/slow_anchor"
     assert {names[k] for k in ("FS", "SF", "FSF", "SFS")} == {f"route_loss/{k}" for k in ("FS", "SF", "FSF", "SFS")}
+    three = StitchSpace(4, 4, 4)  # SN-Netv1's sliding-window space: one curve per anchor, one for its FS stitches
+    assert {route_loss_name(s) for s in three} == {"route_loss/anchor_A0", "route_loss/anchor_A1",
+                                                    "route_loss/anchor_A2", "route_loss/FS"}
 
 
 def write_log(path, iterations, tail=b""):

@@ -560,10 +560,11 @@ def plot_metric_vs_gflops(rows: Mapping[int, Mapping], frontier: Sequence[int], 
         ax.plot(*zip(*front), color="black", lw=1.1, marker="o", ms=4, mfc="none", zorder=3,
                 label="Pareto frontier (numbers: stitch ids)")
     anchors = sorted((r for r in ranked.values() if r["type"] == "anchor"), key=lambda r: r["route"][0] != "S")
-    for r in anchors:  # the route of an anchor is S[0:ds] (small, fast) or L[0:dl] (large, slow)
-        small = r["route"].startswith("S")
+    for r in anchors:  # S[0:ds] (small, fast) or L[0:dl] (large, slow); three or more: A0[0:d] (smallest) ..
+        small = r["route"].startswith(("S", "A0["))
+        size = {"S": "small ", "L": "large "}.get(r["route"][0], "")
         ax.scatter(r[cost], r[metric], marker="*", s=260, color="gold" if small else "black", edgecolor="black",
-                   zorder=5, label=f"{'small' if small else 'large'} anchor {r['route']}, id {r['id']}")
+                   zorder=5, label=f"{size}anchor {r['route']}, id {r['id']}")
     if selected is not None:
         _plot_selected(ax, rows.get(selected), selected, metric, cost)
     ax.set_xlabel(cost_label)

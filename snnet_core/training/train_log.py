@@ -30,8 +30,10 @@ ROUTE_LOSS_PREFIX = "route_loss/"  # TensorBoard groups the curves under it; det
 
 
 def route_loss_name(stitch: Stitch) -> str:
-    """The scalar name of ``stitch``'s training loss: ``route_loss/fast_anchor``, ``route_loss/slow_anchor`` or
-    ``route_loss/<route type>`` (``FS``, ``SF``, ``FSF``, ``SFS``)."""
+    """The scalar name of ``stitch``'s training loss: ``route_loss/fast_anchor``, ``route_loss/slow_anchor`` (three
+    or more anchors: ``route_loss/anchor_A0`` ..) or ``route_loss/<route type>`` (``FS``, ``SF``, ``FSF``, ``SFS``)."""
+    if stitch.kind == "anchor" and len(stitch.names) > 2:
+        return ROUTE_LOSS_PREFIX + f"anchor_{stitch.names[stitch.first_anchor]}"
     if stitch.kind == "anchor":
         return ROUTE_LOSS_PREFIX + ("fast_anchor" if stitch.first_anchor == FAST else "slow_anchor")
     return ROUTE_LOSS_PREFIX + stitch.kind
