@@ -9,18 +9,18 @@ from snnet_core import build_anchor
 
 # Weights are never downloaded: put the official DeiT3 ImageNet-21k checkpoints
 # (https://dl.fbaipublicfiles.com/deit/deit_3_{small,base,large}_224_21k.pth) at `pretrained`.
-fast_anchor = L(build_anchor)(
+_fast_anchor = L(build_anchor)(
     model_name="deit3_small_patch16_224",  # upstream: DeiT3-S anchor (embed 384, 12 layers, 6 heads)
     img_size=224,  # project: 14x14 position table, resampled (bicubic) per forward; upstream resizes it to 32x32 at load
     pretrained="checkpoints/deit_3_small_224_21k.pth",  # upstream: pretrained/deit_3_small_224_21k_mmseg.pth
     num_classes=0,  # project: no classifier (upstream's MAE backbone has none)
     drop_path_rate=0.1,  # upstream: drop_path_rate=0.1
 )
-slow_anchor = L(build_anchor)(
+_slow_anchor = L(build_anchor)(
     model_name="deit3_large_patch16_224",  # upstream: DeiT3-L anchor (embed 1024, 24 layers, 16 heads)
-    img_size=224,  # project: as fast_anchor
+    img_size=224,  # project: as the fast anchor's
     pretrained="checkpoints/deit_3_large_224_21k.pth",  # upstream: pretrained/deit_3_large_224_21k_mmseg.pth
-    num_classes=0,  # project: as fast_anchor
+    num_classes=0,  # project: as the fast anchor's
     drop_path_rate=0.1,  # upstream: drop_path_rate=0.1
 )
 
@@ -42,8 +42,8 @@ def _setr_up_head(in_index, num_convs, in_channels=1024, num_classes=150):
 
 model = L(StitchedSETR)(
     backbone=L(stitched_vit)(
-        fast=fast_anchor,
-        slow=slow_anchor,
+        fast=_fast_anchor,
+        slow=_slow_anchor,
         lora_rank=16,  # paper Sec. 5.2 / upstream lora_r=16: LoRA SL rank 16 for DeiT3-S/L
         lora_alpha=1.0,  # upstream lora.py Linear default lora_alpha=1 (update scaled by alpha / rank)
         # r > 0: backbone PET, LoRA of rank r on the anchors' qkv/proj/fc1/fc2 with the anchors frozen (Fig. 12a)

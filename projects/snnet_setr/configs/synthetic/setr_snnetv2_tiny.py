@@ -21,8 +21,8 @@ model.backbone.out_indices = (2, 4, 6, 7)  # upstream's (9, 14, 19, 23) of 24 bl
 model.decode_head.in_channels = 128
 model.decode_head.channels = 32
 model.decode_head.norm = "naiveSyncBN"
-for head in model.auxiliary_heads:
-    head.update(channels=32, norm="naiveSyncBN")
+for _head in model.auxiliary_heads:
+    _head.update(channels=32, norm="naiveSyncBN")
 model.crop_size = crop_size  # the synthetic loader's crop
 model.test_stride = (43, 43)  # upstream's stride / crop (341 / 512) of a 64 px window
 
