@@ -46,7 +46,10 @@ def anchor_names(num_anchors: int) -> Tuple[str, ...]:
 
 @dataclasses.dataclass(frozen=True)
 class Segment:
-    """Blocks ``[start, end)`` of one anchor (its index, smallest first: ``FAST``/``SLOW`` for two anchors)."""
+    """Blocks ``[start, end)`` of one anchor (its index, smallest first: ``FAST``/``SLOW`` for two anchors).
+
+    ``str`` names the anchor as a two-anchor route does (``S[0:4]``); ``Stitch.route`` names those of larger spaces.
+    """
 
     anchor: int
     start: int
@@ -94,7 +97,8 @@ class Stitch:
     """One runtime-selectable network of the space.
 
     Attributes:
-        id: stable integer id (index in the full two-way enumeration).
+        id: stable integer id (index in the full two-way enumeration; in the sliding-window space, SN-Netv1's
+            ``cfg_id``).
         kind: one of ``ROUTE_TYPES``.
         segments: the anchor segments in execution order.
         links: ``len(segments) - 1`` stitching layers joining consecutive segments.
@@ -238,7 +242,7 @@ class StitchSpace:
         """SN-Netv1's configs in its ``cfg_id`` order, and their layers (one per window and neighbouring pair)."""
         depth, (kernel, stride) = self.depths[0], self.window
         positions = window_pairs(depth, kernel, stride)
-        per_pair = positions[-1][2] + 1 if positions else 0
+        per_pair = positions[-1][2] + 1  # layers per anchor pair
         stitches = [Stitch(a, "anchor", (Segment(a, 0, depth),), (), self.names) for a in range(self.num_anchors)]
         layers = []
         for front in range(self.num_anchors - 1):
