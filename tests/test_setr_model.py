@@ -369,3 +369,15 @@ def test_backbone_lora_rank_of_the_tiny_config_trains_the_factors_layers_and_hea
     anchors_moved = {n for n in moved if n.startswith("backbone.anchors.")}
     assert anchors_moved and all(n.endswith(("lora_down", "lora_up")) for n in anchors_moved)
     assert any(n.startswith("decode_head.") for n in moved) and any(n.startswith("backbone.stitch_") for n in moved)
+
+
+ALL_CONFIGS = sorted(os.path.relpath(os.path.join(d, f), CONFIGS) for d, _, files in os.walk(CONFIGS) for f in files
+                     if f.endswith(".py") and os.path.basename(d) != "common")
+
+
+@pytest.mark.parametrize("name", ALL_CONFIGS)
+def test_configs_hold_only_their_sections_and_save_as_yaml(name, tmp_path):
+    cfg = LazyConfig.load(os.path.join(CONFIGS, name))
+    assert set(cfg) <= {"model", "dataloader", "optimizer", "lr_multiplier", "train", "snnet", "datasets"}
+    LazyConfig.save(cfg, str(tmp_path / "config.yaml"))  # what detectron2's default_setup writes first
+    assert LazyConfig.load(str(tmp_path / "config.yaml")).model.decode_head.num_classes in (150, 171)
