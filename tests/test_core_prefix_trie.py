@@ -7,7 +7,7 @@ import torch
 from snnet_core import StitchedViT, build_anchor
 from snnet_core.evaluation.prefix_trie import build_trie, classify_stitches, prefix_sharing_cost, run_stitches
 from snnet_core.model.route import embed_images
-from tests.conftest import tiny_snnet
+from tests.conftest import tiny_anchor, tiny_snnet
 
 
 def trained_like(net: StitchedViT) -> StitchedViT:
@@ -41,6 +41,26 @@ def test_every_stitch_equals_its_own_forward_bit_for_bit(mode):
         tokens_only = dict(run_stitches(net, x, [3, 11], with_features=False))
         assert sorted(tokens_only) == [3, 11] and tokens_only[3].features == []
         torch.testing.assert_close(tokens_only[11].tokens, net(x, 11).tokens, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("window", [(2, 1), (3, 3)])
+def test_three_anchor_window_stitches_equal_their_own_forward(window):
+    """SN-Netv1's sliding-window space: routes that re-run a stage's block or jump over it read their dense features
+    after other steps than the routes they share a prefix with; each still equals its own forward."""
+    torch.manual_seed(0)
+    anchors = [tiny_anchor(embed_dim=d, depth=4, num_heads=2, num_classes=5) for d in (16, 32, 48)]
+    net = trained_like(StitchedViT(*anchors, lora_rank=2, out_indices=(1, 3), window=window)).eval()
+    x = torch.randn(1, 3, 32, 32)
+    with torch.no_grad():
+        shared = dict(run_stitches(net, x))
+        assert sorted(shared) == net.space.ids
+        for sid, out in shared.items():
+            ref = net(x, sid)
+            torch.testing.assert_close(out.tokens, ref.tokens, rtol=0, atol=0)
+            for a, b in zip(out.features, ref.features, strict=True):
+                torch.testing.assert_close(a, b, rtol=0, atol=0)
+    assert {node.name for node in build_trie(net, net.space.ids).children.values()} == {
+        "anchors.0.embed", "anchors.1.embed", "anchors.2.embed"}
 
 
 def test_each_trie_node_runs_once_per_batch():

@@ -3,7 +3,7 @@
 Stitches of one SN-Net share long prefixes: every FS stitch starts with ``S[0:k]``, every SF and SFS stitch with
 ``L[0:b]``, and the anchors contain those prefixes too. ``run_stitches`` arranges the requested stitches' plans
 (``StitchedViT.plan``) in a trie keyed by what each step runs (the embedding anchor, then each block or
-stitching layer) and walks it depth first: every trie node, patch embedding included, runs once per batch, and
+stitching layer, with the dense features read after it) and walks it depth first: every trie node, patch embedding included, runs once per batch, and
 only the activations on the current root-to-node path are held (one per trie level). A stitch's outputs are
 computed by the same modules, in the same order, on the same inputs as ``net(images, stitch_id)``, so they are
 equal (bit for bit on deterministic kernels; in train mode stochastic layers such as drop path draw in another
@@ -29,12 +29,12 @@ class _Node:
     name: str
     module: nn.Module
     taps: List[Tap] = dataclasses.field(default_factory=list)
-    children: Dict[str, "_Node"] = dataclasses.field(default_factory=dict)
+    children: Dict[Tuple[str, tuple], "_Node"] = dataclasses.field(default_factory=dict)  # by (name, taps read)
     ends: List[Tuple[int, RoutePlan]] = dataclasses.field(default_factory=list)  # stitches whose route ends here
 
 
 def _embed_name(plan: RoutePlan, net: StitchedViT) -> str:
-    return f"anchors.{0 if plan.embed is net.anchors[0] else 1}.embed"
+    return f"anchors.{next(i for i, anchor in enumerate(net.anchors) if anchor is plan.embed)}.embed"
 
 
 def build_trie(net: StitchedViT, stitch_ids: Sequence[int]) -> _Node:
@@ -44,11 +44,15 @@ def build_trie(net: StitchedViT, stitch_ids: Sequence[int]) -> _Node:
     root = _Node("", nn.Identity())
     for sid in stitch_ids:
         plan = net.plan(sid)
-        node = root.children.setdefault(_embed_name(plan, net), _Node(_embed_name(plan, net), plan.embed))
+        embed = _embed_name(plan, net)
+        node = root.children.setdefault((embed, ()), _Node(embed, plan.embed))
         for position, (name, layer) in enumerate(zip(plan.layer_names, plan.layers)):
-            if name not in node.children:
-                node.children[name] = _Node(name, layer, list(plan.taps.get(position, ())))
-            node = node.children[name]
+            # one layer may read other features in other routes (SN-Netv1's windows): such steps are not shared
+            taps = plan.taps.get(position, [])
+            key = (name, tuple((t.stage, t.projection_name) for t in taps))
+            if key not in node.children:
+                node.children[key] = _Node(name, layer, list(taps))
+            node = node.children[key]
         node.ends.append((net.space[sid].id, plan))
     return root
 
