@@ -21,7 +21,8 @@ class ExportedStitch(nn.Module):
         embed_anchor: the first anchor without its blocks (patch embedding, cls token, position embedding).
         finish_anchor: the last anchor without its blocks (final norm and head).
         layers: blocks (backbone LoRA merged: plain ``nn.Linear``) and (merged) stitching layers in execution order.
-        projections: merged small-to-large layers mapping dense features read in the small anchor.
+        projections: merged layers mapping dense features read in a smaller anchor to the largest width (two-way:
+            small-to-large stitching layers; sliding window: the SN-Net's ``feature_proj``).
     """
 
     def __init__(self, plan: RoutePlan, stitch_id: int, route: str, kind: str):
