@@ -366,6 +366,9 @@ def convert_v1_state_dict(
     The anchors keep their timm keys; stitching layer ``layer`` of anchor pair ``pair`` becomes
     ``stitch_s2l.{pair * L + layer}`` (``L`` layers per pair). The net's dense-feature projections and LoRA factors
     (SN-Netv1 trains its layers in full: use ``lora_rank=0``) are not in the file and are kept (``report.kept``).
+    SN-Netv1's ``SNNet.forward`` ends a stitch (not an anchor) with ``forward_head`` alone, without the end anchor's
+    final norm, which ``classify`` here applies: its stitches' logits (and its results file's FLOPs, 5 per element of
+    that norm fewer) differ from this engine's for the same weights.
     Returns ``(state, report)``; raises ``ValueError`` naming the keys that are missing, unknown or of another shape.
     """
     if net.space.window is None:
