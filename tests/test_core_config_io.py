@@ -119,12 +119,13 @@ def test_what_detectron2_saves_loads_safely_and_the_same(config, tmp_path):
 def test_an_exported_stitch_config_loads_safely_and_the_same(tmp_path):
     from detectron2.config import instantiate
 
-    from projects.snnet_vitdet.export import _save_config, exported_config
+    from projects.snnet_vitdet.export import exported_config
+    from snnet_core.d2.export import save_lazy_config
 
     cfg = LazyConfig.load(VITDET_TINY)
     model = instantiate(cfg.model)
     path = str(tmp_path / "stitch_3" / "config.yaml")
-    _save_config(exported_config(cfg, model.backbone.net, 3, str(tmp_path / "stitch_3" / "model_final.pth")), path)
+    save_lazy_config(exported_config(cfg, model.backbone.net, 3, str(tmp_path / "stitch_3" / "model_final.pth")), path)
     assert dumped(load_config_file(path)) == dumped(LazyConfig.load(path))
     assert instantiate(load_config_file(path).model).backbone.net.stitch_id == 3
 

@@ -302,7 +302,8 @@ def test_an_id_export_over_an_earlier_one_is_refused_before_the_evaluation(snnet
         "--config-file", TINY, "--eval-only", "--stitch", "all", "--export-stitch", "5",
         f"datasets.root={snnet['cfg'].datasets.root}", "train.device=cpu",
         f"train.output_dir={tmp_path}", f"train.init_checkpoint={snnet['weights']}"])
-    monkeypatch.setattr(train_net, "do_stitch_report", lambda *a: pytest.fail("evaluated before the export check"))
+    monkeypatch.setattr(train_net.DetectionApp, "do_stitch_report",
+                        lambda *a: pytest.fail("evaluated before the export check"))
     with pytest.raises(FileExistsError, match=r"--export-stitch would replace .*stitch_5/model_final.pth"):
         train_net.main(args)
     assert (tmp_path / "stitch_5" / "model_final.pth").read_bytes() == b"an earlier export"

@@ -17,7 +17,7 @@ import pytest
 import torch
 from detectron2.config import instantiate
 
-from projects.snnet_vitdet.training import StrictDetectionCheckpointer
+from snnet_core.d2.checkpoint import StrictDetectionCheckpointer
 from snnet_core.io.file_claims import CheckpointClaimError
 from snnet_core.io.safe_pickle import UnsafePickleError, load_safe_pickle
 from tests.test_core_checkpoints import deflate_bomb, torch_load_forbidden  # noqa: F401 (fixture)
@@ -33,17 +33,18 @@ MAX_ITER, PERIOD = 8, 3  # checkpoints of iterations 2 and 5, model_final of ite
 FAULT_RUNNER = textwrap.dedent("""
     import io, os, signal, sys
     import torch
-    from projects.snnet_vitdet import evaluation, train_net, training
+    from projects.snnet_vitdet import evaluation, train_net
+    from snnet_core.d2 import hooks
 
     kind, at = sys.argv[1], int(sys.argv[2])
     kill = lambda: os.kill(os.getpid(), signal.SIGKILL)
     if kind == "train":
-        before_step = training.StitchSamplingHook.before_step
+        before_step = hooks.StitchSamplingHook.before_step
         def killing_before_step(self):
             if self.trainer.iter == at:
                 kill()
             before_step(self)
-        training.StitchSamplingHook.before_step = killing_before_step
+        hooks.StitchSamplingHook.before_step = killing_before_step
     elif kind == "save":
         save = torch.save
         def killing_save(obj, f, *args, **kwargs):

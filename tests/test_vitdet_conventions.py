@@ -14,7 +14,7 @@ import torch
 from detectron2.config import instantiate
 
 from projects.snnet_vitdet import data, train_net
-from projects.snnet_vitdet.training import StrictDetectionCheckpointer
+from snnet_core.d2.checkpoint import StrictDetectionCheckpointer
 from snnet_core.training.train_log import route_loss_name
 from tests.test_vitdet_train import REPO, TINY, run_main, synthetic, tiny_cfg, tiny_opts  # noqa: F401 (fixture)
 

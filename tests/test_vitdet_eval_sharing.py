@@ -13,8 +13,8 @@ from detectron2.config import instantiate
 
 from projects.snnet_vitdet import evaluation
 from projects.snnet_vitdet.evaluation import detector_flops_table, stitch_predictions, stitch_report
-from projects.snnet_vitdet.training import StrictDetectionCheckpointer
 from snnet_core import FlopsTable
+from snnet_core.d2.checkpoint import StrictDetectionCheckpointer
 from tests.test_core_report import progress_bars  # noqa: F401 (fixture)
 from tests.test_vitdet_train import REPO, TINY, run_main, synthetic, tiny_cfg, tiny_opts  # noqa: F401 (fixture)
 

@@ -28,8 +28,9 @@ from projects.snnet_vitdet import train_net
 from projects.snnet_vitdet.backbone import StitchedViTDetBackbone, ViTDetBackbone
 from projects.snnet_vitdet.data import register_coco_json_datasets
 from projects.snnet_vitdet.evaluation import detector_flops_table, stitch_report
-from projects.snnet_vitdet.training import StitchSamplingHook, StrictDetectionCheckpointer
 from snnet_core import FlopsTable, ResourceConstrainedSampler, build_anchor
+from snnet_core.d2.checkpoint import StrictDetectionCheckpointer
+from snnet_core.d2.hooks import StitchSamplingHook
 
 REPO = os.path.join(os.path.dirname(__file__), "..")
 TINY = os.path.join(REPO, "projects", "snnet_vitdet", "configs", "synthetic", "mask_rcnn_snnetv2_tiny.py")
@@ -197,7 +198,7 @@ def test_ranks_drawing_different_stitches_is_an_error(monkeypatch, tmp_path):
     hook = StitchSamplingHook(None, None, str(tmp_path))
     hook.trainer = type("Trainer", (), {"iter": 9, "max_iter": 10})()
     hook.start_iter, hook.history = 8, [3, 5]
-    monkeypatch.setattr("projects.snnet_vitdet.training.comm.all_gather", lambda h: [[3, 5], [3, 6]])
+    monkeypatch.setattr("snnet_core.d2.hooks.comm.all_gather", lambda h: [[3, 5], [3, 6]])
     with pytest.raises(RuntimeError, match="ranks trained different stitches from iteration 9"):
         hook.after_train()
 
@@ -410,7 +411,7 @@ def test_a_training_set_without_usable_annotations_names_its_file_before_buildin
         coco = json.load(f)
     crowd = tmp_path / "crowd.json"  # every annotation crowd: detectron2 drops every image, "No valid data found"
     crowd.write_text(json.dumps(dict(coco, annotations=[dict(a, iscrowd=1) for a in coco["annotations"][:3]])))
-    monkeypatch.setattr(train_net, "build_model", lambda cfg: pytest.fail("the model was built"))
+    monkeypatch.setattr(train_net.DetectionApp, "build_model", lambda self, cfg: pytest.fail("the model was built"))
     with pytest.raises(ValueError, match=rf"'.*crowd.json' has no image to train on: of its {len(coco['images'])} "
                                          rf"images, \d+ have no annotations and \d+ only crowd ones"):
         run_main(*tiny_opts(synthetic, str(tmp_path / "run"),

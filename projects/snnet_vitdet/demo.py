@@ -52,13 +52,13 @@ from projects.snnet_vitdet.console import LOGGERS
 from projects.snnet_vitdet.data import dataset_names, register_coco_json_datasets
 from projects.snnet_vitdet.evaluation import RESULTS_TASK, detector_flops_table
 from projects.snnet_vitdet.export import StitchViTDetBackbone
-from projects.snnet_vitdet.training import StrictDetectionCheckpointer, stitched_backbone
+from projects.snnet_vitdet.training import stitched_backbone
 from snnet_core import best_under_budget
 from snnet_core.io.atomic_io import write_atomic
 from snnet_core.cli import add_debug_argument, run_command
-from snnet_core.io.config_io import apply_overrides, check_config_kind, load_config_file, local_checkpoint
+from snnet_core.d2.checkpoint import load_model
+from snnet_core.io.config_io import apply_overrides, check_config_kind, load_config_file
 from snnet_core.console import run_logging
-from snnet_core.io.file_claims import check_checkpoint_path
 from snnet_core.io.image_size import check_image_pixels
 from snnet_core.io.images import list_images, output_paths
 from snnet_core.select import best_stitch_in_report
@@ -146,20 +146,6 @@ class Predictor:
     def __call__(self, image: np.ndarray):
         """``image`` ``(H, W, 3)`` uint8 in ``input_format`` -> ``Instances`` at the image's size."""
         return self.model([self.model_input(image)])[0]["instances"]
-
-
-def load_model(cfg: DictConfig, weights: Optional[str], device: str) -> torch.nn.Module:
-    """``instantiate(cfg.model)`` with ``weights`` (default ``train.init_checkpoint``) loaded strictly."""
-    weights = weights or cfg.get("train", {}).get("init_checkpoint", "")
-    if weights:  # a URL: refused unless already downloaded
-        weights = local_checkpoint(weights, "--weights")
-    give = ": pass --weights PATH (the trained model_final.pth) or a config whose train.init_checkpoint names them"
-    if not weights:
-        raise FileNotFoundError(f"no weights{give}")
-    check_checkpoint_path(weights, "--weights", give)  # a directory: names the file in it to give
-    model = instantiate(cfg.model)
-    StrictDetectionCheckpointer(model).load(weights)
-    return model.to(device).eval()
 
 
 def run(config_file: str, inputs: Sequence[str], output_dir: str, weights: Optional[str] = None,

@@ -1,30 +1,27 @@
 """COCO per-stitch AP report: GFLOPs/params of every stitch with the Mask R-CNN head, and per-stitch
 bbox/segm COCO metrics (pycocotools) written resumably as JSON/CSV/Markdown/PNG by ``snnet_core``.
 
-Stitches are evaluated in groups sharing route prefixes (``evaluate_stitch_group``): one pass over the test
-set per group runs every shared backbone prefix once per batch (``snnet_core.run_stitches``), then the
-pyramid and heads per stitch, into one COCO evaluator per stitch. ``stitch_report(group_size=None)`` keeps
-the per-stitch loop (one pass per stitch), which gives the same predictions and metrics.
+The driver is detectron2's shared one (``snnet_core.d2.evaluation``); this module gives it the detection task:
+stitches evaluated in groups sharing route prefixes (``evaluate_stitch_group``) run every shared backbone prefix
+once per batch (``snnet_core.run_stitches``), then the pyramid and heads per stitch (``stitch_predictions``), into
+one COCO evaluator per stitch. ``stitch_report(group_size=None)`` keeps the per-stitch loop (one pass per
+stitch), which gives the same predictions and metrics.
 """
 from __future__ import annotations
 
 import contextlib
-import copy
 import hashlib
 import json
 import logging
 import os
-import time
-from contextlib import ExitStack
 from typing import Callable, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
 
 import torch
 import torch.nn as nn
-from detectron2.evaluation import DatasetEvaluator, inference_context, inference_on_dataset, print_csv_format
+from detectron2.evaluation import DatasetEvaluator, inference_context, print_csv_format
 from detectron2.modeling import GeneralizedRCNN
 from detectron2.structures import ImageList, Instances
 from detectron2.utils import comm
-from detectron2.utils.logger import log_every_n_seconds
 
 from snnet_core import (
     ExportedStitch,
@@ -32,22 +29,19 @@ from snnet_core import (
     StitchSpace,
     build_flops_table,
     count_gflops,
-    evaluate_stitches,
     run_stitches,
-    load_results,
     pareto_frontier,
 )
-from snnet_core.io.atomic_io import file_lock, write_json_atomic
-from snnet_core.distributed import run_on_main
+from snnet_core.d2 import evaluation as d2_evaluation
+from snnet_core.d2.evaluation import StitchTask
 from snnet_core.evaluation.finite_inputs import NonFiniteImages
-from snnet_core.evaluation.latency import LATENCY_COLUMN, add_latency_column, time_stitches
+from snnet_core.evaluation.latency import time_stitches
 from snnet_core.evaluation.latency_options import LatencyOptions
-from snnet_core.evaluation.prefix_trie import stitch_groups
-from snnet_core.progress import AdvancingLoader, advance, loader_images
-from snnet_core.evaluation.report import RESULTS_FILE, evaluate_stitch_groups, plot_metric_vs_gflops, remove_report_temporaries
+from snnet_core.evaluation.report import plot_metric_vs_gflops, remove_report_temporaries
+from snnet_core.io.atomic_io import write_json_atomic
 
 from .backbone import StitchedViTDetBackbone
-from .console import stitch_evaluation_output
+from .console import PROJECT
 
 logger = logging.getLogger(__name__)
 
@@ -227,38 +221,11 @@ def summarize(results: Mapping[str, Mapping[str, float]]) -> Dict[str, float]:
 LEFT_OUT = "COCO still counts their annotations: every stitch's AP is that of finding nothing in them"
 
 
-def finite_inputs(inputs: List[dict], non_finite: NonFiniteImages) -> List[dict]:
-    """The dicts of a batch whose ``image`` holds no NaN/inf (the others are recorded in ``non_finite``)."""
-    kept = non_finite.keep([d["image"] for d in inputs],
-                           lambda i: str(inputs[i].get("file_name", f"image id {inputs[i].get('image_id')}")))
-    return inputs if len(kept) == len(inputs) else [inputs[i] for i in kept]
-
-
-class FiniteLoader:
-    """``loader``'s batches without the images holding NaN/inf (``finite_inputs``), batches left empty skipped;
-    its ``len`` is ``loader``'s. The recorded images are named once the pass is over."""
-
-    def __init__(self, loader, non_finite: NonFiniteImages):
-        self.loader, self.non_finite = loader, non_finite
-
-    def __len__(self) -> int:
-        return len(self.loader)
-
-    def __iter__(self) -> Iterator[List[dict]]:
-        for inputs in self.loader:
-            kept = finite_inputs(inputs, self.non_finite)
-            if kept:
-                yield kept
-        self.non_finite.warn(logger, LEFT_OUT)
-
-
 def evaluate_model(model: nn.Module, data_loader, evaluator: DatasetEvaluator,
                    non_finite: Optional[NonFiniteImages] = None) -> Dict[str, float]:
-    """COCO bbox/segm summary metrics of ``model`` on ``data_loader`` (all ranks; ``{}`` off the main one); each
-    batch moves the per-stitch evaluation's progress bar (``snnet_core.progress``). Images holding NaN/inf are not
-    run and named in one warning (``non_finite``: the evaluation's record, one warning for all its passes)."""
-    loader = FiniteLoader(AdvancingLoader(data_loader, comm.get_world_size()), non_finite or NonFiniteImages())
-    return summarize(inference_on_dataset(model, loader, evaluator))
+    """COCO bbox/segm summary metrics of ``model`` on ``data_loader`` (all ranks; ``{}`` off the main one); images
+    holding NaN/inf are not run and named in one warning (``snnet_core.d2.evaluation.evaluate_model``)."""
+    return d2_evaluation.evaluate_model(model, data_loader, evaluator, summarize, LEFT_OUT, non_finite)
 
 
 def stitched_detector_backbone(model: GeneralizedRCNN) -> StitchedViTDetBackbone:
@@ -320,36 +287,25 @@ def time_detector_stitches(model: GeneralizedRCNN, stitch_ids: Sequence[int], op
 def evaluate_stitch_group(model: GeneralizedRCNN, data_loader, evaluator: DatasetEvaluator,
                           stitch_ids: Sequence[int], non_finite: Optional[NonFiniteImages] = None
                           ) -> Dict[int, Dict[str, float]]:
-    """COCO metrics of every stitch of ``stitch_ids`` from one pass over ``data_loader``.
-
-    Each batch goes through ``stitch_predictions`` into a copy of ``evaluator`` per stitch (a shallow copy
-    after ``reset()``: the copies share the ground truth, each holds its own predictions; this is how
-    detectron2's ``COCOEvaluator`` resets). Runs on every rank under ``launch``: each rank predicts its
-    shard of the images and every evaluator gathers them to the main process, stitch by stitch in the
-    order of ``stitch_ids``. Returns ``{stitch_id: metrics}`` on the main process, ``{}`` elsewhere.
+    """COCO metrics of every stitch of ``stitch_ids`` from one pass over ``data_loader``: each batch through
+    ``stitch_predictions`` into a copy of ``evaluator`` per stitch (``snnet_core.d2.evaluation.evaluate_stitch_group``).
 
     Memory: the held predictions of ``len(stitch_ids)`` stitches (see docs/detection.md, "Evaluating many stitches").
-    Images holding NaN/inf are not run and named in one warning, as in ``evaluate_model``.
     """
-    non_finite = NonFiniteImages() if non_finite is None else non_finite
-    evaluators = {}
-    for stitch_id in stitch_ids:
-        evaluators[stitch_id] = copy.copy(evaluator)
-        evaluators[stitch_id].reset()
-    total, start = len(data_loader), time.perf_counter()
-    with ExitStack() as stack:
-        stack.enter_context(inference_context(model))
-        stack.enter_context(torch.no_grad())
-        for index, batch in enumerate(data_loader):
-            inputs = finite_inputs(batch, non_finite)
-            for stitch_id, outputs in stitch_predictions(model, inputs, stitch_ids) if inputs else ():
-                evaluators[stitch_id].process(inputs, outputs)
-            advance(len(batch) * len(stitch_ids) * comm.get_world_size())  # the report's bar counts every rank
-            log_every_n_seconds(logging.INFO, f"stitches {list(stitch_ids)}: batch {index + 1}/{total}, "
-                                f"{(time.perf_counter() - start) / (index + 1):.2f} s/batch", n=10, name=__name__)
-    non_finite.warn(logger, LEFT_OUT)
-    metrics = {stitch_id: summarize(evaluators[stitch_id].evaluate()) for stitch_id in stitch_ids}
-    return metrics if comm.is_main_process() else {}
+    def predict(model: GeneralizedRCNN, inputs: List[dict], ids: Sequence[int]):
+        return ((stitch_id, inputs, outputs) for stitch_id, outputs in stitch_predictions(model, inputs, ids))
+
+    return d2_evaluation.evaluate_stitch_group(model, data_loader, evaluator, stitch_ids, predict, summarize,
+                                               LEFT_OUT, non_finite)
+
+
+def detection_task() -> StitchTask:
+    """The detection task of the shared per-stitch driver (this module's functions, looked up when called)."""
+    return StitchTask(
+        name=RESULTS_TASK, primary_metric=PRIMARY_METRIC, project=PROJECT,
+        snnet=lambda model: stitched_detector_backbone(model).snnet,
+        evaluate_model=evaluate_model, evaluate_group=evaluate_stitch_group, time_stitches=time_detector_stitches,
+        non_finite_reasons=NON_FINITE_REASONS, finish=write_frontier_summary)
 
 
 def stitch_report(
@@ -366,93 +322,23 @@ def stitch_report(
     group_size: Optional[int] = None,
     latency: Optional[LatencyOptions] = None,
 ) -> Dict[str, dict]:
-    """Evaluate every stitch of ``stitch_ids`` (resumably) and write the per-stitch AP report.
+    """Evaluate every stitch of ``stitch_ids`` (resumably) and write the per-stitch AP report
+    (``snnet_core.d2.evaluation.stitch_report`` with ``detection_task``): ``stitch_report.{csv,md,png,json}`` and
+    ``stitch_report_segm.png``; detectron2's and pycocotools' output of each evaluation goes to the log file only.
 
-    Runs on every rank: the images are split across ranks and gathered by the evaluators; the main
-    process merges each stitch's row into ``stitch_results.json`` as soon as it has it, then writes
-    ``stitch_report.{csv,md,png,json}`` and ``stitch_report_segm.png``. Stitches already in ``output_dir``
-    (same ``run_key``) are skipped. The console shows one line per stitch, a progress bar over test images x
-    stitches that moves per batch, one line naming the metrics that came out NaN (``NON_FINITE_REASONS``) and the
-    Pareto frontier; detectron2's and pycocotools' output of each evaluation goes to the log file only
-    (``console.stitch_evaluation_output``).
-
-    Args:
-        group_size: ``None``: the per-stitch loop (``set_stitch``, then ``model`` over the test set, once per
-            stitch). ``N``: ``model`` is a ``GeneralizedRCNN`` with a ``StitchedViTDetBackbone``, evaluated
-            ``N`` stitches per pass sharing route prefixes (``stitch_groups``, ``evaluate_stitch_group``;
-            ``set_stitch`` is not used): the same metrics, each group's rows written when it is done.
-        latency: time each stitch as deployed (``time_detector_stitches``, on the main process only, after its
-            group's evaluation) into the ``latency_ms`` column. ``model`` must then be a ``GeneralizedRCNN``
-            with a ``StitchedViTDetBackbone``, and ``run_key`` should end with ``latency.run_key()``. A report of
-            this evaluation without latency (``run_key`` without that ending) gets the column first: its stitches
-            are timed, not evaluated again (``snnet_core.evaluation.latency.add_latency_column``).
-
-    Returns the results record on the main process, ``{}`` elsewhere.
+    ``group_size``: ``None``, the per-stitch loop (``set_stitch``, then ``model`` over the test set); ``N``,
+    ``model`` is a ``GeneralizedRCNN`` with a ``StitchedViTDetBackbone`` evaluated ``N`` stitches per pass sharing
+    route prefixes. ``latency``: each stitch timed as deployed (``time_detector_stitches``). Returns the results
+    record on the main process, ``{}`` elsewhere.
     """
-    def pending() -> List[int]:
-        if latency is not None and run_key.endswith(latency.run_key()):  # over this evaluation's untimed report
-            add_latency_column(output_dir, run_key[:-len(latency.run_key())], run_key, latency.info(),
-                               lambda ids: time_detector_stitches(model, ids, latency))
-        record = load_results(output_dir)
-        if record and record.get("run_key") != run_key:
-            raise RuntimeError(
-                f"{os.path.join(output_dir, RESULTS_FILE)} holds results of another run "
-                f"({record.get('run_key')!r}, this one is {run_key!r}); choose a new output directory"
-            )
-        done = set(record.get("stitches", {})) if record else set()
-        return [int(s) for s in stitch_ids if str(int(s)) not in done]
-
-    def timed(metrics: Dict[int, Dict[str, float]]) -> Dict[int, Dict[str, float]]:
-        """``metrics`` with each stitch's ``latency_ms`` (on the main process, with ``latency``)."""
-        if latency is None or not comm.is_main_process():
-            return metrics
-        ms = time_detector_stitches(model, list(metrics), latency)
-        return {stitch_id: {**values, LATENCY_COLUMN: ms[stitch_id]} for stitch_id, values in metrics.items()}
-
-    todo = run_on_main(pending)
-    logger.info("per-stitch evaluation: %d of %d stitches to evaluate", len(todo), len(stitch_ids))
-    non_finite = NonFiniteImages()  # one warning for the whole report
-
-    if group_size is None:
-        def evaluate(stitch_id: int) -> Dict[str, float]:
-            with stitch_evaluation_output():
-                stitch = set_stitch(stitch_id)
-                logger.info("evaluating stitch %d (%s)", stitch_id, getattr(stitch, "route", stitch))
-                return timed({stitch_id: evaluate_model(model, data_loader, evaluator, non_finite)})[stitch_id]
-
-        if not comm.is_main_process():
-            for stitch_id in todo:
-                evaluate(stitch_id)
-            return {}
-        record = evaluate_stitches(evaluate, todo, space, flops, output_dir, PRIMARY_METRIC, True, run_key, title,
-                                   task=RESULTS_TASK, resume=False,  # todo: the same list on every rank
-                                   images=loader_images(data_loader), non_finite_reasons=NON_FINITE_REASONS)
-    else:
-        groups = stitch_groups(stitched_detector_backbone(model).snnet, todo, group_size)
-        logger.info("%d stitches in %d groups of up to %d sharing route prefixes", len(todo), len(groups),
-                    group_size)
-
-        def evaluate_group(stitch_ids: List[int]) -> Dict[int, Dict[str, float]]:
-            with stitch_evaluation_output():
-                logger.info("evaluating stitches %s in one pass: %s", stitch_ids,
-                            ", ".join(space[s].route for s in stitch_ids))
-                return timed(evaluate_stitch_group(model, data_loader, evaluator, stitch_ids, non_finite))
-
-        if not comm.is_main_process():
-            for group in groups:
-                evaluate_group(group)
-            return {}
-        record = evaluate_stitch_groups(evaluate_group, groups, space, flops, output_dir, PRIMARY_METRIC, True,
-                                        run_key, title, task=RESULTS_TASK, resume=False,
-                                        images=loader_images(data_loader), non_finite_reasons=NON_FINITE_REASONS)
-    with file_lock(os.path.join(output_dir, RESULTS_FILE)):  # as write_report: orders concurrent reports
-        write_frontier_summary(record, output_dir, title)
-    return record
+    return d2_evaluation.stitch_report(model, set_stitch, data_loader, evaluator, stitch_ids, space, flops,
+                                       output_dir, run_key, detection_task(), title, group_size, latency)
 
 
 def write_frontier_summary(record: Mapping, output_dir: str, title: str) -> Dict[str, List[int]]:
-    """``stitch_report.json`` (rows with bbox/segm on-frontier flags) and the segm AP plot; call it under
-    ``file_lock`` of the results file (it removes the temporaries killed writes of both files left)."""
+    """``stitch_report.json`` (rows with bbox/segm on-frontier flags) and the segm AP plot (``detection_task``'s
+    ``finish``); call it under ``file_lock`` of the results file (it removes the temporaries killed writes of both
+    files left)."""
     remove_report_temporaries(output_dir, ("stitch_report.json", "stitch_report_segm.png"))
     rows = {int(k): v for k, v in record["stitches"].items()}
     cost = {k: r["gflops"] for k, r in rows.items()}
