@@ -60,7 +60,7 @@ def test_backbone_lora_rank_and_ls_init_images_reach_training(data_root, tmp_pat
         assert all(k.endswith(FACTORS) or ".head." in k for k in anchors_moved)  # the classifiers train too
         path = str(tmp_path / "stitch_5.pth")  # the export merges the factors: plain Linear layers, same logits
         save_exported_classifier(path, net, train_cli.read_checkpoint_header(str(out / "model_final.pth"))["spec"], 5)
-        exported, frames = load_classifier(path)[0], torch.rand(2, 3, 32, 32)
+        exported, frames = load_classifier(path).model, torch.rand(2, 3, 32, 32)
         assert not any(n.endswith(FACTORS) for n in exported.state_dict())
         with torch.no_grad():
             torch.testing.assert_close(exported(frames), net.classify(frames, stitch_id=5), rtol=1e-4, atol=1e-5)

@@ -49,7 +49,6 @@ from typing import Any, Callable, Dict, List, Optional, Sequence
 import timm
 import torch
 import yaml
-from detectron2.engine import default_argument_parser
 from omegaconf import OmegaConf
 from torch.utils.data import DataLoader, Subset
 
@@ -63,10 +62,10 @@ from projects.snnet_cls.model import ModelSpec, build_model, classifier_flops_ta
 from projects.snnet_cls.training import TrainRecipe, TrainState, fit, ls_init, new_train_state
 from projects.snnet_cls.transforms import build_train_transform, eval_transform
 from snnet_core import load_results, load_snnet, load_upstream_checkpoint, save_snnet, select_stitches
-from snnet_core.cli import launch_command, run_command, use_launch_defaults
-from snnet_core.distributed import DistContext, barrier, broadcast_object, destroy_process_groups, init_distributed
+from snnet_core.cli import run_command
+from snnet_core.distributed import DistContext, barrier, broadcast_object
 from snnet_core.evaluation.latency import write_latency_info
-from snnet_core.evaluation.latency_options import LatencyOptions, add_latency_arguments, latency_options
+from snnet_core.evaluation.latency_options import LatencyOptions, latency_options
 from snnet_core.evaluation.report import RESULTS_FILE
 from snnet_core.evaluation.stitch_report import report_conflict
 from snnet_core.io.atomic_io import file_sha256, write_atomic
@@ -77,7 +76,7 @@ from snnet_core.io.config_io import (
 from snnet_core.io.file_claims import check_checkpoint_claims, check_checkpoint_path, state_bytes
 from snnet_core.io.run_dir import (
     LAST_CHECKPOINT, check_export_targets, check_output_dir, checkpoint_name, clear_run, command_line_sets, export_dir,
-    last_checkpoint, lock_run_dir, prune_checkpoints, remove_killed_writes, tag_last_checkpoint,
+    prune_checkpoints, remove_killed_writes, tag_last_checkpoint,
 )
 from snnet_core.model.anchor_names import check_anchor_names
 from snnet_core.model.backbone_lora import describe_backbone_lora
@@ -86,6 +85,8 @@ from snnet_core.model.checkpoint import describe_load_error
 from snnet_core.select import export_reads_report, plot_exported_stitch, resolve_export_selection
 from snnet_core.training.ls_init import describe_ls_init
 from snnet_core.training.run_state import check_resumable
+from snnet_core.train_script import check_eval_only_flags, launch, tagged_checkpoint, training_argument_parser
+from snnet_core.train_script import run_process as run_training_process
 from snnet_core.training.train_log import training_writers
 
 logger = logging.getLogger("projects.snnet_cls.train")
@@ -96,46 +97,21 @@ SECTIONS = ("model", "dataloader", "optimizer", "lr_schedule", "train", "test")
 
 
 def build_argument_parser() -> argparse.ArgumentParser:
-    """detectron2's ``default_argument_parser`` (``--config-file``, ``--eval-only``, ``--resume``, ``--num-gpus``,
-    ``--num-machines``, ``--machine-rank``, ``--dist-url``, ``KEY=VALUE`` overrides) with the projects' flags."""
-    p = default_argument_parser(epilog=__doc__)
-    p.set_defaults(config_file=DEFAULT_CONFIG)
-    what = {
+    """The projects' training command line (``snnet_core.train_script.training_argument_parser``); ``--config-file``
+    defaults to the paper's recipe."""
+    return training_argument_parser(DEFAULT_CONFIG, {
         "config_file": "LazyConfig recipe (default: the paper's, configs/snnetv2_deit3_s_l_in1k.py)",
         "resume": f"continue training from the checkpoint <train.output_dir>/{LAST_CHECKPOINT} names (refused if "
                   "the model or recipe changed)",
         "eval_only": "evaluate (and export) the checkpoint train.init_checkpoint (default: the one "
                      f"<train.output_dir>/{LAST_CHECKPOINT} names; upstream SN-Netv2's files are converted)",
         "opts": "config overrides, e.g. train.output_dir=output/x optimizer.lr=1e-5 (an unknown key is an error)",
-    }
-    for action in p._actions:  # argparse has no public setter for the help of an added flag
-        action.help = what.get(action.dest, action.help)
-    use_launch_defaults(p)
-    p.add_argument("--overwrite", action="store_true",
-                   help="train afresh into a train.output_dir that holds a run, deleting that run's checkpoints, "
-                        "logs, config, reports and exported stitches first; with --eval-only --export-stitch: "
-                        "replace exported stitches that exist")
-    p.add_argument("--stitch", default="all",
-                   help="stitches to evaluate (after training, or with --eval-only): all | ID[,ID...] | pareto | none")
-    p.add_argument("--report-dir", metavar="DIR",
-                   help="per-stitch report directory (default: <train.output_dir>/stitch_report_<dataloader."
-                        "test_name>)")
-    p.add_argument("--pareto-from", metavar="FILE",
-                   help=f"{RESULTS_FILE} whose Pareto frontier --stitch pareto evaluates (default: the report's)")
-    p.add_argument("--export-stitch", metavar="ID[,ID]|pareto|best:G",
-                   help="write <train.output_dir>/stitch_<ID>/model_final.pth, a standalone timm-style classifier of "
-                        "that stitch (pareto / best:G choose from the per-stitch report)")
-    add_latency_arguments(p)
-    return p
+    }, "write <train.output_dir>/stitch_<ID>/model_final.pth, a standalone timm-style classifier of that stitch "
+       "(pareto / best:G choose from the per-stitch report)", __doc__)
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
-    args = build_argument_parser().parse_args(argv)
-    given = [flag for flag, on in (("--resume", args.resume),
-                                   ("--overwrite", args.overwrite and args.export_stitch is None)) if on]
-    if args.eval_only and given:
-        raise ValueError(f"--eval-only evaluates a checkpoint and trains nothing: drop {' and '.join(given)}")
-    return args
+    return check_eval_only_flags(build_argument_parser().parse_args(argv))
 
 
 def load_config(path: str, overrides: Sequence[str]) -> Dict[str, Any]:
@@ -294,16 +270,6 @@ def load_weights(path: str, net, header: Optional[Dict[str, Any]], device: torch
                          "(projects/snnet_cls/configs/)") from exc
     logger.info("converted %s: %s", path, report)
     return {}
-
-
-def tagged_checkpoint(output_dir: str, flag: str) -> str:
-    """The checkpoint ``<output_dir>/last_checkpoint`` names, for ``flag``; errors say how to go on."""
-    try:
-        return last_checkpoint(output_dir)
-    except (FileNotFoundError, ValueError) as exc:
-        fix = ("start afresh without --resume (with --overwrite if the directory holds a run)" if flag == "--resume"
-               else "pass train.init_checkpoint=PATH, or train.output_dir of a training run")
-        raise type(exc)(f"{flag}: {exc}. To go on: {fix}") from exc
 
 
 # --------------------------------------------------------------------------------------------------
@@ -527,14 +493,7 @@ def run(cfg: Dict[str, Any], args: argparse.Namespace, ctx: DistContext,
 
 def run_process(args: argparse.Namespace) -> Dict[str, Any]:
     """One process of the job: alone, one of torchrun's, or one that detectron2's ``launch`` started."""
-    cfg = load_config(args.config_file, args.opts)
-    ctx = init_distributed(cfg["train"]["device"])
-    try:
-        with run_logging(ctx.rank) as log_to_file, lock_run_dir(cfg["train"]["output_dir"], args.eval_only,
-                                                                ctx.is_main):
-            return run(cfg, args, ctx, log_to_file)
-    finally:
-        destroy_process_groups()
+    return run_training_process(args, load_config, run, run_logging)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
@@ -544,9 +503,7 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
 
 def cli(argv: Optional[Sequence[str]] = None) -> None:
     """The command line as detectron2 runs it: ``--num-gpus N`` processes per machine through ``launch``."""
-    args = parse_args(argv)
-    device = load_config(args.config_file, args.opts)["train"]["device"]
-    launch_command(run_process, args, device, "train.device")
+    launch(parse_args(argv), load_config, run_process)
 
 
 if __name__ == "__main__":

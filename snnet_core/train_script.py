@@ -1,0 +1,93 @@
+"""The command line that the plain-PyTorch projects' ``train.py`` share (depth, classification): detectron2's parser
+with the per-stitch flags, the ``--eval-only`` flag check, the checkpoint ``last_checkpoint`` names, and one process
+of the job, alone, under torchrun or started by detectron2's ``launch`` (``--num-gpus``)."""
+from __future__ import annotations
+
+import argparse
+from typing import Any, Callable, ContextManager, Dict, Mapping, Optional, Sequence
+
+from snnet_core.cli import launch_command, use_launch_defaults
+from snnet_core.distributed import DistContext, destroy_process_groups, init_distributed
+from snnet_core.evaluation.latency_options import add_latency_arguments
+from snnet_core.evaluation.report import RESULTS_FILE
+from snnet_core.io.run_dir import last_checkpoint, lock_run_dir
+
+Config = Dict[str, Any]
+
+
+def training_argument_parser(default_config: str, helps: Mapping[str, str], export_help: str, epilog: str
+                             ) -> argparse.ArgumentParser:
+    """detectron2's ``default_argument_parser`` (``--config-file`` defaulting to ``default_config``, ``--eval-only``,
+    ``--resume``, ``--num-gpus``, ``--num-machines``, ``--machine-rank``, ``--dist-url``, ``KEY=VALUE`` overrides)
+    with ``--overwrite``, ``--stitch``, ``--report-dir``, ``--pareto-from``, ``--export-stitch`` (``export_help``
+    says what it writes) and the latency flags; ``helps`` replaces the help of detectron2's flags by their ``dest``
+    (``config_file``, ``resume``, ``eval_only``, ``opts``)."""
+    from detectron2.engine import default_argument_parser
+
+    p = default_argument_parser(epilog=epilog)
+    p.set_defaults(config_file=default_config)
+    for action in p._actions:  # argparse has no public setter for the help of an added flag
+        action.help = helps.get(action.dest, action.help)
+    use_launch_defaults(p)
+    p.add_argument("--overwrite", action="store_true",
+                   help="train afresh into a train.output_dir that holds a run, deleting that run's checkpoints, "
+                        "logs, config, reports and exported stitches first; with --eval-only --export-stitch: "
+                        "replace exported stitches that exist")
+    p.add_argument("--stitch", default="all",
+                   help="stitches to evaluate (after training, or with --eval-only): all | ID[,ID...] | pareto | none")
+    p.add_argument("--report-dir", metavar="DIR",
+                   help="per-stitch report directory (default: <train.output_dir>/stitch_report_<dataloader."
+                        "test_name>)")
+    p.add_argument("--pareto-from", metavar="FILE",
+                   help=f"{RESULTS_FILE} whose Pareto frontier --stitch pareto evaluates (default: the report "
+                        "directory's)")
+    p.add_argument("--export-stitch", metavar="ID[,ID]|pareto|best:G", help=export_help)
+    add_latency_arguments(p)
+    return p
+
+
+def check_eval_only_flags(args: argparse.Namespace) -> argparse.Namespace:
+    """``ValueError`` for ``--eval-only`` with ``--resume`` or ``--overwrite`` (allowed with ``--export-stitch``:
+    it replaces exported stitches); returns ``args``."""
+    given = [flag for flag, on in (("--resume", args.resume),
+                                   ("--overwrite", args.overwrite and args.export_stitch is None)) if on]
+    if args.eval_only and given:
+        raise ValueError(f"--eval-only evaluates a checkpoint and trains nothing: drop {' and '.join(given)}")
+    return args
+
+
+def tagged_checkpoint(output_dir: str, flag: str) -> str:
+    """The checkpoint ``<output_dir>/last_checkpoint`` names, for ``flag`` (``--resume`` or ``--eval-only``); errors
+    say how to go on."""
+    try:
+        return last_checkpoint(output_dir)
+    except (FileNotFoundError, ValueError) as exc:
+        fix = ("start afresh without --resume (with --overwrite if the directory holds a run)" if flag == "--resume"
+               else "pass train.init_checkpoint=PATH, or train.output_dir of a training run")
+        raise type(exc)(f"{flag}: {exc}. To go on: {fix}") from exc
+
+
+def run_process(args: argparse.Namespace, load_config: Callable[[str, Sequence[str]], Config],
+                run: Callable[[Config, argparse.Namespace, DistContext, Callable[[str], None]], Dict[str, Any]],
+                run_logging: Callable[[int], ContextManager[Callable[[str], None]]]) -> Dict[str, Any]:
+    """One process of the job (alone, one of torchrun's, or one that detectron2's ``launch`` started): load the
+    config, join the process group, set up logging and hold ``train.output_dir`` (``lock_run_dir``) while
+    ``run(cfg, args, ctx, log_to_file)`` runs."""
+    cfg = load_config(args.config_file, args.opts)
+    ctx = init_distributed(cfg["train"]["device"])
+    try:
+        with run_logging(ctx.rank) as log_to_file, lock_run_dir(cfg["train"]["output_dir"], args.eval_only,
+                                                                ctx.is_main):
+            return run(cfg, args, ctx, log_to_file)
+    finally:
+        destroy_process_groups()
+
+
+def launch(args: argparse.Namespace, load_config: Callable[[str, Sequence[str]], Config],
+           process: Callable[[argparse.Namespace], Any]) -> None:
+    """The command line as detectron2 runs it: ``--num-gpus N`` processes per machine through ``launch``
+    (``--num-gpus 1``, the default, and torchrun's processes run in this process), started once the config loads and
+    the machine has the processes' devices (``snnet_core.cli.launch_command``)."""
+    device = load_config(args.config_file, args.opts)["train"]["device"]
+    launch_command(process, args, device, "train.device")
+
