@@ -48,7 +48,8 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
                         help="keep these route types (default: every type of the space)")
     parser.add_argument("--flops-step", type=float, default=1.0, help="ROS bin width in GFLOPs")
     parser.add_argument("--sort", choices=SORT_KEYS, default="gflops",
-                        help="row order (upstream_id: as upstream SN-Netv2's per-stitch result files)")
+                        help="row order (upstream_id: as upstream's per-stitch result files, SN-Netv2's or, for the "
+                             "sliding-window space, SN-Netv1's cfg_id)")
     parser.add_argument("--output-dir", default="output/stitch_table")
     add_debug_argument(parser)
     args = parser.parse_args(argv)
