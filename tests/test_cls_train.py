@@ -211,3 +211,22 @@ def test_a_classification_config_and_a_depth_config_name_each_others_script():
     depth = os.path.join(os.path.dirname(dpt_train.__file__), "configs", "synthetic", "dpt_snnetv2_tiny.py")
     with pytest.raises(ValueError, match=r"is a depth config.*projects/snnet_dpt/train.py"):
         cls_train.load_config(depth, [])
+
+
+def test_demo_prints_the_top_classes_with_the_folder_names_or_a_names_file(data, trained, tmp_path, capsys):
+    from projects.snnet_cls import demo
+
+    output, result = trained
+    image = os.path.join(data, "val", "circle", "00000.JPEG")
+    top = demo.run(result["checkpoint"], [image], stitch_id=5)[image]
+    assert len(top) == 4 and {name for name, _ in top} == {"circle", "cross", "square", "triangle"}
+    assert sum(p for _, p in top) == pytest.approx(1.0) and top == sorted(top, key=lambda t: -t[1])
+    assert f"{image} (stitch 5 (L[0:2] -> S[1:4])):" in capsys.readouterr().out
+    names = tmp_path / "names.txt"
+    names.write_text("circle a round shape\ncross a plus sign\nsquare four sides\ntriangle three sides\n")
+    named = demo.run(result["checkpoint"], [image], stitch_id=5, class_names=str(names))[image]
+    assert [n for n, _ in named] == [{"circle": "a round shape", "cross": "a plus sign", "square": "four sides",
+                                      "triangle": "three sides"}[n] for n, _ in top]
+    names.write_text("one\ntwo\n")
+    with pytest.raises(ValueError, match=rf"--class-names {names}: 2 lines for 4 classes"):
+        demo.run(result["checkpoint"], [image], class_names=str(names))
