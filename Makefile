@@ -46,15 +46,17 @@ $(D2_STAMP): $(DEPS_STAMP)
 test: install
 	$(PY) -m pytest -q tests
 
-# The projects on built-in synthetic data: depth (tiny DPT SN-Net, ~1 min), classification (tiny DeiT3-style
-# SN-Net, ~1 min) then detection (tiny Mask R-CNN ViTDet SN-Net, ~5 min); each ends with its per-stitch report. The
-# runs go to $(DEMO_DIR)/{depth,classification,detection}; a demo there is never deleted unasked: `make demo
-# DEMO_OVERWRITE=1` replaces it (the CLIs' --overwrite).
+# The projects on built-in synthetic data: depth (tiny DPT SN-Net, ~1 min), classification (tiny DeiT3-style SN-Net,
+# ~1 min), detection (tiny Mask R-CNN ViTDet SN-Net, ~5 min) then segmentation (tiny SETR SN-Net, ~1.5 min); each ends
+# with its per-stitch report. The runs go to $(DEMO_DIR)/{depth,classification,detection,segmentation}; a demo there
+# is never deleted unasked: `make demo DEMO_OVERWRITE=1` replaces it (the CLIs' --overwrite).
 DEMO_DIR ?= output/demo
 demo: install
 	set -e; export OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1}; \
-	dpt=$(DEMO_DIR)/depth; out=$(DEMO_DIR)/detection; cls=$(DEMO_DIR)/classification; overwrite=$(if $(DEMO_OVERWRITE),--overwrite,); \
-	for run in $$dpt $$out $$cls; do \
+	dpt=$(DEMO_DIR)/depth; out=$(DEMO_DIR)/detection; seg=$(DEMO_DIR)/segmentation; \
+	cls=$(DEMO_DIR)/classification; \
+	overwrite=$(if $(DEMO_OVERWRITE),--overwrite,); \
+	for run in $$dpt $$out $$seg $$cls; do \
 	  if [ -z "$$overwrite" ] && [ -n "$$(ls -A $$run 2>/dev/null)" ]; then \
 	    echo "make demo: $$run holds a previous demo: rerun with 'make demo DEMO_OVERWRITE=1' to replace it, or" \
 	      "'make demo DEMO_DIR=output/demo2' to keep it" >&2; exit 2; \
@@ -79,14 +81,23 @@ demo: install
 	  train.output_dir=$$out train.init_checkpoint=$$out/model_final.pth; \
 	$(PY) projects/snnet_vitdet/demo.py --config-file $$cfg --weights $$out/model_final.pth --stitch 5 \
 	  --input output/synthetic_coco/val/000002.png --confidence-threshold 0.3 --output $$out/demo $$overwrite; \
+	scfg=projects/snnet_setr/configs/synthetic/setr_snnetv2_tiny.py; \
+	[ -d output/synthetic_ade20k/ADEChallengeData2016 ] || $(PY) datasets/make_synthetic_segmentation.py --layout ade20k; \
+	$(PY) projects/snnet_setr/train_net.py --config-file $$scfg $$overwrite train.output_dir=$$seg; \
+	$(PY) projects/snnet_setr/train_net.py --config-file $$scfg --eval-only --stitch all train.output_dir=$$seg; \
+	$(PY) projects/snnet_setr/demo.py --config-file $$scfg --weights $$seg/model_final.pth --stitch 5 --output $$seg/demo \
+	  --input output/synthetic_ade20k/ADEChallengeData2016/images/validation/ADE_val_00000002.jpg $$overwrite; \
 	cat $$dpt/stitch_report_nyuv2_synthetic_test/stitch_report.md $$cls/stitch_report_synthetic_val/stitch_report.md \
-	  $$out/stitch_report_synthetic_shapes_val/stitch_report.md; \
+	  $$out/stitch_report_synthetic_shapes_val/stitch_report.md \
+	  $$seg/stitch_report_synthetic_ade20k_sem_seg_val/stitch_report.md; \
 	echo; echo "depth training:   $$dpt/{log.txt,metrics.json,model_final.pth} (tensorboard --logdir $$dpt)"; \
 	echo "depth report:     $$dpt/stitch_report_nyuv2_synthetic_test/stitch_report.{md,csv,png} (exported stitch 5: $$dpt/stitch_5/model_final.pth)"; \
 	echo "depth demo:       $$dpt/demo/rgb_00002_depth.{png,npy}"; \
 	echo "classification report: $$cls/stitch_report_synthetic_val/stitch_report.{md,csv,png} (exported stitch 5: $$cls/stitch_5/model_final.pth)"; \
 	echo "detection report: $$out/stitch_report_synthetic_shapes_val/stitch_report.{md,csv,png}"; \
-	echo "detection demo:   $$out/demo/000002.png"
+	echo "detection demo:   $$out/demo/000002.png"; \
+	echo "segmentation report: $$seg/stitch_report_synthetic_ade20k_sem_seg_val/stitch_report.{md,csv,png}"; \
+	echo "segmentation demo:   $$seg/demo/ADE_val_00000002_{seg,overlay}.png"
 
 bench: install
 	set -e; for script in benchmarks/bench_*.py; do echo "== $$script"; $(PY) $$script; done

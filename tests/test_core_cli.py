@@ -163,7 +163,17 @@ def test_make_demo_never_replaces_a_previous_demo_unasked(tmp_path):
     proc = subprocess.run(make + ["DEMO_OVERWRITE=1"], cwd=REPO, capture_output=True, text=True, timeout=60)
     trainings = [line for line in proc.stdout.splitlines() if "train.py" in line or "train_net.py" in line]
     assert [("--overwrite" in line, line.split("train.output_dir=")[-1].split()[0]) for line in trainings] == [
-        (True, str(tmp_path / "depth")), (True, str(tmp_path / "detection")), (False, str(tmp_path / "detection"))]
-    demos = [line for line in proc.stdout.splitlines() if "demo.py" in line]  # they refuse earlier outputs unasked
-    assert len(demos) == 2 and all("--overwrite" in line for line in demos), demos
+        (True, str(tmp_path / "depth")), (True, str(tmp_path / "classification")),
+        (True, str(tmp_path / "classification")), (True, str(tmp_path / "detection")),
+        (False, str(tmp_path / "detection")), (True, str(tmp_path / "segmentation")),
+        (False, str(tmp_path / "segmentation"))]
+    # the demos that write pictures refuse earlier outputs unasked (classification's prints its top-5)
+    demos = [line for line in proc.stdout.splitlines() if "demo.py" in line and "snnet_cls" not in line]
+    assert len(demos) == 3 and all("--overwrite" in line for line in demos), demos
     assert previous.exists()  # the CLIs' --overwrite replaces the run, make deletes nothing
+    previous.unlink()  # a previous segmentation demo alone is refused too
+    (tmp_path / "segmentation").mkdir()
+    (tmp_path / "segmentation" / "log.txt").write_text("a previous demo\n")
+    proc = subprocess.run(make, cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2 and proc.stdout == ""
+    assert f"make demo: {tmp_path / 'segmentation'} holds a previous demo" in proc.stderr

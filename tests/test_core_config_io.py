@@ -262,6 +262,10 @@ def test_the_other_projects_config_is_named():
     with pytest.raises(ValueError, match="is a detection config, not a depth one: use projects/snnet_vitdet/"
                                          "train_net.py"):
         dpt_train.load_config(VITDET_TINY, [])
+    setr_tiny = os.path.join(REPO, "projects", "snnet_setr", "configs", "synthetic", "setr_snnetv2_tiny.py")
+    with pytest.raises(ValueError, match="is a segmentation config, not a detection one: use "
+                                         "projects/snnet_setr/train_net.py"):
+        train_net.load_config(vitdet_args(config=setr_tiny))
 
 
 def test_config_modules_do_not_reach_other_code():

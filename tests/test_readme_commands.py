@@ -14,14 +14,14 @@ import pytest
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # README.md first: its CPU walk-through trains the tiny depth model that later commands read
-DOCS = ("README.md", "projects/snnet_dpt/README.md", "projects/snnet_vitdet/README.md",
+DOCS = ("README.md", "projects/snnet_dpt/README.md", "projects/snnet_vitdet/README.md", "projects/snnet_setr/README.md",
         "projects/snnet_cls/README.md",
         *sorted(os.path.relpath(p, REPO) for p in glob.glob(os.path.join(REPO, "docs", "*.md"))))
 CODE = ("snnet_core", "projects", "datasets", "benchmarks")
 # real datasets or weights, several GPUs/processes, a CPU run of minutes, or a placeholder argument; --eval-only
 # of a model no README command trains (the tiny depth and classification models are trained by the command before)
 SKIP = re.compile(r"torchrun|--num-gpus|dataloader\.root=data/nyu\b|configs/COCO|checkpoints/deit|REPORT|\.\.\.|"
-                  r"output/snnet_vitdet_tiny|img\.jpg|photo\.jpg|benchmarks/|pytest|--resume|"
+                  r"output/snnet_vitdet_tiny|output/snnet_setr_tiny|img\.jpg|photo\.jpg|benchmarks/|pytest|--resume|"
                   r"^(?!.*(dpt_snnetv2_tiny|synthetic/snnetv2_tiny)\.py).*--eval-only")
 
 

@@ -47,12 +47,17 @@ CONFIG_MODULES = (
     "fvcore.transforms", "torch.optim", "functools.partial", "snnet_core.model.anchors.build_anchor",
     "snnet_core.training.data_order.build_resumable_train_loader", "projects.snnet_vitdet.backbone",
     "projects.snnet_vitdet.lr_decay", "projects.snnet_vitdet.export.StitchViTDetBackbone",
+    "projects.snnet_setr.model", "projects.snnet_setr.head", "projects.snnet_setr.data.SemSegMapper",
+    "projects.snnet_setr.transforms", "projects.snnet_setr.metrics.SemSegMetrics",
+    "projects.snnet_setr.export.build_stitch_backbone", "projects.snnet_setr.optim",
+    "snnet_core.model.snnet.StitchedViT",
 )
 # arguments of those callables that read a pickle (detectron2's load_proposals_into_dataset): never from YAML
 PICKLE_ARGUMENTS = ("proposal_files",)
 MAX_YAML_NODES = 1_000_000  # YAML aliases can describe a config exponentially larger than its file
 SCRIPTS = {"depth": "projects/snnet_dpt/train.py", "detection": "projects/snnet_vitdet/train_net.py",
-           "classification": "projects/snnet_cls/train.py"}
+           "segmentation": "projects/snnet_setr/train_net.py", "classification": "projects/snnet_cls/train.py"}
+SEGMENTATION_MODELS = "projects.snnet_setr."  # LazyCall models of the segmentation project
 _ABSENT = object()
 
 
@@ -73,9 +78,10 @@ def config_callable(name: str) -> Any:
                "transforms and loaders, solvers, torch.optim, this project's backbones; snnet_core.io.config_io."
                "CONFIG_MODULES): a YAML config is data and calls nothing else. Write a .py LazyConfig to build "
                "other objects")
-    packages = {m.split(".")[0] for m in CONFIG_MODULES} | {"projects.snnet_vitdet"}
+    projects = ("projects.snnet_vitdet.", "projects.snnet_setr.")  # the LazyConfig projects
+    packages = {m.split(".")[0] for m in CONFIG_MODULES}
     if not isinstance(name, str) or not any(name.startswith(p + ".") for p in packages) or name.startswith(
-            "projects.") and not name.startswith("projects.snnet_vitdet."):
+            "projects.") and not name.startswith(projects):
         raise ValueError(refusal)
     try:
         obj = locate(name)
@@ -424,11 +430,14 @@ def local_checkpoint(path: str, key: str) -> str:
 # --------------------------------------------------------------------------------------------------
 # which project
 def config_kind(cfg: Any) -> Optional[str]:
-    """``"detection"`` (a LazyCall model), ``"classification"`` (a plain model with ``num_classes``), ``"depth"`` (a
-    DPT recipe: plain model, lr_schedule) or ``None``."""
+    """``"segmentation"`` (a LazyCall model of ``projects.snnet_setr``), ``"detection"`` (another LazyCall model),
+    ``"classification"`` (a plain model with ``num_classes``), ``"depth"`` (a DPT recipe: plain model, lr_schedule)
+    or ``None``."""
     model = cfg.get("model") if isinstance(cfg, abc.Mapping) else None
     if isinstance(model, abc.Mapping) and "_target_" in model:
-        return "detection"
+        target = model["_target_"]
+        name = target if isinstance(target, str) else f"{getattr(target, '__module__', '')}."
+        return "segmentation" if name.startswith(SEGMENTATION_MODELS) else "detection"
     if isinstance(model, abc.Mapping) and "anchors" in model and "num_classes" in model:
         return "classification"
     if isinstance(model, abc.Mapping) and "anchors" in model and "lr_schedule" in cfg:
