@@ -566,6 +566,7 @@ def test_metric_labels_of_both_projects_and_of_an_unknown_metric():
     assert metric_label("bbox_AP") == "box AP (higher is better)"
     assert metric_label("segm_AP50") == "mask AP at IoU 0.5 (higher is better)"
     assert metric_label("bbox_APs") == "box AP, small objects (higher is better)"
+    assert metric_label("mIoU") == "mean IoU (%) (higher is better)" and known_direction("aAcc")
     assert metric_label("acc", higher_is_better=True) == "acc (higher is better)"  # the report's direction
     assert metric_label("acc") == "acc" and known_direction("acc") is None and known_direction("segm_APl")
 

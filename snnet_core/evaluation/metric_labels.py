@@ -1,8 +1,9 @@
-"""Readable names and directions of the per-stitch metrics of both projects.
+"""Readable names and directions of the per-stitch metrics of the projects.
 
 ``metric_label("a1")`` is ``"δ<1.25 accuracy (higher is better)"`` (plot axes); ``known_direction`` is whether a
-higher value is better for the depth metrics (NYUv2), top-1/top-5 accuracy and COCO AP columns (``bbox_AP``, ``segm_AP50``, ``APs``,
-...), ``None`` for any other metric (the caller then needs the direction from the report or the user).
+higher value is better for the depth metrics (NYUv2), top-1/top-5 accuracy, mIoU/mAcc/aAcc and COCO AP columns
+(``bbox_AP``, ``segm_AP50``, ``APs``, ...), ``None`` for any other metric (the caller then needs the direction from
+the report or the user).
 """
 from __future__ import annotations
 
@@ -26,6 +27,13 @@ CLASSIFICATION_METRICS: Dict[str, Tuple[str, bool]] = {
     "acc1": ("top-1 accuracy (%)", True),
     "acc5": ("top-5 accuracy (%)", True),
 }
+# segmentation metric -> (name, higher is better); projects/snnet_setr/metrics.py
+SEGMENTATION_METRICS: Dict[str, Tuple[str, bool]] = {
+    "mIoU": ("mean IoU (%)", True),
+    "mAcc": ("mean class accuracy (%)", True),
+    "aAcc": ("pixel accuracy (%)", True),
+}
+_NAMED = {**DEPTH_METRICS, **CLASSIFICATION_METRICS, **SEGMENTATION_METRICS}
 _COCO_AP = re.compile(r"(?:(bbox|segm)_)?AP(50|75|s|m|l)?")  # COCO summary columns: higher is better
 _COCO_TASKS = {"bbox": "box AP", "segm": "mask AP", None: "AP"}
 _COCO_VARIANTS = {None: "", "50": " at IoU 0.5", "75": " at IoU 0.75", "s": ", small objects",
@@ -33,11 +41,10 @@ _COCO_VARIANTS = {None: "", "50": " at IoU 0.5", "75": " at IoU 0.75", "s": ", s
 
 
 def known_direction(metric: str) -> Optional[bool]:
-    """Whether a higher ``metric`` is better, for the known depth and COCO AP metrics; ``None`` for others."""
-    if metric in DEPTH_METRICS:
-        return DEPTH_METRICS[metric][1]
-    if metric in CLASSIFICATION_METRICS:
-        return CLASSIFICATION_METRICS[metric][1]
+    """Whether a higher ``metric`` is better, for the known depth, classification, segmentation and COCO AP metrics;
+    ``None`` for others."""
+    if metric in _NAMED:
+        return _NAMED[metric][1]
     return True if _COCO_AP.fullmatch(metric) else None
 
 
@@ -48,10 +55,8 @@ def metric_label(metric: str, higher_is_better: Optional[bool] = None) -> str:
     left out where neither is known.
     """
     coco = _COCO_AP.fullmatch(metric)
-    if metric in DEPTH_METRICS:
-        name = DEPTH_METRICS[metric][0]
-    elif metric in CLASSIFICATION_METRICS:
-        name = CLASSIFICATION_METRICS[metric][0]
+    if metric in _NAMED:
+        name = _NAMED[metric][0]
     elif coco:
         name = _COCO_TASKS[coco.group(1)] + _COCO_VARIANTS[coco.group(2)]
     else:
