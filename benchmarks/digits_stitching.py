@@ -426,19 +426,21 @@ def arm_summary(runs: Sequence[dict]) -> Dict[str, Tuple[float, float]]:
 
 
 def frontier_holds(m: Mapping) -> bool:
-    """The claim on one table: some stitch on the frontier lies above the anchor line, and in every FLOPs bin the
-    best stitch is on or above it (an empty bin fails: nothing fills it)."""
-    return m["frontier_above_line"] > 0 and all(g is not None and g >= 0 for g in m["bin_gap"])
+    """The claim on one table: some stitch on the frontier lies above the anchor line, and in every FLOPs bin that
+    holds a stitch the best one is on or above it. A bin without any stitch is a property of the stitch space
+    (e.g. 4 small blocks give only 3 FLOPs levels), not of the training; ``claim_text`` names it."""
+    gaps = [g for g in m["bin_gap"] if g is not None]
+    return m["frontier_above_line"] > 0 and bool(gaps) and all(g >= 0 for g in gaps)
 
 
 def claim_text(m: Mapping) -> str:
     """``frontier_holds`` with its parts: frontier stitches above the line, bins whose best stitch is on or above
-    it, empty bins."""
-    gaps = m["bin_gap"]
-    empty = sum(g is None for g in gaps)
+    it (of the bins holding a stitch), empty bins."""
+    gaps = [g for g in m["bin_gap"] if g is not None]
+    empty = len(m["bin_gap"]) - len(gaps)
     return (f"{'holds' if frontier_holds(m) else 'does not hold'}: {m['frontier_above_line']}/{m['frontier_points']} "
-            f"frontier stitches above the line, {sum(g is not None and g >= 0 for g in gaps)}/{len(gaps)} bins with "
-            f"the best stitch on or above it{f', {empty} empty' if empty else ''} (gaps {fmt_gaps(gaps)})")
+            f"frontier stitches above the line, {sum(g >= 0 for g in gaps)}/{len(gaps)} bins with the best stitch on "
+            f"or above it{f' ({empty} of 5 bins hold no stitch)' if empty else ''}; gaps {fmt_gaps(m['bin_gap'])}")
 
 
 def mean_bin_gap(m: Mapping) -> float:
@@ -492,7 +494,7 @@ def pm(values: Tuple[float, float], digits: int = 2) -> str:
     return f"{values[0]:.{digits}f} ± {values[1]:.{digits}f}"
 
 
-def markdown(result: dict, study: StudyConfig) -> str:
+def markdown(result: dict) -> str:
     """The anchors, the measures per arm (per seed and mean ± std) and the verdict as Markdown."""
     lines = ["| anchor | config | params (M) | MFLOPs | test acc after E epochs (%) | after 2E (%) | doubling gain "
              "(points) |", "|---|---|---|---|---|---|---|"]
@@ -633,21 +635,27 @@ def run_study(study: StudyConfig, seeds: Sequence[int], output_dir: str, authors
                   flush=True)
     result = {"config": dataclasses.asdict(study), "seeds": list(seeds), "train_size": len(data.train_x),
               "test_images": len(data.test_x), "anchors": anchor_rows, "gflops": table.gflops, "init": init,
-              "runs": runs, "summary": {name: arm_summary(rs) for name, rs in runs.items()}, "authors": authors,
-              "authors_table": authors_table}
-    result["effects"] = factor_effects(runs) if "v2" in runs else {}
-    result["verdict"] = verdict(result)
+              "runs": runs, "authors": authors, "authors_table": authors_table}
     result["cpu_s"], result["wall_s"] = time.process_time() - cpu, time.perf_counter() - wall
-    write_summary(result, study, output_dir, authors_table)
+    write_summary(judge(result), output_dir, authors_table)
     return result
 
 
-def write_summary(result: dict, study: StudyConfig, output_dir: str, authors_table: Optional[str]) -> None:
+def judge(result: dict) -> dict:
+    """Add the per-arm summaries, the factor effects and the verdict to a study's ``result`` (also one read back
+    from ``summary.json``); returns it."""
+    result["summary"] = {name: arm_summary(rs) for name, rs in result["runs"].items()}
+    result["effects"] = factor_effects(result["runs"]) if "v2" in result["runs"] else {}
+    result["verdict"] = verdict(result)
+    return result
+
+
+def write_summary(result: dict, output_dir: str, authors_table: Optional[str]) -> None:
     """``summary.json`` (every number), ``summary.md`` (tables and verdict), ``frontier.png``."""
     os.makedirs(output_dir, exist_ok=True)
     write_json_atomic(os.path.join(output_dir, "summary.json"), result)
     plot(result, os.path.join(output_dir, "frontier.png"), authors_table)
-    text = markdown(result, study)
+    text = markdown(result)
     write_atomic(os.path.join(output_dir, "summary.md"), lambda f: f.write(text))
     print(text)
 
@@ -663,13 +671,18 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     parser.add_argument("--overwrite", action="store_true", help="replace the results of an earlier run in "
                         "--output-dir")
-    parser.add_argument("--plot-only", action="store_true", help="redraw frontier.png from --output-dir's "
-                        "summary.json (and --authors-table) without training")
+    parser.add_argument("--report-only", action="store_true", help="judge again and rewrite summary.md, "
+                        "summary.json and frontier.png from --output-dir's summary.json (and --authors-table) without "
+                        "training")
     args = parser.parse_args(argv)
-    if args.plot_only:
+    if args.report_only:
         with open(os.path.join(args.output_dir, "summary.json")) as f:
             result = json.load(f)
-        plot(result, os.path.join(args.output_dir, "frontier.png"), args.authors_table)
+        if args.authors_table:  # else the stored measures, and the figure without the authors' panel
+            result["authors_table"] = args.authors_table
+            result["authors"] = measures_script.measure_table(
+                measures_script.read_authors_table(args.authors_table)).as_dict()
+        write_summary(judge(result), args.output_dir, args.authors_table)
         return result
     if os.path.exists(os.path.join(args.output_dir, "summary.json")) and not args.overwrite:
         parser.error(f"{args.output_dir} holds the results of an earlier run: pass --overwrite to replace them, or "

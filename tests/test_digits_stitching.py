@@ -107,10 +107,12 @@ def test_train_set_draws_fresh_noise_per_epoch():
 def test_verdict_and_factor_effects_on_hand_made_measures():
     holds = {"frontier_above_line": 2, "frontier_points": 3, "bin_gap": [0.0, 1.0, 0.5, 0.2, 0.1]}
     assert ds.frontier_holds(holds)
-    assert not ds.frontier_holds(dict(holds, bin_gap=[0.0, 1.0, None, 0.2, 0.1]))  # an empty bin is not filled
+    assert ds.frontier_holds(dict(holds, bin_gap=[None, 1.0, 0.5, 0.2, None]))  # empty bins: the space's, not judged
+    assert "(2 of 5 bins hold no stitch)" in ds.claim_text(dict(holds, bin_gap=[None, 1.0, 0.5, 0.2, None]))
+    assert not ds.frontier_holds(dict(holds, bin_gap=[None] * 5))
     assert not ds.frontier_holds(dict(holds, bin_gap=[-0.1, 1.0, 0.5, 0.2, 0.1]))
     assert not ds.frontier_holds(dict(holds, frontier_above_line=0))
-    assert "4/5 bins" in ds.claim_text(dict(holds, bin_gap=[-0.1, 1.0, 0.5, 0.2, 0.1]))
+    assert "4/5 bins with the best stitch on or above" in ds.claim_text(dict(holds, bin_gap=[-0.1, 1.0, 0.5, 0.2, 0.1]))
 
     def run(above, gaps, share):
         return {"measures": {"frontier_above_line": above, "bin_gap": gaps, "share_between": share}}
@@ -123,9 +125,19 @@ def test_verdict_and_factor_effects_on_hand_made_measures():
     assert effect["share_between"]["down"] == 1 and effect["share_between"]["mean"] == pytest.approx(-0.125)
 
 
-def test_figure_beside_the_authors_table(study, drawn_figures):
+def test_report_only_judges_the_stored_runs_again(study, capsys):
     result, output, authors = study
-    ds.plot(result, str(output / "frontier_with_authors.png"), str(authors))
+    (output / "summary.md").unlink()
+    again = ds.main(["--output-dir", str(output), "--report-only", "--authors-table", str(authors)])
+    assert again["verdict"][1:] == result["verdict"] and again["verdict"][0].startswith("Authors' DeiT3-S/L table")
+    assert "Verdict:" in (output / "summary.md").read_text() and "| `v2` |" in capsys.readouterr().out
+    with pytest.raises(SystemExit):  # a full run refuses to replace the stored one unasked
+        ds.main(["--output-dir", str(output)])
+
+
+def test_figure_beside_the_authors_table(study, drawn_figures, tmp_path):
+    result, _, authors = study
+    ds.plot(result, str(tmp_path / "frontier.png"), str(authors))
     (left, right), = [fig.axes for fig in drawn_figures]
     assert "authors" in left.get_title() and "this study" in right.get_title()
     for ax, n in ((left, 4), (right, len(result["runs"]["v2"][0]["per_stitch"]))):
