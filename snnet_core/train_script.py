@@ -83,7 +83,7 @@ def run_process(args: argparse.Namespace, load_config: Callable[[str, Sequence[s
         destroy_process_groups()
 
 
-def launch(args: argparse.Namespace, load_config: Callable[[str, Sequence[str]], Config],
+def launch_job(args: argparse.Namespace, load_config: Callable[[str, Sequence[str]], Config],
            process: Callable[[argparse.Namespace], Any]) -> None:
     """The command line as detectron2 runs it: ``--num-gpus N`` processes per machine through ``launch``
     (``--num-gpus 1``, the default, and torchrun's processes run in this process), started once the config loads and

@@ -85,7 +85,7 @@ from snnet_core.model.checkpoint import describe_load_error
 from snnet_core.select import export_reads_report, plot_exported_stitch, resolve_export_selection
 from snnet_core.training.ls_init import describe_ls_init
 from snnet_core.training.run_state import check_resumable
-from snnet_core.train_script import check_eval_only_flags, launch, tagged_checkpoint, training_argument_parser
+from snnet_core.train_script import check_eval_only_flags, launch_job, tagged_checkpoint, training_argument_parser
 from snnet_core.train_script import run_process as run_training_process
 from snnet_core.training.train_log import training_writers
 
@@ -503,7 +503,7 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
 
 def cli(argv: Optional[Sequence[str]] = None) -> None:
     """The command line as detectron2 runs it: ``--num-gpus N`` processes per machine through ``launch``."""
-    launch(parse_args(argv), load_config, run_process)
+    launch_job(parse_args(argv), load_config, run_process)
 
 
 if __name__ == "__main__":

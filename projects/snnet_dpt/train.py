@@ -53,7 +53,6 @@ from typing import Any, Callable, Dict, List, Optional, Sequence
 import timm
 import torch
 import yaml
-from detectron2.engine import default_argument_parser
 from omegaconf import OmegaConf
 from torch.utils.data import DataLoader, Subset
 
@@ -73,18 +72,18 @@ from snnet_core.io.config_io import (
     Check, apply_overrides, check_config_kind, check_values, input_size_problem, integer, load_config_file,
     local_checkpoint, lookup, number, one_of, pair,
 )
-from snnet_core.cli import launch_command, run_command, use_launch_defaults
-from snnet_core.distributed import (
-    DistContext, barrier, broadcast_object, destroy_process_groups, init_distributed,
-)
+from snnet_core.cli import run_command
+from snnet_core.distributed import DistContext, barrier, broadcast_object
 from snnet_core.evaluation.latency import write_latency_info
-from snnet_core.evaluation.latency_options import LatencyOptions, add_latency_arguments, latency_options
+from snnet_core.evaluation.latency_options import LatencyOptions, latency_options
 from snnet_core.evaluation.report import RESULTS_FILE
 from snnet_core.io.run_dir import (
     LAST_CHECKPOINT, check_export_targets, check_output_dir, clear_run, command_line_sets, eval_size_for_checkpoint,
-    export_dir, last_checkpoint, lock_run_dir, remove_killed_writes,
+    export_dir, remove_killed_writes,
 )
 from snnet_core.select import export_reads_report, plot_exported_stitch, resolve_export_selection
+from snnet_core.train_script import check_eval_only_flags, launch_job, tagged_checkpoint, training_argument_parser
+from snnet_core.train_script import run_process as run_training_process
 
 logger = logging.getLogger("projects.snnet_dpt.train")
 
@@ -94,48 +93,22 @@ SECTIONS = ("model", "dataloader", "optimizer", "lr_schedule", "train", "test")
 
 
 def build_argument_parser() -> argparse.ArgumentParser:
-    """detectron2's ``default_argument_parser`` (``--config-file``, ``--eval-only``, ``--resume``, ``--num-gpus``,
-    ``--num-machines``, ``--machine-rank``, ``--dist-url``, ``KEY=VALUE`` overrides) with this project's flags, as
-    ``projects/snnet_vitdet/train_net.py`` builds it; ``--config-file`` defaults to the paper's recipe."""
-    p = default_argument_parser(epilog=__doc__)
-    p.set_defaults(config_file=DEFAULT_CONFIG)
-    what = {  # detectron2's help of its flags, in this project's terms
+    """The projects' training command line (``snnet_core.train_script.training_argument_parser``: detectron2's
+    ``default_argument_parser`` with the per-stitch flags, as ``projects/snnet_vitdet/train_net.py`` builds it);
+    ``--config-file`` defaults to the paper's recipe."""
+    return training_argument_parser(DEFAULT_CONFIG, {  # detectron2's help of its flags, in this project's terms
         "config_file": "LazyConfig recipe (default: the paper's, configs/dpt_snnetv2_deit3_s_l_nyu.py)",
         "resume": f"continue training from the checkpoint <train.output_dir>/{LAST_CHECKPOINT} names (refused if "
                   "the model or recipe changed)",
         "eval_only": "evaluate (and export) the checkpoint train.init_checkpoint (default: the one "
                      f"<train.output_dir>/{LAST_CHECKPOINT} names) at the dataloader.eval_size recorded in it",
         "opts": "config overrides, e.g. train.output_dir=output/x optimizer.lr=1e-5 (an unknown key is an error)",
-    }
-    for action in p._actions:  # argparse has no public setter for the help of an added flag
-        action.help = what.get(action.dest, action.help)
-    use_launch_defaults(p)
-    p.add_argument("--overwrite", action="store_true",
-                   help="train afresh into a train.output_dir that holds a run, deleting that run's checkpoints, "
-                        "logs, config, reports and exported stitches first; with --eval-only --export-stitch: "
-                        "replace exported stitches that exist")
-    p.add_argument("--stitch", default="all",
-                   help="stitches to evaluate (after training, or with --eval-only): all | ID[,ID...] | pareto | none")
-    p.add_argument("--report-dir", metavar="DIR",
-                   help="per-stitch report directory (default: "
-                        "<train.output_dir>/stitch_report_<dataloader.test_name>)")
-    p.add_argument("--pareto-from", metavar="FILE",
-                   help=f"{RESULTS_FILE} whose Pareto frontier --stitch pareto evaluates (default: the report "
-                        "directory's)")
-    p.add_argument("--export-stitch", metavar="ID[,ID]|pareto|best:G",
-                   help="write <train.output_dir>/stitch_<ID>/model_final.pth, a standalone DPT model of that stitch "
-                        "(pareto / best:G choose from the per-stitch report)")
-    add_latency_arguments(p)
-    return p
+    }, "write <train.output_dir>/stitch_<ID>/model_final.pth, a standalone DPT model of that stitch (pareto / best:G "
+       "choose from the per-stitch report)", __doc__)
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
-    args = build_argument_parser().parse_args(argv)
-    given = [flag for flag, on in (("--resume", args.resume),
-                                   ("--overwrite", args.overwrite and args.export_stitch is None)) if on]
-    if args.eval_only and given:
-        raise ValueError(f"--eval-only evaluates a checkpoint and trains nothing: drop {' and '.join(given)}")
-    return args
+    return check_eval_only_flags(build_argument_parser().parse_args(argv))
 
 
 def load_config(path: str, overrides: Sequence[str]) -> Dict[str, Any]:
@@ -266,16 +239,6 @@ def save_config(cfg: Dict[str, Any], output_dir: str) -> None:
 def nyu_frames(cfg: Dict[str, Any], split: str):
     data = cfg["dataloader"]
     return build_nyu_split(data["layout"], data["root"], split, data[f"{split}_list"], data["depth_source"])
-
-
-def tagged_checkpoint(output_dir: str, flag: str) -> str:
-    """The checkpoint ``<output_dir>/last_checkpoint`` names, for ``flag``; errors say how to go on."""
-    try:
-        return last_checkpoint(output_dir)
-    except (FileNotFoundError, ValueError) as exc:
-        fix = ("start afresh without --resume (with --overwrite if the directory holds a run)" if flag == "--resume"
-               else "pass train.init_checkpoint=PATH, or train.output_dir of a training run")
-        raise type(exc)(f"{flag}: {exc}. To go on: {fix}") from exc
 
 
 def report_dir_of(args: argparse.Namespace, cfg: Dict[str, Any]) -> str:
@@ -485,14 +448,7 @@ def run(cfg: Dict[str, Any], args: argparse.Namespace, ctx: DistContext,
 
 def run_process(args: argparse.Namespace) -> Dict[str, Any]:
     """One process of the job: alone, one of torchrun's, or one that detectron2's ``launch`` started."""
-    cfg = load_config(args.config_file, args.opts)
-    ctx = init_distributed(cfg["train"]["device"])
-    try:
-        with run_logging(ctx.rank) as log_to_file, lock_run_dir(cfg["train"]["output_dir"], args.eval_only,
-                                                                ctx.is_main):
-            return run(cfg, args, ctx, log_to_file)
-    finally:
-        destroy_process_groups()
+    return run_training_process(args, load_config, run, run_logging)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
@@ -504,9 +460,7 @@ def cli(argv: Optional[Sequence[str]] = None) -> None:
     """The command line as detectron2 runs it: ``--num-gpus N`` processes per machine through ``launch``
     (``--num-gpus 1``, the default, and torchrun's processes run in this process), started once the config
     loads and the machine has the processes' devices (``snnet_core.cli.launch_command``)."""
-    args = parse_args(argv)
-    device = load_config(args.config_file, args.opts)["train"]["device"]
-    launch_command(run_process, args, device, "train.device")
+    launch_job(parse_args(argv), load_config, run_process)
 
 
 if __name__ == "__main__":
