@@ -158,3 +158,20 @@ def test_bad_training_data_fails_before_the_model_is_built_naming_the_file(synth
     with pytest.raises((ValueError, FileNotFoundError), match=message):
         run_main(*tiny_opts(str(root), str(tmp_path / "run"), "train.max_iter=1"))
     assert not os.path.exists(tmp_path / "run" / "log.txt")
+
+
+def test_backbone_lora_rank_is_checked_and_it_and_ls_init_images_0_reach_training(synthetic, tmp_path, monkeypatch):
+    calls = []
+    monkeypatch.setattr(train_net, "ls_init_setr", lambda *a: calls.append(a))
+    out = str(tmp_path / "run")
+    with pytest.raises(ValueError, match=r"model.backbone.backbone_lora_rank=-1 is not valid: expected an integer"):
+        run_main(*tiny_opts(synthetic, out, "train.max_iter=1", "model.backbone.backbone_lora_rank=-1"))
+    run_main(*tiny_opts(synthetic, out, "train.max_iter=1", "snnet.ls_init_images=0",
+                        "model.backbone.backbone_lora_rank=2"))
+    assert calls == []  # no LS solve: the stitching layers keep PyTorch's default init
+    with open(os.path.join(out, "log.txt")) as f:
+        log = f.read()
+    assert "backbone LoRA rank 2 (model.backbone.backbone_lora_rank=2): the anchors are frozen" in log
+    assert "LS init off (snnet.ls_init_images=0): the stitching layers keep PyTorch's default init" in log
+    weights = torch.load(os.path.join(out, "model_final.pth"), weights_only=True)["model"]
+    assert any(k.startswith("backbone.anchors.") and k.endswith("lora_up") for k in weights)

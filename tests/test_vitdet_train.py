@@ -480,3 +480,20 @@ def test_train_loader_resumes_at_any_iteration_with_the_same_batches(synthetic, 
     torch.manual_seed(1)  # the global RNGs play no part
     assert same(batches(5, 7), uninterrupted[5:]) and same(batches(9, 3), uninterrupted[9:])
     assert same(batches(5, 4, num_workers=2), uninterrupted[5:9])
+
+
+def test_backbone_lora_rank_is_checked_and_it_and_ls_init_images_0_reach_training(synthetic, tmp_path, monkeypatch):
+    calls = []
+    monkeypatch.setattr(train_net, "ls_init_detector", lambda *a: calls.append(a))
+    out = str(tmp_path / "run")
+    with pytest.raises(ValueError, match=r"model.backbone.net.backbone_lora_rank=-1 is not valid: expected an integer"):
+        run_main(*tiny_opts(synthetic, out, "train.max_iter=1", "model.backbone.net.backbone_lora_rank=-1"))
+    run_main(*tiny_opts(synthetic, out, "train.max_iter=1", "snnet.ls_init_images=0",
+                        "model.backbone.net.backbone_lora_rank=2"))
+    assert calls == []  # no LS solve: the stitching layers keep PyTorch's default init
+    with open(os.path.join(out, "log.txt")) as f:
+        log = f.read()
+    assert "backbone LoRA rank 2 (model.backbone.net.backbone_lora_rank=2): the anchors are frozen" in log
+    assert "LS init off (snnet.ls_init_images=0): the stitching layers keep PyTorch's default init" in log
+    weights = torch.load(os.path.join(out, "model_final.pth"), weights_only=True)["model"]
+    assert any(k.startswith("backbone.net.snnet.anchors.") and k.endswith("lora_up") for k in weights)

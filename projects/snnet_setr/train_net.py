@@ -113,6 +113,7 @@ class SegmentationApp(D2App):
 
     kind, project, results_task = "segmentation", PROJECT, RESULTS_TASK
     export_help = "a standalone segmentor of that stitch"
+    backbone_lora_key = "model.backbone.backbone_lora_rank"
 
     def check_config(self, cfg: DictConfig, training: bool, source: str) -> None:
         """Every value the run reads, against its valid range, before any work (one ``ConfigError`` lists all
@@ -120,6 +121,7 @@ class SegmentationApp(D2App):
         ``optimizer``) are skipped."""
         checks = dict(evaluation_checks(), **{
             NUM_CLASSES: integer(1), "model.crop_size": pair(integer(1)), "model.test_stride": pair(integer(1)),
+            self.backbone_lora_key: integer(0, note="0: off"),
         })
         if training:
             checks.update(training_checks())

@@ -166,13 +166,15 @@ class DetectionApp(D2App):
 
     kind, project, results_task = "detection", PROJECT, RESULTS_TASK
     export_help = "a standalone detector of that stitch"
+    backbone_lora_key = "model.backbone.net.backbone_lora_rank"
 
     def check_config(self, cfg: DictConfig, training: bool, source: str) -> None:
         """Every value the run reads, against its valid range, before any work (one ``ConfigError`` lists all
         problems): counts, sizes (``snnet.flops_input_size`` a multiple of the patch size), rates, steps,
         thresholds, and remote checkpoints. Keys a config does not hold (a baseline has no ``snnet``, an exported
         stitch's config no ``optimizer``) are skipped."""
-        checks = dict(evaluation_checks(), **{"model.roi_heads.num_classes": integer(1)})
+        checks = dict(evaluation_checks(), **{"model.roi_heads.num_classes": integer(1),
+                                              self.backbone_lora_key: integer(0, note="0: off")})
         if training:
             updates = cfg.get("lr_multiplier", {}).get("scheduler", {}).get("num_updates")
             checks.update(training_checks())

@@ -46,9 +46,11 @@ from snnet_core.io.run_dir import (
     check_export_targets, check_output_dir, clear_run, command_line_sets, eval_size_for_checkpoint, last_checkpoint,
     lock_run_dir, remove_killed_writes,
 )
+from snnet_core.model.backbone_lora import describe_backbone_lora
 from snnet_core.model.flops import FlopsTable
 from snnet_core.model.snnet import StitchedViT
 from snnet_core.select import export_reads_report, plot_exported_stitch, resolve_export_selection
+from snnet_core.training.ls_init import describe_ls_init
 from snnet_core.training.sampling import ResourceConstrainedSampler
 from snnet_core.training.train_log import training_writers
 
@@ -137,7 +139,7 @@ def training_checks() -> Dict[str, Check]:
         "optimizer.weight_decay": number(0), "dataloader.train.total_batch_size": integer(1),
         "dataloader.train.num_workers": integer(0),
         "snnet.ros_step_gflops": number(0, low_open=True, note="GFLOPs"), "snnet.sampler_seed": integer(0),
-        "snnet.ls_init_images": integer(0, note="0: no LS init"),
+        "snnet.ls_init_images": integer(0, note="0: no LS init, default init"),
     }
 
 
@@ -165,6 +167,7 @@ class D2App:
     project = ""  # the project's package logger ("projects.snnet_vitdet")
     results_task = ""  # tags the per-stitch results files (another task's are refused)
     export_help = "a standalone model of that stitch"  # what --export-stitch writes, for --help
+    backbone_lora_key = ""  # the config key of the SN-Net's backbone_lora_rank (checked, named in the training log)
 
     def __init__(self, epilog: Optional[str] = None):
         """``epilog``: the end of ``--help`` (the script's docstring)."""
@@ -331,8 +334,12 @@ class D2App:
             writers = training_writers(cfg.train.output_dir, cfg.train.max_iter, start_iter)
             trainer.register_hooks([hooks.PeriodicWriter(writers, period=cfg.train.log_period)])
         trainer.data_loader = self.build_train_loader(cfg, seeding.seed, start_iter)
-        if stitched is not None and not resumed and cfg.snnet.ls_init_images > 0:
-            self.ls_init(cfg, model)
+        if stitched is not None:
+            logger.info(describe_backbone_lora(model, self.snnet(model).backbone_lora_rank, self.backbone_lora_key))
+        if stitched is not None and not resumed:
+            logger.info(describe_ls_init(cfg.snnet.ls_init_images, "snnet.ls_init_images"))
+            if cfg.snnet.ls_init_images > 0:
+                self.ls_init(cfg, model)
         trainer.train(start_iter, cfg.train.max_iter)
 
     def export_selection(self, args: argparse.Namespace, cfg: DictConfig, model: nn.Module) -> List[int]:
