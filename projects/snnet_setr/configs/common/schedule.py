@@ -45,6 +45,7 @@ train.seed = 0  # project: weights, data order, augmentation and ROS draws follo
 snnet = dict(
     ros_step_gflops=10.0,  # upstream engine/hooks/snnet_hook.py: flops_step=10 (ROS bins of 10 GFLOPs)
     sampler_seed=0,  # project: ROS draws are a pure function of (seed, iteration)
+    # 0: no LS solve, the stitching layers keep PyTorch's default init (SN-Netv1 suppl. F compares 0/50/100/200)
     ls_init_images=100,  # paper Sec. 5.2: 100 images for LS init (upstream snnet_hook.py draws 50)
     flops_input_size=(512, 512),  # upstream tools/analysis_tools/get_flops_snnet.py: --shape 512 512
     eval_stitches="0,1",  # project: the anchors are evaluated every train.eval_period during training
