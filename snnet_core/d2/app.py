@@ -14,6 +14,7 @@ loaders, LS-init images, per-stitch report, export and eval input size.
 """
 from __future__ import annotations
 
+import abc
 import argparse
 import contextlib
 import logging
@@ -159,9 +160,9 @@ def report_run_key(weights: str, iteration: Optional[int], test_names: Sequence[
     return key + (latency.run_key() if latency is not None else "")
 
 
-class D2App:
-    """One SN-Net project's ``train_net.py`` on detectron2 (see the module docstring); subclass and override the
-    methods that raise ``NotImplementedError``."""
+class D2App(abc.ABC):
+    """One SN-Net project's ``train_net.py`` on detectron2 (see the module docstring); a project implements the
+    abstract methods (its task's part)."""
 
     kind = ""  # the config kind (snnet_core.io.config_io.check_config_kind: "detection", "segmentation")
     project = ""  # the project's package logger ("projects.snnet_vitdet")
@@ -174,55 +175,55 @@ class D2App:
         self.epilog = epilog
 
     # --- the task's part ---------------------------------------------------------------------------------------
+    @abc.abstractmethod
     def check_config(self, cfg: DictConfig, training: bool, source: str) -> None:
         """Every value the run reads, before any work (one ``ConfigError`` lists all problems)."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def prepare_data(self, cfg: DictConfig, training: bool) -> None:
         """Register the config's datasets and check their files (and, ``training``, that they can be trained on)."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def test_names(self, cfg: DictConfig) -> List[str]:
         """The test datasets' names (the report directory's and the run key's)."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def stitched(self, model: nn.Module) -> Optional[StitchSelector]:
         """The stitched part of ``model`` (``set_stitch``, ``space``), ``None`` for a baseline."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def snnet(self, model: nn.Module) -> StitchedViT:
         """The ``StitchedViT`` of an SN-Net ``model``."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def flops_table(self, cfg: DictConfig, model: nn.Module) -> FlopsTable:
         """Per-stitch GFLOPs at ``snnet.flops_input_size`` of the whole model (counted on one process)."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def build_train_loader(self, cfg: DictConfig, seed: int, start_iter: int):
         """``dataloader.train`` from iteration ``start_iter`` on (batch ``i`` a function of ``(seed, i)``)."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def ls_init(self, cfg: DictConfig, model: nn.Module) -> None:
         """LS init of the stitching layers from ``snnet.ls_init_images`` training images (all ranks)."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def do_test(self, cfg: DictConfig, model: nn.Module) -> Dict:
         """The metrics of ``model`` on ``dataloader.test`` (a baseline; an SN-Net's ``snnet.eval_stitches``)."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def stitch_report(self, cfg: DictConfig, model: nn.Module, stitch_ids: List[int], table: FlopsTable,
                       report_dir: str, run_key: str, group_size: Optional[int],
                       latency: Optional[LatencyOptions]) -> Dict:
         """The per-stitch report of ``stitch_ids`` into ``report_dir`` (all ranks; the record on the main one)."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def export(self, cfg: DictConfig, model: nn.Module, stitch_id: int) -> Dict[str, str]:
         """Write stitch ``stitch_id`` alone under ``OUTPUT_DIR/stitch_<ID>/``; returns ``{"config", "weights"}``."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def set_eval_input_size(self, cfg: DictConfig, model: nn.Module, size: Tuple[int, int]) -> None:
         """Evaluate at ``size`` ``(H, W)``: ``snnet.flops_input_size`` and the test-time resize."""
-        raise NotImplementedError
 
     # --- shared ------------------------------------------------------------------------------------------------
     def model_summary(self, model: nn.Module) -> str:
