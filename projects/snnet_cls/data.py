@@ -41,7 +41,8 @@ def read_split(root: str, split: str) -> ImageFolderSplit:
     directory = os.path.join(root, split)
     if not os.path.isdir(directory):
         raise FileNotFoundError(f"{directory} does not exist: dataloader.root must hold train/<class>/*.JPEG and "
-                                "val/<class>/*.JPEG (torchvision's ImageFolder layout; projects/snnet_cls/README.md, Data)")
+                                "val/<class>/*.JPEG (torchvision's ImageFolder layout; projects/snnet_cls/README.md, "
+                                "Data)")
     try:
         classes, index = find_classes(directory)
     except FileNotFoundError as exc:

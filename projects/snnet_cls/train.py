@@ -230,7 +230,8 @@ def save_checkpoint(path: str, net, spec: ModelSpec, recipe: TrainRecipe, state:
     save_snnet(path, net, extra={
         "spec": spec.to_dict(), "recipe": recipe.to_dict(), "train_state": state.state_dict(),
         "classes": list(classes), "augmentation": dict(cfg["dataloader"]["augmentation"]),
-        "input_size": int(cfg["dataloader"]["input_size"]), "eval_crop_ratio": float(cfg["dataloader"]["eval_crop_ratio"]),
+        "input_size": int(cfg["dataloader"]["input_size"]),
+        "eval_crop_ratio": float(cfg["dataloader"]["eval_crop_ratio"]),
     })
 
 

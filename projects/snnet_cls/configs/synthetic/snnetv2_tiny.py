@@ -19,7 +19,7 @@ dataloader.input_size = 32  # project
 dataloader.test_name = "synthetic_val"  # project: report in <train.output_dir>/stitch_report_synthetic_val
 dataloader.workers = 0  # project: no loader processes on a 2-core CPU
 
-optimizer.lr = 1e-2  # project: random-init tiny anchors learn from scratch (LAMB: a step moves a layer by ~lr x its norm)
+optimizer.lr = 1e-2  # project: random-init tiny anchors learn from scratch (LAMB moves a layer by ~lr x its norm)
 
 lr_schedule.warmup_epochs = 0  # project: a few epochs only
 lr_schedule.min_lr = 1e-3  # project: a tenth of the lr
