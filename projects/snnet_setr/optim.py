@@ -1,13 +1,14 @@
 """mmsegmentation's optimiser settings in detectron2's terms: ``paramwise_cfg.custom_keys`` learning-rate multipliers
-(for ``get_default_optimizer_params(lr_factor_func=...)``) and the poly schedule with a floor (mmengine ``PolyLR``)
-as an ``fvcore`` parameter scheduler (for detectron2's ``LRMultiplier``)."""
+(for ``get_default_optimizer_params(lr_factor_func=...)``) and mmengine's ``PolyLR`` as a torch ``LRScheduler`` (for
+detectron2's ``hooks.LRScheduler``)."""
 from __future__ import annotations
 
-from typing import Mapping
+from typing import Dict, List, Mapping
 
-from fvcore.common.param_scheduler import ParamScheduler
+from torch.optim import Optimizer
+from torch.optim.lr_scheduler import LRScheduler
 
-__all__ = ["custom_keys_lr_factor", "PolyParamScheduler"]
+__all__ = ["custom_keys_lr_factor", "PolyLR"]
 
 
 def custom_keys_lr_factor(name: str, custom_keys: Mapping[str, float]) -> float:
@@ -24,17 +25,35 @@ def custom_keys_lr_factor(name: str, custom_keys: Mapping[str, float]) -> float:
     return 1.0
 
 
-class PolyParamScheduler(ParamScheduler):
-    """``start_value -> end_value`` by ``(start - end) * (1 - where) ** power + end`` over the run.
+class PolyLR(LRScheduler):
+    """mmengine's ``PolyLR(eta_min, power)`` stepped by iteration over ``max_iter`` iterations (``begin=0``,
+    ``end=max_iter``): iteration ``t`` trains every param group ``g`` at
 
-    As a learning-rate multiplier with ``start_value=1`` and ``end_value = eta_min / lr`` it is mmengine's
-    ``PolyLR(eta_min, power)`` for the base learning rate (``where`` = iteration / total iterations).
+        ``lr_g(t) = (lr_g0 - eta_min) * (1 - t / T) ** power + eta_min``,  ``T = max_iter - 1``
+
+    (mmengine's ``total_iters = end - begin - 1``; ``lr_g0``: the group's rate when built; ``t >= T``: ``eta_min``;
+    ``max_iter=1``: ``lr_g0``, as mmengine never updates it).
+    ``eta_min`` is an absolute floor, the same for every group, so the groups' rates do not keep their ratio and
+    detectron2's ``LRMultiplier`` (one factor for all groups) cannot express it. mmengine updates the rates by a
+    chained rule; this closed form is its product, so a resumed run needs only ``last_epoch``.
+
+    The state saved with a checkpoint is ``base_lrs`` and ``last_epoch`` (as ``LRMultiplier``): ``max_iter``,
+    ``eta_min`` and ``power`` are the config's on resume.
     """
 
-    def __init__(self, start_value: float = 1.0, end_value: float = 0.0, power: float = 1.0):
+    def __init__(self, optimizer: Optimizer, max_iter: int, eta_min: float = 0.0, power: float = 1.0,
+                 last_iter: int = -1):
+        if max_iter < 1:
+            raise ValueError(f"PolyLR: max_iter must be >= 1, got {max_iter}")
         if power <= 0:
-            raise ValueError(f"power must be > 0, got {power}")
-        self.start_value, self.end_value, self.power = float(start_value), float(end_value), float(power)
+            raise ValueError(f"PolyLR: power must be > 0, got {power}")
+        self.max_iter, self.eta_min, self.power = int(max_iter), float(eta_min), float(power)
+        super().__init__(optimizer, last_epoch=last_iter)
 
-    def __call__(self, where: float) -> float:
-        return (self.start_value - self.end_value) * (1.0 - where) ** self.power + self.end_value
+    def state_dict(self) -> Dict[str, object]:
+        return {"base_lrs": self.base_lrs, "last_epoch": self.last_epoch}
+
+    def get_lr(self) -> List[float]:
+        total = self.max_iter - 1
+        decay = (1.0 - min(self.last_epoch, total) / total) ** self.power if total > 0 else 1.0
+        return [(base_lr - self.eta_min) * decay + self.eta_min for base_lr in self.base_lrs]

@@ -127,8 +127,8 @@ class SegmentationApp(D2App):
             checks.update(training_checks())
             checks.update({
                 "optimizer.momentum": number(0, 1, high_open=True),
-                "lr_multiplier.scheduler.power": number(0, low_open=True),
-                "lr_multiplier.scheduler.end_value": number(0),
+                "lr_multiplier.max_iter": integer(1), "lr_multiplier.power": number(0, low_open=True),
+                "lr_multiplier.eta_min": number(0),
                 "model.aux_loss_weight": number(0),
                 "train.ddp.find_unused_parameters": Check(lambda v: v is True or v is False, "true or false"),
             })

@@ -19,7 +19,7 @@ import argparse
 import contextlib
 import logging
 import os
-from typing import Callable, ContextManager, Dict, List, Optional, Sequence, Tuple
+from typing import Callable, ContextManager, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn as nn
@@ -27,6 +27,7 @@ from detectron2.config import instantiate
 from detectron2.engine import AMPTrainer, SimpleTrainer, default_argument_parser, default_setup, hooks
 from detectron2.engine.defaults import create_ddp_model
 from detectron2.utils import comm
+from fvcore.common.param_scheduler import ParamScheduler
 from omegaconf import DictConfig, OmegaConf
 
 from snnet_core.cli import launch_command, use_launch_defaults
@@ -71,6 +72,17 @@ def build_device(cfg: DictConfig) -> torch.device:
 def training_seed(cfg: DictConfig) -> int:
     """``train.seed``, or (``train.seed < 0``) a random seed shared by all ranks."""
     return cfg.train.seed if cfg.train.get("seed", -1) >= 0 else comm.shared_random_seed()
+
+
+def build_lr_scheduler(cfg: DictConfig, optimizer: torch.optim.Optimizer
+                       ) -> Union[ParamScheduler, torch.optim.lr_scheduler.LRScheduler]:
+    """``cfg.lr_multiplier`` for detectron2's ``hooks.LRScheduler``: an fvcore ``ParamScheduler`` (detectron2's
+    multiplier, one factor for every param group) or, where its LazyCall takes an ``optimizer`` (set here to the
+    run's, as ``cfg.optimizer.params.model`` is to the model), a torch ``LRScheduler`` on it (per-group rules, e.g.
+    mmengine's absolute floor). The hook checkpoints a torch scheduler's state; ``--resume`` restores it."""
+    if "optimizer" in cfg.lr_multiplier:
+        cfg.lr_multiplier.optimizer = optimizer
+    return instantiate(cfg.lr_multiplier)
 
 
 def resume_checkpoint(output_dir: str) -> str:
@@ -314,7 +326,7 @@ class D2App(abc.ABC):
             hooks.IterationTimer(),
             seeding,
             sampling,
-            hooks.LRScheduler(scheduler=instantiate(cfg.lr_multiplier)),
+            hooks.LRScheduler(scheduler=build_lr_scheduler(cfg, optim)),
             PeriodicCheckpointer(checkpointer, **cfg.train.checkpointer) if comm.is_main_process() else None,
             hooks.EvalHook(cfg.train.eval_period, lambda: self.do_test(cfg, model))
             if cfg.train.eval_period > 0 else None,

@@ -7,10 +7,9 @@ from functools import partial
 import torch
 from detectron2 import model_zoo
 from detectron2.config import LazyCall as L
-from detectron2.solver import WarmupParamScheduler
 from detectron2.solver.build import get_default_optimizer_params
 
-from projects.snnet_setr.optim import PolyParamScheduler, custom_keys_lr_factor
+from projects.snnet_setr.optim import PolyLR, custom_keys_lr_factor
 
 optimizer = L(torch.optim.SGD)(
     params=L(get_default_optimizer_params)(
@@ -23,12 +22,15 @@ optimizer = L(torch.optim.SGD)(
     weight_decay=0.0,  # upstream: optimizer weight_decay=0.0
 )
 
-lr_multiplier = L(WarmupParamScheduler)(
-    # upstream schedule_160k.py: PolyLR(eta_min=1e-4, power=0.9), by iteration. The floor is 1e-4 / 0.01 of each
-    # group's rate here (detectron2 scales every group alike): the heads end at 1e-3 where mmengine ends them at 1e-4
-    scheduler=L(PolyParamScheduler)(start_value=1.0, end_value=1e-4 / 0.01, power=0.9),
-    warmup_length=0.0,  # upstream: no warmup
-    warmup_factor=1.0,  # upstream: no warmup
+# upstream schedule_160k.py: param_scheduler=[PolyLR(eta_min=1e-4, power=0.9, begin=0, end=160000,
+# by_epoch=False)], no warmup: a torch LRScheduler (not detectron2's one-factor multiplier) as every param group
+# decays to the same absolute floor, the x10 heads from 0.1 and the rest from 0.01, both reaching 1e-4 at the last
+# iteration
+lr_multiplier = L(PolyLR)(
+    optimizer=None,  # project: set by train_net.py (snnet_core.d2.app.build_lr_scheduler) to the run's optimizer
+    max_iter="${train.max_iter}",  # upstream: end = max_iters (160000; COCO-Stuff-10K 80000)
+    eta_min=1e-4,  # upstream: eta_min=1e-4, the last iteration's rate in every group
+    power=0.9,  # upstream: power=0.9
 )
 
 train = model_zoo.get_config("common/train.py").train  # detectron2 common/train.py
