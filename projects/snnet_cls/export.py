@@ -15,9 +15,8 @@ import torch
 
 from snnet_core import StitchedViT, export_stitch
 from snnet_core.io.atomic_io import write_atomic
-from snnet_core.io.file_claims import check_checkpoint_claims, check_checkpoint_path
 from snnet_core.model.checkpoint import FORMAT as SNNET_FORMAT
-from snnet_core.model.checkpoint import describe_load_error, load_snnet_state, route_recipe
+from snnet_core.model.checkpoint import load_snnet_state, read_checkpoint_file, route_recipe
 from snnet_core.model.rebuild import exported_stitch_from_recipe
 
 from .model import ModelSpec, StitchClassifier, build_model, pretrained_cfg
@@ -96,12 +95,7 @@ def load_classifier(path: str, stitch_id: Optional[int] = None, map_location: st
     Raises ``FileNotFoundError`` / ``RuntimeError`` naming the file for a missing, corrupt or foreign one,
     ``KeyError`` for a stitch id the model does not hold.
     """
-    check_checkpoint_path(path, "classification checkpoint")
-    check_checkpoint_claims(path, None, "classification checkpoint")  # built from it: no more than on disk
-    try:
-        state = torch.load(path, map_location=map_location, weights_only=True, mmap=True)
-    except Exception as exc:
-        raise RuntimeError(f"could not read the classifier: {describe_load_error(path, exc)}") from exc
+    state = read_checkpoint_file(path, "classification checkpoint", map_location)
     kind = state.get("format") if isinstance(state, dict) else None
     if kind == FORMAT:
         model = _exported_model(state, map_location)

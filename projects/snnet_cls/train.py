@@ -81,7 +81,7 @@ from snnet_core.io.run_dir import (
 from snnet_core.model.anchor_names import check_anchor_names
 from snnet_core.model.backbone_lora import describe_backbone_lora
 from snnet_core.model.checkpoint import FORMAT as SNNET_FORMAT
-from snnet_core.model.checkpoint import describe_load_error
+from snnet_core.model.checkpoint import describe_load_error, read_checkpoint_file
 from snnet_core.select import export_reads_report, plot_exported_stitch, resolve_export_selection
 from snnet_core.training.ls_init import describe_ls_init
 from snnet_core.training.run_state import check_resumable
@@ -239,13 +239,7 @@ def read_checkpoint_header(path: str) -> Optional[Dict[str, Any]]:
     """``{"spec", "recipe", "epoch", "classes", ...}`` of a checkpoint of this script, read memory-mapped; ``None``
     for another SN-Netv2 file (upstream's classification checkpoints: converted when loaded). A missing or
     truncated file fails here, before any compute."""
-    check_checkpoint_path(path)
-    check_checkpoint_claims(path, None)
-    try:  # upstream's classification files carry their argparse.Namespace
-        with torch.serialization.safe_globals([argparse.Namespace]):
-            state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except Exception as exc:
-        raise RuntimeError(f"could not read the checkpoint: {describe_load_error(path, exc)}") from exc
+    state = read_checkpoint_file(path, allowed=[argparse.Namespace])  # upstream's files hold their Namespace
     if not isinstance(state, dict) or state.get("format") != SNNET_FORMAT:
         return None
     missing = [k for k in ("spec", "recipe", "train_state", "classes") if k not in state]

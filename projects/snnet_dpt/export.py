@@ -17,9 +17,8 @@ import torch
 from snnet_core import ExportedStitch, StitchedViT, export_stitch
 from snnet_core.io.atomic_io import write_atomic
 from snnet_core.model.checkpoint import FORMAT as SNNET_FORMAT
-from snnet_core.model.checkpoint import describe_load_error, load_snnet_state, read_tagged_checkpoint, route_recipe
+from snnet_core.model.checkpoint import load_snnet_state, read_checkpoint_file, read_tagged_checkpoint, route_recipe
 from snnet_core.model.rebuild import exported_stitch_from_recipe
-from snnet_core.io.file_claims import check_checkpoint_claims, check_checkpoint_path
 
 from .model import DPTDepthModel, ModelSpec, build_model
 
@@ -77,12 +76,7 @@ def load_depth_model(path: str, stitch_id: Optional[int] = None, map_location: s
     ``RuntimeError`` naming the file for a missing, corrupt or foreign one, ``KeyError`` for a stitch id the
     model does not hold.
     """
-    check_checkpoint_path(path, "depth checkpoint")
-    check_checkpoint_claims(path, None, "depth checkpoint")  # the model is built from it: no more than on disk
-    try:
-        state = torch.load(path, map_location=map_location, weights_only=True, mmap=True)
-    except Exception as exc:
-        raise RuntimeError(f"could not read the depth model: {describe_load_error(path, exc)}") from exc
+    state = read_checkpoint_file(path, "depth checkpoint", map_location)
     kind = state.get("format") if isinstance(state, dict) else None
     if kind == FORMAT:
         model = _exported_model(state, map_location)

@@ -28,9 +28,9 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from snnet_core import FlopsTable, ResourceConstrainedSampler, load_snnet, save_snnet
 from snnet_core.model.backbone_lora import describe_backbone_lora
-from snnet_core.model.checkpoint import describe_load_error
+from snnet_core.model.checkpoint import read_checkpoint_file
 from snnet_core.distributed import DistContext, barrier
-from snnet_core.io.file_claims import check_checkpoint_claims, check_checkpoint_path, state_bytes
+from snnet_core.io.file_claims import state_bytes
 from snnet_core.io.run_dir import checkpoint_name, prune_checkpoints, tag_last_checkpoint
 from snnet_core.model.stitch_space import Stitch
 from snnet_core.training.run_state import check_resumable as check_run_resumable
@@ -328,12 +328,7 @@ def read_checkpoint_header(path: str) -> Dict[str, Any]:
     """``{"spec": ModelSpec, "recipe", "epoch", "iteration", "eval_size": (H, W) or None}`` of a training checkpoint,
     read memory-mapped (the weights are not loaded): a missing, truncated or foreign file fails here, before any
     compute. ``eval_size`` is None for a checkpoint written before it was recorded."""
-    check_checkpoint_path(path)
-    check_checkpoint_claims(path, None)  # read before the model is built: no more than it holds on disk
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except Exception as exc:
-        raise RuntimeError(f"could not read the checkpoint: {describe_load_error(path, exc)}") from exc
+    state = read_checkpoint_file(path)  # read before the model is built: no more than it holds on disk
     missing = [k for k in ("spec", "recipe", "epoch", "iteration") if not isinstance(state, dict) or k not in state]
     if missing:
         raise RuntimeError(f"{path!r} is not a checkpoint of projects/snnet_dpt/train.py (no {missing})")

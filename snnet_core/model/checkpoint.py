@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import pickle
-from typing import TYPE_CHECKING, Any, Dict, List, Mapping, Optional, Union, overload
+from typing import TYPE_CHECKING, Any, Dict, List, Mapping, Optional, Sequence, Union, overload
 
 import torch
 import torch.nn as nn
@@ -69,6 +69,21 @@ def read_tagged_checkpoint(
     if not isinstance(state, dict) or state.get("format") != fmt:
         raise RuntimeError(f"{path!r} is not an {what} (no '{fmt}' format tag)")
     return state
+
+
+def read_checkpoint_file(path: str, what: str = "checkpoint", map_location: str | torch.device = "cpu",
+                         allowed: Sequence[type] = ()) -> Any:
+    """``torch.load(weights_only=True, mmap=True)`` of a file whose model is built from what it holds (a training
+    checkpoint or an exported stitch): a missing file, one claiming more data than it holds on disk
+    (``check_checkpoint_claims(path, None)``) or a corrupt one fails naming ``what`` and the file. ``allowed``:
+    classes a weights-only load may also rebuild (e.g. ``argparse.Namespace`` in upstream's files)."""
+    check_checkpoint_path(path, what)
+    check_checkpoint_claims(path, None, what)
+    try:
+        with torch.serialization.safe_globals(list(allowed)):
+            return torch.load(path, map_location=map_location, weights_only=True, mmap=True)
+    except Exception as exc:
+        raise RuntimeError(f"could not read the {what}: {describe_load_error(path, exc)}") from exc
 
 
 def architecture(config: Dict[str, Any]) -> Dict[str, Any]:
