@@ -299,3 +299,21 @@ def test_a_cuda_load_without_a_gpu_says_so_and_not_that_the_file_is_corrupt(tmp_
         with pytest.raises(RuntimeError, match=r"no GPU torch can use.*not at fault. Load it on the CPU \(the "
                                                 r"demos' --device cpu, the training scripts' train.device=cpu\)"):
             load_snnet(str(path), map_location="cuda")
+
+
+def test_read_checkpoint_file_names_the_file_and_admits_only_the_classes_allowed(tmp_path):
+    import argparse
+
+    from snnet_core.model.checkpoint import read_checkpoint_file
+
+    path = str(tmp_path / "upstream.pth")
+    torch.save({"model": {"w": torch.ones(2)}, "args": argparse.Namespace(lr=3e-5)}, path)
+    with pytest.raises(RuntimeError, match=r"could not read the classification checkpoint: .*upstream\.pth"):
+        read_checkpoint_file(path, "classification checkpoint")
+    assert read_checkpoint_file(path, allowed=[argparse.Namespace])["args"].lr == 3e-5
+    with open(path, "r+b") as f:
+        f.truncate(40)
+    with pytest.raises(RuntimeError, match=r"could not read the checkpoint: .*truncated or corrupt"):
+        read_checkpoint_file(path)
+    with pytest.raises(FileNotFoundError, match="missing.pth"):
+        read_checkpoint_file(str(tmp_path / "missing.pth"))
