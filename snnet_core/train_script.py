@@ -4,7 +4,7 @@ of the job, alone, under torchrun or started by detectron2's ``launch`` (``--num
 from __future__ import annotations
 
 import argparse
-from typing import Any, Callable, ContextManager, Dict, Mapping, Optional, Sequence
+from typing import Any, Callable, ContextManager, Dict, Mapping, Sequence
 
 from snnet_core.cli import launch_command, use_launch_defaults
 from snnet_core.distributed import DistContext, destroy_process_groups, init_distributed
