@@ -47,7 +47,7 @@ test: install
 	$(PY) -m pytest -q tests
 
 # The projects on built-in synthetic data: depth (tiny DPT SN-Net, ~1 min), classification (tiny DeiT3-style SN-Net,
-# ~1 min), detection (tiny Mask R-CNN ViTDet SN-Net, ~5 min) then segmentation (tiny SETR SN-Net, ~1.5 min); each ends
+# ~1 min), detection (tiny Mask R-CNN ViTDet SN-Net, ~5 min) then segmentation (tiny SETR SN-Net, ~1 min); each ends
 # with its per-stitch report. The runs go to $(DEMO_DIR)/{depth,classification,detection,segmentation}; a demo there
 # is never deleted unasked: `make demo DEMO_OVERWRITE=1` replaces it (the CLIs' --overwrite).
 DEMO_DIR ?= output/demo
