@@ -491,7 +491,8 @@ def fmt_gaps(gaps: Sequence[Optional[float]]) -> str:
 
 
 def pm(values: Tuple[float, float], digits: int = 2) -> str:
-    return f"{values[0]:.{digits}f} ± {values[1]:.{digits}f}"
+    """``mean ± std``; ``none`` for a bin that held no stitch on any seed."""
+    return "none" if math.isnan(values[0]) else f"{values[0]:.{digits}f} ± {values[1]:.{digits}f}"
 
 
 def markdown(result: dict) -> str:
@@ -575,8 +576,8 @@ def draw_panel(ax, rows: Mapping[int, dict], small: int, large: int, title: str,
             label="Pareto frontier")
     s, l_ = rows[small], rows[large]
     line = anchor_line((s["gflops"], s[METRIC]), (l_["gflops"], l_[METRIC]))
-    ax.plot([s["gflops"], l_["gflops"]], [line(s["gflops"]), line(l_["gflops"])], "--", color="grey", lw=1,
-            label="line joining the anchors")
+    ax.plot([s["gflops"], l_["gflops"]], [line(s["gflops"]), line(l_["gflops"])], "--", color="tab:red", lw=1,
+            zorder=4, label="line joining the anchors")  # drawn over the frontier where the two coincide
     for r, name, colour in ((s, "small", "gold"), (l_, "large", "black")):
         ax.scatter(r["gflops"], r[METRIC], marker="*", s=240, color=colour, edgecolor="black", zorder=5,
                    label=f"{name} anchor {r['route']}")
