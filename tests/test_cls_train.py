@@ -4,6 +4,7 @@ logits per stitch, the report's top-1 is a direct count of saved logits, an expo
 classifier with the stitch's logits, and bad inputs fail before any work, naming the file."""
 import argparse
 import json
+import math
 import os
 
 import pytest
@@ -47,12 +48,28 @@ def val_batches(data):
     return split, DataLoader(SeededSamples(split.samples, eval_transform(32)), batch_size=64)
 
 
-def test_training_lowers_the_loss(trained):
-    output, _ = trained
+def test_training_lowers_the_loss_on_the_training_images(data, trained):
+    """CutMix and label smoothing keep the logged loss of a learning model near ln 4 (1.39 -> 1.36 over the 8 epochs
+    here), too close to judge: the trained weights are compared with the initial ones (the run's seed, before LS
+    init) on the training images without augmentation, cross-entropy and top-1 averaged over the 14 stitches."""
+    output, result = trained
     with open(os.path.join(output, "metrics.json")) as f:
         losses = [row["epoch/mean_loss"] for row in map(json.loads, f) if "epoch/mean_loss" in row]
-    assert len(losses) == 8  # one per epoch (CutMix keeps the loss of a learning model high: 1.40 -> 1.36 here)
-    assert sum(losses[-2:]) / 2 < sum(losses[:2]) / 2 - 0.01, losses
+    assert len(losses) == 8 and all(math.isfinite(loss) for loss in losses)  # one per epoch
+    cfg = cls_train.load_config(TINY, [])
+    torch.manual_seed(cfg["train"]["seed"])
+    initial = cls_train.build_model(cls_train.model_spec(cfg))
+    split = read_split(data, "train")
+    loader = DataLoader(SeededSamples(split.samples, eval_transform(32)), batch_size=128)
+    before, after = (evaluate_stitches_in_memory(net.eval(), loader)
+                     for net in (initial, load_snnet(result["checkpoint"])))
+
+    def mean(rows, name):
+        return sum(row[name] for row in rows.values()) / len(rows)
+
+    assert len(after) == 14
+    assert mean(after, "loss") < mean(before, "loss") - 0.04, (before, after)  # 1.389 -> 1.301 here
+    assert mean(after, "acc1") > 35.0, (before, after)  # chance: 25 % (4 classes of 32 images); 43.6 here
 
 
 def test_resume_after_a_kill_ends_with_the_uninterrupted_weights(data, trained, tmp_path, monkeypatch):
