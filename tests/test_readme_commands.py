@@ -39,7 +39,7 @@ def readme_commands() -> list:
         text = docs_text(doc)
         for block in re.findall(r"```(?:bash|sh)\n(.*?)```", text, re.S):
             for line in block.replace("\\\n", " ").splitlines():
-                line = line.split(" #")[0].strip()
+                line = "" if line.lstrip().startswith("#") else line.split(" #")[0].strip()  # comments may hold quotes
                 words = shlex.split(line) if line else []
                 env = [w for w in words if re.fullmatch(r"[A-Z_]+=\S*", w)]
                 rest = words[len(env):]
