@@ -18,7 +18,7 @@ from projects.snnet_vitdet import train_net
 from snnet_core.io import config_io
 from snnet_core.io.config_io import (
     ConfigError, RemoteCheckpointError, apply_overrides, check_values, input_size_problem, integer,
-    load_config_file, local_checkpoint, number,
+    load_config_file, local_checkpoint, number, subset_of,
 )
 
 REPO = os.path.join(os.path.dirname(__file__), "..")
@@ -189,6 +189,13 @@ def test_every_invalid_value_is_listed_at_once():
     assert info.value.problems == ["a.n=-5 is not valid: expected an integer >= 0",
                                    "a.lr=nan is not valid: expected a finite number > 0"]
     assert isinstance(info.value, ValueError) and "cfg.py: 2 invalid settings" in str(info.value)
+
+
+def test_a_subset_check_takes_distinct_known_values_holding_the_required_ones():
+    check = subset_of("anchor", "FS", "SF", required=("anchor",))
+    assert [check.valid(v) for v in (["anchor", "FS"], ("FS", "anchor"), OmegaConf.create(["anchor"]))] == [True] * 3
+    assert not any(check.valid(v) for v in (["FS"], ["anchor", "XY"], ["anchor", "anchor"], [], None, "anchor"))
+    assert check.expected == "a list of distinct values from 'anchor', 'FS', 'SF', holding 'anchor'"
 
 
 def test_an_input_size_off_the_patch_grid_names_the_nearest_sizes():

@@ -11,6 +11,7 @@ import snnet_core.model.flops as flops_module
 from snnet_core import (ResourceConstrainedSampler, StitchSpace, UniformSampler, best_under_budget,
                         build_anchor, build_flops_table, count_gflops, export_stitch, flops_bins,
                         pareto_frontier, StitchedViT)
+from snnet_core.training.sampling import build_sampler, describe_sampler
 from tests.conftest import tiny_snnet
 
 
@@ -178,6 +179,19 @@ def test_sampler_state_round_trip_and_validation():
         flops_bins({0: 1.0}, float("nan"))
     with pytest.raises(ValueError, match="empty"):
         UniformSampler([])
+
+
+def test_build_sampler_gives_ros_or_uniform_over_the_given_stitches_and_names_a_bad_key():
+    gflops = {0: 1.0, 1: 9.0, 2: 5.0, 5: 5.5}
+    ros, uniform = build_sampler("ros", gflops, 2.0, seed=3), build_sampler("uniform", gflops, 2.0, seed=3)
+    assert type(ros) is ResourceConstrainedSampler and ros.bins == [[0], [2, 5], [1]]
+    assert type(uniform) is UniformSampler and uniform.stitch_ids == [0, 1, 2, 5]
+    assert [uniform.sample(i) for i in range(30)] == [UniformSampler([0, 1, 2, 5], 3).sample(i) for i in range(30)]
+    assert describe_sampler(ros, ("anchor", "FS")) == ("ROS over 4 stitches (route types anchor, FS) in 3 FLOPs bins "
+                                                       "of 2 GFLOPs")
+    assert describe_sampler(uniform, ("anchor", "FS")) == "uniform sampling over 4 stitches (route types anchor, FS)"
+    with pytest.raises(ValueError, match=r"snnet.sampling='random': choose ros \(SN-Netv2\) or uniform"):
+        build_sampler("random", gflops, 2.0, key="snnet.sampling")
 
 
 def test_pareto_frontier_and_budget_on_hand_made_points():

@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from snnet_core import StitchSpace, map_out_indices_to_fast
-from snnet_core.model.stitch_space import FAST, SLOW, paired_large_blocks
+from snnet_core.model.stitch_space import FAST, SLOW, paired_large_blocks, route_types_check
 
 
 @pytest.mark.parametrize(
@@ -127,3 +127,11 @@ def test_only_integers_are_stitch_ids():
     with pytest.raises(TypeError, match="is a bool"):
         net(torch.zeros(1, 3, 32, 32), stitch_id=True)
     assert net.set_stitch(torch.tensor(2)).id == 2 and net.stitch_id == 2
+
+
+def test_route_types_check_takes_the_spaces_the_engine_builds_and_holds_the_anchors():
+    check = route_types_check()
+    for kinds in (["anchor", "FS"], ["anchor", "FS", "SF", "FSF", "SFS"], ["anchor", "SFS"]):
+        assert check.valid(kinds) and len(StitchSpace(12, 24, route_types=kinds)) > 2
+    assert not any(check.valid(v) for v in (["FS"], ["anchor", "fs"], ["anchor", "FS", "FS"], [], None))
+    assert "'anchor', 'FS', 'SF', 'FSF', 'SFS', holding 'anchor'" in check.expected

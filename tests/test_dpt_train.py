@@ -31,7 +31,7 @@ from projects.snnet_dpt.head import Reassemble
 from projects.snnet_dpt.model import build_model
 from projects.snnet_dpt.nyu import build_nyu_split
 from projects.snnet_dpt.transforms import NYU_CROP, DepthDataset, TrainAugmentation
-from snnet_core import evaluate_stitches
+from snnet_core import UniformSampler, evaluate_stitches
 from snnet_core.select import SelectionError, choose_stitch, read_report
 from snnet_core.evaluation.selection import pareto_frontier
 from tests.test_core_report import progress_bars  # noqa: F401 (fixture)
@@ -41,6 +41,7 @@ CONFIGS = os.path.join(REPO, "projects", "snnet_dpt", "configs")
 PAPER = os.path.join(CONFIGS, "dpt_snnetv2_deit3_s_l_nyu.py")
 PAPER_B_L = os.path.join(CONFIGS, "dpt_snnetv2_deit3_b_l_nyu.py")
 TINY = os.path.join(CONFIGS, "synthetic", "dpt_snnetv2_tiny.py")
+PAPER_V1 = os.path.join(CONFIGS, "dpt_snnetv1_deit3_s_l_nyu.py")
 NUM_STITCHES = 14  # 4-block / 8-block anchors
 REPORT = "stitch_report_nyuv2_synthetic_test"  # the tiny config's report directory under train.output_dir
 TIMING = {"time", "data_time", "eta_seconds"}  # the metrics.json keys that measure time, not training
@@ -419,6 +420,39 @@ def test_deit3_b_l_config_is_the_paper_recipe_with_deit3_b():
     assert model.backbone.embed_dims == (768, 1024) and model.backbone.fast_out_indices == (2, 5, 8, 11)
 
 
+def test_snnetv1_config_is_the_paper_recipe_in_snnetv1s_space_sampling_and_layers():
+    paper, v1 = train_cli.load_config(PAPER, []), train_cli.load_config(PAPER_V1, [])
+    changed = {f"{s}.{k}" for s in paper for k in paper[s] if paper[s][k] != v1[s][k]}
+    assert changed == {"model.route_types", "model.lora_rank", "train.sampling", "train.output_dir"}
+    assert (v1["model"]["route_types"], v1["model"]["lora_rank"], v1["train"]["sampling"]) == (
+        ["anchor", "FS"], 0, "uniform")
+    assert paper["model"]["route_types"] == ["anchor", "FS", "SF", "FSF", "SFS"] and paper["train"]["sampling"] == "ros"
+
+
+def test_snnetv1_space_trains_uniformly_and_eval_only_and_resume_keep_the_recorded_space(data_root, tmp_path):
+    out = tmp_path / "v1"
+    v1 = ["model.route_types=[anchor,FS]", "train.sampling=uniform", "model.lora_rank=0", "train.epochs=1"]
+    result = train_cli.main(cli_args(data_root, out, "--stitch", "all", opts=v1))
+    fs_ids = [0, 1, 2, 3, 4]  # the anchors and the 3 FS stitches keep their ids of the 14-stitch space
+    names = {0: "route_loss/fast_anchor", 1: "route_loss/slow_anchor", 2: "route_loss/FS", 3: "route_loss/FS",
+             4: "route_loss/FS"}
+    drawn = [names[UniformSampler(fs_ids, seed=0).sample(i)] for i in range(8)]  # train.seed=0
+    assert [route_of(r) for r in read_metrics(out) if "total_loss" in r] == drawn
+    assert sorted(map(int, result["report"]["stitches"])) == fs_ids
+    state = torch.load(out / "model_final.pth", weights_only=True)
+    assert state["sampler"]["type"] == "UniformSampler" and state["sampler"]["stitch_ids"] == fs_ids
+    assert "uniform sampling over 5 stitches (route types anchor, FS) (train.sampling=uniform" in (
+        out / "log.txt").read_text()
+    # --eval-only of that checkpoint under the tiny config (all five route types): the space it was trained in
+    record = train_cli.main(cli_args(data_root, out, "--eval-only", "--stitch", "all", "--report-dir",
+                                     str(tmp_path / "again")))
+    assert sorted(map(int, record["report"]["stitches"])) == fs_ids
+    for other, message in (([v1[0], "train.sampling=ros"], r"sampling: checkpoint uniform vs now ros"),
+                           (v1[1:], r"route_types: checkpoint \['anchor', 'FS'\] vs now \['anchor', 'FS', 'SF'")):
+        with pytest.raises(ValueError, match="cannot resume.*" + message):
+            train_cli.main(cli_args(data_root, out, "--resume", "--stitch", "none", opts=[*v1[2:], *other]))
+
+
 def test_command_line_overrides_and_the_tiny_config(tmp_path):
     paper, tiny = train_cli.load_config(PAPER, []), train_cli.load_config(TINY, [])
     changed = {f"{s}.{k}" for s in paper for k in paper[s] if paper[s][k] != tiny[s][k]}
@@ -643,6 +677,10 @@ def test_report_is_keyed_on_the_checkpoint_content_and_the_metric_settings(data_
     ("model.anchors=[resnet18,resnet18]", ValueError, r"model.anchors\[0\]='resnet18' is a timm ResNet, not a "
                                                       r"VisionTransformer"),
     ("model.anchors=[deit3_tiny,deit3_large_patch16_224]", ValueError, "'deit3_tiny' is not a timm model name"),
+    ("model.route_types=[anchor,XY]", ValueError, r"model.route_types=\['anchor', 'XY'\] is not valid: expected a "
+                                                  r"list of distinct values from 'anchor', 'FS', 'SF', 'FSF', 'SFS'"),
+    ("model.route_types=[FS]", ValueError, r"model.route_types=\['FS'\] is not valid: .*holding 'anchor'"),
+    ("train.sampling=random", ValueError, r"train.sampling='random' is not valid: expected one of 'ros', 'uniform'"),
 ])
 def test_settings_that_would_train_or_evaluate_something_else_fail_first(data_root, tmp_path, override, error,
                                                                           message):

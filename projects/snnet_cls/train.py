@@ -82,6 +82,7 @@ from snnet_core.model.anchor_names import check_anchor_names
 from snnet_core.model.backbone_lora import describe_backbone_lora
 from snnet_core.model.checkpoint import FORMAT as SNNET_FORMAT
 from snnet_core.model.checkpoint import describe_load_error, read_checkpoint_file
+from snnet_core.model.stitch_space import route_types_check
 from snnet_core.select import export_reads_report, plot_exported_stitch, resolve_export_selection
 from snnet_core.training.ls_init import describe_ls_init
 from snnet_core.training.run_state import check_resumable
@@ -151,6 +152,7 @@ def check_settings(cfg: Dict[str, Any], training: bool, source: str = "the confi
         "model.num_classes": integer(1), "model.lora_rank": integer(0, note="0: fully trained stitching layers"),
         "model.lora_alpha": number(0, low_open=True),
         "model.backbone_lora_rank": integer(0, note="0: off, the anchors train in full"),
+        "model.route_types": route_types_check(),
         "model.drop_path": Check(lambda v: len(v) == 2 and all(number(0, 1, high_open=True).valid(x) for x in v),
                                  "two rates in [0, 1)"),
         "dataloader.input_size": size_ok, "dataloader.eval_crop_ratio": number(0, 1, low_open=True),
@@ -272,7 +274,7 @@ def load_weights(path: str, net, header: Optional[Dict[str, Any]], device: torch
 def read_data(cfg: Dict[str, Any], training: bool, evaluating: bool, num_classes: int, ctx: DistContext
               ) -> Dict[str, Optional[ImageFolderSplit]]:
     """The train and val splits the run reads, checked (class folders, number of classes, and with
-    ``dataloader.check_images`` every image header, on rank 0)."""
+    ``dataloader.check_images`` every image header, shared out over the ranks)."""
     root = cfg["dataloader"]["root"]
     splits = {"train": read_split(root, "train") if training else None,
               "val": read_split(root, "val") if evaluating else None}
@@ -281,8 +283,8 @@ def read_data(cfg: Dict[str, Any], training: bool, evaluating: bool, num_classes
     for split in splits.values():
         if split is not None:
             check_num_classes(split, num_classes)
-            if cfg["dataloader"]["check_images"] and ctx.is_main:
-                check_images(split, cfg["test"]["max_images"] if split is splits["val"] else None)
+            if cfg["dataloader"]["check_images"]:
+                check_images(split, cfg["test"]["max_images"] if split is splits["val"] else None, ctx)
     return splits
 
 

@@ -43,8 +43,9 @@ from timm.scheduler import create_scheduler_v2
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
-from snnet_core import ResourceConstrainedSampler, StitchedViT, UniformSampler
+from snnet_core import StitchedViT, UniformSampler
 from snnet_core.distributed import DistContext
+from snnet_core.training.sampling import build_sampler
 from snnet_core.training.run_state import epoch_seed, ls_init_from_dataset, param_checksum, stitch_sequence_digest
 from snnet_core.training.train_log import route_loss_name
 
@@ -238,10 +239,7 @@ def new_train_state(net: StitchedViT, recipe: TrainRecipe, gflops: Mapping[int, 
                     ctx: DistContext = DistContext()) -> TrainState:
     """Optimizer, AMP scaler and stitch sampler of a fresh run (``TrainState.load_state_dict`` continues one)."""
     amp = ctx.device.type == "cuda" and recipe.amp
-    if recipe.sampling not in ("ros", "uniform"):
-        raise ValueError(f"train.sampling={recipe.sampling!r}: choose ros (SN-Netv2) or uniform (SN-Netv1)")
-    sampler = (ResourceConstrainedSampler(gflops, recipe.flops_step, recipe.seed) if recipe.sampling == "ros"
-               else UniformSampler(list(gflops), recipe.seed))
+    sampler = build_sampler(recipe.sampling, gflops, recipe.flops_step, recipe.seed, "train.sampling")
     return TrainState(build_optimizer(net, recipe), torch.amp.GradScaler(ctx.device.type, enabled=amp), sampler)
 
 

@@ -14,6 +14,7 @@ import torch.nn as nn
 from snnet_core import FlopsTable, StitchedViT, build_anchor, build_flops_table, count_gflops, run_stitches
 from snnet_core.model.anchor_names import check_anchor_names  # noqa: F401 (train.py's)
 from snnet_core.model.anchors import use_upstream_layer_math
+from snnet_core.model.stitch_space import ROUTE_TYPES
 
 from .head import DEFAULT_POST_PROCESS_CHANNELS, DPTHead
 
@@ -45,6 +46,8 @@ class ModelSpec:
         lora_alpha: LoRA SL scaling numerator (update scaled by ``lora_alpha / lora_rank``; upstream: 1).
         backbone_lora_rank: rank of LoRA on the anchors' attention and MLP linear layers, the anchors otherwise
             frozen (backbone PET, SN-Netv2 Fig. 12a); 0: off, the anchors train in full (the paper's depth recipe).
+        route_types: the stitch space (all five: SN-Netv2; ``("anchor", "FS")``: SN-Netv1's 13 stitches for
+            DeiT3-S/L); a stitch keeps its id in any of them.
         upstream_layers: anchors compute the layers of SN-Netv2's depth code (``StitchedViT(upstream_layers)``)
             instead of standard DeiT3 blocks.
         out_indices: slow-anchor blocks giving the 4 dense features (default ``default_out_indices``).
@@ -59,6 +62,7 @@ class ModelSpec:
     lora_rank: int = 4
     lora_alpha: float = 1.0
     backbone_lora_rank: int = 0
+    route_types: Tuple[str, ...] = ROUTE_TYPES
     upstream_layers: bool = False
     out_indices: Optional[Tuple[int, ...]] = None
     post_process_channels: Tuple[int, ...] = DEFAULT_POST_PROCESS_CHANNELS
@@ -138,7 +142,7 @@ def build_model(spec: ModelSpec, pretrained: Sequence[Optional[str]] = (None, No
     out_indices = spec.out_indices or default_out_indices(len(slow.blocks))
     snnet = StitchedViT(fast, slow, lora_rank=spec.lora_rank, lora_alpha=spec.lora_alpha,
                         out_indices=out_indices, upstream_layers=spec.upstream_layers,
-                        backbone_lora_rank=spec.backbone_lora_rank)
+                        backbone_lora_rank=spec.backbone_lora_rank, route_types=spec.route_types)
     return DPTDepthModel(snnet, spec.build_head(snnet.out_channels), snnet.patch_size)
 
 

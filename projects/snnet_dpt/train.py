@@ -81,7 +81,9 @@ from snnet_core.io.run_dir import (
     LAST_CHECKPOINT, check_export_targets, check_output_dir, clear_run, command_line_sets, eval_size_for_checkpoint,
     export_dir, remove_killed_writes,
 )
+from snnet_core.model.stitch_space import route_types_check
 from snnet_core.select import export_reads_report, plot_exported_stitch, resolve_export_selection
+from snnet_core.training.sampling import SAMPLINGS
 from snnet_core.train_script import check_eval_only_flags, launch_job, tagged_checkpoint, training_argument_parser
 from snnet_core.train_script import run_process as run_training_process
 
@@ -164,6 +166,7 @@ def check_settings(cfg: Dict[str, Any], training: bool, source: str = "the confi
         "model.lora_rank": integer(0, note="0: fully trainable stitching layers"),
         "model.lora_alpha": number(0, low_open=True),
         "model.backbone_lora_rank": integer(0, note="0: off, the anchors train in full"),
+        "model.route_types": route_types_check(),
         "model.features": integer(1), "model.min_depth": number(0, low_open=True),
         "model.max_depth": Check(lambda v: number().valid(v) and v > cfg["model"]["min_depth"],
                                  f"a finite number > model.min_depth ({cfg['model']['min_depth']!r})"),
@@ -197,6 +200,7 @@ def check_settings(cfg: Dict[str, Any], training: bool, source: str = "the confi
             "train.epochs": integer(1), "train.batch_size": integer(1),
             "train.ls_init_images": integer(0, note="0: no LS init, default init"), "train.loss_warmup_iters": integer(0),
             "train.flops_step": number(0, low_open=True, note="GFLOPs"), "train.seed": integer(0),
+            "train.sampling": one_of(*SAMPLINGS),
             "train.log_period": integer(1, note="iterations between log lines"),
             "train.max_to_keep": integer(1, note="periodic checkpoints kept"), "train.amp": one_of(True, False),
             "train.init_checkpoint": Check(lambda v: not v, "empty: it names the checkpoint --eval-only evaluates; "
@@ -224,7 +228,7 @@ def recipe_from_config(cfg: Dict[str, Any], world_size: int = 1) -> TrainRecipe:
     return TrainRecipe(
         epochs=train["epochs"], batch_size=train["batch_size"], lr=opt["lr"], betas=tuple(opt["betas"]),
         eps=opt["eps"], weight_decay=opt["weight_decay"], param_rules=opt["param_rules"],
-        clip_grad=opt["clip_grad"], flops_step=train["flops_step"], warmup_iters=train["loss_warmup_iters"],
+        clip_grad=opt["clip_grad"], flops_step=train["flops_step"], sampling=train["sampling"], warmup_iters=train["loss_warmup_iters"],
         ls_init_images=train["ls_init_images"], amp=train["amp"], seed=train["seed"],
         augmentation=cfg["dataloader"]["augmentation"], world_size=world_size, **sched,
     )

@@ -26,7 +26,7 @@ from detectron2.utils.events import EventStorage, EventWriter, get_event_storage
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
-from snnet_core import FlopsTable, ResourceConstrainedSampler, load_snnet, save_snnet
+from snnet_core import FlopsTable, UniformSampler, load_snnet, save_snnet
 from snnet_core.model.backbone_lora import describe_backbone_lora
 from snnet_core.model.checkpoint import read_checkpoint_file
 from snnet_core.distributed import DistContext, barrier
@@ -36,6 +36,7 @@ from snnet_core.model.stitch_space import Stitch
 from snnet_core.training.run_state import check_resumable as check_run_resumable
 from snnet_core.training.run_state import epoch_seed, ls_init_from_dataset, param_checksum, stitch_sequence_digest
 from snnet_core.training.ls_init import describe_ls_init
+from snnet_core.training.sampling import build_sampler, describe_sampler
 from snnet_core.training.train_log import route_loss_name, training_writers
 
 from .loss import SILogLoss
@@ -62,6 +63,8 @@ class TrainRecipe:
         pct_start, div_factor, final_div_factor: OneCycle warm-up share, ``max/initial`` and ``initial/final``.
         base_momentum, max_momentum: AdamW's beta1 runs ``max -> base`` during the warm-up and back after it.
         augmentation: keyword arguments of ``TrainAugmentation``.
+        sampling: ``"ros"`` (SN-Netv2's resource-constrained sampling, bins of ``flops_step`` GFLOPs) or
+            ``"uniform"`` (SN-Netv1: every stitch of the space equally likely).
     """
 
     epochs: int
@@ -84,6 +87,7 @@ class TrainRecipe:
     amp: bool
     seed: int
     augmentation: Dict[str, Any]
+    sampling: str = "ros"
     world_size: int = 1
 
     def to_dict(self) -> Dict[str, Any]:
@@ -147,7 +151,7 @@ def train_one_epoch(
     optimizer: torch.optim.Optimizer,
     scheduler: torch.optim.lr_scheduler.LRScheduler,
     scaler: torch.amp.GradScaler,
-    sampler: ResourceConstrainedSampler,
+    sampler: UniformSampler,
     loss_fn: SILogLoss,
     recipe: TrainRecipe,
     ctx: DistContext,
@@ -256,9 +260,9 @@ def train(model: DPTDepthModel, spec: ModelSpec, cfg: Dict[str, Any], recipe: Tr
     max_iter = recipe.epochs * len(loader)
     scheduler = build_scheduler(optimizer, recipe, max_iter)
     scaler = torch.amp.GradScaler(ctx.device.type, enabled=amp)
-    sampler = ResourceConstrainedSampler(flops.gflops, recipe.flops_step, recipe.seed)
-    logger.info("ROS: %d stitches in %d FLOPs bins of %g GFLOPs; optimizer groups (tensors, peak lr, weight decay): "
-                "%s", len(flops.gflops), len(sampler.bins), recipe.flops_step,
+    sampler = build_sampler(recipe.sampling, flops.gflops, recipe.flops_step, recipe.seed, "train.sampling")
+    logger.info("%s (train.sampling=%s, model.route_types); optimizer groups (tensors, peak lr, weight decay): %s",
+                describe_sampler(sampler, spec.route_types), recipe.sampling,
                 ", ".join(f"{g['name']} ({len(g['params'])}, {g['max_lr']:.3g}, {g['weight_decay']:.3g})"
                           for g in optimizer.param_groups))  # max_lr: the OneCycle peak of the group
     logger.info(describe_backbone_lora(model, spec.backbone_lora_rank, "model.backbone_lora_rank"))
@@ -333,7 +337,8 @@ def read_checkpoint_header(path: str) -> Dict[str, Any]:
     if missing:
         raise RuntimeError(f"{path!r} is not a checkpoint of projects/snnet_dpt/train.py (no {missing})")
     eval_size = state.get("eval_size")
-    return {"spec": ModelSpec.from_dict(state["spec"]), "recipe": state["recipe"], "epoch": int(state["epoch"]),
+    recipe = {"sampling": "ros", **state["recipe"]}  # a checkpoint written before train.sampling: ROS
+    return {"spec": ModelSpec.from_dict(state["spec"]), "recipe": recipe, "epoch": int(state["epoch"]),
             "iteration": int(state["iteration"]), "eval_size": None if eval_size is None else tuple(eval_size)}
 
 

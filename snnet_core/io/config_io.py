@@ -328,6 +328,18 @@ def one_of(*values: Any) -> Check:
                  "one of " + ", ".join(map(repr, values)))
 
 
+def subset_of(*values: Any, required: Sequence[Any] = (), note: str = "") -> Check:
+    """A non-empty list of distinct entries of ``values`` that holds every entry of ``required``."""
+    def valid(v: Any) -> bool:
+        items = list(v) if isinstance(v, (list, tuple, ListConfig)) else None
+        return (bool(items) and len(set(map(repr, items))) == len(items)
+                and all(any(x == y and type(x) is type(y) for y in values) for x in items)
+                and all(r in items for r in required))
+    holding = f", holding {', '.join(map(repr, required))}" if required else ""
+    return Check(valid, f"a list of distinct values from {', '.join(map(repr, values))}{holding}"
+                        f"{f' ({note})' if note else ''}")
+
+
 def pair(item: Check, ordered: bool = False, note: str = "") -> Check:
     """Two values, each valid for ``item`` (``ordered``: the first <= the second)."""
     def valid(v: Any) -> bool:

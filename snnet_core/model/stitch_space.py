@@ -31,12 +31,20 @@ import logging
 import operator
 from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
 
+from snnet_core.io.config_io import Check, subset_of
+
 logger = logging.getLogger(__name__)
 
 FAST, SLOW = 0, 1
 ROUTE_TYPES = ("anchor", "FS", "SF", "FSF", "SFS")
 WINDOW_ROUTE_TYPES = ("anchor", "FS")  # the sliding-window space stitches small to large only
 V1_WINDOW = (2, 1)  # SN-Netv1's default kernel and stride (config/deit_stitching.json)
+
+
+def route_types_check() -> Check:
+    """The config check of a two-way space's ``route_types``: distinct entries of ``ROUTE_TYPES``, the anchors
+    among them (every space holds its anchors), e.g. ``["anchor", "FS"]`` for SN-Netv1's space."""
+    return subset_of(*ROUTE_TYPES, required=("anchor",), note="SN-Netv1: ['anchor', 'FS']")
 
 
 def anchor_names(num_anchors: int) -> Tuple[str, ...]:

@@ -108,3 +108,27 @@ class ResourceConstrainedSampler(UniformSampler):
                 f"(step {self.step:g} GFLOPs): the FLOPs table or the binning changed since it was saved, so a "
                 "resumed run would not continue the same stitch sequence"
             )
+
+
+SAMPLINGS = ("ros", "uniform")  # SN-Netv2's resource-constrained sampling, SN-Netv1's uniform sampling
+
+
+def build_sampler(sampling: str, gflops: Mapping[int, float], step: float, seed: int = 0,
+                  key: str = "sampling") -> UniformSampler:
+    """The stitch sampler of a run: ``"ros"`` (``ResourceConstrainedSampler`` over FLOPs bins of ``step`` GFLOPs)
+    or ``"uniform"`` (``UniformSampler``, ``step`` unused) over the stitches of ``gflops``; ``ValueError`` naming the
+    config ``key`` for another value."""
+    if sampling == "ros":
+        return ResourceConstrainedSampler(gflops, step, seed)
+    if sampling == "uniform":
+        return UniformSampler(list(gflops), seed)
+    raise ValueError(f"{key}={sampling!r}: choose ros (SN-Netv2) or uniform (SN-Netv1)")
+
+
+def describe_sampler(sampler: UniformSampler, route_types: Sequence[str]) -> str:
+    """One log line: the sampler, its stitches and the route types they come from, e.g. ``ROS over 134 stitches
+    (route types anchor, FS, SF, FSF, SFS) in 13 FLOPs bins of 10 GFLOPs``."""
+    stitches = f"{len(sampler.stitch_ids)} stitches (route types {', '.join(route_types)})"
+    if isinstance(sampler, ResourceConstrainedSampler):
+        return f"ROS over {stitches} in {len(sampler.bins)} FLOPs bins of {sampler.step:g} GFLOPs"
+    return f"uniform sampling over {stitches}"

@@ -19,6 +19,7 @@ model = dict(
     lora_alpha=1.0,  # upstream lora.py: Linear(lora_alpha=1), update scaled by alpha / rank
     # r > 0: backbone PET, LoRA of rank r on the anchors' qkv/proj/fc1/fc2 with the anchors frozen (Fig. 12a: r = 4)
     backbone_lora_rank=0,  # paper Sec. 5.3: the anchors are fully fine-tuned (0: off)
+    route_types=("anchor", "FS", "SF", "FSF", "SFS"),  # paper Sec. 4.1: Two-way stitching (134 stitches for S/L)
     out_indices=(4, 11, 17, 23),  # upstream: out_indices of the DeiT3-L anchor
     features=256,  # upstream: DPTHead channels
     post_process_channels=(96, 192, 384, 768),  # upstream: DPTHead post_process_channels
@@ -86,6 +87,7 @@ train = dict(
     loss_warmup_iters=100,  # upstream: SigLoss warm_up=True, toolbox warm_iter default 100
     # 0: no LS solve, the stitching layers keep PyTorch's default init (SN-Netv1 suppl. F compares 0/50/100/200)
     ls_init_images=100,  # paper Sec. 5.1/A.1: 100 random training images (upstream depth code: 10)
+    sampling="ros",  # paper Sec. 4.2: resource-constrained sampling ("uniform": SN-Netv1's)
     flops_step=10.0,  # upstream depth/apis/train.py: flops_step 10 (GFLOPs bins of ROS)
     amp=False,  # upstream: fp32 (no fp16 config); True: fp16 autocast + GradScaler on GPUs
     seed=0,  # project: data order, augmentation, ROS draws and LS-init frames derive from it
