@@ -6,6 +6,9 @@ import argparse
 import json
 import math
 import os
+import re
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -210,6 +213,35 @@ def test_a_non_image_file_is_named_before_training(copy_of, tmp_path):
     assert not os.path.exists(str(tmp_path / "out" / "last_checkpoint"))
 
 
+def test_ranks_read_their_share_of_the_image_headers_and_all_name_the_first_bad_file(copy_of, monkeypatch):
+    """Two ranks (their ``gather_objects`` simulated in this process): each reads every other header, and both raise
+    the error of the first bad file, the one rank 0 found before the one rank 1 found."""
+    from PIL import Image
+
+    from projects.snnet_cls import data as data_module
+    from snnet_core.distributed import DistContext
+
+    split = read_split(copy_of, "train")
+    for index in (6, 9):
+        with open(split.samples[index][0], "w") as f:
+            f.write("not a JPEG")
+    opened, found = {0: [], 1: []}, {}
+    real_open = Image.open
+
+    def gather(ctx, obj):
+        found[ctx.rank] = obj
+        return [found.get(rank) for rank in range(ctx.world_size)]
+
+    monkeypatch.setattr(data_module, "gather_objects", gather)
+    index_of = {path: i for i, (path, _) in enumerate(split.samples)}
+    for rank in (0, 1):
+        monkeypatch.setattr(data_module.Image, "open", lambda path: (opened[rank].append(index_of[path]),
+                                                                     real_open(path))[1])
+        with pytest.raises(ValueError, match=rf"^{split.samples[6][0]} is not an image"):
+            data_module.check_images(split, ctx=DistContext(rank=rank, world_size=2))
+    assert opened == {0: [0, 2, 4, 6], 1: [1, 3, 5, 7, 9]}  # each stops at its first bad file
+
+
 def test_a_checkpoint_of_another_anchor_pair_is_refused_naming_the_file(data, tmp_path):
     cfg = cls_train.load_config(TINY, ["model.anchor_overrides.1.embed_dim=64", "model.anchor_overrides.1.num_heads=4"])
     other = cls_train.build_model(cls_train.model_spec(cfg))
@@ -247,3 +279,47 @@ def test_demo_prints_the_top_classes_with_the_folder_names_or_a_names_file(data,
     names.write_text("one\ntwo\n")
     with pytest.raises(ValueError, match=rf"--class-names {names}: 2 lines for 4 classes"):
         demo.run(result["checkpoint"], [image], class_names=str(names))
+
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def run_two_processes(data, output, *flags, extra=()):
+    """``train.py --num-gpus 2`` on the tiny config: two gloo processes on CPU started as detectron2 starts them
+    (``launch``; torchrun's processes run the same ``snnet_core.train_script``, tested by the depth project), with
+    this process's threads per child (docs/tests.md)."""
+    command = [sys.executable, os.path.join(REPO, "projects", "snnet_cls", "train.py"), "--num-gpus", "2",
+               "--dist-url", "auto", *flags, "--config-file", TINY, f"dataloader.root={data}",
+               f"train.output_dir={output}", "train.ls_init_images=16", "train.device=cpu", *extra]
+    env = dict(os.environ, OMP_NUM_THREADS=str(torch.get_num_threads()), HF_HUB_OFFLINE="1", MPLBACKEND="Agg")
+    proc = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+
+
+def test_two_process_ddp_training_writes_its_checkpoint_and_reports_as_one_process(data, tmp_path):
+    """``--num-gpus 2`` (gloo on CPU): 2 epochs of 8 iterations of 8 images per rank, the same stitch and weights on
+    both ranks, the checkpoint written; its report with each stitch on each rank's half of the val images
+    (``test.share_prefixes=false``, counts summed over the ranks) equals the 1-process grouped ``--eval-only`` of
+    the checkpoint."""
+    output = tmp_path / "ddp"
+    run_two_processes(data, output, "--stitch", "all", extra=["train.epochs=2", "test.share_prefixes=false",
+                                                              "test.batch_size=3"])
+    with open(output / "metrics.json") as f:  # rank 0 writes metrics.json
+        steps = [row for row in map(json.loads, f) if "total_loss" in row]
+    assert steps[-1]["iteration"] == 15  # 128 images, 16 per step over both ranks
+    epoch_line = re.compile(r"epoch (\d)/2 \(iteration \d+\): mean loss ([\d.]+), parameter checksum (\S+), "
+                            r"stitch sequence (\w+)")
+    epochs = [epoch_line.findall((output / name).read_text()) for name in ("log.txt", "log.txt.rank1")]
+    assert [e[0] for e in epochs[0]] == [e[0] for e in epochs[1]] == ["1", "2"]
+    assert [e[2:] for e in epochs[0]] == [e[2:] for e in epochs[1]]  # same stitches, replicas stay identical
+    assert all(a[1] != b[1] for a, b in zip(*epochs))  # each rank trained on its own images
+    assert (output / "last_checkpoint").read_text().strip() == "model_final.pth"
+    assert torch.load(output / "model_final.pth", weights_only=True)["train_state"]["iteration"] == 16
+    with open(output / "stitch_report_synthetic_val" / "stitch_results.json") as f:
+        two = json.load(f)["stitches"]
+    one = run(data, str(output), "--eval-only", "--stitch", "all", "--report-dir", str(tmp_path / "one"))
+    one = one["report"]["stitches"]
+    assert two.keys() == one.keys() and len(two) == 14
+    for sid, row in one.items():  # top-1 and top-5 are counts; the loss sums other batches (batches of 3 and 2)
+        assert {k: v for k, v in two[sid].items() if k != "loss"} == {k: v for k, v in row.items() if k != "loss"}
+        assert two[sid]["loss"] == pytest.approx(row["loss"], rel=1e-6)
