@@ -12,7 +12,7 @@ from projects.snnet_setr.model import (SETR, StitchedSETR, ViTBackbone, decode_h
                                        setr_flops_table, slide_windows)
 from projects.snnet_setr.optim import custom_keys_lr_factor
 from snnet_core import StitchedViT, build_flops_table, count_gflops, export_stitch
-from snnet_core.model.stitch_space import map_out_indices_to_fast
+from snnet_core.model.stitch_space import ROUTE_TYPES, map_out_indices_to_fast
 from snnet_core.model.upstream import stitch_id_from_upstream
 from snnet_core.training.sampling import flops_bins
 from tests.conftest import tiny_snnet
@@ -320,6 +320,24 @@ def test_snnet_configs_recipe(name):
     assert cfg.snnet.ros_step_gflops == 10.0 and cfg.snnet.ls_init_images == 100
     assert (cfg.optimizer.lr, cfg.optimizer.momentum, cfg.optimizer.weight_decay) == (0.01, 0.9, 0.0)
     assert (cfg.lr_multiplier.max_iter, cfg.lr_multiplier.eta_min, cfg.lr_multiplier.power) == (iterations, 1e-4, 0.9)
+
+
+@pytest.mark.parametrize("v1, v2", [
+    ("ADE20K/setr_naive_snnetv1_deit3_s_l_160k.py", "ADE20K/setr_naive_snnetv2_deit3_s_l_160k.py"),
+    ("COCO-Stuff-10K/setr_naive_snnetv1_deit3_s_l_80k.py", "COCO-Stuff-10K/setr_naive_snnetv2_deit3_s_l_80k.py"),
+])
+def test_snnetv1_configs_are_figure_16s_arm_fs_only_uniform_no_lora_on_the_v2_schedule(v1, v2):
+    cfg, model = _built_on_meta(v1)
+    assert model.backbone.space.route_types == ("anchor", "FS") and len(model.space) == 13
+    assert model.space.ids == list(range(13)) and model.backbone.lora_rank == 0  # the anchors and FS keep v2's ids
+    assert cfg.snnet.sampling == "uniform"
+    paper = LazyConfig.load(os.path.join(CONFIGS, v2))
+    assert paper.snnet.sampling == "ros" and list(paper.model.backbone.route_types) == list(ROUTE_TYPES)
+    for section in ("optimizer", "lr_multiplier", "dataloader"):
+        assert repr(cfg[section]) == repr(paper[section]), section  # a partial equals only itself
+    assert cfg.train.max_iter == paper.train.max_iter and cfg.model.decode_head == paper.model.decode_head
+    assert {k: v for k, v in cfg.snnet.items() if k != "sampling"} == {
+        k: v for k, v in paper.snnet.items() if k != "sampling"}
 
 
 @pytest.mark.parametrize("name", sorted(BASELINES))

@@ -60,6 +60,7 @@ from snnet_core.d2.evaluation import stitch_report
 from snnet_core.d2.hooks import unwrap
 from snnet_core.evaluation.latency_options import LatencyOptions
 from snnet_core.io.config_io import Check, check_values, integer, number, pair
+from snnet_core.model.stitch_space import route_types_check
 from snnet_core.training.data_order import build_resumable_train_loader
 
 logger = logging.getLogger("projects.snnet_setr.train_net")
@@ -114,6 +115,7 @@ class SegmentationApp(D2App):
     kind, project, results_task = "segmentation", PROJECT, RESULTS_TASK
     export_help = "a standalone segmentor of that stitch"
     backbone_lora_key = "model.backbone.backbone_lora_rank"
+    route_types_key = "model.backbone.route_types"
 
     def check_config(self, cfg: DictConfig, training: bool, source: str) -> None:
         """Every value the run reads, against its valid range, before any work (one ``ConfigError`` lists all
@@ -121,7 +123,7 @@ class SegmentationApp(D2App):
         ``optimizer``) are skipped."""
         checks = dict(evaluation_checks(), **{
             NUM_CLASSES: integer(1), "model.crop_size": pair(integer(1)), "model.test_stride": pair(integer(1)),
-            self.backbone_lora_key: integer(0, note="0: off"),
+            self.backbone_lora_key: integer(0, note="0: off"), self.route_types_key: route_types_check(),
         })
         if training:
             checks.update(training_checks())

@@ -4,9 +4,10 @@
 the shared flags ``--stitch``, ``--pareto-from``, ``--report-dir``, ``--export-stitch``, ``--measure-latency``,
 ``--overwrite``; ``--num-gpus`` through detectron2's ``launch``), the run directory (``snnet_core.io.run_dir``:
 held while a run works in it, ``--resume`` / ``--overwrite``), the training loop (detectron2's trainer with LS init
-of the stitching layers before the first iteration, a ROS-sampled stitch per iteration, per-iteration seeding and
-strict atomic checkpoints, so ``--resume`` continues exactly), and ``--eval-only``: the per-stitch report
-(``OUTPUT_DIR/stitch_report_<test set>/``, its run key, latency), ``--export-stitch`` and a baseline's evaluation.
+of the stitching layers before the first iteration, a stitch per iteration drawn by ROS or uniformly
+(``snnet.sampling``), per-iteration seeding and strict atomic checkpoints that record the stitch space and sampler, so
+``--resume`` continues exactly and ``--eval-only`` rebuilds the trained space), and ``--eval-only``: the per-stitch
+report (``OUTPUT_DIR/stitch_report_<test set>/``, its run key, latency), ``--export-stitch`` and a baseline's evaluation.
 
 A project subclasses it (as detectron2's ``DefaultTrainer`` is subclassed) and gives what is its own: ``kind``,
 ``project`` and ``results_task``; the config checks, the datasets, the stitched part of its model, its FLOPs table,
@@ -49,16 +50,22 @@ from snnet_core.io.run_dir import (
     lock_run_dir, remove_killed_writes,
 )
 from snnet_core.model.backbone_lora import describe_backbone_lora
+from snnet_core.model.checkpoint import read_checkpoint_file
 from snnet_core.model.flops import FlopsTable
 from snnet_core.model.snnet import StitchedViT
+from snnet_core.model.stitch_space import ROUTE_TYPES
 from snnet_core.select import export_reads_report, plot_exported_stitch, resolve_export_selection
 from snnet_core.training.ls_init import describe_ls_init
-from snnet_core.training.sampling import ResourceConstrainedSampler
+from snnet_core.training.sampling import SAMPLINGS, build_sampler, describe_sampler
 from snnet_core.training.train_log import training_writers
 
 logger = logging.getLogger(__name__)
 
 EVAL_SIZE = "eval_size"  # checkpoint entry: snnet.flops_input_size (H, W) of the training run (as depth's)
+# checkpoint entries of an SN-Net's training run: the route types of its stitch space and its sampler (a checkpoint
+# without them was trained over every route type with ROS)
+ROUTE_TYPES_ENTRY, SAMPLING_ENTRY = "route_types", "sampling"
+TRAINED_DEFAULTS = {ROUTE_TYPES_ENTRY: list(ROUTE_TYPES), SAMPLING_ENTRY: "ros"}
 
 
 def build_device(cfg: DictConfig) -> torch.device:
@@ -152,6 +159,7 @@ def training_checks() -> Dict[str, Check]:
         "optimizer.weight_decay": number(0), "dataloader.train.total_batch_size": integer(1),
         "dataloader.train.num_workers": integer(0),
         "snnet.ros_step_gflops": number(0, low_open=True, note="GFLOPs"), "snnet.sampler_seed": integer(0),
+        "snnet.sampling": one_of(*SAMPLINGS),
         "snnet.ls_init_images": integer(0, note="0: no LS init, default init"),
     }
 
@@ -161,6 +169,18 @@ def evaluation_checks() -> Dict[str, Check]:
     return {"dataloader.test.num_workers": integer(0),
             "snnet.eval_group_size": integer(1, note="stitches per data pass"),
             "snnet.eval_share_prefixes": one_of(True, False)}
+
+
+def trained_settings(path: str) -> Optional[Dict]:
+    """``{"route_types", "sampling"}`` the SN-Net training run that wrote the checkpoint ``path`` used (read
+    memory-mapped, the weights untouched); ``None`` for what no training run of these projects wrote (a model-zoo
+    ``.pkl``, a URL, an exported stitch)."""
+    if not (path.endswith(".pth") and os.path.isfile(path)):
+        return None
+    state = read_checkpoint_file(path)
+    if not isinstance(state, dict) or EVAL_SIZE not in state:
+        return None
+    return {k: state.get(k, default) for k, default in TRAINED_DEFAULTS.items()}
 
 
 def report_run_key(weights: str, iteration: Optional[int], test_names: Sequence[str],
@@ -181,6 +201,7 @@ class D2App(abc.ABC):
     results_task = ""  # tags the per-stitch results files (another task's are refused)
     export_help = "a standalone model of that stitch"  # what --export-stitch writes, for --help
     backbone_lora_key = ""  # the config key of the SN-Net's backbone_lora_rank (checked, named in the training log)
+    route_types_key = ""  # the config key of the SN-Net's route_types (its stitch space), beside backbone_lora_key
 
     def __init__(self, epilog: Optional[str] = None):
         """``epilog``: the end of ``--help`` (the script's docstring)."""
@@ -290,8 +311,51 @@ class D2App(abc.ABC):
         """The per-stitch report directory: ``--report-dir`` or ``OUTPUT_DIR/stitch_report_<test datasets>``."""
         return args.report_dir or os.path.join(cfg.train.output_dir, "stitch_report_" + "+".join(self.test_names(cfg)))
 
+    def configured_settings(self, cfg: DictConfig) -> Dict[str, Tuple[str, object]]:
+        """``{checkpoint entry: (config key, value)}`` of the stitch space and sampler ``cfg`` trains (an absent key:
+        its default, every route type / ROS)."""
+        route_types = OmegaConf.select(cfg, self.route_types_key) if self.route_types_key else None
+        sampling = OmegaConf.select(cfg, "snnet.sampling")
+        return {ROUTE_TYPES_ENTRY: (self.route_types_key, TRAINED_DEFAULTS[ROUTE_TYPES_ENTRY] if route_types is None
+                                    else list(route_types)),
+                SAMPLING_ENTRY: ("snnet.sampling", TRAINED_DEFAULTS[SAMPLING_ENTRY] if sampling is None else sampling)}
+
+    def check_resumed_settings(self, cfg: DictConfig, checkpoint: str) -> None:
+        """``--resume`` continues the stitch space and sampler of ``checkpoint``'s run: another value of
+        ``route_types_key`` or ``snnet.sampling`` is refused, naming it, before any work."""
+        trained = trained_settings(checkpoint)
+        if trained is None:
+            return
+        differ = [f"{key}={value} (trained with {trained[entry]})"
+                  for entry, (key, value) in self.configured_settings(cfg).items() if value != trained[entry]]
+        if differ:
+            raise ValueError(f"--resume: {checkpoint} was trained with another stitch space or sampler: "
+                             f"{'; '.join(differ)}. Resume with the values it was trained with, or train afresh "
+                             "(--overwrite)")
+
+    def use_trained_space(self, args: argparse.Namespace, cfg: DictConfig, checkpoint: str) -> None:
+        """``--eval-only`` builds the stitch space ``checkpoint`` was trained in: its route types replace the
+        config's (logged), unless the command line sets ``route_types_key`` to some of them (a sub-space, ids kept);
+        route types it never trained are refused."""
+        parent = self.route_types_key.rpartition(".")[0]
+        trained = trained_settings(checkpoint) if isinstance(OmegaConf.select(cfg, parent), DictConfig) else None
+        if trained is None:
+            return
+        key, configured = self.configured_settings(cfg)[ROUTE_TYPES_ENTRY]
+        recorded = list(trained[ROUTE_TYPES_ENTRY])
+        if command_line_sets(args.opts, key):
+            untrained = [kind for kind in configured if kind not in recorded]
+            if untrained:
+                raise ValueError(f"{key}={configured}: {checkpoint} was trained without route types {untrained} (its "
+                                 f"space: {recorded}); evaluate some of its route types, or drop {key}")
+            return
+        if configured != recorded:
+            logger.info("evaluating the stitch space %s was trained in: %s=%s (the config says %s)", checkpoint, key,
+                        recorded, configured)
+            OmegaConf.update(cfg, key, recorded)
+
     def do_train(self, args: argparse.Namespace, cfg: DictConfig) -> None:
-        """detectron2's LazyConfig training loop plus LS init and per-iteration ROS stitch sampling.
+        """detectron2's LazyConfig training loop plus LS init and per-iteration stitch sampling (``snnet.sampling``).
 
         Resumable exactly: RNGs seeded per iteration (``IterationSeedHook``), data a function of the iteration
         (``build_train_loader``), checkpoints written atomically with the trainer state.
@@ -309,18 +373,23 @@ class D2App(abc.ABC):
         if cfg.train.amp.enabled and not on_gpu:
             logger.info("AMP is for GPU training: training in fp32 on %s", cfg.train.device)
         trainer = (AMPTrainer if amp else SimpleTrainer)(model, None, optim)  # data loader: once start_iter is known
+        stitched = self.stitched(model)
         extras = {} if cfg.get("snnet") is None else {EVAL_SIZE: [int(s) for s in cfg.snnet.flops_input_size]}
+        if stitched is not None:  # what --eval-only rebuilds and --resume must continue
+            extras.update({ROUTE_TYPES_ENTRY: list(stitched.space.route_types),
+                           SAMPLING_ENTRY: self.configured_settings(cfg)[SAMPLING_ENTRY][1]})
         checkpointer = StrictDetectionCheckpointer(model, cfg.train.output_dir, trainer=trainer, extras=extras)
         seeding = IterationSeedHook(training_seed(cfg))
 
-        stitched = self.stitched(model)
         sampling = None
         if stitched is not None:
             table = self.shared_flops_table(cfg, model)
-            sampler = ResourceConstrainedSampler(table.gflops, cfg.snnet.ros_step_gflops, cfg.snnet.sampler_seed)
-            logger.info("ROS over %d stitches in %d FLOPs bins of %g GFLOPs (%.4g-%.4g GFLOPs at %s)",
-                        len(table.gflops), len(sampler.bins), sampler.step, min(table.gflops.values()),
-                        max(table.gflops.values()), table.input_size)
+            sampler = build_sampler(extras[SAMPLING_ENTRY], table.gflops, cfg.snnet.ros_step_gflops,
+                                    cfg.snnet.sampler_seed, "snnet.sampling")
+            logger.info("%s (%s, snnet.sampling=%s; %.4g-%.4g GFLOPs at %s)",
+                        describe_sampler(sampler, stitched.space.route_types), self.route_types_key,
+                        extras[SAMPLING_ENTRY], min(table.gflops.values()), max(table.gflops.values()),
+                        table.input_size)
             sampling = StitchSamplingHook(stitched, sampler, cfg.train.output_dir)
         trainer.register_hooks([
             hooks.IterationTimer(),
@@ -405,8 +474,9 @@ class D2App(abc.ABC):
 
     def evaluate(self, args: argparse.Namespace, cfg: DictConfig) -> Optional[Dict]:
         """``--eval-only``: the per-stitch report (``--stitch``), then ``--export-stitch``; a baseline's metrics."""
-        model = self.build_model(cfg)
         checkpoint = eval_checkpoint(cfg)
+        self.use_trained_space(args, cfg, checkpoint)
+        model = self.build_model(cfg)
         extras = load_weights(model, checkpoint)
         stitched = self.stitched(model)
         if args.measure_latency and (stitched is None or args.stitch is None):
@@ -447,7 +517,7 @@ class D2App(abc.ABC):
         hold(lock_run_dir(cfg.train.output_dir, args.eval_only, comm.is_main_process()))
         replaced = [] if args.eval_only else check_output_dir(cfg.train.output_dir, args.resume, args.overwrite)
         if args.resume and not args.eval_only:
-            resume_checkpoint(cfg.train.output_dir)
+            self.check_resumed_settings(cfg, resume_checkpoint(cfg.train.output_dir))
         self.prepare_data(cfg, not args.eval_only)
         if replaced and comm.is_main_process():
             clear_run(replaced)  # every check has passed; before log.txt is opened again

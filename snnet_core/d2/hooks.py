@@ -1,5 +1,5 @@
-"""detectron2 training hooks of the SN-Net projects: the per-iteration ROS stitch and its route-loss curves, the
-per-iteration seeding that makes ``--resume`` exact, and the LS init of the stitching layers across ranks."""
+"""detectron2 training hooks of the SN-Net projects: the per-iteration stitch (ROS or uniform) and its route-loss
+curves, the per-iteration seeding that makes ``--resume`` exact, and the LS init of the stitching layers across ranks."""
 from __future__ import annotations
 
 import logging
@@ -17,7 +17,7 @@ from snnet_core.model.snnet import StitchedViT
 from snnet_core.model.stitch_space import Stitch, StitchSpace
 from snnet_core.training.data_order import seed_rngs
 from snnet_core.training.ls_init import ls_init_stitching_layers
-from snnet_core.training.sampling import ResourceConstrainedSampler
+from snnet_core.training.sampling import UniformSampler
 from snnet_core.training.train_log import route_loss_name
 
 logger = logging.getLogger(__name__)
@@ -53,8 +53,8 @@ def ls_init_on_main(snnet: StitchedViT, images: Iterable[torch.Tensor], num_imag
 
 
 class StitchSamplingHook(HookBase):
-    """Selects the stitch of every iteration with ROS (a pure function of the iteration: the same on every
-    rank without communication, and the same sequence after ``--resume``).
+    """Selects the stitch of every iteration with the run's sampler, ROS or uniform (a pure function of the
+    iteration: the same on every rank without communication, and the same sequence after ``--resume``).
 
     Each iteration's ``total_loss`` is also logged under the stitch's route type or anchor
     (``snnet_core.training.train_log.route_loss_name``: ``route_loss/FS``, ``route_loss/fast_anchor``, ...), one curve each
@@ -62,7 +62,7 @@ class StitchSamplingHook(HookBase):
     are compared (an error if they differ) and the sequence is written to ``stitch_schedule_from_<start>.json``.
     """
 
-    def __init__(self, backbone: StitchSelector, sampler: ResourceConstrainedSampler, output_dir: str):
+    def __init__(self, backbone: StitchSelector, sampler: UniformSampler, output_dir: str):
         self.backbone = backbone
         self.sampler = sampler
         self.output_dir = output_dir

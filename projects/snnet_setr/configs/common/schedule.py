@@ -45,6 +45,7 @@ train.log_period = 50  # upstream schedule_160k.py: LoggerHook interval=50
 train.seed = 0  # project: weights, data order, augmentation and ROS draws follow it
 
 snnet = dict(
+    sampling="ros",  # paper Sec. 4.2: resource-constrained sampling ("uniform": SN-Netv1's)
     ros_step_gflops=10.0,  # upstream engine/hooks/snnet_hook.py: flops_step=10 (ROS bins of 10 GFLOPs)
     sampler_seed=0,  # project: ROS draws are a pure function of (seed, iteration)
     # 0: no LS solve, the stitching layers keep PyTorch's default init (SN-Netv1 suppl. F compares 0/50/100/200)

@@ -48,6 +48,7 @@ model = L(StitchedSETR)(
         lora_alpha=1.0,  # upstream lora.py Linear default lora_alpha=1 (update scaled by alpha / rank)
         # r > 0: backbone PET, LoRA of rank r on the anchors' qkv/proj/fc1/fc2 with the anchors frozen (Fig. 12a)
         backbone_lora_rank=0,  # paper Sec. 5.2: the anchors are fully fine-tuned (0: off)
+        route_types=("anchor", "FS", "SF", "FSF", "SFS"),  # paper Sec. 4.1: Two-way stitching (134 stitches for S/L)
         out_indices=(9, 14, 19, 23),  # upstream: DeiT3-L out_indices; DeiT3-S gets (4, 7, 9, 11) as upstream
     ),
     stitch_id=None,  # project: the stitch forward runs (None: the large anchor); e.g. for --eval-only of one stitch
