@@ -47,9 +47,10 @@ def ls_init_on_main(snnet: StitchedViT, images: Iterable[torch.Tensor], num_imag
         worst = max(errors, key=errors.get)
         logger.info("LS init of %d stitching layers on %d images; largest fit MSE %.4g (%s)",
                     len(errors), num_images, errors[worst], worst)
-    if comm.get_world_size() > 1:
-        for tensor in list(snnet.stitch_s2l.parameters()) + list(snnet.stitch_l2s.parameters()):
-            dist.broadcast(tensor.data, src=0)
+    if comm.get_world_size() > 1:  # every layer LS init fits (SN-Netv1's space: also the feature projections)
+        for spec in snnet.layer_specs():
+            for tensor in snnet.get_submodule(spec.name).parameters():
+                dist.broadcast(tensor.data, src=0)
 
 
 class StitchSamplingHook(HookBase):
