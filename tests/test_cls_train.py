@@ -323,3 +323,86 @@ def test_two_process_ddp_training_writes_its_checkpoint_and_reports_as_one_proce
     for sid, row in one.items():  # top-1 and top-5 are counts; the loss sums other batches (batches of 3 and 2)
         assert {k: v for k, v in two[sid].items() if k != "loss"} == {k: v for k, v in row.items() if k != "loss"}
         assert two[sid]["loss"] == pytest.approx(row["loss"], rel=1e-6)
+
+
+V1_TINY = os.path.join(os.path.dirname(cls_train.__file__), "configs", "synthetic", "snnetv1_tiny_three_anchors.py")
+
+
+def test_three_anchor_snnetv1_space_trains_reports_upstream_ids_exports_and_reloads(data, tmp_path):
+    """The tiny SN-Netv1 config (three anchors, sliding window k=2 s=1, nearest stitching): one epoch, every stitch
+    in the report with SN-Netv1's cfg_id, an exported stitch between the second and third anchors with the stitch's
+    logits, and the checkpoint rebuilt by ``--eval-only`` (same window space, same rows)."""
+    output = tmp_path / "v1"
+    argv = ["--config-file", V1_TINY, f"dataloader.root={data}", f"train.output_dir={output}"]
+    result = cls_train.main(["--stitch", "all", *argv, "train.epochs=1", "train.ls_init_images=16"])
+    net = load_snnet(result["checkpoint"]).eval()
+    assert net.space.window == (2, 1) and net.space.num_anchors == 3 and len(net.space) == 23
+    rows = result["report"]["stitches"]
+    assert sorted(map(int, rows)) == net.space.ids
+    assert all(row[UPSTREAM_ID] == int(sid) == upstream_stitch_id(net.space, int(sid)) for sid, row in rows.items())
+    (stitch,) = [s for s in net.space if s.route == "A1[0:3] -> A2[2:4]"]
+    header = cls_train.read_checkpoint_header(result["checkpoint"])
+    assert header["spec"].window == (2, 1) and len(header["spec"].anchors) == 3
+    again = cls_train.main(["--eval-only", "--stitch", "all", "--export-stitch", str(stitch.id), "--report-dir",
+                            str(tmp_path / "again"), *argv])
+    assert again["report"]["stitches"] == rows
+    exported = load_classifier(os.path.join(again["export"][0]))
+    _, loader = val_batches(data)
+    images, _ = next(iter(loader))
+    with torch.no_grad():
+        torch.testing.assert_close(exported.model(images), net.classify(images, stitch.id), rtol=1e-5, atol=1e-5)
+
+
+def test_randaugment_posterize_keeping_0_bits_gives_a_black_image():
+    """SN-Netv1's recipe (RandAugment ``rand-m9-mstd0.5-inc1``): ``PosterizeIncreasing`` at level 10 keeps 0 bits,
+    which Pillow 13 refuses; the project's transform gives the black image older Pillows gave."""
+    from PIL import Image
+
+    from projects.snnet_cls.transforms import train_transform
+
+    transform = train_transform(32, three_augment_on=False, color_jitter=0.4, re_prob=0.25)
+    (op,) = [op for step in transform.transforms for op in getattr(step, "ops", ()) if op.name == "PosterizeIncreasing"]
+    op.prob, op.magnitude, op.magnitude_std = 1.0, 10, 0
+    image = Image.new("RGB", (32, 32), (200, 100, 50))
+    assert op(image).getextrema() == ((0, 0), (0, 0), (0, 0))
+    op.magnitude = 5  # 2 bits kept: Pillow's posterize
+    assert op(image).getpixel((0, 0)) == (192, 64, 0)
+
+
+def test_seeded_samples_draw_randaugments_operations_from_the_images_seed(data):
+    """RandAugment picks its operations with numpy: an image's augmentation is the same whatever numpy's state
+    (loader workers, a resume)."""
+    import numpy as np
+
+    from projects.snnet_cls.transforms import train_transform
+
+    split = read_split(data, "train")
+    samples = SeededSamples(split.samples[:4], train_transform(32, three_augment_on=False), seed=3)
+    np.random.seed(1)
+    first = [samples[i][0] for i in range(4)]
+    np.random.seed(2)
+    state = np.random.get_state()
+    assert all(torch.equal(a, samples[i][0]) for i, a in enumerate(first))
+    assert np.array_equal(np.random.get_state()[1], state[1])  # numpy's state left as it was
+
+
+def test_snnetv1_deit_ti_s_b_config_is_snnetv1s_recipe_and_per_anchor_keys_are_checked(tmp_path):
+    from snnet_core import StitchSpace
+    from snnet_core.io.config_io import ConfigError
+
+    path = os.path.join(os.path.dirname(cls_train.__file__), "configs", "snnetv1_deit_ti_s_b_in1k.py")
+    cfg = cls_train.load_config(path, [])
+    cls_train.check_settings(cfg, training=True, source=path)
+    spec = cls_train.model_spec(cfg)
+    assert spec.anchors == ("deit_tiny_patch16_224", "deit_small_patch16_224", "deit_base_patch16_224")
+    assert spec.window == (2, 1) and spec.lora_rank == 0 and spec.route_types == ("anchor", "FS")
+    assert len(StitchSpace(12, 12, 12, route_types=spec.route_types, window=spec.window)) == 71  # its cfg_ids 0..70
+    recipe = cls_train.recipe_from_config(cfg, world_size=8)
+    assert (recipe.opt, recipe.lr, recipe.batch_size, recipe.sampling, recipe.distillation["type"]) == (
+        "adamw", 5e-5 * 1024 / 512, 1024, "uniform", "hard")
+    assert cfg["dataloader"]["eval_crop_ratio"] == 224 / 256 and not cfg["dataloader"]["augmentation"]["three_augment"]
+    tiny = [f"train.output_dir={tmp_path / 'out'}", "dataloader.root=unused"]
+    for override in ("model.drop_path=[0.0,0.0]", "model.pretrained=[null,null]", "model.window=[0,1]"):
+        key = override.split("=")[0]
+        with pytest.raises(ConfigError, match=rf"{key}="):
+            cls_train.main(["--config-file", V1_TINY, *tiny, override])

@@ -110,7 +110,7 @@ def _seed_of(seed: int, epoch: int, index: int) -> int:
 
 class SeededSamples(Dataset):
     """``(image tensor, class index)`` of ``samples`` through ``transform``; each item's random draws (Python's
-    ``random`` and torch's generator) are seeded by (``seed``, epoch, index), the callers' generators left as
+    ``random``, numpy's and torch's generator) are seeded by (``seed``, epoch, index), the callers' generators left as
     they were: an image's augmentation is the same whatever the loader's workers or a resume. ``set_epoch``
     chooses the epoch. An image that cannot be read is a ``ValueError`` naming its file."""
 
@@ -132,11 +132,13 @@ class SeededSamples(Dataset):
         except (OSError, SyntaxError) as exc:
             raise ValueError(f"could not read the image {path} ({type(exc).__name__}: {exc})") from exc
         seed = _seed_of(self.seed, self.epoch, index)
-        state = random.getstate()
+        state, numpy_state = random.getstate(), np.random.get_state()
         random.seed(seed)
+        np.random.seed(seed)  # timm's RandAugment draws its operations from numpy
         try:
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(seed)
                 return self.transform(image), label
         finally:
             random.setstate(state)
+            np.random.set_state(numpy_state)

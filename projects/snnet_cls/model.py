@@ -23,8 +23,9 @@ class ModelSpec:
     """Architecture of a stitched classifier.
 
     Attributes:
-        anchors: timm names of the (fast, slow) anchors, e.g. DeiT3-S and DeiT3-L.
-        num_classes: classifier outputs of both anchors (1000 for ImageNet-1K).
+        anchors: timm names of the anchors, smallest first: the (fast, slow) pair, e.g. DeiT3-S and DeiT3-L; or,
+            in SN-Netv1's sliding-window space (``window``), two or more of one depth, e.g. DeiT-Ti, S and B.
+        num_classes: classifier outputs of every anchor (1000 for ImageNet-1K).
         img_size: ``(H, W)`` the anchors' position tables are stored at (224: upstream's ``input_size``).
         anchor_overrides: extra ``VisionTransformer`` arguments per anchor (tiny configurations).
         drop_path: stochastic depth rate per anchor (upstream ``anchor_drop_path``).
@@ -33,17 +34,20 @@ class ModelSpec:
         backbone_lora_rank: rank of LoRA on the anchors' attention and MLP linear layers, the anchors frozen but for
             their classifiers (backbone PET, SN-Netv2 Fig. 12a); 0: off, the anchors train in full (the paper's).
         route_types: the stitch space (all four: SN-Netv2; ``("anchor", "FS")``: SN-Netv1).
+        window: ``(kernel, stride)`` of SN-Netv1's sliding-window space with nearest stitching (``StitchSpace``);
+            ``None``: the two-way space of two anchors (three or more anchors get SN-Netv1's default, ``(2, 1)``).
     """
 
-    anchors: Tuple[str, str] = ("deit3_small_patch16_224", "deit3_large_patch16_224")
+    anchors: Tuple[str, ...] = ("deit3_small_patch16_224", "deit3_large_patch16_224")
     num_classes: int = 1000
     img_size: Tuple[int, int] = (224, 224)
-    anchor_overrides: Tuple[Dict[str, Any], Dict[str, Any]] = ({}, {})
-    drop_path: Tuple[float, float] = (0.0, 0.0)
+    anchor_overrides: Tuple[Dict[str, Any], ...] = ({}, {})
+    drop_path: Tuple[float, ...] = (0.0, 0.0)
     lora_rank: int = 64
     lora_alpha: float = 1.0
     backbone_lora_rank: int = 0
     route_types: Tuple[str, ...] = ROUTE_TYPES
+    window: Optional[Tuple[int, int]] = None
 
     def to_dict(self) -> Dict[str, Any]:
         """Primitives only (lists/dicts/str/numbers): safe in a ``weights_only`` checkpoint."""
@@ -58,7 +62,7 @@ class ModelSpec:
         return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in data.items()})
 
     def build_anchor(self, which: int, pretrained: Optional[str] = None, **extra: Any) -> nn.Module:
-        """Anchor ``which`` (0 fast, 1 slow) as a timm ViT with a ``num_classes`` classifier; ``extra`` overrides
+        """Anchor ``which`` (0 the smallest) as a timm ViT with a ``num_classes`` classifier; ``extra`` overrides
         the stored overrides."""
         overrides = dict(self.anchor_overrides[which], **extra)
         overrides.setdefault("drop_path_rate", self.drop_path[which])
@@ -66,12 +70,13 @@ class ModelSpec:
                             num_classes=self.num_classes, **overrides)
 
 
-def build_model(spec: ModelSpec, pretrained: Sequence[Optional[str]] = (None, None)) -> StitchedViT:
-    """The SN-Net of ``spec`` (anchors from the ``pretrained`` checkpoints, or random), the slow anchor selected.
-    ``net.classify(images (B, 3, H, W), stitch_id)`` -> logits ``(B, num_classes)``."""
-    fast, slow = (spec.build_anchor(i, pretrained[i]) for i in range(2))
-    return StitchedViT(fast, slow, lora_rank=spec.lora_rank, lora_alpha=spec.lora_alpha,
-                       route_types=spec.route_types, backbone_lora_rank=spec.backbone_lora_rank)
+def build_model(spec: ModelSpec, pretrained: Optional[Sequence[Optional[str]]] = None) -> StitchedViT:
+    """The SN-Net of ``spec`` (anchors from the ``pretrained`` checkpoints, one per anchor, or random), the largest
+    anchor selected. ``net.classify(images (B, 3, H, W), stitch_id)`` -> logits ``(B, num_classes)``."""
+    pretrained = pretrained or [None] * len(spec.anchors)
+    anchors = [spec.build_anchor(i, pretrained[i]) for i in range(len(spec.anchors))]
+    return StitchedViT(*anchors, lora_rank=spec.lora_rank, lora_alpha=spec.lora_alpha, route_types=spec.route_types,
+                       backbone_lora_rank=spec.backbone_lora_rank, window=spec.window)
 
 
 def classifier_flops_table(net: StitchedViT, input_size: Sequence[int], cache_dir: Optional[str] = None

@@ -127,7 +127,7 @@ def _local_checkpoints(cfg: Dict[str, Any]) -> List[str]:
     """Remote checkpoints (``model.pretrained``, ``train.init_checkpoint``, the teacher's) not in the download cache;
     a cached one is replaced by its local file."""
     problems = []
-    entries = [(f"model.pretrained.{i}", cfg["model"]["pretrained"], i) for i in range(2)]
+    entries = [(f"model.pretrained.{i}", cfg["model"]["pretrained"], i) for i in range(len(cfg["model"]["pretrained"]))]
     entries += [("train.init_checkpoint", cfg["train"], "init_checkpoint"),
                 ("train.distillation.teacher_checkpoint", cfg["train"]["distillation"], "teacher_checkpoint")]
     cfg["model"]["pretrained"] = list(cfg["model"]["pretrained"])
@@ -146,6 +146,7 @@ def check_settings(cfg: Dict[str, Any], training: bool, source: str = "the confi
     name_ok = Check(lambda v: isinstance(v, str) and v.strip(".") != "" and "/" not in v,
                     "a name without '/' (it names the report directory stitch_report_<test_name>)")
     patch = _anchor_patch_size(cfg)
+    anchors = len(cfg["model"]["anchors"])
     size_ok = Check(lambda v: integer(1).valid(v) and (patch is None or v % patch == 0),
                     f"a positive multiple of the patch size ({patch})")
     checks = {
@@ -153,8 +154,15 @@ def check_settings(cfg: Dict[str, Any], training: bool, source: str = "the confi
         "model.lora_alpha": number(0, low_open=True),
         "model.backbone_lora_rank": integer(0, note="0: off, the anchors train in full"),
         "model.route_types": route_types_check(),
-        "model.drop_path": Check(lambda v: len(v) == 2 and all(number(0, 1, high_open=True).valid(x) for x in v),
-                                 "two rates in [0, 1)"),
+        "model.drop_path": Check(lambda v: len(v) == anchors and all(number(0, 1, high_open=True).valid(x) for x in v),
+                                 f"one rate in [0, 1) per anchor ({anchors})"),
+        "model.pretrained": Check(lambda v: len(v) == anchors and all(x is None or isinstance(x, str) for x in v),
+                                  f"one checkpoint path (or None: random init) per anchor ({anchors})"),
+        "model.anchor_overrides": Check(lambda v: len(v) == anchors and all(isinstance(x, dict) for x in v),
+                                        f"one dict of timm VisionTransformer arguments per anchor ({anchors})"),
+        "model.window": Check(lambda v: v is None or (len(v) == 2 and all(integer(1).valid(x) for x in v)),
+                              "None (the two-way space of two anchors) or [kernel, stride], both >= 1 (SN-Netv1: "
+                              "[2, 1])"),
         "dataloader.input_size": size_ok, "dataloader.eval_crop_ratio": number(0, 1, low_open=True),
         "dataloader.workers": integer(0), "dataloader.test_name": name_ok,
         "dataloader.check_images": one_of(True, False),
@@ -203,7 +211,7 @@ def _anchor_patch_size(cfg: Dict[str, Any]) -> Optional[int]:
 
 def model_spec(cfg: Dict[str, Any]) -> ModelSpec:
     """The ``ModelSpec`` of ``cfg["model"]`` (all its keys but ``pretrained``), its anchors checked."""
-    check_anchor_names(cfg["model"]["anchors"])
+    check_anchor_names(cfg["model"]["anchors"], more=True)
     return ModelSpec.from_dict({k: v for k, v in cfg["model"].items() if k != "pretrained"})
 
 
@@ -424,7 +432,7 @@ def run(cfg: Dict[str, Any], args: argparse.Namespace, ctx: DistContext,
                               "away, or pass --stitch none (then evaluate with --eval-only)")
     torch.manual_seed(cfg["train"]["seed"])
     fresh = training and checkpoint is None
-    net = build_model(spec, cfg["model"]["pretrained"] if fresh else (None, None)).to(ctx.device)
+    net = build_model(spec, cfg["model"]["pretrained"] if fresh else None).to(ctx.device)
     if fresh and not all(cfg["model"]["pretrained"]):
         logger.warning("model.pretrained holds no checkpoint for some anchor: it starts from random weights")
     if not training:  # a checkpoint of another anchor pair fails here, before any compute
@@ -470,7 +478,7 @@ def run(cfg: Dict[str, Any], args: argparse.Namespace, ctx: DistContext,
         group_size = test_cfg["stitch_group_size"] if test_cfg["share_prefixes"] else None
         result["report"] = evaluate_stitch_report(net, build_test_loader(splits["val"], cfg, ctx), stitch_ids, flops,
                                                   report_dir, run_key, ctx, amp, group_size, latency,
-                                                  title=f"SN-Net {spec.anchors[0]} + {spec.anchors[1]}")
+                                                  title="SN-Net " + " + ".join(spec.anchors))
         if latency is not None and ctx.is_main:
             write_latency_info(report_dir, latency.info())
             result["report"] = load_results(report_dir)

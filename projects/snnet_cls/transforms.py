@@ -8,10 +8,11 @@
   random-resized crop and flip; then one of grayscale, solarisation and Gaussian blur (each image), colour jitter;
   ImageNet mean/std.
 - Training without it: timm's ``create_transform(is_training=True)`` (RandAugment, random erasing) as upstream
-  builds it.
+  builds it (SN-Netv1's recipe), its posterize keeping 0 bits as the Pillow timm was written for did.
 
-Random draws come from Python's ``random`` and torch's generator; ``SeededSamples`` seeds both for every
-(epoch, image), so the augmentation of an image does not depend on the loader's workers or a resume.
+Random draws come from Python's ``random``, numpy's (RandAugment's choice of operations) and torch's generator;
+``SeededSamples`` seeds all three for every (epoch, image), so the augmentation of an image does not depend on the
+loader's workers or a resume.
 """
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ from typing import Any, Callable, Dict, Optional
 
 from PIL import Image, ImageFilter, ImageOps
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, create_transform
+from timm.data.auto_augment import posterize
 from timm.data.transforms import RandomResizedCropAndInterpolation
 from torchvision import transforms as T
 
@@ -69,8 +71,22 @@ def train_transform(size: int, three_augment_on: bool = True, src: bool = True, 
     ``create_transform(is_training=True)`` with RandAugment ``auto_augment`` and random erasing ``re_prob``."""
     if three_augment_on:
         return three_augment(size, src, color_jitter)
-    return create_transform(size, is_training=True, color_jitter=color_jitter, auto_augment=auto_augment,
-                            interpolation="bicubic", re_prob=re_prob, re_mode="pixel", re_count=1)
+    transform = create_transform(size, is_training=True, color_jitter=color_jitter, auto_augment=auto_augment,
+                                 interpolation="bicubic", re_prob=re_prob, re_mode="pixel", re_count=1)
+    for step in transform.transforms:
+        for op in getattr(step, "ops", ()):  # timm's RandAugment / AutoAugment: their AugmentOps
+            if op.aug_fn is posterize:
+                op.aug_fn = posterize_keeping_any_bits
+    return transform
+
+
+def posterize_keeping_any_bits(img: Image.Image, bits_to_keep: int, **kwargs: Any) -> Image.Image:
+    """timm's ``posterize`` op, with 0 bits kept giving a black image as the Pillow timm's RandAugment was written for
+    does: RandAugment's ``PosterizeIncreasing`` keeps ``4 - int(level * 4 / 10)`` bits, 0 at level 10 (magnitude 9
+    plus noise of std 0.5 reaches it), which Pillow 13 refuses (``bits must be between or equal to 1 and 8``)."""
+    if bits_to_keep <= 0:
+        return Image.new(img.mode, img.size)
+    return posterize(img, bits_to_keep, **kwargs)
 
 
 def build_train_transform(size: int, augmentation: Dict[str, Any]) -> Callable[[Image.Image], Any]:

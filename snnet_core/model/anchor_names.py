@@ -8,11 +8,13 @@ import torch
 from timm.models.vision_transformer import VisionTransformer
 
 
-def check_anchor_names(anchors: Sequence[str]) -> None:
-    """Refuse ``model.anchors`` that are not two timm ``VisionTransformer`` names, before anything is built (each
-    candidate is instantiated on the meta device: no memory, no weights)."""
-    if isinstance(anchors, str) or len(anchors) != 2:
-        raise ValueError(f"model.anchors={anchors!r}: give two timm ViT names (fast, slow), e.g. "
+def check_anchor_names(anchors: Sequence[str], more: bool = False) -> None:
+    """Refuse ``model.anchors`` that are not two timm ``VisionTransformer`` names (``more``: two or more, SN-Netv1's
+    sliding-window space), before anything is built (each candidate is instantiated on the meta device: no memory,
+    no weights)."""
+    if isinstance(anchors, str) or len(anchors) < 2 or (len(anchors) > 2 and not more):
+        what = "two or more timm ViT names, smallest first" if more else "two timm ViT names (fast, slow)"
+        raise ValueError(f"model.anchors={anchors!r}: give {what}, e.g. "
                          "[deit3_small_patch16_224,deit3_large_patch16_224]")
     for which, name in enumerate(anchors):
         if not isinstance(name, str) or not timm.is_model(name):

@@ -21,6 +21,7 @@ model = dict(
     # classifiers (paper Fig. 12a, on segmentation: r = 4)
     backbone_lora_rank=0,  # upstream main.py: every anchor parameter trains (0: off)
     route_types=("anchor", "FS", "SF", "FSF", "SFS"),  # upstream config: snnet_v2 (Two-way stitching, 134 stitches)
+    window=None,  # project: None = the two-way space of two anchors; [kernel, stride]: SN-Netv1's sliding window
 )
 
 dataloader = dict(
