@@ -122,6 +122,19 @@ def test_deit3_b_l_detector_instantiates_with_134_stitches():
     assert sorted(set(range(12)) - set(windowed_blocks(small))) == [2, 5, 8, 11]
 
 
+def test_snnetv1_config_is_the_s_l_recipe_fs_only_uniform_without_lora_sl():
+    v1, v2 = (flat_config(load_coco_config(f"mask_rcnn_snnetv{v}_deit3_s_l_100ep")) for v in (1, 2))
+    changed = {k: (v2.get(k), v1.get(k)) for k in set(v1) | set(v2) if v1.get(k) != v2.get(k)}
+    kinds = "model.backbone.net.route_types"
+    assert changed == {f"{kinds}.2": ("'SF'", None), f"{kinds}.3": ("'FSF'", None), f"{kinds}.4": ("'SFS'", None),
+                       "model.backbone.net.lora_rank": ("16", "0"), "snnet.sampling": ("'ros'", "'uniform'"),
+                       "train.output_dir": (v2["train.output_dir"], "'output/snnet_vitdet_v1_s_l'")}
+    assert (v1[f"{kinds}.0"], v1[f"{kinds}.1"]) == ("'anchor'", "'FS'")
+    with torch.device("meta"):
+        net = instantiate(load_coco_config("mask_rcnn_snnetv1_deit3_s_l_100ep").model.backbone.net)
+    assert net.space.ids == list(range(13)) and net.space.route_types == ("anchor", "FS")  # v2's ids kept
+
+
 SOURCE_COMMENT = re.compile(r"#.*(paper Sec\.|detectron2|upstream|project:)")
 RECIPE_FILES = sorted(glob.glob(os.path.join(CONFIGS, "COCO", "*.py"))
                       + glob.glob(os.path.join(CONFIGS, "common", "*.py")))

@@ -235,6 +235,8 @@ class StitchedViTDetBackbone(_SingleFeatureBackbone):
             zero-initialised tables (ViTDet: True).
         img_size: input side the global relative position tables are sized for (as ``ViTDetBackbone``).
         out_feature: name of the output feature.
+        route_types: the stitch space (default: all five route types, SN-Netv2's; ``("anchor", "FS")``: SN-Netv1's);
+            a stitch keeps its id in any of them.
         stitch_id: the stitch ``forward`` runs (default: the large anchor); the config key
             ``model.backbone.net.stitch_id=ID`` evaluates one stitch with ``--eval-only`` and no code.
 
@@ -246,10 +248,11 @@ class StitchedViTDetBackbone(_SingleFeatureBackbone):
     def __init__(self, fast: VisionTransformer, slow: VisionTransformer, lora_rank: int = 16,
                  lora_alpha: float = 1.0, window_size: int = 14, num_global: int = 4, use_rel_pos: bool = True,
                  img_size: Optional[int] = None, out_feature: str = "last_feat", stitch_id: Optional[int] = None,
-                 backbone_lora_rank: int = 0):
+                 backbone_lora_rank: int = 0, route_types: Optional[Sequence[str]] = None):
         prepare_vitdet([fast, slow], window_size, num_global, use_rel_pos, img_size)
         snnet = StitchedViT(fast, slow, lora_rank=lora_rank, lora_alpha=lora_alpha,
-                            out_indices=(len(slow.blocks) - 1,), backbone_lora_rank=backbone_lora_rank)
+                            out_indices=(len(slow.blocks) - 1,), backbone_lora_rank=backbone_lora_rank,
+                            route_types=route_types)
         for table in rel_pos_tables(snnet.anchors):  # zero-initialised, in no checkpoint: trained under backbone LoRA
             table.requires_grad_(True)
         super().__init__(out_feature, snnet.out_channels, snnet.patch_size)

@@ -69,6 +69,7 @@ from snnet_core.d2.app import D2App, evaluation_checks, training_checks
 from snnet_core.d2.hooks import unwrap
 from snnet_core.evaluation.latency_options import LatencyOptions
 from snnet_core.io.config_io import Check, check_values, integer, number, pair
+from snnet_core.model.stitch_space import route_types_check
 from snnet_core.training.data_order import build_resumable_train_loader
 
 logger = logging.getLogger("projects.snnet_vitdet.train_net")
@@ -167,6 +168,7 @@ class DetectionApp(D2App):
     kind, project, results_task = "detection", PROJECT, RESULTS_TASK
     export_help = "a standalone detector of that stitch"
     backbone_lora_key = "model.backbone.net.backbone_lora_rank"
+    route_types_key = "model.backbone.net.route_types"
 
     def check_config(self, cfg: DictConfig, training: bool, source: str) -> None:
         """Every value the run reads, against its valid range, before any work (one ``ConfigError`` lists all
@@ -174,7 +176,8 @@ class DetectionApp(D2App):
         thresholds, and remote checkpoints. Keys a config does not hold (a baseline has no ``snnet``, an exported
         stitch's config no ``optimizer``) are skipped."""
         checks = dict(evaluation_checks(), **{"model.roi_heads.num_classes": integer(1),
-                                              self.backbone_lora_key: integer(0, note="0: off")})
+                                              self.backbone_lora_key: integer(0, note="0: off"),
+                                              self.route_types_key: route_types_check()})
         if training:
             updates = cfg.get("lr_multiplier", {}).get("scheduler", {}).get("num_updates")
             checks.update(training_checks())

@@ -174,10 +174,13 @@ def evaluation_checks() -> Dict[str, Check]:
 def trained_settings(path: str) -> Optional[Dict]:
     """``{"route_types", "sampling"}`` the SN-Net training run that wrote the checkpoint ``path`` used (read
     memory-mapped, the weights untouched); ``None`` for what no training run of these projects wrote (a model-zoo
-    ``.pkl``, a URL, an exported stitch)."""
+    ``.pkl``, a URL, an exported stitch) and for a file torch cannot read (``load_weights`` then names it)."""
     if not (path.endswith(".pth") and os.path.isfile(path)):
         return None
-    state = read_checkpoint_file(path)
+    try:
+        state = read_checkpoint_file(path)
+    except RuntimeError:
+        return None
     if not isinstance(state, dict) or EVAL_SIZE not in state:
         return None
     return {k: state.get(k, default) for k, default in TRAINED_DEFAULTS.items()}

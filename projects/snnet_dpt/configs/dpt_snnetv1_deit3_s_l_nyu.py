@@ -6,4 +6,4 @@ from .dpt_snnetv2_deit3_s_l_nyu import dataloader, lr_schedule, model, optimizer
 model.route_types = ("anchor", "FS")  # paper Sec. 3 / SN-Netv1: Fast-to-Slow stitches only (13 for DeiT3-S/L)
 model.lora_rank = 0  # paper Sec. 4.3 / Algorithm 1: SN-Netv1 fully fine-tunes the LS-initialised stitching layers
 train.sampling = "uniform"  # paper Sec. 3 "Sampling strategy": SN-Netv1 samples a stitch uniformly at random
-train.output_dir = "output/snnet_dpt_v1"  # project
+train.output_dir = "output/snnet_dpt_v1"  # project: a run directory of its own

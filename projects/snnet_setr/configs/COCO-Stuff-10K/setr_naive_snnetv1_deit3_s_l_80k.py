@@ -7,4 +7,4 @@ from .setr_naive_snnetv2_deit3_s_l_80k import dataloader, lr_multiplier, model, 
 model.backbone.route_types = ("anchor", "FS")  # paper Sec. 3 / SN-Netv1: Fast-to-Slow stitches only (13 for S/L)
 model.backbone.lora_rank = 0  # paper Sec. 4.3: SN-Netv1 fully fine-tunes the LS-initialised stitching layers
 snnet.sampling = "uniform"  # paper Sec. 3 "Sampling strategy": SN-Netv1 samples a stitch uniformly at random
-train.output_dir = "output/snnet_setr_v1_s_l_coco_stuff10k"  # project
+train.output_dir = "output/snnet_setr_v1_s_l_coco_stuff10k"  # project: a run directory of its own

@@ -19,6 +19,7 @@ model.backbone.net = L(StitchedViTDetBackbone)(
     lora_alpha=1.0,  # upstream lora.py Linear default lora_alpha=1 (update scaled by alpha / rank)
     # r > 0: backbone PET, LoRA of rank r on the anchors' qkv/proj/fc1/fc2 with the anchors frozen (Fig. 12a: r = 4)
     backbone_lora_rank=0,  # paper Sec. 5.4: the anchors are fully fine-tuned (0: off)
+    route_types=("anchor", "FS", "SF", "FSF", "SFS"),  # paper Sec. 4.1: Two-way stitching (134 stitches for S/L)
     window_size=14,  # detectron2 ViTDet common/models/mask_rcnn_vitdet.py
     num_global=4,  # detectron2 ViTDet: global blocks 2, 5, 8, 11 of S and 5, 11, 17, 23 of L
     use_rel_pos=True,  # detectron2 ViTDet common/models/mask_rcnn_vitdet.py; each block its own zero-init tables
@@ -36,6 +37,7 @@ optimizer.params.lr_factor_func = partial(
 )
 
 snnet = dict(
+    sampling="ros",  # paper Sec. 4.2: resource-constrained sampling ("uniform": SN-Netv1's)
     ros_step_gflops=10.0,  # upstream depth_estimation/depth/apis/train.py flops_step=10 (ROS bin width)
     sampler_seed=0,  # project: ROS draws are a pure function of (seed, iteration)
     # 0: no LS solve, the stitching layers keep PyTorch's default init (SN-Netv1 suppl. F compares 0/50/100/200)
