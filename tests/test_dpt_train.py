@@ -447,6 +447,14 @@ def test_snnetv1_space_trains_uniformly_and_eval_only_and_resume_keep_the_record
     record = train_cli.main(cli_args(data_root, out, "--eval-only", "--stitch", "all", "--report-dir",
                                      str(tmp_path / "again")))
     assert sorted(map(int, record["report"]["stitches"])) == fs_ids
+    # a command-line model.route_types: some of the trained ones (a sub-space, ids kept); an untrained one refused
+    anchors_only = train_cli.main(cli_args(data_root, out, "--eval-only", "--stitch", "all", "--report-dir",
+                                           str(tmp_path / "anchors"), opts=["model.route_types=[anchor]"]))
+    assert sorted(map(int, anchors_only["report"]["stitches"])) == [0, 1]
+    with pytest.raises(ValueError, match=r"model.route_types=\['anchor', 'FS', 'SF'\]: .*model_final.pth was trained "
+                                         r"without route types \['SF'\]"):
+        train_cli.main(cli_args(data_root, out, "--eval-only", "--stitch", "all", "--report-dir",
+                                str(tmp_path / "untrained"), opts=["model.route_types=[anchor,FS,SF]"]))
     for other, message in (([v1[0], "train.sampling=ros"], r"sampling: checkpoint uniform vs now ros"),
                            (v1[1:], r"route_types: checkpoint \['anchor', 'FS'\] vs now \['anchor', 'FS', 'SF'")):
         with pytest.raises(ValueError, match="cannot resume.*" + message):

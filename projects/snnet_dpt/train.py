@@ -46,6 +46,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspa
 warnings.filterwarnings("ignore", message="`torch.jit.script` is deprecated", category=FutureWarning)  # fvcore
 
 import argparse
+import dataclasses
 import json
 import logging
 from typing import Any, Callable, Dict, List, Optional, Sequence
@@ -81,7 +82,7 @@ from snnet_core.io.run_dir import (
     LAST_CHECKPOINT, check_export_targets, check_output_dir, clear_run, command_line_sets, eval_size_for_checkpoint,
     export_dir, remove_killed_writes,
 )
-from snnet_core.model.stitch_space import route_types_check
+from snnet_core.model.stitch_space import evaluated_route_types, route_types_check
 from snnet_core.select import export_reads_report, plot_exported_stitch, resolve_export_selection
 from snnet_core.training.sampling import SAMPLINGS
 from snnet_core.train_script import check_eval_only_flags, launch_job, tagged_checkpoint, training_argument_parser
@@ -353,7 +354,9 @@ def run(cfg: Dict[str, Any], args: argparse.Namespace, ctx: DistContext,
         raise ValueError("--measure-latency times the stitches of the per-stitch report: give --stitch "
                          "all|pareto|ID[,ID...], not none")
     recipe = recipe_from_config(cfg, ctx.world_size) if training else None
-    spec = model_spec(cfg) if training else header["spec"]
+    spec = model_spec(cfg) if training else dataclasses.replace(header["spec"], route_types=tuple(
+        evaluated_route_types(header["spec"].route_types, cfg["model"]["route_types"],
+                              command_line_sets(args.opts, "model.route_types"), "model.route_types", checkpoint)))
     if resume_path:
         check_resumable(header, spec, recipe)
     train_frames = nyu_frames(cfg, "train") if training else None

@@ -53,7 +53,7 @@ from snnet_core.model.backbone_lora import describe_backbone_lora
 from snnet_core.model.checkpoint import read_checkpoint_file
 from snnet_core.model.flops import FlopsTable
 from snnet_core.model.snnet import StitchedViT
-from snnet_core.model.stitch_space import ROUTE_TYPES
+from snnet_core.model.stitch_space import ROUTE_TYPES, evaluated_route_types
 from snnet_core.select import export_reads_report, plot_exported_stitch, resolve_export_selection
 from snnet_core.training.ls_init import describe_ls_init
 from snnet_core.training.sampling import SAMPLINGS, build_sampler, describe_sampler
@@ -345,17 +345,12 @@ class D2App(abc.ABC):
         if trained is None:
             return
         key, configured = self.configured_settings(cfg)[ROUTE_TYPES_ENTRY]
-        recorded = list(trained[ROUTE_TYPES_ENTRY])
-        if command_line_sets(args.opts, key):
-            untrained = [kind for kind in configured if kind not in recorded]
-            if untrained:
-                raise ValueError(f"{key}={configured}: {checkpoint} was trained without route types {untrained} (its "
-                                 f"space: {recorded}); evaluate some of its route types, or drop {key}")
-            return
-        if configured != recorded:
+        chosen = evaluated_route_types(trained[ROUTE_TYPES_ENTRY], configured, command_line_sets(args.opts, key), key,
+                                       checkpoint)
+        if chosen != configured:
             logger.info("evaluating the stitch space %s was trained in: %s=%s (the config says %s)", checkpoint, key,
-                        recorded, configured)
-            OmegaConf.update(cfg, key, recorded)
+                        chosen, configured)
+            OmegaConf.update(cfg, key, chosen)
 
     def do_train(self, args: argparse.Namespace, cfg: DictConfig) -> None:
         """detectron2's LazyConfig training loop plus LS init and per-iteration stitch sampling (``snnet.sampling``).

@@ -97,8 +97,11 @@ def architecture(config: Dict[str, Any]) -> Dict[str, Any]:
 
 def load_snnet_state(state: Dict[str, Any], snnet: StitchedViT, path: str) -> None:
     """Load the ``save_snnet`` checkpoint dict ``state`` (read from ``path``) into ``snnet``, strictly; a
-    ``RuntimeError`` names what differs when ``snnet`` has another architecture."""
+    ``RuntimeError`` names what differs when ``snnet`` has another architecture. ``snnet`` may hold some of the
+    checkpoint's route types (a sub-space of the trained one: the same layers, its stitches keep their ids)."""
     expected, saved = architecture(snnet.config()), architecture(state["config"])
+    if set(expected.get("route_types", ())) <= set(saved.get("route_types", ())):
+        expected["route_types"] = saved["route_types"]
     if saved != expected:
         diff = [k for k in dict.fromkeys([*expected, *saved]) if saved.get(k) != expected.get(k)]
         raise RuntimeError(f"checkpoint {path!r} was saved for another SN-Net architecture: "

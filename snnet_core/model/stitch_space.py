@@ -47,6 +47,21 @@ def route_types_check() -> Check:
     return subset_of(*ROUTE_TYPES, required=("anchor",), note="SN-Netv1: ['anchor', 'FS']")
 
 
+def evaluated_route_types(trained: Sequence[str], configured: Sequence[str], set_on_command_line: bool, key: str,
+                          checkpoint: str) -> List[str]:
+    """The route types ``--eval-only`` builds for ``checkpoint``, trained with the route types ``trained``: the
+    config's ``configured`` when the command line sets ``key`` to some of them (a sub-space: its stitches keep
+    their ids and its layers are the trained space's), else ``trained``. A route type it never trained is refused
+    (``ValueError`` naming ``key``)."""
+    if not set_on_command_line:
+        return list(trained)
+    untrained = [kind for kind in configured if kind not in trained]
+    if untrained:
+        raise ValueError(f"{key}={list(configured)}: {checkpoint} was trained without route types {untrained} (its "
+                         f"space: {list(trained)}); evaluate some of its route types, or drop {key}")
+    return list(configured)
+
+
 def anchor_names(num_anchors: int) -> Tuple[str, ...]:
     """How routes name the anchors: ``S``, ``L`` for two; ``A0`` (smallest) .. ``A{N-1}`` for more."""
     return ("S", "L") if num_anchors == 2 else tuple(f"A{i}" for i in range(num_anchors))
