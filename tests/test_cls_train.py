@@ -406,3 +406,25 @@ def test_snnetv1_deit_ti_s_b_config_is_snnetv1s_recipe_and_per_anchor_keys_are_c
         key = override.split("=")[0]
         with pytest.raises(ConfigError, match=rf"{key}="):
             cls_train.main(["--config-file", V1_TINY, *tiny, override])
+
+
+@pytest.mark.parametrize("override, message", [
+    ("model.route_types=[anchor,FS,SF]", r"model.route_types=\['anchor', 'FS', 'SF'\] \(model.window=\[2, 1\]\): the "
+                                         r"sliding-window space \(SN-Netv1\) stitches small to large only"),
+    ("model.anchor_overrides=[{embed_dim:32,depth:4,num_heads:2},{embed_dim:48,depth:6,num_heads:3},"
+     "{embed_dim:64,depth:4,num_heads:4}]", r"model.anchors=.* \(depths \[4, 6, 4\], model.window=\[2, 1\]\): .*"
+                                            r"anchors of one positive depth"),
+    ("model.anchors=[vit_tiny_patch16_224]", r"model.anchors=\['vit_tiny_patch16_224'\] is not valid: expected two or "
+                                             r"more timm ViT names"),
+])
+def test_stitch_space_of_the_anchors_is_checked_before_any_data_is_read(tmp_path, monkeypatch, override, message):
+    """The anchors' depths (built on the meta device), ``model.window`` and ``model.route_types`` make a stitch
+    space, or ``check_settings`` names the key to change before an image header is read or a model built."""
+    from snnet_core.io.config_io import ConfigError
+
+    monkeypatch.setattr(cls_train, "read_data", lambda *a, **k: pytest.fail("the data was read"))
+    monkeypatch.setattr(cls_train, "build_model", lambda *a, **k: pytest.fail("the model was built"))
+    with pytest.raises(ConfigError, match=message):
+        cls_train.main(["--config-file", V1_TINY, f"train.output_dir={tmp_path / 'out'}", "dataloader.root=unused",
+                        override])
+

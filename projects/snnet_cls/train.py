@@ -48,6 +48,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence
 
 import timm
 import torch
+import torch.nn as nn
 import yaml
 from omegaconf import OmegaConf
 from torch.utils.data import DataLoader, Subset
@@ -82,7 +83,7 @@ from snnet_core.model.anchor_names import check_anchor_names
 from snnet_core.model.backbone_lora import describe_backbone_lora
 from snnet_core.model.checkpoint import FORMAT as SNNET_FORMAT
 from snnet_core.model.checkpoint import describe_load_error, read_checkpoint_file
-from snnet_core.model.stitch_space import route_types_check
+from snnet_core.model.stitch_space import StitchSpace, route_types_check
 from snnet_core.select import export_reads_report, plot_exported_stitch, resolve_export_selection
 from snnet_core.training.ls_init import describe_ls_init
 from snnet_core.training.run_state import check_resumable
@@ -145,11 +146,15 @@ def check_settings(cfg: Dict[str, Any], training: bool, source: str = "the confi
     or computed: one ``ConfigError`` lists every problem."""
     name_ok = Check(lambda v: isinstance(v, str) and v.strip(".") != "" and "/" not in v,
                     "a name without '/' (it names the report directory stitch_report_<test_name>)")
-    patch = _anchor_patch_size(cfg)
+    built = _meta_anchors(cfg)
+    patch = None if built is None else int(built[0].patch_embed.patch_size[0])
     anchors = len(cfg["model"]["anchors"])
     size_ok = Check(lambda v: integer(1).valid(v) and (patch is None or v % patch == 0),
                     f"a positive multiple of the patch size ({patch})")
     checks = {
+        "model.anchors": Check(lambda v: not isinstance(v, str) and len(v) >= 2,
+                               "two or more timm ViT names, smallest first (more than two: SN-Netv1's sliding-window "
+                               "space)"),
         "model.num_classes": integer(1), "model.lora_rank": integer(0, note="0: fully trained stitching layers"),
         "model.lora_alpha": number(0, low_open=True),
         "model.backbone_lora_rank": integer(0, note="0: off, the anchors train in full"),
@@ -190,7 +195,7 @@ def check_settings(cfg: Dict[str, Any], training: bool, source: str = "the confi
                                            "training starts from model.pretrained, --resume continues from "
                                            f"<train.output_dir>/{LAST_CHECKPOINT}"),
         })
-    more = _local_checkpoints(cfg)
+    more = _local_checkpoints(cfg) + _space_problems(cfg, built, checks)
     if training and cfg["train"]["distillation"]["type"] != "none" and not cfg["train"]["distillation"][
             "teacher_checkpoint"]:
         more.append("train.distillation.type=%s needs train.distillation.teacher_checkpoint=PATH (a local file of "
@@ -198,15 +203,35 @@ def check_settings(cfg: Dict[str, Any], training: bool, source: str = "the confi
     check_values(cfg, checks, source, more=more)
 
 
-def _anchor_patch_size(cfg: Dict[str, Any]) -> Optional[int]:
-    """The patch size of the fast anchor (built on the meta device), ``None`` if it cannot be built."""
+def _meta_anchors(cfg: Dict[str, Any]) -> Optional[List[nn.Module]]:
+    """The anchors of ``cfg["model"]`` built on the meta device (no memory, no weights), ``None`` if some cannot be
+    built (the checks of their keys say why)."""
+    model = cfg["model"]
     try:
         with torch.device("meta"):
-            anchor = timm.create_model(cfg["model"]["anchors"][0], pretrained=False,
-                                       **dict(cfg["model"]["anchor_overrides"][0]))
-        return int(anchor.patch_embed.patch_size[0])
+            return [timm.create_model(name, pretrained=False, **dict(overrides))
+                    for name, overrides in zip(model["anchors"], model["anchor_overrides"], strict=True)]
     except Exception:
         return None
+
+
+def _space_problems(cfg: Dict[str, Any], built: Optional[List[nn.Module]], checks: Dict[str, Check]) -> List[str]:
+    """What the stitch space of the anchors ``built`` (their depths), ``model.window`` and ``model.route_types``
+    refuses, naming the key to change: the anchors' depths first, then the route types of that space."""
+    model = cfg["model"]
+    if built is None or len(built) < 2 or not all(checks[f"model.{key}"].valid(model[key])
+                                                  for key in ("window", "route_types")):
+        return []
+    depths = [len(anchor.blocks) for anchor in built]
+    try:
+        StitchSpace(*depths, window=model["window"])
+    except ValueError as exc:
+        return [f"model.anchors={list(model['anchors'])} (depths {depths}, model.window={model['window']}): {exc}"]
+    try:
+        StitchSpace(*depths, route_types=model["route_types"], window=model["window"])
+    except ValueError as exc:
+        return [f"model.route_types={list(model['route_types'])} (model.window={model['window']}): {exc}"]
+    return []
 
 
 def model_spec(cfg: Dict[str, Any]) -> ModelSpec:
