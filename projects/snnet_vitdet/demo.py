@@ -55,8 +55,9 @@ from projects.snnet_vitdet.export import StitchViTDetBackbone
 from projects.snnet_vitdet.training import stitched_backbone
 from snnet_core import best_under_budget
 from snnet_core.io.atomic_io import write_atomic
-from snnet_core.cli import add_debug_argument, run_command
+from snnet_core.cli import run_command
 from snnet_core.d2.checkpoint import load_model
+from snnet_core.d2.demo import demo_argument_parser
 from snnet_core.io.config_io import apply_overrides, check_config_kind, load_config_file
 from snnet_core.console import run_logging
 from snnet_core.io.image_size import check_image_pixels
@@ -194,21 +195,8 @@ def run(config_file: str, inputs: Sequence[str], output_dir: str, weights: Optio
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--config-file", required=True, metavar="FILE", help="SN-Net LazyConfig or an exported config.yaml")
-    p.add_argument("--weights", metavar="FILE", help="trained weights (default: the config's train.init_checkpoint)")
-    p.add_argument("--input", nargs="+", required=True, metavar="PATH", help="image files or folders of images")
-    p.add_argument("--output", required=True, metavar="DIR", help="folder for the drawings (NAME.png)")
-    p.add_argument("--overwrite", action="store_true", help="replace the drawings of an earlier run in --output")
-    choice = p.add_mutually_exclusive_group()
-    choice.add_argument("--stitch", type=int, metavar="ID", help="the SN-Net's stitch to run (default: large anchor)")
-    choice.add_argument("--max-gflops", type=float, metavar="G", help="the best stitch within G GFLOPs")
-    p.add_argument("--report", metavar="DIR", help="per-stitch report for --max-gflops (ranks stitches by AP)")
-    p.add_argument("--confidence-threshold", type=float, default=0.5)
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    add_debug_argument(p)
-    p.add_argument("opts", nargs=argparse.REMAINDER, metavar="KEY=VALUE", help="config overrides")
-    return p
+    return demo_argument_parser(__doc__, "the drawings (NAME.png)", "AP", lambda p: p.add_argument(
+        "--confidence-threshold", type=float, default=0.5, help="the lowest score of a detection drawn"))
 
 
 @run_logging(LOGGERS)  # detectron2's log format, as train_net.py's
