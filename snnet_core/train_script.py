@@ -1,18 +1,24 @@
 """The command line that the plain-PyTorch projects' ``train.py`` share (depth, classification): detectron2's parser
 with the per-stitch flags, the ``--eval-only`` flag check, the checkpoint ``last_checkpoint`` names, and one process
-of the job, alone, under torchrun or started by detectron2's ``launch`` (``--num-gpus``)."""
+of the job, alone, under torchrun or started by detectron2's ``launch`` (``--num-gpus``), and the writing of the
+stitches ``--export-stitch`` chooses."""
 from __future__ import annotations
 
 import argparse
-from typing import Any, Callable, ContextManager, Dict, Mapping, Sequence
+import logging
+import os
+from typing import Any, Callable, ContextManager, Dict, List, Mapping, Optional, Sequence
 
 from snnet_core.cli import launch_command, use_launch_defaults
 from snnet_core.distributed import DistContext, destroy_process_groups, init_distributed
 from snnet_core.evaluation.latency_options import add_latency_arguments
 from snnet_core.evaluation.report import RESULTS_FILE
-from snnet_core.io.run_dir import last_checkpoint, lock_run_dir
+from snnet_core.io.run_dir import check_export_targets, export_dir, last_checkpoint, lock_run_dir
+from snnet_core.model.stitch_space import StitchSpace
+from snnet_core.select import plot_exported_stitch, resolve_export_selection
 
 Config = Dict[str, Any]
+logger = logging.getLogger(__name__)
 
 
 def training_argument_parser(default_config: str, helps: Mapping[str, str], export_help: str, epilog: str
@@ -90,4 +96,23 @@ def launch_job(args: argparse.Namespace, load_config: Callable[[str, Sequence[st
     the machine has the processes' devices (``snnet_core.cli.launch_command``)."""
     device = load_config(args.config_file, args.opts)["train"]["device"]
     launch_command(process, args, device, "train.device")
+
+
+def export_stitches(args: argparse.Namespace, export_ids: Optional[Sequence[int]], space: StitchSpace,
+                    report_dir: str, output_dir: str, task: str, save: Callable[[str, int], None]) -> List[str]:
+    """Write the stitches ``--export-stitch`` chooses, ``save(path, stitch id)`` each to
+    ``<output_dir>/stitch_<ID>/model_final.pth`` beside the plot of where it sits in the report; returns the paths.
+    ``export_ids``: the ids resolved before training, or ``None`` for a choice from the report (``pareto``,
+    ``best:G``) in ``report_dir``, its targets checked now."""
+    if export_ids is None:
+        export_ids = resolve_export_selection(args.export_stitch, space, report_dir, task=task)
+        check_export_targets(output_dir, export_ids, args.overwrite)
+    paths = []
+    for stitch_id in export_ids:
+        path = os.path.join(export_dir(output_dir, stitch_id), "model_final.pth")
+        save(path, stitch_id)
+        logger.info("exported stitch %d (%s) to %s", stitch_id, space[stitch_id].route, path)
+        plot_exported_stitch(report_dir, stitch_id, os.path.dirname(path), task)
+        paths.append(path)
+    return paths
 

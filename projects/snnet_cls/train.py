@@ -76,7 +76,7 @@ from snnet_core.io.config_io import (
 )
 from snnet_core.io.file_claims import check_checkpoint_claims, check_checkpoint_path, state_bytes
 from snnet_core.io.run_dir import (
-    LAST_CHECKPOINT, check_export_targets, check_output_dir, checkpoint_name, clear_run, command_line_sets, export_dir,
+    LAST_CHECKPOINT, check_export_targets, check_output_dir, checkpoint_name, clear_run, command_line_sets,
     prune_checkpoints, remove_killed_writes, tag_last_checkpoint,
 )
 from snnet_core.model.anchor_names import check_anchor_names
@@ -84,10 +84,12 @@ from snnet_core.model.backbone_lora import describe_backbone_lora
 from snnet_core.model.checkpoint import FORMAT as SNNET_FORMAT
 from snnet_core.model.checkpoint import describe_load_error, read_checkpoint_file
 from snnet_core.model.stitch_space import StitchSpace, route_types_check
-from snnet_core.select import export_reads_report, plot_exported_stitch, resolve_export_selection
+from snnet_core.select import export_reads_report, resolve_export_selection
 from snnet_core.training.ls_init import describe_ls_init
 from snnet_core.training.run_state import check_resumable
-from snnet_core.train_script import check_eval_only_flags, launch_job, tagged_checkpoint, training_argument_parser
+from snnet_core.train_script import (
+    check_eval_only_flags, export_stitches, launch_job, tagged_checkpoint, training_argument_parser,
+)
 from snnet_core.train_script import run_process as run_training_process
 from snnet_core.training.train_log import training_writers
 
@@ -508,16 +510,8 @@ def run(cfg: Dict[str, Any], args: argparse.Namespace, ctx: DistContext,
             write_latency_info(report_dir, latency.info())
             result["report"] = load_results(report_dir)
     if args.export_stitch is not None and ctx.is_main:
-        if export_ids is None:  # pareto / best:G: from the report
-            export_ids = resolve_export_selection(args.export_stitch, net.space, report_dir, task=TASK)
-            check_export_targets(output_dir, export_ids, args.overwrite)
-        result["export"] = []
-        for stitch_id in export_ids:
-            path = os.path.join(export_dir(output_dir, stitch_id), "model_final.pth")
-            save_exported_classifier(path, net, spec, stitch_id, classes, cfg["dataloader"]["eval_crop_ratio"])
-            logger.info("exported stitch %d (%s) to %s", stitch_id, net.space[stitch_id].route, path)
-            plot_exported_stitch(report_dir, stitch_id, os.path.dirname(path), TASK)
-            result["export"].append(path)
+        result["export"] = export_stitches(args, export_ids, net.space, report_dir, output_dir, TASK, lambda path, i: (
+            save_exported_classifier(path, net, spec, i, classes, cfg["dataloader"]["eval_crop_ratio"])))
     return result
 
 

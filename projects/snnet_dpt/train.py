@@ -80,12 +80,14 @@ from snnet_core.evaluation.latency_options import LatencyOptions, latency_option
 from snnet_core.evaluation.report import RESULTS_FILE
 from snnet_core.io.run_dir import (
     LAST_CHECKPOINT, check_export_targets, check_output_dir, clear_run, command_line_sets, eval_size_for_checkpoint,
-    export_dir, remove_killed_writes,
+    remove_killed_writes,
 )
 from snnet_core.model.stitch_space import evaluated_route_types, route_types_check
-from snnet_core.select import export_reads_report, plot_exported_stitch, resolve_export_selection
+from snnet_core.select import export_reads_report, resolve_export_selection
 from snnet_core.training.sampling import SAMPLINGS
-from snnet_core.train_script import check_eval_only_flags, launch_job, tagged_checkpoint, training_argument_parser
+from snnet_core.train_script import (
+    check_eval_only_flags, export_stitches, launch_job, tagged_checkpoint, training_argument_parser,
+)
 from snnet_core.train_script import run_process as run_training_process
 
 logger = logging.getLogger("projects.snnet_dpt.train")
@@ -439,17 +441,9 @@ def run(cfg: Dict[str, Any], args: argparse.Namespace, ctx: DistContext,
         if latency is not None and ctx.is_main:
             write_latency_info(report_dir, latency.info())
             result["report"] = load_results(report_dir)
-    if args.export_stitch is not None and ctx.is_main:
-        if export_ids is None:  # pareto / best:G: from the report, written above if this run evaluated
-            export_ids = resolve_export_selection(args.export_stitch, space, report_dir, task=TASK)
-            check_export_targets(output_dir, export_ids, args.overwrite)
-        result["export"] = []
-        for stitch_id in export_ids:
-            path = os.path.join(export_dir(output_dir, stitch_id), "model_final.pth")
-            save_exported_stitch(path, model, spec, stitch_id)
-            logger.info("exported stitch %d (%s) to %s", stitch_id, space[stitch_id].route, path)
-            plot_exported_stitch(report_dir, stitch_id, os.path.dirname(path), TASK)  # where it sits in the report
-            result["export"].append(path)
+    if args.export_stitch is not None and ctx.is_main:  # pareto / best:G: from the report written above
+        result["export"] = export_stitches(args, export_ids, space, report_dir, output_dir, TASK,
+                                           lambda path, i: save_exported_stitch(path, model, spec, i))
     return result
 
 
