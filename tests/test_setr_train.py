@@ -16,8 +16,10 @@ from PIL import Image
 from datasets.make_synthetic_segmentation import make_synthetic_segmentation
 from projects.snnet_setr import train_net
 from snnet_core.d2.checkpoint import StrictDetectionCheckpointer
-from snnet_core.training.sampling import UniformSampler
 from snnet_core.io.config_io import apply_overrides, load_config_file
+from tests.d2_app_checks import (
+    FS_IDS, check_backbone_lora_rank_and_ls_init_off, check_snnetv1_space_trains_uniformly,
+)
 
 REPO = os.path.join(os.path.dirname(__file__), "..")
 TINY = os.path.join(REPO, "projects", "snnet_setr", "configs", "synthetic", "setr_snnetv2_tiny.py")
@@ -165,36 +167,16 @@ def test_backbone_lora_rank_is_checked_and_it_and_ls_init_images_0_reach_trainin
     calls = []
     monkeypatch.setattr(train_net, "ls_init_setr", lambda *a: calls.append(a))
     out = str(tmp_path / "run")
-    with pytest.raises(ValueError, match=r"model.backbone.backbone_lora_rank=-1 is not valid: expected an integer"):
-        run_main(*tiny_opts(synthetic, out, "train.max_iter=1", "model.backbone.backbone_lora_rank=-1"))
-    run_main(*tiny_opts(synthetic, out, "train.max_iter=1", "snnet.ls_init_images=0",
-                        "model.backbone.backbone_lora_rank=2"))
+    check_backbone_lora_rank_and_ls_init_off(lambda *opts: run_main(*tiny_opts(synthetic, out, *opts)), out,
+                                             "model.backbone.backbone_lora_rank", "backbone.anchors.")
     assert calls == []  # no LS solve: the stitching layers keep PyTorch's default init
-    with open(os.path.join(out, "log.txt")) as f:
-        log = f.read()
-    assert "backbone LoRA rank 2 (model.backbone.backbone_lora_rank=2): the anchors are frozen" in log
-    assert "LS init off (snnet.ls_init_images=0): the stitching layers keep PyTorch's default init" in log
-    weights = torch.load(os.path.join(out, "model_final.pth"), weights_only=True)["model"]
-    assert any(k.startswith("backbone.anchors.") and k.endswith("lora_up") for k in weights)
 
 
 def test_snnetv1_space_trains_uniformly_and_eval_only_and_resume_keep_the_recorded_space(synthetic, tmp_path,
                                                                                        monkeypatch):
-    out, fs_ids = str(tmp_path / "v1"), [0, 1, 2, 3, 4]  # the anchors and the 3 FS stitches keep their ids of 14
-    for bad, message in (("model.backbone.route_types=[anchor,XY]", r"model.backbone.route_types=\['anchor', 'XY'\] "
-                                                                    r"is not valid: expected a list of distinct values"),
-                         ("snnet.sampling=random", r"snnet.sampling='random' is not valid: expected one of 'ros'")):
-        with pytest.raises(ValueError, match=message):
-            run_main(*tiny_opts(synthetic, out, "train.max_iter=2", bad))
-    v1 = ("model.backbone.route_types=[anchor,FS]", "snnet.sampling=uniform", "model.backbone.lora_rank=0")
-    run_main(*tiny_opts(synthetic, out, "train.max_iter=4", *v1))
-    with open(os.path.join(out, "stitch_schedule_from_0.json")) as f:
-        schedule = json.load(f)
-    assert schedule["sampler"] == {"type": "UniformSampler", "seed": 0, "stitch_ids": fs_ids}
-    assert schedule["stitches"] == [UniformSampler(fs_ids, seed=0).sample(i) for i in range(4)]
-    with open(os.path.join(out, "log.txt")) as f:
-        assert ("uniform sampling over 5 stitches (route types anchor, FS) (model.backbone.route_types, "
-                "snnet.sampling=uniform;") in f.read()
+    out = str(tmp_path / "v1")
+    v1 = check_snnetv1_space_trains_uniformly(lambda *opts: run_main(*tiny_opts(synthetic, out, *opts)), out,
+                                              "model.backbone.", 4, ["anchor", "XY"], "random")
     with monkeypatch.context() as m:  # another space or sampler: refused before any work
         m.setattr(train_net.SegmentationApp, "build_model", lambda *a: pytest.fail("the model was built"))
         with pytest.raises(ValueError, match=r"--resume: .*model_final.pth was trained with another stitch space or "
@@ -203,6 +185,6 @@ def test_snnetv1_space_trains_uniformly_and_eval_only_and_resume_keep_the_record
             run_main("--resume", *tiny_opts(synthetic, out, "train.max_iter=6"))
     # --eval-only under the tiny config (all five route types): the space the checkpoint was trained in
     record = run_main("--eval-only", "--stitch", "all", *tiny_opts(synthetic, out, v1[2]))
-    assert sorted(map(int, record["stitches"])) == fs_ids
+    assert sorted(map(int, record["stitches"])) == FS_IDS
     with pytest.raises(ValueError, match=r"trained without route types \['SF'\]"):
         run_main("--eval-only", *tiny_opts(synthetic, out, v1[2], "model.backbone.route_types=[anchor,FS,SF]"))
