@@ -7,10 +7,10 @@ import torch
 
 import projects.snnet_cls.train as train_cli
 import projects.snnet_cls.training as training
-import snnet_core.training.run_state as run_state
 from datasets.make_synthetic_imagefolder import make_synthetic_imagefolder
 from projects.snnet_cls.export import load_classifier, save_exported_classifier
 from snnet_core import load_snnet
+from tests.plain_train_checks import check_backbone_lora_log, check_ls_init, spy_on_ls_init
 
 TINY = os.path.join(os.path.dirname(__file__), "..", "projects", "snnet_cls", "configs", "synthetic",
                     "snnetv2_tiny.py")
@@ -29,18 +29,7 @@ def test_backbone_lora_rank_and_ls_init_images_reach_training(data_root, tmp_pat
     """``model.backbone_lora_rank=r`` trains only the anchors' LoRA factors and classifiers, and the checkpoint
     loads back with them; ``train.ls_init_images=0`` leaves the stitching layers at PyTorch's default init, N
     feeds LS init N images."""
-    fed, start = [], {}
-    real_ls_init, real_optimizer = run_state.ls_init_stitching_layers, training.build_optimizer
-
-    def counting_ls_init(snnet, batches, num_images, **kwargs):
-        return real_ls_init(snnet, (fed.append(b.shape[0]) or b for b in batches), num_images=num_images, **kwargs)
-
-    def snapshot_then_optimizer(net, recipe):  # built before LS init
-        start.update({k: v.clone() for k, v in net.state_dict().items()})
-        return real_optimizer(net, recipe)
-
-    monkeypatch.setattr(run_state, "ls_init_stitching_layers", counting_ls_init)
-    monkeypatch.setattr(training, "build_optimizer", snapshot_then_optimizer)
+    fed, start = spy_on_ls_init(monkeypatch, training)
     out = tmp_path / "run"
     train_cli.main(["--config-file", TINY, "--stitch", "none", f"dataloader.root={data_root}",
                     f"train.output_dir={out}", "train.epochs=1", f"model.backbone_lora_rank={rank}",
@@ -53,8 +42,8 @@ def test_backbone_lora_rank_and_ls_init_images_reach_training(data_root, tmp_pat
     factors = [k for k in end if k.startswith("anchors.") and k.endswith(FACTORS)]
     moved = {k for k in end if not torch.equal(end[k], start[k])}
     stitch_weights = [k for k in end if k.startswith("stitch_") and k.endswith(".weight")]
+    check_backbone_lora_log(log, rank)
     if rank:
-        assert f"backbone LoRA rank {rank} (model.backbone_lora_rank={rank}): the anchors are frozen" in log
         anchors_moved = {k for k in moved if k.startswith("anchors.")}
         assert anchors_moved & set(factors)
         assert all(k.endswith(FACTORS) or ".head." in k for k in anchors_moved)  # the classifiers train too
@@ -65,11 +54,5 @@ def test_backbone_lora_rank_and_ls_init_images_reach_training(data_root, tmp_pat
         with torch.no_grad():
             torch.testing.assert_close(exported(frames), net.classify(frames, stitch_id=5), rtol=1e-4, atol=1e-5)
     else:
-        assert "backbone LoRA off (model.backbone_lora_rank=0): the anchors train in full" in log
         assert not factors and any(".blocks." in k for k in moved)
-    if images:
-        assert f"LS init of the stitching layers on {images} training images (train.ls_init_images={images})" in log
-        assert sum(fed) == images and set(stitch_weights) <= moved  # the LS solution replaced the default init
-    else:
-        assert "LS init off (train.ls_init_images=0): the stitching layers keep PyTorch's default init" in log
-        assert fed == [] and not moved & set(stitch_weights)  # frozen under LoRA SL: still the default init
+    check_ls_init(log, images, fed, moved, stitch_weights)

@@ -34,6 +34,7 @@ from projects.snnet_dpt.transforms import NYU_CROP, DepthDataset, TrainAugmentat
 from snnet_core import UniformSampler, evaluate_stitches
 from snnet_core.select import SelectionError, choose_stitch, read_report
 from snnet_core.evaluation.selection import pareto_frontier
+from tests.plain_train_checks import check_backbone_lora_log, check_ls_init, spy_on_ls_init
 from tests.test_core_report import progress_bars  # noqa: F401 (fixture)
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -937,20 +938,7 @@ def test_a_directory_in_use_is_refused_and_an_export_is_never_overwritten(data_r
 def test_backbone_lora_rank_and_ls_init_images_reach_training(data_root, tmp_path, monkeypatch, rank, images):
     """``model.backbone_lora_rank=r`` trains the anchors' LoRA factors only and the checkpoint loads back with them;
     ``train.ls_init_images=0`` leaves the stitching layers at PyTorch's default init, N feeds LS init N images."""
-    import snnet_core.training.run_state as run_state
-
-    fed, start = [], {}
-    real_ls_init, real_optimizer = run_state.ls_init_stitching_layers, training.build_optimizer
-
-    def counting_ls_init(snnet, batches, num_images, **kwargs):
-        return real_ls_init(snnet, (fed.append(b.shape[0]) or b for b in batches), num_images=num_images, **kwargs)
-
-    def snapshot_then_optimizer(model, recipe):  # built before LS init
-        start.update({k: v.clone() for k, v in model.state_dict().items()})
-        return real_optimizer(model, recipe)
-
-    monkeypatch.setattr(run_state, "ls_init_stitching_layers", counting_ls_init)
-    monkeypatch.setattr(training, "build_optimizer", snapshot_then_optimizer)
+    fed, start = spy_on_ls_init(monkeypatch, training)
     out = tmp_path / "run"
     train_cli.main(cli_args(data_root, out, "--stitch", "none", opts=[
         "train.epochs=1", "train.batch_size=8", f"model.backbone_lora_rank={rank}", f"train.ls_init_images={images}"]))
@@ -963,8 +951,8 @@ def test_backbone_lora_rank_and_ls_init_images_reach_training(data_root, tmp_pat
     anchor_weights = [k for k in end if k.startswith("backbone.anchors.") and k not in factors]
     moved = {k for k in end if not torch.equal(end[k], start[k])}
     stitch_weights = [k for k in end if k.startswith("backbone.stitch_") and k.endswith(".weight")]
+    check_backbone_lora_log(log, rank)
     if rank:
-        assert f"backbone LoRA rank {rank} (model.backbone_lora_rank={rank}): the anchors are frozen" in log
         assert factors and moved & set(factors) and not moved & set(anchor_weights)
         assert not any(p.requires_grad for n, p in model.named_parameters()
                        if n.startswith("backbone.anchors.") and not n.endswith(("lora_down", "lora_up")))
@@ -976,14 +964,8 @@ def test_backbone_lora_rank_and_ls_init_images_reach_training(data_root, tmp_pat
         with torch.no_grad():
             torch.testing.assert_close(exported(frames), model(frames), rtol=1e-4, atol=1e-5)
     else:
-        assert "backbone LoRA off (model.backbone_lora_rank=0): the anchors train in full" in log
         assert not factors and moved & set(anchor_weights)
-    if images:
-        assert f"LS init of the stitching layers on {images} training images (train.ls_init_images={images})" in log
-        assert sum(fed) == images and set(stitch_weights) <= moved  # the LS solution replaced the default init
-    else:
-        assert "LS init off (train.ls_init_images=0): the stitching layers keep PyTorch's default init" in log
-        assert fed == [] and not moved & set(stitch_weights)  # frozen under LoRA SL: still the default init
+    check_ls_init(log, images, fed, moved, stitch_weights)
 
 
 def test_a_backbone_lora_run_resumes_exactly_and_refuses_another_rank(data_root, tmp_path, monkeypatch):
