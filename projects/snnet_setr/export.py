@@ -18,17 +18,15 @@
 from __future__ import annotations
 
 import copy
-import os
 from typing import Any, Dict, Mapping, Sequence
 
 import torch
 import torch.nn as nn
 from detectron2.config import LazyCall as L
-from detectron2.config import instantiate
 from omegaconf import DictConfig
 
-from snnet_core import ExportedStitch, build_anchor, export_stitch
-from snnet_core.d2.export import WEIGHTS_NAME, anchor_builds, check_stitch, exported_lazy_config, plain, write_export
+from snnet_core import ExportedStitch, build_anchor
+from snnet_core.d2.export import anchor_builds, export_stitched_model, exported_lazy_config, plain
 from snnet_core.model.checkpoint import route_recipe
 from snnet_core.model.rebuild import exported_stitch_from_recipe
 from snnet_core.model.route import RouteOutput
@@ -89,26 +87,13 @@ def exported_config(cfg: DictConfig, model: StitchedSETR, stitch_id: int, weight
     return exported_lazy_config(cfg, setr, weights)
 
 
-def exported_state(model: StitchedSETR, stitch_id: int) -> Dict[str, torch.Tensor]:
-    """The weights of the exported segmentor: the decode head's and the exported stitch's (LoRA merged)."""
-    state = {k: v for k, v in model.state_dict().items() if not k.startswith(DROPPED)}
-    route = export_stitch(model.backbone, stitch_id).eval()
-    state.update({f"backbone.stitch.{k}": v for k, v in route.state_dict().items()})
-    return state
-
-
 def export_segmentor(cfg: DictConfig, model: nn.Module, stitch_id: int, output_dir: str,
                      source: str = "the given model") -> Dict[str, str]:
     """Write the standalone segmentor of stitch ``stitch_id`` of the stitched SETR ``model`` (built from ``cfg``,
-    trained weights loaded from ``source``) to ``output_dir/stitch_<ID>/``; returns ``{"config", "weights"}``.
-
-    The exported model is built from the written config and loaded with the written weights (strictly) before
-    this returns, so a file that would not load is never left as a finished export.
+    trained weights loaded from ``source``) to ``output_dir/stitch_<ID>/``: the decode head's weights and the
+    exported stitch's (LoRA merged); returns ``{"config", "weights"}`` (``snnet_core.d2.export.export_stitched_model``).
     """
     setr = _stitched(model)
-    check_stitch(setr.backbone, stitch_id, source)
-    folder = os.path.join(output_dir, f"stitch_{stitch_id}")
-    new_cfg = exported_config(cfg, setr, stitch_id, os.path.join(folder, WEIGHTS_NAME))
-    state = exported_state(setr, stitch_id)
-    instantiate(new_cfg.model).load_state_dict(state)  # strict: the config and the weights agree
-    return write_export(folder, state, setr.backbone, stitch_id, source, new_cfg)
+    return export_stitched_model(setr, setr.backbone, stitch_id, output_dir, source,
+                                 lambda weights: exported_config(cfg, setr, stitch_id, weights), DROPPED,
+                                 "backbone.stitch.")

@@ -21,19 +21,17 @@ from __future__ import annotations
 
 import copy
 import inspect
-import os
 from typing import Any, Dict, Mapping, Optional, Sequence
 
 import torch
 import torch.nn as nn
 from detectron2.config import LazyCall as L
-from detectron2.config import instantiate
 from detectron2.modeling import Backbone, ShapeSpec
 from omegaconf import DictConfig
 
-from snnet_core import build_anchor, export_stitch
+from snnet_core import build_anchor
 from snnet_core.d2.export import (
-    CONFIG_NAME, WEIGHTS_NAME, anchor_builds, check_stitch, exported_lazy_config, plain, write_export,
+    CONFIG_NAME, WEIGHTS_NAME, anchor_builds, export_stitched_model, exported_lazy_config, plain,
 )
 from snnet_core.model.checkpoint import route_recipe
 from snnet_core.model.rebuild import exported_stitch_from_recipe
@@ -109,17 +107,10 @@ def exported_config(cfg: DictConfig, backbone: StitchedViTDetBackbone, stitch_id
 def export_detector(cfg: DictConfig, model: nn.Module, stitch_id: int, output_dir: str,
                     source: str = "the given model") -> Dict[str, str]:
     """Write the standalone detector of stitch ``stitch_id`` of the SN-Net detector ``model`` (built from ``cfg``,
-    trained weights loaded from ``source``) to ``output_dir/stitch_<ID>/``; returns ``{"config", "weights"}``.
-
-    The exported model is built from the written config and loaded with the written weights (strictly) before
-    this returns, so a file that would not load is never left as a finished export.
+    trained weights loaded from ``source``) to ``output_dir/stitch_<ID>/``: its weights with the exported stitch's
+    (LoRA merged) for the SN-Net's; returns ``{"config", "weights"}`` (``snnet_core.d2.export.export_stitched_model``).
     """
     backbone = _stitched(model)
-    check_stitch(backbone.snnet, stitch_id, source)
-    folder = os.path.join(output_dir, f"stitch_{stitch_id}")
-    new_cfg = exported_config(cfg, backbone, stitch_id, os.path.join(folder, WEIGHTS_NAME))
-    route = export_stitch(backbone.snnet, stitch_id).eval()
-    state = {k: v for k, v in model.state_dict().items() if not k.startswith("backbone.net.")}
-    state.update({f"backbone.net.stitch.{k}": v for k, v in route.state_dict().items()})
-    instantiate(new_cfg.model).load_state_dict(state)  # strict: the config and the weights agree
-    return write_export(folder, state, backbone.snnet, stitch_id, source, new_cfg)
+    return export_stitched_model(model, backbone.snnet, stitch_id, output_dir, source,
+                                 lambda weights: exported_config(cfg, backbone, stitch_id, weights), ("backbone.net.",),
+                                 "backbone.net.stitch.")

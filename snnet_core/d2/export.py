@@ -6,15 +6,17 @@ from __future__ import annotations
 import copy
 import os
 import tempfile
-from typing import Any, Dict, List, Mapping
+from typing import Any, Callable, Dict, List, Mapping, Sequence
 
 import torch
-from detectron2.config import LazyConfig
+import torch.nn as nn
+from detectron2.config import LazyConfig, instantiate
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from snnet_core.io.atomic_io import write_atomic
 from snnet_core.io.config_io import load_config_file
 from snnet_core.model.anchors import anchor_build
+from snnet_core.model.export import export_stitch
 from snnet_core.model.snnet import StitchedViT
 
 WEIGHTS_NAME = "model_final.pth"
@@ -86,3 +88,25 @@ def write_export(folder: str, state: Mapping[str, torch.Tensor], snnet: Stitched
     save_lazy_config(cfg, config_path)  # first: a config that would not load back is refused before any weights
     write_atomic(weights, lambda f: torch.save(payload, f), binary=True)
     return {"config": config_path, "weights": weights}
+
+
+def export_stitched_model(model: nn.Module, snnet: StitchedViT, stitch_id: int, output_dir: str, source: str,
+                          config_for: Callable[[str], DictConfig], dropped: Sequence[str],
+                          stitch_prefix: str) -> Dict[str, str]:
+    """Write the standalone model of stitch ``stitch_id`` of ``snnet`` (the SN-Net inside ``model``, trained weights
+    loaded from ``source``) to ``output_dir/stitch_<ID>/``; returns ``{"config", "weights"}``.
+
+    Its weights: ``model``'s but those under the prefixes ``dropped`` (the SN-Net's and any the exported model
+    lacks), and the exported stitch's (LoRA merged) under ``stitch_prefix``; its LazyConfig: ``config_for(weights
+    path)``. The model is built from that config and loaded with those weights (strictly) before anything is
+    written, so a file that would not load is never left as a finished export.
+    """
+    check_stitch(snnet, stitch_id, source)
+    folder = os.path.join(output_dir, f"stitch_{stitch_id}")
+    new_cfg = config_for(os.path.join(folder, WEIGHTS_NAME))
+    state = {k: v for k, v in model.state_dict().items() if not k.startswith(tuple(dropped))}
+    route = export_stitch(snnet, stitch_id).eval()
+    state.update({f"{stitch_prefix}{k}": v for k, v in route.state_dict().items()})
+    instantiate(new_cfg.model).load_state_dict(state)  # strict: the config and the weights agree
+    return write_export(folder, state, snnet, stitch_id, source, new_cfg)
+
