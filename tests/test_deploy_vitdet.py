@@ -19,6 +19,7 @@ from projects.snnet_vitdet import demo
 from projects.snnet_vitdet.backbone import StitchedViTDetBackbone
 from projects.snnet_vitdet.evaluation import RESULTS_TASK, detector_flops_table
 from projects.snnet_vitdet.export import StitchViTDetBackbone, export_detector
+import snnet_core.d2.demo as d2_demo
 from snnet_core.select import resolve_export_selection
 from snnet_core import evaluate_stitches
 from snnet_core.io.image_size import ImageTooLargeError
@@ -224,7 +225,7 @@ def test_demo_predicts_and_draws_a_large_photo_at_the_models_input_size_and_refu
     console = re.sub(r"\x1b\[[0-9;]*m", "", capsys.readouterr().out)
     assert re.search(r"photo.png: 2000x3000 \(HxW\) predicted and drawn at 85x128, the model's input size", console)
     big = png_header(tmp_path / "big.png", 8000, 8000)
-    monkeypatch.setattr(demo, "load_model", lambda *a, **k: pytest.fail("the model was built"))
+    monkeypatch.setattr(d2_demo, "load_model", lambda *a, **k: pytest.fail("the model was built"))
     with pytest.raises(ImageTooLargeError, match=r"image '.*big.png' is 8000x8000 pixels .*limit of 50 MP"):
         demo.main(["--config-file", TINY, "--weights", snnet["weights"], "--input", str(photo), big,
                    "--output", str(tmp_path / "b")])

@@ -52,13 +52,9 @@ from projects.snnet_setr.export import StitchBackbone
 from projects.snnet_setr.training import stitched_setr
 from snnet_core.cli import run_command
 from snnet_core.console import run_logging
-from snnet_core.d2.checkpoint import load_model
 from snnet_core.d2.console import command_loggers
-from snnet_core.d2.demo import demo_argument_parser
+from snnet_core.d2.demo import demo_argument_parser, load_demo
 from snnet_core.io.atomic_io import write_atomic
-from snnet_core.io.config_io import apply_overrides, check_config_kind, load_config_file
-from snnet_core.io.image_size import check_image_pixels
-from snnet_core.io.images import list_images, output_paths
 from snnet_core.select import demo_stitch
 
 logger = logging.getLogger("projects.snnet_setr.demo")
@@ -130,16 +126,9 @@ def run(config_file: str, inputs: Sequence[str], output_dir: str, weights: Optio
         raise ValueError("give --stitch or --max-gflops, not both")
     if not 0.0 <= opacity <= 1.0:
         raise ValueError(f"--opacity {opacity}: expected a number in [0, 1]")
-    images = list_images(inputs)
-    outputs = output_paths(images, output_dir, SUFFIXES, overwrite)
-    for path in images:  # too large an image is refused from its header before the model is built
-        check_image_pixels(path)
-    cfg = load_config_file(config_file)  # a YAML file (an exported stitch's config.yaml) is read as data
-    check_config_kind(cfg, config_file, "segmentation", ("model",))
-    cfg = apply_overrides(cfg, opts, config_file)
-    if "datasets" in cfg:
-        register_sem_seg_datasets(cfg.datasets.get("sem_seg", {}))
-    model = load_model(cfg, weights, device)
+    images, outputs, cfg, model = load_demo(
+        config_file, inputs, output_dir, SUFFIXES, overwrite, "segmentation",
+        lambda datasets: register_sem_seg_datasets(datasets.get("sem_seg", {})), weights, device, opts)
     stitch_id = choose_demo_stitch(model, stitch, max_gflops, report)
     if stitch_id is not None:
         logger.info("running stitch %d (%s)", stitch_id, stitched_setr(model).space[stitch_id].route)

@@ -56,12 +56,9 @@ from projects.snnet_vitdet.training import stitched_backbone
 from snnet_core import best_under_budget
 from snnet_core.io.atomic_io import write_atomic
 from snnet_core.cli import run_command
-from snnet_core.d2.checkpoint import load_model
-from snnet_core.d2.demo import demo_argument_parser
-from snnet_core.io.config_io import apply_overrides, check_config_kind, load_config_file
+from snnet_core.d2.demo import demo_argument_parser, load_demo
 from snnet_core.console import run_logging
 from snnet_core.io.image_size import check_image_pixels
-from snnet_core.io.images import list_images, output_paths
 from snnet_core.select import best_stitch_in_report
 
 logger = logging.getLogger("projects.snnet_vitdet.demo")
@@ -157,16 +154,9 @@ def run(config_file: str, inputs: Sequence[str], output_dir: str, weights: Optio
     ``snnet_core.io.images.output_paths``: outputs of an earlier run are replaced only with ``overwrite``)."""
     if stitch is not None and max_gflops is not None:
         raise ValueError("give --stitch or --max-gflops, not both")
-    images = list_images(inputs)
-    outputs = output_paths(images, output_dir, (".png",), overwrite)
-    for path in images:  # too large an image is refused from its header before the model is built
-        check_image_pixels(path)
-    cfg = load_config_file(config_file)  # a YAML file (an exported stitch's config.yaml) is read as data
-    check_config_kind(cfg, config_file, "detection", ("model",))
-    cfg = apply_overrides(cfg, opts, config_file)
-    if "datasets" in cfg:
-        register_coco_json_datasets(cfg.datasets.get("coco_json", {}))
-    model = load_model(cfg, weights, device)
+    images, outputs, cfg, model = load_demo(
+        config_file, inputs, output_dir, (".png",), overwrite, "detection",
+        lambda datasets: register_coco_json_datasets(datasets.get("coco_json", {})), weights, device, opts)
     stitch_id = choose_demo_stitch(cfg, model, stitch, max_gflops, report)
     if stitch_id is not None:
         logger.info("running stitch %d (%s)", stitch_id, stitched_backbone(model).space[stitch_id].route)
