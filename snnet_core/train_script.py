@@ -7,13 +7,13 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-from typing import Any, Callable, ContextManager, Dict, List, Mapping, Optional, Sequence
+from typing import Any, Callable, ContextManager, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from snnet_core.cli import launch_command, use_launch_defaults
 from snnet_core.distributed import DistContext, destroy_process_groups, init_distributed
 from snnet_core.evaluation.latency_options import add_latency_arguments
 from snnet_core.evaluation.report import RESULTS_FILE
-from snnet_core.io.run_dir import check_export_targets, export_dir, last_checkpoint, lock_run_dir
+from snnet_core.io.run_dir import check_export_targets, check_output_dir, export_dir, last_checkpoint, lock_run_dir
 from snnet_core.model.stitch_space import StitchSpace
 from snnet_core.select import plot_exported_stitch, resolve_export_selection
 
@@ -71,6 +71,17 @@ def tagged_checkpoint(output_dir: str, flag: str) -> str:
         fix = ("start afresh without --resume (with --overwrite if the directory holds a run)" if flag == "--resume"
                else "pass train.init_checkpoint=PATH, or train.output_dir of a training run")
         raise type(exc)(f"{flag}: {exc}. To go on: {fix}") from exc
+
+
+def run_checkpoint(args: argparse.Namespace, output_dir: str, init_checkpoint: str) -> Tuple[List[str], Optional[str]]:
+    """``(replaced, checkpoint)`` of a run: training, the earlier run's files ``--overwrite`` replaces in
+    ``output_dir`` (``check_output_dir``) and the checkpoint ``--resume`` continues from (``None``: from scratch);
+    with ``--eval-only``, nothing replaced and the checkpoint evaluated, ``init_checkpoint`` or the one
+    ``<output_dir>/last_checkpoint`` names."""
+    if args.eval_only:
+        return [], init_checkpoint or tagged_checkpoint(output_dir, "--eval-only")
+    replaced = check_output_dir(output_dir, args.resume, args.overwrite)
+    return replaced, tagged_checkpoint(output_dir, "--resume") if args.resume else None
 
 
 def run_process(args: argparse.Namespace, load_config: Callable[[str, Sequence[str]], Config],

@@ -76,7 +76,7 @@ from snnet_core.io.config_io import (
 )
 from snnet_core.io.file_claims import check_checkpoint_claims, check_checkpoint_path, state_bytes
 from snnet_core.io.run_dir import (
-    LAST_CHECKPOINT, check_export_targets, check_output_dir, checkpoint_name, clear_run, command_line_sets,
+    LAST_CHECKPOINT, check_export_targets, checkpoint_name, clear_run, command_line_sets,
     prune_checkpoints, remove_killed_writes, tag_last_checkpoint,
 )
 from snnet_core.model.anchor_names import check_anchor_names
@@ -88,7 +88,7 @@ from snnet_core.select import export_reads_report, resolve_export_selection
 from snnet_core.training.ls_init import describe_ls_init
 from snnet_core.training.run_state import check_resumable
 from snnet_core.train_script import (
-    check_eval_only_flags, export_stitches, launch_job, tagged_checkpoint, training_argument_parser,
+    check_eval_only_flags, export_stitches, launch_job, run_checkpoint, training_argument_parser,
 )
 from snnet_core.train_script import run_process as run_training_process
 from snnet_core.training.train_log import training_writers
@@ -424,12 +424,7 @@ def run(cfg: Dict[str, Any], args: argparse.Namespace, ctx: DistContext,
     # everything that can be checked without compute is checked first: settings, output directory, checkpoint,
     # data folders and images, report directory
     check_settings(cfg, training, args.config_file)
-    replaced: List[str] = []
-    if training:
-        replaced = check_output_dir(output_dir, args.resume, args.overwrite)
-        checkpoint = tagged_checkpoint(output_dir, "--resume") if args.resume else None
-    else:
-        checkpoint = cfg["train"]["init_checkpoint"] or tagged_checkpoint(output_dir, "--eval-only")
+    replaced, checkpoint = run_checkpoint(args, output_dir, cfg["train"]["init_checkpoint"])
     header = None if checkpoint is None else read_checkpoint_header(checkpoint)
     if not training and header is not None:
         for key in ("input_size", "eval_crop_ratio"):

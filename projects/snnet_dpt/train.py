@@ -79,14 +79,14 @@ from snnet_core.evaluation.latency import write_latency_info
 from snnet_core.evaluation.latency_options import LatencyOptions, latency_options
 from snnet_core.evaluation.report import RESULTS_FILE
 from snnet_core.io.run_dir import (
-    LAST_CHECKPOINT, check_export_targets, check_output_dir, clear_run, command_line_sets, eval_size_for_checkpoint,
+    LAST_CHECKPOINT, check_export_targets, clear_run, command_line_sets, eval_size_for_checkpoint,
     remove_killed_writes,
 )
 from snnet_core.model.stitch_space import evaluated_route_types, route_types_check
 from snnet_core.select import export_reads_report, resolve_export_selection
 from snnet_core.training.sampling import SAMPLINGS
 from snnet_core.train_script import (
-    check_eval_only_flags, export_stitches, launch_job, tagged_checkpoint, training_argument_parser,
+    check_eval_only_flags, export_stitches, launch_job, run_checkpoint, training_argument_parser,
 )
 from snnet_core.train_script import run_process as run_training_process
 
@@ -338,12 +338,7 @@ def run(cfg: Dict[str, Any], args: argparse.Namespace, ctx: DistContext,
     # everything that can be checked without compute is checked first: settings, output directory, checkpoint,
     # data files and values, report directory
     check_settings(cfg, training, args.config_file)
-    replaced: List[str] = []
-    if training:
-        replaced = check_output_dir(output_dir, args.resume, args.overwrite)
-        checkpoint = tagged_checkpoint(output_dir, "--resume") if args.resume else None
-    else:
-        checkpoint = cfg["train"]["init_checkpoint"] or tagged_checkpoint(output_dir, "--eval-only")
+    replaced, checkpoint = run_checkpoint(args, output_dir, cfg["train"]["init_checkpoint"])
     resume_path = checkpoint if training else None
     header = None if checkpoint is None else read_checkpoint_header(checkpoint)
     if not training:
