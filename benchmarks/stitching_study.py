@@ -4,14 +4,15 @@ The paper's central result: after one training, the stitches of two anchors fill
 authors' own per-stitch table (DeiT3-S/L on ImageNet) is read with ``benchmarks/frontier_measures.py``; this study
 asks the same questions of an SN-Net trained here, with the same script on the per-stitch results it writes.
 
-Data: scikit-learn's ``load_digits`` (1797 real handwritten 8x8 digits shipped inside the package; fixed
-stratified split of 1347 train / 450 test digits) with additive Gaussian pixel noise at train and test alike
-(fresh noise for every training batch, ``test_draws`` fixed draws per test digit): without noise a tiny ViT
-reaches 94-97% and leaves no gap to fill.
+Data: Fashion-MNIST (the official IDX files of Zalando's 28x28 grey-scale clothing images, 10 classes; Debian's
+package ``dataset-fashion-mnist`` ships them), a fixed class-balanced subset of the training split and of the test
+split; training images get the augmentation a small ViT needs (random left-right flip, random translation by up
+to ``max_shift`` pixels), drawn afresh every epoch.
 
-Anchors: two plain ViTs (timm ``VisionTransformer``, DeiT3 blocks with LayerScale, patch 2, average-pooled
-tokens) trained from scratch, each for ``epochs`` and, from the same seed, for twice as many (convergence: the
-test accuracy gained by doubling the training); the longer-trained ones are stitched.
+Anchors: two plain ViTs of one width (timm ``VisionTransformer``, DeiT3 blocks with LayerScale, patch 7,
+average-pooled tokens), the slow one twice as deep, trained from scratch, each for ``epochs`` and, from the same
+seed, for twice as many (convergence: the test accuracy gained by doubling the training); the longer-trained ones
+are stitched.
 
 The SN-Nets are trained and scored by the classification project's own code (``projects/snnet_cls``: ``ls_init``,
 ``fit`` with its ROS or uniform sampler and DeiT distillation, ``evaluate_stitches_in_memory`` through shared route
@@ -26,19 +27,23 @@ Every (arm, seed) writes the per-stitch results file ``runs/<arm>/seed<k>/stitch
 ``snnet_core.evaluate_stitches``), and its measures (``share_between``, ``below_small``, ``frontier_points``,
 ``frontier_above_line``, ``bin_gap``) are those ``benchmarks/frontier_measures.py`` reads from that file.
 
-    python benchmarks/digits_stitching.py --authors-table stitches_res_s_l.txt   # one thread, see the doc
+    apt-get install dataset-fashion-mnist   # once; or --data-root DIR with the four IDX files
+    python benchmarks/stitching_study.py --authors-table stitches_res_s_l.txt   # one thread, see the doc
 
 writes ``summary.json``, ``summary.md``, ``frontier.png`` (the authors' table and the study side by side) and
-the per-run results under ``--output-dir``; ``tests/test_digits_stitching.py`` runs it with tiny settings.
+the per-run results under ``--output-dir``; ``tests/test_stitching_study.py`` runs it with tiny settings on a tiny IDX set.
 """
 from __future__ import annotations
 
 import argparse
 import copy
 import dataclasses
+import gzip
 import json
 import math
 import os
+import shutil
+import struct
 import sys
 import time
 from collections import Counter
@@ -63,14 +68,17 @@ from snnet_core import (FlopsTable, StitchedViT, StitchSpace, build_anchor, coun
                         stitch_id_from_upstream)
 from snnet_core.evaluation.frontier_measures import MEASURE_NAMES, FrontierMeasures, anchor_line  # noqa: E402
 from snnet_core.evaluation.report import RESULTS_FILE, ROUTE_COLOURS, ROUTE_NAMES, check_results  # noqa: E402
-from snnet_core.io.atomic_io import write_atomic, write_json_atomic  # noqa: E402
+from snnet_core.io.atomic_io import strict_json, write_atomic, write_json_atomic  # noqa: E402
 
-IMG_SIZE = 8
+IMG_SIZE = 28
 NUM_CLASSES = 10
-SPLIT_SEED = 0  # the train/test split and the test noise never change; seeds only change the training
-TEST_NOISE_SEED = 10_000
+DATA_ROOT = "/usr/share/datasets/fashion-mnist"  # Debian's dataset-fashion-mnist puts the official IDX files here
+SPLIT_SEED = 0  # the train/test subsets never change; seeds only change the training
 ANCHOR_IDS = StitchSpace(1, 1).anchor_ids()  # (fast, slow): stitch ids are the same in every space
 METRIC = "acc1"  # per-stitch results: top-1 test accuracy in percent, as in the authors' table
+STUDY_FILE, ANCHOR_WEIGHTS, ANCHOR_SUMMARY, RUN_FILE = "study.json", "anchors.pt", "anchors.json", "run.json"
+TRIALS_FILE = "anchor_trials.json"
+STUDY_OUTPUTS = (STUDY_FILE, ANCHOR_WEIGHTS, ANCHOR_SUMMARY, "runs", "summary.json", "summary.md", "frontier.png")
 AUTHORS_DEPTHS = (12, 24)  # DeiT3-S/L: the authors' table numbers its stitches in this space
 Accuracies = Dict[int, float]
 
@@ -87,7 +95,7 @@ class AnchorConfig:
     depth: int
     num_heads: int
     epochs: int
-    patch_size: int = 2
+    patch_size: int = 7
 
     def describe(self) -> str:
         return f"{self.depth} blocks x {self.embed_dim} wide, {self.num_heads} heads, patch {self.patch_size}"
@@ -115,7 +123,7 @@ class Arm:
 
 ARMS: Dict[str, Arm] = {
     "v2": Arm("SN-Netv2 recipe: ROS, LoRA SL, LS init"),
-    "v2-3x": Arm("3x the iterations", iterations_factor=3),
+    "v2-2x": Arm("2x the iterations", iterations_factor=2),
     "full-sl": Arm("full stitching layers instead of LoRA SL", lora_rank=0),
     "default-init": Arm("default (Kaiming) init instead of LS init", ls_init=False),
     "uniform": Arm("uniform sampling instead of ROS", sampler="uniform"),
@@ -129,8 +137,9 @@ class StudyConfig:
 
     Attributes:
         fast, slow: the anchors (fast no deeper than slow, same patch size).
-        noise_std: standard deviation of the additive Gaussian pixel noise (pixels in [0, 1]).
-        test_draws: fixed noise draws per test digit (the test set has ``test_draws`` x 450 images).
+        train_size: class-balanced subset of the official 60k training images (fixed, ``SPLIT_SEED``).
+        test_size: class-balanced subset of the official 10k test images; ``None``: all of them.
+        max_shift: augmentation: random translation by up to this many pixels (and a random left-right flip).
         anchor_lr: peak learning rate of anchor training (AdamW, 10% warm-up, cosine decay).
         snnet_iterations: SN-Net training iterations (one sampled stitch each) of an arm with factor 1, rounded to
             whole epochs (the classification project's schedule is by epoch; at least one).
@@ -138,24 +147,24 @@ class StudyConfig:
         batch_size: images per iteration, for anchors and SN-Nets.
         lora_rank: rank of LoRA SL.
         ros_step: ROS bin width ``t`` as a fraction of the two-way space's FLOPs range.
-        calib_images: noisy train images solving the least-squares initialisation (paper: 100).
+        calib_images: augmented train images solving the least-squares initialisation (paper: 100).
         distill_weight, distill_temperature: DeiT's soft distillation (``projects.snnet_cls.training``'s
             ``ClassificationLoss``): ``(1 - alpha) CE + alpha tau^2 KL / logits.numel()``.
         arms: the arms to run (names of ``ARMS``).
     """
 
-    fast: AnchorConfig = AnchorConfig(embed_dim=16, depth=4, num_heads=2, epochs=60)
-    slow: AnchorConfig = AnchorConfig(embed_dim=48, depth=8, num_heads=3, epochs=60)
-    noise_std: float = 0.3
-    test_draws: int = 2
+    fast: AnchorConfig = AnchorConfig(embed_dim=32, depth=4, num_heads=2, epochs=60)
+    slow: AnchorConfig = AnchorConfig(embed_dim=32, depth=8, num_heads=2, epochs=60)
+    train_size: int = 5000
+    test_size: Optional[int] = 5000
+    max_shift: int = 2
     anchor_lr: float = 5e-3
-    snnet_iterations: int = 1000
+    snnet_iterations: int = 1200
     snnet_lr: float = 5e-4
-    batch_size: int = 64
+    batch_size: int = 128
     lora_rank: int = 4
     ros_step: float = 0.1
     calib_images: int = 100
-    test_size: float = 0.25
     distill_weight: float = 0.5
     distill_temperature: float = 1.0
     arms: Tuple[str, ...] = tuple(ARMS)
@@ -164,52 +173,112 @@ class StudyConfig:
 # ------------------------------------------------------------------------------------------------------------
 # data
 
+IDX_FILES = {"train": ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"),
+             "test": ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz")}
+IDX_MAGIC = {"images": 2051, "labels": 2049}  # MNIST's IDX format: big-endian header, then unsigned bytes
+
+
+def read_idx(path: str, kind: str) -> np.ndarray:
+    """One gzip-compressed IDX file of the MNIST format: ``images`` ``(N, 28, 28)`` or ``labels`` ``(N,)``, uint8.
+    ``ValueError`` naming the file when its header or size is not that of its kind."""
+    with gzip.open(path, "rb") as f:
+        raw = f.read()
+    ndim = 3 if kind == "images" else 1
+    header = 4 * (1 + ndim)
+    if len(raw) < header:
+        raise ValueError(f"{path}: {len(raw)} bytes, too short for an IDX {kind} header")
+    magic, *shape = struct.unpack(f">{1 + ndim}I", raw[:header])
+    if magic != IDX_MAGIC[kind] or (kind == "images" and tuple(shape[1:]) != (IMG_SIZE, IMG_SIZE)):
+        raise ValueError(f"{path}: header {magic} {shape} is not that of IDX {kind} ({IDX_MAGIC[kind]}, "
+                         f"N{' x 28 x 28' if kind == 'images' else ''})")
+    if len(raw) != header + int(np.prod(shape)):
+        raise ValueError(f"{path}: {len(raw) - header} data bytes where its header announces {int(np.prod(shape))}; "
+                         "the file is truncated or corrupt")
+    return np.frombuffer(raw, np.uint8, offset=header).reshape(shape)
+
+
+def read_split(root: str, split: str) -> Tuple[np.ndarray, np.ndarray]:
+    """``(images (N, 28, 28), labels (N,))`` of the official ``train`` or ``test`` split in ``root``."""
+    paths = [os.path.join(root, name) for name in IDX_FILES[split]]
+    missing = [p for p in paths if not os.path.isfile(p)]
+    if missing:
+        names = ", ".join(name for pair in IDX_FILES.values() for name in pair)
+        raise FileNotFoundError(f"Fashion-MNIST not found: {', '.join(missing)} missing. Install Debian's package "
+                                f"(apt-get install dataset-fashion-mnist, which puts the four IDX files in "
+                                f"{DATA_ROOT}) or pass --data-root DIR holding {names}")
+    images, labels = read_idx(paths[0], "images"), read_idx(paths[1], "labels")
+    if len(images) != len(labels) or labels.max(initial=0) >= NUM_CLASSES:
+        raise ValueError(f"{paths[1]}: {len(labels)} labels in 0..{labels.max(initial=0)} for {len(images)} images "
+                         f"of {paths[0]}; expected one label in 0..{NUM_CLASSES - 1} per image")
+    return images, labels
+
+
+def balanced_subset(labels: np.ndarray, size: int, seed: int) -> np.ndarray:
+    """``size`` indices, the same number per class (``size`` divisible by the class count), drawn with ``seed``;
+    sorted."""
+    if size % NUM_CLASSES:
+        raise ValueError(f"subset size {size} is not a multiple of the {NUM_CLASSES} classes")
+    order = np.random.default_rng(seed).permutation(len(labels))
+    picked = [order[labels[order] == c][:size // NUM_CLASSES] for c in range(NUM_CLASSES)]
+    if any(len(p) < size // NUM_CLASSES for p in picked):
+        raise ValueError(f"a class has fewer than {size // NUM_CLASSES} images: cannot draw a balanced {size}")
+    return np.sort(np.concatenate(picked))
+
+
 @dataclasses.dataclass
-class NoisyDigits:
-    """The fixed split of scikit-learn's digits with additive Gaussian pixel noise.
+class FashionData:
+    """The study's fixed Fashion-MNIST subsets.
 
     Attributes:
-        train_x: clean train digits ``(N, 1, 8, 8)``, pixels in [0, 1]; noise is drawn afresh per use.
+        train_x: clean train images ``(N, 1, 28, 28)``, pixels in [0, 1]; augmentation is drawn afresh per use.
         train_y: their labels ``(N,)``.
-        test_x: ``test_draws`` fixed noisy copies of every test digit, standardised, ``(draws * M, 1, 8, 8)``.
-        test_y: their labels ``(draws * M,)``.
-        noise_std: the noise level.
+        test_x: test images, standardised, ``(M, 1, 28, 28)``; never augmented.
+        test_y: their labels ``(M,)``.
         mean, std: standardisation of the clean train pixels.
+        max_shift: the augmentation's largest translation in pixels.
     """
 
     train_x: torch.Tensor
     train_y: torch.Tensor
     test_x: torch.Tensor
     test_y: torch.Tensor
-    noise_std: float
     mean: float
     std: float
+    max_shift: int
 
-    def noisy(self, clean: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-        """``clean`` digits plus a fresh noise draw, standardised."""
-        noise = torch.randn(clean.shape, generator=generator) * self.noise_std
-        return (clean + noise - self.mean) / self.std
+    def augment(self, clean: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        """Clean images ``(B, 1, 28, 28)``, each flipped left-right with probability 1/2 and translated by up to
+        ``max_shift`` pixels in x and y (zero padding: the background), standardised."""
+        n, s = len(clean), self.max_shift
+        flip = torch.rand(n, generator=generator) < 0.5
+        out = torch.where(flip[:, None, None, None], clean.flip(-1), clean)
+        if s:
+            padded = F.pad(out, (s, s, s, s))
+            dx, dy = (torch.randint(0, 2 * s + 1, (n,), generator=generator).tolist() for _ in range(2))
+            out = torch.stack([padded[i, :, y:y + IMG_SIZE, x:x + IMG_SIZE] for i, (x, y) in enumerate(zip(dx, dy))])
+        return (out - self.mean) / self.std
 
     def batches(self, batch_size: int, iterations: int, seed: int) -> Iterator[Tuple[torch.Tensor, torch.Tensor]]:
-        """``iterations`` noisy train batches: a fresh permutation per epoch, fresh noise per batch."""
+        """``iterations`` augmented train batches: a fresh permutation per epoch, fresh augmentation per batch."""
         generator = torch.Generator().manual_seed(seed)
         step = 0
         while True:
             for idx in torch.randperm(len(self.train_x), generator=generator).split(batch_size):
                 if step == iterations:
                     return
-                yield self.noisy(self.train_x[idx], generator), self.train_y[idx]
+                yield self.augment(self.train_x[idx], generator), self.train_y[idx]
                 step += 1
 
     def steps_per_epoch(self, batch_size: int) -> int:
         return math.ceil(len(self.train_x) / batch_size)
 
 
-class NoisyTrainSet(Dataset):
-    """The noisy training digits as the classification project's ``fit`` reads a dataset: item ``i`` is
-    ``(image (1, 8, 8), label)`` with noise drawn from ``(seed, epoch, i)``, fresh every epoch (``set_epoch``)."""
+class AugmentedTrainSet(Dataset):
+    """The training images as the classification project's ``fit`` reads a dataset: item ``i`` is
+    ``(image (1, 28, 28), label)`` augmented with a draw from ``(seed, epoch, i)``, fresh every epoch
+    (``set_epoch``)."""
 
-    def __init__(self, data: NoisyDigits, seed: int):
+    def __init__(self, data: FashionData, seed: int):
         self.data, self.seed, self.epoch = data, seed, 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -220,41 +289,40 @@ class NoisyTrainSet(Dataset):
 
     def __getitem__(self, index: int) -> Tuple[torch.Tensor, int]:
         seed = int(np.random.SeedSequence([self.seed, self.epoch, index]).generate_state(1)[0])
-        image = self.data.noisy(self.data.train_x[index], torch.Generator().manual_seed(seed))
+        image = self.data.augment(self.data.train_x[index:index + 1], torch.Generator().manual_seed(seed))[0]
         return image, int(self.data.train_y[index])
 
 
-def load_noisy_digits(noise_std: float, test_draws: int, test_size: float = 0.25) -> NoisyDigits:
-    """scikit-learn's digits, stratified split (fixed seed), test set with ``test_draws`` fixed noise draws."""
-    from sklearn.datasets import load_digits
-    from sklearn.model_selection import train_test_split
+def load_fashion_mnist(root: str, train_size: int, test_size: Optional[int], max_shift: int) -> FashionData:
+    """A class-balanced ``train_size`` subset of the official train split and ``test_size`` of the official test
+    split (all of it when ``None``), both fixed (``SPLIT_SEED``)."""
+    train_images, train_labels = read_split(root, "train")
+    test_images, test_labels = read_split(root, "test")
+    tr = balanced_subset(train_labels, train_size, SPLIT_SEED)
+    te = np.arange(len(test_labels)) if test_size is None else balanced_subset(test_labels, test_size, SPLIT_SEED)
 
-    digits = load_digits()
-    x = torch.from_numpy(digits.images.astype(np.float32)[:, None] / 16.0)
-    y = torch.from_numpy(digits.target).long()
-    tr, te = train_test_split(np.arange(len(y)), test_size=test_size, stratify=digits.target,
-                              random_state=SPLIT_SEED)
-    train_x = x[tr]
-    data = NoisyDigits(train_x, y[tr], torch.empty(0), torch.empty(0), noise_std, float(train_x.mean()),
-                       float(train_x.std()))
-    generator = torch.Generator().manual_seed(TEST_NOISE_SEED)
-    data.test_x = torch.cat([data.noisy(x[te], generator) for _ in range(test_draws)])
-    data.test_y = y[te].repeat(test_draws)
-    return data
+    def tensor(images: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(images.astype(np.float32)[:, None] / 255.0)
+
+    train_x = tensor(train_images[tr])
+    mean, std = float(train_x.mean()), float(train_x.std())
+    return FashionData(train_x, torch.from_numpy(train_labels[tr].astype(np.int64)),
+                       (tensor(test_images[te]) - mean) / std, torch.from_numpy(test_labels[te].astype(np.int64)),
+                       mean, std, max_shift)
 
 
 # ------------------------------------------------------------------------------------------------------------
 # training and scoring
 
-def build_digits_anchor(cfg: AnchorConfig) -> VisionTransformer:
-    """A from-scratch DeiT3-style ViT for 1-channel 8x8 digits (average-pooled tokens, no cls token)."""
+def build_study_anchor(cfg: AnchorConfig) -> VisionTransformer:
+    """A from-scratch DeiT3-style ViT for 1-channel 28x28 images (average-pooled tokens, no cls token)."""
     return build_anchor("deit3_small_patch16_224", img_size=IMG_SIZE, num_classes=NUM_CLASSES,
                         class_token=False, patch_size=cfg.patch_size, in_chans=1, embed_dim=cfg.embed_dim,
                         depth=cfg.depth, num_heads=cfg.num_heads)
 
 
 def fit(params: Sequence[nn.Parameter], loss_fn: Callable[[torch.Tensor, torch.Tensor, int], torch.Tensor],
-        data: NoisyDigits, iterations: int, lr: float, batch_size: int, seed: int, desc: str) -> List[float]:
+        data: FashionData, iterations: int, lr: float, batch_size: int, seed: int, desc: str) -> List[float]:
     """Anchor training: minimise ``loss_fn(images, labels, iteration)`` with AdamW (weight decay 0.05, 10%
     warm-up, cosine decay); returns the loss of every iteration."""
     optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=0.05)
@@ -276,37 +344,100 @@ def smoothed_ce(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def accuracy(model: nn.Module, data: NoisyDigits) -> float:
+def accuracy(model: nn.Module, data: FashionData) -> float:
     """Test accuracy of a plain model (eval mode), in percent."""
     model.eval()
     return 100.0 * float((model(data.test_x).argmax(dim=1) == data.test_y).float().mean())
 
 
-def train_anchor(cfg: AnchorConfig, epochs: int, study: StudyConfig, data: NoisyDigits, seed: int,
+def train_anchor(cfg: AnchorConfig, epochs: int, study: StudyConfig, data: FashionData, seed: int,
                  name: str) -> Tuple[VisionTransformer, dict]:
     """One anchor trained from scratch for ``epochs``; returns it (eval mode) and its accuracy, loss and cost."""
+    start = time.process_time()
     torch.manual_seed(seed)
-    model = build_digits_anchor(cfg).train()
+    model = build_study_anchor(cfg).train()
     steps = data.steps_per_epoch(study.batch_size)
     losses = fit(list(model.parameters()), lambda x, y, _: smoothed_ce(model(x), y), data, epochs * steps,
                  study.anchor_lr, study.batch_size, seed, f"train {name} anchor, {epochs} epochs")
     tail = max(1, steps)
     return model.eval(), {"epochs": epochs, "iterations": epochs * steps, "acc": accuracy(model, data),
-                          "last_epoch_loss": float(np.mean(losses[-tail:]))}
+                          "last_epoch_loss": float(np.mean(losses[-tail:])), "cpu_s": time.process_time() - start}
 
 
-def train_anchors(study: StudyConfig, data: NoisyDigits, seed: int) -> Tuple[Tuple[VisionTransformer, ...], dict]:
+def anchor_trials(study: StudyConfig, data: FashionData, shapes: Sequence[Tuple[int, int]], epochs: Sequence[int],
+                  seed: int, output_dir: str) -> List[dict]:
+    """How the test accuracy of an anchor depends on its depth, width and training length: every ``(depth,
+    width)`` of ``shapes`` (heads: width / 16) trained from scratch for each of ``epochs`` by the study's own
+    ``train_anchor``. Rows accumulate in ``output_dir/anchor_trials.json`` (one per train size, shape and length;
+    a row already there is not trained again) and are tabulated in ``anchor_trials.md``."""
+    path = os.path.join(output_dir, TRIALS_FILE)
+    rows: List[dict] = []
+    if os.path.isfile(path):
+        with open(path) as f:
+            rows = json.load(f)
+    for depth, width in shapes:
+        for n in epochs:
+            key = {"train_images": len(data.train_x), "depth": depth, "width": width, "epochs": n,
+                   "max_shift": data.max_shift, "seed": seed}
+            if any(all(r.get(k) == v for k, v in key.items()) for r in rows):
+                continue
+            cfg = AnchorConfig(embed_dim=width, depth=depth, num_heads=max(1, width // 16), epochs=n)
+            _, trained = train_anchor(cfg, n, study, data, seed, f"{depth}x{width}")
+            rows.append(dict(key, **trained, gflops=count_gflops(build_study_anchor(cfg), (data.test_x[:1],))))
+            print(f"{depth} blocks x {width}, {n} epochs: {trained['acc']:.2f}% ({trained['cpu_s']:.0f} s CPU)",
+                  flush=True)
+            write_json_atomic(path, rows)
+    table = trials_markdown(rows)
+    write_atomic(os.path.join(output_dir, TRIALS_FILE.replace(".json", ".md")), lambda f: f.write(table))
+    print(table)
+    return rows
+
+
+def trials_markdown(rows: Sequence[dict]) -> str:
+    """Anchor trials as a table: one row per (train images, depth, width), test accuracy per training length with
+    the gain over the half as long run."""
+    lengths = sorted({r["epochs"] for r in rows})
+    lines = ["| train images | anchor | MFLOPs | " + " | ".join(f"{n} epochs" for n in lengths) + " |",
+             "|---|---|---|" + "---|" * len(lengths)]
+    for shape in sorted({(r["train_images"], r["depth"], r["width"]) for r in rows}):
+        acc = {r["epochs"]: r["acc"] for r in rows if (r["train_images"], r["depth"], r["width"]) == shape}
+        mflops = next(r["gflops"] for r in rows if (r["train_images"], r["depth"], r["width"]) == shape) * 1e3
+        cells = [("-" if n not in acc else f"{acc[n]:.2f}" + (f" ({acc[n] - acc[n // 2]:+.2f})" if n // 2 in acc
+                                                                else "")) for n in lengths]
+        lines.append(f"| {shape[0]} | {shape[1]} blocks x {shape[2]} | {mflops:.2f} | " + " | ".join(cells) + " |")
+    return "\n".join(lines + ["", "Test accuracy (%); in brackets the gain over half the epochs (the doubling "
+                                  "rule: converged when under 1 point).", ""])
+
+
+def train_anchors(study: StudyConfig, data: FashionData, seed: int, output_dir: str
+                  ) -> Tuple[Tuple[VisionTransformer, ...], dict]:
     """Train each anchor for ``epochs`` and, from the same seed, for ``2 * epochs``; returns the longer-trained
-    anchors and a summary per anchor (config, params, GFLOPs, both runs, the accuracy gained by doubling)."""
-    anchors, rows = [], {}
-    for name, cfg in (("fast", study.fast), ("slow", study.slow)):
+    anchors and a summary per anchor (config, params, GFLOPs, both runs, the accuracy gained by doubling, CPU
+    seconds). Both are kept in ``output_dir`` (``anchors.pt``, ``anchors.json``) and read back from there when a
+    resumed study finds them."""
+    weights, summary = os.path.join(output_dir, ANCHOR_WEIGHTS), os.path.join(output_dir, ANCHOR_SUMMARY)
+    models = tuple(build_study_anchor(cfg) for cfg in (study.fast, study.slow))
+    if os.path.isfile(weights) and os.path.isfile(summary):
+        states = torch.load(weights, map_location="cpu", weights_only=True)
+        for model, name in zip(models, ("fast", "slow")):
+            model.load_state_dict(states[name])
+        with open(summary) as f:
+            rows = json.load(f)
+        return tuple(m.eval() for m in models), {name: dict(row, resumed=True) for name, row in rows.items()}
+    rows = {}
+    for name, cfg, model in zip(("fast", "slow"), (study.fast, study.slow), models):
+        start = time.process_time()
         _, short = train_anchor(cfg, cfg.epochs, study, data, seed, name)
-        model, full = train_anchor(cfg, 2 * cfg.epochs, study, data, seed, name)
+        trained, full = train_anchor(cfg, 2 * cfg.epochs, study, data, seed, name)
+        model.load_state_dict(trained.state_dict())
         rows[name] = {"config": cfg.describe(), "params_m": sum(p.numel() for p in model.parameters()) / 1e6,
                       "gflops": count_gflops(model, (data.test_x[:1],)), "short": short, "full": full,
-                      "acc": full["acc"], "doubling_gain": full["acc"] - short["acc"]}
-        anchors.append(model)
-    return tuple(anchors), rows
+                      "acc": full["acc"], "doubling_gain": full["acc"] - short["acc"],
+                      "cpu_s": time.process_time() - start}
+    write_atomic(weights, lambda f: torch.save({n: m.state_dict() for n, m in zip(("fast", "slow"), models)}, f),
+                 binary=True)
+    write_json_atomic(summary, rows)
+    return tuple(m.eval() for m in models), rows
 
 
 def flops_table(anchors: Sequence[VisionTransformer]) -> FlopsTable:
@@ -342,12 +473,12 @@ def build_snnet(anchors: Sequence[VisionTransformer], study: StudyConfig, arm: A
     return net.eval()
 
 
-def eval_batches(data: NoisyDigits, batch_size: int = 256) -> List[Tuple[torch.Tensor, torch.Tensor]]:
-    """The fixed noisy test set as a loader of ``(images, labels)`` batches."""
+def eval_batches(data: FashionData, batch_size: int = 256) -> List[Tuple[torch.Tensor, torch.Tensor]]:
+    """The fixed test set as a loader of ``(images, labels)`` batches."""
     return list(zip(data.test_x.split(batch_size), data.test_y.split(batch_size)))
 
 
-def stitch_accuracies(net: StitchedViT, data: NoisyDigits) -> Accuracies:
+def stitch_accuracies(net: StitchedViT, data: FashionData) -> Accuracies:
     """Top-1 test accuracy (percent) of every stitch, by the classification project's evaluation (one pass, shared
     route prefixes)."""
     return {sid: m["acc1"] for sid, m in evaluate_stitches_in_memory(net, eval_batches(data)).items()}
@@ -357,19 +488,28 @@ def results_record(acc: Accuracies, space: StitchSpace, table: FlopsTable, run_k
     """A per-stitch results record in ``snnet_core.evaluate_stitches``' format (primary metric ``acc1``)."""
     rows = {str(sid): {"id": sid, "type": space[sid].kind, "route": space[sid].route, "gflops": table.gflops[sid],
                        "params_m": table.params_m[sid], METRIC: acc[sid]} for sid in space.ids}
-    record = {"run_key": run_key, "task": "digits", "primary_metric": METRIC, "higher_is_better": True,
+    record = {"run_key": run_key, "task": "fashion_mnist", "primary_metric": METRIC, "higher_is_better": True,
               "stitches": rows}
     check_results(record, run_key)
     return record
 
 
-def run_arm(anchors: Sequence[VisionTransformer], study: StudyConfig, arm_name: str, data: NoisyDigits,
+def run_arm(anchors: Sequence[VisionTransformer], study: StudyConfig, arm_name: str, data: FashionData,
             table: FlopsTable, seed: int, output_dir: str) -> dict:
     """Build, train and score one arm for one seed with the classification project's functions; writes its
     results file and returns its measures (read back from that file by ``benchmarks/frontier_measures.py``),
-    per-stitch accuracies and iteration counts."""
+    per-stitch accuracies, iteration counts and CPU seconds (``cpu_s`` training, ``run_cpu_s`` all of it), also
+    kept as ``run.json`` beside the results file; a resumed study reads a finished run back from there."""
+    run_dir = os.path.join(output_dir, "runs", arm_name, f"seed{seed}")
+    if os.path.isfile(os.path.join(run_dir, RUN_FILE)):
+        with open(os.path.join(run_dir, RUN_FILE)) as f:
+            run = json.load(f)
+        for key in ("per_stitch", "iterations_per_stitch"):  # JSON keys are strings
+            run[key] = {int(k): v for k, v in run[key].items()}
+        return dict(run, resumed=True)
+    run_start = time.process_time()
     arm = ARMS[arm_name]
-    train_set = NoisyTrainSet(data, seed)
+    train_set = AugmentedTrainSet(data, seed)
     recipe = snnet_recipe(study, arm, table, len(train_set) // study.batch_size, seed)
     net = build_snnet(anchors, study, arm, recipe, train_set)
     teacher = copy.deepcopy(anchors[1]).eval().requires_grad_(False) if arm.distill else None
@@ -377,24 +517,26 @@ def run_arm(anchors: Sequence[VisionTransformer], study: StudyConfig, arm_name: 
     trained = fit_snnet(net, train_set, recipe, table.gflops, NUM_CLASSES, teacher=teacher)
     cpu_s = time.process_time() - start
     acc = stitch_accuracies(net, data)
-    path = os.path.join(output_dir, "runs", arm_name, f"seed{seed}", RESULTS_FILE)
-    write_json_atomic(path, results_record(acc, net.space, table, f"digits study, arm {arm_name}, seed {seed}"))
+    path = os.path.join(run_dir, RESULTS_FILE)
+    write_json_atomic(path, results_record(acc, net.space, table, f"stitching study, arm {arm_name}, seed {seed}"))
     measured = measures_script.measure_table(measures_script.read_table(path))
     drawn = Counter(trained["stitches"])
     counts = {sid: drawn[sid] for sid in net.space.ids}
     stitched = [counts[sid] for sid in counts if sid not in ANCHOR_IDS]
-    return {"measures": measured.as_dict(), "per_stitch": acc, "iterations": trained["iteration"],
-            "epochs": recipe.epochs, "iterations_per_stitch": counts,
-            "iters_anchors": [counts[sid] for sid in ANCHOR_IDS], "iters_stitched": [min(stitched), max(stitched)],
-            "final_epoch_loss": trained["epoch_means"][-1], "cpu_s": cpu_s,
-            "results_file": os.path.relpath(path, output_dir)}
+    run = {"measures": measured.as_dict(), "per_stitch": acc, "iterations": trained["iteration"],
+           "epochs": recipe.epochs, "iterations_per_stitch": counts,
+           "iters_anchors": [counts[sid] for sid in ANCHOR_IDS], "iters_stitched": [min(stitched), max(stitched)],
+           "final_epoch_loss": trained["epoch_means"][-1], "cpu_s": cpu_s,
+           "run_cpu_s": time.process_time() - run_start, "results_file": os.path.relpath(path, output_dir)}
+    write_json_atomic(os.path.join(run_dir, RUN_FILE), run)
+    return run
 
 
-def score_at_init(anchors: Sequence[VisionTransformer], study: StudyConfig, data: NoisyDigits, table: FlopsTable,
+def score_at_init(anchors: Sequence[VisionTransformer], study: StudyConfig, data: FashionData, table: FlopsTable,
                   seed: int) -> Dict[str, dict]:
     """Measures of every stitch before SN-Net training, least-squares vs default init."""
     out = {}
-    train_set = NoisyTrainSet(data, seed)
+    train_set = AugmentedTrainSet(data, seed)
     for name, arm in (("ls", ARMS["v2"]), ("default", ARMS["default-init"])):
         recipe = snnet_recipe(study, arm, table, len(train_set) // study.batch_size, seed)
         acc = stitch_accuracies(build_snnet(anchors, study, arm, recipe, train_set), data)
@@ -601,7 +743,7 @@ def plot(result: dict, path: str, authors_table: Optional[str]) -> None:
         panels.append((rows, 0, 1, f"authors: SN-Netv2 DeiT3-S/L, ImageNet-1K ({len(rows)} stitches)", "GFLOPs"))
     arm = "v2" if "v2" in result["runs"] else next(iter(result["runs"]))
     rows = study_rows(result, arm)
-    panels.append((rows, ANCHOR_IDS[0], ANCHOR_IDS[1], f"this study: `{arm}` on noisy digits ({len(rows)} stitches, "
+    panels.append((rows, ANCHOR_IDS[0], ANCHOR_IDS[1], f"this study: `{arm}` on Fashion-MNIST ({len(rows)} stitches, "
                    f"mean of {len(result['seeds'])} seeds)", "MFLOPs"))
     fig, axes = plt.subplots(1, len(panels), figsize=(6.5 * len(panels), 4.8), squeeze=False)
     for ax, panel in zip(axes[0], panels):
@@ -616,15 +758,37 @@ def plot(result: dict, path: str, authors_table: Optional[str]) -> None:
 # ------------------------------------------------------------------------------------------------------------
 # the study
 
-def run_study(study: StudyConfig, seeds: Sequence[int], output_dir: str, authors_table: Optional[str] = None
-              ) -> dict:
+def start_study(study: StudyConfig, seeds: Sequence[int], output_dir: str) -> None:
+    """Record the study's settings in ``output_dir`` (``study.json``), or check that a study being resumed there
+    has the same ones: a resumed run never mixes results of two settings. ``ValueError`` naming what differs."""
+    wanted = strict_json({"config": dataclasses.asdict(study), "seeds": list(seeds)})
+    path = os.path.join(output_dir, STUDY_FILE)
+    if not os.path.isfile(path):
+        write_json_atomic(path, wanted)
+        return
+    with open(path) as f:
+        stored = json.load(f)
+    differ = sorted(k for k in set(wanted["config"]) | set(stored["config"])
+                    if wanted["config"].get(k) != stored["config"].get(k))
+    if stored["seeds"] != wanted["seeds"]:
+        differ.append("seeds")
+    if differ:
+        raise ValueError(f"{path}: the study in {output_dir} was run with other settings ({', '.join(differ)}); "
+                         "resume it with its own, or start a new one in another --output-dir (or --overwrite)")
+
+
+def run_study(study: StudyConfig, seeds: Sequence[int], output_dir: str, authors_table: Optional[str] = None,
+              data_root: str = DATA_ROOT) -> dict:
     """Train the anchors (first seed), score every stitch at init, train every arm per seed, measure, judge;
-    writes ``summary.json``, ``summary.md``, ``frontier.png`` and the per-run results files to ``output_dir``."""
+    writes ``summary.json``, ``summary.md``, ``frontier.png`` and the per-run results files to ``output_dir``.
+    Resumable: the anchors and every finished (arm, seed) are kept in ``output_dir`` and not trained again."""
     cpu, wall = time.process_time(), time.perf_counter()
     authors = (measures_script.measure_table(measures_script.read_authors_table(authors_table)).as_dict()
                if authors_table else None)  # read first: a wrong path fails before any training
-    data = load_noisy_digits(study.noise_std, study.test_draws, study.test_size)
-    anchors, anchor_rows = train_anchors(study, data, seeds[0])
+    data = load_fashion_mnist(data_root, study.train_size, study.test_size, study.max_shift)
+    os.makedirs(output_dir, exist_ok=True)
+    start_study(study, seeds, output_dir)
+    anchors, anchor_rows = train_anchors(study, data, seeds[0], output_dir)
     print("anchors:", {k: (r["short"]["acc"], r["acc"]) for k, r in anchor_rows.items()}, flush=True)
     table = flops_table(anchors)
     init = score_at_init(anchors, study, data, table, seeds[0])
@@ -634,10 +798,14 @@ def run_study(study: StudyConfig, seeds: Sequence[int], output_dir: str, authors
             runs.setdefault(name, []).append(run_arm(anchors, study, name, data, table, seed, output_dir))
             print(f"{name}, seed {seed}: {runs[name][-1]['cpu_s']:.0f} s CPU; {claim_text(runs[name][-1]['measures'])}",
                   flush=True)
-    result = {"config": dataclasses.asdict(study), "seeds": list(seeds), "train_size": len(data.train_x),
+    result = {"config": dataclasses.asdict(study), "seeds": list(seeds), "train_images": len(data.train_x),
               "test_images": len(data.test_x), "anchors": anchor_rows, "gflops": table.gflops, "init": init,
               "runs": runs, "authors": authors, "authors_table": authors_table}
-    result["cpu_s"], result["wall_s"] = time.process_time() - cpu, time.perf_counter() - wall
+    # CPU of the whole study: this process's, plus what the parts a resumed run read back had cost
+    resumed = [r["cpu_s"] for r in anchor_rows.values() if r.get("resumed")]
+    resumed += [r["run_cpu_s"] for rs in runs.values() for r in rs if r.get("resumed")]
+    result["cpu_s"] = time.process_time() - cpu + sum(resumed)
+    result["wall_s"] = time.perf_counter() - wall
     write_summary(judge(result), output_dir, authors_table)
     return result
 
@@ -661,21 +829,51 @@ def write_summary(result: dict, output_dir: str, authors_table: Optional[str]) -
     print(text)
 
 
+def clear_study(output_dir: str) -> None:
+    """Delete what a study wrote in ``output_dir`` (``STUDY_OUTPUTS``), nothing else."""
+    for name in STUDY_OUTPUTS:
+        path = os.path.join(output_dir, name)
+        if os.path.isdir(path):
+            shutil.rmtree(path)
+        elif os.path.exists(path):
+            os.remove(path)
+
+
 def main(argv: Optional[Sequence[str]] = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--output-dir", default=os.path.join(os.path.dirname(__file__), "results", "digits"))
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2],
+    parser.add_argument("--output-dir", default=os.path.join(os.path.dirname(__file__), "results", "stitching_study"))
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1],
                         help="SN-Net training seeds (the anchors are trained once, with the first)")
     parser.add_argument("--arms", nargs="+", choices=list(ARMS), default=list(ARMS), help="the arms to run")
     parser.add_argument("--authors-table", help="the authors' stitches_res_s_l.txt (ziplab/SN-Netv2, "
                         "classification/results/): measured beside the study and drawn in frontier.png")
+    parser.add_argument("--data-root", default=DATA_ROOT, help="folder of Fashion-MNIST's four official IDX files "
+                        "(default: where Debian's dataset-fashion-mnist installs them)")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
-    parser.add_argument("--overwrite", action="store_true", help="replace the results of an earlier run in "
-                        "--output-dir")
+    parser.add_argument("--overwrite", action="store_true", help="delete an earlier run in --output-dir first")
+    parser.add_argument("--resume", action="store_true", help="continue the run in --output-dir (same settings): "
+                        "its trained anchors and finished (arm, seed) runs are read back, not trained again")
     parser.add_argument("--report-only", action="store_true", help="judge again and rewrite summary.md, "
                         "summary.json and frontier.png from --output-dir's summary.json (and --authors-table) without "
                         "training")
+    parser.add_argument("--anchor-trials", nargs="+", metavar="DEPTHxWIDTH", help="instead of the study, train "
+                        "anchors of these shapes (e.g. 4x32 8x32) for each of --trial-epochs and tabulate their test "
+                        "accuracy (anchor_trials.json / .md in --output-dir; rows already there are kept)")
+    parser.add_argument("--trial-epochs", type=int, nargs="+", default=[30, 60, 120])
+    parser.add_argument("--train-size", type=int, help="training images of --anchor-trials (default: the study's)")
+    parser.add_argument("--test-size", type=int, help="test images of --anchor-trials (default: the study's)")
     args = parser.parse_args(argv)
+    if args.anchor_trials:
+        try:
+            shapes = [tuple(int(v) for v in shape.lower().split("x")) for shape in args.anchor_trials]
+        except ValueError:
+            parser.error(f"--anchor-trials takes DEPTHxWIDTH shapes such as 4x32, not {args.anchor_trials}")
+        torch.set_num_threads(args.threads)
+        study = StudyConfig(train_size=args.train_size or StudyConfig.train_size,
+                            test_size=args.test_size or StudyConfig.test_size)
+        data = load_fashion_mnist(args.data_root, study.train_size, study.test_size, study.max_shift)
+        os.makedirs(args.output_dir, exist_ok=True)
+        return {"trials": anchor_trials(study, data, shapes, args.trial_epochs, args.seeds[0], args.output_dir)}
     if args.report_only:
         with open(os.path.join(args.output_dir, "summary.json")) as f:
             result = json.load(f)
@@ -685,16 +883,22 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
                 measures_script.read_authors_table(args.authors_table)).as_dict()
         write_summary(judge(result), args.output_dir, args.authors_table)
         return result
-    if os.path.exists(os.path.join(args.output_dir, "summary.json")) and not args.overwrite:
-        parser.error(f"{args.output_dir} holds the results of an earlier run: pass --overwrite to replace them, or "
-                     "choose another --output-dir")
+    earlier = [name for name in STUDY_OUTPUTS if os.path.exists(os.path.join(args.output_dir, name))]
+    if earlier and not (args.overwrite or args.resume):
+        parser.error(f"{args.output_dir} holds an earlier run ({', '.join(earlier)}): pass --resume to continue it, "
+                     "--overwrite to replace it, or choose another --output-dir")
+    if args.overwrite and args.resume:
+        parser.error("--overwrite and --resume exclude each other")
+    if args.overwrite:
+        clear_study(args.output_dir)
     if args.authors_table and not os.path.isfile(args.authors_table):
         parser.error(f"--authors-table {args.authors_table} does not exist")
     if "v2" not in args.arms:
         parser.error("--arms needs v2: the other arms are measured against it")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     torch.set_num_threads(args.threads)
-    return run_study(StudyConfig(arms=tuple(args.arms)), args.seeds, args.output_dir, args.authors_table)
+    return run_study(StudyConfig(arms=tuple(args.arms)), args.seeds, args.output_dir, args.authors_table,
+                     args.data_root)
 
 
 if __name__ == "__main__":
