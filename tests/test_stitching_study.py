@@ -9,6 +9,7 @@ project's training, the files written), never about the scientific verdict, whic
 import dataclasses
 import gzip
 import json
+import math
 import shutil
 import struct
 
@@ -119,9 +120,9 @@ def test_study_files_and_anchors(study):
     assert {p.name for p in output.iterdir()} == set(ss.STUDY_OUTPUTS)
     assert json.loads((output / "summary.json").read_text())["seeds"] == list(SEEDS)
     for name, cfg in (("fast", STUDY.fast), ("slow", STUDY.slow)):
-        row = result["anchors"][name]  # trained for epochs and, to judge convergence, for twice as many
-        assert (row["short"]["epochs"], row["full"]["epochs"]) == (cfg.epochs, 2 * cfg.epochs)
-        assert row["acc"] == row["full"]["acc"] and row["doubling_gain"] == row["full"]["acc"] - row["short"]["acc"]
+        row = result["anchors"][name]  # trained once, for its epochs (convergence: --anchor-trials)
+        assert (row["epochs"], row["iterations"]) == (cfg.epochs, cfg.epochs * math.ceil(200 / 32))
+        assert 0 <= row["acc"] <= 100 and row["cpu_s"] > 0
     assert "Verdict:" in (output / "summary.md").read_text()
 
 
