@@ -160,7 +160,7 @@ class StudyConfig:
     test_size: Optional[int] = 5000
     max_shift: int = 2
     anchor_lr: float = 5e-3
-    snnet_iterations: int = 1200
+    snnet_iterations: int = 900
     snnet_lr: float = 5e-4
     batch_size: int = 128
     lora_rank: int = 4
@@ -247,17 +247,22 @@ class FashionData:
     std: float
     max_shift: int
 
-    def augment(self, clean: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-        """Clean images ``(B, 1, 28, 28)``, each flipped left-right with probability 1/2 and translated by up to
-        ``max_shift`` pixels in x and y (zero padding: the background), standardised."""
-        n, s = len(clean), self.max_shift
-        flip = torch.rand(n, generator=generator) < 0.5
-        out = torch.where(flip[:, None, None, None], clean.flip(-1), clean)
-        if s:
-            padded = F.pad(out, (s, s, s, s))
-            dx, dy = (torch.randint(0, 2 * s + 1, (n,), generator=generator).tolist() for _ in range(2))
-            out = torch.stack([padded[i, :, y:y + IMG_SIZE, x:x + IMG_SIZE] for i, (x, y) in enumerate(zip(dx, dy))])
-        return (out - self.mean) / self.std
+    def __post_init__(self) -> None:
+        s = self.max_shift  # standardised once, padded with the background, and mirrored (flip and pad commute)
+        padded = (F.pad(self.train_x, (s, s, s, s)) - self.mean) / self.std
+        self._padded = (padded[:, 0], padded[:, 0].flip(-1))
+
+    def augment(self, index: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        """Train images ``index`` ``(B,)`` as ``(B, 1, 28, 28)``, standardised, each flipped left-right with
+        probability 1/2 and translated by up to ``max_shift`` pixels in x and y (zeros shifted in: the
+        background)."""
+        n, s = len(index), self.max_shift
+        flip = (torch.rand(n, generator=generator) < 0.5).tolist()
+        dx, dy = ([int(v) for v in torch.randint(0, 2 * s + 1, (n,), generator=generator)] if s else [0] * n
+                  for _ in range(2))
+        images = self._padded
+        return torch.stack([images[f][i, y:y + IMG_SIZE, x:x + IMG_SIZE]
+                            for i, f, x, y in zip(index.tolist(), flip, dx, dy)])[:, None]
 
     def batches(self, batch_size: int, iterations: int, seed: int) -> Iterator[Tuple[torch.Tensor, torch.Tensor]]:
         """``iterations`` augmented train batches: a fresh permutation per epoch, fresh augmentation per batch."""
@@ -267,7 +272,7 @@ class FashionData:
             for idx in torch.randperm(len(self.train_x), generator=generator).split(batch_size):
                 if step == iterations:
                     return
-                yield self.augment(self.train_x[idx], generator), self.train_y[idx]
+                yield self.augment(idx, generator), self.train_y[idx]
                 step += 1
 
     def steps_per_epoch(self, batch_size: int) -> int:
@@ -290,7 +295,7 @@ class AugmentedTrainSet(Dataset):
 
     def __getitem__(self, index: int) -> Tuple[torch.Tensor, int]:
         seed = int(np.random.SeedSequence([self.seed, self.epoch, index]).generate_state(1)[0])
-        image = self.data.augment(self.data.train_x[index:index + 1], torch.Generator().manual_seed(seed))[0]
+        image = self.data.augment(torch.tensor([index]), torch.Generator().manual_seed(seed))[0]
         return image, int(self.data.train_y[index])
 
 
@@ -844,6 +849,9 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
                         "classification/results/): measured beside the study and drawn in frontier.png")
     parser.add_argument("--data-root", default=DATA_ROOT, help="folder of Fashion-MNIST's four official IDX files "
                         "(default: where Debian's dataset-fashion-mnist installs them)")
+    parser.add_argument("--anchor-epochs", type=int, help="train both anchors for this many epochs instead of the "
+                        f"study's {StudyConfig.fast.epochs} (e.g. to see whether longer-trained anchors change the "
+                        "verdict; recorded in study.json like every setting)")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     parser.add_argument("--overwrite", action="store_true", help="delete an earlier run in --output-dir first")
     parser.add_argument("--resume", action="store_true", help="continue the run in --output-dir (same settings): "
@@ -892,8 +900,13 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
         parser.error("--arms needs v2: the other arms are measured against it")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     torch.set_num_threads(args.threads)
-    return run_study(StudyConfig(arms=tuple(args.arms)), args.seeds, args.output_dir, args.authors_table,
-                     args.data_root)
+    study = StudyConfig(arms=tuple(args.arms))
+    if args.anchor_epochs is not None:
+        if args.anchor_epochs < 1:
+            parser.error(f"--anchor-epochs must be at least 1, got {args.anchor_epochs}")
+        study = dataclasses.replace(study, fast=dataclasses.replace(study.fast, epochs=args.anchor_epochs),
+                                    slow=dataclasses.replace(study.slow, epochs=args.anchor_epochs))
+    return run_study(study, args.seeds, args.output_dir, args.authors_table, args.data_root)
 
 
 if __name__ == "__main__":

@@ -82,7 +82,7 @@ def test_fixed_balanced_subsets_and_fresh_augmentation(data_root):
 def test_augmentation_flips_and_shifts_within_bounds(data_root):
     data = load(data_root)
     clean = data.train_x[:64]
-    out = data.augment(clean, torch.Generator().manual_seed(0)) * data.std + data.mean
+    out = data.augment(torch.arange(64), torch.Generator().manual_seed(0)) * data.std + data.mean
     for i in range(64):
         image = out[i, 0]
         matches = [(dx, dy, flip) for flip in (False, True) for dx in range(-2, 3) for dy in range(-2, 3)
@@ -261,3 +261,14 @@ def test_anchor_trials_tabulate_and_keep_their_rows(data_root, tmp_path, capsys)
     assert again[:2] == rows and [(r["depth"], r["epochs"]) for r in again[2:]] == [(3, 1), (3, 2)]
     with pytest.raises(SystemExit):
         ss.main(["--anchor-trials", "4by32", "--data-root", str(data_root), "--output-dir", str(tmp_path)])
+
+
+def test_anchor_epochs_changes_only_the_anchors_training(tmp_path, monkeypatch):
+    called = []
+    monkeypatch.setattr(ss, "run_study", lambda study, *a: called.append(study))
+    ss.main(["--output-dir", str(tmp_path), "--anchor-epochs", "480"])
+    default = ss.StudyConfig()
+    assert called == [dataclasses.replace(default, fast=dataclasses.replace(default.fast, epochs=480),
+                                          slow=dataclasses.replace(default.slow, epochs=480))]
+    with pytest.raises(SystemExit):
+        ss.main(["--output-dir", str(tmp_path), "--anchor-epochs", "0"])
