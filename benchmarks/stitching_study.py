@@ -11,9 +11,8 @@ to ``max_shift`` pixels), drawn afresh every epoch.
 
 Anchors: two plain ViTs (timm ``VisionTransformer``, DeiT3 blocks with LayerScale, patch 7, average-pooled
 tokens), the slow one twice as deep and twice as wide (DeiT3-S/L: 2x and 2.7x), trained from scratch for
-``epochs``. How long is long enough
-is judged apart, with ``--anchor-trials`` (the study's own anchor training at several lengths: the test accuracy
-gained by doubling the training).
+``epochs``. How long is long enough is judged apart, with ``--anchor-trials`` (the study's own anchor training at
+several lengths: the test accuracy gained by doubling the training).
 
 The SN-Nets are trained and scored by the classification project's own code (``projects/snnet_cls``: ``ls_init``,
 ``fit`` with its ROS or uniform sampler and DeiT distillation, ``evaluate_stitches_in_memory`` through shared route
